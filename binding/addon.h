@@ -1,0 +1,43 @@
+// Shared pieces of the N-API glue: per-environment data, the registry that
+// each binding/*.cc file adds its exports to, and error conversion.
+#pragma once
+#include <napi.h>
+
+#include <functional>
+#include <string>
+
+#include "../cpp/core/error.h"
+
+namespace moe::binding {
+
+struct AddonData {
+  Napi::FunctionReference error_class;  // lib/errors.ts's MoEError, handed over at start-up
+  Napi::FunctionReference tensor_class;
+};
+AddonData& data(Napi::Env env);
+
+// Each binding file registers its functions with a static Registration.
+using RegisterFn = void (*)(Napi::Env, Napi::Object);
+struct Registration {
+  explicit Registration(RegisterFn fn);
+};
+void register_all(Napi::Env env, Napi::Object exports);
+
+// A JS MoEError (or Error before the class is handed over) for a code and message.
+Napi::Error make_error(Napi::Env env, Code code, const std::string& message);
+
+// Runs a binding body, turning core exceptions into thrown MoEErrors.
+template <class F>
+Napi::Value guard(Napi::Env env, F&& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    throw make_error(env, e.code(), e.what());
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw make_error(env, Code::Internal, e.what());
+  }
+}
+
+}  // namespace moe::binding

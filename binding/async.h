@@ -1,0 +1,58 @@
+// Runs a core Task on the CPU stream and settles a Promise with its result.
+// Completion reaches JS through a ThreadSafeFunction from the addon's own
+// worker thread, never through libuv's shared thread pool.
+#pragma once
+#include <napi.h>
+
+#include <exception>
+#include <memory>
+#include <optional>
+
+#include "../cpp/core/stream.h"
+#include "../cpp/ops/task.h"
+#include "addon.h"
+
+namespace moe::binding {
+
+template <class R, class ToJs>
+Napi::Value run_async(Napi::Env env, ops::Task<R> task, ToJs to_js) {
+  struct Call {
+    Napi::Promise::Deferred deferred;
+    ops::Task<R> task;
+    ToJs to_js;
+    std::optional<R> result;
+    Code code = Code::Internal;
+    std::string message;
+  };
+  auto call = std::make_shared<Call>(Call{Napi::Promise::Deferred::New(env), std::move(task), std::move(to_js), {}, {}, {}});
+  Napi::Promise promise = call->deferred.Promise();
+  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                            "moe-ep op", 0, 1);
+  cpu_stream_submit([call, tsfn]() mutable {
+    try {
+      call->result.emplace(call->task());
+    } catch (const Error& e) {
+      call->code = e.code();
+      call->message = e.what();
+    } catch (const std::exception& e) {
+      call->message = e.what();
+    }
+    call->task = nullptr;  // drop input references on the worker, as soon as the work is done
+    tsfn.BlockingCall([call](Napi::Env env, Napi::Function) {
+      if (!call->result) {
+        call->deferred.Reject(make_error(env, call->code, call->message).Value());
+        return;
+      }
+      try {
+        call->deferred.Resolve(call->to_js(env, *call->result));
+      } catch (const Napi::Error& e) {
+        call->deferred.Reject(e.Value());
+      }
+      call->result.reset();
+    });
+    tsfn.Release();
+  });
+  return promise;
+}
+
+}  // namespace moe::binding

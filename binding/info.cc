@@ -1,0 +1,82 @@
+// info(): what the core found (threads, BLAS and its core, CUDA and why not);
+// memoryStats(device): live tensors and bytes.
+#include "../cpp/core/blas.h"
+#include "../cpp/core/cuda_probe.h"
+#include "../cpp/core/parallel.h"
+#include "../cpp/core/stream.h"
+#include "addon.h"
+#include "convert.h"
+
+namespace moe::binding {
+namespace {
+
+Napi::Value info(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("threads", num_threads());
+
+  const BlasInfo& b = blas_info();
+  Napi::Object blas = Napi::Object::New(env);
+  blas.Set("loaded", b.loaded);
+  blas.Set("library", b.library);
+  blas.Set("core", b.core);
+  blas.Set("coretype", b.coretype_env);
+  blas.Set("coretypeSetByMoeEp", b.coretype_set_by_us);
+  blas.Set("threads", b.threads);
+  blas.Set("reason", b.reason);
+  o.Set("blas", blas);
+
+  const CudaStatus& c = cuda_status();
+  Napi::Object cuda = Napi::Object::New(env);
+  cuda.Set("built", c.built);
+  cuda.Set("available", c.available);
+  cuda.Set("deviceCount", c.device_count);
+  cuda.Set("runtimeVersion", c.runtime_version);
+  cuda.Set("driverVersion", c.driver_version);
+  cuda.Set("archs", c.archs);
+  cuda.Set("reason", c.reason);
+  o.Set("cuda", cuda);
+
+  Napi::Object gloo = Napi::Object::New(env);
+#ifdef MOE_EP_WITH_GLOO
+  gloo.Set("built", true);
+#else
+  gloo.Set("built", false);
+#endif
+  o.Set("gloo", gloo);
+  return o;
+}
+
+Napi::Value memory_stats(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  return guard(env, [&]() -> Napi::Value {
+    MemoryStats s = moe::memory_stats(Device::parse(cb[0].IsString() ? to_string(cb[0], "device") : "cpu"));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("tensors", double(s.tensors));
+    o.Set("bytes", double(s.bytes));
+    o.Set("peakBytes", double(s.peak_bytes));
+    return o;
+  });
+}
+
+// synchronize(): a Promise settled once all work queued so far has run.
+Napi::Value synchronize(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  auto deferred = std::make_shared<Napi::Promise::Deferred>(Napi::Promise::Deferred::New(env));
+  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                            "moe-ep synchronize", 0, 1);
+  cpu_stream_submit([deferred, tsfn]() mutable {
+    tsfn.BlockingCall([deferred](Napi::Env env, Napi::Function) { deferred->Resolve(env.Undefined()); });
+    tsfn.Release();
+  });
+  return deferred->Promise();
+}
+
+Registration reg([](Napi::Env env, Napi::Object exports) {
+  exports.Set("info", Napi::Function::New(env, info));
+  exports.Set("memoryStats", Napi::Function::New(env, memory_stats));
+  exports.Set("synchronize", Napi::Function::New(env, synchronize));
+});
+
+}  // namespace
+}  // namespace moe::binding

@@ -1,0 +1,19 @@
+// Whether CUDA is built into this core and usable on this machine, and why not.
+#pragma once
+#include <string>
+
+namespace moe {
+
+struct CudaStatus {
+  bool built = false;      // compiled with nvcc
+  bool available = false;  // a driver and at least one device answered
+  int device_count = 0;
+  int runtime_version = 0;  // e.g. 13000
+  int driver_version = 0;
+  std::string reason;  // why unavailable; empty when available
+  std::string archs;   // the SASS/PTX targets compiled in
+};
+
+const CudaStatus& cuda_status();
+
+}  // namespace moe

@@ -1,0 +1,53 @@
+#include "host_copy.h"
+
+#include <cstring>
+#include <vector>
+
+#include "error.h"
+#include "floats.h"
+
+namespace moe {
+namespace {
+
+void convert(const void* src, DType sd, void* dst, DType dd, int64_t n, const char* what) {
+  if (sd == dd) {
+    std::memcpy(dst, src, size_t(n) * dtype_size(sd));
+    return;
+  }
+  if (is_float(sd) && is_float(dd)) {
+    std::vector<float> tmp;
+    const float* f = static_cast<const float*>(src);
+    if (sd != DType::F32) {
+      tmp.resize(size_t(n));
+      to_f32(src, sd, tmp.data(), n);
+      f = tmp.data();
+    }
+    from_f32(f, dst, dd, n);
+    return;
+  }
+  if (sd == DType::I32 && dd == DType::I64) {
+    for (int64_t i = 0; i < n; ++i) static_cast<int64_t*>(dst)[i] = static_cast<const int32_t*>(src)[i];
+    return;
+  }
+  if (sd == DType::I64 && dd == DType::I32) {
+    for (int64_t i = 0; i < n; ++i) static_cast<int32_t*>(dst)[i] = int32_t(static_cast<const int64_t*>(src)[i]);
+    return;
+  }
+  fail(Code::Dtype, std::string(what) + ": expected data of a type convertible to " + dtype_name(dd) +
+                        " but received " + dtype_name(sd));
+}
+
+}  // namespace
+
+Tensor from_host(DType dtype, const Shape& shape, Device device, const void* src, DType src_dtype, int64_t count) {
+  Tensor t = empty(dtype, shape, device);
+  if (count != t.numel())
+    fail(Code::Shape, "tensor: expected " + std::to_string(t.numel()) + " elements for shape " + shape_str(shape) +
+                          " but received " + std::to_string(count));
+  convert(src, src_dtype, t.raw(), dtype, count, "tensor");
+  return t;
+}
+
+void to_host(const Tensor& t, void* dst, DType dst_dtype) { convert(t.raw(), t.dtype, dst, dst_dtype, t.numel(), "read"); }
+
+}  // namespace moe

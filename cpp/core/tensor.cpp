@@ -1,0 +1,117 @@
+#include "tensor.h"
+
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda_probe.h"
+#include "error.h"
+
+namespace moe {
+namespace {
+
+constexpr int kMaxCudaDevices = 16;
+struct Counters {
+  std::atomic<int64_t> tensors{0}, bytes{0}, peak{0};
+};
+Counters cpu_counters;
+std::array<Counters, kMaxCudaDevices> cuda_counters;
+
+Counters& counters_for(Device d) { return d.kind == Device::CPU ? cpu_counters : cuda_counters.at(size_t(d.index)); }
+
+void count(Device d, int64_t tensors, int64_t bytes) {
+  Counters& c = counters_for(d);
+  c.tensors += tensors;
+  int64_t now = (c.bytes += bytes);
+  int64_t peak = c.peak.load();
+  while (now > peak && !c.peak.compare_exchange_weak(peak, now)) {
+  }
+}
+
+}  // namespace
+
+std::string Device::str() const { return kind == CPU ? "cpu" : "cuda:" + std::to_string(index); }
+
+Device Device::parse(const std::string& text) {
+  if (text == "cpu") return {CPU, 0};
+  if (text == "cuda") return {CUDA, 0};
+  if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 8) {
+    int index = 0;
+    for (size_t i = 5; i < text.size(); ++i) {
+      if (text[i] < '0' || text[i] > '9') goto bad;
+      index = index * 10 + (text[i] - '0');
+    }
+    if (index < kMaxCudaDevices) return {CUDA, index};
+  }
+bad:
+  fail(Code::Device, "expected a device of \"cpu\" or \"cuda:N\" (N < 16) but received \"" + text + "\"");
+}
+
+std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
+  if (device.kind == Device::CUDA) {
+    // Device tensors arrive with the CUDA path; until then say why there are none.
+    CudaStatus status = cuda_status();
+    fail(Code::CudaUnavailable, "cannot allocate a tensor on " + device.str() + ": " +
+                                    (status.available ? "device tensors are not supported by this build yet"
+                                                      : status.reason));
+  }
+  size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (!p) fail(Code::Value, "out of host memory allocating " + std::to_string(bytes) + " bytes");
+  count(device, 1, int64_t(bytes));
+  return std::shared_ptr<Storage>(new Storage(p, bytes, device));
+}
+
+Storage::~Storage() {
+  std::free(data_);
+  count(device_, -1, -int64_t(bytes_));
+}
+
+std::string shape_str(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+int64_t Tensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string Tensor::describe() const {
+  return std::string(dtype_name(dtype)) + " " + shape_str(shape) + " on " + device().str();
+}
+
+Tensor empty(DType dtype, const Shape& shape, Device device) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) fail(Code::Shape, "expected non-negative dimensions but received shape " + shape_str(shape));
+    n *= d;
+  }
+  Tensor t;
+  t.dtype = dtype;
+  t.shape = shape;
+  t.storage = Storage::allocate(size_t(n) * dtype_size(dtype), device);
+  return t;
+}
+
+Tensor zeros(DType dtype, const Shape& shape, Device device) {
+  Tensor t = empty(dtype, shape, device);
+  std::memset(t.raw(), 0, t.bytes());
+  return t;
+}
+
+Tensor scalar_f32(float value) {
+  Tensor t = empty(DType::F32, {});
+  *t.data<float>() = value;
+  return t;
+}
+
+MemoryStats memory_stats(Device device) {
+  Counters& c = counters_for(device);
+  return {c.tensors.load(), c.bytes.load(), c.peak.load()};
+}
+
+}  // namespace moe

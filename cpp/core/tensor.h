@@ -1,0 +1,71 @@
+// Tensors of the core: a shared storage, a dtype, a shape and a device.
+// Row-major and contiguous; copies are explicit.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dtype.h"
+
+namespace moe {
+
+struct Device {
+  enum Kind { CPU, CUDA } kind = CPU;
+  int index = 0;
+  std::string str() const;
+  static Device parse(const std::string& text);  // "cpu", "cuda", "cuda:N"; throws ERR_MOE_DEVICE
+  bool operator==(const Device& o) const { return kind == o.kind && (kind == CPU || index == o.index); }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+};
+
+class Storage {
+ public:
+  static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+
+ private:
+  Storage(void* data, size_t bytes, Device device) : data_(data), bytes_(bytes), device_(device) {}
+  void* data_;
+  size_t bytes_;
+  Device device_;
+};
+
+using Shape = std::vector<int64_t>;
+std::string shape_str(const Shape& shape);  // "[2, 3]"
+
+struct Tensor {
+  std::shared_ptr<Storage> storage;
+  DType dtype = DType::F32;
+  Shape shape;
+
+  bool defined() const { return storage != nullptr; }
+  Device device() const { return storage ? storage->device() : Device{}; }
+  int64_t numel() const;
+  int64_t dim(int i) const { return shape.at(size_t(i)); }
+  int ndim() const { return int(shape.size()); }
+  size_t bytes() const { return size_t(numel()) * dtype_size(dtype); }
+  void* raw() const { return storage ? storage->data() : nullptr; }
+  template <class T>
+  T* data() const { return static_cast<T*>(raw()); }
+  std::string describe() const;  // "float32 [2, 3] on cpu"
+};
+
+// Allocation; the contents of empty() are unspecified.
+Tensor empty(DType dtype, const Shape& shape, Device device = {});
+Tensor zeros(DType dtype, const Shape& shape, Device device = {});
+Tensor scalar_f32(float value);
+
+struct MemoryStats {
+  int64_t tensors = 0;  // live storages
+  int64_t bytes = 0;
+  int64_t peak_bytes = 0;
+};
+MemoryStats memory_stats(Device device);
+
+}  // namespace moe

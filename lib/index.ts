@@ -1,0 +1,7 @@
+export { MoEError } from "./errors";
+export type { MoEErrorCode } from "./errors";
+export { Tensor, scope, memoryStats, synchronize, DTYPES } from "./tensor";
+export type { DType, DeviceName, HostArray, TensorOptions, MemoryStats } from "./tensor";
+export { info, formatInfo } from "./info";
+export type { Info } from "./info";
+export * as ops from "./ops";

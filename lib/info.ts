@@ -1,0 +1,37 @@
+/** The capability report: what the core found and why anything is missing. */
+import { loadNative, nativeFile } from "./native";
+import type { NativeInfo } from "./native-types";
+
+export interface Info extends NativeInfo {
+  version: string;
+  addon: string;
+}
+
+export function info(): Info {
+  const n = loadNative().info();
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const version = (require("../package.json") as { version: string }).version;
+  return { version, addon: nativeFile(), ...n };
+}
+
+/** The report as text, one backend a line. */
+export function formatInfo(i: Info = info()): string {
+  const lines = [`moe-ep ${i.version}`, `addon: ${i.addon}`, `cpu: ${i.threads} threads`];
+  if (i.blas.loaded) {
+    const how = i.blas.coretypeSetByMoeEp
+      ? `OPENBLAS_CORETYPE=${i.blas.coretype} set by moe-ep from the CPU's features`
+      : i.blas.coretype
+        ? `OPENBLAS_CORETYPE=${i.blas.coretype} from the environment`
+        : "core detected by OpenBLAS";
+    lines.push(`blas: OpenBLAS, core ${i.blas.core} (${how}), ${i.blas.threads} threads, ${i.blas.library}`);
+  } else {
+    lines.push(`blas: unavailable: ${i.blas.reason}`);
+  }
+  if (i.cuda.available) {
+    lines.push(`cuda: ${i.cuda.deviceCount} device(s), runtime ${i.cuda.runtimeVersion}, driver ${i.cuda.driverVersion}, built for ${i.cuda.archs}`);
+  } else {
+    lines.push(`cuda: unavailable: ${i.cuda.reason}${i.cuda.built ? ` (built for ${i.cuda.archs})` : ""}`);
+  }
+  lines.push(`gloo: ${i.gloo.built ? "built in (CPU process groups)" : "not built (install libgloo-dev and rebuild)"}`);
+  return lines.join("\n");
+}

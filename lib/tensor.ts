@@ -1,0 +1,197 @@
+/**
+ * Tensor: a typed handle over a native tensor. Made from typed arrays, read
+ * back into them (bfloat16 and float16 read and written as float32, rounding
+ * to nearest even), freed with dispose() or `using`.
+ */
+import { AsyncLocalStorage } from "async_hooks";
+import { MoEError, invalid } from "./errors";
+import { loadNative } from "./native";
+import type { NativeTensorHandle } from "./native-types";
+
+export type DType = "float32" | "bfloat16" | "float16" | "int32" | "int64";
+export const DTYPES: readonly DType[] = ["float32", "bfloat16", "float16", "int32", "int64"];
+export type DeviceName = "cpu" | `cuda:${number}` | "cuda";
+
+export type HostArray = Float32Array | Float64Array | Int32Array | BigInt64Array | Uint16Array | number[];
+type ReadArray<D extends DType> = D extends "int32" ? Int32Array : D extends "int64" ? BigInt64Array : Float32Array;
+
+export interface TensorOptions {
+  dtype?: DType;
+  device?: DeviceName;
+}
+
+/** The element type a host array carries, as the native side names it. */
+function hostDtype(data: HostArray, target: DType): { view: ArrayBufferView; dtype: DType } {
+  if (Array.isArray(data)) {
+    return target === "int32" || target === "int64"
+      ? { view: Int32Array.from(data), dtype: "int32" }
+      : { view: Float32Array.from(data), dtype: "float32" };
+  }
+  if (data instanceof Float32Array) return { view: data, dtype: "float32" };
+  if (data instanceof Float64Array) return { view: Float32Array.from(data), dtype: "float32" };
+  if (data instanceof Int32Array) return { view: data, dtype: "int32" };
+  if (data instanceof BigInt64Array) return { view: data, dtype: "int64" };
+  if (data instanceof Uint16Array) {
+    if (target !== "bfloat16" && target !== "float16") {
+      throw invalid("a Uint16Array only for bfloat16 or float16 bits", "data", data, "ERR_MOE_DTYPE");
+    }
+    return { view: data, dtype: target };
+  }
+  throw invalid("a Float32Array, Float64Array, Int32Array, BigInt64Array, Uint16Array or number[]", "data", data);
+}
+
+function checkShape(shape: unknown): number[] {
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw invalid("an array of non-negative integers", "shape", shape, "ERR_MOE_SHAPE");
+  }
+  return shape as number[];
+}
+
+function checkDtype(dtype: unknown): DType {
+  if (typeof dtype !== "string" || !(DTYPES as readonly string[]).includes(dtype)) {
+    throw invalid(`one of ${DTYPES.join(", ")}`, "dtype", dtype, "ERR_MOE_DTYPE");
+  }
+  return dtype as DType;
+}
+
+// Safety net only: a tensor dropped without dispose() is freed when collected.
+const finalizer = new FinalizationRegistry<NativeTensorHandle>((h) => h.dispose());
+
+// Tensors made inside scope() are disposed when it ends unless returned.
+const scopes = new AsyncLocalStorage<Set<Tensor>>();
+
+export class Tensor implements Disposable {
+  /** @internal */
+  readonly handle: NativeTensorHandle;
+
+  /** @internal Wraps a native handle; use Tensor.from / zeros / empty. */
+  constructor(handle: NativeTensorHandle) {
+    this.handle = handle;
+    finalizer.register(this, handle, this);
+    scopes.getStore()?.add(this);
+  }
+
+  static from(data: HostArray, shape: readonly number[], options: TensorOptions = {}): Tensor {
+    const dtype = checkDtype(options.dtype ?? defaultDtype(data));
+    const { view, dtype: src } = hostDtype(data, dtype);
+    const N = loadNative().NativeTensor;
+    return new Tensor(new N(dtype, checkShape([...shape]), options.device ?? "cpu", view, src));
+  }
+
+  static zeros(shape: readonly number[], options: TensorOptions = {}): Tensor {
+    const N = loadNative().NativeTensor;
+    return new Tensor(new N(checkDtype(options.dtype ?? "float32"), checkShape([...shape]), options.device ?? "cpu", null, undefined, true));
+  }
+
+  static empty(shape: readonly number[], options: TensorOptions = {}): Tensor {
+    const N = loadNative().NativeTensor;
+    return new Tensor(new N(checkDtype(options.dtype ?? "float32"), checkShape([...shape]), options.device ?? "cpu", null));
+  }
+
+  get dtype(): DType {
+    return this.handle.dtype as DType;
+  }
+  get shape(): number[] {
+    return this.handle.shape;
+  }
+  get device(): string {
+    return this.handle.device;
+  }
+  get disposed(): boolean {
+    return this.handle.disposed;
+  }
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  /** A copy of the elements: Float32Array for float dtypes, Int32Array / BigInt64Array for integers. */
+  toArray(): ReadArray<DType> {
+    const dt = this.dtype;
+    if (dt === "int32") return new Int32Array(this.handle.read("int32"));
+    if (dt === "int64") return new BigInt64Array(this.handle.read("int64"));
+    return new Float32Array(this.handle.read("float32"));
+  }
+
+  /** The raw bits of a bfloat16 / float16 tensor. */
+  toBits(): Uint16Array {
+    if (this.dtype !== "bfloat16" && this.dtype !== "float16") {
+      throw new MoEError(`Expected a bfloat16 or float16 tensor for toBits but received ${this.dtype}`, "ERR_MOE_DTYPE");
+    }
+    return new Uint16Array(this.handle.read(this.dtype));
+  }
+
+  /** A scalar's value (a tensor of one element). */
+  item(): number {
+    if (this.numel !== 1) throw new MoEError(`Expected a tensor of one element for item() but received shape [${this.shape.join(", ")}]`, "ERR_MOE_SHAPE");
+    const v = this.toArray()[0];
+    return typeof v === "bigint" ? Number(v) : v;
+  }
+
+  dispose(): void {
+    finalizer.unregister(this);
+    this.handle.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype} [${this.shape.join(", ")}] on ${this.device}${this.disposed ? ", disposed" : ""})`;
+  }
+}
+
+function defaultDtype(data: HostArray): DType {
+  if (data instanceof Int32Array) return "int32";
+  if (data instanceof BigInt64Array) return "int64";
+  return "float32";
+}
+
+/** Collects every tensor in a result value (arrays and plain objects, one level deep or more). */
+function collect(value: unknown, out: Set<Tensor>, depth = 0): void {
+  if (depth > 4 || value === null || typeof value !== "object") return;
+  if (value instanceof Tensor) {
+    out.add(value);
+    return;
+  }
+  for (const v of Array.isArray(value) ? value : Object.values(value)) collect(v, out, depth + 1);
+}
+
+/**
+ * Runs fn and disposes every tensor created inside it (including inside the
+ * ops it awaits) except those in its return value.
+ */
+export async function scope<T>(fn: () => Promise<T> | T): Promise<T> {
+  const made = new Set<Tensor>();
+  const outer = scopes.getStore();
+  let result: T;
+  try {
+    result = await scopes.run(made, fn);
+  } catch (e) {
+    for (const t of made) t.dispose();
+    throw e;
+  }
+  const keep = new Set<Tensor>();
+  collect(result, keep);
+  for (const t of made) {
+    if (keep.has(t)) outer?.add(t);
+    else t.dispose();
+  }
+  return result;
+}
+
+export interface MemoryStats {
+  tensors: number;
+  bytes: number;
+  peakBytes: number;
+}
+
+/** Live tensors and bytes on a device (storage shared by views counts once). */
+export function memoryStats(device: DeviceName = "cpu"): MemoryStats {
+  return loadNative().memoryStats(device);
+}
+
+/** Resolves once every op queued so far has finished. */
+export function synchronize(): Promise<void> {
+  return loadNative().synchronize();
+}

@@ -1,0 +1,12 @@
+// Writes dist/index.mjs: the ES module entry, re-exporting the CommonJS build
+// so `import` and `require` share one copy of the addon and its state.
+const fs = require("fs");
+const path = require("path");
+const dist = path.join(__dirname, "..", "dist");
+const cjs = require(path.join(dist, "index.js"));
+const names = Object.keys(cjs).filter((n) => n !== "default" && n !== "__esModule");
+const body =
+  `import cjs from "./index.js";\n` +
+  `export const { ${names.join(", ")} } = cjs;\n` +
+  `export default cjs;\n`;
+fs.writeFileSync(path.join(dist, "index.mjs"), body);
