@@ -1,0 +1,77 @@
+/** Shared test helpers: a seeded generator, float64 arrays, and error measures. */
+import { Tensor } from "../lib";
+
+/** mulberry32: small, seeded, good enough for test data. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** n values uniform in [lo, hi). */
+export function uniform(n: number, seed: number, lo = -1, hi = 1): Float64Array {
+  const r = rng(seed);
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * r();
+  return out;
+}
+
+/** n values, standard normal (Box-Muller). */
+export function normal(n: number, seed: number, std = 1): Float64Array {
+  const r = rng(seed);
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const u = Math.max(r(), 1e-12);
+    const v = r();
+    const m = std * Math.sqrt(-2 * Math.log(u));
+    out[i] = m * Math.cos(2 * Math.PI * v);
+    if (i + 1 < n) out[i + 1] = m * Math.sin(2 * Math.PI * v);
+  }
+  return out;
+}
+
+/** Rounds float64 values to float32 (what a float32 tensor holds). */
+export function f32(a: ArrayLike<number>): Float64Array {
+  return Float64Array.from(Float32Array.from(a as ArrayLike<number>));
+}
+
+/** Relative error ‖a − b‖∞ / max(‖b‖∞, floor): the measure DESIGN.md's tolerances use. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-6): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let num = 0;
+  let den = floor;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}
+
+export const TOL = { float32: 1e-5, bfloat16: 2e-2, float16: 2e-2 } as const;
+
+/** A float tensor from float64 data. */
+export function tensor(data: ArrayLike<number>, shape: number[], dtype: "float32" | "bfloat16" | "float16" = "float32"): Tensor {
+  return Tensor.from(Float32Array.from(data as ArrayLike<number>), shape, { dtype });
+}
+
+export function intTensor(data: ArrayLike<number>, shape: number[]): Tensor {
+  return Tensor.from(Int32Array.from(data as ArrayLike<number>), shape, { dtype: "int32" });
+}
+
+/** The tensor's values as float64. */
+export function values(t: Tensor): Float64Array {
+  const a = t.toArray();
+  return a instanceof BigInt64Array ? Float64Array.from(a, Number) : Float64Array.from(a);
+}
+
+/** Bitwise equality of two tensors' contents. */
+export function sameBits(a: Tensor, b: Tensor): boolean {
+  const x = Buffer.from(a.handle.read(a.dtype));
+  const y = Buffer.from(b.handle.read(b.dtype));
+  return x.equals(y);
+}
