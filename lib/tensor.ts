@@ -3,6 +3,7 @@
  * back into them (bfloat16 and float16 read and written as float32, rounding
  * to nearest even), freed with dispose() or `using`.
  */
+import "./polyfill";
 import { AsyncLocalStorage } from "async_hooks";
 import { MoEError, invalid } from "./errors";
 import { loadNative } from "./native";
@@ -110,6 +111,22 @@ export class Tensor implements Disposable {
     if (dt === "int32") return new Int32Array(this.handle.read("int32"));
     if (dt === "int64") return new BigInt64Array(this.handle.read("int64"));
     return new Float32Array(this.handle.read("float32"));
+  }
+
+  /** The elements as float32 (bfloat16 / float16 widened exactly). */
+  toFloat32(): Float32Array {
+    if (this.dtype === "int32" || this.dtype === "int64") {
+      return Float32Array.from(this.toInt32());
+    }
+    return new Float32Array(this.handle.read("float32"));
+  }
+
+  /** The elements of an integer tensor as int32. */
+  toInt32(): Int32Array {
+    if (this.dtype !== "int32" && this.dtype !== "int64") {
+      throw new MoEError(`Expected an int32 or int64 tensor for toInt32 but received ${this.dtype}`, "ERR_MOE_DTYPE");
+    }
+    return new Int32Array(this.handle.read("int32"));
   }
 
   /** The raw bits of a bfloat16 / float16 tensor. */

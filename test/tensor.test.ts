@@ -1,0 +1,114 @@
+import { Tensor, memoryStats, scope, MoEError, info } from "../lib";
+
+/** bfloat16 of a float64 value, by the definition: round to nearest even on the top 16 bits of the float32. */
+function bf16Ref(v: number): number {
+  const f = new Float32Array([v]);
+  const u = new Uint32Array(f.buffer);
+  const bits = u[0];
+  const lsb = (bits >>> 16) & 1;
+  u[0] = ((bits + 0x7fff + lsb) >>> 16) << 16;
+  return f[0];
+}
+
+describe("Tensor", () => {
+  test("float32, int32 and int64 round-trip exactly with shape and dtype", () => {
+    const f = Tensor.from(new Float32Array([1.5, -2, 3.25, 0, 7, 8]), [2, 3]);
+    expect(f.shape).toEqual([2, 3]);
+    expect(f.dtype).toBe("float32");
+    expect(f.device).toBe("cpu");
+    expect(Array.from(f.toFloat32())).toEqual([1.5, -2, 3.25, 0, 7, 8]);
+    const i = Tensor.from(new Int32Array([1, -2, 2147483647]), [3]);
+    expect(Array.from(i.toArray() as Int32Array)).toEqual([1, -2, 2147483647]);
+    const l = Tensor.from(new BigInt64Array([1n, -(2n ** 40n)]), [2]);
+    expect(l.dtype).toBe("int64");
+    expect(Array.from(l.toArray() as BigInt64Array)).toEqual([1n, -(2n ** 40n)]);
+    const l2 = Tensor.from([5, 6], [2], { dtype: "int64" });
+    expect(Array.from(l2.toArray() as BigInt64Array)).toEqual([5n, 6n]);
+  });
+
+  test("bfloat16 writes round to nearest even and reads back as float32", () => {
+    const vals = [1, 1.00390625, 1.01171875, 3.14159265, -0.1, 1e-3, 65504, 1 + 1 / 256, 1 + 3 / 256];
+    const t = Tensor.from(Float64Array.from(vals), [vals.length], { dtype: "bfloat16" });
+    expect(t.dtype).toBe("bfloat16");
+    expect(Array.from(t.toFloat32())).toEqual(vals.map(bf16Ref));
+    // ties: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 and goes to the even mantissa (1)
+    expect(t.toFloat32()[7]).toBe(1);
+    expect(t.toFloat32()[8]).toBe(1 + 4 / 256);
+    expect(Array.from(t.toBits().slice(0, 1))).toEqual([0x3f80]);
+  });
+
+  test("float16 round-trips values it can hold and rounds the rest", () => {
+    const t = Tensor.from([0.5, -2, 65504, 6.103515625e-5, 5.960464477539063e-8, 0.1], [6], { dtype: "float16" });
+    const r = t.toFloat32();
+    expect(Array.from(r.slice(0, 5))).toEqual([0.5, -2, 65504, 6.103515625e-5, 5.960464477539063e-8]);
+    expect(r[5]).toBeCloseTo(0.0999755859375, 12);
+    expect(Array.from(t.toBits())).toEqual([0x3800, 0xc000, 0x7bff, 0x0400, 0x0001, 0x2e66]);
+  });
+
+  test("zeros and empty allocate the asked shape", () => {
+    const z = Tensor.zeros([3, 4], { dtype: "bfloat16" });
+    expect(Array.from(z.toFloat32())).toEqual(new Array(12).fill(0));
+    expect(Tensor.empty([0, 5]).numel).toBe(0);
+  });
+
+  test("bad shapes, dtypes, devices and data get typed errors", () => {
+    expect(() => Tensor.from([1, 2, 3], [2, 2])).toThrow(expect.objectContaining({ code: "ERR_MOE_SHAPE" }));
+    expect(() => Tensor.from([1], [-1])).toThrow(expect.objectContaining({ code: "ERR_MOE_SHAPE" }));
+    expect(() => Tensor.from([1], [1], { dtype: "float8" as never })).toThrow(expect.objectContaining({ code: "ERR_MOE_DTYPE" }));
+    expect(() => Tensor.from([1], [1], { device: "tpu" as never })).toThrow(expect.objectContaining({ code: "ERR_MOE_DEVICE" }));
+    expect(() => Tensor.from(new Int32Array(2), [2], { dtype: "float32" })).toThrow(expect.objectContaining({ code: "ERR_MOE_DTYPE" }));
+    expect(() => Tensor.from("abc" as never, [3])).toThrow(MoEError);
+    try {
+      Tensor.from([1, 2, 3], [2, 2]);
+    } catch (e) {
+      expect((e as Error).message).toMatch(/expected 4 elements for shape \[2, 2\] but received 3/);
+    }
+  });
+
+  test("a CUDA tensor on a machine without CUDA says why", () => {
+    if (info().cuda.available) return; // covered by the CUDA suite on GPU machines
+    expect(() => Tensor.zeros([2], { device: "cuda:0" })).toThrow(expect.objectContaining({ code: "ERR_MOE_CUDA_UNAVAILABLE" }));
+    try {
+      Tensor.zeros([2], { device: "cuda:0" });
+    } catch (e) {
+      expect((e as Error).message).toContain(info().cuda.reason);
+    }
+  });
+
+  test("a disposed tensor refuses reads; dispose is idempotent; `using` disposes", () => {
+    const before = memoryStats();
+    const t = Tensor.from([1, 2], [2]);
+    expect(memoryStats().tensors).toBe(before.tensors + 1);
+    t.dispose();
+    t.dispose();
+    expect(t.disposed).toBe(true);
+    expect(() => t.toArray()).toThrow(expect.objectContaining({ code: "ERR_MOE_DISPOSED" }));
+    {
+      using u = Tensor.from([1, 2, 3], [3]);
+      expect(u.numel).toBe(3);
+    }
+    expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+  });
+
+  test("scope disposes its temporaries and keeps what it returns", async () => {
+    const before = memoryStats();
+    const kept = await scope(async () => {
+      Tensor.zeros([100]);
+      Tensor.zeros([200]);
+      await new Promise((r) => setTimeout(r, 1));
+      const inner = await scope(async () => ({ a: Tensor.zeros([3]), b: Tensor.zeros([4]) }));
+      inner.b.dispose();
+      return { keep: inner.a };
+    });
+    expect(kept.keep.disposed).toBe(false);
+    expect(memoryStats().tensors).toBe(before.tensors + 1);
+    kept.keep.dispose();
+    await expect(
+      scope(async () => {
+        Tensor.zeros([10]);
+        throw new Error("boom");
+      }),
+    ).rejects.toThrow("boom");
+    expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+  });
+});
