@@ -74,7 +74,7 @@ std::string shape_str(const Shape& shape) {
   return s + "]";
 }
 
-int64_t Tensor::numel() const {
+int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;

@@ -38,6 +38,7 @@ class Storage {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);  // "[2, 3]"
+int64_t shape_numel(const Shape& shape);
 
 struct Tensor {
   std::shared_ptr<Storage> storage;
@@ -46,7 +47,7 @@ struct Tensor {
 
   bool defined() const { return storage != nullptr; }
   Device device() const { return storage ? storage->device() : Device{}; }
-  int64_t numel() const;
+  int64_t numel() const { return shape_numel(shape); }
   int64_t dim(int i) const { return shape.at(size_t(i)); }
   int ndim() const { return int(shape.size()); }
   size_t bytes() const { return size_t(numel()) * dtype_size(dtype); }

@@ -1,0 +1,119 @@
+// The C ABI (cpp/include/moe_ep.h) over the core: every entry point catches
+// everything and turns it into a status plus a per-thread message.
+#include "moe_ep.h"
+
+#include <cstring>
+#include <string>
+
+#include "../core/error.h"
+#include "../core/host_copy.h"
+#include "../core/tensor.h"
+#include "../ops/gate.h"
+#include "capi_ops.h"
+
+struct moe_tensor_s {
+  moe::Tensor t;
+};
+
+namespace moe::capi {
+
+thread_local std::string last_error;
+
+moe_status status_of(Code code) { return static_cast<moe_status>(static_cast<int>(code)); }
+
+DType dtype_of(moe_dtype d) {
+  switch (d) {
+    case MOE_FLOAT32: return DType::F32;
+    case MOE_BFLOAT16: return DType::BF16;
+    case MOE_FLOAT16: return DType::F16;
+    case MOE_INT32: return DType::I32;
+    case MOE_INT64: return DType::I64;
+  }
+  fail(Code::Dtype, "expected a moe_dtype in [0, 4] but received " + std::to_string(int(d)));
+}
+
+moe_dtype abi_dtype(DType d) {
+  switch (d) {
+    case DType::F32: return MOE_FLOAT32;
+    case DType::BF16: return MOE_BFLOAT16;
+    case DType::F16: return MOE_FLOAT16;
+    case DType::I32: return MOE_INT32;
+    case DType::I64: return MOE_INT64;
+  }
+  return MOE_FLOAT32;
+}
+
+const Tensor& in(moe_tensor t, const char* name) {
+  if (!t) fail(Code::Value, std::string("expected ") + name + " to be a tensor but received NULL");
+  return t->t;
+}
+
+Tensor optional_in(moe_tensor t) { return t ? t->t : Tensor(); }
+
+void out(moe_tensor* slot, Tensor t) {
+  if (slot) *slot = new moe_tensor_s{std::move(t)};
+}
+
+}  // namespace moe::capi
+
+using namespace moe;
+using namespace moe::capi;
+
+extern "C" {
+
+int moe_abi_version(void) { return MOE_EP_ABI_VERSION; }
+
+const char* moe_last_error(void) { return last_error.c_str(); }
+
+const char* moe_status_name(moe_status status) {
+  if (status == MOE_OK) return "OK";
+  if (status < MOE_ERR_SHAPE || status > MOE_ERR_NCCL_UNAVAILABLE) return "ERR_MOE_UNKNOWN";
+  return code_name(static_cast<Code>(static_cast<int>(status)));
+}
+
+moe_status moe_tensor_create(moe_dtype dtype, int ndim, const int64_t* shape, const void* data, moe_tensor* out_t) {
+  return guarded([&] {
+    if (!out_t) fail(Code::Value, "moe_tensor_create: expected an out pointer but received NULL");
+    if (ndim < 0 || ndim > 8 || (ndim > 0 && !shape))
+      fail(Code::Shape, "moe_tensor_create: expected 0 to 8 dimensions and a shape but received ndim " +
+                            std::to_string(ndim));
+    Shape s(shape, shape + ndim);
+    DType dt = dtype_of(dtype);
+    Tensor t = data ? from_host(dt, s, Device{}, data, dt, shape_numel(s)) : zeros(dt, s);
+    out(out_t, std::move(t));
+  });
+}
+
+void moe_tensor_free(moe_tensor t) { delete t; }
+
+moe_status moe_tensor_info(moe_tensor t, moe_dtype* dtype, int* ndim, int64_t* shape, int max_dims) {
+  return guarded([&] {
+    const Tensor& x = in(t, "t");
+    if (dtype) *dtype = abi_dtype(x.dtype);
+    if (ndim) *ndim = x.ndim();
+    if (shape) {
+      if (max_dims < x.ndim())
+        fail(Code::Shape, "moe_tensor_info: expected room for " + std::to_string(x.ndim()) +
+                              " dimensions but received max_dims " + std::to_string(max_dims));
+      for (int i = 0; i < x.ndim(); ++i) shape[i] = x.dim(i);
+    }
+  });
+}
+
+moe_status moe_tensor_read(moe_tensor t, moe_dtype as, void* dst, size_t dst_bytes) {
+  return guarded([&] {
+    const Tensor& x = in(t, "t");
+    DType dt = dtype_of(as);
+    size_t need = size_t(x.numel()) * dtype_size(dt);
+    if (!dst || dst_bytes < need)
+      fail(Code::Shape, "moe_tensor_read: expected a buffer of " + std::to_string(need) + " bytes but received " +
+                            std::to_string(dst ? dst_bytes : 0));
+    to_host(x, dst, dt);
+  });
+}
+
+moe_status moe_gate(moe_tensor x, moe_tensor wg, moe_tensor* logits) {
+  return guarded([&] { out(logits, ops::gate(in(x, "x"), in(wg, "wg"))()); });
+}
+
+}  // extern "C"
