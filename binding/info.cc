@@ -2,6 +2,7 @@
 // memoryStats(device): live tensors and bytes.
 #include "../cpp/core/blas.h"
 #include "../cpp/core/cuda_probe.h"
+#include "../cpp/core/host_allocator.h"
 #include "../cpp/core/parallel.h"
 #include "../cpp/core/stream.h"
 #include "addon.h"
@@ -55,6 +56,7 @@ Napi::Value memory_stats(const Napi::CallbackInfo& cb) {
     o.Set("tensors", double(s.tensors));
     o.Set("bytes", double(s.bytes));
     o.Set("peakBytes", double(s.peak_bytes));
+    o.Set("cachedBytes", double(s.cached_bytes));
     return o;
   });
 }
@@ -72,7 +74,13 @@ Napi::Value synchronize(const Napi::CallbackInfo& cb) {
   return deferred->Promise();
 }
 
+Napi::Value empty_cache(const Napi::CallbackInfo& cb) {
+  host_empty_cache();
+  return cb.Env().Undefined();
+}
+
 Registration reg([](Napi::Env env, Napi::Object exports) {
+  exports.Set("emptyCache", Napi::Function::New(env, empty_cache));
   exports.Set("info", Napi::Function::New(env, info));
   exports.Set("memoryStats", Napi::Function::New(env, memory_stats));
   exports.Set("synchronize", Napi::Function::New(env, synchronize));

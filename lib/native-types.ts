@@ -48,7 +48,8 @@ export interface NativeModule {
   setErrorClass(cls: unknown): void;
   NativeTensor: NativeTensorClass;
   info(): NativeInfo;
-  memoryStats(device: string): { tensors: number; bytes: number; peakBytes: number };
+  memoryStats(device: string): { tensors: number; bytes: number; peakBytes: number; cachedBytes: number };
+  emptyCache(): void;
   synchronize(): Promise<void>;
 
   gate(x: H, wg: H): Promise<H>;

@@ -201,11 +201,18 @@ export interface MemoryStats {
   tensors: number;
   bytes: number;
   peakBytes: number;
+  /** Freed large blocks kept for reuse (see emptyCache). */
+  cachedBytes: number;
 }
 
 /** Live tensors and bytes on a device (storage shared by views counts once). */
 export function memoryStats(device: DeviceName = "cpu"): MemoryStats {
   return loadNative().memoryStats(device);
+}
+
+/** Returns the host allocator's cached blocks to the system. */
+export function emptyCache(): void {
+  loadNative().emptyCache();
 }
 
 /** Resolves once every op queued so far has finished. */

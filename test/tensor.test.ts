@@ -1,4 +1,4 @@
-import { Tensor, memoryStats, scope, MoEError, info } from "../lib";
+import { Tensor, memoryStats, emptyCache, scope, MoEError, info } from "../lib";
 
 /** bfloat16 of a float64 value, by the definition: round to nearest even on the top 16 bits of the float32. */
 function bf16Ref(v: number): number {
@@ -110,5 +110,20 @@ describe("Tensor", () => {
       }),
     ).rejects.toThrow("boom");
     expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+  });
+
+  test("freed large blocks are cached, reused for the same size, and released by emptyCache", () => {
+    emptyCache();
+    expect(memoryStats().cachedBytes).toBe(0);
+    const a = Tensor.zeros([3 << 20]); // 12 MiB
+    a.dispose();
+    const cached = memoryStats().cachedBytes;
+    expect(cached).toBeGreaterThanOrEqual(12 << 20);
+    const b = Tensor.zeros([3 << 20]);
+    expect(memoryStats().cachedBytes).toBe(cached - (12 << 20));
+    expect(Array.from(b.toFloat32().subarray(0, 4))).toEqual([0, 0, 0, 0]);
+    b.dispose();
+    emptyCache();
+    expect(memoryStats().cachedBytes).toBe(0);
   });
 });

@@ -7,6 +7,7 @@
 
 #include "cuda_probe.h"
 #include "error.h"
+#include "host_allocator.h"
 
 namespace moe {
 namespace {
@@ -56,15 +57,14 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
                                     (status.available ? "device tensors are not supported by this build yet"
                                                       : status.reason));
   }
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  void* p = host_alloc(bytes);
   if (!p) fail(Code::Value, "out of host memory allocating " + std::to_string(bytes) + " bytes");
   count(device, 1, int64_t(bytes));
   return std::shared_ptr<Storage>(new Storage(p, bytes, device));
 }
 
 Storage::~Storage() {
-  std::free(data_);
+  host_free(data_, bytes_);
   count(device_, -1, -int64_t(bytes_));
 }
 
@@ -111,7 +111,7 @@ Tensor scalar_f32(float value) {
 
 MemoryStats memory_stats(Device device) {
   Counters& c = counters_for(device);
-  return {c.tensors.load(), c.bytes.load(), c.peak.load()};
+  return {c.tensors.load(), c.bytes.load(), c.peak.load(), device.kind == Device::CPU ? host_cached_bytes() : 0};
 }
 
 }  // namespace moe

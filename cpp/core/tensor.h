@@ -66,6 +66,7 @@ struct MemoryStats {
   int64_t tensors = 0;  // live storages
   int64_t bytes = 0;
   int64_t peak_bytes = 0;
+  int64_t cached_bytes = 0;  // freed blocks the allocator keeps for reuse
 };
 MemoryStats memory_stats(Device device);
 
