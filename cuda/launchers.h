@@ -1,9 +1,19 @@
 // Every CUDA entry point of moe-ep: plain C functions that take raw pointers,
 // sizes and a stream, so cpp/ (and through it the C ABI) can call them without
 // CUDA headers. Streams travel as void* (a cudaStream_t).
+//
+// Launchers return 0 on success, a cudaError_t value (> 0) when the CUDA runtime
+// reports one, or one of the negative MOE_CUDA_ERR_* codes below for arguments
+// they refuse before launching anything.
 #pragma once
 #include <stdint.h>
 #include <stddef.h>
+
+// An argument is out of its documented range (a null pointer that is required,
+// k > numExperts, a workspace that is too small, ...).
+#define MOE_CUDA_ERR_INVALID_ARGUMENT (-1)
+// The arguments are valid but no compiled kernel covers them (too many experts).
+#define MOE_CUDA_ERR_UNSUPPORTED (-2)
 
 #ifdef __cplusplus
 extern "C" {
@@ -12,6 +22,51 @@ extern "C" {
 // Number of usable devices (0 when none), the runtime and driver versions, and
 // when 0 the reason in `reason`.
 int moe_cuda_probe(int* runtime_version, int* driver_version, char* reason, size_t reason_len);
+
+// ---- route (MATH.md: Router, Losses) -------------------------------------------
+// score_function: 0 softmax, 1 sigmoid.
+
+// Device workspace, in bytes, that moe_cuda_route_forward needs for
+// num_tokens x num_experts logits (per-block partial sums of the loss
+// statistics, reduced in a fixed order so the result is bitwise reproducible).
+size_t moe_cuda_route_workspace_bytes(int64_t num_tokens, int num_experts);
+
+// Forward routing, all on `stream`:
+//   logits            float32 [T, E]           input
+//   expert_bias       float32 [E] or NULL      added to the scores for selection only
+//   num_groups, topk_groups                    group-limited selection when num_groups > 1
+//                                              (E % num_groups == 0, 1 <= topk_groups <= num_groups,
+//                                              top_k <= topk_groups * E / num_groups); 0 or 1: off
+//   indices           int32 [T, k]             chosen experts, best first (ties: lower index)
+//   weights           float32 [T, k]           scores at the chosen experts, renormalised if asked
+//   scores            float32 [T, E]           softmax or sigmoid of the logits
+//   tokens_per_expert int32 [E]                number of (t, j) choosing e (zeroed here first)
+//   prob_sum          float32 [E]              sum over t of p[t, e] (p = s, or s / sum_e s for sigmoid)
+//   lse_sq_sum        float32 [1]              sum over t of logsumexp(logits[t])^2
+//   losses            float32 [2] or NULL      aux = E * sum_e (count_e / (T k)) * (prob_sum_e / T)
+//                                              and z = lse_sq_sum / T, without coefficients (0 when T = 0)
+//   nonfinite_tokens  int32 [1] or NULL        number of tokens with a NaN or infinite logit (zeroed here)
+//   workspace         at least moe_cuda_route_workspace_bytes(T, E) bytes of device memory
+int moe_cuda_route_forward(const float* logits, const float* expert_bias, int64_t num_tokens,
+                           int num_experts, int top_k, int score_function, int renormalize,
+                           int num_groups, int topk_groups, int32_t* indices, float* weights,
+                           float* scores, int32_t* tokens_per_expert, float* prob_sum,
+                           float* lse_sq_sum, float* losses, int32_t* nonfinite_tokens,
+                           void* workspace, size_t workspace_bytes, void* stream);
+
+// Backward routing: d_logits float32 [T, E] (overwritten) from
+//   d_weights         float32 [T, k] or NULL   gradient of the weights
+//   indices           int32 [T, k]             as the forward returned them
+//   scores            float32 [T, E]           as the forward returned them
+//   logits            float32 [T, E]           required when z_loss_grad != 0
+//   tokens_per_expert int32 [E]                required when aux_loss_grad != 0
+//   aux_loss_grad, z_loss_grad                 d loss / d aux and d loss / d z (the coefficient
+//                                              times the upstream gradient); 0 skips that term
+int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, const float* scores,
+                            const float* logits, const int32_t* tokens_per_expert,
+                            int64_t num_tokens, int num_experts, int top_k, int score_function,
+                            int renormalize, float aux_loss_grad, float z_loss_grad,
+                            float* d_logits, void* stream);
 
 #ifdef __cplusplus
 }

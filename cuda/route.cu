@@ -1,0 +1,542 @@
+// The route op on the GPU (MATH.md: Router and Losses): scores, optional
+// group-limited top-k selection of s + bias, weights, per-expert counts and the
+// statistics of the load-balancing and z losses; and the gradient of the
+// logits. A warp owns one token at a time; lane l holds experts l, l + 32, ...
+// in registers (see route_plan.h), so loads and stores of a row are coalesced
+// and every per-token reduction is a warp butterfly.
+//
+// Reproducibility: per-token reductions are butterflies in a fixed lane order;
+// the sums over tokens go to per-block partials (the grid depends on T only)
+// that a one-block kernel adds in a fixed order. Only integer counts use
+// global atomics.
+//
+// Status: compiled for sm_80 and sm_90a without spills (test/cuda-build.test.ts
+// checks the SASS); not yet run on a GPU, so not yet compared with the CPU op.
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdint.h>
+
+#include "common.cuh"
+#include "launchers.h"
+#include "route_plan.h"
+
+namespace moe_cuda {
+namespace {
+
+constexpr int kSoftmax = 0;
+constexpr int kSigmoid = 1;
+// Added to the sum of the chosen sigmoid scores before renormalising
+// (MATH.md; sigmoid scores can all be ~0, softmax ones cannot).
+constexpr float kSigmoidRenormEps = 1e-20f;
+constexpr int kNone = INT32_MAX;  // index that ranks after every real expert
+constexpr int kFinalizeThreads = 256;
+
+struct ForwardParams {
+  const float* logits;
+  const float* bias;
+  int64_t tokens;
+  int experts;
+  int topK;
+  int scoreFunction;
+  int renormalize;
+  int groups;
+  int topkGroups;
+  int32_t* indices;
+  float* weights;
+  float* scores;
+  int32_t* counts;
+  float* partialProb;   // [gridDim.x][E]
+  float* partialLseSq;  // [gridDim.x]
+  int32_t* nonfinite;
+};
+
+struct BackwardParams {
+  const float* dWeights;
+  const int32_t* indices;
+  const float* scores;
+  const float* logits;
+  const int32_t* counts;
+  int64_t tokens;
+  int experts;
+  int topK;
+  int scoreFunction;
+  int renormalize;
+  float auxGrad;
+  float zGrad;
+  float* dLogits;
+};
+
+// Loads one row of logits (-inf beyond E) and returns the row's logsumexp;
+// ex[i] = exp(x[i] - max) and sumExp = sum of ex over the row.
+template <int EPL>
+__device__ __forceinline__ float row_logsumexp(const float* row, int experts, int lane, float (&x)[EPL],
+                                               float (&ex)[EPL], float& sumExp) {
+  float m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) {
+    const int e = i * 32 + lane;
+    x[i] = e < experts ? row[e] : -INFINITY;
+    m = fmaxf(m, x[i]);
+  }
+  m = warp_max(m);
+  float local = 0.f;
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) {
+    const int e = i * 32 + lane;
+    ex[i] = e < experts ? expf(x[i] - m) : 0.f;
+    local += ex[i];
+  }
+  sumExp = warp_sum(local);
+  return m + logf(sumExp);
+}
+
+// Group-limited selection (DeepSeek-V3): a group's score is the sum of its
+// top max(1, k / g) keys; only experts of the g best groups (ties to the lower
+// group) stay eligible. Returns the eligibility bits of this lane's experts.
+// keys/groupScore are this warp's shared scratch, [E] and [G].
+template <int EPL>
+__device__ unsigned group_limit(const float (&key)[EPL], unsigned eligible, const ForwardParams& p, int lane,
+                                float* keys, float* groupScore) {
+  const int E = p.experts;
+  const int G = p.groups;
+  const int groupSize = E / G;
+  const int perGroup = max(1, p.topK / p.topkGroups);
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) {
+    const int e = i * 32 + lane;
+    if (e < E) keys[e] = key[i];
+  }
+  __syncwarp();
+  for (int gi = lane; gi < G; gi += 32) {
+    const float* gk = keys + gi * groupSize;
+    float prevV = INFINITY;
+    int prevI = -1;
+    float sum = 0.f;
+    for (int r = 0; r < perGroup && r < groupSize; ++r) {
+      float bv = -INFINITY;
+      int bi = kNone;
+      for (int j = 0; j < groupSize; ++j) {
+        const float v = gk[j];
+        if (ranks_before(prevV, prevI, v, j) && ranks_before(v, j, bv, bi)) {
+          bv = v;
+          bi = j;
+        }
+      }
+      sum += bv;
+      prevV = bv;
+      prevI = bi;
+    }
+    groupScore[gi] = isnan(sum) ? -INFINITY : sum;
+  }
+  __syncwarp();
+  // The topkGroups best groups; (thrV, thrI) ends as the last one taken.
+  float thrV = INFINITY;
+  int thrI = -1;
+  for (int r = 0; r < p.topkGroups; ++r) {
+    float bv = -INFINITY;
+    int bi = kNone;
+    for (int gi = lane; gi < G; gi += 32) {
+      const float v = groupScore[gi];
+      if (ranks_before(thrV, thrI, v, gi) && ranks_before(v, gi, bv, bi)) {
+        bv = v;
+        bi = gi;
+      }
+    }
+    warp_argmax(bv, bi);
+    thrV = bv;
+    thrI = bi;
+  }
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) {
+    const int e = i * 32 + lane;
+    if (e < E) {
+      const int gi = e / groupSize;
+      if (ranks_before(thrV, thrI, groupScore[gi], gi)) eligible &= ~(1u << i);
+    }
+  }
+  __syncwarp();  // the scratch is rewritten by the next token
+  return eligible;
+}
+
+template <int EPL>
+__global__ void __launch_bounds__(kRouteThreadsPerBlock) route_forward_kernel(ForwardParams p) {
+  constexpr int W = kRouteWarpsPerBlock;
+  extern __shared__ float smem[];
+  __shared__ float sLseSq[W];
+  __shared__ int sNonfinite;
+  const int E = p.experts;
+  const int K = p.topK;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  // Layout: route_shared_bytes in route_plan.h.
+  float* sProb = smem;                                                // [W][E]
+  int* sChosenIdx = reinterpret_cast<int*>(sProb + W * E);            // [W][K]
+  float* sChosenW = reinterpret_cast<float*>(sChosenIdx + W * K);     // [W][K]
+  int* sHist = reinterpret_cast<int*>(sChosenW + W * K);              // [E]
+  float* sKeys = reinterpret_cast<float*>(sHist + E);                 // [W][E], groups only
+  float* sGroup = sKeys + W * E;                                      // [W][G], groups only
+
+  for (int e = threadIdx.x; e < E; e += blockDim.x) sHist[e] = 0;
+  if (threadIdx.x == 0) sNonfinite = 0;
+  __syncthreads();
+
+  float bias[EPL];
+  float probAcc[EPL];
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) {
+    const int e = i * 32 + lane;
+    bias[i] = (p.bias != nullptr && e < E) ? p.bias[e] : 0.f;
+    probAcc[i] = 0.f;
+  }
+  float lseSqAcc = 0.f;
+  int* chosenIdx = sChosenIdx + warp * K;
+  float* chosenW = sChosenW + warp * K;
+
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * W;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * W + warp; t < p.tokens; t += stride) {
+    const float* row = p.logits + t * E;
+    float x[EPL], ex[EPL], s[EPL];
+    float sumExp;
+    const float lse = row_logsumexp<EPL>(row, E, lane, x, ex, sumExp);
+    lseSqAcc += lse * lse;
+
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) bad |= (i * 32 + lane < E) && !isfinite(x[i]);
+    if (__any_sync(kFullMask, bad) && lane == 0) atomicAdd(&sNonfinite, 1);
+
+    if (p.scoreFunction == kSoftmax) {
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) s[i] = ex[i] / sumExp;
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) probAcc[i] += s[i];
+    } else {
+      float local = 0.f;
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) {
+        s[i] = (i * 32 + lane < E) ? 1.f / (1.f + expf(-x[i])) : 0.f;
+        local += s[i];
+      }
+      // p = s / sum_e s (MATH.md, Losses)
+      const float total = warp_sum(local);
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) probAcc[i] += s[i] / total;
+    }
+    float* scoreRow = p.scores + t * E;
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) {
+      const int e = i * 32 + lane;
+      if (e < E) scoreRow[e] = s[i];
+    }
+
+    // Selection keys s + b; NaN ranks last so indices stay valid whatever the
+    // input (such tokens are counted in p.nonfinite).
+    float key[EPL];
+    unsigned eligible = 0;
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) {
+      const float k = s[i] + bias[i];
+      key[i] = isnan(k) ? -INFINITY : k;
+      if (i * 32 + lane < E) eligible |= 1u << i;
+    }
+    if (p.groups > 1)
+      eligible = group_limit<EPL>(key, eligible, p, lane, sKeys + warp * E, sGroup + warp * p.groups);
+
+    // k rounds of warp argmax, each over the keys that rank after the previous
+    // pick: descending order, ties to the lower expert index.
+    float prevV = INFINITY;
+    int prevI = -1;
+    float chosenSum = 0.f;
+    for (int j = 0; j < K; ++j) {
+      float bv = -INFINITY;
+      int bi = kNone;
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) {
+        const int e = i * 32 + lane;
+        if (((eligible >> i) & 1u) && ranks_before(prevV, prevI, key[i], e) && ranks_before(key[i], e, bv, bi)) {
+          bv = key[i];
+          bi = e;
+        }
+      }
+      warp_argmax(bv, bi);
+      const float w = __shfl_sync(kFullMask, select_slot(s, bi >> 5), bi & 31);
+      chosenSum += w;
+      if (lane == 0) {
+        chosenIdx[j] = bi;
+        chosenW[j] = w;
+      }
+      prevV = bv;
+      prevI = bi;
+    }
+    __syncwarp();
+    const float denom = chosenSum + (p.scoreFunction == kSigmoid ? kSigmoidRenormEps : 0.f);
+    for (int j = lane; j < K; j += 32) {
+      const int idx = chosenIdx[j];
+      p.indices[t * K + j] = idx;
+      p.weights[t * K + j] = p.renormalize ? chosenW[j] / denom : chosenW[j];
+      if (idx < E) atomicAdd(&sHist[idx], 1);  // always true when route_plan accepted k
+    }
+    __syncwarp();
+  }
+
+  // Block partials: warps in order, then one global integer add per expert.
+  float* myProb = sProb + warp * E;
+#pragma unroll
+  for (int i = 0; i < EPL; ++i) {
+    const int e = i * 32 + lane;
+    if (e < E) myProb[e] = probAcc[i];
+  }
+  if (lane == 0) sLseSq[warp] = lseSqAcc;
+  __syncthreads();
+  float* partial = p.partialProb + static_cast<int64_t>(blockIdx.x) * E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    float acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; ++w) acc += sProb[w * E + e];
+    partial[e] = acc;
+    if (sHist[e] != 0) atomicAdd(&p.counts[e], sHist[e]);
+  }
+  if (threadIdx.x == 0) {
+    float z = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; ++w) z += sLseSq[w];
+    p.partialLseSq[blockIdx.x] = z;
+    if (p.nonfinite != nullptr && sNonfinite != 0) atomicAdd(p.nonfinite, sNonfinite);
+  }
+}
+
+// One block: adds the per-block partials in block order, then the aux and z
+// losses (Switch / GShard load balancing; ST-MoE z-loss) without coefficients.
+__global__ void __launch_bounds__(kFinalizeThreads)
+    route_finalize_kernel(const float* partialProb, const float* partialLseSq, int blocks, const int32_t* counts,
+                          int64_t tokens, int experts, int topK, float* probSum, float* lseSqSum, float* losses) {
+  __shared__ float sAux[kFinalizeThreads];
+  __shared__ float sZ[kFinalizeThreads];
+  const int tid = threadIdx.x;
+  const float T = static_cast<float>(tokens);
+  float aux = 0.f;
+  for (int e = tid; e < experts; e += kFinalizeThreads) {
+    float acc = 0.f;
+    for (int b = 0; b < blocks; ++b) acc += partialProb[static_cast<int64_t>(b) * experts + e];
+    probSum[e] = acc;
+    if (tokens > 0) aux += (static_cast<float>(counts[e]) / (T * static_cast<float>(topK))) * (acc / T);
+  }
+  float z = 0.f;
+  for (int b = tid; b < blocks; b += kFinalizeThreads) z += partialLseSq[b];
+  sAux[tid] = aux;
+  sZ[tid] = z;
+  __syncthreads();
+#pragma unroll
+  for (int half = kFinalizeThreads / 2; half > 0; half >>= 1) {
+    if (tid < half) {
+      sAux[tid] += sAux[tid + half];
+      sZ[tid] += sZ[tid + half];
+    }
+    __syncthreads();
+  }
+  if (tid == 0) {
+    *lseSqSum = sZ[0];
+    if (losses != nullptr) {
+      losses[0] = tokens > 0 ? static_cast<float>(experts) * sAux[0] : 0.f;
+      losses[1] = tokens > 0 ? sZ[0] / T : 0.f;
+    }
+  }
+}
+
+// Calls f(idx, dw, s[idx]) for the k choices of a token in order j = 0..k-1,
+// the same in every lane. Out-of-range indices are skipped.
+template <int EPL, typename F>
+__device__ __forceinline__ void for_each_choice(const int32_t* idxRow, const float* dwRow, int K, int E, int lane,
+                                                const float (&s)[EPL], F&& f) {
+  for (int j0 = 0; j0 < K; j0 += 32) {
+    const int jj = j0 + lane;
+    const int myIdx = jj < K ? idxRow[jj] : -1;
+    const float myDw = jj < K ? dwRow[jj] : 0.f;
+    const int n = min(32, K - j0);
+    for (int jl = 0; jl < n; ++jl) {
+      const int idx = __shfl_sync(kFullMask, myIdx, jl);
+      const float dw = __shfl_sync(kFullMask, myDw, jl);
+      if (idx < 0 || idx >= E) continue;
+      const float sj = __shfl_sync(kFullMask, select_slot(s, idx >> 5), idx & 31);
+      f(idx, dw, sj);
+    }
+  }
+}
+
+template <int EPL>
+__global__ void __launch_bounds__(kRouteThreadsPerBlock) route_backward_kernel(BackwardParams p) {
+  constexpr int W = kRouteWarpsPerBlock;
+  const int E = p.experts;
+  const int K = p.topK;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const float T = static_cast<float>(p.tokens);
+  const bool useAux = p.auxGrad != 0.f;
+
+  // d aux / d p[t, e] = E * f_e / T, f_e = count_e / (T k), times d loss / d aux.
+  // Recomputed per token from the (cached) counts rather than held in registers.
+  const float auxScale = useAux ? p.auxGrad * static_cast<float>(E) : 0.f;
+  const float fScale = T * static_cast<float>(K);
+
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * W;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * W + warp; t < p.tokens; t += stride) {
+    float s[EPL], ds[EPL];
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) {
+      const int e = i * 32 + lane;
+      s[i] = e < E ? p.scores[t * E + e] : 0.f;
+      ds[i] = 0.f;
+    }
+
+    if (p.dWeights != nullptr) {
+      const int32_t* idxRow = p.indices + t * K;
+      const float* dwRow = p.dWeights + t * K;
+      float denom = 1.f;
+      float dot = 0.f;
+      if (p.renormalize) {
+        // w_j = s_j / S: ds_j = (dw_j - sum_i dw_i w_i) / S
+        float S = 0.f;
+        for_each_choice<EPL>(idxRow, dwRow, K, E, lane, s, [&](int, float, float sj) { S += sj; });
+        denom = S + (p.scoreFunction == kSigmoid ? kSigmoidRenormEps : 0.f);
+        for_each_choice<EPL>(idxRow, dwRow, K, E, lane, s, [&](int, float dw, float sj) { dot += dw * (sj / denom); });
+      }
+      const bool renorm = p.renormalize != 0;
+      for_each_choice<EPL>(idxRow, dwRow, K, E, lane, s, [&](int idx, float dw, float) {
+        const float g = renorm ? (dw - dot) / denom : dw;
+        const int slot = idx >> 5;
+        if (lane == (idx & 31)) {
+#pragma unroll
+          for (int i = 0; i < EPL; ++i)
+            if (i == slot) ds[i] += g;
+        }
+      });
+    }
+
+    if (useAux) {
+      float dAux[EPL];
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) {
+        const int e = i * 32 + lane;
+        dAux[i] = e < E ? auxScale * (static_cast<float>(p.counts[e]) / fScale) / T : 0.f;
+      }
+      if (p.scoreFunction == kSoftmax) {
+#pragma unroll
+        for (int i = 0; i < EPL; ++i) ds[i] += dAux[i];
+      } else {
+        // p = s / Z: ds_e = (dp_e - sum_i dp_i p_i) / Z
+        float local = 0.f;
+#pragma unroll
+        for (int i = 0; i < EPL; ++i) local += s[i];
+        const float Z = warp_sum(local);
+        float pd = 0.f;
+#pragma unroll
+        for (int i = 0; i < EPL; ++i) pd += dAux[i] * (s[i] / Z);
+        pd = warp_sum(pd);
+#pragma unroll
+        for (int i = 0; i < EPL; ++i) ds[i] += (dAux[i] - pd) / Z;
+      }
+    }
+
+    // Through the score function; ds becomes d logits.
+    if (p.scoreFunction == kSoftmax) {
+      float local = 0.f;
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) local += s[i] * ds[i];
+      const float sd = warp_sum(local);
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) ds[i] = s[i] * (ds[i] - sd);
+    } else {
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) ds[i] = ds[i] * s[i] * (1.f - s[i]);
+    }
+
+    if (p.zGrad != 0.f) {
+      // z = mean_t lse_t^2: d z / d logits[t, e] = 2 lse_t softmax(logits[t])_e / T
+      float x[EPL], ex[EPL];
+      float sumExp;
+      const float lse = row_logsumexp<EPL>(p.logits + t * E, E, lane, x, ex, sumExp);
+      const float c = p.zGrad * 2.f * lse / T;
+#pragma unroll
+      for (int i = 0; i < EPL; ++i) ds[i] += c * (ex[i] / sumExp);
+    }
+
+    float* out = p.dLogits + t * E;
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) {
+      const int e = i * 32 + lane;
+      if (e < E) out[e] = ds[i];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moe_cuda
+
+extern "C" size_t moe_cuda_route_workspace_bytes(int64_t num_tokens, int num_experts) {
+  return moe_cuda::route_workspace_bytes(num_tokens, num_experts);
+}
+
+extern "C" int moe_cuda_route_forward(const float* logits, const float* expert_bias, int64_t num_tokens,
+                                      int num_experts, int top_k, int score_function, int renormalize,
+                                      int num_groups, int topk_groups, int32_t* indices, float* weights,
+                                      float* scores, int32_t* tokens_per_expert, float* prob_sum,
+                                      float* lse_sq_sum, float* losses, int32_t* nonfinite_tokens,
+                                      void* workspace, size_t workspace_bytes, void* stream) {
+  using namespace moe_cuda;
+  const RoutePlan plan = route_plan(num_tokens, num_experts, top_k, num_groups, topk_groups);
+  if (plan.status != 0) return plan.status;
+  if (score_function != kSoftmax && score_function != kSigmoid) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (tokens_per_expert == nullptr || prob_sum == nullptr || lse_sq_sum == nullptr)
+    return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (num_tokens > 0 && (logits == nullptr || indices == nullptr || weights == nullptr || scores == nullptr ||
+                         workspace == nullptr))
+    return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (workspace_bytes < plan.workspaceBytes) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  MOE_CUDA_TRY(cudaMemsetAsync(tokens_per_expert, 0, sizeof(int32_t) * static_cast<size_t>(num_experts), s));
+  if (nonfinite_tokens != nullptr) MOE_CUDA_TRY(cudaMemsetAsync(nonfinite_tokens, 0, sizeof(int32_t), s));
+
+  float* partialProb = static_cast<float*>(workspace);
+  float* partialLseSq = plan.blocks > 0 ? partialProb + plan.blocks * num_experts : nullptr;
+  if (plan.blocks > 0) {
+    const ForwardParams p{logits,      expert_bias, num_tokens,   num_experts,       top_k,
+                          score_function, renormalize, num_groups > 1 ? num_groups : 1, topk_groups,
+                          indices,     weights,     scores,       tokens_per_expert, partialProb,
+                          partialLseSq, nonfinite_tokens};
+    const dim3 grid(static_cast<unsigned>(plan.blocks));
+    MOE_SWITCH_POW2_16(plan.expertsPerLane, EPL,
+                       route_forward_kernel<EPL><<<grid, plan.threads, plan.sharedBytes, s>>>(p));
+    MOE_CUDA_TRY_LAUNCH();
+  }
+  route_finalize_kernel<<<1, kFinalizeThreads, 0, s>>>(partialProb, partialLseSq, static_cast<int>(plan.blocks),
+                                                       tokens_per_expert, num_tokens, num_experts, top_k,
+                                                       prob_sum, lse_sq_sum, losses);
+  MOE_CUDA_TRY_LAUNCH();
+  return 0;
+}
+
+extern "C" int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, const float* scores,
+                                       const float* logits, const int32_t* tokens_per_expert,
+                                       int64_t num_tokens, int num_experts, int top_k, int score_function,
+                                       int renormalize, float aux_loss_grad, float z_loss_grad, float* d_logits,
+                                       void* stream) {
+  using namespace moe_cuda;
+  const RoutePlan plan = route_plan(num_tokens, num_experts, top_k, 1, 1);
+  if (plan.status != 0) return plan.status;
+  if (score_function != kSoftmax && score_function != kSigmoid) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (plan.blocks == 0) return 0;
+  if (d_logits == nullptr || scores == nullptr || (d_weights != nullptr && indices == nullptr) ||
+      (z_loss_grad != 0.f && logits == nullptr) || (aux_loss_grad != 0.f && tokens_per_expert == nullptr))
+    return MOE_CUDA_ERR_INVALID_ARGUMENT;
+
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const BackwardParams p{d_weights, indices,     scores,        logits,      tokens_per_expert,
+                         num_tokens, num_experts, top_k,         score_function, renormalize,
+                         aux_loss_grad, z_loss_grad, d_logits};
+  const dim3 grid(static_cast<unsigned>(plan.blocks));
+  MOE_SWITCH_POW2_16(plan.expertsPerLane, EPL, route_backward_kernel<EPL><<<grid, plan.threads, 0, s>>>(p));
+  MOE_CUDA_TRY_LAUNCH();
+  return 0;
+}

@@ -1,0 +1,307 @@
+/**
+ * Properties of the compiled CUDA code, checked without a GPU: the route
+ * kernels exist as SASS for every target architecture, and none of them (nor
+ * any device function they call) has a local-memory stack frame, which is
+ * where register spills go. Read two ways: with cuobjdump when the toolkit has
+ * it, and from the cubins embedded in build/libmoe_ep_cuda.a (ELF sections
+ * .nv.info and .note.nv.tkinfo) when they are stored uncompressed. Also the
+ * host-side launch planning of cuda/route_plan.h, compiled as plain C++.
+ */
+import { execFileSync } from "child_process";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+
+const ROOT = path.join(__dirname, "..");
+const ARCHIVE = path.join(ROOT, "build", "libmoe_ep_cuda.a");
+const ARCHS = ["sm_80", "sm_90a"];
+const EXPERTS_PER_LANE = [1, 2, 4, 8, 16];
+// Itanium-mangled template kernels: route_forward_kernel<8> contains "route_forward_kernelILi8EE".
+const KERNELS = [
+  ...EXPERTS_PER_LANE.map((n) => `route_forward_kernelILi${n}EE`),
+  ...EXPERTS_PER_LANE.map((n) => `route_backward_kernelILi${n}EE`),
+  "route_finalize_kernel",
+];
+
+function findTool(name: string): string | undefined {
+  const dirs = [
+    ...(process.env.PATH ?? "").split(path.delimiter),
+    ...(process.env.CUDA_HOME ? [path.join(process.env.CUDA_HOME, "bin")] : []),
+    "/usr/local/cuda/bin",
+  ];
+  for (const dir of dirs) {
+    if (!dir) continue;
+    const candidate = path.join(dir, name);
+    if (fs.existsSync(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+interface DeviceFunction {
+  registers?: number;
+  frameBytes?: number;
+}
+
+interface Cubin {
+  arch: string | undefined; // "sm_90a", from the ptxas command line in .note.nv.tkinfo
+  functions: Map<string, DeviceFunction>;
+}
+
+const EM_CUDA = 190;
+const SHT_SYMTAB = 2;
+const SHT_NOTE = 7;
+const EIFMT_SVAL = 4;
+const EIATTR_FRAME_SIZE = 0x11;
+const EIATTR_REGCOUNT = 0x2f;
+
+/** One CUDA ELF image starting at `at` inside `buf`, or undefined when it is not one. */
+function readCubin(buf: Buffer, at: number): Cubin | undefined {
+  if (buf[at + 4] !== 2 || buf[at + 5] !== 1 || buf.readUInt16LE(at + 0x12) !== EM_CUDA) return undefined;
+  const shoff = Number(buf.readBigUInt64LE(at + 0x28));
+  const shentsize = buf.readUInt16LE(at + 0x3a);
+  const shnum = buf.readUInt16LE(at + 0x3c);
+  const shstrndx = buf.readUInt16LE(at + 0x3e);
+  const cstr = (o: number) => buf.toString("latin1", o, buf.indexOf(0, o));
+  const sections = Array.from({ length: shnum }, (_, i) => {
+    const h = at + shoff + i * shentsize;
+    return {
+      nameOffset: buf.readUInt32LE(h),
+      type: buf.readUInt32LE(h + 4),
+      offset: at + Number(buf.readBigUInt64LE(h + 0x18)),
+      size: Number(buf.readBigUInt64LE(h + 0x20)),
+      link: buf.readUInt32LE(h + 0x28),
+      name: "",
+    };
+  });
+  for (const s of sections) s.name = cstr(sections[shstrndx].offset + s.nameOffset);
+
+  let arch: string | undefined;
+  for (const s of sections) {
+    if (s.type !== SHT_NOTE) continue;
+    const m = /-arch (sm_\w+)/.exec(buf.toString("latin1", s.offset, s.offset + s.size));
+    if (m) arch = m[1];
+  }
+
+  const functions = new Map<string, DeviceFunction>();
+  const symtab = sections.find((s) => s.type === SHT_SYMTAB);
+  const info = sections.find((s) => s.name === ".nv.info");
+  if (symtab && info) {
+    const strtab = sections[symtab.link];
+    const symbol = (index: number) => cstr(strtab.offset + buf.readUInt32LE(symtab.offset + index * 24));
+    // Entries: u8 format, u8 attribute, then a u16 value, or for EIFMT_SVAL a
+    // u16 size and that many bytes (here: u32 symbol index, u32 value).
+    for (let p = info.offset; p < info.offset + info.size; ) {
+      const format = buf[p];
+      const attribute = buf[p + 1];
+      if (format !== EIFMT_SVAL) {
+        p += 4;
+        continue;
+      }
+      const size = buf.readUInt16LE(p + 2);
+      if ((attribute === EIATTR_FRAME_SIZE || attribute === EIATTR_REGCOUNT) && size >= 8) {
+        const name = symbol(buf.readUInt32LE(p + 4));
+        const value = buf.readUInt32LE(p + 8);
+        const f = functions.get(name) ?? {};
+        if (attribute === EIATTR_FRAME_SIZE) f.frameBytes = value;
+        else f.registers = value;
+        functions.set(name, f);
+      }
+      p += 4 + size;
+    }
+  }
+  return { arch, functions };
+}
+
+/** Every uncompressed CUDA ELF image in a file (object files embed them in their fatbinary). */
+function embeddedCubins(file: string): Cubin[] {
+  const buf = fs.readFileSync(file);
+  const out: Cubin[] = [];
+  for (let at = buf.indexOf("\x7fELF", 0, "latin1"); at >= 0; at = buf.indexOf("\x7fELF", at + 4, "latin1")) {
+    try {
+      const c = readCubin(buf, at);
+      if (c) out.push(c);
+    } catch {
+      // bytes that merely look like an ELF header
+    }
+  }
+  return out;
+}
+
+const hasArchive = fs.existsSync(ARCHIVE);
+const cuobjdump = findTool("cuobjdump");
+const cubins = hasArchive ? embeddedCubins(ARCHIVE) : [];
+const routeCubins = cubins.filter((c) => [...c.functions.keys()].some((n) => n.includes("route_forward_kernel")));
+
+const noArchive = `skipped: ${path.relative(ROOT, ARCHIVE)} is absent (build with nvcc: npx cmake-js compile)`;
+const cuobjdumpReason = !hasArchive
+  ? noArchive
+  : !cuobjdump
+    ? "skipped: cuobjdump is not in PATH, $CUDA_HOME/bin or /usr/local/cuda/bin"
+    : "";
+const embeddedReason = !hasArchive
+  ? noArchive
+  : routeCubins.length === 0
+    ? "skipped: the archive holds no uncompressed route cubin (fatbinary compression is on)"
+    : "";
+
+describe("CUDA build: route kernels", () => {
+  (embeddedReason ? test.skip : test)(
+    `SASS for ${ARCHS.join(" and ")} has every route kernel, none with a stack frame (no spills), read from the embedded cubins${embeddedReason ? ` (${embeddedReason})` : ""}`,
+    () => {
+      for (const arch of ARCHS) {
+        const forArch = routeCubins.filter((c) => c.arch === arch);
+        expect({ arch, cubins: forArch.length }).toEqual({ arch, cubins: 1 });
+        const functions = forArch[0].functions;
+        for (const kernel of KERNELS) {
+          const name = [...functions.keys()].find((n) => n.includes(kernel));
+          expect({ arch, kernel, found: name !== undefined }).toEqual({ arch, kernel, found: true });
+          expect(functions.get(name!)!.registers).toBeGreaterThan(0);
+        }
+        // Kernels and the device functions they call (division slow paths, ...).
+        const framed = [...functions].filter(([, f]) => (f.frameBytes ?? 0) !== 0).map(([n, f]) => `${n}: ${f.frameBytes} bytes`);
+        expect({ arch, framed }).toEqual({ arch, framed: [] });
+      }
+    },
+  );
+
+  (cuobjdumpReason ? test.skip : test)(
+    `cuobjdump lists ${ARCHS.join(" and ")} and reports STACK:0 LOCAL:0 for every route kernel${cuobjdumpReason ? ` (${cuobjdumpReason})` : ""}`,
+    () => {
+      const list = execFileSync(cuobjdump!, ["--list-elf", ARCHIVE], { encoding: "utf8" });
+      for (const arch of ARCHS) expect(list).toMatch(new RegExp(`\\b${arch}\\.cubin`));
+
+      // "arch = sm_80" opens each image; "Function NAME:" is followed by a line
+      // "REG:n STACK:n SHARED:n LOCAL:n ...".
+      const usage = execFileSync(cuobjdump!, ["--dump-resource-usage", ARCHIVE], { encoding: "utf8" });
+      const seen = new Map<string, { stack: number; local: number }>();
+      let arch = "";
+      let fn = "";
+      for (const line of usage.split("\n")) {
+        const a = /arch = (sm_\w+)/.exec(line);
+        if (a) arch = a[1];
+        const f = /Function ([^\s:]+):/.exec(line);
+        if (f) fn = f[1];
+        const r = /STACK:(\d+).*LOCAL:(\d+)/.exec(line);
+        if (r && fn) {
+          seen.set(`${arch} ${fn}`, { stack: Number(r[1]), local: Number(r[2]) });
+          fn = "";
+        }
+      }
+      for (const a of ARCHS) {
+        for (const kernel of KERNELS) {
+          const hits = [...seen].filter(([key]) => key.startsWith(`${a} `) && key.includes(kernel));
+          expect({ arch: a, kernel, found: hits.length > 0 }).toEqual({ arch: a, kernel, found: true });
+          for (const [key, u] of hits) expect({ key, ...u }).toEqual({ key, stack: 0, local: 0 });
+        }
+      }
+    },
+  );
+});
+
+// ---- cuda/route_plan.h, compiled as plain C++ (it must not need CUDA) -----------------
+
+const cxx = findTool("c++") ?? findTool("g++");
+const planReason = cxx ? "" : "skipped: no C++ compiler (c++ or g++) in PATH";
+
+interface PlanRow {
+  args: number[];
+  status: number;
+  expertsPerLane: number;
+  blocks: number;
+  sharedBytes: number;
+  workspaceBytes: number;
+  wsFn: number;
+}
+
+describe("cuda/route_plan.h", () => {
+  const INVALID = -1;
+  const UNSUPPORTED = -2;
+  // [tokens, experts, topK, groups, topkGroups]
+  const cases: number[][] = [
+    [0, 8, 2, 0, 0],
+    [1, 8, 2, 0, 0],
+    [7, 32, 1, 0, 0],
+    [9, 33, 4, 0, 0],
+    [100, 64, 2, 0, 0],
+    [4096, 65, 8, 0, 0],
+    [1 << 20, 256, 8, 8, 4],
+    [5, 257, 8, 0, 0],
+    [5, 512, 512, 8, 8],
+    [5, 513, 1, 0, 0],
+    [5, 8, 9, 0, 0],
+    [5, 8, 0, 0, 0],
+    [-1, 8, 2, 0, 0],
+    [5, 10, 2, 4, 2],
+    [5, 16, 9, 4, 2],
+    [5, 16, 8, 4, 5],
+    [5, 16, 8, 4, 2],
+    [5, 16, 2, -1, 0],
+  ];
+
+  let rows: PlanRow[] = [];
+  beforeAll(() => {
+    if (planReason) return;
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moe-route-plan-"));
+    const src = path.join(dir, "plan.cpp");
+    const exe = path.join(dir, "plan");
+    const calls = cases
+      .map(
+        (c) =>
+          `  row(${c[0]}LL, ${c[1]}, ${c[2]}, ${c[3]}, ${c[4]});`,
+      )
+      .join("\n");
+    fs.writeFileSync(
+      src,
+      `#include "route_plan.h"
+#include <cstdio>
+static void row(long long t, int e, int k, int g, int tg) {
+  moe_cuda::RoutePlan p = moe_cuda::route_plan(t, e, k, g, tg);
+  std::printf("{\\"args\\":[%lld,%d,%d,%d,%d],\\"status\\":%d,\\"expertsPerLane\\":%d,\\"blocks\\":%lld,"
+              "\\"sharedBytes\\":%zu,\\"workspaceBytes\\":%zu,\\"wsFn\\":%zu}\\n",
+              t, e, k, g, tg, p.status, p.expertsPerLane, static_cast<long long>(p.blocks), p.sharedBytes,
+              p.workspaceBytes, moe_cuda::route_workspace_bytes(t, e));
+}
+int main() {
+${calls}
+}
+`,
+    );
+    // No CUDA include path on purpose: the header must stand alone.
+    execFileSync(cxx!, ["-std=c++17", "-Wall", "-Wextra", "-Werror", `-I${path.join(ROOT, "cuda")}`, src, "-o", exe]);
+    rows = execFileSync(exe, { encoding: "utf8" })
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as PlanRow);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  (planReason ? test.skip : test)(
+    `compiles without CUDA and sizes grids, shared memory and workspaces by its documented formulas${planReason ? ` (${planReason})` : ""}`,
+    () => {
+      expect(rows.length).toBe(cases.length);
+      for (const r of rows) {
+        const [t, e, k, g, tg] = r.args;
+        const invalid =
+          t < 0 || e < 1 || k < 1 || k > e || g < 0 || (g > 1 && (e % g !== 0 || tg < 1 || tg > g || k > tg * (e / g)));
+        // ceil(E / 32) rounded up to a compiled power of two, at most 16 (E <= 512)
+        const need = Math.ceil(e / 32);
+        const epl = [1, 2, 4, 8, 16].find((v) => v >= need) ?? 0;
+        const blocks = t <= 0 ? 0 : Math.min(Math.ceil(t / 4), 1024);
+        const shared = 4 * (4 * (e + 2 * k + (g > 1 ? e + g : 0)) + e);
+        const expected = invalid
+          ? { status: INVALID }
+          : epl === 0 || shared > 48 * 1024
+            ? { status: UNSUPPORTED }
+            : { status: 0, expertsPerLane: epl, blocks, sharedBytes: shared, workspaceBytes: blocks * (e + 1) * 4 };
+        const got =
+          r.status === 0
+            ? { status: 0, expertsPerLane: r.expertsPerLane, blocks: r.blocks, sharedBytes: r.sharedBytes, workspaceBytes: r.workspaceBytes }
+            : { status: r.status };
+        expect({ args: r.args, ...got }).toEqual({ args: r.args, ...expected });
+        if (e >= 1) expect({ args: r.args, ws: r.wsFn }).toEqual({ args: r.args, ws: blocks * (e + 1) * 4 });
+      }
+      // The cases reach every outcome.
+      expect(new Set(rows.map((r) => r.status))).toEqual(new Set([0, INVALID, UNSUPPORTED]));
+    },
+  );
+});
