@@ -1,2 +1,3 @@
 export * from "./gate";
 export * from "./permute";
+export * from "./route";

@@ -1,0 +1,46 @@
+// route: scores, top-k choice, gate weights, per-expert counts and the router's
+// losses, forward and backward (MATH.md, Router and Losses).
+#pragma once
+#include <cstdint>
+
+#include "../core/tensor.h"
+#include "task.h"
+
+namespace moe::ops {
+
+enum class ScoreFunction { Softmax, Sigmoid };
+
+struct RouteOptions {
+  int64_t top_k = 1;
+  ScoreFunction score = ScoreFunction::Softmax;
+  bool renormalize = false;
+  // Group-limited choice (DeepSeek-V3): both 0 (off) or both set.
+  int64_t num_groups = 0;
+  int64_t topk_groups = 0;
+};
+
+struct RouteResult {
+  Tensor indices;            // int32 [tokens, topK], best first (ties: lower expert index)
+  Tensor weights;            // float32 [tokens, topK]
+  Tensor scores;             // float32 [tokens, numExperts]
+  Tensor tokens_per_expert;  // int32 [numExperts]
+  Tensor aux_loss;           // float32 [], E · Σ_e f_e · P_e, without its coefficient
+  Tensor z_loss;             // float32 [], mean_t logsumexp(logits[t])², without its coefficient
+};
+
+// logits float32 [tokens, numExperts]; expert_bias float32 [numExperts] or undefined.
+Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const RouteOptions& options);
+
+struct RouteBackwardOptions {
+  ScoreFunction score = ScoreFunction::Softmax;
+  bool renormalize = false;
+  double aux_loss_grad = 0;  // d total / d auxLoss
+  double z_loss_grad = 0;    // d total / d zLoss
+};
+
+// d logits float32 [tokens, numExperts] from d weights (float32 [tokens, topK] or undefined)
+// and from the losses; indices and tokens_per_expert are route's outputs for these logits.
+Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const Tensor& tokens_per_expert,
+                            const Tensor& dweights, const RouteBackwardOptions& options);
+
+}  // namespace moe::ops
