@@ -1,0 +1,98 @@
+/**
+ * The rendezvous a launcher hands each rank through the environment:
+ * `moe-ep launch` sets all of it; Slurm, mpirun or a scheduler must set RANK,
+ * WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (and MOE_EP_RUN_ID for a
+ * file store), as torchrun's scripts expect.
+ */
+import { MoEError, invalid } from "../errors";
+import { openStore, type Store } from "./store";
+
+export interface Rendezvous {
+  rank: number;
+  worldSize: number;
+  localRank: number;
+  /** LOCAL_WORLD_SIZE when the launcher sets it. */
+  localWorldSize?: number;
+  /** MASTER_ADDR / MASTER_PORT; optional only when MOE_EP_STORE names the store. */
+  masterAddr?: string;
+  masterPort?: number;
+  /** The run's namespace in the store. */
+  runId: string;
+  /** MOE_EP_STORE, else tcp://MASTER_ADDR:MASTER_PORT. */
+  storeUrl: string;
+}
+
+const VARIABLES = "RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT";
+const RUN_ID = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$/;
+
+function missing(name: string, why = ""): MoEError {
+  return new MoEError(
+    `Expected the environment variable ${name} to be set${why}. \`moe-ep launch\` sets it; ` +
+      `another launcher must set ${VARIABLES} (and MOE_EP_RUN_ID for a file:// store).`,
+    "ERR_MOE_VALUE",
+  );
+}
+
+function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, required: true): number;
+function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, required: false): number | undefined;
+function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, required: boolean): number | undefined {
+  const text = env[name];
+  if (text === undefined || text === "") {
+    if (required) throw missing(name);
+    return undefined;
+  }
+  const value = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`;
+    throw invalid(range, `the environment variable ${name}`, text);
+  }
+  return value;
+}
+
+/** Reads and checks the rendezvous variables; each problem is an ERR_MOE_VALUE naming its variable. */
+export function rendezvousFromEnv(env: NodeJS.ProcessEnv = process.env): Rendezvous {
+  const worldSize = intVar(env, "WORLD_SIZE", 1, Number.MAX_SAFE_INTEGER, true);
+  const rank = intVar(env, "RANK", 0, worldSize - 1, true);
+  const localWorldSize = intVar(env, "LOCAL_WORLD_SIZE", 1, Number.MAX_SAFE_INTEGER, false);
+  const localRank = intVar(env, "LOCAL_RANK", 0, (localWorldSize ?? worldSize) - 1, true);
+
+  let storeUrl = env.MOE_EP_STORE || undefined;
+  if (storeUrl !== undefined && !/^(file:\/\/\/|tcp:\/\/)/.test(storeUrl)) {
+    throw invalid('"file:///abs/dir" or "tcp://host:port"', "the environment variable MOE_EP_STORE", storeUrl);
+  }
+  const needMaster = storeUrl === undefined;
+  const masterAddr = env.MASTER_ADDR || undefined;
+  if (masterAddr === undefined && needMaster) throw missing("MASTER_ADDR", " (or MOE_EP_STORE)");
+  if (masterAddr !== undefined && !/^[A-Za-z0-9._-]+$/.test(masterAddr)) {
+    throw invalid("a host name or IPv4 address", "the environment variable MASTER_ADDR", masterAddr);
+  }
+  const masterPort = needMaster
+    ? intVar(env, "MASTER_PORT", 1, 65535, true)
+    : intVar(env, "MASTER_PORT", 1, 65535, false);
+  storeUrl ??= `tcp://${masterAddr}:${masterPort}`;
+
+  let runId = env.MOE_EP_RUN_ID || undefined;
+  if (runId !== undefined && !RUN_ID.test(runId)) {
+    throw invalid(
+      "1 to 128 letters, digits, '-', '_' or '.' (not starting with '.')",
+      "the environment variable MOE_EP_RUN_ID",
+      runId,
+    );
+  }
+  if (runId === undefined) {
+    if (storeUrl.startsWith("file://")) {
+      throw missing("MOE_EP_RUN_ID", " for the file:// store, so that files of an earlier run are never read");
+    }
+    // A tcp store lives in rank 0's memory and starts empty, so the server's
+    // address is namespace enough when the launcher gives no run id.
+    const where = storeUrl.slice("tcp://".length).replace(/[^A-Za-z0-9_.-]/g, "-");
+    runId = `tcp-${where}`.slice(0, 128);
+  }
+  return { rank, worldSize, localRank, localWorldSize, masterAddr, masterPort, runId, storeUrl };
+}
+
+/** Opens the store the environment names, as this rank. */
+export function openStoreFromEnv(options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Store {
+  const r = rendezvousFromEnv(options.env ?? process.env);
+  return openStore(r.storeUrl, { rank: r.rank, worldSize: r.worldSize, runId: r.runId, timeoutMs: options.timeoutMs });
+}

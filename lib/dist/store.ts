@@ -1,0 +1,156 @@
+/**
+ * The rendezvous store: ranks publish small values under string keys and wait
+ * for each other's (DESIGN.md, Distribution). `file:///abs/dir` for one
+ * machine, `tcp://host:port` for several (rank 0 serves from its own process,
+ * bound to exactly that host's address). Every run has its own namespace, its
+ * run id, so nothing an earlier run left behind is ever read.
+ */
+import "../polyfill";
+import { MoEError, checkInteger, invalid } from "../errors";
+import { loadNative } from "../native";
+
+/** The addon's store handle (binding/store.cc). */
+export interface NativeStoreHandle {
+  readonly url: string;
+  readonly timeoutMs: number;
+  readonly closed: boolean;
+  set(key: string, value: Uint8Array | string): Promise<void>;
+  get(key: string, timeoutMs?: number): Promise<Uint8Array>;
+  wait(keys: string[], timeoutMs?: number): Promise<void>;
+  check(keys: string[]): Promise<boolean>;
+  add(key: string, delta: number): Promise<number>;
+  close(): void;
+}
+
+interface NativeStoreModule {
+  openStore(
+    url: string,
+    options: { rank: number; worldSize: number; runId: string; timeoutMs: number },
+  ): NativeStoreHandle;
+}
+
+export interface StoreOptions {
+  /** This process's rank; rank 0 serves a tcp store. Default 0. */
+  rank?: number;
+  /** Number of ranks. Default 1. */
+  worldSize?: number;
+  /** The run's namespace; default MOE_EP_RUN_ID. Required by file:// stores. */
+  runId?: string;
+  /** Default timeout of every call, and of connecting, in ms. Default 300000 (5 minutes). */
+  timeoutMs?: number;
+}
+
+/** Largest key and value, in bytes (UTF-8 for strings). */
+export const STORE_LIMITS = { keyBytes: 4096, valueBytes: 16 * 1024 * 1024 } as const;
+
+function checkKey(key: unknown, name = "key"): string {
+  if (typeof key !== "string" || key.length === 0) throw invalid("a non-empty string", name, key);
+  return key;
+}
+
+function checkKeys(keys: unknown): string[] {
+  if (!Array.isArray(keys)) throw invalid("an array of strings", "keys", keys);
+  keys.forEach((k, i) => checkKey(k, `keys[${i}]`));
+  return keys as string[];
+}
+
+function checkTimeout(timeoutMs: unknown): number | undefined {
+  return timeoutMs === undefined ? undefined : checkInteger("timeoutMs", timeoutMs, 0);
+}
+
+const decoder = new TextDecoder();
+
+/**
+ * A store. Every call returns a Promise that settles from a native thread, so
+ * a get that waits for another rank never blocks the event loop; calls that
+ * time out reject with ERR_MOE_TIMEOUT naming the key, calls on a closed store
+ * with ERR_MOE_DISPOSED, and a lost tcp server gives ERR_MOE_PEER_LOST.
+ */
+export class Store {
+  /** The native handle, for process groups built on this store. */
+  readonly handle: NativeStoreHandle;
+
+  constructor(handle: NativeStoreHandle) {
+    this.handle = handle;
+  }
+
+  /** The store's address; for a tcp server opened on port 0, the port it bound. */
+  get url(): string {
+    return this.handle.url;
+  }
+
+  get timeoutMs(): number {
+    return this.handle.timeoutMs;
+  }
+
+  get closed(): boolean {
+    return this.handle.closed;
+  }
+
+  /** Sets key to value (bytes, or a string stored as UTF-8). */
+  set(key: string, value: Uint8Array | string): Promise<void> {
+    checkKey(key);
+    if (typeof value !== "string" && !(value instanceof Uint8Array)) throw invalid("a Uint8Array or a string", "value", value);
+    return this.handle.set(key, value);
+  }
+
+  /** The value of key, waiting up to timeoutMs (default: the store's) for it to be set. */
+  get(key: string, timeoutMs?: number): Promise<Uint8Array> {
+    return this.handle.get(checkKey(key), checkTimeout(timeoutMs));
+  }
+
+  /** get, decoded as UTF-8. */
+  async getString(key: string, timeoutMs?: number): Promise<string> {
+    return decoder.decode(await this.get(key, timeoutMs));
+  }
+
+  /** Waits until every key is set. */
+  wait(keys: string[], timeoutMs?: number): Promise<void> {
+    return this.handle.wait(checkKeys(keys), checkTimeout(timeoutMs));
+  }
+
+  /** Are all the keys set now? */
+  check(keys: string[]): Promise<boolean> {
+    return this.handle.check(checkKeys(keys));
+  }
+
+  /**
+   * Adds delta to the integer counter at key (0 when unset), atomically across
+   * every rank, and returns the new value. The counter is kept as decimal
+   * text, so get(key) reads e.g. "3".
+   */
+  add(key: string, delta: number): Promise<number> {
+    checkKey(key);
+    if (typeof delta !== "number" || !Number.isSafeInteger(delta)) throw invalid("a safe integer", "delta", delta);
+    return this.handle.add(key, delta);
+  }
+
+  /** Ends the store: pending and later calls reject with ERR_MOE_DISPOSED; a tcp server stops. */
+  close(): void {
+    this.handle.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * Opens a store: `file:///abs/dir` (keys are files in dir/<runId>/) or
+ * `tcp://host:port` (rank 0 listens on exactly host's address, the others
+ * connect, retrying until timeoutMs). Opening does not wait for other ranks.
+ */
+export function openStore(url: string, options: StoreOptions = {}): Store {
+  if (typeof url !== "string") throw invalid('a store url ("file:///abs/dir" or "tcp://host:port")', "url", url);
+  if (typeof options !== "object" || options === null) throw invalid("an options object", "options", options);
+  const worldSize = checkInteger("worldSize", options.worldSize ?? 1, 1);
+  const rank = checkInteger("rank", options.rank ?? 0, 0, worldSize - 1);
+  const runId = options.runId ?? process.env.MOE_EP_RUN_ID ?? "";
+  if (typeof runId !== "string") throw invalid("a string", "runId", runId);
+  const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 300000, 0);
+  const mod = loadNative() as unknown as NativeStoreModule;
+  if (typeof mod.openStore !== "function") {
+    throw new MoEError("moe-ep: the loaded addon has no store (rebuild it)", "ERR_MOE_UNSUPPORTED");
+  }
+  return new Store(mod.openStore(url, { rank, worldSize, runId, timeoutMs }));
+}
