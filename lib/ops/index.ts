@@ -1,1 +1,4 @@
 export * from "./gate";
+export * from "./grouped-gemm";
+export * from "./activation";
+export * from "./adamw";
