@@ -1,4 +1,5 @@
 import { Tensor, ops, memoryStats, scope } from "../lib";
+import { loadNative } from "../lib/native";
 import { activationRef, activationBackwardRef, isGatedKind, Kind } from "./reference/activation";
 import { f32, normal, relErr, sameBits, tensor, values, TOL } from "./util";
 
@@ -116,6 +117,9 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
       message: expect.stringMatching(/Expected one of "relu", "gelu", "silu", "swiglu", "geglu" for kind but received tanh/),
     });
     await expect(ops.activationBackward(X, X, "softplus" as Kind)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    // The native core refuses an unknown kind too, for callers that bypass the TypeScript checks.
+    const addon = loadNative() as unknown as { activation(x: unknown, kind: string): Promise<unknown> };
+    expect(() => addon.activation(X.handle, "tanh")).toThrow(expect.objectContaining({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/kind/) }));
     const odd = tensor(normal(10, 1), [2, 5]);
     await expect(ops.activation(odd, "swiglu")).rejects.toMatchObject({
       code: "ERR_MOE_SHAPE",
