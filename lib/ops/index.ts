@@ -1,3 +1,6 @@
 export * from "./gate";
-export * from "./permute";
 export * from "./route";
+export * from "./permute";
+export * from "./grouped-gemm";
+export * from "./activation";
+export * from "./adamw";

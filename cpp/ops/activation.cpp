@@ -1,0 +1,180 @@
+#include "activation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../core/check.h"
+#include "../core/parallel.h"
+#include "float_span.h"
+
+namespace moe::ops {
+
+namespace {
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;    // 1/√2
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1/√(2π)
+constexpr float kSqrt2OverPi = 0.79788456080286536f; // √(2/π)
+constexpr float kGeluCoef = 0.044715f;
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// relu: x > 0 ? x : 0; its derivative is taken as 0 at x = 0 (as PyTorch does).
+inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
+inline float relu_grad(float x) { return x > 0.0f ? 1.0f : 0.0f; }
+
+// gelu, exact: x Φ(x), Φ(x) = (1 + erf(x/√2)) / 2; d/dx = Φ(x) + x φ(x).
+inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); }
+inline float gelu_grad(float x) {
+  return 0.5f * (1.0f + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
+}
+
+// silu: x σ(x); d/dx = σ(x) (1 + x (1 − σ(x))).
+inline float silu(float x) { return x * sigmoid(x); }
+inline float silu_grad(float x) {
+  float s = sigmoid(x);
+  return s * (1.0f + x * (1.0f - s));
+}
+
+// gelu, tanh form (Hendrycks & Gimpel): x/2 (1 + tanh(√(2/π)(x + 0.044715 x³))).
+inline float gelu_tanh(float x) {
+  float t = std::tanh(kSqrt2OverPi * (x + kGeluCoef * x * x * x));
+  return 0.5f * x * (1.0f + t);
+}
+inline float gelu_tanh_grad(float x) {
+  float t = std::tanh(kSqrt2OverPi * (x + kGeluCoef * x * x * x));
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCoef * x * x);
+}
+
+
+// The activation's branch is picked once per chunk, so the inner loops stay simple.
+template <class F>
+void for_kind(ActivationKind k, F&& f) {
+  switch (k) {
+    case ActivationKind::Relu: return f([](float x) { return relu(x); }, [](float x) { return relu_grad(x); });
+    case ActivationKind::Gelu: return f([](float x) { return gelu(x); }, [](float x) { return gelu_grad(x); });
+    case ActivationKind::Silu:
+    case ActivationKind::Swiglu: return f([](float x) { return silu(x); }, [](float x) { return silu_grad(x); });
+    case ActivationKind::Geglu:
+      return f([](float x) { return gelu_tanh(x); }, [](float x) { return gelu_tanh_grad(x); });
+  }
+}
+
+struct Layout {
+  int64_t rows;   // product of all dims but the last
+  int64_t width;  // x's last dim (2F for gated kinds)
+  int64_t out;    // h's last dim (F for gated kinds)
+};
+
+Layout check_input(const char* op, const Tensor& x, ActivationKind kind) {
+  check_float(op, "x", x);
+  if (x.device().kind != Device::CPU)
+    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
+                                x.describe());
+  if (!is_gated(kind)) {
+    int64_t w = x.ndim() ? x.shape.back() : 1;
+    return {w ? x.numel() / w : 0, w, w};
+  }
+  if (x.ndim() < 1)
+    fail(Code::Shape, std::string(op) + ": expected x of shape [..., 2F] for " + activation_name(kind) +
+                          " but received " + shape_str(x.shape));
+  int64_t w = x.shape.back();
+  if (w % 2 != 0)
+    fail(Code::Shape, std::string(op) + ": expected x of shape [..., 2F] (an even last dim: the gate half, then the up half) for " +
+                          activation_name(kind) + " but received " + shape_str(x.shape));
+  return {w ? x.numel() / w : 0, w, w / 2};
+}
+
+// Rows per parallel chunk: about 16K elements each.
+int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, width)); }
+
+}  // namespace
+
+ActivationKind parse_activation(const char* op, const std::string& name) {
+  if (name == "relu") return ActivationKind::Relu;
+  if (name == "gelu") return ActivationKind::Gelu;
+  if (name == "silu") return ActivationKind::Silu;
+  if (name == "swiglu") return ActivationKind::Swiglu;
+  if (name == "geglu") return ActivationKind::Geglu;
+  fail(Code::Value, std::string(op) + ": expected kind to be one of relu, gelu, silu, swiglu, geglu but received \"" +
+                        name + "\"");
+}
+
+const char* activation_name(ActivationKind kind) {
+  switch (kind) {
+    case ActivationKind::Relu: return "relu";
+    case ActivationKind::Gelu: return "gelu";
+    case ActivationKind::Silu: return "silu";
+    case ActivationKind::Swiglu: return "swiglu";
+    case ActivationKind::Geglu: return "geglu";
+  }
+  return "?";
+}
+
+Task<Tensor> activation(const Tensor& x, ActivationKind kind) {
+  Layout l = check_input("activation", x, kind);
+  return [x, kind, l] {
+    Shape shape = x.shape;
+    if (is_gated(kind)) shape.back() = l.out;
+    Tensor h = empty(x.dtype, shape);
+    parallel_for(l.rows, grain_rows(l.width), [&](int64_t r0, int64_t r1) {
+      std::vector<float> in(size_t((r1 - r0) * l.width)), out(size_t((r1 - r0) * l.out));
+      load_f32(x, r0 * l.width, (r1 - r0) * l.width, in.data());
+      for_kind(kind, [&](auto f, auto) {
+        if (!is_gated(kind)) {
+          for (size_t i = 0; i < in.size(); ++i) out[i] = f(in[i]);
+          return;
+        }
+        for (int64_t r = 0; r < r1 - r0; ++r) {
+          const float* gate = in.data() + r * l.width;
+          const float* up = gate + l.out;
+          float* o = out.data() + r * l.out;
+          for (int64_t j = 0; j < l.out; ++j) o[j] = f(gate[j]) * up[j];
+        }
+      });
+      store_f32(out.data(), (r1 - r0) * l.out, h, r0 * l.out);
+    });
+    return h;
+  };
+}
+
+Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind) {
+  const char* op = "activationBackward";
+  Layout l = check_input(op, x, kind);
+  check_float(op, "dh", dh);
+  Shape hshape = x.shape;
+  if (is_gated(kind)) hshape.back() = l.out;
+  std::string pattern = is_gated(kind) ? "[..., F] (x's shape with the last dim halved)" : "like x";
+  check_shape(op, "dh", dh, hshape, pattern.c_str());
+  check_same_device(op, {{"x", &x}, {"dh", &dh}});
+  return [dh, x, kind, l] {
+    Tensor dx = empty(x.dtype, x.shape);
+    parallel_for(l.rows, grain_rows(l.width), [&](int64_t r0, int64_t r1) {
+      std::vector<float> in(size_t((r1 - r0) * l.width)), g(size_t((r1 - r0) * l.out)), out(in.size());
+      load_f32(x, r0 * l.width, (r1 - r0) * l.width, in.data());
+      load_f32(dh, r0 * l.out, (r1 - r0) * l.out, g.data());
+      for_kind(kind, [&](auto f, auto df) {
+        if (!is_gated(kind)) {
+          for (size_t i = 0; i < in.size(); ++i) out[i] = g[i] * df(in[i]);
+          return;
+        }
+        // h = act(gate) · up: d gate = dh · up · act'(gate), d up = dh · act(gate).
+        for (int64_t r = 0; r < r1 - r0; ++r) {
+          const float* gate = in.data() + r * l.width;
+          const float* up = gate + l.out;
+          const float* gr = g.data() + r * l.out;
+          float* dgate = out.data() + r * l.width;
+          float* dup = dgate + l.out;
+          for (int64_t j = 0; j < l.out; ++j) {
+            dgate[j] = gr[j] * up[j] * df(gate[j]);
+            dup[j] = gr[j] * f(gate[j]);
+          }
+        }
+      });
+      store_f32(out.data(), (r1 - r0) * l.width, dx, r0 * l.width);
+    });
+    return dx;
+  };
+}
+
+}  // namespace moe::ops

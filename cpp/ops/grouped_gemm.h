@@ -1,0 +1,31 @@
+// grouped GEMM: every local expert multiplies its own contiguous block of rows
+// by its own weight matrix (MATH.md, Experts; DESIGN.md, Ops).
+#pragma once
+#include "../core/tensor.h"
+#include "task.h"
+
+namespace moe::ops {
+
+// x [R, K] (any float dtype), w [L, K, N] (any float dtype), rowsPerExpert int32/int64 [L]
+// summing to R (rows of expert e are the segment that starts at the prefix sum of the counts
+// before e; zero rows allowed), optional bias [L, N] (any float dtype).
+// y [R, N] in x's dtype: Y_e = X_e · W_e (+ b_e).
+Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_per_expert, const Tensor& bias);
+
+struct GroupedGemmNeeds {
+  bool dx = true;
+  bool dw = true;
+  bool dbias = false;
+};
+
+struct GroupedGemmGrads {
+  Tensor dx;     // [R, K], x's dtype (undefined unless asked for)
+  Tensor dw;     // [L, K, N], float32
+  Tensor dbias;  // [L, N], float32
+};
+
+// dX_e = dY_e · W_eᵀ, dW_e = X_eᵀ · dY_e (zero for an expert with no rows), dbias_e = Σ_rows dY_e.
+Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                             const Tensor& rows_per_expert, GroupedGemmNeeds needs);
+
+}  // namespace moe::ops

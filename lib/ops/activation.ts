@@ -1,0 +1,34 @@
+/**
+ * Expert activations (MATH.md, Experts): relu, gelu (exact, x/2·(1 + erf(x/√2))),
+ * silu, and the gated swiglu (silu) and geglu (tanh-form gelu), whose input holds
+ * the gate half first, then the up half: h = act(gate) ⊙ up.
+ */
+import { checkOneOf } from "../errors";
+import type { NativeTensorHandle as H } from "../native-types";
+import type { Tensor } from "../tensor";
+import { handle, native, wrap } from "./common";
+
+export type ActivationKind = "relu" | "gelu" | "silu" | "swiglu" | "geglu";
+export const ACTIVATION_KINDS: readonly ActivationKind[] = ["relu", "gelu", "silu", "swiglu", "geglu"];
+
+/** Whether a kind halves the last dim (x [..., 2F] -> h [..., F]). */
+export function isGated(kind: ActivationKind): boolean {
+  return kind === "swiglu" || kind === "geglu";
+}
+
+interface ActivationNative {
+  activation(x: H, kind: string): Promise<H>;
+  activationBackward(dh: H, x: H, kind: string): Promise<H>;
+}
+
+/** x [..., C] any float dtype -> h in x's dtype: [..., C], or [..., C/2] for swiglu / geglu (C even). */
+export async function activation(x: Tensor, kind: ActivationKind): Promise<Tensor> {
+  const k = checkOneOf("kind", kind, ACTIVATION_KINDS);
+  return wrap(await native<ActivationNative>().activation(handle(x, "x"), k));
+}
+
+/** dh with h's shape (any float dtype), x the forward input -> dx with x's shape and dtype. */
+export async function activationBackward(dh: Tensor, x: Tensor, kind: ActivationKind): Promise<Tensor> {
+  const k = checkOneOf("kind", kind, ACTIVATION_KINDS);
+  return wrap(await native<ActivationNative>().activationBackward(handle(dh, "dh"), handle(x, "x"), k));
+}

@@ -1,0 +1,97 @@
+/**
+ * groupedGemm: every local expert multiplies its own contiguous block of rows by
+ * its own weights, Y_e = X_e · W_e (+ b_e) (MATH.md, Experts; DESIGN.md, Ops).
+ */
+import { invalid } from "../errors";
+import type { NativeTensorHandle as H } from "../native-types";
+import type { Tensor } from "../tensor";
+import { handle, native, optionalHandle, wrap } from "./common";
+
+interface GroupedGemmNative {
+  groupedGemm(x: H, w: H, rowsPerExpert: H, bias?: H): Promise<H>;
+  groupedGemmBackward(
+    dy: H,
+    x: H,
+    w: H,
+    rowsPerExpert: H,
+    options: { needDx: boolean; needDw: boolean; needDbias: boolean },
+  ): Promise<{ dx?: H; dw?: H; dbias?: H }>;
+}
+
+export interface GroupedGemmOptions {
+  /** [L, N], any float dtype: b_e is added to every row of expert e. */
+  bias?: Tensor;
+}
+
+function options(value: unknown, name: string): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw invalid("an options object", name, value);
+  return value as Record<string, unknown>;
+}
+
+function flag(o: Record<string, unknown>, key: string, fallback: boolean): boolean {
+  const v = o[key];
+  if (v === undefined) return fallback;
+  if (typeof v !== "boolean") throw invalid("a boolean", key, v);
+  return v;
+}
+
+/**
+ * x [R, K] (any float dtype), w [L, K, N] (any float dtype), rowsPerExpert int32 [L] whose
+ * prefix sums split the rows of x into each expert's contiguous block (zero rows allowed;
+ * a negative count, or counts that do not sum to R, reject with ERR_MOE_VALUE).
+ * Returns y [R, N] in x's dtype.
+ */
+export async function groupedGemm(x: Tensor, w: Tensor, rowsPerExpert: Tensor, opts: GroupedGemmOptions = {}): Promise<Tensor> {
+  const o = options(opts, "groupedGemm options");
+  return wrap(
+    await native<GroupedGemmNative>().groupedGemm(
+      handle(x, "x"),
+      handle(w, "w"),
+      handle(rowsPerExpert, "rowsPerExpert"),
+      optionalHandle(o.bias, "bias"),
+    ),
+  );
+}
+
+export interface GroupedGemmBackwardOptions {
+  /** Compute dx (default true). */
+  needDx?: boolean;
+  /** Compute dw (default true). */
+  needDw?: boolean;
+  /** Compute dbias (default false). */
+  needDbias?: boolean;
+}
+
+export interface GroupedGemmGrads {
+  /** [R, K], x's dtype: dX_e = dY_e · W_eᵀ. */
+  dx?: Tensor;
+  /** [L, K, N], float32: dW_e = X_eᵀ · dY_e (zero for an expert with no rows). */
+  dw?: Tensor;
+  /** [L, N], float32: the column sums of dY_e. */
+  dbias?: Tensor;
+}
+
+/** The gradients of groupedGemm for dy [R, N] (any float dtype); only those asked for are computed. */
+export async function groupedGemmBackward(
+  dy: Tensor,
+  x: Tensor,
+  w: Tensor,
+  rowsPerExpert: Tensor,
+  opts: GroupedGemmBackwardOptions = {},
+): Promise<GroupedGemmGrads> {
+  const o = options(opts, "groupedGemmBackward options");
+  const needs = { needDx: flag(o, "needDx", true), needDw: flag(o, "needDw", true), needDbias: flag(o, "needDbias", false) };
+  const g = await native<GroupedGemmNative>().groupedGemmBackward(
+    handle(dy, "dy"),
+    handle(x, "x"),
+    handle(w, "w"),
+    handle(rowsPerExpert, "rowsPerExpert"),
+    needs,
+  );
+  const out: GroupedGemmGrads = {};
+  if (g.dx) out.dx = wrap(g.dx);
+  if (g.dw) out.dw = wrap(g.dw);
+  if (g.dbias) out.dbias = wrap(g.dbias);
+  return out;
+}
