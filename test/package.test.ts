@@ -7,6 +7,7 @@ import { execFileSync } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { buildDist } from "./procs";
 
 const root = path.resolve(__dirname, "..");
 const node = process.execPath;
@@ -21,8 +22,7 @@ describe("package", () => {
 
   beforeAll(() => {
     // dist/ as `npm ci` (prepare) would build it from this tree
-    run([require.resolve("typescript/bin/tsc"), "-p", "tsconfig.build.json"], root);
-    run([path.join(root, "scripts", "esm-entry.js")], root);
+    buildDist();
     run([path.join(root, "scripts", "prebuild.js")], root);
     app = fs.mkdtempSync(path.join(os.tmpdir(), "moe-ep-pkg-"));
     pkg = path.join(app, "node_modules", "moe-ep");

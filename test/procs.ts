@@ -11,7 +11,9 @@ export const distDir = path.join(root, "dist", "dist");
 
 /** Compiles lib/ into dist/ as `npm run build:ts` does, so child processes can require it. */
 export function buildDist(): void {
+  if (process.env.MOE_EP_DIST_BUILT) return; // test/global-setup.js built it for this run
   execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "tsconfig.build.json"], { cwd: root });
+  execFileSync(process.execPath, [path.join(root, "scripts", "esm-entry.js")], { cwd: root });
 }
 
 export function tempDir(prefix: string): string {

@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+/**
+ * moe-ep's command line: `moe-ep info` (the capability report),
+ * `moe-ep bench <grouped-gemm|ops>` (benchmarks that print the machine's limit
+ * beside every figure) and `moe-ep launch` (local ranks, the way torchrun does).
+ */
+import { formatInfo, info } from "./info";
+
+const USAGE = `usage: moe-ep <command>
+
+commands:
+  info [--json]            what was found: threads, BLAS and its core, CUDA (or why not), Gloo
+  bench grouped-gemm       FMA peak, one large sgemm, grouped GEMM at 8 x 512 x 1024 x 2048 (fwd, dX, dW)
+  bench ops                route, permute, unpermute at 8192 tokens x 1024 x 64 experts, top-8, vs memcpy
+  bench all                every benchmark above
+  launch -n N script.js    run N local ranks of script.js (RANK, WORLD_SIZE, MASTER_ADDR/PORT set)
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case "info":
+      console.log(rest.includes("--json") ? JSON.stringify(info(), null, 2) : formatInfo());
+      return 0;
+    case "launch":
+      return (await import("./launch")).launch(rest);
+    case "bench": {
+      const what = rest[0] ?? "all";
+      const known = ["grouped-gemm", "ops", "all"];
+      if (!known.includes(what)) {
+        console.error(`moe-ep bench: expected one of ${known.join(", ")} but received "${what}"`);
+        return 2;
+      }
+      console.log(formatInfo());
+      if (what === "grouped-gemm" || what === "all") await (await import("./bench/grouped-gemm")).benchGroupedGemm();
+      if (what === "ops" || what === "all") await (await import("./bench/ops")).benchOps();
+      return 0;
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE);
+      return cmd === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`moe-ep: unknown command "${cmd}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: Error & { code?: string }) => {
+    console.error(`moe-ep: ${e.code ? e.code + ": " : ""}${e.message}`);
+    process.exitCode = 1;
+  },
+);
