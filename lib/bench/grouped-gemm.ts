@@ -64,7 +64,10 @@ function filled(n: number, seed: number): Float32Array {
   return a;
 }
 
-
+/**
+ * Measures and prints (through `log`) the FMA peak, one large sgemm of the same total size
+ * (R = experts · rowsPerExpert rows) and the grouped forward, dX and dW products; returns the figures.
+ */
 export async function benchGroupedGemm(options: BenchGroupedGemmOptions = {}): Promise<BenchGroupedGemmResult> {
   if (options === null || typeof options !== "object") throw invalid("an options object", "benchGroupedGemm options", options);
   const L = checkInteger("experts", options.experts ?? 8, 1, 4096);
