@@ -1,7 +1,7 @@
 import { Tensor, ops, memoryStats, scope } from "../lib";
 import { loadNative } from "../lib/native";
 import { activationRef, activationBackwardRef, isGatedKind, Kind } from "./reference/activation";
-import { f32, normal, relErr, sameBits, tensor, values, TOL } from "./util";
+import { f32, normal, relErr, sameBits, tensor, values, TOL, memoryAtRest } from "./util";
 
 /** Runs a test body in a scope: every tensor it makes is disposed when it ends, so no test leaves garbage behind. */
 const scoped =
@@ -141,7 +141,7 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
 
   test("no tensors leak across 1,000 calls", scoped(async () => {
     const X = tensor(normal(16 * 8, 1), [16, 8]);
-    const before = memoryStats();
+    const before = await memoryAtRest();
     for (let i = 0; i < 1000; i++) {
       const kind = KINDS[i % KINDS.length];
       const h = await ops.activation(X, kind);
@@ -149,6 +149,6 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
       h.dispose();
       dx.dispose();
     }
-    expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
   }));
 });

@@ -1,6 +1,6 @@
 import { Tensor, ops, memoryStats } from "../lib";
 import { gateRef, gateBackwardRef } from "./reference/gate";
-import { f32, normal, relErr, tensor, values, TOL, sameBits } from "./util";
+import { f32, normal, relErr, tensor, values, TOL, sameBits, memoryAtRest } from "./util";
 
 describe("gate (logits = x · Wg, float32 router)", () => {
   const shapes: Array<[number, number, number]> = [
@@ -60,7 +60,7 @@ describe("gate (logits = x · Wg, float32 router)", () => {
   test("no tensors leak across 1,000 calls", async () => {
     const X = tensor(normal(16 * 8, 1), [16, 8]);
     const W = tensor(normal(8 * 4, 2), [8, 4]);
-    const before = memoryStats();
+    const before = await memoryAtRest();
     for (let i = 0; i < 1000; i++) {
       const l = await ops.gate(X, W);
       const g = await ops.gateBackward(X, W, l);
@@ -68,6 +68,8 @@ describe("gate (logits = x · Wg, float32 router)", () => {
       g.dx.dispose();
       g.dwg.dispose();
     }
-    expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    X.dispose(); // the inputs stay referenced, so the collector cannot free them mid-check
+    W.dispose();
   });
 });

@@ -1,4 +1,5 @@
 import { Tensor, memoryStats, emptyCache, scope, MoEError, info } from "../lib";
+import { memoryAtRest } from "./util";
 
 /** bfloat16 of a float64 value, by the definition: round to nearest even on the top 16 bits of the float32. */
 function bf16Ref(v: number): number {
@@ -75,8 +76,8 @@ describe("Tensor", () => {
     }
   });
 
-  test("a disposed tensor refuses reads; dispose is idempotent; `using` disposes", () => {
-    const before = memoryStats();
+  test("a disposed tensor refuses reads; dispose is idempotent; `using` disposes", async () => {
+    const before = await memoryAtRest();
     const t = Tensor.from([1, 2], [2]);
     expect(memoryStats().tensors).toBe(before.tensors + 1);
     t.dispose();
@@ -87,11 +88,11 @@ describe("Tensor", () => {
       using u = Tensor.from([1, 2, 3], [3]);
       expect(u.numel).toBe(3);
     }
-    expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
   });
 
   test("scope disposes its temporaries and keeps what it returns", async () => {
-    const before = memoryStats();
+    const before = await memoryAtRest();
     const kept = await scope(async () => {
       Tensor.zeros([100]);
       Tensor.zeros([200]);
@@ -109,7 +110,7 @@ describe("Tensor", () => {
         throw new Error("boom");
       }),
     ).rejects.toThrow("boom");
-    expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
   });
 
   test("freed large blocks are cached, reused for the same size, and released by emptyCache", () => {

@@ -1,5 +1,5 @@
 /** Shared test helpers: a seeded generator, float64 arrays, and error measures. */
-import { Tensor } from "../lib";
+import { Tensor, memoryStats } from "../lib";
 
 /** mulberry32: small, seeded, good enough for test data. */
 export function rng(seed: number): () => number {
@@ -74,4 +74,18 @@ export function sameBits(a: Tensor, b: Tensor): boolean {
   const x = Buffer.from(a.handle.read(a.dtype));
   const y = Buffer.from(b.handle.read(b.dtype));
   return x.equals(y);
+}
+
+/**
+ * memoryStats() once the garbage collector has run and the finalizers it
+ * triggered have freed their tensors (jest runs under --expose-gc), so a leak
+ * check does not see tensors from earlier tests vanish mid-way.
+ */
+export async function memoryAtRest(): Promise<ReturnType<typeof memoryStats>> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  for (let i = 0; i < 3 && gc; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  return memoryStats();
 }
