@@ -5,3 +5,4 @@ export type { DType, DeviceName, HostArray, TensorOptions, MemoryStats } from ".
 export { info, formatInfo } from "./info";
 export type { Info } from "./info";
 export * as ops from "./ops";
+export * from "./dist";
