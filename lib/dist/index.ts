@@ -3,3 +3,18 @@ export type { StoreOptions, NativeStoreHandle } from "./store";
 export { rendezvousFromEnv, openStoreFromEnv } from "./env";
 export type { Rendezvous } from "./env";
 export { launch } from "../launch";
+export { ProcessGroup, initProcessGroup, BACKENDS, REDUCE_OPS } from "./process-group";
+export type {
+  Backend,
+  ReduceOp,
+  Counts,
+  ProcessGroupOptions,
+  AllToAllVOptions,
+  AllToAllVResult,
+  NewGroupOptions,
+  SplitOptions,
+  ExpertParallelGroups,
+  NativeProcessGroupHandle,
+} from "./process-group";
+export { expertParallelLayout } from "./layout";
+export type { ExpertParallelLayout } from "./layout";
