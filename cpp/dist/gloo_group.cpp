@@ -541,8 +541,12 @@ ops::Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<
         return std::string(dtype_name(DType(d.dtype))) + " rows of " + std::to_string(d.numel) + " elements" +
                (d.param == all[0].param || d.numel != all[0].numel ? "" : " in another shape");
       });
+      // Counts no tensor could hold (1 TiB per sender) are refused rather than allocated.
+      const int64_t most = (int64_t(1) << 40) / int64_t(std::max<size_t>(row_bytes, 1));
       for (int p = 0; p < n; ++p) {
-        if (recv[size_t(p)] < 0) fail(Code::Value, "allToAllV: " + c.who(p) + " sent a negative count");
+        if (recv[size_t(p)] < 0 || recv[size_t(p)] > most) {
+          fail(Code::Value, "allToAllV: " + c.who(p) + " sends an impossible row count (" + std::to_string(recv[size_t(p)]) + ")");
+        }
       }
 
       // 2. When any rank gave the counts it expects, every rank learns of every mismatch before rows move.
