@@ -56,7 +56,8 @@ const char* moe_cuda_error_string(int code);
 int moe_cuda_stream_create(int device, void** stream);
 int moe_cuda_stream_synchronize(void* stream);
 // Work enqueued on `waiter` after this call starts only once the work enqueued
-// on `signaler` before it has finished (an event recorded and waited on).
+// on `signaler` before it has finished (an event recorded and waited on). The
+// current device must be the signaler's; the waiter may be on another device.
 int moe_cuda_stream_wait_stream(void* waiter, void* signaler);
 // Calls fn(arg) on a CUDA-owned host thread once the stream reaches this point;
 // fn must not call CUDA (cudaLaunchHostFunc).

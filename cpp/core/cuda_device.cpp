@@ -136,9 +136,13 @@ void release(void* ptr, Device device) noexcept {
   DeviceState* s = devices().states[size_t(device.index)].load(std::memory_order_acquire);
   if (!s) return;  // cannot happen: the pointer came from allocate()
   // Errors are dropped: a destructor cannot report them, and during exit the
-  // runtime may already be gone.
-  moe_cuda_set_device(device.index);
+  // runtime may already be gone. The thread's current device is restored: a
+  // tensor may be freed in the middle of a task that works on another device.
+  int previous = -1;
+  const bool had = moe_cuda_get_device(&previous) == 0;
+  if (had && previous != device.index) moe_cuda_set_device(device.index);
   moe_cuda_free_async(ptr, s->compute);
+  if (had && previous != device.index) moe_cuda_set_device(previous);
 }
 
 void memset_async(void* ptr, int value, size_t bytes, Device device) {
@@ -204,8 +208,11 @@ void compute_waits_for_comm(Device device) {
 }
 
 void stream_waits_for(Device waiter, Device signaler) {
+  Scope to(waiter);
+  // The launcher records its event on the current device, which must be the
+  // signaler's (an event is recorded on a stream of its own device); a stream
+  // may wait on an event of another device.
   Scope from(signaler);
-  Scope to(waiter);  // current device: the waiter's
   check(moe_cuda_stream_wait_stream(to.stream(), from.stream()), "ordering streams", waiter);
 }
 
