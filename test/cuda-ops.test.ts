@@ -19,6 +19,7 @@ import type { AdamWState } from "./reference/adamw";
 import { gateBackwardRef, gateRef } from "./reference/gate";
 import { permuteBackwardRef, permuteRef, unpermuteBackwardRef, unpermuteRef } from "./reference/permute";
 import type { PermuteRefOptions } from "./reference/permute";
+import { groupedGemmBackwardRef, groupedGemmRef } from "./reference/grouped-gemm";
 import { routeBackwardRef, routeRef } from "./reference/route";
 import type { RouteRefOptions } from "./reference/route";
 import { TOL, bf16, cudaTest, eachBackend, f32, intTensor, normal, onDevice, relErr, rng, sameBits, tensor, values } from "./util";
@@ -311,11 +312,33 @@ describe("CUDA only", () => {
     }
   });
 
-  cudaTest("groupedGemm on CUDA tensors refuses: not built yet", async (dev) => {
-    const x = await put(dev, normal(8, 94), [2, 4]);
-    const w = await put(dev, normal(32, 95), [2, 4, 4]);
+  for (const [name, counts, K, N] of [
+    ["zero-row experts", [0, 37, 0, 130, 5], 64, 136],
+    ["all rows on one expert", [0, 0, 200, 0], 128, 64],
+    ["one row", [1], 8, 8],
+  ] as Array<[string, number[], number, number]>) {
+    cudaTest(`groupedGemm bf16 forward and backward match float64: ${name}`, async (dev) => {
+      const R = counts.reduce((a, b) => a + b, 0);
+      const L = counts.length;
+      const x = bf16(normal(R * K, 101));
+      const w = bf16(normal(L * K * N, 102, 1 / Math.sqrt(K)));
+      const dy = bf16(normal(R * N, 103));
+      const [X, W, DY] = [await put(dev, x, [R, K], "bfloat16"), await put(dev, w, [L, K, N], "bfloat16"), await put(dev, dy, [R, N], "bfloat16")];
+      const C = await putInt(dev, counts, [L]);
+      const y = await ops.groupedGemm(X, W, C);
+      expect(relErr(values(await y.to("cpu")), groupedGemmRef(x, w, counts, { R, K, N, L }))).toBeLessThan(TOLERANCE);
+      const g = await ops.groupedGemmBackward(DY, X, W, C);
+      const ref = groupedGemmBackwardRef(dy, x, w, counts, { R, K, N, L });
+      expect(relErr(values(await g.dx!.to("cpu")), ref.dx)).toBeLessThan(TOLERANCE);
+      expect(relErr(values(await g.dw!.to("cpu")), ref.dw)).toBeLessThan(TOLERANCE);
+    });
+  }
+
+  cudaTest("groupedGemm on CUDA tensors refuses float32 operands", async (dev) => {
+    const x = await put(dev, normal(16, 94), [2, 8]);
+    const w = await put(dev, normal(128, 95), [2, 8, 8]);
     const c = await putInt(dev, [1, 1], [2]);
-    await expect(ops.groupedGemm(x, w, c)).rejects.toMatchObject({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringContaining("not built yet") });
+    await expect(ops.groupedGemm(x, w, c)).rejects.toMatchObject({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringContaining("bfloat16 or float16") });
   });
 
   cudaTest("an op mixing devices rejects with ERR_MOE_DEVICE", async (dev) => {

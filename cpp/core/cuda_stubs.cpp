@@ -88,6 +88,21 @@ int moe_cuda_adamw(void*, int, const void*, int, float*, float*, int64_t, float,
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 
+size_t moe_cuda_grouped_gemm_workspace_bytes(int) { return 0; }
+int moe_cuda_grouped_gemm_uses_sm90(int, int*) { return MOE_CUDA_ERR_NOT_BUILT; }
+int moe_cuda_grouped_gemm(const void*, const void*, const void*, const int32_t*, void*, int64_t, int, int64_t, int64_t,
+                          int, int, void*, size_t, int32_t*, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+int moe_cuda_grouped_gemm_dx(const void*, const void*, const int32_t*, void*, int64_t, int, int64_t, int64_t, int, int,
+                             void*, size_t, int32_t*, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+int moe_cuda_grouped_gemm_dw(const void*, const void*, const int32_t*, void*, int64_t, int, int64_t, int64_t, int, int,
+                             void*, size_t, int32_t*, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+
 }  // extern "C"
 
 #endif  // MOE_EP_WITH_CUDA

@@ -55,9 +55,8 @@ struct AdamWConstants {
 Task<bool> adamw(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                  const AdamWConstants& c);
 
-// grouped GEMM: the dispatch point for the tensor-core kernels
-// (cuda/grouped_gemm_*.cu, not in this build yet); refuses at once with
-// ERR_MOE_UNSUPPORTED until they exist. See grouped_gemm_cuda.cpp.
+// grouped GEMM on the tensor-core kernels (cuda/grouped_gemm*.cu): bf16/f16
+// operands, int32 counts on the device; float32 operands are ERR_MOE_UNSUPPORTED.
 Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_per_expert, const Tensor& bias);
 Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                              const Tensor& rows_per_expert, GroupedGemmNeeds needs);
