@@ -5,6 +5,7 @@ export type { Rendezvous } from "./env";
 export { launch } from "../launch";
 export { ncclStatus, requireNccl } from "./nccl";
 export type { NcclStatus } from "./nccl";
+export type { NativeNcclGroupHandle } from "./nccl-group";
 export { ProcessGroup, initProcessGroup, BACKENDS, REDUCE_OPS } from "./process-group";
 export type {
   Backend,

@@ -13,6 +13,7 @@
  */
 import "../polyfill";
 import { ncclStatus } from "./nccl";
+import { createNcclGroup, defaultNcclDevice } from "./nccl-group";
 import { MoEError, checkInteger, checkOneOf, invalid } from "../errors";
 import { loadNative } from "../native";
 import type { NativeTensorHandle } from "../native-types";
@@ -49,6 +50,12 @@ export interface ProcessGroupOptions {
    * several machines name an address of their own machine that the others reach.
    */
   hostname?: string;
+  /**
+   * Backend "nccl" only: this rank's CUDA device, "cuda:N". Default
+   * cuda:$LOCAL_RANK, else cuda:0. Every tensor passed to the group's
+   * collectives must live there.
+   */
+  device?: string;
 }
 
 export interface AllToAllVOptions {
@@ -121,17 +128,22 @@ function nativeModule(): NativeProcessGroupModule {
   return mod as NativeProcessGroupModule;
 }
 
-/** The one place the NCCL backend is chosen; for now it says why it cannot be. */
-function ncclBackend(): never {
+/**
+ * The one place the NCCL backend is chosen: the function that connects an
+ * NCCL group when NCCL and a device are usable, else ERR_MOE_NCCL_UNAVAILABLE
+ * with the reason (library not found, version too old, no device).
+ */
+function ncclBackend(): typeof createNcclGroup {
   const status = ncclStatus();
   if (!status.available) {
-    // the reason: library not found, version too old, no device
     throw new MoEError(`initProcessGroup: backend "nccl" is unavailable: ${status.reason}; use backend "gloo" for CPU tensors`, "ERR_MOE_NCCL_UNAVAILABLE");
   }
-  throw new MoEError(
-    'initProcessGroup: NCCL was found, but process groups over CUDA tensors are not wired to it yet; use backend "gloo" for CPU tensors',
-    "ERR_MOE_NCCL_UNAVAILABLE",
-  );
+  return createNcclGroup;
+}
+
+function checkDevice(value: unknown): string {
+  if (typeof value !== "string" || !/^cuda(:\d+)?$/.test(value)) throw invalid('a CUDA device ("cuda:N")', "device", value, "ERR_MOE_DEVICE");
+  return value === "cuda" ? "cuda:0" : value;
 }
 
 function checkCounts(name: string, counts: unknown): number[] {
@@ -176,14 +188,16 @@ function optionsObject<T>(value: unknown, name: string): Partial<T> {
 export class ProcessGroup implements Disposable {
   /** @internal */
   readonly handle: NativeProcessGroupHandle;
-  readonly backend: Backend = "gloo";
+  /** "gloo" (CPU tensors) or "nccl" (CUDA tensors of one device); sub-groups keep their parent's. */
+  readonly backend: Backend;
   private readonly children = new Set<ProcessGroup>();
   private readonly onDestroy: (() => void) | undefined;
 
   /** @internal Made by initProcessGroup, newGroup and split. */
-  constructor(h: NativeProcessGroupHandle, onDestroy?: () => void) {
+  constructor(h: NativeProcessGroupHandle, onDestroy?: () => void, backend: Backend = "gloo") {
     this.handle = h;
     this.onDestroy = onDestroy;
+    this.backend = backend;
   }
 
   /** This process's rank in the group. */
@@ -312,7 +326,7 @@ export class ProcessGroup implements Disposable {
   }
 
   private adopt(h: NativeProcessGroupHandle): ProcessGroup {
-    const child = new ProcessGroup(h, () => this.children.delete(child));
+    const child = new ProcessGroup(h, () => this.children.delete(child), this.backend);
     this.children.add(child);
     return child;
   }
@@ -336,7 +350,9 @@ function nextPrefix(counter: () => number): string {
 export async function initProcessGroup(options?: ProcessGroupOptions): Promise<ProcessGroup> {
   const o = optionsObject<ProcessGroupOptions>(options, "initProcessGroup options");
   const backend = checkOneOf("backend", o.backend ?? "gloo", BACKENDS);
-  if (backend === "nccl") ncclBackend();
+  // The device's form is checked first (no NCCL needed), then whether NCCL is usable.
+  const device = backend === "nccl" ? checkDevice(o.device ?? defaultNcclDevice()) : undefined;
+  const connectNccl = backend === "nccl" ? ncclBackend() : undefined;
   const timeoutMs = checkTimeout(o.timeoutMs, DEFAULT_TIMEOUT_MS);
   const hostname = o.hostname ?? process.env.MOE_EP_GLOO_HOSTNAME ?? "127.0.0.1";
   if (typeof hostname !== "string" || !/^[A-Za-z0-9._:-]+$/.test(hostname)) {
@@ -371,8 +387,10 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
     });
   }
   try {
-    const h = await nativeModule().createGlooGroup(store.handle, { rank, worldSize, prefix, hostname, timeoutMs });
-    return new ProcessGroup(h, owned ? () => store.close() : undefined);
+    const h = connectNccl
+      ? await connectNccl(store.handle, { rank, worldSize, prefix, device: device!, timeoutMs })
+      : await nativeModule().createGlooGroup(store.handle, { rank, worldSize, prefix, hostname, timeoutMs });
+    return new ProcessGroup(h, owned ? () => store.close() : undefined, backend);
   } catch (e) {
     if (owned) store.close();
     throw e;
