@@ -4,7 +4,8 @@
 # scripts/device-pack.sh, which prepares what travels). In under 5 minutes:
 #   1. the capability report (npx moe-ep info);
 #   2. every CUDA op against the CPU op on fresh random inputs, several shapes
-#      and the edge cases (scripts/device-check.js --mode check);
+#      and the edge cases, and the NCCL process group at world size 1
+#      (scripts/device-check.js --mode check);
 #   3. compute-sanitizer memcheck and racecheck on a small case of each kernel;
 #   4. the dense bf16 GEMM rate with PyTorch (the grouped GEMM's limit);
 #   5. timings with CUDA events, in a table with the limit beside each figure.
@@ -36,7 +37,15 @@ if ! node -e 'const m = require("./dist"); console.log(m.formatInfo())' | tee "$
   exit 3
 fi
 
-step "CUDA ops against CPU ops"
+# NCCL for the world-size-1 process-group rows of the check: the library
+# MOE_EP_NCCL_LIBRARY names, else libnccl.so.2 on the loader's path, else the
+# copy PyTorch's pip wheels bring (nvidia-nccl-cu*).
+if [[ -z "${MOE_EP_NCCL_LIBRARY:-}" ]] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2'; then
+  nccl=$(python3 -c 'import glob, nvidia.nccl as m; print(next(iter(glob.glob(list(m.__path__)[0] + "/lib/libnccl.so.2")), ""))' 2>/dev/null)
+  if [[ -n "$nccl" ]]; then export MOE_EP_NCCL_LIBRARY=$nccl; echo "NCCL from $nccl"; fi
+fi
+
+step "CUDA ops against CPU ops (and the NCCL process group at world size 1)"
 timeout 150 node scripts/device-check.js --mode check --out "$out/check.tsv" 2>&1 | tee "$out/check.log"
 rc=${PIPESTATUS[0]}
 if [[ $rc -eq 2 ]]; then exit 2; fi
