@@ -501,9 +501,13 @@ void NcclGroup::destroy() {
     busy = busy_;
   }
   if (!comm) return;
-  if (busy) comm->abort(Code::Disposed, options_.name + ": the process group was destroyed while a collective ran");
-  // close() waits for enqueued work (bounded by the timeout): never on the JS thread.
-  run_blocking([comm] { comm->close(); });
+  // Off the caller's (JS) thread: abort waits for an issuer inside a blocking
+  // NCCL call, and close() for enqueued work (bounded by the timeout).
+  std::string message = options_.name + ": the process group was destroyed while a collective ran";
+  run_blocking([comm, busy, message] {
+    if (busy) comm->abort(Code::Disposed, message);
+    comm->close();
+  });
 }
 
 }  // namespace moe::dist
