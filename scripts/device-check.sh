@@ -46,7 +46,7 @@ if [[ -z "${MOE_EP_NCCL_LIBRARY:-}" ]] && ! ldconfig -p 2>/dev/null | grep -q 'l
 fi
 
 step "CUDA ops against CPU ops (and the NCCL process group at world size 1)"
-timeout 150 node scripts/device-check.js --mode check --out "$out/check.tsv" 2>&1 | tee "$out/check.log"
+timeout 120 node scripts/device-check.js --mode check --out "$out/check.tsv" 2>&1 | tee "$out/check.log"
 rc=${PIPESTATUS[0]}
 if [[ $rc -eq 2 ]]; then exit 2; fi
 [[ $rc -eq 0 ]] || failed+=("check (exit $rc)")
@@ -57,14 +57,14 @@ for tool in memcheck racecheck; do
   if [[ ! -x "$sanitizer" ]]; then
     echo "compute-sanitizer not found"; failed+=("$tool (no compute-sanitizer)"); continue
   fi
-  timeout 120 "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+  timeout 90 "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 20 \
     node scripts/device-check.js --mode sanitize 2>&1 | tail -n 40 | tee "$out/$tool.log"
   rc=${PIPESTATUS[0]}
   [[ $rc -eq 0 ]] || failed+=("$tool (exit $rc)")
 done
 
 step "dense bf16 GEMM with PyTorch (8 x 4096 rows = 32768 x 4096 x 14336)"
-dense=$(timeout 60 python3 - <<'PY' 2>"$out/dense.err"
+dense=$(timeout 45 python3 - <<'PY' 2>"$out/dense.err"
 import statistics, torch
 M, K, N = 8 * 4096, 4096, 14336
 a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
