@@ -46,7 +46,7 @@ if [[ -z "${MOE_EP_NCCL_LIBRARY:-}" ]] && ! ldconfig -p 2>/dev/null | grep -q 'l
 fi
 
 step "CUDA ops against CPU ops (and the NCCL process group at world size 1)"
-timeout 120 node scripts/device-check.js --mode check --out "$out/check.tsv" 2>&1 | tee "$out/check.log"
+timeout 120 node --expose-gc scripts/device-check.js --mode check --out "$out/check.tsv" 2>&1 | tee "$out/check.log"
 rc=${PIPESTATUS[0]}
 if [[ $rc -eq 2 ]]; then exit 2; fi
 [[ $rc -eq 0 ]] || failed+=("check (exit $rc)")
