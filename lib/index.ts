@@ -5,3 +5,8 @@ export type { DType, DeviceName, HostArray, TensorOptions, MemoryStats } from ".
 export { info, formatInfo } from "./info";
 export type { Info } from "./info";
 export * as ops from "./ops";
+export { MoELayer, STAGES } from "./layer/moe-layer";
+export type { ParameterEntry, BufferEntry, MoEStats, MoEForwardResult, MoEForwardOptions, MoEBackwardOptions, Stage, StageTimes } from "./layer/moe-layer";
+export { resolveConfig, fromForeignConfig } from "./layer/config";
+export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
+export type { CollectiveGroup, SplittableGroup, LayerGroups, ReduceOp } from "./layer/group";

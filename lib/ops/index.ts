@@ -8,3 +8,4 @@ export * from "./elementwise";
 export * from "./random";
 export * from "./chunks";
 export * from "./expert-bias";
+export * from "./view";
