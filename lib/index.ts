@@ -10,3 +10,11 @@ export type { ParameterEntry, BufferEntry, MoEStats, MoEForwardResult, MoEForwar
 export { resolveConfig, fromForeignConfig } from "./layer/config";
 export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
 export type { CollectiveGroup, SplittableGroup, LayerGroups, ReduceOp } from "./layer/group";
+export { AdamW } from "./optim/adamw";
+export type { AdamWOptions, AdamWState, OptimizerParam } from "./optim/adamw";
+export { clipGradNorm } from "./optim/clip";
+export type { ClipParam } from "./optim/clip";
+export { saveCheckpoint, loadCheckpoint, readCheckpointIndex, shardFileName, expertTensorName, INDEX_FILE } from "./checkpoint/checkpoint";
+export type { CheckpointOptions, CheckpointIndex } from "./checkpoint/checkpoint";
+export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
+export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";

@@ -27,6 +27,8 @@ import { configOf, type MoELayerOptions, type ResolvedMoEConfig } from "./config
 import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher";
 import { ffnBackward, ffnForward, type FFNSaved, type FFNWeights } from "./experts";
 import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroups } from "./group";
+import { clipGradNorm } from "../optim/clip";
+import { loadCheckpoint, saveCheckpoint, type CheckpointOptions } from "../checkpoint/checkpoint";
 
 /** A trainable parameter, its gradient (float32, accumulated by backward) and how it is sharded. */
 export interface ParameterEntry {
@@ -241,6 +243,32 @@ export class MoELayer {
   /** The EP group, once ready. */
   get epGroup(): CollectiveGroup | undefined {
     return this.groups?.ep;
+  }
+
+  /** The world group, once ready. */
+  get worldGroup(): CollectiveGroup | undefined {
+    return this.groups?.world;
+  }
+
+  /** The expert-data-parallel group (ranks holding the same experts), once ready. */
+  get expertDataParallelGroup(): CollectiveGroup | undefined {
+    return this.groups?.expertDataParallel;
+  }
+
+  /** Clips this layer's gradients by their global norm across ranks; resolves with the norm before clipping. */
+  async clipGradNorm(maxNorm: number): Promise<number> {
+    await this.ready;
+    return clipGradNorm(this.parameters(), maxNorm);
+  }
+
+  /** Saves the layer (and an optimizer's moments) as safetensors shards plus an index (see saveCheckpoint). */
+  async save(dir: string, options: CheckpointOptions = {}): Promise<void> {
+    return saveCheckpoint(dir, [this], options);
+  }
+
+  /** Loads a checkpoint written with any epSize (see loadCheckpoint). */
+  async load(dir: string, options: CheckpointOptions = {}): Promise<void> {
+    return loadCheckpoint(dir, [this], options);
   }
 
   train(): this {
