@@ -81,7 +81,8 @@ export class FakeGroup implements CollectiveGroup {
     return this.hub.calls;
   }
 
-  async allToAllV(x: Tensor, sendCounts: readonly number[] | Int32Array, recvCounts?: readonly number[] | Int32Array) {
+  async allToAllV(x: Tensor, sendCounts: readonly number[] | Int32Array, options: { recvCounts?: readonly number[] | Int32Array } = {}) {
+    const recvCounts = options.recvCounts;
     this.hub.calls.allToAllV++;
     const mine = { x: raw(x), send: Array.from(sendCounts), expect: recvCounts ? Array.from(recvCounts) : undefined };
     const out = await this.hub.meet(this.rank, "a2a", mine, (all) => {

@@ -58,7 +58,7 @@ export async function planDispatch(rowsPerExpert: Int32Array, local: Tensor, ep:
   let matrix: Int32Array;
   try {
     const per = new Array<number>(P).fill(L);
-    const r = await ep.allToAllV(mine, per, per);
+    const r = await ep.allToAllV(mine, per, { recvCounts: per });
     matrix = r.output.toInt32();
     r.output.dispose();
   } finally {
@@ -82,7 +82,7 @@ export async function planDispatch(rowsPerExpert: Int32Array, local: Tensor, ep:
 /** Permuted rows [R, ...] (grouped by destination rank) -> the rows of this rank's experts, [local expert][source rank]. */
 export async function dispatch(rows: Tensor, plan: DispatchPlan, ep: CollectiveGroup): Promise<Tensor> {
   if (plan.epSize === 1) return rows;
-  const r = await ep.allToAllV(rows, plan.sendCounts, plan.recvCounts);
+  const r = await ep.allToAllV(rows, plan.sendCounts, { recvCounts: plan.recvCounts });
   try {
     return await chunkTranspose(r.output, plan.fromSource!);
   } finally {
@@ -95,7 +95,7 @@ export async function combine(rows: Tensor, plan: DispatchPlan, ep: CollectiveGr
   if (plan.epSize === 1) return rows;
   const back = await chunkTranspose(rows, plan.toSource!);
   try {
-    return (await ep.allToAllV(back, plan.recvCounts, plan.sendCounts)).output;
+    return (await ep.allToAllV(back, plan.recvCounts, { recvCounts: plan.sendCounts })).output;
   } finally {
     back.dispose();
   }

@@ -19,12 +19,12 @@ export interface CollectiveGroup {
   readonly size: number;
   /**
    * x [rows, ...]: sendCounts[p] rows go to rank p, in order. Resolves with the rows received,
-   * ordered by source rank; recvCounts, when given, is what every rank expects to receive.
+   * ordered by source rank; options.recvCounts, when given, is what this rank expects to receive.
    */
   allToAllV(
     x: Tensor,
     sendCounts: readonly number[] | Int32Array,
-    recvCounts?: readonly number[] | Int32Array,
+    options?: { recvCounts?: readonly number[] | Int32Array },
   ): Promise<{ output: Tensor; recvCounts: ArrayLike<number> }>;
   /** In place. */
   allReduce(t: Tensor, op?: ReduceOp): Promise<void>;
