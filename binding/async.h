@@ -1,10 +1,12 @@
-// Runs a core Task on the CPU stream and settles a Promise with its result.
-// Completion reaches JS through a ThreadSafeFunction from the addon's own
-// worker thread, never through libuv's shared thread pool.
+// Runs core work off the JS thread and settles a Promise with its result.
+// Completion reaches JS through a ThreadSafeFunction from a thread the addon
+// owns (the CPU stream, a blocking-call thread, a process group's queue),
+// never through libuv's shared thread pool.
 #pragma once
 #include <napi.h>
 
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -14,30 +16,35 @@
 
 namespace moe::binding {
 
+// Hands work to the thread that should run it.
+using Executor = std::function<void(std::function<void()>)>;
+
+// Runs `work` through `submit`; the Promise resolves with to_js(env, result) on
+// the JS thread, or rejects with the MoEError the work threw.
 template <class R, class ToJs>
-Napi::Value run_async(Napi::Env env, ops::Task<R> task, ToJs to_js) {
+Napi::Value settle_async(Napi::Env env, const char* name, const Executor& submit, std::function<R()> work,
+                         ToJs to_js) {
   struct Call {
     Napi::Promise::Deferred deferred;
-    ops::Task<R> task;
+    std::function<R()> work;
     ToJs to_js;
     std::optional<R> result;
     Code code = Code::Internal;
     std::string message;
   };
-  auto call = std::make_shared<Call>(Call{Napi::Promise::Deferred::New(env), std::move(task), std::move(to_js), {}, {}, {}});
+  auto call = std::make_shared<Call>(Call{Napi::Promise::Deferred::New(env), std::move(work), std::move(to_js), {}, {}, {}});
   Napi::Promise promise = call->deferred.Promise();
-  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
-                                            "moe-ep op", 0, 1);
-  cpu_stream_submit([call, tsfn]() mutable {
+  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1);
+  submit([call, tsfn]() mutable {
     try {
-      call->result.emplace(call->task());
+      call->result.emplace(call->work());
     } catch (const Error& e) {
       call->code = e.code();
       call->message = e.what();
     } catch (const std::exception& e) {
       call->message = e.what();
     }
-    call->task = nullptr;  // drop input references on the worker, as soon as the work is done
+    call->work = nullptr;  // drop the inputs the work held, on this thread, as soon as it is done
     tsfn.BlockingCall([call](Napi::Env env, Napi::Function) {
       if (!call->result) {
         call->deferred.Reject(make_error(env, call->code, call->message).Value());
@@ -53,6 +60,12 @@ Napi::Value run_async(Napi::Env env, ops::Task<R> task, ToJs to_js) {
     tsfn.Release();
   });
   return promise;
+}
+
+// An op's Task on the CPU stream.
+template <class R, class ToJs>
+Napi::Value run_async(Napi::Env env, ops::Task<R> task, ToJs to_js) {
+  return settle_async<R>(env, "moe-ep op", cpu_stream_submit, std::move(task), std::move(to_js));
 }
 
 }  // namespace moe::binding

@@ -4,8 +4,8 @@
 #include "../cpp/core/cuda_probe.h"
 #include "../cpp/core/host_allocator.h"
 #include "../cpp/core/parallel.h"
-#include "../cpp/core/stream.h"
 #include "addon.h"
+#include "async.h"
 #include "convert.h"
 
 namespace moe::binding {
@@ -63,15 +63,7 @@ Napi::Value memory_stats(const Napi::CallbackInfo& cb) {
 
 // synchronize(): a Promise settled once all work queued so far has run.
 Napi::Value synchronize(const Napi::CallbackInfo& cb) {
-  Napi::Env env = cb.Env();
-  auto deferred = std::make_shared<Napi::Promise::Deferred>(Napi::Promise::Deferred::New(env));
-  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
-                                            "moe-ep synchronize", 0, 1);
-  cpu_stream_submit([deferred, tsfn]() mutable {
-    tsfn.BlockingCall([deferred](Napi::Env env, Napi::Function) { deferred->Resolve(env.Undefined()); });
-    tsfn.Release();
-  });
-  return deferred->Promise();
+  return run_async<bool>(cb.Env(), [] { return true; }, [](Napi::Env env, bool&) { return env.Undefined(); });
 }
 
 Napi::Value empty_cache(const Napi::CallbackInfo& cb) {

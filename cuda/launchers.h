@@ -23,6 +23,21 @@ extern "C" {
 // when 0 the reason in `reason`.
 int moe_cuda_probe(int* runtime_version, int* driver_version, char* reason, size_t reason_len);
 
+// ---- devices and events (the NCCL communicator's watchdog) ------------------------
+// cudaSetDevice / cudaGetDevice for the calling thread.
+int moe_cuda_set_device(int device);
+int moe_cuda_get_device(int* device);
+// An event without timing (cudaEventDisableTiming), recorded on `stream` after
+// work was enqueued there, and polled without blocking: *done is 1 once all the
+// work before the record has finished, 0 while it is still running.
+int moe_cuda_event_create(void** event);
+int moe_cuda_event_record(void* event, void* stream);
+int moe_cuda_event_query(void* event, int* done);
+int moe_cuda_event_destroy(void* event);
+// "cudaErrorIllegalAddress: an illegal memory access was encountered" for a
+// code returned by a launcher (or the MOE_CUDA_ERR_* meanings).
+const char* moe_cuda_error_string(int code);
+
 // ---- route (MATH.md: Router, Losses) -------------------------------------------
 // score_function: 0 softmax, 1 sigmoid.
 

@@ -9,7 +9,7 @@ export { MoELayer, STAGES } from "./layer/moe-layer";
 export type { ParameterEntry, BufferEntry, MoEStats, MoEForwardResult, MoEForwardOptions, MoEBackwardOptions, Stage, StageTimes } from "./layer/moe-layer";
 export { resolveConfig, fromForeignConfig } from "./layer/config";
 export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
-export type { CollectiveGroup, SplittableGroup, LayerGroups, ReduceOp } from "./layer/group";
+export type { CollectiveGroup, SplittableGroup, LayerGroups } from "./layer/group";
 export { AdamW } from "./optim/adamw";
 export type { AdamWOptions, AdamWState, OptimizerParam } from "./optim/adamw";
 export { clipGradNorm } from "./optim/clip";
@@ -18,3 +18,4 @@ export { saveCheckpoint, loadCheckpoint, readCheckpointIndex, shardFileName, exp
 export type { CheckpointOptions, CheckpointIndex } from "./checkpoint/checkpoint";
 export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
 export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";
+export * from "./dist";

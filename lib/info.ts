@@ -1,17 +1,20 @@
 /** The capability report: what the core found and why anything is missing. */
 import { loadNative, nativeFile } from "./native";
 import type { NativeInfo } from "./native-types";
+import { ncclStatus } from "./dist/nccl";
+import type { NcclStatus } from "./dist/nccl";
 
 export interface Info extends NativeInfo {
   version: string;
   addon: string;
+  nccl: NcclStatus;
 }
 
 export function info(): Info {
   const n = loadNative().info();
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const version = (require("../package.json") as { version: string }).version;
-  return { version, addon: nativeFile(), ...n };
+  return { version, addon: nativeFile(), ...n, nccl: ncclStatus() };
 }
 
 /** The report as text, one backend a line. */
@@ -33,5 +36,7 @@ export function formatInfo(i: Info = info()): string {
     lines.push(`cuda: unavailable: ${i.cuda.reason}${i.cuda.built ? ` (built for ${i.cuda.archs})` : ""}`);
   }
   lines.push(`gloo: ${i.gloo.built ? "built in (CPU process groups)" : "not built (install libgloo-dev and rebuild)"}`);
+  const n = i.nccl;
+  lines.push(n.available ? `nccl: ${n.version} from ${n.library}${n.supportsBf16 ? "" : " (no bfloat16: needs >= 2.10.3)"}` : `nccl: unavailable: ${n.reason}`);
   return lines.join("\n");
 }
