@@ -66,6 +66,8 @@ export interface MoEStats {
   imbalance: number;
   /** Capacity C per expert on this rank, or -1 when dropless. */
   capacity: number;
+  /** Rows this rank's experts processed (from every rank, padding included). */
+  rowsReceived: number;
   /** The load-balancing loss and z-loss before their coefficients (aux is 1 when balanced). */
   auxLossUnscaled: number;
   zLossUnscaled: number;
@@ -418,6 +420,7 @@ export class MoELayer {
       }
 
       const stats = await this.statistics(r.tokensPerExpert.toInt32(), p.dropped, p.capacity, r.auxLoss.item(), r.zLoss.item(), training);
+      stats.rowsReceived = plan.localCountsHost.reduce((a, b) => a + b, 0);
       tick("reduce", times);
       if (this.profile) this.timings.calls++;
 
@@ -487,6 +490,7 @@ export class MoELayer {
       localDropped: dropped,
       imbalance: mean > 0 ? Math.max(...global) / mean : 1,
       capacity,
+      rowsReceived: 0,
       auxLossUnscaled: aux,
       zLossUnscaled: z,
     };
