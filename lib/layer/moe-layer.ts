@@ -30,7 +30,11 @@ import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroup
 import { clipGradNorm } from "../optim/clip";
 import { loadCheckpoint, saveCheckpoint, type CheckpointOptions } from "../checkpoint/checkpoint";
 
-/** A trainable parameter, its gradient (float32, accumulated by backward) and how it is sharded. */
+/**
+ * A trainable parameter, its gradient (float32, accumulated by backward) and how it is sharded.
+ * While a gradient is zero (after zeroGrad), backward may hand the entry a new gradient tensor
+ * instead of adding into the old one (PyTorch's set-to-none): read entry.grad when using it.
+ */
 export interface ParameterEntry {
   /** Megatron-style name: router.weight, experts.w1, shared_experts.w2, ... (prefixed by the layer's name). */
   readonly name: string;
@@ -95,11 +99,31 @@ export interface MoEBackwardOptions {
   lossScale?: number;
 }
 
+class Parameter implements ParameterEntry {
+  normGroup?: CollectiveGroup;
+  /** Whether the gradient is known to be zero (backward may then replace it rather than add). */
+  zero = true;
+  constructor(
+    readonly name: string,
+    readonly param: Tensor,
+    private current: Tensor,
+    readonly expert: boolean,
+    readonly weightDecay: boolean,
+  ) {}
+  get grad(): Tensor {
+    return this.current;
+  }
+  replaceGrad(g: Tensor): void {
+    this.current.dispose();
+    this.current = g;
+    this.zero = false;
+  }
+}
+
 interface Param {
-  entry: ParameterEntry;
-  /** Grouped-GEMM views [1, ...] of a shared expert weight and its gradient. */
+  entry: Parameter;
+  /** The grouped-GEMM view [1, ...] of a shared expert weight. */
   view?: Tensor;
-  gradView?: Tensor;
   reduceOver: "world" | "expertDataParallel";
 }
 
@@ -196,7 +220,7 @@ export class MoELayer {
           }),
         );
       }
-      const entry = { name: full, param, grad, expert, weightDecay } as ParameterEntry;
+      const entry = new Parameter(full, param, grad, expert, weightDecay);
       this.params.set(name, { entry, reduceOver: expert ? "expertDataParallel" : "world" });
     };
     type ParamDtype = ResolvedMoEConfig["dtype"];
@@ -218,7 +242,6 @@ export class MoELayer {
       for (const [name, p] of this.params) {
         if (!name.startsWith("shared_experts.")) continue;
         p.view = reshape(p.entry.param, [1, ...p.entry.param.shape]);
-        p.gradView = reshape(p.entry.grad, [1, ...p.entry.grad.shape]);
       }
     }
     if (c.expertBias) this.expertBias = Tensor.zeros([E], opts);
@@ -238,7 +261,7 @@ export class MoELayer {
     await Promise.all(inits);
     this.groups = await resolveGroups(group, this.config.epSize);
     for (const p of this.params.values()) {
-      if (p.entry.expert) (p.entry as { normGroup?: CollectiveGroup }).normGroup = this.groups.ep;
+      if (p.entry.expert) p.entry.normGroup = this.groups.ep;
     }
   }
 
@@ -311,7 +334,10 @@ export class MoELayer {
   /** Sets every gradient to zero. */
   async zeroGrad(): Promise<void> {
     await this.ready;
-    for (const p of this.params.values()) await zeroInPlace(p.entry.grad);
+    for (const p of this.params.values()) {
+      await zeroInPlace(p.entry.grad);
+      p.entry.zero = true;
+    }
   }
 
   private check(): void {
@@ -583,7 +609,18 @@ export class MoELayer {
         const p = this.params.get(name)!;
         const group = p.reduceOver === "world" ? groups.world : groups.expertDataParallel;
         if (group.size > 1) await group.allReduce(local, "sum");
-        await addInPlace(p.gradView ?? p.entry.grad, local);
+        // Shared experts' gradients come as [1, ...]: viewed in the parameter's shape.
+        const g = p.view ? reshape(local, p.entry.param.shape) : local;
+        if (p.entry.zero) {
+          temps.delete(g);
+          p.entry.replaceGrad(g);
+        } else {
+          try {
+            await addInPlace(p.entry.grad, g);
+          } finally {
+            if (g !== local) g.dispose();
+          }
+        }
       }
       tick("reduce", times);
       const out = dx;
@@ -624,7 +661,6 @@ export class MoELayer {
     for (const ctx of this.contexts.splice(0)) this.release(ctx);
     for (const p of this.params.values()) {
       p.view?.dispose();
-      p.gradView?.dispose();
       p.entry.param.dispose();
       p.entry.grad.dispose();
     }
