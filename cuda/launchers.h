@@ -83,6 +83,60 @@ int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, cons
                             int renormalize, float aux_loss_grad, float z_loss_grad,
                             float* d_logits, void* stream);
 
+// ---- grouped GEMM (MATH.md: Experts; cuda/grouped_gemm_plan.h) ------------------------
+// L experts; rows_per_expert int32 [L] lives on the device (no host sync): the
+// rows of expert e are [o_e, o_e + c_e) with o the exclusive prefix sum of the
+// counts, and the counts must sum to at most total_rows (R, the capacity of
+// the row-indexed buffers). Inputs are bf16 or f16 (dtype below), products
+// accumulate in float32 on tensor cores. On a device of compute capability 9.0
+// (and a build with sm_90a) a wgmma kernel fed by the TMA runs; elsewhere, or
+// with MOE_CUDA_GG_FORCE_SM80, an mma.sync kernel (sm_80 and newer).
+// K and N must be multiples of 8 (16-byte rows for cp.async and the TMA):
+// other values return MOE_CUDA_ERR_UNSUPPORTED; pointers must be 16-byte
+// aligned (INVALID_ARGUMENT otherwise).
+// Invalid counts (a negative count, or a sum above R) are detected on the
+// device: nothing is computed and, when `invalid_counts` (int32 [1], device)
+// is given, it is set to 1 (0 otherwise).
+// Status: compiled for sm_80 and sm_90a, not yet run on a GPU.
+#define MOE_CUDA_GG_BF16 0
+#define MOE_CUDA_GG_F16 1
+// flags
+#define MOE_CUDA_GG_OUT_F32 0x1       // the output is float32 instead of the input dtype
+#define MOE_CUDA_GG_FORCE_SM80 0x2    // use the mma.sync kernel even on sm_90
+#define MOE_CUDA_GG_ACT_MASK 0x30     // forward only: activation applied after the bias
+#define MOE_CUDA_GG_ACT_NONE 0x00
+#define MOE_CUDA_GG_ACT_RELU 0x10
+#define MOE_CUDA_GG_ACT_SILU 0x20
+#define MOE_CUDA_GG_ACT_GELU_TANH 0x30
+
+// Device workspace, in bytes, of each grouped GEMM launcher (per-expert row
+// offsets and tile starts).
+size_t moe_cuda_grouped_gemm_workspace_bytes(int num_experts);
+
+// *uses_sm90 = 1 when the launchers below would run the wgmma kernel on the
+// current device with these flags, 0 when the mma.sync kernel.
+int moe_cuda_grouped_gemm_uses_sm90(int flags, int* uses_sm90);
+
+// Forward: y[o_e + i, :] = act(x[o_e + i, :] · w[e] + bias[e]) for i < c_e.
+//   x     [R, K]  dtype            w [L, K, N] dtype           bias [L, N] dtype or NULL
+//   y     [R, N]  dtype, or float32 with MOE_CUDA_GG_OUT_F32; rows past the sum of the counts untouched
+int moe_cuda_grouped_gemm(const void* x, const void* w, const void* bias, const int32_t* rows_per_expert, void* y,
+                          int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype, int flags,
+                          void* workspace, size_t workspace_bytes, int32_t* invalid_counts, void* stream);
+
+// Input gradient: dx[o_e + i, :] = dy[o_e + i, :] · w[e]ᵀ.
+//   dy [R, N] dtype, w [L, K, N] dtype, dx [R, K] dtype (or float32 with MOE_CUDA_GG_OUT_F32)
+int moe_cuda_grouped_gemm_dx(const void* dy, const void* w, const int32_t* rows_per_expert, void* dx,
+                             int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype, int flags,
+                             void* workspace, size_t workspace_bytes, int32_t* invalid_counts, void* stream);
+
+// Weight gradient: dw[e] = x_eᵀ · dy_e, summed over the expert's own c_e rows;
+// experts with no rows get dw[e] = 0 written.
+//   x [R, K] dtype, dy [R, N] dtype, dw [L, K, N] dtype (or float32 with MOE_CUDA_GG_OUT_F32)
+int moe_cuda_grouped_gemm_dw(const void* x, const void* dy, const int32_t* rows_per_expert, void* dw,
+                             int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype, int flags,
+                             void* workspace, size_t workspace_bytes, int32_t* invalid_counts, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

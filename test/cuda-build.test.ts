@@ -11,6 +11,7 @@ import { execFileSync } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { embeddedCubins, findTool } from "./cubin";
 
 const ROOT = path.join(__dirname, "..");
 const ARCHIVE = path.join(ROOT, "build", "libmoe_ep_cuda.a");
@@ -22,110 +23,6 @@ const KERNELS = [
   ...EXPERTS_PER_LANE.map((n) => `route_backward_kernelILi${n}EE`),
   "route_finalize_kernel",
 ];
-
-function findTool(name: string): string | undefined {
-  const dirs = [
-    ...(process.env.PATH ?? "").split(path.delimiter),
-    ...(process.env.CUDA_HOME ? [path.join(process.env.CUDA_HOME, "bin")] : []),
-    "/usr/local/cuda/bin",
-  ];
-  for (const dir of dirs) {
-    if (!dir) continue;
-    const candidate = path.join(dir, name);
-    if (fs.existsSync(candidate)) return candidate;
-  }
-  return undefined;
-}
-
-interface DeviceFunction {
-  registers?: number;
-  frameBytes?: number;
-}
-
-interface Cubin {
-  arch: string | undefined; // "sm_90a", from the ptxas command line in .note.nv.tkinfo
-  functions: Map<string, DeviceFunction>;
-}
-
-const EM_CUDA = 190;
-const SHT_SYMTAB = 2;
-const SHT_NOTE = 7;
-const EIFMT_SVAL = 4;
-const EIATTR_FRAME_SIZE = 0x11;
-const EIATTR_REGCOUNT = 0x2f;
-
-/** One CUDA ELF image starting at `at` inside `buf`, or undefined when it is not one. */
-function readCubin(buf: Buffer, at: number): Cubin | undefined {
-  if (buf[at + 4] !== 2 || buf[at + 5] !== 1 || buf.readUInt16LE(at + 0x12) !== EM_CUDA) return undefined;
-  const shoff = Number(buf.readBigUInt64LE(at + 0x28));
-  const shentsize = buf.readUInt16LE(at + 0x3a);
-  const shnum = buf.readUInt16LE(at + 0x3c);
-  const shstrndx = buf.readUInt16LE(at + 0x3e);
-  const cstr = (o: number) => buf.toString("latin1", o, buf.indexOf(0, o));
-  const sections = Array.from({ length: shnum }, (_, i) => {
-    const h = at + shoff + i * shentsize;
-    return {
-      nameOffset: buf.readUInt32LE(h),
-      type: buf.readUInt32LE(h + 4),
-      offset: at + Number(buf.readBigUInt64LE(h + 0x18)),
-      size: Number(buf.readBigUInt64LE(h + 0x20)),
-      link: buf.readUInt32LE(h + 0x28),
-      name: "",
-    };
-  });
-  for (const s of sections) s.name = cstr(sections[shstrndx].offset + s.nameOffset);
-
-  let arch: string | undefined;
-  for (const s of sections) {
-    if (s.type !== SHT_NOTE) continue;
-    const m = /-arch (sm_\w+)/.exec(buf.toString("latin1", s.offset, s.offset + s.size));
-    if (m) arch = m[1];
-  }
-
-  const functions = new Map<string, DeviceFunction>();
-  const symtab = sections.find((s) => s.type === SHT_SYMTAB);
-  const info = sections.find((s) => s.name === ".nv.info");
-  if (symtab && info) {
-    const strtab = sections[symtab.link];
-    const symbol = (index: number) => cstr(strtab.offset + buf.readUInt32LE(symtab.offset + index * 24));
-    // Entries: u8 format, u8 attribute, then a u16 value, or for EIFMT_SVAL a
-    // u16 size and that many bytes (here: u32 symbol index, u32 value).
-    for (let p = info.offset; p < info.offset + info.size; ) {
-      const format = buf[p];
-      const attribute = buf[p + 1];
-      if (format !== EIFMT_SVAL) {
-        p += 4;
-        continue;
-      }
-      const size = buf.readUInt16LE(p + 2);
-      if ((attribute === EIATTR_FRAME_SIZE || attribute === EIATTR_REGCOUNT) && size >= 8) {
-        const name = symbol(buf.readUInt32LE(p + 4));
-        const value = buf.readUInt32LE(p + 8);
-        const f = functions.get(name) ?? {};
-        if (attribute === EIATTR_FRAME_SIZE) f.frameBytes = value;
-        else f.registers = value;
-        functions.set(name, f);
-      }
-      p += 4 + size;
-    }
-  }
-  return { arch, functions };
-}
-
-/** Every uncompressed CUDA ELF image in a file (object files embed them in their fatbinary). */
-function embeddedCubins(file: string): Cubin[] {
-  const buf = fs.readFileSync(file);
-  const out: Cubin[] = [];
-  for (let at = buf.indexOf("\x7fELF", 0, "latin1"); at >= 0; at = buf.indexOf("\x7fELF", at + 4, "latin1")) {
-    try {
-      const c = readCubin(buf, at);
-      if (c) out.push(c);
-    } catch {
-      // bytes that merely look like an ELF header
-    }
-  }
-  return out;
-}
 
 const hasArchive = fs.existsSync(ARCHIVE);
 const cuobjdump = findTool("cuobjdump");
