@@ -501,7 +501,32 @@ describe("configuration", () => {
     const r = await layer.forward(Tensor.zeros([4, 8]));
     await expect(layer.backward(Tensor.zeros([3, 8]))).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
     r.output.dispose();
+    const gone = Tensor.zeros([4, 8]);
+    gone.dispose();
+    await expect(layer.forward(gone)).rejects.toMatchObject({ code: "ERR_MOE_DISPOSED" });
     layer.dispose();
     await expect(layer.forward(Tensor.zeros([4, 8]))).rejects.toMatchObject({ code: "ERR_MOE_DISPOSED" });
+  });
+
+  test("the caller may dispose x before backward; a zeroGrad() that is not awaited still comes before the next accumulation", async () => {
+    const layer = await MoELayer.create({ dModel: 8, dFF: 8, numExperts: 4, seed: 1, initStd: 0.3 });
+    try {
+      const xs = normal(16 * 8, 1);
+      const x = tensor(xs, [16, 8]);
+      const r = await layer.forward(x);
+      x.dispose();
+      r.output.dispose();
+      (await layer.backward(tensor(normal(16 * 8, 2), [16, 8]))).dispose();
+      const once = layer.parameters().map((p) => values(p.grad));
+      for (let i = 0; i < 3; i++) {
+        void layer.zeroGrad();
+        const r2 = await layer.forward(tensor(xs, [16, 8]));
+        r2.output.dispose();
+        (await layer.backward(tensor(normal(16 * 8, 2), [16, 8]))).dispose();
+      }
+      layer.parameters().forEach((p, i) => expect(Array.from(values(p.grad))).toEqual(Array.from(once[i])));
+    } finally {
+      layer.dispose();
+    }
   });
 });

@@ -334,10 +334,14 @@ export class MoELayer {
   /** Sets every gradient to zero. */
   async zeroGrad(): Promise<void> {
     await this.ready;
-    for (const p of this.params.values()) {
-      await zeroInPlace(p.entry.grad);
-      p.entry.zero = true;
-    }
+    // Every zeroing is queued (in order, on the stream) before anything else runs, so a
+    // zeroGrad() that is not awaited still comes before the next backward's accumulation.
+    await Promise.all(
+      [...this.params.values()].map((p) => {
+        p.entry.zero = true;
+        return zeroInPlace(p.entry.grad);
+      }),
+    );
   }
 
   private check(): void {
@@ -358,10 +362,12 @@ export class MoELayer {
    * x [tokens, dModel] (any float dtype; zero tokens allowed). Returns the output, the scaled aux and z
    * losses and the routing statistics. In training mode the intermediates are kept for backward().
    */
-  async forward(x: Tensor, options: MoEForwardOptions = {}): Promise<MoEForwardResult> {
+  async forward(input: Tensor, options: MoEForwardOptions = {}): Promise<MoEForwardResult> {
     this.check();
     await this.ready;
-    if (!(x instanceof Tensor)) throw invalid("a Tensor", "x", x);
+    if (!(input instanceof Tensor)) throw invalid("a Tensor", "x", input);
+    if (input.disposed) throw new MoEError("Expected x to be a live tensor but it was disposed", "ERR_MOE_DISPOSED");
+    let x = input;
     const c = this.config;
     if (x.shape.length !== 2 || x.shape[1] !== c.dModel) {
       throw new MoEError(`MoELayer.forward: expected x of shape [tokens, dModel = ${c.dModel}] but received [${x.shape.join(", ")}]`, "ERR_MOE_SHAPE");
@@ -380,6 +386,8 @@ export class MoELayer {
     const tick = this.clock();
     let ctx: Context | undefined;
     try {
+      // A handle of our own on x's storage: the caller may dispose theirs before backward.
+      if (training) x = keep(reshape(x, x.shape));
       // Router (MATH.md, Router): training-only jitter on the gate's input.
       const jitterSlice = this.jitterCalls;
       let gateInput = x;
