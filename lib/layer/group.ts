@@ -87,8 +87,28 @@ export function worldOf(groups: unknown): { rank: number; size: number } {
 }
 
 /**
+ * Splits of each world group, by epSize: layers built on one group share its sub-groups, and the
+ * splits (collective calls) happen once each, in the order the layers were built on every rank.
+ */
+const splits = new WeakMap<object, Map<number, Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>>>();
+
+function splitOnce(group: SplittableGroup, epSize: number): Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }> {
+  let byEp = splits.get(group);
+  if (!byEp) splits.set(group, (byEp = new Map()));
+  let s = byEp.get(epSize);
+  if (!s) {
+    // After the previous split of this group, so that every rank issues them in one order.
+    const previous = [...byEp.values()].pop() ?? Promise.resolve();
+    s = previous.catch(() => undefined).then(() => group.split({ epSize }));
+    byEp.set(epSize, s);
+  }
+  return s;
+}
+
+/**
  * The world, EP and expert-data-parallel groups for epSize: split from a world
- * group (its split() when it has one), taken as given, or single-rank ones.
+ * group (its split() when it has one; once per group and epSize), taken as
+ * given, or single-rank ones.
  */
 export async function resolveGroups(groups: unknown, epSize: number): Promise<LayerGroups> {
   const world = worldOf(groups);
@@ -98,7 +118,7 @@ export async function resolveGroups(groups: unknown, epSize: number): Promise<La
     out = { world: SINGLE_RANK, ep: SINGLE_RANK, expertDataParallel: SINGLE_RANK };
   } else if (isGroup(groups)) {
     if (typeof (groups as Partial<SplittableGroup>).split === "function") {
-      const s = await (groups as SplittableGroup).split({ epSize });
+      const s = await splitOnce(groups as SplittableGroup, epSize);
       out = { world: groups, ep: s.ep, expertDataParallel: s.expertDataParallel };
     } else if (epSize === groups.size) {
       out = { world: groups, ep: groups, expertDataParallel: SINGLE_RANK };

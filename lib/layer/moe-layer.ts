@@ -258,8 +258,9 @@ export class MoELayer {
   }
 
   private async setUp(group: unknown, inits: Array<Promise<void>>): Promise<void> {
-    await Promise.all(inits);
-    this.groups = await resolveGroups(group, this.config.epSize);
+    // The split starts now, in construction order (see resolveGroups), beside the initialisation.
+    const [, groups] = await Promise.all([Promise.all(inits), resolveGroups(group, this.config.epSize)]);
+    this.groups = groups;
     for (const p of this.params.values()) {
       if (p.entry.expert) p.entry.normGroup = this.groups.ep;
     }
