@@ -5,3 +5,18 @@ export type { Rendezvous } from "./env";
 export { launch } from "../launch";
 export { ncclStatus, requireNccl } from "./nccl";
 export type { NcclStatus } from "./nccl";
+export { ProcessGroup, initProcessGroup, BACKENDS, REDUCE_OPS } from "./process-group";
+export type {
+  Backend,
+  ReduceOp,
+  Counts,
+  ProcessGroupOptions,
+  AllToAllVOptions,
+  AllToAllVResult,
+  NewGroupOptions,
+  SplitOptions,
+  ExpertParallelGroups,
+  NativeProcessGroupHandle,
+} from "./process-group";
+export { expertParallelLayout } from "./layout";
+export type { ExpertParallelLayout } from "./layout";
