@@ -46,10 +46,11 @@ function bar(fraction, width = 30) {
   return "[" + "#".repeat(full) + ".".repeat(width - full) + "]";
 }
 
-/** Each expert's share of the routed tokens as a row of digits 0-9 (9: twice the fair share or more). */
+/** Each expert's share of the routed tokens, one bar per expert (full: twice the fair share or more). */
+const LEVELS = " ▁▂▃▄▅▆▇█";
 function loadRow(counts) {
   const total = counts.reduce((a, b) => a + b, 0) || 1;
-  return counts.map((c) => Math.min(9, Math.round(((c / total) * counts.length * 9) / 2))).join("");
+  return counts.map((c) => LEVELS[Math.min(8, Math.round(((c / total) * counts.length * 8) / 2))]).join("");
 }
 
 async function main() {
@@ -70,6 +71,7 @@ async function main() {
 
   log(`moe-ep demo: ${worldSize} rank(s), ${E} experts (${E / epSize} per rank), top-2, D=${D}, F=${F}; ` +
     `dense baseline width ${2 * F}; ${TOKENS} tokens per rank per step, ${STEPS} steps`);
+  log(`(load per expert: one bar per expert, half height = its fair share of the tokens)`);
   const history = { steps: [], moe: [], dense: [], load: [] };
   const t0 = Date.now();
   let lastShown = -1;
@@ -108,7 +110,7 @@ async function main() {
       lastShown = shown;
       const s = ((Date.now() - t0) / 1000).toFixed(0);
       log(`${bar(step / STEPS)} ${String(Math.round((100 * step) / STEPS)).padStart(3)}% step ${String(step).padStart(4)}  ` +
-        `loss MoE ${losses[0].toFixed(4)}  dense ${losses[1].toFixed(4)}  load ${loadRow(counts)}  ${s}s`);
+        `loss MoE ${losses[0].toFixed(4)}  dense ${losses[1].toFixed(4)}  load per expert |${loadRow(counts)}|  ${s}s`);
     }
   }
 

@@ -9,7 +9,7 @@
 import * as os from "os";
 import * as path from "path";
 import { ACTIVATION_KINDS, type ActivationKind } from "../ops/activation";
-import type { CollectiveGroup } from "../layer/group";
+import { initProcessGroup } from "../dist/process-group";
 import { benchLayer, type BenchLayerOptions } from "./layer";
 
 const FLAGS: Record<string, keyof BenchLayerOptions | "nproc"> = {
@@ -49,17 +49,11 @@ export async function benchLayerCli(args: string[], printInfo: () => void): Prom
   const { nproc, options } = parse(args);
   if (process.env.RANK !== undefined && process.env.WORLD_SIZE !== undefined) {
     const world = Number(process.env.WORLD_SIZE);
-    let group: (CollectiveGroup & { barrier(): Promise<void>; destroy?(): void }) | undefined;
-    if (world > 1) {
-      const dist = (await import("../dist")) as unknown as Record<string, unknown>;
-      const init = dist.initProcessGroup as (() => Promise<typeof group>) | undefined;
-      if (typeof init !== "function") throw new Error("moe-ep bench layer: this build has no process groups (initProcessGroup)");
-      group = await init();
-    }
+    const group = world > 1 ? await initProcessGroup() : undefined;
     try {
       await benchLayer({ ...options, group });
     } finally {
-      group?.destroy?.();
+      group?.destroy();
     }
     return 0;
   }
