@@ -24,7 +24,7 @@ export interface BenchLayerOptions {
   /** Default: the group's size (every rank holds different experts). */
   epSize?: number;
   activation?: "relu" | "gelu" | "silu" | "swiglu" | "geglu";
-  /** Timed steps (default 3); medians are reported. */
+  /** Timed rounds (default 5; each a step, then the sgemm rate); medians are reported. */
   runs?: number;
   /** Untimed steps first (default 1). */
   warmup?: number;
@@ -47,10 +47,12 @@ export interface BenchLayerResult {
   backwardMs: Record<Stage, number>;
   /** GEMM FLOPs of one step on this rank (router, experts, forward and backward). */
   gemmFlops: number;
-  /** The sgemm rate measured in this run at the experts' GEMM shape. */
+  /** The sgemm rate (median of the rounds) measured in this run at the experts' GEMM shape. */
   sgemmGflops: number;
-  /** Time the GEMM FLOPs take at that rate, over the step time (the slowest rank's ratio). */
+  /** The ranks' mean time of their GEMM FLOPs at their sgemm rates, over the step time (median over rounds). */
   roofline: number;
+  /** The same for this rank alone. */
+  rankRoofline: number;
 }
 
 function median(a: number[]): number {
@@ -58,7 +60,19 @@ function median(a: number[]): number {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-/** Rank 0 learns the maximum of a value over the group (every rank gets it). */
+/** The sum of a value over the group (every rank gets it). */
+async function groupSum(group: CollectiveGroup | undefined, v: number): Promise<number> {
+  if (!group || group.size === 1) return v;
+  const t = Tensor.from(Float32Array.of(v), [1]);
+  try {
+    await group.allReduce(t, "sum");
+    return t.toFloat32()[0];
+  } finally {
+    t.dispose();
+  }
+}
+
+/** The maximum of a value over the group (every rank gets it). */
 async function groupMax(group: CollectiveGroup | undefined, v: number): Promise<number> {
   if (!group || group.size === 1) return v;
   const t = Tensor.from(Float32Array.of(v), [1]);
@@ -85,7 +99,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
   const k = checkInteger("topK", options.topK ?? 2, 1, E);
   const T = checkInteger("tokens", options.tokens ?? 2048, 1);
   const P = checkInteger("epSize", options.epSize ?? ranks, 1, ranks);
-  const runs = checkInteger("runs", options.runs ?? 3, 1, 1000);
+  const runs = checkInteger("runs", options.runs ?? 5, 1, 1000);
   const warmup = checkInteger("warmup", options.warmup ?? 1, 0, 1000);
   const activation = options.activation ?? "relu";
   const log = rank !== 0 ? () => undefined : options.log === undefined ? (line: string) => console.log(line) : options.log ?? (() => undefined);
@@ -97,10 +111,20 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     await fillRandom(x, { seed: 100 + rank, key: 1 });
     await fillRandom(dy, { seed: 200 + rank, key: 2, std: 1e-3 });
     layer.profile = true;
+    const L = E / P;
+    const F1 = isGated(activation) ? 2 * F : F;
     const steps: number[] = [];
+    const rates: number[] = [];
+    const ratios: number[] = [];
+    const mine: number[] = [];
     const fwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<Stage, number[]>;
     const bwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<Stage, number[]>;
     let rows = 0;
+    let gemmFlops = 0;
+    let m = 1;
+    let core = "";
+    // Rounds of one layer step, then the sgemm rate measured by every rank at once on the same
+    // threads: each step is set against the rate of its own moment (the machine may be shared).
     for (let i = 0; i < warmup + runs; i++) {
       await group?.barrier();
       for (const s of STAGES) layer.timings.forward[s] = layer.timings.backward[s] = 0;
@@ -113,24 +137,28 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       dx.dispose();
       await layer.zeroGrad();
       if (i < warmup) continue;
-      steps.push(await groupMax(group, ms / 1000));
+      const step = await groupMax(group, ms / 1000);
+      steps.push(step);
       for (const s of STAGES) {
         fwd[s].push(layer.timings.forward[s]);
         bwd[s].push(layer.timings.backward[s]);
       }
+      // GEMM FLOPs of the step on this rank: router gate (x·Wg; backward dx and dWg) and the two
+      // expert GEMMs (forward; backward dX and dW of each) over the rows its experts received.
+      gemmFlops = 3 * (2 * T * D * E) + 3 * (2 * rows * D * F1 + 2 * rows * F * D);
+      m = Math.max(1, Math.round(rows / L));
+      await group?.barrier();
+      const rate = await sgemmRate({ m, n: F1, k: D, iterations: 3 });
+      core = rate.core;
+      rates.push(rate.gflops);
+      const gemmSeconds = gemmFlops / (rate.gflops * 1e9);
+      mine.push(gemmSeconds / step);
+      // The whole: the ranks' mean GEMM time at their rates over the (common) step time.
+      ratios.push((await groupSum(group, gemmSeconds)) / ranks / step);
     }
-    // The roofline's rate: every rank measures at once, on the threads the layer used.
-    await group?.barrier();
-    const L = E / P;
-    const m = Math.max(1, Math.round(rows / L));
-    const F1 = isGated(activation) ? 2 * F : F;
-    const rate = await sgemmRate({ m, n: F1, k: D, iterations: 5 });
-    // GEMM FLOPs of a step: router gate (x·Wg; backward dx and dWg) and the two expert GEMMs
-    // (forward; backward dX and dW of each) over the rows this rank's experts received.
-    const gemmFlops = 3 * (2 * T * D * E) + 3 * (2 * rows * D * F1 + 2 * rows * F * D);
     const step = median(steps);
-    const myRatio = gemmFlops / (rate.gflops * 1e9) / step;
-    const roofline = -(await groupMax(group, -myRatio));
+    const roofline = median(ratios);
+    const rateMedian = median(rates);
     const info = loadNative().info();
     const result: BenchLayerResult = {
       shape: { dModel: D, dFF: F, numExperts: E, topK: k, tokens: T, epSize: P, ranks },
@@ -141,8 +169,9 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       forwardMs: Object.fromEntries(STAGES.map((s) => [s, median(fwd[s])])) as Record<Stage, number>,
       backwardMs: Object.fromEntries(STAGES.map((s) => [s, median(bwd[s])])) as Record<Stage, number>,
       gemmFlops,
-      sgemmGflops: rate.gflops,
+      sgemmGflops: rateMedian,
       roofline,
+      rankRoofline: median(mine),
     };
     const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
     log(
@@ -153,10 +182,11 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     log(`  stage         forward ms   backward ms`);
     for (const s of STAGES) log(`  ${s.padEnd(12)} ${result.forwardMs[s].toFixed(1).padStart(10)}   ${result.backwardMs[s].toFixed(1).padStart(11)}`);
     log(
-      `  GEMM roofline: ${(gemmFlops / 1e9).toFixed(1)} GFLOP per step per rank at the sgemm rate ${rate.gflops.toFixed(1)} GFLOP/s ` +
-        `(${m} x ${F1} x ${D}, ${rate.core || "reference"}, measured now by every rank at once) = ` +
-        `${((gemmFlops / (rate.gflops * 1e9)) * 1000).toFixed(1)} ms: the layer runs at ${pct(roofline)} of it (slowest rank)`,
+      `  GEMM roofline (rank 0): ${(gemmFlops / 1e9).toFixed(1)} GFLOP per step at the sgemm rate ${rateMedian.toFixed(1)} GFLOP/s ` +
+        `(${m} x ${F1} x ${D}, ${core || "reference"}, measured after each step by every rank at once, same threads) = ` +
+        `${((gemmFlops / (rateMedian * 1e9)) * 1000).toFixed(1)} ms, ${pct(result.rankRoofline)} of the step`,
     );
+    log(`  the layer runs at ${pct(roofline)} of the GEMM roofline (all ranks; median over the rounds)`);
     return result;
   } finally {
     x.dispose();
