@@ -146,6 +146,17 @@ interface Context {
   own: Set<Tensor>;
 }
 
+/**
+ * Promise.all that waits for every promise to settle before rejecting, so that no
+ * branch still runs (and makes tensors) when the caller cleans up.
+ */
+async function settled<T extends readonly unknown[]>(promises: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
 const zeroTimes = (): StageTimes => Object.fromEntries(STAGES.map((s) => [s, 0])) as StageTimes;
 
 function prefixed(prefix: string, name: string): string {
@@ -349,13 +360,30 @@ export class MoELayer {
     if (this.disposed) throw new MoEError("Expected a live MoELayer but it was disposed", "ERR_MOE_DISPOSED");
   }
 
-  private clock(): (stage: Stage, into: StageTimes) => void {
+  /**
+   * Stage timing: tick(stage) charges the time since the last tick to a stage; timed(stage, fn)
+   * charges fn's own duration (for work that overlaps other stages), and restarts the ticks.
+   */
+  private clock(into: StageTimes) {
     let t = performance.now();
-    return (stage, into) => {
-      if (!this.profile) return;
-      const now = performance.now();
-      into[stage] += now - t;
-      t = now;
+    const profile = this.profile;
+    return {
+      tick(stage: Stage): void {
+        if (!profile) return;
+        const now = performance.now();
+        into[stage] += now - t;
+        t = now;
+      },
+      async timed<R>(stage: Stage, fn: () => Promise<R>): Promise<R> {
+        const start = performance.now();
+        try {
+          return await fn();
+        } finally {
+          const end = performance.now();
+          if (profile) into[stage] += end - start;
+          t = Math.max(t, end);
+        }
+      },
     };
   }
 
@@ -383,9 +411,10 @@ export class MoELayer {
       own.add(t);
       return t;
     };
-    const times = this.timings.forward;
-    const tick = this.clock();
+    const clock = this.clock(this.timings.forward);
+    const tick = (stage: Stage) => clock.tick(stage);
     let ctx: Context | undefined;
+    let sharedRun: Promise<unknown> | undefined;
     try {
       // A handle of our own on x's storage: the caller may dispose theirs before backward.
       if (training) x = keep(reshape(x, x.shape));
@@ -406,7 +435,7 @@ export class MoELayer {
         topkGroups: c.topkGroups,
       });
       for (const t of [r.indices, r.weights, r.scores, r.tokensPerExpert, r.auxLoss, r.zLoss]) keep(t);
-      tick("route", times);
+      tick("route");
 
       const p = await permute(x, r.indices, r.weights, {
         numExperts: c.numExperts,
@@ -415,48 +444,50 @@ export class MoELayer {
         padToCapacity: c.padToCapacity,
       });
       for (const t of [p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair]) keep(t);
-      tick("permute", times);
+      tick("permute");
+
+      // The shared experts need only x: they run on the CPU stream while the rows travel.
+      let sharedOut: { y: Tensor; saved: FFNSaved } | undefined;
+      if (c.sharedExpertFF > 0) {
+        const counts = keep(Tensor.from(Int32Array.of(T), [1], { dtype: "int32" }));
+        sharedRun = clock.timed("shared", async () => {
+          const s = await ffnForward(x, counts, this.sharedWeights(), c.activation);
+          for (const t of [s.y, s.saved.pre, s.saved.h]) keep(t);
+          sharedOut = s;
+        });
+      }
 
       // The host synchronisation of the pass: counts size the all-to-all.
       const rowsPerExpert = p.rowsPerExpert.toInt32();
-      const plan = await planDispatch(rowsPerExpert, p.rowsPerExpert, groups.ep, this.numLocalExperts);
-      for (const t of [plan.fromSource, plan.toSource, plan.localCounts]) if (t) keep(t);
-      const expertRows = keep(await dispatch(p.rows, plan, groups.ep));
-      tick("dispatch", times);
+      const [plan, expertRows] = await clock.timed("dispatch", async () => {
+        const pl = await planDispatch(rowsPerExpert, p.rowsPerExpert, groups.ep, this.numLocalExperts);
+        for (const t of [pl.fromSource, pl.toSource, pl.localCounts]) if (t) keep(t);
+        return [pl, keep(await dispatch(p.rows, pl, groups.ep))] as const;
+      });
 
-      const ex = await ffnForward(expertRows, plan.localCounts, this.expertWeights(), c.activation);
+      const ex = await clock.timed("experts", () => ffnForward(expertRows, plan.localCounts, this.expertWeights(), c.activation));
       keep(ex.saved.pre);
       keep(ex.saved.h);
       const expertOut = keep(ex.y);
-      tick("experts", times);
 
-      const rowsBack = keep(await combine(expertOut, plan, groups.ep));
-      tick("combine", times);
+      const rowsBack = keep(await clock.timed("combine", () => combine(expertOut, plan, groups.ep)));
 
-      let output = keep(await unpermute(rowsBack, p.pairToRow, r.weights));
-      tick("unpermute", times);
+      let output = keep(await clock.timed("unpermute", () => unpermute(rowsBack, p.pairToRow, r.weights)));
 
       let shared: FFNSaved | undefined;
-      if (c.sharedExpertFF > 0) {
-        const counts = keep(Tensor.from(Int32Array.of(T), [1], { dtype: "int32" }));
-        const s = await ffnForward(x, counts, this.sharedWeights(), c.activation);
-        keep(s.saved.pre);
-        keep(s.saved.h);
-        try {
-          const sum = keep(await add(output, s.y));
-          own.delete(output);
-          output.dispose();
-          output = sum;
-        } finally {
-          s.y.dispose();
-        }
-        shared = s.saved;
-        tick("shared", times);
+      if (sharedRun) {
+        await sharedRun;
+        sharedRun = undefined;
+        const sum = keep(await clock.timed("shared", () => add(output, sharedOut!.y)));
+        own.delete(output);
+        output.dispose();
+        output = sum;
+        shared = sharedOut!.saved;
       }
 
       const stats = await this.statistics(r.tokensPerExpert.toInt32(), p.dropped, p.capacity, r.auxLoss.item(), r.zLoss.item(), training);
       stats.rowsReceived = plan.localCountsHost.reduce((a, b) => a + b, 0);
-      tick("reduce", times);
+      tick("reduce");
       if (this.profile) this.timings.calls++;
 
       own.delete(output);
@@ -489,6 +520,8 @@ export class MoELayer {
       }
       return result;
     } finally {
+      // On failure, the shared experts' work finishes before its tensors are freed.
+      if (sharedRun) await sharedRun.catch(() => undefined);
       if (!ctx) for (const t of own) t.dispose();
     }
   }
@@ -555,8 +588,7 @@ export class MoELayer {
     this.contexts.splice(this.contexts.indexOf(ctx), 1);
     const c = this.config;
     const groups = this.groups!;
-    const times = this.timings.backward;
-    const tick = this.clock();
+    const clock = this.clock(this.timings.backward);
     const temps = new Set<Tensor>();
     const tmp = <T extends Tensor | undefined>(t: T): T => {
       if (t) temps.add(t);
@@ -565,57 +597,57 @@ export class MoELayer {
     const grads: Array<[string, Tensor | undefined]> = [];
     let dx: Tensor | undefined;
     try {
-      const u = await unpermuteBackward(gradOutput, ctx.rowsBack, ctx.pairToRow, ctx.weights);
+      const u = await clock.timed("unpermute", () => unpermuteBackward(gradOutput, ctx.rowsBack, ctx.pairToRow, ctx.weights));
       tmp(u.dRows);
       const dWeights = tmp(u.dWeights);
-      tick("unpermute", times);
 
-      // The combine's gradient travels the dispatch's way.
-      const dExpertOut = tmp(await dispatch(u.dRows, ctx.plan, groups.ep));
-      tick("combine", times);
+      // The combine's gradient travels the dispatch's way; meanwhile the CPU stream runs the
+      // router's and the shared experts' backward, which need nothing from the experts.
+      const [dExpertOut, dGate, dShared] = await settled([
+        clock.timed("combine", async () => tmp(await dispatch(u.dRows, ctx.plan, groups.ep))),
+        clock.timed("route", async () => {
+          const dLogits = tmp(
+            await routeBackward(ctx.logits, ctx.indices, ctx.tokensPerExpert, dWeights, {
+              scoreFunction: c.scoreFunction,
+              renormalize: c.renormalize,
+              auxLossGrad: c.auxLossCoef * scale,
+              zLossGrad: c.zLossCoef * scale,
+            }),
+          );
+          const g = await gateBackward(ctx.gateInput, this.p("router.weight"), dLogits);
+          tmp(g.dx);
+          grads.push(["router.weight", tmp(g.dwg)]);
+          if (ctx.gateInput === ctx.x) return g.dx;
+          return tmp(await jitter(g.dx, { eps: c.jitter, seed: c.seed, key: this.jitterKey(), slice: ctx.jitterSlice % 2 ** 32 }));
+        }),
+        clock.timed("shared", async () => {
+          if (!ctx.shared) return undefined;
+          const gs = await ffnBackward(gradOutput, ctx.shared, this.sharedWeights(), c.activation);
+          for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
+          grads.push(["shared_experts.w1", gs.dw1], ["shared_experts.w2", gs.dw2], ["shared_experts.b1", gs.db1], ["shared_experts.b2", gs.db2]);
+          return gs.dx;
+        }),
+      ] as const);
 
-      const ge = await ffnBackward(dExpertOut, ctx.experts, this.expertWeights(), c.activation);
+      const ge = await clock.timed("experts", () => ffnBackward(dExpertOut, ctx.experts, this.expertWeights(), c.activation));
       for (const t of [ge.dx, ge.dw1, ge.dw2, ge.db1, ge.db2]) tmp(t);
       grads.push(["experts.w1", ge.dw1], ["experts.w2", ge.dw2], ["experts.b1", ge.db1], ["experts.b2", ge.db2]);
-      tick("experts", times);
 
-      const dRows = tmp(await combine(ge.dx, ctx.plan, groups.ep));
-      tick("dispatch", times);
+      const dRows = tmp(await clock.timed("dispatch", () => combine(ge.dx, ctx.plan, groups.ep)));
 
-      dx = await permuteBackward(dRows, ctx.pairToRow);
-      tick("permute", times);
+      dx = await clock.timed("permute", async () => {
+        const d = await permuteBackward(dRows, ctx.pairToRow);
+        await addInPlace(d, dGate);
+        if (dShared) await addInPlace(d, dShared);
+        return d;
+      });
 
-      const dLogits = tmp(
-        await routeBackward(ctx.logits, ctx.indices, ctx.tokensPerExpert, dWeights, {
-          scoreFunction: c.scoreFunction,
-          renormalize: c.renormalize,
-          auxLossGrad: c.auxLossCoef * scale,
-          zLossGrad: c.zLossCoef * scale,
-        }),
-      );
-      const g = await gateBackward(ctx.gateInput, this.p("router.weight"), dLogits);
-      tmp(g.dx);
-      tmp(g.dwg);
-      grads.push(["router.weight", g.dwg]);
-      let dGate = g.dx;
-      if (ctx.gateInput !== ctx.x) {
-        dGate = tmp(await jitter(g.dx, { eps: c.jitter, seed: c.seed, key: this.jitterKey(), slice: ctx.jitterSlice % 2 ** 32 }));
-      }
-      await addInPlace(dx, dGate);
-      tick("route", times);
-
-      if (ctx.shared) {
-        const gs = await ffnBackward(gradOutput, ctx.shared, this.sharedWeights(), c.activation);
-        for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
-        await addInPlace(dx, gs.dx);
-        grads.push(["shared_experts.w1", gs.dw1], ["shared_experts.w2", gs.dw2], ["shared_experts.b1", gs.db1], ["shared_experts.b2", gs.db2]);
-        tick("shared", times);
-      }
-
-      // Sum each gradient over the ranks that share the parameter, then accumulate.
-      for (const [name, local] of grads) {
+      // Sum each gradient over the ranks that share the parameter, then accumulate; in the
+      // parameters' order, so that every rank issues the same collectives in the same order.
+      const byName = new Map(grads);
+      for (const [name, p] of this.params) {
+        const local = byName.get(name);
         if (!local) continue;
-        const p = this.params.get(name)!;
         const group = p.reduceOver === "world" ? groups.world : groups.expertDataParallel;
         if (group.size > 1) await group.allReduce(local, "sum");
         // Shared experts' gradients come as [1, ...]: viewed in the parameter's shape.
@@ -631,7 +663,7 @@ export class MoELayer {
           }
         }
       }
-      tick("reduce", times);
+      clock.tick("reduce");
       const out = dx;
       dx = undefined;
       return out;
