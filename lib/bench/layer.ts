@@ -47,10 +47,12 @@ export interface BenchLayerResult {
   backwardMs: Record<Stage, number>;
   /** GEMM FLOPs of one step on this rank (router, experts, forward and backward). */
   gemmFlops: number;
-  /** The sgemm rate (median of the rounds) measured in this run at the experts' GEMM shape. */
+  /** The sgemm rate (median of the rounds; each the mean of the rates before and after its step) at the experts' GEMM shape. */
   sgemmGflops: number;
-  /** The ranks' mean time of their GEMM FLOPs at their sgemm rates, over the step time (median over rounds). */
+  /** The ranks' mean time of their GEMM FLOPs at their sgemm rates, over the step time (median of the rounds). */
   roofline: number;
+  /** The lowest and highest round. */
+  rooflineRange: [number, number];
   /** The same for this rank alone. */
   rankRoofline: number;
 }
@@ -121,11 +123,19 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     const bwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<Stage, number[]>;
     let rows = 0;
     let gemmFlops = 0;
-    let m = 1;
     let core = "";
-    // Rounds of one layer step, then the sgemm rate measured by every rank at once on the same
-    // threads: each step is set against the rate of its own moment (the machine may be shared).
+    // The first step fixes the GEMM shape of the rate measurements (rows per local expert).
+    const measureRate = async (): Promise<number> => {
+      await group?.barrier();
+      const r = await sgemmRate({ m: Math.max(1, Math.round(rows / L)), n: F1, k: D, iterations: 3 });
+      core = r.core;
+      return r.gflops;
+    };
+    // Rounds: the sgemm rate, a layer step, the rate again, every rank at once on the same threads;
+    // each step is set against the mean rate of its own moment (the machine may be shared).
+    let before = 0;
     for (let i = 0; i < warmup + runs; i++) {
+      if (i >= warmup) before = before || (await measureRate());
       await group?.barrier();
       for (const s of STAGES) layer.timings.forward[s] = layer.timings.backward[s] = 0;
       const t0 = performance.now();
@@ -146,18 +156,18 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       // GEMM FLOPs of the step on this rank: router gate (x·Wg; backward dx and dWg) and the two
       // expert GEMMs (forward; backward dX and dW of each) over the rows its experts received.
       gemmFlops = 3 * (2 * T * D * E) + 3 * (2 * rows * D * F1 + 2 * rows * F * D);
-      m = Math.max(1, Math.round(rows / L));
-      await group?.barrier();
-      const rate = await sgemmRate({ m, n: F1, k: D, iterations: 3 });
-      core = rate.core;
-      rates.push(rate.gflops);
-      const gemmSeconds = gemmFlops / (rate.gflops * 1e9);
+      const after = await measureRate();
+      const rate = (before + after) / 2;
+      before = after;
+      rates.push(rate);
+      const gemmSeconds = gemmFlops / (rate * 1e9);
       mine.push(gemmSeconds / step);
       // The whole: the ranks' mean GEMM time at their rates over the (common) step time.
       ratios.push((await groupSum(group, gemmSeconds)) / ranks / step);
     }
     const step = median(steps);
     const roofline = median(ratios);
+    const m = Math.max(1, Math.round(rows / L));
     const rateMedian = median(rates);
     const info = loadNative().info();
     const result: BenchLayerResult = {
@@ -171,6 +181,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       gemmFlops,
       sgemmGflops: rateMedian,
       roofline,
+      rooflineRange: [Math.min(...ratios), Math.max(...ratios)],
       rankRoofline: median(mine),
     };
     const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
@@ -183,10 +194,13 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     for (const s of STAGES) log(`  ${s.padEnd(12)} ${result.forwardMs[s].toFixed(1).padStart(10)}   ${result.backwardMs[s].toFixed(1).padStart(11)}`);
     log(
       `  GEMM roofline (rank 0): ${(gemmFlops / 1e9).toFixed(1)} GFLOP per step at the sgemm rate ${rateMedian.toFixed(1)} GFLOP/s ` +
-        `(${m} x ${F1} x ${D}, ${core || "reference"}, measured after each step by every rank at once, same threads) = ` +
+        `(${m} x ${F1} x ${D}, ${core || "reference"}, measured before and after each step by every rank at once, same threads) = ` +
         `${((gemmFlops / (rateMedian * 1e9)) * 1000).toFixed(1)} ms, ${pct(result.rankRoofline)} of the step`,
     );
-    log(`  the layer runs at ${pct(roofline)} of the GEMM roofline (all ranks; median over the rounds)`);
+    log(
+      `  the layer runs at ${pct(roofline)} of the GEMM roofline (all ranks; median of ${runs} rounds, ` +
+        `from ${pct(result.rooflineRange[0])} to ${pct(result.rooflineRange[1])})`,
+    );
     return result;
   } finally {
     x.dispose();
