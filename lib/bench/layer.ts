@@ -24,7 +24,7 @@ export interface BenchLayerOptions {
   /** Default: the group's size (every rank holds different experts). */
   epSize?: number;
   activation?: "relu" | "gelu" | "silu" | "swiglu" | "geglu";
-  /** Timed rounds (default 5; each a step, then the sgemm rate); medians are reported. */
+  /** Timed rounds (default 7; each a step between two measurements of the sgemm rate); medians are reported. */
   runs?: number;
   /** Untimed steps first (default 1). */
   warmup?: number;
@@ -101,7 +101,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
   const k = checkInteger("topK", options.topK ?? 2, 1, E);
   const T = checkInteger("tokens", options.tokens ?? 2048, 1);
   const P = checkInteger("epSize", options.epSize ?? ranks, 1, ranks);
-  const runs = checkInteger("runs", options.runs ?? 5, 1, 1000);
+  const runs = checkInteger("runs", options.runs ?? 7, 1, 1000);
   const warmup = checkInteger("warmup", options.warmup ?? 1, 0, 1000);
   const activation = options.activation ?? "relu";
   const log = rank !== 0 ? () => undefined : options.log === undefined ? (line: string) => console.log(line) : options.log ?? (() => undefined);
