@@ -1,5 +1,6 @@
 // Measuring helpers for the benchmarks (cpp/bench): the machine's limits, run
 // on the CPU stream like any op so JavaScript stays free while they measure.
+#include "../cpp/bench/cuda_bench.h"
 #include "../cpp/bench/peak.h"
 #include "../cpp/core/parallel.h"
 #include "addon.h"
@@ -64,7 +65,50 @@ Napi::Value sgemm_rate(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Object kernel_time(Napi::Env env, const bench::KernelTime& t) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("medianUs", t.median_us);
+  out.Set("bestUs", t.best_us);
+  out.Set("reps", t.reps);
+  out.Set("batches", t.batches);
+  return out;
+}
+
+// cudaRouteKernel({ device, tokens, experts, topK, reps, batches }): the fused routing launch alone.
+Napi::Value cuda_route_kernel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    Napi::Object o = options_arg(info, 0);
+    auto task = bench::cuda_route_kernel(Device::parse(get_string(o, "device", "cuda:0")),
+                                         int64_t(get_number(o, "tokens", 8192)), int(get_number(o, "experts", 64)),
+                                         int(get_number(o, "topK", 8)), int(get_number(o, "reps", 20)),
+                                         int(get_number(o, "batches", 7)));
+    return run_async(env, task, [](Napi::Env env, bench::KernelTime& t) -> Napi::Value { return kernel_time(env, t); });
+  });
+}
+
+// cudaCopyRate({ device, bytes, reps, batches }): device-to-device copy bandwidth (read + write).
+Napi::Value cuda_copy_rate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    Napi::Object o = options_arg(info, 0);
+    auto task = bench::cuda_copy_rate(Device::parse(get_string(o, "device", "cuda:0")),
+                                      int64_t(get_number(o, "bytes", 256.0 * (1 << 20))), int(get_number(o, "reps", 10)),
+                                      int(get_number(o, "batches", 7)));
+    return run_async(env, task, [](Napi::Env env, bench::CopyRate& r) -> Napi::Value {
+      Napi::Object out = Napi::Object::New(env);
+      out.Set("gbps", r.gbps);
+      out.Set("medianUs", r.median_us);
+      out.Set("bytes", r.bytes);
+      out.Set("counted", "read+write");
+      return out;
+    });
+  });
+}
+
 Registration reg([](Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaRouteKernel", Napi::Function::New(env, cuda_route_kernel));
+  exports.Set("cudaCopyRate", Napi::Function::New(env, cuda_copy_rate));
   exports.Set("fmaPeak", Napi::Function::New(env, fma_peak));
   exports.Set("memcpyBandwidth", Napi::Function::New(env, memcpy_bandwidth));
   exports.Set("sgemmRate", Napi::Function::New(env, sgemm_rate));

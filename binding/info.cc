@@ -1,6 +1,7 @@
 // info(): what the core found (threads, BLAS and its core, CUDA and why not);
 // memoryStats(device): live tensors and bytes.
 #include "../cpp/core/blas.h"
+#include "../cpp/core/cuda_device.h"
 #include "../cpp/core/cuda_probe.h"
 #include "../cpp/core/host_allocator.h"
 #include "../cpp/core/parallel.h"
@@ -61,14 +62,27 @@ Napi::Value memory_stats(const Napi::CallbackInfo& cb) {
   });
 }
 
-// synchronize(): a Promise settled once all work queued so far has run.
+// synchronize(): a Promise settled once all work queued so far has run, on
+// the CPU stream and on every CUDA device used; it rejects with the first
+// error a GPU kernel found since the last synchronisation, naming its op.
 Napi::Value synchronize(const Napi::CallbackInfo& cb) {
-  return run_async<bool>(cb.Env(), [] { return true; }, [](Napi::Env env, bool&) { return env.Undefined(); });
+  return run_async<bool>(
+      cb.Env(),
+      [] {
+        cuda::synchronize_all();
+        return true;
+      },
+      [](Napi::Env env, bool&) { return env.Undefined(); });
 }
 
+// emptyCache(): the host allocator's cached blocks, and the unused memory of
+// every used CUDA device's pool (after waiting for that device).
 Napi::Value empty_cache(const Napi::CallbackInfo& cb) {
-  host_empty_cache();
-  return cb.Env().Undefined();
+  return guard(cb.Env(), [&] {
+    host_empty_cache();
+    cuda::empty_cache();
+    return cb.Env().Undefined();
+  });
 }
 
 Registration reg([](Napi::Env env, Napi::Object exports) {

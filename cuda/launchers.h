@@ -14,6 +14,18 @@
 #define MOE_CUDA_ERR_INVALID_ARGUMENT (-1)
 // The arguments are valid but no compiled kernel covers them (too many experts).
 #define MOE_CUDA_ERR_UNSUPPORTED (-2)
+// This build has no CUDA code: every launcher is a stub (cpp/core/cuda_stubs.cpp)
+// that returns this. A launcher added here needs its stub there too.
+#define MOE_CUDA_ERR_NOT_BUILT (-3)
+
+// Element types of the float data a launcher takes as void*; the values are
+// moe::DType's (cpp/core/dtype.h).
+#define MOE_CUDA_F32 0
+#define MOE_CUDA_BF16 1
+#define MOE_CUDA_F16 2
+
+// Status: NOT YET RUN ON A GPU. Every launcher below compiles for sm_80 and
+// sm_90a; none has run, so none is known to be correct.
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,6 +49,77 @@ int moe_cuda_event_destroy(void* event);
 // "cudaErrorIllegalAddress: an illegal memory access was encountered" for a
 // code returned by a launcher (or the MOE_CUDA_ERR_* meanings).
 const char* moe_cuda_error_string(int code);
+
+// ---- streams, memory, copies (cuda/memory.cu) ---------------------------------------
+// A non-blocking stream on `device` (cudaStreamNonBlocking: no implicit
+// ordering with the legacy default stream).
+int moe_cuda_stream_create(int device, void** stream);
+int moe_cuda_stream_synchronize(void* stream);
+// Work enqueued on `waiter` after this call starts only once the work enqueued
+// on `signaler` before it has finished (an event recorded and waited on). The
+// current device must be the signaler's; the waiter may be on another device.
+int moe_cuda_stream_wait_stream(void* waiter, void* signaler);
+// Calls fn(arg) on a CUDA-owned host thread once the stream reaches this point;
+// fn must not call CUDA (cudaLaunchHostFunc).
+int moe_cuda_launch_host_func(void* stream, void (*fn)(void*), void* arg);
+
+// The device's default memory pool, which cudaMallocAsync draws from: keep
+// freed memory (release threshold UINT64_MAX) instead of returning it at every
+// synchronisation.
+int moe_cuda_pool_configure(int device);
+// Bytes the pool holds from the driver, and bytes handed out of it.
+int moe_cuda_pool_usage(int device, uint64_t* reserved, uint64_t* used);
+// Returns the pool's unused memory to the driver (after synchronising the device).
+int moe_cuda_pool_trim(int device);
+// Stream-ordered allocation and free (cudaMallocAsync / cudaFreeAsync): the
+// memory is usable by work enqueued on `stream` after the call, and is
+// released once the work enqueued before the free has finished. bytes == 0
+// gives NULL.
+int moe_cuda_malloc_async(void** ptr, size_t bytes, void* stream);
+int moe_cuda_free_async(void* ptr, void* stream);
+// Plain device memory for long-lived buffers (cudaMalloc, current device).
+int moe_cuda_malloc(void** ptr, size_t bytes);
+// Copies in any direction (cudaMemcpyDefault: the pointers say where they
+// live), enqueued on `stream`. A pageable host source or destination may make
+// the call synchronous; callers keep host memory alive until the stream gets
+// there (moe_cuda_launch_host_func).
+int moe_cuda_memcpy_async(void* dst, const void* src, size_t bytes, void* stream);
+// Device to device across devices (cudaMemcpyPeerAsync), on `stream`.
+int moe_cuda_memcpy_peer_async(void* dst, int dst_device, const void* src, int src_device, size_t bytes,
+                               void* stream);
+int moe_cuda_memset_async(void* ptr, int value, size_t bytes, void* stream);
+// Events with timing (for measuring kernels); elapsed waits for `end`.
+int moe_cuda_timing_event_create(void** event);
+int moe_cuda_event_elapsed_ms(void* start, void* end, float* ms);
+
+// ---- errors found by kernels (cuda/checks.cu) ----------------------------------------
+// A device status word: a tag (0 = nothing found) and a detail (the smallest
+// bad element index, or a count). The first check in stream order that finds
+// something sets the tag; later checks with another tag leave it alone. The
+// host reads it when it synchronises, names the op that owns the tag, and
+// resets it.
+size_t moe_cuda_status_bytes(void);
+int moe_cuda_status_reset(void* status, void* stream);
+// Enqueues the read on `stream` and waits for it.
+int moe_cuda_status_read(const void* status, uint32_t* tag, int64_t* detail, void* stream);
+// Tags `status` with the smallest index of a NaN or infinity among n values
+// (dtype MOE_CUDA_F32 / BF16 / F16).
+int moe_cuda_check_finite(const void* data, int dtype, int64_t n, void* status, uint32_t tag, void* stream);
+// Tags `status` with the smallest index i where data[i] is outside [lo, hi).
+int moe_cuda_check_range_i32(const int32_t* data, int64_t n, int32_t lo, int32_t hi, void* status, uint32_t tag,
+                             void* stream);
+// Tags `status` with *value when *value > 0 (a count a kernel produced).
+int moe_cuda_flag_if_positive(const int32_t* value, void* status, uint32_t tag, void* stream);
+
+// ---- gate (MATH.md: Router; cuda/gate.cu) ---------------------------------------------
+// logits float32 [T, E] = x [T, D] (x_dtype) · wg float32 [D, E], float32 sums.
+int moe_cuda_gate_forward(const void* x, int x_dtype, const float* wg, int64_t tokens, int64_t d_model,
+                          int64_t experts, float* logits, void* stream);
+// dx [T, D] (x_dtype) = d_logits · wgᵀ and dwg float32 [D, E] = xᵀ · d_logits;
+// either output may be NULL to skip it. Each output element is summed by one
+// thread in a fixed order (no atomics, no split-K).
+int moe_cuda_gate_backward(const void* x, int x_dtype, const float* wg, const float* d_logits, int64_t tokens,
+                           int64_t d_model, int64_t experts, void* dx, float* dwg, void* stream);
 
 // ---- route (MATH.md: Router, Losses) -------------------------------------------
 // score_function: 0 softmax, 1 sigmoid.
@@ -136,6 +219,74 @@ int moe_cuda_grouped_gemm_dx(const void* dy, const void* w, const int32_t* rows_
 int moe_cuda_grouped_gemm_dw(const void* x, const void* dy, const int32_t* rows_per_expert, void* dw,
                              int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype, int flags,
                              void* workspace, size_t workspace_bytes, int32_t* invalid_counts, void* stream);
+
+// Scores only: softmax or sigmoid of each row of logits float32 [T, E] into
+// scores float32 [T, E], computed exactly as moe_cuda_route_forward computes
+// them (the backward needs the forward's scores and is given only the logits).
+int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_experts, int score_function,
+                          float* scores, void* stream);
+
+// ---- permute (MATH.md: Capacity; Permute and dispatch; cuda/permute.cu) --------------
+// A stable counting sort of the T·k (token, choice) pairs by expert, in two
+// launches with a host read between them when capacity makes the row count
+// depend on the data:
+//   plan:    per-warp expert histograms, their scan (CUB), the stable order of
+//            the pairs; capacity (policy 0 "probs": per expert, a CUB segmented
+//            radix sort by weight, descending, ties to the lower flat index;
+//            policy 1 "position": the first C); rows per expert and their
+//            offsets; summary int64 [3] = { rows R, dropped pairs, bad indices }.
+//   scatter: pair_to_row int32 [T, k] (-1 when dropped), row_to_pair int32 [R]
+//            (-1 for padding) and rows [R, D] (x's dtype; zero padding rows).
+// capacity < 0: dropless. Indices outside [0, E) are left out of every
+// expert (and tagged on `status`), so nothing is written out of bounds.
+int moe_cuda_permute_workspace_bytes(int64_t pairs, int num_experts, int drop_policy, int64_t capacity,
+                                     size_t* bytes);
+int moe_cuda_permute_plan(const int32_t* indices, const float* weights, int64_t pairs, int num_experts,
+                          int64_t capacity, int drop_policy, int pad_to_capacity, int32_t* rows_per_expert,
+                          int64_t* summary, void* status, uint32_t tag, void* workspace, size_t workspace_bytes,
+                          void* stream);
+int moe_cuda_permute_scatter(const void* x, int dtype, int64_t d_model, int top_k, const int32_t* indices,
+                             int64_t pairs, int num_experts, int64_t capacity, int drop_policy,
+                             const void* workspace, size_t workspace_bytes, int64_t rows, int32_t* pair_to_row,
+                             int32_t* row_to_pair, void* out_rows, void* stream);
+
+// ---- permute backward, unpermute and its backward (cuda/unpermute.cu) -----------------
+// Row maps: pair_to_row int32 [T, k]; entries outside [-1, R) count as -1
+// (callers tag them with moe_cuda_check_range_i32 first).
+// dx [T, D] (dtype) = Σ_j d_rows[pair_to_row[t, j]] over kept j, in j order, float32 sums.
+int moe_cuda_permute_backward(const void* d_rows, int dtype, int64_t num_rows, int64_t d_model,
+                              const int32_t* pair_to_row, int64_t tokens, int top_k, void* dx, void* stream);
+// y [T, D] (dtype) = Σ_j w[t, j] · rows[pair_to_row[t, j]] over kept j, in j order, float32 sums.
+int moe_cuda_unpermute_forward(const void* rows, int dtype, int64_t num_rows, int64_t d_model,
+                               const int32_t* pair_to_row, const float* weights, int64_t tokens, int top_k, void* y,
+                               void* stream);
+// d_rows [R, D] (rows_dtype): for each row, Σ over the pairs that read it (in
+// flat order: a CUB radix sort of the pairs by row) of w · dy[t]; zero for rows
+// no pair reads. d_weights float32 [T, k] = ⟨dy[t], rows[pair_to_row[t, j]]⟩
+// (0 when dropped), one warp per pair with a fixed butterfly.
+int moe_cuda_unpermute_backward_workspace_bytes(int64_t pairs, int64_t num_rows, size_t* bytes);
+int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const void* rows, int rows_dtype, int64_t num_rows,
+                                int64_t d_model, const int32_t* pair_to_row, const float* weights, int64_t tokens,
+                                int top_k, void* d_rows, float* d_weights, void* workspace, size_t workspace_bytes,
+                                void* stream);
+
+// ---- activations (MATH.md: Experts; cuda/activation.cu) -------------------------------
+// kind: 0 relu, 1 gelu (erf), 2 silu, 3 swiglu, 4 geglu (tanh form); the values
+// of moe::ops::ActivationKind. x [rows, width]; gated kinds read the gate half
+// (first width/2 columns), then the up half, and write h [rows, width/2].
+int moe_cuda_activation_forward(const void* x, int dtype, int64_t rows, int64_t width, int kind, void* h,
+                                void* stream);
+// dx [rows, width] (x_dtype) from dh (h's shape, dh_dtype) and x.
+int moe_cuda_activation_backward(const void* dh, int dh_dtype, const void* x, int x_dtype, int64_t rows,
+                                 int64_t width, int kind, void* dx, void* stream);
+
+// ---- AdamW (cuda/adamw.cu) --------------------------------------------------------
+// One step in place over n elements, per element in float32 (cpp/ops/adamw.h):
+//   p = p·decay − step_size · m / (√v / bc2_sqrt + eps), after
+//   m = b1·m + one_b1·g,  v = b2·v + one_b2·g².
+int moe_cuda_adamw(void* param, int param_dtype, const void* grad, int grad_dtype, float* exp_avg,
+                   float* exp_avg_sq, int64_t n, float decay, float step_size, float bc2_sqrt, float b1, float b2,
+                   float one_b1, float one_b2, float eps, void* stream);
 
 #ifdef __cplusplus
 }

@@ -470,8 +470,47 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock) route_backward_kernel(B
   }
 }
 
+// Scores alone, with the forward's arithmetic (row_logsumexp, then the same
+// division or sigmoid), so the backward sees the forward's values bit for bit.
+template <int EPL>
+__global__ void __launch_bounds__(kRouteThreadsPerBlock)
+    route_scores_kernel(const float* logits, int64_t tokens, int experts, int scoreFunction, float* scores) {
+  constexpr int W = kRouteWarpsPerBlock;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * W;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * W + warp; t < tokens; t += stride) {
+    float x[EPL], ex[EPL];
+    float sumExp;
+    row_logsumexp<EPL>(logits + t * experts, experts, lane, x, ex, sumExp);
+    float* out = scores + t * experts;
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) {
+      const int e = i * 32 + lane;
+      if (e < experts) out[e] = scoreFunction == kSoftmax ? ex[i] / sumExp : 1.f / (1.f + expf(-x[i]));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe_cuda
+
+extern "C" int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_experts, int score_function,
+                                     float* scores, void* stream) {
+  using namespace moe_cuda;
+  const RoutePlan plan = route_plan(num_tokens, num_experts, 1, 1, 1);
+  if (plan.status != 0) return plan.status;
+  if (score_function != kSoftmax && score_function != kSigmoid) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (plan.blocks == 0) return 0;
+  if (!logits || !scores) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const dim3 grid(static_cast<unsigned>(plan.blocks));
+  MOE_SWITCH_POW2_16(plan.expertsPerLane, EPL,
+                     route_scores_kernel<EPL><<<grid, plan.threads, 0, s>>>(logits, num_tokens, num_experts,
+                                                                            score_function, scores));
+  MOE_CUDA_TRY_LAUNCH();
+  return 0;
+}
 
 extern "C" size_t moe_cuda_route_workspace_bytes(int64_t num_tokens, int num_experts) {
   return moe_cuda::route_workspace_bytes(num_tokens, num_experts);

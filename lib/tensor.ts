@@ -48,6 +48,24 @@ function checkShape(shape: unknown): number[] {
   return shape as number[];
 }
 
+/** "cpu", "cuda" or "cuda:N" (N a non-negative integer), else ERR_MOE_DEVICE. */
+export function checkDevice(device: unknown): DeviceName {
+  if (typeof device !== "string" || !/^(cpu|cuda|cuda:\d+)$/.test(device)) {
+    throw invalid('"cpu", "cuda" or "cuda:N"', "device", device, "ERR_MOE_DEVICE");
+  }
+  return device as DeviceName;
+}
+
+/** The addon's copy functions (binding/device.cc). */
+interface CopyNative {
+  toDevice(t: NativeTensorHandle, device: string): Promise<NativeTensorHandle>;
+  clone(t: NativeTensorHandle): Promise<NativeTensorHandle>;
+}
+
+function copyNative(): CopyNative {
+  return loadNative() as unknown as CopyNative;
+}
+
 function checkDtype(dtype: unknown): DType {
   if (typeof dtype !== "string" || !(DTYPES as readonly string[]).includes(dtype)) {
     throw invalid(`one of ${DTYPES.join(", ")}`, "dtype", dtype, "ERR_MOE_DTYPE");
@@ -144,6 +162,26 @@ export class Tensor implements Disposable {
     return typeof v === "bigint" ? Number(v) : v;
   }
 
+  /**
+   * This tensor on `device`. The copy runs in order with the ops queued before
+   * it: host to GPU is enqueued on the device's stream; GPU to host waits for
+   * the device (and rejects with the first error its kernels found, naming
+   * the op). On the same device the result is a new handle on the same
+   * storage (no copy; dispose each handle). A device CUDA cannot use rejects
+   * with ERR_MOE_CUDA_UNAVAILABLE and the reason.
+   */
+  async to(device: DeviceName): Promise<Tensor> {
+    const target = checkDevice(device);
+    if (this.disposed) throw new MoEError("Expected a live tensor for to() but it was disposed", "ERR_MOE_DISPOSED");
+    return new Tensor(await copyNative().toDevice(this.handle, target));
+  }
+
+  /** A copy on the same device (a device-to-device copy on the GPU). */
+  async clone(): Promise<Tensor> {
+    if (this.disposed) throw new MoEError("Expected a live tensor for clone() but it was disposed", "ERR_MOE_DISPOSED");
+    return new Tensor(await copyNative().clone(this.handle));
+  }
+
   dispose(): void {
     finalizer.unregister(this);
     this.handle.dispose();
@@ -205,17 +243,25 @@ export interface MemoryStats {
   cachedBytes: number;
 }
 
-/** Live tensors and bytes on a device (storage shared by views counts once). */
+/**
+ * Live tensors and bytes on a device (storage shared by views counts once).
+ * On "cuda:N", cachedBytes is what the device's stream-ordered pool keeps for reuse.
+ */
 export function memoryStats(device: DeviceName = "cpu"): MemoryStats {
   return loadNative().memoryStats(device);
 }
 
-/** Returns the host allocator's cached blocks to the system. */
+/** Returns the host allocator's cached blocks to the system, and every used GPU's pooled memory to the driver. */
 export function emptyCache(): void {
   loadNative().emptyCache();
 }
 
-/** Resolves once every op queued so far has finished. */
+/**
+ * Resolves once every op queued so far has finished, on the CPU and on every
+ * GPU used; rejects with the first error a GPU kernel found since the last
+ * synchronisation (a NaN in the router's input, an index out of range),
+ * naming the op that found it.
+ */
 export function synchronize(): Promise<void> {
   return loadNative().synchronize();
 }

@@ -95,6 +95,55 @@ describe("CUDA build: route kernels", () => {
   );
 });
 
+// Every other kernel behind cuda/launchers.h (device memory checks, gate,
+// permute, unpermute, activations, AdamW); each name appears in some cubin of
+// each architecture.
+const OTHER_KERNELS = [
+  "route_scores_kernel",
+  "check_finite_kernel",
+  "check_range_kernel",
+  "flag_if_positive_kernel",
+  "status_reset_kernel",
+  "gemm_kernel",
+  "permute_count_kernel",
+  "permute_starts_kernel",
+  "permute_sort_kernel",
+  "permute_experts_kernel",
+  "permute_summary_kernel",
+  "permute_keys_kernel",
+  "permute_keep_kernel",
+  "permute_assign_kernel",
+  "permute_gather_kernel",
+  "combine_kernel",
+  "d_weights_kernel",
+  "row_keys_kernel",
+  "row_first_kernel",
+  "d_rows_kernel",
+  "activation_forward_kernel",
+  "activation_backward_kernel",
+  "adamw_kernel",
+];
+const archCubins = (arch: string) => cubins.filter((c) => c.arch === arch);
+const allReason = !hasArchive
+  ? noArchive
+  : ARCHS.some((a) => archCubins(a).length === 0)
+    ? "skipped: the archive holds no uncompressed cubins (fatbinary compression is on)"
+    : "";
+
+describe("CUDA build: every kernel", () => {
+  (allReason ? test.skip : test)(
+    `SASS for ${ARCHS.join(" and ")} has every kernel of the launchers, and no function in the archive (CUB's included) has a stack frame${allReason ? ` (${allReason})` : ""}`,
+    () => {
+      for (const arch of ARCHS) {
+        const names = archCubins(arch).flatMap((c) => [...c.functions.keys()]);
+        for (const kernel of OTHER_KERNELS) expect({ arch, kernel, found: names.some((n) => n.includes(kernel)) }).toEqual({ arch, kernel, found: true });
+        const framed = archCubins(arch).flatMap((c) => [...c.functions].filter(([, f]) => (f.frameBytes ?? 0) !== 0).map(([n, f]) => `${n}: ${f.frameBytes} bytes`));
+        expect({ arch, framed }).toEqual({ arch, framed: [] });
+      }
+    },
+  );
+});
+
 // ---- cuda/route_plan.h, compiled as plain C++ (it must not need CUDA) -----------------
 
 const cxx = findTool("c++") ?? findTool("g++");

@@ -9,7 +9,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { MoEError, Tensor, memoryStats } from "../lib";
-import { expertParallelLayout, initProcessGroup, openStore, type ProcessGroup } from "../lib/dist";
+import { expertParallelLayout, initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/dist";
 import { buildDist, root, runNode, tempDir } from "./procs";
 import { rng } from "./util";
 
@@ -256,6 +256,7 @@ describe("options", () => {
     const nccl = await rejection(initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: "file:///nowhere" }));
     expect(nccl.code).toBe("ERR_MOE_NCCL_UNAVAILABLE");
     expect(nccl.message).toMatch(/gloo/);
+    if (!ncclStatus().available) expect(nccl.message).toContain(ncclStatus().reason);
     const base = { rank: 0, worldSize: 1, store: `file://${work}/opts`, runId: "o" };
     expect((await rejection(initProcessGroup({ ...base, backend: "mpi" as "gloo" }))).message).toMatch(/backend/);
     expect((await rejection(initProcessGroup({ ...base, timeoutMs: 0 }))).message).toMatch(/timeoutMs/);

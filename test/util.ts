@@ -1,5 +1,6 @@
 /** Shared test helpers: a seeded generator, float64 arrays, and error measures. */
-import { Tensor, memoryStats } from "../lib";
+import { Tensor, memoryStats, info } from "../lib";
+import type { DeviceName } from "../lib";
 
 /** mulberry32: small, seeded, good enough for test data. */
 export function rng(seed: number): () => number {
@@ -88,4 +89,51 @@ export async function memoryAtRest(): Promise<ReturnType<typeof memoryStats>> {
     await new Promise((r) => setTimeout(r, 0));
   }
   return memoryStats();
+}
+
+/** Rounds float64 values to bfloat16 (nearest even on the float32's top 16 bits): what a bfloat16 tensor holds. */
+export function bf16(a: ArrayLike<number>): Float64Array {
+  const f = Float32Array.from(a as ArrayLike<number>);
+  const u = new Uint32Array(f.buffer);
+  for (let i = 0; i < u.length; i++) {
+    if ((u[i] & 0x7f800000) === 0x7f800000) continue; // inf / NaN stay
+    u[i] = (((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16) >>> 0;
+  }
+  return Float64Array.from(f);
+}
+
+/** Why the CUDA backend does not run here ("" when it does). */
+export function cudaSkipReason(): string {
+  const c = info().cuda;
+  return c.available ? "" : c.reason || "no CUDA device";
+}
+
+/** The devices the op tests run on: "cpu", plus "cuda:0" when a GPU is usable. */
+export function backends(): DeviceName[] {
+  return cudaSkipReason() ? ["cpu"] : ["cpu", "cuda:0"];
+}
+
+/**
+ * One test per backend, named "<name> [device]". Where CUDA is unavailable the
+ * cuda:0 case still appears, skipped, with the reason in its name.
+ */
+export function eachBackend(name: string, fn: (device: DeviceName) => Promise<void>, timeout?: number): void {
+  for (const device of backends()) test(`${name} [${device}]`, () => fn(device), timeout);
+  const why = cudaSkipReason();
+  if (why) test.skip(`${name} [cuda:0] (skipped: CUDA unavailable: ${why})`, () => undefined);
+}
+
+/** A CUDA-only test, skipped with the reason in its name where CUDA is unavailable. */
+export function cudaTest(name: string, fn: (device: DeviceName) => Promise<void>, timeout?: number): void {
+  const why = cudaSkipReason();
+  if (why) test.skip(`${name} [cuda:0] (skipped: CUDA unavailable: ${why})`, () => undefined);
+  else test(`${name} [cuda:0]`, () => fn("cuda:0"), timeout);
+}
+
+/** A tensor made on the CPU, moved to `device` with .to() (the host copy is then disposed); on "cpu", t itself. */
+export async function onDevice(device: DeviceName, t: Tensor): Promise<Tensor> {
+  if (t.device === device) return t;
+  const moved = await t.to(device);
+  t.dispose();
+  return moved;
 }

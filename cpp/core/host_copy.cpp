@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda_device.h"
 #include "error.h"
 #include "floats.h"
 
@@ -44,10 +45,27 @@ Tensor from_host(DType dtype, const Shape& shape, Device device, const void* src
   if (count != t.numel())
     fail(Code::Shape, "tensor: expected " + std::to_string(t.numel()) + " elements for shape " + shape_str(shape) +
                           " but received " + std::to_string(count));
+  if (device.kind == Device::CUDA) {
+    // Converted on the host, then copied from a staging buffer that lives
+    // until the stream has read it: the caller's memory may go at once.
+    std::vector<uint8_t> host(t.bytes());
+    convert(src, src_dtype, host.data(), dtype, count, "tensor");
+    cuda::upload(t.raw(), std::move(host), device);
+    return t;
+  }
   convert(src, src_dtype, t.raw(), dtype, count, "tensor");
   return t;
 }
 
-void to_host(const Tensor& t, void* dst, DType dst_dtype) { convert(t.raw(), t.dtype, dst, dst_dtype, t.numel(), "read"); }
+void to_host(const Tensor& t, void* dst, DType dst_dtype) {
+  if (t.device().kind == Device::CUDA) {
+    // Waits for the device (and reports what its kernels found), then copies.
+    std::vector<uint8_t> host(t.bytes());
+    cuda::download(host.data(), t.raw(), host.size(), t.device());
+    convert(host.data(), t.dtype, dst, dst_dtype, t.numel(), "read");
+    return;
+  }
+  convert(t.raw(), t.dtype, dst, dst_dtype, t.numel(), "read");
+}
 
 }  // namespace moe

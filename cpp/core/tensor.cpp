@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cuda_probe.h"
+#include "cuda_device.h"
 #include "error.h"
 #include "host_allocator.h"
 
@@ -50,21 +50,24 @@ bad:
 }
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
+  void* p;
   if (device.kind == Device::CUDA) {
-    // Device tensors arrive with the CUDA path; until then say why there are none.
-    CudaStatus status = cuda_status();
-    fail(Code::CudaUnavailable, "cannot allocate a tensor on " + device.str() + ": " +
-                                    (status.available ? "device tensors are not supported by this build yet"
-                                                      : status.reason));
+    // Stream-ordered, on the device's compute stream (cuda_device.h).
+    cuda::require(device, "cannot allocate a tensor on " + device.str());
+    p = cuda::allocate(bytes, device);
+  } else {
+    p = host_alloc(bytes);
+    if (!p) fail(Code::Value, "out of host memory allocating " + std::to_string(bytes) + " bytes");
   }
-  void* p = host_alloc(bytes);
-  if (!p) fail(Code::Value, "out of host memory allocating " + std::to_string(bytes) + " bytes");
   count(device, 1, int64_t(bytes));
   return std::shared_ptr<Storage>(new Storage(p, bytes, device));
 }
 
 Storage::~Storage() {
-  host_free(data_, bytes_);
+  if (device_.kind == Device::CUDA)
+    cuda::release(data_, device_);
+  else
+    host_free(data_, bytes_);
   count(device_, -1, -int64_t(bytes_));
 }
 
@@ -99,7 +102,10 @@ Tensor empty(DType dtype, const Shape& shape, Device device) {
 
 Tensor zeros(DType dtype, const Shape& shape, Device device) {
   Tensor t = empty(dtype, shape, device);
-  std::memset(t.raw(), 0, t.bytes());
+  if (device.kind == Device::CUDA)
+    cuda::memset_async(t.raw(), 0, t.bytes(), device);
+  else
+    std::memset(t.raw(), 0, t.bytes());
   return t;
 }
 
@@ -111,7 +117,8 @@ Tensor scalar_f32(float value) {
 
 MemoryStats memory_stats(Device device) {
   Counters& c = counters_for(device);
-  return {c.tensors.load(), c.bytes.load(), c.peak.load(), device.kind == Device::CPU ? host_cached_bytes() : 0};
+  return {c.tensors.load(), c.bytes.load(), c.peak.load(),
+          device.kind == Device::CPU ? host_cached_bytes() : cuda::cached_bytes(device)};
 }
 
 }  // namespace moe

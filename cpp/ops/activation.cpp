@@ -6,6 +6,7 @@
 
 #include "../core/check.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 #include "float_span.h"
 
 namespace moe::ops {
@@ -68,9 +69,6 @@ struct Layout {
 
 Layout check_input(const char* op, const Tensor& x, ActivationKind kind) {
   check_float(op, "x", x);
-  if (x.device().kind != Device::CPU)
-    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
-                                x.describe());
   if (!is_gated(kind)) {
     int64_t w = x.ndim() ? x.shape.back() : 1;
     return {w ? x.numel() / w : 0, w, w};
@@ -113,6 +111,7 @@ const char* activation_name(ActivationKind kind) {
 
 Task<Tensor> activation(const Tensor& x, ActivationKind kind) {
   Layout l = check_input("activation", x, kind);
+  if (x.device().kind == Device::CUDA) return cuda_path::activation(x, kind, l.rows, l.width);
   return [x, kind, l] {
     Shape shape = x.shape;
     if (is_gated(kind)) shape.back() = l.out;
@@ -147,6 +146,7 @@ Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKi
   std::string pattern = is_gated(kind) ? "[..., F] (x's shape with the last dim halved)" : "like x";
   check_shape(op, "dh", dh, hshape, pattern.c_str());
   check_same_device(op, {{"x", &x}, {"dh", &dh}});
+  if (x.device().kind == Device::CUDA) return cuda_path::activation_backward(dh, x, kind, l.rows, l.width);
   return [dh, x, kind, l] {
     Tensor dx = empty(x.dtype, x.shape);
     parallel_for(l.rows, grain_rows(l.width), [&](int64_t r0, int64_t r1) {

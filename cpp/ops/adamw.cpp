@@ -5,6 +5,7 @@
 
 #include "../core/check.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 #include "float_span.h"
 
 namespace moe::ops {
@@ -20,9 +21,6 @@ Task<bool> adamw(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
   check_shape(op, "expAvg", exp_avg, param.shape, "like param");
   check_shape(op, "expAvgSq", exp_avg_sq, param.shape, "like param");
   check_same_device(op, {{"param", &param}, {"grad", &grad}, {"expAvg", &exp_avg}, {"expAvgSq", &exp_avg_sq}});
-  if (param.device().kind != Device::CPU)
-    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
-                                param.describe());
   // The buffers written in place must be distinct, or one update would overwrite another.
   if (param.storage == exp_avg.storage || param.storage == exp_avg_sq.storage ||
       exp_avg.storage == exp_avg_sq.storage || grad.storage == exp_avg.storage || grad.storage == exp_avg_sq.storage)
@@ -45,6 +43,9 @@ Task<bool> adamw(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
   // 1 − β in double before rounding: float(1 − float(0.999)) would be off by 1.3e-5 relative.
   const float b1 = float(o.beta1), b2 = float(o.beta2), one_b1 = float(1.0 - o.beta1), one_b2 = float(1.0 - o.beta2);
   const float eps = float(o.eps);
+  if (param.device().kind == Device::CUDA)
+    return cuda_path::adamw(param, grad, exp_avg, exp_avg_sq,
+                            cuda_path::AdamWConstants{decay, step_size, bc2_sqrt, b1, b2, one_b1, one_b2, eps});
   return [param, grad, exp_avg, exp_avg_sq, decay, step_size, bc2_sqrt, b1, b2, one_b1, one_b2, eps] {
     float* m = exp_avg.data<float>();
     float* v = exp_avg_sq.data<float>();

@@ -4,6 +4,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 
 namespace moe::ops {
 
@@ -20,6 +21,7 @@ void check_gate_args(const char* op, const Tensor& x, const Tensor& wg) {
 
 Task<Tensor> gate(const Tensor& x, const Tensor& wg) {
   check_gate_args("gate", x, wg);
+  if (x.device().kind == Device::CUDA) return cuda_path::gate(x, wg);
   return [x, wg] {
     const int t = int(x.dim(0)), d = int(x.dim(1)), e = int(wg.dim(1));
     F32Read xf(x);
@@ -35,6 +37,7 @@ Task<GateGrads> gate_backward(const Tensor& x, const Tensor& wg, const Tensor& d
   check_dtype("gateBackward", "dlogits", dlogits, {DType::F32});
   check_shape("gateBackward", "dlogits", dlogits, {x.dim(0), wg.dim(1)}, "[tokens, numExperts]");
   check_same_device("gateBackward", {{"x", &x}, {"dlogits", &dlogits}});
+  if (x.device().kind == Device::CUDA) return cuda_path::gate_backward(x, wg, dlogits);
   return [x, wg, dlogits] {
     const int t = int(x.dim(0)), d = int(x.dim(1)), e = int(wg.dim(1));
     F32Read xf(x);

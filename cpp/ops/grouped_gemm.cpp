@@ -8,6 +8,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 
 namespace moe::ops {
 
@@ -16,13 +17,6 @@ namespace {
 struct Dims {
   int64_t rows, k, n, experts;
 };
-
-// The CPU kernels take raw host pointers; a CUDA tensor must never reach them.
-void check_cpu(const char* op, const Tensor& t) {
-  if (t.defined() && t.device().kind != Device::CPU)
-    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
-                                t.describe());
-}
 
 void check_fits_int(const char* op, const char* what, int64_t v) {
   if (v > INT_MAX)
@@ -38,7 +32,6 @@ Dims check_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
   check_dtype(op, "rowsPerExpert", counts, {DType::I32, DType::I64});
   check_shape(op, "rowsPerExpert", counts, {w.dim(0)}, "[L]");
   check_same_device(op, {{"x", &x}, {"w", &w}, {"rowsPerExpert", &counts}});
-  check_cpu(op, x);
   Dims d{x.dim(0), x.dim(1), w.dim(2), w.dim(0)};
   check_fits_int(op, "R", d.rows);
   check_fits_int(op, "K", d.k);
@@ -79,6 +72,7 @@ Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& counts
     check_shape(op, "bias", bias, {d.experts, d.n}, "[L, N]");
     check_same_device(op, {{"x", &x}, {"bias", &bias}});
   }
+  if (x.device().kind == Device::CUDA) return cuda_path::grouped_gemm(x, w, counts, bias);
   return [x, w, counts, bias, d, op] {
     std::vector<int64_t> off = expert_offsets(op, counts, d.rows);
     const int k = int(d.k), n = int(d.n);
@@ -116,6 +110,7 @@ Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, 
   check_float(op, "dy", dy);
   check_shape(op, "dy", dy, {d.rows, d.n}, "[R, N]");
   check_same_device(op, {{"x", &x}, {"dy", &dy}});
+  if (x.device().kind == Device::CUDA) return cuda_path::grouped_gemm_backward(dy, x, w, counts, needs);
   return [dy, x, w, counts, d, needs, op] {
     std::vector<int64_t> off = expert_offsets(op, counts, d.rows);
     const int k = int(d.k), n = int(d.n);

@@ -9,6 +9,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 
 namespace moe::ops {
 
@@ -84,6 +85,10 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
   if (options.pad_to_capacity && capacity * options.num_experts > kMaxIndex)
     fail(Code::Value, "permute: expected numExperts * capacity <= 2147483647 padded rows but received " +
                           std::to_string(options.num_experts) + " * " + std::to_string(capacity));
+  if (x.device().kind == Device::CUDA) {
+    cuda_path::check_permute_supported(options.num_experts);
+    return cuda_path::permute(x, indices, weights, options, capacity);
+  }
   const PermuteOptions o = options;
   return [x, indices, weights, o, capacity] {
     const int64_t T = x.dim(0), D = x.dim(1), k = indices.dim(1), E = o.num_experts, N = T * k;
@@ -174,6 +179,7 @@ Task<Tensor> permute_backward(const Tensor& d_rows, const Tensor& pair_to_row) {
   check_dtype(op, "pairToRow", pair_to_row, {DType::I32});
   check_shape(op, "pairToRow", pair_to_row, {-1, -1}, "[tokens, topK]");
   check_same_device(op, {{"dRows", &d_rows}, {"pairToRow", &pair_to_row}});
+  if (d_rows.device().kind == Device::CUDA) return cuda_path::permute_backward(d_rows, pair_to_row);
   return [d_rows, pair_to_row] {
     const int64_t R = d_rows.dim(0), D = d_rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
     const int32_t* p2r = pair_to_row.data<int32_t>();

@@ -9,6 +9,7 @@
 
 #include "../core/check.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 
 namespace moe::ops {
 
@@ -244,6 +245,10 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
   }
   check_route_options(op, e, options);
   check_count(op, logits.dim(0), options.top_k);
+  if (logits.device().kind == Device::CUDA) {
+    cuda_path::check_route_supported(op, logits.dim(0), e, options.top_k, options.num_groups, options.topk_groups);
+    return cuda_path::route(logits, expert_bias, options);
+  }
 
   return [logits, expert_bias, o = options] {
     const char* op = "route";
@@ -365,6 +370,10 @@ Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const T
                num_str(options.aux_loss_grad));
   check_option(op, "zLossGrad", std::isfinite(options.z_loss_grad), "a finite number", num_str(options.z_loss_grad));
   check_count(op, t, k);
+  if (logits.device().kind == Device::CUDA) {
+    cuda_path::check_route_supported(op, t, e, k, 0, 0);
+    return cuda_path::route_backward(logits, indices, tokens_per_expert, dweights, options);
+  }
 
   return [logits, indices, tokens_per_expert, dweights, o = options] {
     const char* op = "routeBackward";

@@ -6,6 +6,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 #include "permute.h"
 
 namespace moe::ops {
@@ -42,6 +43,7 @@ float dot(const float* a, const float* b, int64_t n) {
 Task<Tensor> unpermute(const Tensor& rows, const Tensor& pair_to_row, const Tensor& weights) {
   check_unpermute_args("unpermute", rows, pair_to_row, weights);
   check_same_device("unpermute", {{"rows", &rows}, {"pairToRow", &pair_to_row}, {"weights", &weights}});
+  if (rows.device().kind == Device::CUDA) return cuda_path::unpermute(rows, pair_to_row, weights);
   return [rows, pair_to_row, weights] {
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
     const int32_t* p2r = pair_to_row.data<int32_t>();
@@ -83,6 +85,7 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
   check_float(op, "dy", dy);
   check_shape(op, "dy", dy, {pair_to_row.dim(0), rows.dim(1)}, "[tokens, dModel]");
   check_same_device(op, {{"dy", &dy}, {"rows", &rows}, {"pairToRow", &pair_to_row}, {"weights", &weights}});
+  if (rows.device().kind == Device::CUDA) return cuda_path::unpermute_backward(dy, rows, pair_to_row, weights);
   return [dy, rows, pair_to_row, weights] {
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1), N = T * k;
     const int32_t* p2r = pair_to_row.data<int32_t>();

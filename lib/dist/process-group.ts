@@ -12,7 +12,7 @@
  * with the same typed error before any data moves, and the group stays usable.
  */
 import "../polyfill";
-import { requireNccl } from "./nccl";
+import { ncclStatus } from "./nccl";
 import { MoEError, checkInteger, checkOneOf, invalid } from "../errors";
 import { loadNative } from "../native";
 import type { NativeTensorHandle } from "../native-types";
@@ -123,7 +123,11 @@ function nativeModule(): NativeProcessGroupModule {
 
 /** The one place the NCCL backend is chosen; for now it says why it cannot be. */
 function ncclBackend(): never {
-  requireNccl(); // throws with the reason: library not found, version too old, no device
+  const status = ncclStatus();
+  if (!status.available) {
+    // the reason: library not found, version too old, no device
+    throw new MoEError(`initProcessGroup: backend "nccl" is unavailable: ${status.reason}; use backend "gloo" for CPU tensors`, "ERR_MOE_NCCL_UNAVAILABLE");
+  }
   throw new MoEError(
     'initProcessGroup: NCCL was found, but process groups over CUDA tensors are not wired to it yet; use backend "gloo" for CPU tensors',
     "ERR_MOE_NCCL_UNAVAILABLE",
