@@ -439,6 +439,37 @@ describe("training pieces", () => {
   });
 });
 
+describe("training pieces across ranks", () => {
+  test("clipGradNorm gives every rank the norm of the whole model: replicated gradients once, each expert's once", async () => {
+    const world = fakeWorld(4);
+    const layers = await Promise.all(world.map((g) => MoELayer.create({ dModel: 8, dFF: 6, numExperts: 8, epSize: 2, seed: 3, initStd: 0.3, sharedExpertFF: 4 }, g)));
+    try {
+      await Promise.all(
+        layers.map(async (l, r) => {
+          const res = await l.forward(tensor(normal(12 * 8, 10 + r), [12, 8]));
+          res.output.dispose();
+          (await l.backward(tensor(normal(12 * 8, 20 + r), [12, 8]))).dispose();
+        }),
+      );
+      // Expected: replicated parameters from rank 0, experts from the first EP group (ranks 0 and 1).
+      const sq = (t: Tensor) => values(t).reduce((a, v) => a + v * v, 0);
+      let total = 0;
+      for (const p of layers[0].parameters()) total += sq(p.grad);
+      for (const p of layers[1].parameters()) if (p.expert) total += sq(p.grad);
+      // The expert-data-parallel replicas hold the same expert gradients.
+      layers[0].parameters().forEach((p, i) => expect(sameBits(p.grad, layers[2].parameters()[i].grad)).toBe(true));
+      const norms = await Promise.all(layers.map((l) => l.clipGradNorm(1e9)));
+      for (const n of norms) expect(Math.abs(n / Math.sqrt(total) - 1)).toBeLessThan(1e-5);
+      expect(new Set(norms).size).toBe(1);
+      const before = values(layers[1].parameters()[1].grad);
+      await Promise.all(layers.map((l) => l.clipGradNorm(Math.sqrt(total) / 2)));
+      expectClose(layers[1].parameters()[1].grad, before.map((v) => v / 2), 1e-5, "clipped expert gradient");
+    } finally {
+      for (const l of layers) l.dispose();
+    }
+  });
+});
+
 describe("configuration", () => {
   test("defaults follow Megatron-Core where it has one", () => {
     const c = resolveConfig({ dModel: 16, dFF: 32, numExperts: 8 });

@@ -10,7 +10,10 @@
  *             over the expert-data-parallel group.
  *
  * Each rank holds numExperts / epSize experts (global experts
- * epRank·L … epRank·L + L − 1); the router is replicated.
+ * epRank·L … epRank·L + L − 1); the router is replicated. Work that needs
+ * nothing from the all-to-all runs on the CPU stream while the rows travel:
+ * the shared experts during the dispatch, the router's and shared experts'
+ * backward during the gradients' exchange.
  */
 import { performance } from "perf_hooks";
 import { MoEError, invalid } from "../errors";
