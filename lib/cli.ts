@@ -13,7 +13,8 @@ commands:
   bench grouped-gemm       FMA peak, one large sgemm, grouped GEMM at 8 x 512 x 1024 x 2048 (fwd, dX, dW)
   bench ops                route, permute, unpermute at 8192 tokens x 1024 x 64 experts, top-8, vs memcpy
   bench alltoall [-n N]    all-to-all-v over N local ranks (default 2), 1 KiB to 64 MiB per rank, as nccl-tests
-  bench all                every benchmark above
+  bench layer [--nproc 2]  MoE layer fwd + bwd on N processes (8 experts, top-2, 2048 tokens x 1024 x 2048 per rank) vs the GEMM roofline
+  bench all                every benchmark above but layer
   launch -n N script.js    run N local ranks of script.js (RANK, WORLD_SIZE, MASTER_ADDR/PORT set)
 `;
 
@@ -27,7 +28,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import("./launch")).launch(rest);
     case "bench": {
       const what = rest[0] ?? "all";
-      const known = ["grouped-gemm", "ops", "alltoall", "all"];
+      if (what === "layer") return (await import("./bench/layer-cli")).benchLayerCli(rest.slice(1), () => console.log(formatInfo()));
+      const known = ["grouped-gemm", "ops", "alltoall", "layer", "all"];
       if (!known.includes(what)) {
         console.error(`moe-ep bench: expected one of ${known.join(", ")} but received "${what}"`);
         return 2;

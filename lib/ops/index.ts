@@ -4,3 +4,8 @@ export * from "./permute";
 export * from "./grouped-gemm";
 export * from "./activation";
 export * from "./adamw";
+export * from "./elementwise";
+export * from "./random";
+export * from "./chunks";
+export * from "./expert-bias";
+export * from "./view";

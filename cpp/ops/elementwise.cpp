@@ -1,0 +1,102 @@
+#include "elementwise.h"
+
+#include <cmath>
+#include <string>
+
+#include "../core/check.h"
+#include "../core/parallel.h"
+#include "float_span.h"
+
+namespace moe::ops {
+
+namespace {
+constexpr int64_t kBlock = 1 << 14;  // elements per parallel chunk (and per partial sum)
+
+void check_cpu(const char* op, const Tensor& t) {
+  if (t.device().kind != Device::CPU)
+    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
+                                t.describe());
+}
+}  // namespace
+
+Task<Tensor> add(const Tensor& a, const Tensor& b) {
+  const char* op = "add";
+  check_float(op, "a", a);
+  check_float(op, "b", b);
+  check_shape(op, "b", b, a.shape, "like a");
+  check_same_device(op, {{"a", &a}, {"b", &b}});
+  check_cpu(op, a);
+  return [a, b] {
+    Tensor out = empty(a.dtype, a.shape, a.device());
+    parallel_for(a.numel(), kBlock, [&](int64_t i0, int64_t i1) {
+      const int64_t n = i1 - i0;
+      std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+      load_f32(a, i0, n, x.data());
+      load_f32(b, i0, n, y.data());
+      for (int64_t j = 0; j < n; ++j) x[size_t(j)] += y[size_t(j)];
+      store_f32(x.data(), n, out, i0);
+    });
+    return out;
+  };
+}
+
+Task<bool> axpby(const Tensor& y, const Tensor& x, double alpha, double beta) {
+  const char* op = "axpby";
+  check_float(op, "y", y);
+  if (x.defined()) {
+    check_float(op, "x", x);
+    check_shape(op, "x", x, y.shape, "like y");
+    check_same_device(op, {{"y", &y}, {"x", &x}});
+  }
+  check_cpu(op, y);
+  check_option(op, "alpha", std::isfinite(alpha), "a finite number", num_str(alpha));
+  check_option(op, "beta", std::isfinite(beta), "a finite number", num_str(beta));
+  const float a = float(alpha), b = float(beta);
+  return [y, x, a, b] {
+    parallel_for(y.numel(), kBlock, [&](int64_t i0, int64_t i1) {
+      const int64_t n = i1 - i0;
+      std::vector<float> yv(static_cast<size_t>(n), 0.0f), xv;
+      if (a != 0.0f) load_f32(y, i0, n, yv.data());
+      if (x.defined()) {
+        xv.resize(size_t(n));
+        load_f32(x, i0, n, xv.data());
+        for (int64_t j = 0; j < n; ++j) yv[size_t(j)] = (a == 0.0f ? 0.0f : a * yv[size_t(j)]) + b * xv[size_t(j)];
+      } else {
+        for (int64_t j = 0; j < n; ++j) yv[size_t(j)] = a == 0.0f ? 0.0f : a * yv[size_t(j)];
+      }
+      store_f32(yv.data(), n, y, i0);
+    });
+    return true;
+  };
+}
+
+Task<Tensor> sum_squares(const std::vector<Tensor>& tensors) {
+  const char* op = "sumSquares";
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::string name = "tensors[" + std::to_string(i) + "]";
+    check_float(op, name.c_str(), tensors[i]);
+    check_cpu(op, tensors[i]);
+  }
+  return [tensors] {
+    double total = 0;
+    for (const Tensor& t : tensors) {
+      const int64_t n = t.numel();
+      const int64_t blocks = (n + kBlock - 1) / kBlock;
+      std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
+      parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<float> v(static_cast<size_t>(kBlock));
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t i0 = b * kBlock, m = std::min(kBlock, n - i0);
+          load_f32(t, i0, m, v.data());
+          double s = 0;
+          for (int64_t j = 0; j < m; ++j) s += double(v[size_t(j)]) * double(v[size_t(j)]);
+          partial[size_t(b)] = s;
+        }
+      });
+      for (double s : partial) total += s;
+    }
+    return scalar_f32(float(total));
+  };
+}
+
+}  // namespace moe::ops

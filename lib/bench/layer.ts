@@ -1,0 +1,210 @@
+/**
+ * MoE layer benchmark: forward + backward tokens/s, the time of each stage
+ * (route, permute, dispatch, experts, combine, unpermute), and the whole
+ * against the GEMM roofline: the layer's GEMM FLOPs at the sgemm rate measured
+ * in the same run, by the same processes at the same time, on the same
+ * threads. With a process group, every rank runs it (see `moe-ep bench layer`).
+ */
+import { checkInteger, invalid } from "../errors";
+import { loadNative } from "../native";
+import { isGated } from "../ops/activation";
+import { fillRandom } from "../ops/random";
+import { MoELayer, STAGES, type Stage } from "../layer/moe-layer";
+import type { CollectiveGroup } from "../layer/group";
+import { Tensor } from "../tensor";
+import { sgemmRate } from "./peak";
+
+export interface BenchLayerOptions {
+  dModel?: number;
+  dFF?: number;
+  numExperts?: number;
+  topK?: number;
+  /** Tokens per rank per step (default 2048). */
+  tokens?: number;
+  /** Default: the group's size (every rank holds different experts). */
+  epSize?: number;
+  activation?: "relu" | "gelu" | "silu" | "swiglu" | "geglu";
+  /** Timed rounds (default 7; each a step between two measurements of the sgemm rate); medians are reported. */
+  runs?: number;
+  /** Untimed steps first (default 1). */
+  warmup?: number;
+  /** The world group when several processes run the benchmark together. */
+  group?: CollectiveGroup & { barrier(): Promise<void> };
+  /** Where rank 0's report goes (default console.log; null for none). */
+  log?: ((line: string) => void) | null;
+}
+
+export interface BenchLayerResult {
+  shape: { dModel: number; dFF: number; numExperts: number; topK: number; tokens: number; epSize: number; ranks: number };
+  threads: number;
+  blasCore: string;
+  /** Median seconds of one forward + backward step (the slowest rank's). */
+  stepSeconds: number;
+  /** Tokens of every rank per second, forward + backward. */
+  tokensPerSecond: number;
+  /** Median milliseconds of each stage, forward and backward, on this rank. */
+  forwardMs: Record<Stage, number>;
+  backwardMs: Record<Stage, number>;
+  /** GEMM FLOPs of one step on this rank (router, experts, forward and backward). */
+  gemmFlops: number;
+  /** The sgemm rate (median of the rounds; each the mean of the rates before and after its step) at the experts' GEMM shape. */
+  sgemmGflops: number;
+  /** The ranks' mean time of their GEMM FLOPs at their sgemm rates, over the step time (median of the rounds). */
+  roofline: number;
+  /** The lowest and highest round. */
+  rooflineRange: [number, number];
+  /** The same for this rank alone. */
+  rankRoofline: number;
+}
+
+function median(a: number[]): number {
+  const s = [...a].sort((p, q) => p - q);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** The sum of a value over the group (every rank gets it). */
+async function groupSum(group: CollectiveGroup | undefined, v: number): Promise<number> {
+  if (!group || group.size === 1) return v;
+  const t = Tensor.from(Float32Array.of(v), [1]);
+  try {
+    await group.allReduce(t, "sum");
+    return t.toFloat32()[0];
+  } finally {
+    t.dispose();
+  }
+}
+
+/** The maximum of a value over the group (every rank gets it). */
+async function groupMax(group: CollectiveGroup | undefined, v: number): Promise<number> {
+  if (!group || group.size === 1) return v;
+  const t = Tensor.from(Float32Array.of(v), [1]);
+  try {
+    await group.allReduce(t, "max");
+    return t.toFloat32()[0];
+  } finally {
+    t.dispose();
+  }
+}
+
+/**
+ * Runs the layer benchmark on this rank (with the other ranks of `group`, when given) and
+ * resolves with the figures; rank 0 prints the report through `log`.
+ */
+export async function benchLayer(options: BenchLayerOptions = {}): Promise<BenchLayerResult> {
+  if (options === null || typeof options !== "object") throw invalid("an options object", "benchLayer options", options);
+  const group = options.group;
+  const ranks = group?.size ?? 1;
+  const rank = group?.rank ?? 0;
+  const D = checkInteger("dModel", options.dModel ?? 1024, 1);
+  const F = checkInteger("dFF", options.dFF ?? 2048, 1);
+  const E = checkInteger("numExperts", options.numExperts ?? 8, 1);
+  const k = checkInteger("topK", options.topK ?? 2, 1, E);
+  const T = checkInteger("tokens", options.tokens ?? 2048, 1);
+  const P = checkInteger("epSize", options.epSize ?? ranks, 1, ranks);
+  const runs = checkInteger("runs", options.runs ?? 7, 1, 1000);
+  const warmup = checkInteger("warmup", options.warmup ?? 1, 0, 1000);
+  const activation = options.activation ?? "relu";
+  const log = rank !== 0 ? () => undefined : options.log === undefined ? (line: string) => console.log(line) : options.log ?? (() => undefined);
+
+  const layer = await MoELayer.create({ dModel: D, dFF: F, numExperts: E, topK: k, epSize: P, activation, seed: 1, initStd: 0.02 }, group);
+  const x = Tensor.empty([T, D]);
+  const dy = Tensor.empty([T, D]);
+  try {
+    await fillRandom(x, { seed: 100 + rank, key: 1 });
+    await fillRandom(dy, { seed: 200 + rank, key: 2, std: 1e-3 });
+    layer.profile = true;
+    const L = E / P;
+    const F1 = isGated(activation) ? 2 * F : F;
+    const steps: number[] = [];
+    const rates: number[] = [];
+    const ratios: number[] = [];
+    const mine: number[] = [];
+    const fwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<Stage, number[]>;
+    const bwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<Stage, number[]>;
+    let rows = 0;
+    let gemmFlops = 0;
+    let core = "";
+    // The first step fixes the GEMM shape of the rate measurements (rows per local expert).
+    const measureRate = async (): Promise<number> => {
+      await group?.barrier();
+      const r = await sgemmRate({ m: Math.max(1, Math.round(rows / L)), n: F1, k: D, iterations: 3 });
+      core = r.core;
+      return r.gflops;
+    };
+    // Rounds: the sgemm rate, a layer step, the rate again, every rank at once on the same threads;
+    // each step is set against the mean rate of its own moment (the machine may be shared).
+    let before = 0;
+    for (let i = 0; i < warmup + runs; i++) {
+      if (i >= warmup) before = before || (await measureRate());
+      await group?.barrier();
+      for (const s of STAGES) layer.timings.forward[s] = layer.timings.backward[s] = 0;
+      const t0 = performance.now();
+      const r = await layer.forward(x);
+      const dx = await layer.backward(dy);
+      const ms = performance.now() - t0;
+      rows = r.stats.rowsReceived;
+      r.output.dispose();
+      dx.dispose();
+      await layer.zeroGrad();
+      if (i < warmup) continue;
+      const step = await groupMax(group, ms / 1000);
+      steps.push(step);
+      for (const s of STAGES) {
+        fwd[s].push(layer.timings.forward[s]);
+        bwd[s].push(layer.timings.backward[s]);
+      }
+      // GEMM FLOPs of the step on this rank: router gate (x·Wg; backward dx and dWg) and the two
+      // expert GEMMs (forward; backward dX and dW of each) over the rows its experts received.
+      gemmFlops = 3 * (2 * T * D * E) + 3 * (2 * rows * D * F1 + 2 * rows * F * D);
+      const after = await measureRate();
+      const rate = (before + after) / 2;
+      before = after;
+      rates.push(rate);
+      const gemmSeconds = gemmFlops / (rate * 1e9);
+      mine.push(gemmSeconds / step);
+      // The whole: the ranks' mean GEMM time at their rates over the (common) step time.
+      ratios.push((await groupSum(group, gemmSeconds)) / ranks / step);
+    }
+    const step = median(steps);
+    const roofline = median(ratios);
+    const m = Math.max(1, Math.round(rows / L));
+    const rateMedian = median(rates);
+    const info = loadNative().info();
+    const result: BenchLayerResult = {
+      shape: { dModel: D, dFF: F, numExperts: E, topK: k, tokens: T, epSize: P, ranks },
+      threads: info.threads,
+      blasCore: info.blas.core,
+      stepSeconds: step,
+      tokensPerSecond: (T * ranks) / step,
+      forwardMs: Object.fromEntries(STAGES.map((s) => [s, median(fwd[s])])) as Record<Stage, number>,
+      backwardMs: Object.fromEntries(STAGES.map((s) => [s, median(bwd[s])])) as Record<Stage, number>,
+      gemmFlops,
+      sgemmGflops: rateMedian,
+      roofline,
+      rooflineRange: [Math.min(...ratios), Math.max(...ratios)],
+      rankRoofline: median(mine),
+    };
+    const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
+    log(
+      `\nMoE layer, forward + backward: dModel ${D}, dFF ${F}, ${E} experts, top-${k}, ${T} tokens per rank, ` +
+        `epSize ${P} on ${ranks} process(es), ${info.threads} thread(s) each, ${activation}`,
+    );
+    log(`  step ${(step * 1000).toFixed(1)} ms (median of ${runs}, slowest rank)   ${result.tokensPerSecond.toFixed(0)} tokens/s over all ranks`);
+    log(`  stage         forward ms   backward ms`);
+    for (const s of STAGES) log(`  ${s.padEnd(12)} ${result.forwardMs[s].toFixed(1).padStart(10)}   ${result.backwardMs[s].toFixed(1).padStart(11)}`);
+    log(
+      `  GEMM roofline (rank 0): ${(gemmFlops / 1e9).toFixed(1)} GFLOP per step at the sgemm rate ${rateMedian.toFixed(1)} GFLOP/s ` +
+        `(${m} x ${F1} x ${D}, ${core || "reference"}, measured before and after each step by every rank at once, same threads) = ` +
+        `${((gemmFlops / (rateMedian * 1e9)) * 1000).toFixed(1)} ms, ${pct(result.rankRoofline)} of the step`,
+    );
+    log(
+      `  the layer runs at ${pct(roofline)} of the GEMM roofline (all ranks; median of ${runs} rounds, ` +
+        `from ${pct(result.rooflineRange[0])} to ${pct(result.rooflineRange[1])})`,
+    );
+    return result;
+  } finally {
+    x.dispose();
+    dy.dispose();
+    layer.dispose();
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * The token dispatcher between permute and the experts (MATH.md, Permute and
+ * dispatch): per-expert counts are exchanged over the EP group (the forward
+ * pass's one host synchronisation: they size the all-to-all), rows travel by
+ * all-to-all-v, and arrive regrouped by local expert; the combine is the way
+ * back. In the backward, each direction carries the gradient of the other.
+ */
+import { chunkTranspose } from "../ops/chunks";
+import { Tensor } from "../tensor";
+import type { CollectiveGroup } from "./group";
+
+/** The sizes of one dispatch, from this rank's rows per expert and everyone's. */
+export interface DispatchPlan {
+  /** EP size P and local experts L. */
+  epSize: number;
+  numLocal: number;
+  /** Rows this rank sends to each EP rank (its permuted rows are already in that order). */
+  sendCounts: number[];
+  /** Rows this rank receives from each EP rank. */
+  recvCounts: number[];
+  /** int32 [P, L]: rows from source rank s for local expert l (absent when P = 1). */
+  fromSource?: Tensor;
+  /** int32 [L, P]: fromSourceᵀ (absent when P = 1). */
+  toSource?: Tensor;
+  /** int32 [L]: rows of each local expert, over all sources. */
+  localCounts: Tensor;
+  /** The same, on the host. */
+  localCountsHost: number[];
+}
+
+function sums(counts: ArrayLike<number>, groups: number, per: number, transpose = false): number[] {
+  const out = new Array<number>(groups).fill(0);
+  for (let g = 0; g < groups; g++) for (let i = 0; i < per; i++) out[g] += transpose ? counts[i * groups + g] : counts[g * per + i];
+  return out;
+}
+
+/**
+ * rowsPerExpert: this rank's permuted rows for each of the E experts (host copy of permute's
+ * counts); `local`: the same tensor, used as the local counts when P = 1.
+ */
+export async function planDispatch(rowsPerExpert: Int32Array, local: Tensor, ep: CollectiveGroup, numLocal: number): Promise<DispatchPlan> {
+  const P = ep.size;
+  if (P === 1) {
+    const counts = Array.from(rowsPerExpert);
+    const total = counts.reduce((a, b) => a + b, 0);
+    return {
+      epSize: 1,
+      numLocal,
+      sendCounts: [total],
+      recvCounts: [total],
+      localCounts: local,
+      localCountsHost: counts,
+    };
+  }
+  const L = numLocal;
+  const sendCounts = sums(rowsPerExpert, P, L);
+  const mine = Tensor.from(rowsPerExpert, [P * L], { dtype: "int32" });
+  let matrix: Int32Array;
+  try {
+    const per = new Array<number>(P).fill(L);
+    const r = await ep.allToAllV(mine, per, { recvCounts: per });
+    matrix = r.output.toInt32();
+    r.output.dispose();
+  } finally {
+    mine.dispose();
+  }
+  const transposed = new Int32Array(P * L);
+  for (let s = 0; s < P; s++) for (let l = 0; l < L; l++) transposed[l * P + s] = matrix[s * L + l];
+  const localCountsHost = sums(matrix, L, P, true);
+  return {
+    epSize: P,
+    numLocal: L,
+    sendCounts,
+    recvCounts: sums(matrix, P, L),
+    fromSource: Tensor.from(matrix, [P, L], { dtype: "int32" }),
+    toSource: Tensor.from(transposed, [L, P], { dtype: "int32" }),
+    localCounts: Tensor.from(Int32Array.from(localCountsHost), [L], { dtype: "int32" }),
+    localCountsHost,
+  };
+}
+
+/** Permuted rows [R, ...] (grouped by destination rank) -> the rows of this rank's experts, [local expert][source rank]. */
+export async function dispatch(rows: Tensor, plan: DispatchPlan, ep: CollectiveGroup): Promise<Tensor> {
+  if (plan.epSize === 1) return rows;
+  const r = await ep.allToAllV(rows, plan.sendCounts, { recvCounts: plan.recvCounts });
+  try {
+    return await chunkTranspose(r.output, plan.fromSource!);
+  } finally {
+    r.output.dispose();
+  }
+}
+
+/** Rows of this rank's experts, [local expert][source rank] -> back to their source ranks, in the permuted order there. */
+export async function combine(rows: Tensor, plan: DispatchPlan, ep: CollectiveGroup): Promise<Tensor> {
+  if (plan.epSize === 1) return rows;
+  const back = await chunkTranspose(rows, plan.toSource!);
+  try {
+    return (await ep.allToAllV(back, plan.recvCounts, { recvCounts: plan.sendCounts })).output;
+  } finally {
+    back.dispose();
+  }
+}
+
+/** Frees the plan's tensors (the local counts too unless they are `keep`). */
+export function disposePlan(plan: DispatchPlan, keep?: Tensor): void {
+  plan.fromSource?.dispose();
+  plan.toSource?.dispose();
+  if (plan.localCounts !== keep) plan.localCounts.dispose();
+}

@@ -1,0 +1,149 @@
+/**
+ * The collectives the MoE layer needs, as a structural interface: the Gloo
+ * ProcessGroup (lib/dist/process-group.ts) satisfies it, and so does any
+ * object with the same methods (an NCCL group, a test double).
+ *
+ * Layout, as Megatron-Core lays out expert parallelism with no tensor or
+ * pipeline parallelism: world rank r is EP rank r mod epSize inside the EP
+ * group of ranks ⌊r / epSize⌋·epSize … +epSize−1, and the ranks that hold the
+ * same experts (r mod epSize equal) form the expert-data-parallel group.
+ */
+import type { Tensor } from "../tensor";
+import { MoEError, invalid } from "../errors";
+
+export type ReduceOp = "sum" | "avg" | "max";
+
+/** What the layer calls on a group; rank and size are the group's own. */
+export interface CollectiveGroup {
+  readonly rank: number;
+  readonly size: number;
+  /**
+   * x [rows, ...]: sendCounts[p] rows go to rank p, in order. Resolves with the rows received,
+   * ordered by source rank; options.recvCounts, when given, is what this rank expects to receive.
+   */
+  allToAllV(
+    x: Tensor,
+    sendCounts: readonly number[] | Int32Array,
+    options?: { recvCounts?: readonly number[] | Int32Array },
+  ): Promise<{ output: Tensor; recvCounts: ArrayLike<number> }>;
+  /** In place. */
+  allReduce(t: Tensor, op?: ReduceOp): Promise<void>;
+  barrier?(): Promise<void>;
+}
+
+/** A world group that can split itself into the EP and expert-data-parallel groups. */
+export interface SplittableGroup extends CollectiveGroup {
+  split(options: { epSize: number }):
+    | { ep: CollectiveGroup; expertDataParallel: CollectiveGroup }
+    | Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>;
+}
+
+/** The three groups of a layer, when the caller has them already. */
+export interface LayerGroups {
+  world: CollectiveGroup;
+  ep: CollectiveGroup;
+  expertDataParallel: CollectiveGroup;
+}
+
+/** A group of one rank: every collective is the identity (used when no group is given). */
+export class SingleRankGroup implements CollectiveGroup {
+  readonly rank = 0;
+  readonly size = 1;
+  async allToAllV(x: Tensor, sendCounts: readonly number[] | Int32Array): Promise<{ output: Tensor; recvCounts: ArrayLike<number> }> {
+    if (sendCounts.length !== 1 || sendCounts[0] !== x.shape[0]) {
+      throw new MoEError(`allToAllV: expected sendCounts [${x.shape[0]}] on a group of one rank but received [${Array.from(sendCounts).join(", ")}]`, "ERR_MOE_VALUE");
+    }
+    return { output: x, recvCounts: [x.shape[0]] };
+  }
+  async allReduce(): Promise<void> {}
+  async barrier(): Promise<void> {}
+}
+
+export const SINGLE_RANK: CollectiveGroup = new SingleRankGroup();
+
+function isGroup(g: unknown): g is CollectiveGroup {
+  if (g === null || typeof g !== "object") return false;
+  const o = g as Record<string, unknown>;
+  return Number.isInteger(o.rank) && Number.isInteger(o.size) && typeof o.allToAllV === "function" && typeof o.allReduce === "function";
+}
+
+/** This rank's position in the layout before the groups exist (parameters are sized from it). */
+export function layoutOf(worldRank: number, worldSize: number, epSize: number): { epRank: number; edpRank: number; edpSize: number } {
+  if (worldSize % epSize !== 0) {
+    throw new MoEError(`Expected epSize (${epSize}) to divide the world size (${worldSize})`, "ERR_MOE_VALUE");
+  }
+  return { epRank: worldRank % epSize, edpRank: Math.floor(worldRank / epSize), edpSize: worldSize / epSize };
+}
+
+/** The world group's rank and size, from a group, a LayerGroups object or nothing (one rank). */
+export function worldOf(groups: unknown): { rank: number; size: number } {
+  if (groups === undefined || groups === null) return { rank: 0, size: 1 };
+  if (isGroup(groups)) return { rank: groups.rank, size: groups.size };
+  if (typeof groups === "object" && isGroup((groups as LayerGroups).world)) {
+    const w = (groups as LayerGroups).world;
+    return { rank: w.rank, size: w.size };
+  }
+  throw invalid("a process group (rank, size, allToAllV, allReduce) or { world, ep, expertDataParallel }", "group", groups);
+}
+
+/**
+ * Splits of each world group, by epSize: layers built on one group share its sub-groups, and the
+ * splits (collective calls) happen once each, in the order the layers were built on every rank.
+ */
+const splits = new WeakMap<object, Map<number, Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>>>();
+
+function splitOnce(group: SplittableGroup, epSize: number): Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }> {
+  let byEp = splits.get(group);
+  if (!byEp) splits.set(group, (byEp = new Map()));
+  let s = byEp.get(epSize);
+  if (!s) {
+    // After the previous split of this group, so that every rank issues them in one order.
+    const previous = [...byEp.values()].pop() ?? Promise.resolve();
+    s = previous.catch(() => undefined).then(() => group.split({ epSize }));
+    byEp.set(epSize, s);
+  }
+  return s;
+}
+
+/**
+ * The world, EP and expert-data-parallel groups for epSize: split from a world
+ * group (its split() when it has one; once per group and epSize), taken as
+ * given, or single-rank ones.
+ */
+export async function resolveGroups(groups: unknown, epSize: number): Promise<LayerGroups> {
+  const world = worldOf(groups);
+  const want = layoutOf(world.rank, world.size, epSize);
+  let out: LayerGroups;
+  if (groups === undefined || groups === null) {
+    out = { world: SINGLE_RANK, ep: SINGLE_RANK, expertDataParallel: SINGLE_RANK };
+  } else if (isGroup(groups)) {
+    if (typeof (groups as Partial<SplittableGroup>).split === "function") {
+      const s = await splitOnce(groups as SplittableGroup, epSize);
+      out = { world: groups, ep: s.ep, expertDataParallel: s.expertDataParallel };
+    } else if (epSize === groups.size) {
+      out = { world: groups, ep: groups, expertDataParallel: SINGLE_RANK };
+    } else if (epSize === 1) {
+      out = { world: groups, ep: SINGLE_RANK, expertDataParallel: groups };
+    } else {
+      throw new MoEError(
+        `Expected a group with split({ epSize }) for epSize ${epSize} inside a world of ${groups.size} ranks, or epSize 1 or ${groups.size}`,
+        "ERR_MOE_VALUE",
+      );
+    }
+  } else {
+    const g = groups as LayerGroups;
+    if (!isGroup(g.ep) || !isGroup(g.expertDataParallel)) {
+      throw invalid("groups for ep and expertDataParallel", "group", groups);
+    }
+    out = { world: g.world, ep: g.ep, expertDataParallel: g.expertDataParallel };
+  }
+  if (out.ep.size !== epSize || out.ep.rank !== want.epRank || out.expertDataParallel.size !== want.edpSize || out.expertDataParallel.rank !== want.edpRank) {
+    throw new MoEError(
+      `Expected an EP group of ${epSize} ranks with this rank at ${want.epRank} and an expert-data-parallel group of ${want.edpSize} ` +
+        `at ${want.edpRank} (world rank ${world.rank} of ${world.size}) but received EP rank ${out.ep.rank} of ${out.ep.size}, ` +
+        `expert-data-parallel rank ${out.expertDataParallel.rank} of ${out.expertDataParallel.size}`,
+      "ERR_MOE_VALUE",
+    );
+  }
+  return out;
+}

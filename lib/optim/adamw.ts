@@ -1,0 +1,122 @@
+/**
+ * AdamW over named parameters (the native adamw op, PyTorch's torch.optim.AdamW
+ * semantics): state is created at the first step, float32, one pair of moments
+ * per parameter; parameters marked weightDecay: false (biases) are not decayed.
+ */
+import { checkInteger, checkNumber, invalid } from "../errors";
+import { adamw } from "../ops/adamw";
+import { zeroInPlace } from "../ops/elementwise";
+import { Tensor } from "../tensor";
+
+/** What the optimizer needs of a parameter (MoELayer.parameters() gives these). */
+export interface OptimizerParam {
+  readonly name?: string;
+  readonly param: Tensor;
+  readonly grad: Tensor;
+  /** Default true. */
+  readonly weightDecay?: boolean;
+}
+
+export interface AdamWOptions {
+  lr: number;
+  /** Default 0.9. */
+  beta1?: number;
+  /** Default 0.999. */
+  beta2?: number;
+  /** Default 1e-8. */
+  eps?: number;
+  /** Decoupled weight decay (default 0.01). */
+  weightDecay?: number;
+}
+
+export interface AdamWState {
+  expAvg: Tensor;
+  expAvgSq: Tensor;
+}
+
+const beta = (v: number) => v >= 0 && v < 1;
+const nonNegative = (v: number) => v >= 0;
+
+export class AdamW {
+  readonly params: readonly OptimizerParam[];
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** Steps taken so far. */
+  stepCount = 0;
+  private readonly states = new Map<OptimizerParam, AdamWState>();
+
+  constructor(params: Iterable<OptimizerParam>, options: AdamWOptions) {
+    if (params === null || typeof (params as Iterable<OptimizerParam>)?.[Symbol.iterator] !== "function") {
+      throw invalid("an iterable of { param, grad } (e.g. moe.parameters())", "params", params);
+    }
+    this.params = [...params];
+    this.params.forEach((p, i) => {
+      if (p === null || typeof p !== "object" || !(p.param instanceof Tensor) || !(p.grad instanceof Tensor)) {
+        throw invalid("{ param: Tensor, grad: Tensor }", `params[${i}]`, p);
+      }
+    });
+    if (options === null || typeof options !== "object") throw invalid("an options object with lr", "AdamW options", options);
+    this.lr = checkNumber("lr", options.lr, nonNegative, "a finite number >= 0");
+    this.beta1 = checkNumber("beta1", options.beta1 ?? 0.9, beta, "a number in [0, 1)");
+    this.beta2 = checkNumber("beta2", options.beta2 ?? 0.999, beta, "a number in [0, 1)");
+    this.eps = checkNumber("eps", options.eps ?? 1e-8, nonNegative, "a finite number >= 0");
+    this.weightDecay = checkNumber("weightDecay", options.weightDecay ?? 0.01, nonNegative, "a finite number >= 0");
+  }
+
+  /** The moments of a parameter (created zero on first use). */
+  state(p: OptimizerParam): AdamWState {
+    let s = this.states.get(p);
+    if (!s) {
+      const opts = { device: p.param.device as "cpu" };
+      s = { expAvg: Tensor.zeros(p.param.shape, opts), expAvgSq: Tensor.zeros(p.param.shape, opts) };
+      this.states.set(p, s);
+    }
+    return s;
+  }
+
+  /** Whether a parameter has state yet. */
+  hasState(p: OptimizerParam): boolean {
+    return this.states.has(p);
+  }
+
+  /** Restores the step count (after loading the moments into state(p)). */
+  setStepCount(n: number): void {
+    this.stepCount = checkInteger("stepCount", n, 0);
+  }
+
+  /** One AdamW step over every parameter from its gradient. */
+  async step(): Promise<void> {
+    const step = this.stepCount + 1;
+    await Promise.all(
+      this.params.map((p) => {
+        const s = this.state(p);
+        return adamw(p.param, p.grad, s.expAvg, s.expAvgSq, {
+          lr: this.lr,
+          beta1: this.beta1,
+          beta2: this.beta2,
+          eps: this.eps,
+          weightDecay: p.weightDecay === false ? 0 : this.weightDecay,
+          step,
+        });
+      }),
+    );
+    this.stepCount = step;
+  }
+
+  /** Sets every parameter's gradient to zero. */
+  async zeroGrad(): Promise<void> {
+    await Promise.all(this.params.map((p) => zeroInPlace(p.grad)));
+  }
+
+  /** Frees the moments. */
+  dispose(): void {
+    for (const s of this.states.values()) {
+      s.expAvg.dispose();
+      s.expAvgSq.dispose();
+    }
+    this.states.clear();
+  }
+}
