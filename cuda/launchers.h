@@ -288,6 +288,44 @@ int moe_cuda_adamw(void* param, int param_dtype, const void* grad, int grad_dtyp
                    float* exp_avg_sq, int64_t n, float decay, float step_size, float bc2_sqrt, float b1, float b2,
                    float one_b1, float one_b2, float eps, void* stream);
 
+// ---- layer ops: elementwise, sum of squares, expert bias (cuda/elementwise.cu) ---------
+// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// out (a_dtype) = a + b over n elements, float32 sum rounded once.
+int moe_cuda_add(const void* a, int a_dtype, const void* b, int b_dtype, int64_t n, void* out, void* stream);
+// In place: y = (alpha == 0 ? 0 : alpha·y) + beta·x in float32 (x NULL: no beta term).
+int moe_cuda_axpby(void* y, int y_dtype, const void* x, int x_dtype, int64_t n, float alpha, float beta,
+                   void* stream);
+// Σ v² in double, in two steps: partials (one per chunk of 2^14 elements, a
+// fixed tree inside each) written to partials[0, count(n)), then one block
+// summing `count` partials in index order (a fixed tree) into *out (float32).
+int64_t moe_cuda_sum_squares_partials_count(int64_t n);
+int moe_cuda_sum_squares_partials(const void* data, int dtype, int64_t n, double* partials, void* stream);
+int moe_cuda_sum_squares_finish(const double* partials, int64_t count, float* out, void* stream);
+// bias float32 [E] += rate · sign(mean(load) − load_e); load int32 or float32 [E].
+// A negative or non-finite load tags `status` with its index and writes nothing.
+int moe_cuda_expert_bias_update(float* bias, const void* load, int load_is_f32, int64_t num_experts, double rate,
+                                void* status, uint32_t tag, void* stream);
+
+// ---- counter-based random numbers (cuda/random.cu; cpp/ops/random.h's scheme) ---------
+// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// uniform: 0 normal(a = mean, b = std), 1 uniform[a, b); slice_size 0: the whole tensor.
+int moe_cuda_fill_random(void* data, int dtype, int64_t n, uint64_t seed, uint32_t key, int uniform, double a,
+                         double b, int64_t slice_size, int64_t first_slice, void* stream);
+// out = x ⊙ (1 − eps + 2·eps·uniform_i of slice `slice`).
+int moe_cuda_jitter(const void* x, int dtype, int64_t n, double eps, uint64_t seed, uint32_t key, int64_t slice,
+                    void* out, void* stream);
+
+// ---- chunk transpose (cuda/chunks.cu) --------------------------------------------------
+// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// x [rows, row_bytes] as A·B chunks of counts[a, b] rows (int32 [A, B] on the
+// device) in a-major order -> out in b-major order. A negative count tags
+// `status` with neg_tag (detail: its flat index), a sum other than rows with
+// sum_tag (detail: the sum); nothing is copied then.
+size_t moe_cuda_chunk_transpose_workspace_bytes(int64_t chunks);
+int moe_cuda_chunk_transpose(const void* x, int64_t rows, size_t row_bytes, const int32_t* counts, int64_t a,
+                             int64_t b, void* out, void* status, uint32_t neg_tag, uint32_t sum_tag, void* workspace,
+                             size_t workspace_bytes, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

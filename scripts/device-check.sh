@@ -83,6 +83,11 @@ PY
 echo "dense bf16: ${dense:-unmeasured} TFLOP/s"
 [[ -n "$dense" ]] || { cat "$out/dense.err"; dense=nan; }
 
+step "MoE layer on CUDA: glue ops and the layer against the CPU, layer timing (scripts/device-layer.js)"
+timeout 120 node scripts/device-layer.js --dense-tflops "${dense/nan/786}" 2>&1 | tee "$out/layer.log"
+rc=${PIPESTATUS[0]}
+[[ $rc -eq 0 ]] || failed+=("layer (exit $rc)")
+
 step "timings"
 timeout 150 node scripts/device-check.js --mode bench --dense-tflops "$dense" --out "$out/table.txt" 2>&1 | tee "$out/bench.log"
 rc=${PIPESTATUS[0]}

@@ -122,6 +122,15 @@ const OTHER_KERNELS = [
   "activation_forward_kernel",
   "activation_backward_kernel",
   "adamw_kernel",
+  "elementwise_add_kernel",
+  "axpby_kernel",
+  "sum_squares_partials_kernel",
+  "sum_squares_finish_kernel",
+  "expert_bias_update_kernel",
+  "fill_random_kernel",
+  "jitter_kernel",
+  "chunk_plan_kernel",
+  "chunk_copy_kernel",
 ];
 const archCubins = (arch: string) => cubins.filter((c) => c.arch === arch);
 const allReason = !hasArchive

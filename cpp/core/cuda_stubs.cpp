@@ -88,6 +88,26 @@ int moe_cuda_adamw(void*, int, const void*, int, float*, float*, int64_t, float,
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 
+int moe_cuda_add(const void*, int, const void*, int, int64_t, void*, void*) { return MOE_CUDA_ERR_NOT_BUILT; }
+int moe_cuda_axpby(void*, int, const void*, int, int64_t, float, float, void*) { return MOE_CUDA_ERR_NOT_BUILT; }
+int64_t moe_cuda_sum_squares_partials_count(int64_t) { return 0; }
+int moe_cuda_sum_squares_partials(const void*, int, int64_t, double*, void*) { return MOE_CUDA_ERR_NOT_BUILT; }
+int moe_cuda_sum_squares_finish(const double*, int64_t, float*, void*) { return MOE_CUDA_ERR_NOT_BUILT; }
+int moe_cuda_expert_bias_update(float*, const void*, int, int64_t, double, void*, uint32_t, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+int moe_cuda_fill_random(void*, int, int64_t, uint64_t, uint32_t, int, double, double, int64_t, int64_t, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+int moe_cuda_jitter(const void*, int, int64_t, double, uint64_t, uint32_t, int64_t, void*, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+size_t moe_cuda_chunk_transpose_workspace_bytes(int64_t) { return 0; }
+int moe_cuda_chunk_transpose(const void*, int64_t, size_t, const int32_t*, int64_t, int64_t, void*, void*, uint32_t,
+                             uint32_t, void*, size_t, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+
 size_t moe_cuda_grouped_gemm_workspace_bytes(int) { return 0; }
 int moe_cuda_grouped_gemm_uses_sm90(int, int*) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_grouped_gemm(const void*, const void*, const void*, const int32_t*, void*, int64_t, int, int64_t, int64_t,

@@ -6,6 +6,7 @@
 
 #include "../core/check.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 
 namespace moe::ops {
 
@@ -17,9 +18,7 @@ Task<Tensor> chunk_transpose(const Tensor& x, const Tensor& counts) {
   check_dtype(op, "counts", counts, {DType::I32});
   check_shape(op, "counts", counts, {-1, -1}, "[A, B]");
   check_same_device(op, {{"x", &x}, {"counts", &counts}});
-  if (x.device().kind != Device::CPU)
-    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
-                                x.describe());
+  if (x.device().kind == Device::CUDA) return cuda_path::chunk_transpose(x, counts);
   return [op, x, counts] {
     const int64_t A = counts.dim(0), B = counts.dim(1), R = x.dim(0);
     const int32_t* c = counts.data<int32_t>();

@@ -12,13 +12,18 @@
 // against the launcher stubs) but no kernel behind them has run.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "../core/cuda_device.h"
 #include "activation.h"
 #include "adamw.h"
+#include "chunks.h"
+#include "elementwise.h"
+#include "expert_bias.h"
 #include "gate.h"
 #include "grouped_gemm.h"
 #include "permute.h"
+#include "random.h"
 #include "route.h"
 #include "unpermute.h"
 
@@ -60,6 +65,17 @@ Task<bool> adamw(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
 Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_per_expert, const Tensor& bias);
 Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                              const Tensor& rows_per_expert, GroupedGemmNeeds needs);
+
+// The layer's glue ops (cuda/elementwise.cu, cuda/random.cu, cuda/chunks.cu),
+// arguments checked by the CPU ops first.
+Task<Tensor> add(const Tensor& a, const Tensor& b);
+Task<bool> axpby(const Tensor& y, const Tensor& x, float alpha, float beta);
+// All tensors on one CUDA device; the result float32 [] on it.
+Task<Tensor> sum_squares(const std::vector<Tensor>& tensors, Device device);
+Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o, int64_t slice);
+Task<Tensor> jitter(const Tensor& x, double eps, const RandomStream& stream, int64_t slice);
+Task<Tensor> chunk_transpose(const Tensor& x, const Tensor& counts);
+Task<bool> expert_bias_update(const Tensor& bias, const Tensor& load, double rate);
 
 // Device scratch memory for one op: a stream-ordered allocation carved into
 // 256-byte aligned pieces, freed (in stream order) when the last holder goes.

@@ -5,6 +5,7 @@
 
 #include "../core/check.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 #include "float_span.h"
 
 namespace moe::ops {
@@ -12,11 +13,6 @@ namespace moe::ops {
 namespace {
 constexpr int64_t kBlock = 1 << 14;  // elements per parallel chunk (and per partial sum)
 
-void check_cpu(const char* op, const Tensor& t) {
-  if (t.device().kind != Device::CPU)
-    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
-                                t.describe());
-}
 }  // namespace
 
 Task<Tensor> add(const Tensor& a, const Tensor& b) {
@@ -25,7 +21,7 @@ Task<Tensor> add(const Tensor& a, const Tensor& b) {
   check_float(op, "b", b);
   check_shape(op, "b", b, a.shape, "like a");
   check_same_device(op, {{"a", &a}, {"b", &b}});
-  check_cpu(op, a);
+  if (a.device().kind == Device::CUDA) return cuda_path::add(a, b);
   return [a, b] {
     Tensor out = empty(a.dtype, a.shape, a.device());
     parallel_for(a.numel(), kBlock, [&](int64_t i0, int64_t i1) {
@@ -48,10 +44,10 @@ Task<bool> axpby(const Tensor& y, const Tensor& x, double alpha, double beta) {
     check_shape(op, "x", x, y.shape, "like y");
     check_same_device(op, {{"y", &y}, {"x", &x}});
   }
-  check_cpu(op, y);
   check_option(op, "alpha", std::isfinite(alpha), "a finite number", num_str(alpha));
   check_option(op, "beta", std::isfinite(beta), "a finite number", num_str(beta));
   const float a = float(alpha), b = float(beta);
+  if (y.device().kind == Device::CUDA) return cuda_path::axpby(y, x, a, b);
   return [y, x, a, b] {
     parallel_for(y.numel(), kBlock, [&](int64_t i0, int64_t i1) {
       const int64_t n = i1 - i0;
@@ -75,8 +71,11 @@ Task<Tensor> sum_squares(const std::vector<Tensor>& tensors) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const std::string name = "tensors[" + std::to_string(i) + "]";
     check_float(op, name.c_str(), tensors[i]);
-    check_cpu(op, tensors[i]);
+    if (tensors[i].device() != tensors[0].device())
+      fail(Code::Device, std::string(op) + ": expected every tensor on " + tensors[0].device().str() + " (like tensors[0]) but " +
+                             name + " is on " + tensors[i].device().str());
   }
+  if (!tensors.empty() && tensors[0].device().kind == Device::CUDA) return cuda_path::sum_squares(tensors, tensors[0].device());
   return [tensors] {
     double total = 0;
     for (const Tensor& t : tensors) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "../core/check.h"
+#include "cuda_ops.h"
 
 namespace moe::ops {
 
@@ -15,10 +16,8 @@ Task<bool> expert_bias_update(const Tensor& bias, const Tensor& load, double rat
   check_dtype(op, "load", load, {DType::I32, DType::F32});
   check_shape(op, "load", load, {bias.dim(0)}, "[numExperts]");
   check_same_device(op, {{"bias", &bias}, {"load", &load}});
-  if (bias.device().kind != Device::CPU)
-    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
-                                bias.describe());
   check_option(op, "rate", std::isfinite(rate) && rate >= 0, "a finite number >= 0", num_str(rate));
+  if (bias.device().kind == Device::CUDA) return cuda_path::expert_bias_update(bias, load, rate);
   return [bias, load, rate] {
     const int64_t e = bias.dim(0);
     std::vector<double> l(static_cast<size_t>(e));

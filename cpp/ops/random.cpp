@@ -5,6 +5,7 @@
 
 #include "../core/check.h"
 #include "../core/parallel.h"
+#include "cuda_ops.h"
 #include "float_span.h"
 
 namespace moe::ops {
@@ -34,11 +35,6 @@ inline double normal01(uint64_t state, uint64_t i) {
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
 }
 
-void check_cpu(const char* op, const Tensor& t) {
-  if (t.device().kind != Device::CPU)
-    fail(Code::Unsupported, std::string(op) + ": expected tensors on cpu (this op has no CUDA path yet) but received " +
-                                t.describe());
-}
 }  // namespace
 
 Distribution parse_distribution(const std::string& name) {
@@ -50,7 +46,6 @@ Distribution parse_distribution(const std::string& name) {
 Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o) {
   const char* op = "fillRandom";
   check_float(op, "t", t);
-  check_cpu(op, t);
   const int64_t n = t.numel();
   const int64_t slice = o.slice_size > 0 ? o.slice_size : std::max<int64_t>(n, 1);
   check_option(op, "sliceSize", o.slice_size >= 0 && (n == 0 || n % slice == 0),
@@ -64,6 +59,7 @@ Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o) {
   else
     check_option(op, "uniform bounds", std::isfinite(o.a) && std::isfinite(o.b) && o.a <= o.b, "finite low <= high",
                  num_str(o.a) + ", " + num_str(o.b));
+  if (t.device().kind == Device::CUDA) return cuda_path::fill_random(t, o, slice);
   return [t, o, n, slice] {
     parallel_for(n, kBlock, [&](int64_t i0, int64_t i1) {
       std::vector<float> v(static_cast<size_t>(i1 - i0));
@@ -88,9 +84,9 @@ Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o) {
 Task<Tensor> jitter(const Tensor& x, double eps, const RandomStream& stream, int64_t slice) {
   const char* op = "jitter";
   check_float(op, "x", x);
-  check_cpu(op, x);
   check_option(op, "eps", std::isfinite(eps) && eps >= 0 && eps < 1, "a number in [0, 1)", num_str(eps));
   check_option(op, "slice", slice >= 0 && slice < kMaxSlice, "an integer in [0, 2^32)", std::to_string(slice));
+  if (x.device().kind == Device::CUDA) return cuda_path::jitter(x, eps, stream, slice);
   return [x, eps, stream, slice] {
     Tensor out = empty(x.dtype, x.shape, x.device());
     const uint64_t state = slice_state(stream, uint64_t(slice));

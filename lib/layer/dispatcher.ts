@@ -6,7 +6,7 @@
  * back. In the backward, each direction carries the gradient of the other.
  */
 import { chunkTranspose } from "../ops/chunks";
-import { Tensor } from "../tensor";
+import { Tensor, type DeviceName } from "../tensor";
 import type { CollectiveGroup } from "./group";
 
 /** The sizes of one dispatch, from this rank's rows per expert and everyone's. */
@@ -54,7 +54,9 @@ export async function planDispatch(rowsPerExpert: Int32Array, local: Tensor, ep:
   }
   const L = numLocal;
   const sendCounts = sums(rowsPerExpert, P, L);
-  const mine = Tensor.from(rowsPerExpert, [P * L], { dtype: "int32" });
+  // Counts travel and live beside the rows (NCCL moves device tensors only).
+  const device = local.device as DeviceName;
+  const mine = Tensor.from(rowsPerExpert, [P * L], { dtype: "int32", device });
   let matrix: Int32Array;
   try {
     const per = new Array<number>(P).fill(L);
@@ -72,9 +74,9 @@ export async function planDispatch(rowsPerExpert: Int32Array, local: Tensor, ep:
     numLocal: L,
     sendCounts,
     recvCounts: sums(matrix, P, L),
-    fromSource: Tensor.from(matrix, [P, L], { dtype: "int32" }),
-    toSource: Tensor.from(transposed, [L, P], { dtype: "int32" }),
-    localCounts: Tensor.from(Int32Array.from(localCountsHost), [L], { dtype: "int32" }),
+    fromSource: Tensor.from(matrix, [P, L], { dtype: "int32", device }),
+    toSource: Tensor.from(transposed, [L, P], { dtype: "int32", device }),
+    localCounts: Tensor.from(Int32Array.from(localCountsHost), [L], { dtype: "int32", device }),
     localCountsHost,
   };
 }

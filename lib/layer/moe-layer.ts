@@ -150,6 +150,39 @@ interface Context {
 }
 
 /**
+ * Refuses, at construction, a configuration the device cannot run (ERR_MOE_UNSUPPORTED naming it): on
+ * CUDA the experts' grouped GEMM takes bfloat16 or float16 operands with K and N multiples of 8 and no
+ * bias terms, and collectives go through NCCL; a CPU layer takes no NCCL group. Never a silent fallback.
+ */
+function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
+  const backendOf = (g: unknown): string | undefined => {
+    if (g === null || typeof g !== "object") return undefined;
+    const b = (g as { backend?: unknown }).backend;
+    if (typeof b === "string") return b;
+    const w = (g as { world?: unknown }).world;
+    return w !== null && typeof w === "object" && typeof (w as { backend?: unknown }).backend === "string" ? ((w as { backend: string }).backend) : undefined;
+  };
+  const backend = backendOf(group);
+  const unsupported = (what: string) => new MoEError(`MoELayer on ${c.device}: ${what}`, "ERR_MOE_UNSUPPORTED");
+  if (!c.device.startsWith("cuda")) {
+    if (backend === "nccl") throw unsupported('expected a "gloo" process group for CPU tensors but received an "nccl" group');
+    return;
+  }
+  if (c.dtype !== "bfloat16" && c.dtype !== "float16") {
+    throw unsupported(`expected dtype "bfloat16" or "float16" (the CUDA grouped GEMM takes 16-bit operands) but received "${c.dtype}"`);
+  }
+  if (c.bias) throw unsupported("expected bias: false (the bias gradient of the CUDA grouped GEMM is not built) but received bias: true");
+  const widths: Array<[string, number]> = [["dModel", c.dModel], ["dFF", c.dFF]];
+  if (c.sharedExpertFF > 0) widths.push(["sharedExpertFF", c.sharedExpertFF]);
+  for (const [name, v] of widths) {
+    if (v % 8 !== 0) throw unsupported(`expected ${name} to be a multiple of 8 (the CUDA grouped GEMM's K and N) but received ${v}`);
+  }
+  if (backend !== undefined && backend !== "nccl") {
+    throw unsupported(`expected an "nccl" process group (or none, for one process) for CUDA tensors but received a "${backend}" group`);
+  }
+}
+
+/**
  * Promise.all that waits for every promise to settle before rejecting, so that no
  * branch still runs (and makes tensors) when the caller cleans up.
  */
@@ -202,6 +235,7 @@ export class MoELayer {
   constructor(config: MoELayerOptions | Record<string, unknown>, group?: unknown) {
     const c = configOf(config);
     this.config = c;
+    checkDeviceSupport(c, group);
     const world = worldOf(group);
     const layout = layoutOf(world.rank, world.size, c.epSize);
     this.worldRank = world.rank;
@@ -452,7 +486,7 @@ export class MoELayer {
       // The shared experts need only x: they run on the CPU stream while the rows travel.
       let sharedOut: { y: Tensor; saved: FFNSaved } | undefined;
       if (c.sharedExpertFF > 0) {
-        const counts = keep(Tensor.from(Int32Array.of(T), [1], { dtype: "int32" }));
+        const counts = keep(Tensor.from(Int32Array.of(T), [1], { dtype: "int32", device: c.device }));
         sharedRun = clock.timed("shared", async () => {
           const s = await ffnForward(x, counts, this.sharedWeights(), c.activation);
           for (const t of [s.y, s.saved.pre, s.saved.h]) keep(t);
