@@ -1,12 +1,14 @@
-// createGlooGroup(store, options) -> Promise<NativeProcessGroup>, whose
-// collectives return Promises settled from the group's own thread
-// (cpp/dist/gloo_group.h). Glue only: the policy lives in the core and in
+// createGlooGroup(store, options) and createNcclGroup(store, options) ->
+// Promise<NativeProcessGroup>: one handle over either backend
+// (cpp/dist/process_group.h), whose collectives return Promises settled from
+// the group's own thread. Glue only: the policy lives in the core and in
 // lib/dist/process-group.ts.
 #include <cmath>
 #include <cstdint>
 #include <memory>
 
 #include "../cpp/dist/gloo_group.h"
+#include "../cpp/dist/nccl_group.h"
 #include "addon.h"
 #include "convert.h"
 #include "queue_async.h"
@@ -16,8 +18,7 @@
 namespace moe::binding {
 namespace {
 
-using dist::GlooGroup;
-using GroupPtr = std::shared_ptr<GlooGroup>;
+using GroupPtr = std::shared_ptr<dist::ProcessGroup>;
 using CtorRef = std::shared_ptr<Napi::FunctionReference>;
 
 // What the constructor receives (as an External): the connected group and the class itself, for sub-groups.
@@ -84,6 +85,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
                            InstanceAccessor<&NativeProcessGroup::GetName>("name"),
                            InstanceAccessor<&NativeProcessGroup::GetTimeoutMs>("timeoutMs"),
                            InstanceAccessor<&NativeProcessGroup::GetHostname>("hostname"),
+                           InstanceAccessor<&NativeProcessGroup::GetDevice>("device"),
                            InstanceAccessor<&NativeProcessGroup::GetDestroyed>("destroyed"),
                            InstanceAccessor<&NativeProcessGroup::GetFault>("fault"),
                        });
@@ -173,7 +175,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
       std::vector<int> members = ranks_arg(info[0], "ranks");
       Napi::Object o = options_arg(info, 1);
       dist::Millis timeout = timeout_option(o, group_->timeout());
-      return Connect(env, group_->subgroup(members, timeout), ctor_);
+      return Connect(env, group_->new_group(members, timeout), ctor_);
     });
   }
 
@@ -194,7 +196,8 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   Napi::Value GetTimeoutMs(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), double(group_->timeout().count()));
   }
-  Napi::Value GetHostname(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), group_->hostname()); }
+  Napi::Value GetHostname(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), group_->address()); }
+  Napi::Value GetDevice(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), group_->device().str()); }
   Napi::Value GetDestroyed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), group_->destroyed()); }
   // The error that broke the group ({ code, message }), or null.
   Napi::Value GetFault(const Napi::CallbackInfo& info) {
@@ -222,35 +225,57 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   CtorRef ctor_;
 };
 
+// The world a create call names: its ranks 0..worldSize-1 and this rank.
+std::pair<int, std::vector<int>> world_arg(Napi::Env env, Napi::Object o) {
+  double world = get_number(o, "worldSize", 1);
+  double rank = get_number(o, "rank", 0);
+  if (!(world >= 1 && world <= 1 << 20 && world == std::floor(world))) {
+    throw make_error(env, Code::Value, "process group: expected worldSize to be an integer >= 1");
+  }
+  if (!(rank >= 0 && rank < world && rank == std::floor(rank))) {
+    throw make_error(env, Code::Value, "process group: expected rank in [0, worldSize)");
+  }
+  std::vector<int> ranks(static_cast<size_t>(world));
+  for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = int(i);
+  return {int(rank), ranks};
+}
+
+// create(store, options) -> Promise<NativeProcessGroup>, with `make` building the backend's group.
+template <class Make>
+Napi::Function creator(Napi::Env env, CtorRef ctor, const char* name, Make make) {
+  return Napi::Function::New(
+      env,
+      [ctor, make](const Napi::CallbackInfo& info) -> Napi::Value {
+        Napi::Env env = info.Env();
+        return guard(env, [&]() -> Napi::Value {
+          auto store = NativeStore::From(info[0], "store");
+          Napi::Object o = options_arg(info, 1);
+          auto [rank, ranks] = world_arg(env, o);
+          GroupPtr group = make(store, get_string(o, "prefix", "moe-ep/pg"), rank, ranks, o);
+          return NativeProcessGroup::Connect(env, group, ctor);
+        });
+      },
+      name);
+}
+
 Registration reg([](Napi::Env env, Napi::Object exports) {
   auto ctor = std::make_shared<Napi::FunctionReference>(Napi::Persistent(NativeProcessGroup::Define(env)));
-  // createGlooGroup(store, { rank, worldSize, prefix, hostname, timeoutMs }) -> Promise<NativeProcessGroup>
-  exports.Set("createGlooGroup",
-              Napi::Function::New(
-                  env,
-                  [ctor](const Napi::CallbackInfo& info) -> Napi::Value {
-                    Napi::Env env = info.Env();
-                    return guard(env, [&]() -> Napi::Value {
-                      auto store = NativeStore::From(info[0], "store");
-                      Napi::Object o = options_arg(info, 1);
-                      double world = get_number(o, "worldSize", 1);
-                      double rank = get_number(o, "rank", 0);
-                      if (!(world >= 1 && world <= 1 << 20 && world == std::floor(world))) {
-                        throw make_error(env, Code::Value, "process group: expected worldSize to be an integer >= 1");
-                      }
-                      if (!(rank >= 0 && rank < world && rank == std::floor(rank))) {
-                        throw make_error(env, Code::Value, "process group: expected rank in [0, worldSize)");
-                      }
-                      dist::GroupOptions opts;
-                      opts.hostname = get_string(o, "hostname", opts.hostname);
-                      opts.timeout = timeout_option(o, opts.timeout);
-                      std::vector<int> ranks(static_cast<size_t>(world));
-                      for (size_t i = 0; i < ranks.size(); ++i) ranks[i] = int(i);
-                      auto group = GlooGroup::create(store, get_string(o, "prefix", "moe-ep/pg"), int(rank), ranks, opts);
-                      return NativeProcessGroup::Connect(env, group, ctor);
-                    });
-                  },
-                  "createGlooGroup"));
+  // createGlooGroup(store, { rank, worldSize, prefix, hostname, timeoutMs })
+  exports.Set("createGlooGroup", creator(env, ctor, "createGlooGroup",
+                                         [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
+                                           dist::GroupOptions opts;
+                                           opts.hostname = get_string(o, "hostname", opts.hostname);
+                                           opts.timeout = timeout_option(o, opts.timeout);
+                                           return GroupPtr(dist::GlooGroup::create(store, prefix, rank, ranks, opts));
+                                         }));
+  // createNcclGroup(store, { rank, worldSize, prefix, device, timeoutMs }): NOT YET RUN beyond world size 1.
+  exports.Set("createNcclGroup", creator(env, ctor, "createNcclGroup",
+                                         [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
+                                           dist::NcclGroupOptions opts;
+                                           opts.timeout = timeout_option(o, opts.timeout);
+                                           Device device = Device::parse(get_string(o, "device", "cuda:0"));
+                                           return GroupPtr(dist::NcclGroup::create(store, prefix, rank, ranks, device, opts));
+                                         }));
 });
 
 }  // namespace

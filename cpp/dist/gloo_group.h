@@ -25,15 +25,11 @@
 #include "../core/error.h"
 #include "../core/tensor.h"
 #include "../ops/task.h"
+#include "process_group.h"
 #include "serial_queue.h"
 #include "store.h"
 
 namespace moe::dist {
-
-enum class ReduceOp { Sum, Avg, Max };
-// "sum", "avg", "max"; ERR_MOE_VALUE otherwise.
-ReduceOp parse_reduce_op(const std::string& name);
-const char* reduce_op_name(ReduceOp op);
 
 struct GroupOptions {
   // The address Gloo's sockets bind to and that peers connect to. Loopback
@@ -46,14 +42,7 @@ struct GroupOptions {
   std::string name = "world";
 };
 
-struct AllToAllVResult {
-  Tensor output;
-  std::vector<int64_t> recv_counts;
-};
-
-struct Unit {};
-
-class GlooGroup : public std::enable_shared_from_this<GlooGroup> {
+class GlooGroup : public ProcessGroup, public std::enable_shared_from_this<GlooGroup> {
  public:
   // A group of `world_ranks.size()` ranks, this one at `rank`, meeting through
   // `store` under `prefix`. Nothing is connected until connect() runs.
@@ -64,28 +53,33 @@ class GlooGroup : public std::enable_shared_from_this<GlooGroup> {
   GlooGroup(const GlooGroup&) = delete;
   GlooGroup& operator=(const GlooGroup&) = delete;
 
-  int rank() const { return rank_; }
-  int size() const { return int(world_ranks_.size()); }
-  const std::vector<int>& world_ranks() const { return world_ranks_; }
-  Millis timeout() const { return options_.timeout; }
-  const std::string& name() const { return options_.name; }
+  int rank() const override { return rank_; }
+  int size() const override { return int(world_ranks_.size()); }
+  const std::vector<int>& world_ranks() const override { return world_ranks_; }
+  Millis timeout() const override { return options_.timeout; }
+  const std::string& name() const override { return options_.name; }
   const std::string& hostname() const { return options_.hostname; }
-  bool destroyed() const { return destroyed_.load(); }
+  std::string address() const override { return options_.hostname; }
+  Device device() const override { return Device{}; }
+  bool destroyed() const override { return destroyed_.load(); }
   // The fault that broke the group, if any: code and message.
-  std::optional<std::pair<Code, std::string>> fault() const;
+  std::optional<std::pair<Code, std::string>> fault() const override;
 
   // Runs work on the group's thread, in order.
-  void submit(std::function<void()> work) { queue_.submit(std::move(work)); }
+  void submit(std::function<void()> work) override { queue_.submit(std::move(work)); }
 
   // The rendezvous: every rank publishes its addresses in the store, connects
   // to every other rank, and they exchange their connections' endpoints (so a
   // lost peer can be named); it returns once every rank has connected.
-  ops::Task<Unit> connect();
+  ops::Task<Unit> connect() override;
 
   // A sub-group of this group's ranks `members` (ascending, distinct, holding
   // this rank), sharing the store and Gloo device. Only members call it, each
   // the same number of times for the same members, in the same order.
   std::shared_ptr<GlooGroup> subgroup(const std::vector<int>& members, std::optional<Millis> timeout);
+  std::shared_ptr<ProcessGroup> new_group(const std::vector<int>& members, std::optional<Millis> timeout) override {
+    return subgroup(members, timeout);
+  }
 
   // x [rows, ...] split by rows: send_counts[p] rows go to rank p (in order).
   // The counts are exchanged first; with `expected`, every rank checks what
@@ -93,18 +87,18 @@ class GlooGroup : public std::enable_shared_from_this<GlooGroup> {
   // the sender, the receiver and both counts before any row moves.
   // Output [sum(recv_counts), ...], rows ordered by source rank.
   ops::Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
-                                          std::optional<std::vector<int64_t>> expected);
+                                          std::optional<std::vector<int64_t>> expected) override;
   // x [size, ...]: block p goes to rank p; the output holds block r of rank p at p.
-  ops::Task<Tensor> all_to_all(const Tensor& x);
+  ops::Task<Tensor> all_to_all(const Tensor& x) override;
   // In place; float32, bfloat16 / float16 (reduced in float32), int32, int64 (not avg).
-  ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op);
+  ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
   // In place, from the group rank `root`.
-  ops::Task<Unit> broadcast(const Tensor& t, int root);
-  ops::Task<Unit> barrier();
+  ops::Task<Unit> broadcast(const Tensor& t, int root) override;
+  ops::Task<Unit> barrier() override;
 
   // Ends the group: later calls fail with ERR_MOE_DISPOSED, a collective in
   // progress is aborted (and fails with ERR_MOE_DISPOSED), the connections close.
-  void destroy();
+  void destroy() override;
 
   struct Impl;  // the Gloo side, defined in gloo_group.cpp
 

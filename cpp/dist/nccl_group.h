@@ -47,7 +47,7 @@
 #include "../core/error.h"
 #include "../core/tensor.h"
 #include "../ops/task.h"
-#include "gloo_group.h"  // ReduceOp, AllToAllVResult, Unit
+#include "process_group.h"
 #include "nccl_comm.h"
 #include "serial_queue.h"
 #include "store.h"
@@ -59,7 +59,7 @@ struct NcclGroupOptions {
   std::string name = "world";
 };
 
-class NcclGroup : public std::enable_shared_from_this<NcclGroup> {
+class NcclGroup : public ProcessGroup, public std::enable_shared_from_this<NcclGroup> {
  public:
   // A group of world_ranks.size() ranks on CUDA device `device`, this one at
   // `rank`, meeting through `store` under `prefix`. Refuses at once (before
@@ -72,40 +72,45 @@ class NcclGroup : public std::enable_shared_from_this<NcclGroup> {
   NcclGroup(const NcclGroup&) = delete;
   NcclGroup& operator=(const NcclGroup&) = delete;
 
-  int rank() const { return rank_; }
-  int size() const { return int(world_ranks_.size()); }
-  const std::vector<int>& world_ranks() const { return world_ranks_; }
-  Device device() const { return device_; }
-  Millis timeout() const { return options_.timeout; }
-  const std::string& name() const { return options_.name; }
-  bool destroyed() const { return destroyed_.load(); }
-  std::optional<std::pair<Code, std::string>> fault() const;
+  int rank() const override { return rank_; }
+  int size() const override { return int(world_ranks_.size()); }
+  const std::vector<int>& world_ranks() const override { return world_ranks_; }
+  Device device() const override { return device_; }
+  Millis timeout() const override { return options_.timeout; }
+  const std::string& name() const override { return options_.name; }
+  // NCCL chooses its own interfaces: there is no one address to report.
+  std::string address() const override { return ""; }
+  bool destroyed() const override { return destroyed_.load(); }
+  std::optional<std::pair<Code, std::string>> fault() const override;
 
-  void submit(std::function<void()> work) { queue_.submit(std::move(work)); }
+  void submit(std::function<void()> work) override { queue_.submit(std::move(work)); }
 
   // Makes the communicator: rank 0 puts the unique id in the store under the
   // group's prefix, the others take it from there (NcclComm::create).
-  ops::Task<Unit> connect();
+  ops::Task<Unit> connect() override;
 
   // A sub-group of this group's ranks `members` (ascending, distinct, holding
   // this rank) with a communicator of its own under a new store prefix; only
   // members call it, each the same number of times for the same members.
   std::shared_ptr<NcclGroup> subgroup(const std::vector<int>& members, std::optional<Millis> timeout);
+  std::shared_ptr<ProcessGroup> new_group(const std::vector<int>& members, std::optional<Millis> timeout) override {
+    return subgroup(members, timeout);
+  }
 
   // As GlooGroup's, on CUDA tensors of the group's device (ERR_MOE_DEVICE
   // otherwise); bfloat16 needs NCCL >= 2.10.3 (ERR_MOE_NCCL_UNAVAILABLE naming
   // the loaded version otherwise).
   ops::Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
-                                          std::optional<std::vector<int64_t>> expected);
-  ops::Task<Tensor> all_to_all(const Tensor& x);
-  ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op);
-  ops::Task<Unit> broadcast(const Tensor& t, int root);
+                                          std::optional<std::vector<int64_t>> expected) override;
+  ops::Task<Tensor> all_to_all(const Tensor& x) override;
+  ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
+  ops::Task<Unit> broadcast(const Tensor& t, int root) override;
   // An all-reduce of one element, waited for on the host.
-  ops::Task<Unit> barrier();
+  ops::Task<Unit> barrier() override;
 
   // Ends the group: later calls fail with ERR_MOE_DISPOSED; a collective in
   // progress is aborted; the communicator is closed off the caller's thread.
-  void destroy();
+  void destroy() override;
 
   struct Op;  // one collective's bookkeeping (nccl_group.cpp)
 

@@ -22,10 +22,8 @@ import { loadNative } from "../native";
 import type { NativeProcessGroupHandle } from "./process-group";
 import type { NativeStoreHandle } from "./store";
 
-/** The NCCL group handle: the Gloo handle's surface, plus its device. */
-export interface NativeNcclGroupHandle extends NativeProcessGroupHandle {
-  readonly device: string;
-}
+/** The NCCL group's handle: the same native class as the Gloo group's. */
+export type NativeNcclGroupHandle = NativeProcessGroupHandle;
 
 export interface NcclGroupNativeOptions {
   rank: number;

@@ -99,7 +99,10 @@ export interface NativeProcessGroupHandle {
   readonly ranks: number[];
   readonly name: string;
   readonly timeoutMs: number;
+  /** The address Gloo binds ("" for NCCL, which picks its own interfaces). */
   readonly hostname: string;
+  /** The device whose tensors the group moves: "cpu" for Gloo, "cuda:N" for NCCL. */
+  readonly device: string;
   readonly destroyed: boolean;
   readonly fault: { code: string; message: string } | null;
   allToAllV(x: NativeTensorHandle, sendCounts: number[], recvCounts?: number[]): Promise<{ output: NativeTensorHandle; recvCounts: number[] }>;
