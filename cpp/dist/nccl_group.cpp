@@ -243,28 +243,7 @@ ops::Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<
   const char* op = "allToAllV";
   if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
   check_tensor(op, "x", x);
-  if (x.ndim() < 1) fail(Code::Shape, std::string(op) + ": expected x [rows, ...] but received a scalar");
-  const int n = size();
-  auto check_counts = [&](const std::vector<int64_t>& c, const char* what) {
-    if (int(c.size()) != n) {
-      fail(Code::Value, std::string(op) + ": expected " + what + " to hold one count per rank (" + std::to_string(n) +
-                            ") but received " + std::to_string(c.size()));
-    }
-    for (int p = 0; p < n; ++p) {
-      if (c[size_t(p)] < 0) {
-        fail(Code::Value, std::string(op) + ": expected " + what + " >= 0 but received " +
-                              std::to_string(c[size_t(p)]) + " for rank " + std::to_string(world_ranks_[size_t(p)]));
-      }
-    }
-  };
-  check_counts(send_counts, "sendCounts");
-  int64_t total = 0;
-  for (int64_t c : send_counts) total += c;
-  if (total != x.dim(0)) {
-    fail(Code::Value, std::string(op) + ": expected sendCounts to sum to the rows of x (" + std::to_string(x.dim(0)) +
-                          ") but they sum to " + std::to_string(total));
-  }
-  if (expected) check_counts(*expected, "recvCounts");
+  check_all_to_all_v_args(op, x, send_counts, expected, world_ranks_);
 
   return [self = shared_from_this(), x, send_counts = std::move(send_counts), expected = std::move(expected)]() {
     NcclGroup& g = *self;

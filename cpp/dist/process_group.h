@@ -28,6 +28,11 @@ struct AllToAllVResult {
 
 struct Unit {};
 
+// allToAllV's argument checks, shared by every backend: x [rows, ...], one
+// non-negative count per rank summing to rows, and the same shape for `expected`.
+void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& send_counts,
+                             const std::optional<std::vector<int64_t>>& expected, const std::vector<int>& world_ranks);
+
 class ProcessGroup {
  public:
   virtual ~ProcessGroup() = default;
