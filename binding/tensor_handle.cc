@@ -42,8 +42,12 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
         tensor_ = empty(dtype, shape, device);
       }
     }
-    reported_bytes_ = int64_t(tensor_.bytes());
-    Napi::MemoryManagement::AdjustExternalMemory(env, reported_bytes_);
+    // Host memory only: V8 weighs external memory against its heap, and an
+    // increase past its soft limit (64 MiB) starts a garbage collection there
+    // and then, which for device tensors would cost every op that makes a
+    // large output a collection without freeing any host memory.
+    reported_bytes_ = tensor_.device().kind == Device::CPU ? int64_t(tensor_.bytes()) : 0;
+    if (reported_bytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, reported_bytes_);
     return env.Undefined();
   });
 }
@@ -56,7 +60,7 @@ NativeTensor::~NativeTensor() {
 void NativeTensor::Release(Napi::Env env) {
   if (!tensor_.defined()) return;
   tensor_ = Tensor();
-  Napi::MemoryManagement::AdjustExternalMemory(env, -reported_bytes_);
+  if (reported_bytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -reported_bytes_);
   reported_bytes_ = 0;
 }
 

@@ -1,8 +1,11 @@
 // Devices and events for host code that must watch work on a stream without
-// blocking on it (cpp/dist/nccl_comm.cpp's watchdog).
+// blocking on it (cpp/dist/nccl_comm.cpp's watchdog), or wait for a point in
+// the middle of it (the read-backs of cpp/core/cuda_device.h), and the
+// pinned, device-mapped host memory those read-backs land in.
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -40,6 +43,30 @@ extern "C" int moe_cuda_event_query(void* event, int* done) {
   }
   *done = 1;
   return static_cast<int>(err);  // 0, or the error of the work before the record
+}
+
+extern "C" int moe_cuda_event_synchronize(void* event) {
+  if (!event) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  MOE_CUDA_TRY(cudaEventSynchronize(static_cast<cudaEvent_t>(event)));
+  return 0;
+}
+
+extern "C" int moe_cuda_host_alloc_mapped(size_t bytes, void** host, void** device_ptr) {
+  if (!host || !device_ptr || bytes == 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  *host = nullptr;
+  *device_ptr = nullptr;
+  void* h = nullptr;
+  MOE_CUDA_TRY(cudaHostAlloc(&h, bytes, cudaHostAllocMapped));
+  void* d = nullptr;
+  const cudaError_t err = cudaHostGetDevicePointer(&d, h, 0);
+  if (err != cudaSuccess) {
+    cudaFreeHost(h);
+    return static_cast<int>(err);
+  }
+  std::memset(h, 0, bytes);
+  *host = h;
+  *device_ptr = d;
+  return 0;
 }
 
 extern "C" int moe_cuda_event_destroy(void* event) {

@@ -58,6 +58,26 @@ bool gg_sm90_available(int* error);
 
 // ---- device pieces -----------------------------------------------------------------
 
+// Tile rows per raster group (gg_tile_coords).
+constexpr int kGgGroupM = 8;
+
+// Output tile (mt, nt) of an expert's local tile index, for tilesM x tilesN
+// tiles taken in groups of kGgGroupM tile rows, column by column within a
+// group: the CTAs resident at once then share a few row slices and a few
+// column slices of the operands in L2, instead of one row slice and every
+// column slice (which, for wide outputs, streams a whole operand from memory
+// once per tile row). A bijection onto the tiles; each tile's arithmetic is
+// unchanged.
+__device__ __forceinline__ void gg_tile_coords(int local, int tilesM, int tilesN, int& mt, int& nt) {
+  const int perGroup = kGgGroupM * tilesN;
+  const int group = local / perGroup;
+  const int firstM = group * kGgGroupM;
+  const int groupRows = tilesM - firstM < kGgGroupM ? tilesM - firstM : kGgGroupM;
+  const int inGroup = local - group * perGroup;
+  mt = firstM + inGroup % groupRows;
+  nt = inGroup / groupRows;
+}
+
 // The expert that owns output tile `tile` (forward and dx): the last e with
 // tileStart[e] <= tile, found by bisection over [0, L). -1 past the last tile.
 __device__ __forceinline__ int gg_find_expert(const int32_t* tileStart, int experts, int tile) {

@@ -19,6 +19,8 @@
 //   MN-major operand (w[e] [K][N]: B of forward; x and dy rows read transposed: dw):
 //       boxes of [64 reduction rows][64 MN], one per 64 MN columns, 8 KB apart
 //       (the leading byte offset); k16 step = +16 rows = +2048 bytes; imm-trans = 1.
+// Tiles are rasterized in groups of kGgGroupM tile rows (gg_tile_coords) so
+// that the CTAs resident at once reuse their operand slices in L2.
 // Bounds: the TMA zero-fills whatever lies outside the tensor, which covers the
 // reduction tail of forward and dx (w is addressed as a 3-D [L][K][N] tensor,
 // so no tile reads into the next expert's weights). Output rows that belong to
@@ -211,16 +213,12 @@ __device__ __forceinline__ void sm90_body(const CUtensorMap* tmA, const CUtensor
   if constexpr (KIND == kGgDw) {
     const int perExpert = p.tilesM * p.tilesN;
     e = tile / perExpert;
-    const int local = tile - e * perExpert;
-    mt = local / p.tilesN;
-    nt = local - mt * p.tilesN;
+    gg_tile_coords(tile - e * perExpert, p.tilesM, p.tilesN, mt, nt);
   } else {
     const int32_t* tileStart = gg_ws_tile_start(ws, p.experts);
     e = gg_find_expert(tileStart, p.experts, tile);
     if (e < 0) return;
-    const int local = tile - tileStart[e];
-    mt = local / p.tilesN;
-    nt = local - mt * p.tilesN;
+    gg_tile_coords(tile - tileStart[e], (tileStart[e + 1] - tileStart[e]) / p.tilesN, p.tilesN, mt, nt);
   }
   const int rowStart = rowStartOf[e];
   const int rows = rowStartOf[e + 1] - rowStart;

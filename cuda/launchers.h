@@ -46,6 +46,11 @@ int moe_cuda_event_create(void** event);
 int moe_cuda_event_record(void* event, void* stream);
 int moe_cuda_event_query(void* event, int* done);
 int moe_cuda_event_destroy(void* event);
+// Blocks until the work before the event's last record has finished.
+int moe_cuda_event_synchronize(void* event);
+// Page-locked host memory that kernels can write (cudaHostAllocMapped),
+// zeroed; device_ptr is its device address. Kept for the process's lifetime.
+int moe_cuda_host_alloc_mapped(size_t bytes, void** host, void** device_ptr);
 // "cudaErrorIllegalAddress: an illegal memory access was encountered" for a
 // code returned by a launcher (or the MOE_CUDA_ERR_* meanings).
 const char* moe_cuda_error_string(int code);
@@ -227,28 +232,29 @@ int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_exper
                           float* scores, void* stream);
 
 // ---- permute (MATH.md: Capacity; Permute and dispatch; cuda/permute.cu) --------------
-// A stable counting sort of the T·k (token, choice) pairs by expert, in two
-// launches with a host read between them when capacity makes the row count
-// depend on the data:
-//   plan:    per-warp expert histograms, their scan (CUB), the stable order of
-//            the pairs; capacity (policy 0 "probs": per expert, a CUB segmented
-//            radix sort by weight, descending, ties to the lower flat index;
-//            policy 1 "position": the first C); rows per expert and their
-//            offsets; summary int64 [3] = { rows R, dropped pairs, bad indices }.
-//   scatter: pair_to_row int32 [T, k] (-1 when dropped), row_to_pair int32 [R]
-//            (-1 for padding) and rows [R, D] (x's dtype; zero padding rows).
-// capacity < 0: dropless. Indices outside [0, E) are left out of every
-// expert (and tagged on `status`), so nothing is written out of bounds.
+// A stable counting sort of the T·k (token, choice) pairs by expert, and the
+// row moves, enqueued at once: per-warp expert histograms, their scan, the
+// stable order of the pairs; capacity (policy 0 "probs": per expert, the C
+// largest weights, ties to the lower flat index; policy 1 "position": the
+// first C); then pair_to_row int32 [T, k] (-1 when dropped), row_to_pair and
+// the rows (x's dtype; zero padding rows). The outputs are sized for max_rows
+// = permute_max_rows(...) (cuda/permute_plan.h) rows; the first R of them are
+// the result, with summary int64 [3] = { R, dropped pairs, bad indices } and
+// rows_per_expert int32 [E] written on the device. capacity < 0: dropless.
+// Indices outside [0, E) are left out of every expert (and tagged on
+// `status`), so nothing is written out of bounds. With status_copy, the kernel
+// that writes the summary also copies the status word there as it sees it
+// (int64 tag, detail: every check of the work before it has settled), and
+// with summary_event that event is recorded right after it, so the host can
+// read R while the sort and the row moves still run.
 int moe_cuda_permute_workspace_bytes(int64_t pairs, int num_experts, int drop_policy, int64_t capacity,
                                      size_t* bytes);
-int moe_cuda_permute_plan(const int32_t* indices, const float* weights, int64_t pairs, int num_experts,
-                          int64_t capacity, int drop_policy, int pad_to_capacity, int32_t* rows_per_expert,
-                          int64_t* summary, void* status, uint32_t tag, void* workspace, size_t workspace_bytes,
-                          void* stream);
-int moe_cuda_permute_scatter(const void* x, int dtype, int64_t d_model, int top_k, const int32_t* indices,
-                             int64_t pairs, int num_experts, int64_t capacity, int drop_policy,
-                             const void* workspace, size_t workspace_bytes, int64_t rows, int32_t* pair_to_row,
-                             int32_t* row_to_pair, void* out_rows, void* stream);
+int moe_cuda_permute(const void* x, int dtype, int64_t d_model, int top_k, const int32_t* indices,
+                     const float* weights, int64_t pairs, int num_experts, int64_t capacity, int drop_policy,
+                     int pad_to_capacity, int32_t* rows_per_expert, int64_t* summary, void* status, uint32_t tag,
+                     void* workspace, size_t workspace_bytes, int64_t max_rows, int32_t* pair_to_row,
+                     int32_t* row_to_pair, void* out_rows, int64_t* status_copy, void* summary_event,
+                     void* stream);
 
 // ---- permute backward, unpermute and its backward (cuda/unpermute.cu) -----------------
 // Row maps: pair_to_row int32 [T, k]; entries outside [-1, R) count as -1
@@ -261,8 +267,7 @@ int moe_cuda_unpermute_forward(const void* rows, int dtype, int64_t num_rows, in
                                const int32_t* pair_to_row, const float* weights, int64_t tokens, int top_k, void* y,
                                void* stream);
 // d_rows [R, D] (rows_dtype): for each row, Σ over the pairs that read it (in
-// flat order: a CUB radix sort of the pairs by row) of w · dy[t]; zero for rows
-// no pair reads. d_weights float32 [T, k] = ⟨dy[t], rows[pair_to_row[t, j]]⟩
+// flat order) of w · dy[t]; zero for rows no pair reads. d_weights float32 [T, k] = ⟨dy[t], rows[pair_to_row[t, j]]⟩
 // (0 when dropped), one warp per pair with a fixed butterfly.
 int moe_cuda_unpermute_backward_workspace_bytes(int64_t pairs, int64_t num_rows, size_t* bytes);
 int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const void* rows, int rows_dtype, int64_t num_rows,

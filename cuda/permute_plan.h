@@ -10,6 +10,9 @@
 // every pair after all pairs of its expert that come before it in (t, j)
 // order: stable, and the same on every run whatever the scheduling.
 //
+// Up to kPermuteOneBlockCells cells, one block scans them (and plans the rows
+// per expert) in a single launch; beyond, CUB scans the cells first.
+//
 // The grid depends on (pairs, experts) only, never on the device.
 #pragma once
 #include <stddef.h>
@@ -27,25 +30,23 @@ constexpr int kPermuteMaxExperts = 1 << 20;
 constexpr int kDropProbs = 0;     // moe::ops::DropPolicy::Probs
 constexpr int kDropPosition = 1;  // moe::ops::DropPolicy::Position
 
+constexpr int64_t kPermuteOneBlockCells = int64_t(1) << 16;
+
 struct PermuteLayout {
   int status;            // 0, MOE_CUDA_ERR_INVALID_ARGUMENT or MOE_CUDA_ERR_UNSUPPORTED
   int64_t warps;         // W
   int64_t pairsPerWarp;  // a multiple of 32
   int64_t blocks;        // ceil(W / kPermuteWarpsPerBlock)
   int64_t cells;         // E·W + 1 (the last cell ends as the number of valid pairs)
-  bool byProbs;          // capacity with the "probs" policy: the segmented sort runs
+  bool byProbs;          // capacity with the "probs" policy: the per-expert selection runs
+  bool cubScan;          // cells > kPermuteOneBlockCells: CUB scans the cells
   // Byte offsets into the workspace, each a multiple of 256.
   size_t counts;       // int32 [cells]: histogram, scanned in place, then per-cell cursors
   size_t expertStart;  // int32 [E + 1]: first sorted position of each expert; [E] = valid pairs
-  size_t sortedPairs;  // int32 [pairs]: flat pair index t·k + j at each sorted position
-  size_t rowsPer;      // int32 [E + 1]: rows of each expert (padding included), then 0
-  size_t rowStart;     // int32 [E + 1]: exclusive scan of rowsPer; [E] = R
-  size_t keys;         // uint64 [pairs], probs only: (weight, position) keys, see cuda/permute.cu
-  size_t keysOut;      // uint64 [pairs], probs only
-  size_t posIn;        // int32 [pairs], probs only: 0, 1, 2, ...
-  size_t posOut;       // int32 [pairs], probs only: sorted positions by weight within each expert
-  size_t keep;         // int32 [pairs + 1], probs only: kept flags, scanned in place
-  size_t cub;          // CUB's temporary storage starts here
+  size_t rowStart;     // int32 [E + 1]: first row of each expert; [E] = R
+  size_t sortedPairs;  // int32 [pairs], probs only: flat pair index t·k + j at each sorted position
+  size_t sortedKeys;   // uint32 [pairs], probs only: the weight at each sorted position, as ordered bits
+  size_t cub;          // CUB's temporary storage starts here (cubScan only)
 };
 
 inline size_t permute_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -76,6 +77,7 @@ inline PermuteLayout permute_layout(int64_t pairs, int experts, int policy, int6
   l.blocks = (w + kPermuteWarpsPerBlock - 1) / kPermuteWarpsPerBlock;
   l.cells = static_cast<int64_t>(experts) * w + 1;
   l.byProbs = capacity >= 0 && policy == kDropProbs;
+  l.cubScan = l.cells > kPermuteOneBlockCells;
 
   const size_t n = static_cast<size_t>(pairs), e1 = static_cast<size_t>(experts) + 1;
   size_t at = 0;
@@ -86,18 +88,22 @@ inline PermuteLayout permute_layout(int64_t pairs, int experts, int policy, int6
   };
   l.counts = take(4 * static_cast<size_t>(l.cells));
   l.expertStart = take(4 * e1);
-  l.sortedPairs = take(4 * n);
-  l.rowsPer = take(4 * e1);
   l.rowStart = take(4 * e1);
   if (l.byProbs) {
-    l.keys = take(8 * n);
-    l.keysOut = take(8 * n);
-    l.posIn = take(4 * n);
-    l.posOut = take(4 * n);
-    l.keep = take(4 * (n + 1));
+    l.sortedPairs = take(4 * n);
+    l.sortedKeys = take(4 * n);
   }
   l.cub = at;
   return l;
+}
+
+// Rows the outputs are allocated for before the data says how many there are
+// (R <= this; equal when dropless or padded): permute launches everything at
+// once and the host reads R afterwards. capacity < 0: dropless.
+inline int64_t permute_max_rows(int64_t pairs, int experts, int64_t capacity, bool pad) {
+  if (capacity < 0) return pairs;
+  const int64_t all = static_cast<int64_t>(experts) * capacity;
+  return pad || all < pairs ? all : pairs;
 }
 
 }  // namespace moe_cuda

@@ -30,7 +30,15 @@ constexpr int kSigmoid = 1;
 // (MATH.md; sigmoid scores can all be ~0, softmax ones cannot).
 constexpr float kSigmoidRenormEps = 1e-20f;
 constexpr int kNone = INT32_MAX;  // index that ranks after every real expert
-constexpr int kFinalizeThreads = 256;
+constexpr int kFinalizeThreads = 256;  // the loss reductions' width (their bits depend on it)
+constexpr int kFinalizeBlock = 1024;   // threads that stage the partials
+constexpr int kFinalizeStage = 8192;   // floats of partials staged per step
+
+// Unsigned bits ordered as the (non-NaN) floats are, -0 equal to +0; never 0.
+__device__ __forceinline__ uint32_t order_key(float v) {
+  const uint32_t u = __float_as_uint(v + 0.0f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
 
 struct ForwardParams {
   const float* logits;
@@ -160,7 +168,7 @@ __device__ unsigned group_limit(const float (&key)[EPL], unsigned eligible, cons
 }
 
 template <int EPL>
-__global__ void __launch_bounds__(kRouteThreadsPerBlock) route_forward_kernel(ForwardParams p) {
+__global__ void __launch_bounds__(kRouteThreadsPerBlock, 4) route_forward_kernel(ForwardParams p) {
   constexpr int W = kRouteWarpsPerBlock;
   extern __shared__ float smem[];
   __shared__ float sLseSq[W];
@@ -243,31 +251,33 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock) route_forward_kernel(Fo
     if (p.groups > 1)
       eligible = group_limit<EPL>(key, eligible, p, lane, sKeys + warp * E, sGroup + warp * p.groups);
 
-    // k rounds of warp argmax, each over the keys that rank after the previous
-    // pick: descending order, ties to the lower expert index.
-    float prevV = INFINITY;
-    int prevI = -1;
+    // k rounds of warp argmax over the eligible keys not yet taken:
+    // descending order, ties to the lower expert index. A key's ordered bits
+    // (order_key) compare as the floats do, so each round is a lane-local
+    // best, then the warp's largest key and the lowest expert holding it.
+    uint32_t okey[EPL];
+#pragma unroll
+    for (int i = 0; i < EPL; ++i) okey[i] = order_key(key[i]);
     float chosenSum = 0.f;
     for (int j = 0; j < K; ++j) {
-      float bv = -INFINITY;
-      int bi = kNone;
+      uint32_t bk = 0u;  // below every key's ordered bits
+      uint32_t be = 0xffffffffu;
 #pragma unroll
       for (int i = 0; i < EPL; ++i) {
-        const int e = i * 32 + lane;
-        if (((eligible >> i) & 1u) && ranks_before(prevV, prevI, key[i], e) && ranks_before(key[i], e, bv, bi)) {
-          bv = key[i];
-          bi = e;
+        if (((eligible >> i) & 1u) && okey[i] > bk) {
+          bk = okey[i];
+          be = static_cast<uint32_t>(i * 32 + lane);
         }
       }
-      warp_argmax(bv, bi);
+      const uint32_t top = __reduce_max_sync(kFullMask, bk);
+      const int bi = static_cast<int>(__reduce_min_sync(kFullMask, bk == top ? be : 0xffffffffu));
+      if (lane == (bi & 31)) eligible &= ~(1u << (bi >> 5));
       const float w = __shfl_sync(kFullMask, select_slot(s, bi >> 5), bi & 31);
       chosenSum += w;
       if (lane == 0) {
         chosenIdx[j] = bi;
         chosenW[j] = w;
       }
-      prevV = bv;
-      prevI = bi;
     }
     __syncwarp();
     const float denom = chosenSum + (p.scoreFunction == kSigmoid ? kSigmoidRenormEps : 0.f);
@@ -308,24 +318,70 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock) route_forward_kernel(Fo
 
 // One block: adds the per-block partials in block order, then the aux and z
 // losses (Switch / GShard load balancing; ST-MoE z-loss) without coefficients.
-__global__ void __launch_bounds__(kFinalizeThreads)
-    route_finalize_kernel(const float* partialProb, const float* partialLseSq, int blocks, const int32_t* counts,
-                          int64_t tokens, int experts, int topK, float* probSum, float* lseSqSum, float* losses) {
+// The partials come through shared memory a stage at a time (the next
+// stage's loads in flight while the current one is added), and each expert's
+// sum runs over the blocks in order, one thread per expert.
+__global__ void __launch_bounds__(kFinalizeBlock, 1)
+    route_finalize_kernel(const float* __restrict__ partialProb, const float* __restrict__ partialLseSq, int blocks,
+                          const int32_t* __restrict__ counts, int64_t tokens, int experts, int topK,
+                          float* __restrict__ probSum, float* __restrict__ lseSqSum, float* __restrict__ losses) {
+  __shared__ float sStage[kFinalizeStage];
+  __shared__ float sProb[32 * kMaxExpertsPerLane];
   __shared__ float sAux[kFinalizeThreads];
   __shared__ float sZ[kFinalizeThreads];
+  constexpr int kPer = kFinalizeStage / kFinalizeBlock;
   const int tid = threadIdx.x;
   const float T = static_cast<float>(tokens);
-  float aux = 0.f;
-  for (int e = tid; e < experts; e += kFinalizeThreads) {
-    float acc = 0.f;
-    for (int b = 0; b < blocks; ++b) acc += partialProb[static_cast<int64_t>(b) * experts + e];
-    probSum[e] = acc;
-    if (tokens > 0) aux += (static_cast<float>(counts[e]) / (T * static_cast<float>(topK))) * (acc / T);
+  // Blocks per stage; stage c holds partials [c·stageBlocks·E, (c + 1)·stageBlocks·E).
+  const int stageBlocks = experts <= kFinalizeStage ? kFinalizeStage / experts : 1;
+  const int64_t total = static_cast<int64_t>(blocks) * experts;
+  const int64_t stageFloats = static_cast<int64_t>(stageBlocks) * experts;
+  float next[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int64_t i = static_cast<int64_t>(k) * kFinalizeBlock + tid;
+    next[k] = i < stageFloats && i < total ? partialProb[i] : 0.f;
   }
-  float z = 0.f;
-  for (int b = tid; b < blocks; b += kFinalizeThreads) z += partialLseSq[b];
-  sAux[tid] = aux;
-  sZ[tid] = z;
+  float acc = 0.f;  // expert tid's sum (tid < experts)
+  for (int b0 = 0; b0 < blocks; b0 += stageBlocks) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) sStage[k * kFinalizeBlock + tid] = next[k];
+    __syncthreads();
+    const int64_t nextBase = static_cast<int64_t>(b0 + stageBlocks) * experts;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int64_t i = static_cast<int64_t>(k) * kFinalizeBlock + tid;
+      next[k] = i < stageFloats && nextBase + i < total ? partialProb[nextBase + i] : 0.f;
+    }
+    const int nb = blocks - b0 < stageBlocks ? blocks - b0 : stageBlocks;
+    if (tid < experts) {
+      // Sixteen loads ahead of their adds; the adds stay in block order.
+      int b = 0;
+      for (; b + 16 <= nb; b += 16) {
+        float v[16];
+#pragma unroll
+        for (int u = 0; u < 16; ++u) v[u] = sStage[(b + u) * experts + tid];
+#pragma unroll
+        for (int u = 0; u < 16; ++u) acc += v[u];
+      }
+      for (; b < nb; ++b) acc += sStage[b * experts + tid];
+    }
+    __syncthreads();
+  }
+  if (tid < experts) {
+    probSum[tid] = acc;
+    sProb[tid] = acc;
+  }
+  __syncthreads();
+  if (tid < kFinalizeThreads) {
+    float aux = 0.f;
+    for (int e = tid; e < experts; e += kFinalizeThreads)
+      if (tokens > 0) aux += (static_cast<float>(counts[e]) / (T * static_cast<float>(topK))) * (sProb[e] / T);
+    float z = 0.f;
+    for (int b = tid; b < blocks; b += kFinalizeThreads) z += partialLseSq[b];
+    sAux[tid] = aux;
+    sZ[tid] = z;
+  }
   __syncthreads();
 #pragma unroll
   for (int half = kFinalizeThreads / 2; half > 0; half >>= 1) {
@@ -549,7 +605,7 @@ extern "C" int moe_cuda_route_forward(const float* logits, const float* expert_b
                        route_forward_kernel<EPL><<<grid, plan.threads, plan.sharedBytes, s>>>(p));
     MOE_CUDA_TRY_LAUNCH();
   }
-  route_finalize_kernel<<<1, kFinalizeThreads, 0, s>>>(partialProb, partialLseSq, static_cast<int>(plan.blocks),
+  route_finalize_kernel<<<1, kFinalizeBlock, 0, s>>>(partialProb, partialLseSq, static_cast<int>(plan.blocks),
                                                        tokens_per_expert, num_tokens, num_experts, top_k,
                                                        prob_sum, lse_sq_sum, losses);
   MOE_CUDA_TRY_LAUNCH();

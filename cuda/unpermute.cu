@@ -4,13 +4,14 @@
 //
 // One warp per output row; each lane owns whole columns and sums a token's k
 // choices in j order in float32, so every output is the same bits on every
-// run. The d rows of unpermute's backward visit each row's readers in flat
-// order: a CUB radix sort of the keys (row << 32 | pair), unique, so the order
-// does not depend on the sort's stability. Entries of pair_to_row outside
-// [-1, R) are treated as -1 (the host tags them on the status word first).
-//
-// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
-#include <cub/device/device_radix_sort.cuh>
+// run. Rows are moved in 16-byte packs where the width allows, several packs
+// in flight per lane. unpermute's backward counts each row's readers (integer
+// atomics: the totals do not depend on the order) and then, in one pass over
+// the pairs, writes d weights and the d rows of every row with exactly one
+// reader from the same loads of dy; rows read by none are zeroed, and rows
+// read by several sum their readers in flat order. Entries of pair_to_row
+// outside [-1, R) are treated as -1 (the host tags them on the status word
+// first).
 #include <cuda_runtime.h>
 
 #include <stdint.h>
@@ -33,52 +34,115 @@ __device__ __forceinline__ int64_t first_warp() {
 }
 __device__ __forceinline__ int64_t warp_count() { return static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5); }
 
+// Packs of U·32 per lane are in flight at once: each lane issues U independent
+// loads before it uses any of them (rows are long, warps few per row).
+constexpr int kUnroll = 4;
+
 // dx[t] = Σ_j dRows[pairToRow[t, j]] (or y[t] = Σ_j w[t, j] · rows[...] when weights are given).
+// Each element's sum runs over j in order from 0.f, whatever the pack width N.
 template <class T, int N, bool WEIGHTED>
-__global__ void __launch_bounds__(kRowThreads)
+__global__ void __launch_bounds__(kRowThreads, 2)
     combine_kernel(const T* __restrict__ src, int64_t numRows, int64_t D, const int32_t* __restrict__ pairToRow,
                    const float* __restrict__ weights, int64_t tokens, int topK, T* __restrict__ out) {
   const int lane = threadIdx.x & 31;
   const int64_t packs = D / N;
   for (int64_t t = first_warp(); t < tokens; t += warp_count()) {
     const int64_t pair0 = t * topK;
-    for (int64_t v = lane; v < packs; v += 32) {
-      float acc[N];
+    T* dst = out + t * D;
+    for (int64_t v0 = lane; v0 < packs; v0 += 32 * kUnroll) {
+      float acc[kUnroll][N];
 #pragma unroll
-      for (int i = 0; i < N; ++i) acc[i] = 0.f;
+      for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+        for (int i = 0; i < N; ++i) acc[u][i] = 0.f;
       for (int j = 0; j < topK; ++j) {
         const int32_t r = row_of(pairToRow, pair0 + j, numRows);
         if (r < 0) continue;
-        float x[N];
-        load_pack<T, N>(src + static_cast<int64_t>(r) * D + v * N, x);
         const float w = WEIGHTED ? weights[pair0 + j] : 1.f;
+        const T* row = src + static_cast<int64_t>(r) * D;
+        float x[kUnroll][N];
 #pragma unroll
-        for (int i = 0; i < N; ++i) acc[i] = WEIGHTED ? fmaf(w, x[i], acc[i]) : acc[i] + x[i];
+        for (int u = 0; u < kUnroll; ++u) {
+          if (v0 + 32 * u < packs) {
+            load_pack<T, N>(row + (v0 + 32 * u) * N, x[u]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < N; ++i) x[u][i] = 0.f;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+          for (int i = 0; i < N; ++i) acc[u][i] = WEIGHTED ? fmaf(w, x[u][i], acc[u][i]) : acc[u][i] + x[u][i];
       }
-      store_pack<T, N>(out + t * D + v * N, acc);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (v0 + 32 * u < packs) store_pack<T, N>(dst + (v0 + 32 * u) * N, acc[u]);
     }
   }
 }
 
-// dWeights[i] = ⟨dy[i / k], rows[pairToRow[i]]⟩: one warp per pair, a fixed butterfly.
+// Readers of each row: how many pairs read it, and the first of them.
+__global__ void row_readers_init_kernel(int64_t numRows, int32_t* readers, int32_t* firstReader) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < numRows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    readers[r] = 0;
+    firstReader[r] = INT32_MAX;
+  }
+}
+__global__ void row_readers_kernel(const int32_t* pairToRow, int64_t pairs, int64_t numRows, int32_t* readers,
+                                   int32_t* firstReader) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < pairs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t r = row_of(pairToRow, i, numRows);
+    if (r < 0) continue;
+    atomicAdd(&readers[r], 1);  // integer totals: the same whatever the order
+    atomicMin(&firstReader[r], static_cast<int32_t>(i));
+  }
+}
+
+// One warp per pair: dWeights[i] = ⟨dy[i / k], rows[pairToRow[i]]⟩ (lane l sums
+// packs l, l + 32, ... in order, then a fixed butterfly); and when the pair is
+// its row's only reader, dRows of that row = w · dy (from the same loads).
 template <class TDy, class TR, int N>
-__global__ void __launch_bounds__(kRowThreads)
-    d_weights_kernel(const TDy* __restrict__ dy, const TR* __restrict__ rows, int64_t numRows, int64_t D,
-                     const int32_t* __restrict__ pairToRow, int64_t pairs, int topK, float* __restrict__ dWeights) {
+__global__ void __launch_bounds__(kRowThreads, 2)
+    unpermute_bwd_pairs_kernel(const TDy* __restrict__ dy, const TR* __restrict__ rows, int64_t numRows, int64_t D,
+                               const int32_t* __restrict__ pairToRow, const float* __restrict__ weights,
+                               int64_t pairs, int topK, const int32_t* __restrict__ readers,
+                               float* __restrict__ dWeights, TR* __restrict__ dRows) {
   const int lane = threadIdx.x & 31;
   const int64_t packs = D / N;
   for (int64_t i = first_warp(); i < pairs; i += warp_count()) {
     const int32_t r = row_of(pairToRow, i, numRows);
     float acc = 0.f;
     if (r >= 0) {
+      const bool only = readers[r] == 1;
+      const float w = weights[i];
       const TDy* g = dy + (i / topK) * D;
       const TR* x = rows + static_cast<int64_t>(r) * D;
-      for (int64_t v = lane; v < packs; v += 32) {
-        float a[N], b[N];
-        load_pack<TDy, N>(g + v * N, a);
-        load_pack<TR, N>(x + v * N, b);
+      TR* o = dRows + static_cast<int64_t>(r) * D;
+      for (int64_t v0 = lane; v0 < packs; v0 += 32 * kUnroll) {
+        float a[kUnroll][N], b[kUnroll][N];
 #pragma unroll
-        for (int e = 0; e < N; ++e) acc = fmaf(a[e], b[e], acc);
+        for (int u = 0; u < kUnroll; ++u) {
+          if (v0 + 32 * u < packs) {
+            load_pack<TDy, N>(g + (v0 + 32 * u) * N, a[u]);
+            load_pack<TR, N>(x + (v0 + 32 * u) * N, b[u]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (v0 + 32 * u < packs) {
+#pragma unroll
+            for (int e = 0; e < N; ++e) acc = fmaf(a[u][e], b[u][e], acc);
+            if (only) {
+              float d[N];
+#pragma unroll
+              for (int e = 0; e < N; ++e) d[e] = fmaf(w, a[u][e], 0.f);
+              store_pack<TR, N>(o + (v0 + 32 * u) * N, d);
+            }
+          }
+        }
       }
     }
     acc = warp_sum(acc);
@@ -86,63 +150,88 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// Keys (row << 32 | pair), with dropped or invalid pairs keyed past the last row.
-__global__ void row_keys_kernel(const int32_t* pairToRow, int64_t pairs, int64_t numRows,
-                                unsigned long long* keys) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < pairs;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int32_t r = row_of(pairToRow, i, numRows);
-    const unsigned long long row = r < 0 ? static_cast<unsigned long long>(numRows) : static_cast<unsigned long long>(r);
-    keys[i] = (row << 32) | static_cast<unsigned long long>(i);
-  }
-}
-
-// rowFirst[r] = the first sorted position whose key has row r (-1 stays for rows no pair reads).
-__global__ void row_first_kernel(const unsigned long long* sorted, int64_t pairs, int64_t numRows,
-                                 int32_t* rowFirst) {
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < pairs;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const unsigned long long row = sorted[q] >> 32;
-    if (row < static_cast<unsigned long long>(numRows) && (q == 0 || (sorted[q - 1] >> 32) != row))
-      rowFirst[row] = static_cast<int32_t>(q);
-  }
-}
-
-// dRows[r] = Σ over the readers of r (flat order) of w · dy[t]; zero when none.
+// dRows of the rows that do not have exactly one reader: zero when none reads
+// them; else Σ over the readers in flat order (found by walking pairToRow up
+// from the first reader) of w · dy[t]. A warp takes 32 rows at a time.
 template <class TDy, class TR, int N>
-__global__ void __launch_bounds__(kRowThreads)
-    d_rows_kernel(const TDy* __restrict__ dy, int64_t D, const float* __restrict__ weights, int topK,
-                  const unsigned long long* __restrict__ sorted, int64_t pairs, const int32_t* __restrict__ rowFirst,
-                  int64_t numRows, TR* __restrict__ dRows) {
+__global__ void __launch_bounds__(kRowThreads, 2)
+    unpermute_bwd_rows_kernel(const TDy* __restrict__ dy, int64_t D, const float* __restrict__ weights, int topK,
+                              const int32_t* __restrict__ pairToRow, int64_t pairs, int64_t numRows,
+                              const int32_t* __restrict__ readers, const int32_t* __restrict__ firstReader,
+                              TR* __restrict__ dRows) {
   const int lane = threadIdx.x & 31;
   const int64_t packs = D / N;
-  for (int64_t r = first_warp(); r < numRows; r += warp_count()) {
-    const int32_t q0 = rowFirst[r];
-    for (int64_t v = lane; v < packs; v += 32) {
-      float acc[N];
+  for (int64_t r0 = first_warp() * 32; r0 < numRows; r0 += warp_count() * 32) {
+    const int32_t mine = r0 + lane < numRows ? readers[r0 + lane] : 1;
+    unsigned int todo = __ballot_sync(kFullMask, mine != 1);
+    while (todo != 0u) {
+      const int l = __ffs(todo) - 1;
+      todo &= todo - 1u;
+      const int64_t r = r0 + l;
+      const int32_t count = __shfl_sync(kFullMask, mine, l);
+      TR* o = dRows + r * D;
+      const int64_t first = count > 0 ? firstReader[r] : pairs;
+      // Every lane runs every step (the ballots below need the whole warp).
+      for (int64_t c0 = 0; c0 < packs; c0 += 32 * kUnroll) {
+        const int64_t v0 = c0 + lane;
+        float acc[kUnroll][N];
 #pragma unroll
-      for (int i = 0; i < N; ++i) acc[i] = 0.f;
-      for (int64_t q = q0; q >= 0 && q < pairs && (sorted[q] >> 32) == static_cast<unsigned long long>(r); ++q) {
-        const int64_t pair = static_cast<int64_t>(sorted[q] & 0xffffffffull);
-        const float w = weights[pair];
-        float g[N];
-        load_pack<TDy, N>(dy + (pair / topK) * D + v * N, g);
+        for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-        for (int i = 0; i < N; ++i) acc[i] = fmaf(w, g[i], acc[i]);
+          for (int e = 0; e < N; ++e) acc[u][e] = 0.f;
+        int32_t left = count;
+        for (int64_t base = first; left > 0 && base < pairs; base += 32) {
+          const bool hit = base + lane < pairs && row_of(pairToRow, base + lane, numRows) == r;
+          unsigned int hits = __ballot_sync(kFullMask, hit);
+          while (hits != 0u && left > 0) {
+            const int64_t pair = base + __ffs(hits) - 1;
+            hits &= hits - 1u;
+            --left;
+            const float w = weights[pair];
+            const TDy* g = dy + (pair / topK) * D;
+            float x[kUnroll][N];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+              if (v0 + 32 * u < packs) {
+                load_pack<TDy, N>(g + (v0 + 32 * u) * N, x[u]);
+              } else {
+#pragma unroll
+                for (int e = 0; e < N; ++e) x[u][e] = 0.f;
+              }
+            }
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+              for (int e = 0; e < N; ++e) acc[u][e] = fmaf(w, x[u][e], acc[u][e]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+          if (v0 + 32 * u < packs) store_pack<TR, N>(o + (v0 + 32 * u) * N, acc[u]);
       }
-      store_pack<TR, N>(dRows + r * D + v * N, acc);
     }
   }
 }
 
 unsigned int warps_grid(int64_t items) { return grid_for(items, kRowWarps, 1 << 16); }
 
+// Elements per pack: 16 bytes when D allows, else 4 elements, else 1.
+template <class T>
+int pack_width(int64_t D) {
+  constexpr int wide = 16 / static_cast<int>(sizeof(T));
+  return D % wide == 0 ? wide : (D % 4 == 0 ? 4 : 1);
+}
+
 template <bool WEIGHTED>
 int launch_combine(const void* src, int dtype, int64_t numRows, int64_t D, const int32_t* pairToRow,
                    const float* weights, int64_t tokens, int topK, void* out, cudaStream_t s) {
   const unsigned int grid = warps_grid(tokens);
   MOE_SWITCH_FLOAT(dtype, T, {
-    if (D % 4 == 0)
+    const int n = pack_width<T>(D);
+    if (n == 8)
+      combine_kernel<T, 8, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
+                                                                   weights, tokens, topK, static_cast<T*>(out));
+    else if (n == 4)
       combine_kernel<T, 4, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
                                                                    weights, tokens, topK, static_cast<T*>(out));
     else
@@ -154,27 +243,15 @@ int launch_combine(const void* src, int dtype, int64_t numRows, int64_t D, const
 }
 
 struct BackwardLayout {
-  size_t keys, sorted, rowFirst, cub;
+  size_t readers, firstReader, end;
 };
 
-BackwardLayout backward_layout(int64_t pairs, int64_t numRows) {
+BackwardLayout backward_layout(int64_t numRows) {
   BackwardLayout l{};
-  size_t at = 0;
-  l.keys = at;
-  at += align_up(8 * static_cast<size_t>(pairs));
-  l.sorted = at;
-  at += align_up(8 * static_cast<size_t>(pairs));
-  l.rowFirst = at;
-  at += align_up(4 * static_cast<size_t>(numRows));
-  l.cub = at;
+  l.readers = 0;
+  l.firstReader = align_up(4 * static_cast<size_t>(numRows));
+  l.end = l.firstReader + align_up(4 * static_cast<size_t>(numRows));
   return l;
-}
-
-// Bits that hold every key: 32 for the pair, then enough for rows 0..numRows.
-int key_bits(int64_t numRows) {
-  int bits = 1;
-  while (bits < 31 && (int64_t(1) << bits) <= numRows) ++bits;
-  return 32 + bits;
 }
 
 }  // namespace
@@ -206,12 +283,7 @@ extern "C" int moe_cuda_unpermute_backward_workspace_bytes(int64_t pairs, int64_
   using namespace moe_cuda;
   if (!bytes || pairs < 0 || pairs > INT32_MAX || num_rows < 0 || num_rows > INT32_MAX)
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  const BackwardLayout l = backward_layout(pairs, num_rows);
-  size_t cub = 0;
-  MOE_CUDA_TRY(cub::DeviceRadixSort::SortKeys(nullptr, cub, static_cast<const unsigned long long*>(nullptr),
-                                              static_cast<unsigned long long*>(nullptr), static_cast<int>(pairs), 0,
-                                              key_bits(num_rows)));
-  *bytes = l.cub + align_up(cub);
+  *bytes = backward_layout(num_rows).end;
   return 0;
 }
 
@@ -224,60 +296,53 @@ extern "C" int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const v
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
   const int64_t pairs = tokens * top_k;
   if (pairs > INT32_MAX) return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  const BackwardLayout l = backward_layout(pairs, num_rows);
-  if (!workspace || workspace_bytes < l.cub) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  const BackwardLayout l = backward_layout(num_rows);
+  if (num_rows > 0 && (!workspace || workspace_bytes < l.end)) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if ((pairs > 0 && (!pair_to_row || !weights || !d_weights)) || (num_rows > 0 && d_model > 0 && !d_rows))
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (pairs > 0 && d_model > 0 && (!dy || (num_rows > 0 && !rows))) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // d weights keep 4-element packs (lane l sums elements 4l.., 4(l + 32).., ...): the
+  // butterfly's inputs, and so its bits, follow from that split.
   const int N = d_model % 4 == 0 ? 4 : 1;
 
-  // d weights
-  if (pairs > 0) {
-    if (d_model == 0) {
-      MOE_CUDA_TRY(cudaMemsetAsync(d_weights, 0, 4 * static_cast<size_t>(pairs), s));
-    } else {
-      const unsigned int grid = warps_grid(pairs);
-      MOE_SWITCH_FLOAT(dy_dtype, TDy, MOE_SWITCH_FLOAT(rows_dtype, TR, {
-        if (N == 4)
-          d_weights_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(
-              static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row, pairs, top_k,
-              d_weights);
-        else
-          d_weights_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(
-              static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row, pairs, top_k,
-              d_weights);
-      }));
-      MOE_CUDA_TRY_LAUNCH();
-    }
+  if (pairs > 0 && (d_model == 0 || num_rows == 0)) {
+    MOE_CUDA_TRY(cudaMemsetAsync(d_weights, 0, 4 * static_cast<size_t>(pairs), s));
+    return 0;
   }
   if (num_rows == 0 || d_model == 0) return 0;
 
-  // d rows: readers of each row in flat order.
-  unsigned long long* keys = reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + l.keys);
-  unsigned long long* sorted = reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + l.sorted);
-  int32_t* rowFirst = reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + l.rowFirst);
-  MOE_CUDA_TRY(cudaMemsetAsync(rowFirst, 0xff, 4 * static_cast<size_t>(num_rows), s));  // -1
+  int32_t* readers = reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + l.readers);
+  int32_t* firstReader = reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + l.firstReader);
+  row_readers_init_kernel<<<grid_for(num_rows, 256, 1 << 16), 256, 0, s>>>(num_rows, readers, firstReader);
+  MOE_CUDA_TRY_LAUNCH();
   if (pairs > 0) {
-    const unsigned int grid = grid_for(pairs, 256, 1 << 16);
-    row_keys_kernel<<<grid, 256, 0, s>>>(pair_to_row, pairs, num_rows, keys);
+    row_readers_kernel<<<grid_for(pairs, 256, 1 << 16), 256, 0, s>>>(pair_to_row, pairs, num_rows, readers,
+                                                                     firstReader);
     MOE_CUDA_TRY_LAUNCH();
-    size_t cubSize = workspace_bytes - l.cub;
-    MOE_CUDA_TRY(cub::DeviceRadixSort::SortKeys(static_cast<char*>(workspace) + l.cub, cubSize, keys, sorted,
-                                                static_cast<int>(pairs), 0, key_bits(num_rows), s));
-    row_first_kernel<<<grid, 256, 0, s>>>(sorted, pairs, num_rows, rowFirst);
+    const unsigned int grid = warps_grid(pairs);
+    MOE_SWITCH_FLOAT(dy_dtype, TDy, MOE_SWITCH_FLOAT(rows_dtype, TR, {
+      if (N == 4)
+        unpermute_bwd_pairs_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(
+            static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row, weights, pairs,
+            top_k, readers, d_weights, static_cast<TR*>(d_rows));
+      else
+        unpermute_bwd_pairs_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(
+            static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row, weights, pairs,
+            top_k, readers, d_weights, static_cast<TR*>(d_rows));
+    }));
     MOE_CUDA_TRY_LAUNCH();
   }
-  const unsigned int grid = warps_grid(num_rows);
+  const unsigned int grid = warps_grid((num_rows + 31) / 32);
   MOE_SWITCH_FLOAT(dy_dtype, TDy, MOE_SWITCH_FLOAT(rows_dtype, TR, {
     if (N == 4)
-      d_rows_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(static_cast<const TDy*>(dy), d_model, weights, top_k,
-                                                              sorted, pairs, rowFirst, num_rows,
-                                                              static_cast<TR*>(d_rows));
+      unpermute_bwd_rows_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(
+          static_cast<const TDy*>(dy), d_model, weights, top_k, pair_to_row, pairs, num_rows, readers, firstReader,
+          static_cast<TR*>(d_rows));
     else
-      d_rows_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(static_cast<const TDy*>(dy), d_model, weights, top_k,
-                                                              sorted, pairs, rowFirst, num_rows,
-                                                              static_cast<TR*>(d_rows));
+      unpermute_bwd_rows_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(
+          static_cast<const TDy*>(dy), d_model, weights, top_k, pair_to_row, pairs, num_rows, readers, firstReader,
+          static_cast<TR*>(d_rows));
   }));
   MOE_CUDA_TRY_LAUNCH();
   return 0;

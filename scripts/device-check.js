@@ -250,6 +250,35 @@ async function checkPermute(name, t, d, k, e, allowed, o) {
   dispose([cpu, gpu, pc, pg, pg2, p2rG, rowsG, c2, g2, bc, bg, yc, yg, yg2, uc, ug]);
 }
 
+// A row map that no permute makes: rows read by several pairs (summed in
+// flat order by unpermuteBackward), rows read by none, dropped pairs.
+async function checkSharedRows(t, d, k, r) {
+  const shape = `shared rows ${shapeOf({ T: t, D: d, k, R: r })}`;
+  const next = rng();
+  const map = Int32Array.from({ length: t * k }, () => Math.floor(next() * (r + 1)) - 1);
+  const { cpu, gpu } = await both(() => [
+    Tensor.from(normal(r * d), [r, d], { dtype: "bfloat16" }),
+    Tensor.from(map, [t, k]),
+    Tensor.from(normal(t * k), [t, k]),
+    Tensor.from(normal(t * d), [t, d], { dtype: "bfloat16" }),
+  ]);
+  const yc = await ops.unpermute(cpu[0], cpu[1], cpu[2]);
+  const yg = await ops.unpermute(gpu[0], gpu[1], gpu[2]);
+  const bc = await ops.permuteBackward(cpu[0], cpu[1]);
+  const bg = await ops.permuteBackward(gpu[0], gpu[1]);
+  const uc = await ops.unpermuteBackward(cpu[3], cpu[0], cpu[1], cpu[2]);
+  const ug = await ops.unpermuteBackward(gpu[3], gpu[0], gpu[1], gpu[2]);
+  const ug2 = await ops.unpermuteBackward(gpu[3], gpu[0], gpu[1], gpu[2]);
+  const a = floatWrong(yg, yc);
+  const b = floatWrong(bg, bc);
+  const dr = floatWrong(ug.dRows, uc.dRows);
+  const dw = floatWrong(ug.dWeights, uc.dWeights);
+  const same = bits(ug.dRows).equals(bits(ug2.dRows)) && bits(ug.dWeights).equals(bits(ug2.dWeights));
+  record("unpermute family", shape, a.wrong + b.wrong + dr.wrong + dw.wrong + (same ? 0 : 1),
+    `rel y ${a.rel.toExponential(2)} dx ${b.rel.toExponential(2)} dRows ${dr.rel.toExponential(2)} dWeights ${dw.rel.toExponential(2)} repeat ${same ? "bit-exact" : "DIFFERS"}`);
+  dispose([cpu, gpu, yc, yg, bc, bg, uc, ug, ug2]);
+}
+
 async function checkActivation(kind, rows, width) {
   const out = kind === "swiglu" || kind === "geglu" ? width / 2 : width;
   const shape = shapeOf({ kind, rows, width });
@@ -494,6 +523,8 @@ async function check() {
   await checkPermute("all to one expert, probs", 2048, 64, 1, 8, [3], { capacityFactor: 2.0, dropPolicy: "probs" });
   await checkPermute("odd width", 333, 7, 3, 5, range(5), {});
   await checkPermute("8192 x 1024, top-8 of 64", 8192, 1024, 8, 64, range(64), { capacityFactor: 1.25, dropPolicy: "probs" });
+  await checkSharedRows(300, 72, 3, 50);
+  await checkSharedRows(257, 9, 2, 600);
   for (const kind of ["relu", "gelu", "silu", "swiglu", "geglu"]) await checkActivation(kind, 1024, 512);
   await checkActivation("swiglu", 3, 6);
   await checkGroupedGemm("zero-row experts", [0, 300, 0, 17, 129], 256, 512);
@@ -531,6 +562,13 @@ async function sanitize() {
   const odd = await to(Tensor.from(normal(5 * 7), [5, 7]));
   const p3 = await ops.permute(odd, await to(Tensor.from(new Int32Array([0, 1, 2, 0, 1]), [5, 1])), await to(Tensor.from([1, 1, 1, 1, 1], [5, 1])), { numExperts: 3 });
   outs.push(p3, await ops.unpermuteBackward(await ops.unpermute(p3.rows, p3.pairToRow, await to(Tensor.from([1, 1, 1, 1, 1], [5, 1]))), p3.rows, p3.pairToRow, await to(Tensor.from([1, 1, 1, 1, 1], [5, 1]))));
+  {
+    // Rows read by several pairs and by none (unpermuteBackward's row pass).
+    const map = await to(Tensor.from(Int32Array.from({ length: 37 * 2 }, (_, i) => ((i * 7) % 21) - 1), [37, 2]));
+    const rw = await to(Tensor.from(normal(37 * 2), [37, 2]));
+    const rows = await to(Tensor.from(normal(20 * 64), [20, 64], { dtype: "bfloat16" }));
+    outs.push(map, rw, rows, await ops.unpermuteBackward(x, rows, map, rw));
+  }
   for (const kind of ["relu", "gelu", "silu", "swiglu", "geglu"]) {
     const h = await ops.activation(x, kind);
     outs.push(h, await ops.activationBackward(h, x, kind));
@@ -579,6 +617,16 @@ async function bench() {
 
   const rk = await native.cudaRouteKernel({ device: DEV, tokens: 8192, experts: 64, topK: 8, reps: 20, batches: 9 });
   row("route kernel", "8192 x 64, top-8", `${rk.medianUs.toFixed(1)} µs`, `${rk.medianUs.toFixed(1)} µs`, "20 µs", `${(rk.medianUs / 20).toFixed(2)}x`, rk.medianUs < 20 ? "met" : "MISSED");
+  // The floor of an op's timing here: host dispatch and two event records
+  // around the smallest launch (one token).
+  {
+    const r1 = await Tensor.from(normal(1 * 8), [1, 8], { dtype: "bfloat16" }).to(DEV);
+    const m1 = await Tensor.from(new Int32Array([0]), [1, 1]).to(DEV);
+    const w1 = await Tensor.from([1], [1, 1]).to(DEV);
+    const floorMs = await timeOp(() => ops.unpermute(r1, m1, w1));
+    row("op floor (unpermute, 1 token)", "1 x 8 bf16", `${(1000 * floorMs).toFixed(1)} µs`, "", "—", "—", "");
+    dispose([r1, m1, w1]);
+  }
   const L = await Tensor.from(normal(8192 * 64, 2), [8192, 64]).to(DEV);
   const routeMs = await timeOp(() => ops.route(L, { topK: 8, renormalize: true }));
   row("route op (allocs + launches)", "8192 x 64, top-8", `${(1000 * routeMs).toFixed(1)} µs`, "", "20 µs", `${((1000 * routeMs) / 20).toFixed(2)}x`, "");

@@ -174,7 +174,9 @@ interface Layout {
   blocks: number;
   cells: number;
   byProbs: number;
-  offsets: number[]; // counts, expertStart, sortedPairs, rowsPer, rowStart, keys, keysOut, posIn, posOut, keep, cub
+  cubScan: number;
+  maxRows: number;
+  offsets: number[]; // counts, expertStart, rowStart, sortedPairs, sortedKeys, cub
 }
 
 describe("cuda/permute_plan.h (the permute kernels' geometry and workspace)", () => {
@@ -202,10 +204,10 @@ describe("cuda/permute_plan.h (the permute kernels' geometry and workspace)", ()
 static void row(long long n, int e, int policy, long long cap) {
   moe_cuda::PermuteLayout l = moe_cuda::permute_layout(n, e, policy, cap);
   std::printf("{\\"args\\":[%lld,%d,%d,%lld],\\"status\\":%d,\\"warps\\":%lld,\\"pairsPerWarp\\":%lld,\\"blocks\\":%lld,"
-              "\\"cells\\":%lld,\\"byProbs\\":%d,\\"offsets\\":[%zu,%zu,%zu,%zu,%zu,%zu,%zu,%zu,%zu,%zu,%zu]}\\n",
+              "\\"cells\\":%lld,\\"byProbs\\":%d,\\"cubScan\\":%d,\\"maxRows\\":%lld,\\"offsets\\":[%zu,%zu,%zu,%zu,%zu,%zu]}\\n",
               n, e, policy, cap, l.status, (long long)l.warps, (long long)l.pairsPerWarp, (long long)l.blocks,
-              (long long)l.cells, int(l.byProbs), l.counts, l.expertStart, l.sortedPairs, l.rowsPer, l.rowStart, l.keys,
-              l.keysOut, l.posIn, l.posOut, l.keep, l.cub);
+              (long long)l.cells, int(l.byProbs), int(l.cubScan), (long long)moe_cuda::permute_max_rows(n, e, cap, false),
+              l.counts, l.expertStart, l.rowStart, l.sortedPairs, l.sortedKeys, l.cub);
 }
 int main() {
 ${calls}
@@ -236,10 +238,12 @@ ${calls}
       expect(r.cells).toBe(e * r.warps + 1);
       expect(r.cells).toBeLessThanOrEqual(2 ** 24);
       expect(r.byProbs).toBe(cap >= 0 && policy === 0 ? 1 : 0);
+      expect(r.cubScan).toBe(r.cells > 65536 ? 1 : 0);
+      expect(r.maxRows).toBe(cap < 0 ? n : Math.min(n, e * cap));
       // Pieces in order, 256-aligned, each at least its documented size.
-      const sizes = [4 * r.cells, 4 * (e + 1), 4 * n, 4 * (e + 1), 4 * (e + 1)];
-      if (r.byProbs) sizes.push(8 * n, 8 * n, 4 * n, 4 * n, 4 * (n + 1));
-      const used = r.byProbs ? [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] : [0, 1, 2, 3, 4];
+      const sizes = [4 * r.cells, 4 * (e + 1), 4 * (e + 1)];
+      if (r.byProbs) sizes.push(4 * n, 4 * n);
+      const used = r.byProbs ? [0, 1, 2, 3, 4] : [0, 1, 2];
       let end = 0;
       used.forEach((piece, i) => {
         const at = r.offsets[piece];
@@ -247,7 +251,7 @@ ${calls}
         expect(at).toBeGreaterThanOrEqual(end);
         end = at + sizes[i];
       });
-      expect(r.offsets[10]).toBeGreaterThanOrEqual(end);
+      expect(r.offsets[5]).toBeGreaterThanOrEqual(end);
     }
   });
 

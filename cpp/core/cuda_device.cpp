@@ -26,6 +26,10 @@ struct DeviceState {
   std::mutex checks_mu;
   CheckRegistry checks;
   std::mutex sync_mu;  // one synchronisation at a time reads and resets the status word
+  std::mutex readback_mu;  // one Readback at a time; its buffer and event, made on first use
+  void* readback_host = nullptr;
+  void* readback_device = nullptr;
+  void* readback_event = nullptr;
 };
 
 struct Devices {
@@ -241,6 +245,52 @@ void synchronize(Device device) {
     err = s.checks.settle(tag, detail, mark);
   }
   if (err) throw *err;
+}
+
+Readback::Readback(Device device)
+    : device_(device), lock_(nullptr), mark_(0), host_(nullptr), words_device_(nullptr), event_(nullptr), words_{} {
+  DeviceState& s = state(device);
+  s.readback_mu.lock();
+  lock_ = &s.readback_mu;
+  try {
+    set_current(device);
+    const std::string what = "setting up read-backs on " + device.str();
+    if (s.readback_event == nullptr) {
+      check(moe_cuda_host_alloc_mapped(kWords * sizeof(int64_t), &s.readback_host, &s.readback_device), what, device);
+      check(moe_cuda_event_create(&s.readback_event), what, device);
+    }
+  } catch (...) {
+    s.readback_mu.unlock();
+    throw;
+  }
+  host_ = s.readback_host;
+  words_device_ = s.readback_device;
+  event_ = s.readback_event;
+  std::lock_guard<std::mutex> lock(s.checks_mu);
+  mark_ = s.checks.mark();
+}
+
+Readback::~Readback() { static_cast<std::mutex*>(lock_)->unlock(); }
+
+const int64_t* Readback::wait() {
+  DeviceState& s = state(device_);
+  set_current(device_);
+  const std::string what = "reading back from " + device_.str();
+  const int rc = moe_cuda_event_synchronize(event_);
+  if (rc != 0)
+    fail(Code::Internal, what + ": CUDA reported " + launcher_error(rc) +
+                             " (a fault in queued work; the device's state since the last synchronisation is lost)");
+  std::memcpy(words_, host_, sizeof words_);
+  const uint32_t tag = static_cast<uint32_t>(words_[0]);
+  std::lock_guard<std::mutex> sync_lock(s.sync_mu);
+  if (tag != 0) check(moe_cuda_status_reset(s.status, s.compute), what, device_);
+  std::optional<Error> err;
+  {
+    std::lock_guard<std::mutex> lock(s.checks_mu);
+    err = s.checks.settle(tag, words_[1], mark_);
+  }
+  if (err) throw *err;
+  return words_;
 }
 
 void synchronize_all() {

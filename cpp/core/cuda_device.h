@@ -93,6 +93,37 @@ void synchronize(Device device);
 // synchronize() on every device used so far.
 void synchronize_all();
 
+// A few values that queued work produces early, read back without waiting for
+// the work queued after them (permute with a capacity reads its row count
+// while its rows move). The device has one such buffer: constructing a
+// Readback waits for the previous holder. The op's kernels write into
+// device_words() (pinned, device-mapped host memory): words 0 and 1 the status
+// word as the writing kernel sees it (tag, detail), then the op's values; the
+// op records event() right after that kernel. wait() blocks until the event,
+// reports the first check that fired in the work queued before it, as
+// synchronize() does (checks registered after the Readback was made stay for
+// the next synchronisation), and returns the words.
+class Readback {
+ public:
+  static constexpr int kWords = 8;
+  explicit Readback(Device device);
+  ~Readback();
+  Readback(const Readback&) = delete;
+  Readback& operator=(const Readback&) = delete;
+  int64_t* device_words() const { return static_cast<int64_t*>(words_device_); }
+  void* event() const { return event_; }
+  const int64_t* wait();
+
+ private:
+  Device device_;
+  void* lock_;  // the device's buffer mutex, held from construction to destruction
+  uint64_t mark_;
+  void* host_;
+  void* words_device_;
+  void* event_;
+  int64_t words_[kWords];
+};
+
 // Freed bytes the device's pool keeps for reuse (0 for a device not used yet).
 int64_t cached_bytes(Device device);
 // Returns every used device's unused pool memory to the driver.

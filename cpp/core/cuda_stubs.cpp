@@ -15,6 +15,8 @@ int moe_cuda_event_create(void**) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_event_record(void*, void*) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_event_query(void*, int*) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_event_destroy(void*) { return MOE_CUDA_ERR_NOT_BUILT; }
+int moe_cuda_event_synchronize(void*) { return MOE_CUDA_ERR_NOT_BUILT; }
+int moe_cuda_host_alloc_mapped(size_t, void**, void**) { return MOE_CUDA_ERR_NOT_BUILT; }
 const char* moe_cuda_error_string(int) { return "this build has no CUDA code"; }
 int moe_cuda_stream_create(int, void**) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_stream_synchronize(void*) { return MOE_CUDA_ERR_NOT_BUILT; }
@@ -57,12 +59,9 @@ int moe_cuda_route_backward(const float*, const int32_t*, const float*, const fl
 }
 int moe_cuda_route_scores(const float*, int64_t, int, int, float*, void*) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_permute_workspace_bytes(int64_t, int, int, int64_t, size_t*) { return MOE_CUDA_ERR_NOT_BUILT; }
-int moe_cuda_permute_plan(const int32_t*, const float*, int64_t, int, int64_t, int, int, int32_t*, int64_t*, void*,
-                          uint32_t, void*, size_t, void*) {
-  return MOE_CUDA_ERR_NOT_BUILT;
-}
-int moe_cuda_permute_scatter(const void*, int, int64_t, int, const int32_t*, int64_t, int, int64_t, int, const void*,
-                             size_t, int64_t, int32_t*, int32_t*, void*, void*) {
+int moe_cuda_permute(const void*, int, int64_t, int, const int32_t*, const float*, int64_t, int, int64_t, int, int,
+                     int32_t*, int64_t*, void*, uint32_t, void*, size_t, int64_t, int32_t*, int32_t*, void*, int64_t*,
+                     void*, void*) {
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 int moe_cuda_permute_backward(const void*, int, int64_t, int64_t, const int32_t*, int64_t, int, void*, void*) {

@@ -54,33 +54,38 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
     size_t ws = 0;
     cuda::check(moe_cuda_permute_workspace_bytes(N, E, policy, capacity, &ws), op, dev);
     Scratch workspace(ws, dev);
-    Scratch summary(3 * sizeof(int64_t), dev);
+    // Sized for the most rows the arguments allow, so that every launch is
+    // enqueued before the row count is known; the first R rows are the result.
+    const int64_t max_rows = moe_cuda::permute_max_rows(N, E, capacity, o.pad_to_capacity);
     Permuted out;
     out.capacity = capacity;
     out.rows_per_expert = empty(DType::I32, {int64_t(E)}, dev);
-    cuda::check(moe_cuda_permute_plan(indices.data<int32_t>(), weights.data<float>(), N, E, capacity, policy,
-                                      o.pad_to_capacity ? 1 : 0, out.rows_per_expert.data<int32_t>(),
-                                      static_cast<int64_t*>(summary.at(0)), sc.status(), tag, workspace.at(0), ws,
-                                      sc.stream()),
-                op, dev);
-
-    int64_t rows = N;
-    if (capacity >= 0) {
-      // The row count depends on the data: one synchronisation, which also
-      // reports bad indices or weights as this op's error.
-      int64_t host[3] = {0, 0, 0};
-      cuda::download(host, summary.at(0), sizeof host, dev);
-      rows = host[0];
-      out.dropped = host[1];
-    }
     out.pair_to_row = empty(DType::I32, {T, k}, dev);
-    out.row_to_pair = empty(DType::I32, {rows}, dev);
-    out.rows = empty(x.dtype, {rows, D}, dev);
-    cuda::check(moe_cuda_permute_scatter(x.raw(), cuda::dtype_code(x.dtype), D, int(k), indices.data<int32_t>(), N, E,
-                                         capacity, policy, workspace.at(0), ws, rows,
-                                         out.pair_to_row.data<int32_t>(), out.row_to_pair.data<int32_t>(),
-                                         out.rows.raw(), sc.stream()),
-                op, dev);
+    out.row_to_pair = empty(DType::I32, {max_rows}, dev);
+    out.rows = empty(x.dtype, {max_rows, D}, dev);
+    auto launch = [&](int64_t* summary, int64_t* status_copy, void* event) {
+      cuda::check(moe_cuda_permute(x.raw(), cuda::dtype_code(x.dtype), D, int(k), indices.data<int32_t>(),
+                                   weights.data<float>(), N, E, capacity, policy, o.pad_to_capacity ? 1 : 0,
+                                   out.rows_per_expert.data<int32_t>(), summary, sc.status(), tag, workspace.at(0), ws,
+                                   max_rows, out.pair_to_row.data<int32_t>(), out.row_to_pair.data<int32_t>(),
+                                   out.rows.raw(), status_copy, event, sc.stream()),
+                  op, dev);
+    };
+    if (capacity < 0) {
+      Scratch summary(3 * sizeof(int64_t), dev);
+      launch(static_cast<int64_t*>(summary.at(0)), nullptr, nullptr);
+    } else {
+      // The row count depends on the data: read back once the plan is made
+      // (the sort and the row moves go on meanwhile), which also reports bad
+      // indices or weights as this op's error.
+      cuda::Readback back(dev);
+      int64_t* words = back.device_words();
+      launch(words + 2, words, back.event());
+      const int64_t* host = back.wait();
+      out.dropped = host[3];
+      out.row_to_pair.shape = {host[2]};
+      out.rows.shape = {host[2], D};
+    }
     return out;
   };
 }
