@@ -8,10 +8,10 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { MoEError, Tensor, memoryStats } from "../lib";
+import { MoEError, Tensor } from "../lib";
 import { expertParallelLayout, initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/dist";
 import { buildDist, root, runNode, tempDir } from "./procs";
-import { rng } from "./util";
+import { memoryAtRest, rng } from "./util";
 
 const WORKER = path.join(root, "test", "workers", "process-group-worker.js");
 let work: string;
@@ -220,14 +220,16 @@ describe("two ranks in this process", () => {
     try {
       const xa = Tensor.from(new Float32Array(64 * 8).fill(1), [64, 8]);
       const xb = Tensor.from(new Float32Array(32 * 8).fill(2), [32, 8]);
-      const before = memoryStats();
+      const before = await memoryAtRest();
       for (let i = 0; i < 1000; i++) {
         const [ra, rb] = await Promise.all([a.allToAllV(xa, [40, 24]), b.allToAllV(xb, [16, 16])]);
         expect(ra.recvCounts).toEqual([40, 16]);
         ra.output.dispose();
         rb.output.dispose();
       }
-      expect(memoryStats()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+      expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+      xa.dispose(); // the inputs stay referenced, so the collector cannot free them mid-check
+      xb.dispose();
     } finally {
       a.destroy();
       b.destroy();
