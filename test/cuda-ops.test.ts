@@ -22,7 +22,7 @@ import type { PermuteRefOptions } from "./reference/permute";
 import { groupedGemmBackwardRef, groupedGemmRef } from "./reference/grouped-gemm";
 import { routeBackwardRef, routeRef } from "./reference/route";
 import type { RouteRefOptions } from "./reference/route";
-import { TOL, bf16, cudaTest, eachBackend, f32, intTensor, normal, onDevice, relErr, rng, sameBits, tensor, values } from "./util";
+import { TOL, bf16, cudaTest, memoryAtRest, eachBackend, f32, intTensor, normal, onDevice, relErr, rng, sameBits, tensor, values } from "./util";
 
 const TOLERANCE = TOL.bfloat16;
 
@@ -226,17 +226,6 @@ describe("activations and AdamW on every backend", () => {
   });
 });
 
-/** memoryStats(device) once queued work has finished and collected tensors are freed (jest runs under --expose-gc). */
-async function atRest(device: DeviceName) {
-  await synchronize();
-  const gc = (globalThis as { gc?: () => void }).gc;
-  for (let i = 0; i < 3 && gc; i++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 0));
-  }
-  await synchronize();
-  return memoryStats(device);
-}
 
 describe("data errors and memory on every backend", () => {
   /** Runs ops and then waits for the device: a CUDA op reports data errors at the next synchronisation. */
@@ -281,14 +270,14 @@ describe("data errors and memory on every backend", () => {
     const [t, d, k, e] = [64, 16, 2, 8];
     const L = await put(dev, normal(t * e, 81), [t, e]);
     const X = await put(dev, normal(t * d, 82), [t, d], "bfloat16");
-    const before = await atRest(dev);
+    const before = await memoryAtRest(dev);
     for (let i = 0; i < 200; i++) {
       const r = await ops.route(L, { topK: k });
       const p = await ops.permute(X, r.indices, r.weights, { numExperts: e, capacityFactor: 1.0 });
       const y = await ops.unpermute(p.rows, p.pairToRow, r.weights);
       for (const t of [y, p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair, ...Object.values(r)]) t.dispose();
     }
-    expect(await atRest(dev)).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await memoryAtRest(dev)).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
     L.dispose();
     X.dispose();
   }, 30000);

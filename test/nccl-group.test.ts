@@ -16,9 +16,10 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { MoEError, Tensor, memoryStats } from "../lib";
+import { MoEError, Tensor } from "../lib";
 import { initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/dist";
 import { createNcclGroup } from "../lib/dist/nccl-group";
+import { memoryAtRest } from "./util";
 
 async function rejection(p: Promise<unknown>): Promise<MoEError> {
   try {
@@ -161,9 +162,9 @@ describe("world size 1 on cuda:0", () => {
   gpuTest("no device memory left behind by 200 allToAllV calls; destroy makes later calls ERR_MOE_DISPOSED", async () => {
     const g = await initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: `file://${storeDir()}`, runId: "nccl-group-test", device: "cuda:0", timeoutMs: 30000 });
     const x = await Tensor.from(Float32Array.from({ length: 64 }, (_, i) => i), [16, 4]).to("cuda:0");
-    const start = memoryStats("cuda:0").tensors;
+    const start = (await memoryAtRest("cuda:0")).tensors;
     for (let i = 0; i < 200; i++) (await g.allToAllV(x, [16])).output.dispose();
-    expect(memoryStats("cuda:0").tensors).toBe(start);
+    expect((await memoryAtRest("cuda:0")).tensors).toBe(start);
     g.destroy();
     expect((await rejection(g.allReduce(x))).code).toBe("ERR_MOE_DISPOSED");
     x.dispose();

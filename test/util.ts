@@ -1,5 +1,5 @@
 /** Shared test helpers: a seeded generator, float64 arrays, and error measures. */
-import { Tensor, memoryStats, info } from "../lib";
+import { Tensor, memoryStats, info, synchronize } from "../lib";
 import type { DeviceName } from "../lib";
 
 /** mulberry32: small, seeded, good enough for test data. */
@@ -78,17 +78,20 @@ export function sameBits(a: Tensor, b: Tensor): boolean {
 }
 
 /**
- * memoryStats() once the garbage collector has run and the finalizers it
- * triggered have freed their tensors (jest runs under --expose-gc), so a leak
- * check does not see tensors from earlier tests vanish mid-way.
+ * memoryStats(device) once queued work has finished, the garbage collector has
+ * run and the finalizers it triggered have freed their tensors (jest runs
+ * under --expose-gc), so a leak check does not see tensors from earlier tests
+ * vanish mid-way.
  */
-export async function memoryAtRest(): Promise<ReturnType<typeof memoryStats>> {
+export async function memoryAtRest(device: DeviceName = "cpu"): Promise<ReturnType<typeof memoryStats>> {
+  await synchronize();
   const gc = (globalThis as { gc?: () => void }).gc;
   for (let i = 0; i < 3 && gc; i++) {
     gc();
     await new Promise((r) => setTimeout(r, 0));
   }
-  return memoryStats();
+  await synchronize();
+  return memoryStats(device);
 }
 
 /** Rounds float64 values to bfloat16 (nearest even on the float32's top 16 bits): what a bfloat16 tensor holds. */
