@@ -10,7 +10,7 @@
  * reason in their names; the cpu cases run, which keeps this file's own logic
  * (references, shapes, edge cases) checked everywhere.
  */
-import { Tensor, ops, synchronize, memoryStats } from "../lib";
+import { Tensor, ops, synchronize } from "../lib";
 import type { DeviceName } from "../lib";
 import { activationBackwardRef, activationRef, isGatedKind } from "./reference/activation";
 import type { Kind } from "./reference/activation";
