@@ -30,12 +30,6 @@ namespace moe::dist {
 
 namespace {
 
-std::string join(const std::vector<int>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s;
-}
-
 void check_cpu(const char* op, const char* name, const Tensor& t) {
   check_defined(op, name, t);
   if (t.device().kind != Device::CPU) {
@@ -82,15 +76,6 @@ Millis remaining(Clock::time_point deadline) {
 }
 
 // FNV-1a over the trailing dims of a row, so ranks with rows of another shape disagree.
-int64_t shape_hash(const Shape& s, size_t from) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = from; i < s.size(); ++i) {
-    h ^= uint64_t(s[i]);
-    h *= 1099511628211ull;
-  }
-  return int64_t(h & 0x7fffffffffffffffull);
-}
-
 using ReduceFn = void (*)(void*, const void*, const void*, size_t);
 
 template <class T>
@@ -417,21 +402,7 @@ ops::Task<Unit> GlooGroup::connect() {
 std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>& members, std::optional<Millis> timeout) {
   const char* op = "newGroup";
   if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
-  if (members.empty()) fail(Code::Value, std::string(op) + ": expected at least one rank");
-  for (size_t i = 0; i < members.size(); ++i) {
-    if (members[i] < 0 || members[i] >= size()) {
-      fail(Code::Value, std::string(op) + ": expected ranks in [0, " + std::to_string(size()) + ") but received " +
-                            std::to_string(members[i]));
-    }
-    if (i && members[i] <= members[i - 1]) {
-      fail(Code::Value, std::string(op) + ": expected ascending, distinct ranks but received [" + join(members) + "]");
-    }
-  }
-  auto at = std::find(members.begin(), members.end(), rank_);
-  if (at == members.end()) {
-    fail(Code::Value, std::string(op) + ": only the members call it, and this rank (" + std::to_string(rank_) +
-                          ") is not in [" + join(members) + "]");
-  }
+  const int my_index = check_members(op, members, size(), rank_);
   std::vector<int> world;
   for (int m : members) world.push_back(world_ranks_[size_t(m)]);
   std::string key = join(members);
@@ -446,7 +417,7 @@ std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>& members, 
   if (timeout) o.timeout = *timeout;
   o.name = "[" + join(world) + "]";
   std::string prefix = prefix_ + "/sub[" + key + "]#" + std::to_string(n);
-  auto child = create(store_, prefix, int(at - members.begin()), world, o);
+  auto child = create(store_, prefix, my_index, world, o);
   child->impl_->device = device;  // one device (and its event loop thread) for a group and its sub-groups
   return child;
 }

@@ -22,21 +22,6 @@ constexpr int64_t kMagic = 0x6d6f6565702d6e31;  // "moeep-n1"
 // receive counts (-1 where not given).
 constexpr int kHead = 6;
 
-std::string join(const std::vector<int>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s;
-}
-
-int64_t shape_hash(const Shape& s, size_t from) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = from; i < s.size(); ++i) {
-    h ^= uint64_t(s[i]);
-    h *= 1099511628211ull;
-  }
-  return int64_t(h & 0x7fffffffffffffffull);
-}
-
 int64_t row_elements(const Tensor& x) {
   int64_t n = 1;
   for (int d = 1; d < x.ndim(); ++d) n *= x.dim(d);
@@ -207,21 +192,7 @@ ops::Task<Unit> NcclGroup::connect() {
 std::shared_ptr<NcclGroup> NcclGroup::subgroup(const std::vector<int>& members, std::optional<Millis> timeout) {
   const char* op = "newGroup";
   if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
-  if (members.empty()) fail(Code::Value, std::string(op) + ": expected at least one rank");
-  for (size_t i = 0; i < members.size(); ++i) {
-    if (members[i] < 0 || members[i] >= size()) {
-      fail(Code::Value, std::string(op) + ": expected ranks in [0, " + std::to_string(size()) + ") but received " +
-                            std::to_string(members[i]));
-    }
-    if (i && members[i] <= members[i - 1]) {
-      fail(Code::Value, std::string(op) + ": expected ascending, distinct ranks but received [" + join(members) + "]");
-    }
-  }
-  auto at = std::find(members.begin(), members.end(), rank_);
-  if (at == members.end()) {
-    fail(Code::Value, std::string(op) + ": only the members call it, and this rank (" + std::to_string(rank_) +
-                          ") is not in [" + join(members) + "]");
-  }
+  const int my_index = check_members(op, members, size(), rank_);
   std::vector<int> world;
   for (int m : members) world.push_back(world_ranks_[size_t(m)]);
   const std::string key = join(members);
@@ -234,7 +205,7 @@ std::shared_ptr<NcclGroup> NcclGroup::subgroup(const std::vector<int>& members, 
   if (timeout) o.timeout = *timeout;
   o.name = "[" + join(world) + "]";
   // A communicator of its own: a new prefix, so its unique id is a new key.
-  return create(store_, prefix_ + "/sub[" + key + "]#" + std::to_string(n), int(at - members.begin()), world, device_,
+  return create(store_, prefix_ + "/sub[" + key + "]#" + std::to_string(n), my_index, world, device_,
                 o);
 }
 

@@ -1,5 +1,7 @@
 #include "process_group.h"
 
+#include <algorithm>
+
 namespace moe::dist {
 
 ReduceOp parse_reduce_op(const std::string& name) {
@@ -16,6 +18,40 @@ const char* reduce_op_name(ReduceOp op) {
     case ReduceOp::Max: return "max";
   }
   return "?";
+}
+
+std::string join(const std::vector<int>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s;
+}
+
+int64_t shape_hash(const Shape& s, size_t from) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = from; i < s.size(); ++i) {
+    h ^= uint64_t(s[i]);
+    h *= 1099511628211ull;
+  }
+  return int64_t(h & 0x7fffffffffffffffull);
+}
+
+int check_members(const char* op, const std::vector<int>& members, int size, int rank) {
+  if (members.empty()) fail(Code::Value, std::string(op) + ": expected at least one rank");
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (members[i] < 0 || members[i] >= size) {
+      fail(Code::Value, std::string(op) + ": expected ranks in [0, " + std::to_string(size) + ") but received " +
+                            std::to_string(members[i]));
+    }
+    if (i && members[i] <= members[i - 1]) {
+      fail(Code::Value, std::string(op) + ": expected ascending, distinct ranks but received [" + join(members) + "]");
+    }
+  }
+  auto at = std::find(members.begin(), members.end(), rank);
+  if (at == members.end()) {
+    fail(Code::Value, std::string(op) + ": only the members call it, and this rank (" + std::to_string(rank) +
+                          ") is not in [" + join(members) + "]");
+  }
+  return int(at - members.begin());
 }
 
 void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& send_counts,

@@ -28,6 +28,14 @@ struct AllToAllVResult {
 
 struct Unit {};
 
+// "0, 2, 3": ranks as messages show them.
+std::string join(const std::vector<int>& ranks);
+// A stable hash of shape[from:], so ranks can compare row shapes in a fixed-size descriptor.
+int64_t shape_hash(const Shape& shape, size_t from);
+// newGroup's checks: members ascending, distinct, in [0, size), holding `rank`;
+// returns this rank's index among them.
+int check_members(const char* op, const std::vector<int>& members, int size, int rank);
+
 // allToAllV's argument checks, shared by every backend: x [rows, ...], one
 // non-negative count per rank summing to rows, and the same shape for `expected`.
 void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& send_counts,
