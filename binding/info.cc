@@ -32,6 +32,7 @@ Napi::Value info(const Napi::CallbackInfo& cb) {
   Napi::Object cuda = Napi::Object::New(env);
   cuda.Set("built", c.built);
   cuda.Set("available", c.available);
+  cuda.Set("emulated", c.emulated);
   cuda.Set("deviceCount", c.device_count);
   cuda.Set("runtimeVersion", c.runtime_version);
   cuda.Set("driverVersion", c.driver_version);

@@ -2,7 +2,8 @@
 // step in place, per element in float32 with the per-step constants the host
 // computed in double (cpp/ops/adamw.cpp): the same formulas as the CPU op.
 //
-// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// Status: run on an H200 against the CPU op (device-results/), and on the CPU
+// emulator (cuda/emu/) in CI.
 #include <cuda_runtime.h>
 
 #include <math.h>

@@ -4,7 +4,8 @@
 // second copies, each chunk's bytes split over a row of blocks. Pure copies,
 // so the result does not depend on scheduling.
 //
-// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// Status: run on the CPU emulator (cuda/emu/) in CI against the CPU op;
+// NOT YET RUN ON A GPU.
 #include <cuda_runtime.h>
 
 #include <stdint.h>

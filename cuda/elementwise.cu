@@ -7,7 +7,8 @@
 // elementwise kernels own their elements, and the sum of squares reduces
 // per-block partials in a fixed tree, then the partials in index order.
 //
-// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// Status: run on the CPU emulator (cuda/emu/) in CI against the CPU op;
+// NOT YET RUN ON A GPU.
 #include <cuda_runtime.h>
 
 #include <math.h>

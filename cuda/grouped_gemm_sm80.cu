@@ -18,7 +18,9 @@
 // never enter its sum.
 //
 // Status: compiled for sm_80 and sm_90a without spills (test/cuda-gemm-build.test.ts);
-// not yet run on a GPU, so not yet compared with the CPU op.
+// NOT YET RUN ON A GPU: the H200 runs selected the wgmma kernel. The device
+// check now also runs this one there (MOE_EP_GG_KERNEL=sm80). Its inline PTX
+// has no CPU emulation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

@@ -24,8 +24,13 @@
 #define MOE_CUDA_BF16 1
 #define MOE_CUDA_F16 2
 
-// Status: NOT YET RUN ON A GPU. Every launcher below compiles for sm_80 and
-// sm_90a; none has run, so none is known to be correct.
+// Status. Every launcher below compiles for sm_80 and sm_90a and runs on the
+// CPU emulator (cuda/emu/) in CI, against the CPU ops; the emulator replaces
+// the two tensor-core GEMM kernels. On an H200 (device-results/) the memory,
+// event, check, gate, route, permute, unpermute, activation and AdamW kernels
+// and the wgmma grouped GEMM have run and agree with the CPU ops. NOT YET RUN
+// ON A GPU: the mma.sync grouped GEMM (sm_80 kernel) and the elementwise,
+// random and chunk kernels of the layer (marked below).
 
 #ifdef __cplusplus
 extern "C" {
@@ -185,7 +190,9 @@ int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, cons
 // Invalid counts (a negative count, or a sum above R) are detected on the
 // device: nothing is computed and, when `invalid_counts` (int32 [1], device)
 // is given, it is set to 1 (0 otherwise).
-// Status: compiled for sm_80 and sm_90a, not yet run on a GPU.
+// Status: run on an H200 against the CPU op (device-results/), and on the CPU
+// emulator (cuda/emu/) in CI. The mma.sync kernel
+// (MOE_CUDA_GG_FORCE_SM80, and every pre-Hopper GPU) has not yet run on a GPU.
 #define MOE_CUDA_GG_BF16 0
 #define MOE_CUDA_GG_F16 1
 // flags
@@ -294,7 +301,7 @@ int moe_cuda_adamw(void* param, int param_dtype, const void* grad, int grad_dtyp
                    float one_b1, float one_b2, float eps, void* stream);
 
 // ---- layer ops: elementwise, sum of squares, expert bias (cuda/elementwise.cu) ---------
-// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // out (a_dtype) = a + b over n elements, float32 sum rounded once.
 int moe_cuda_add(const void* a, int a_dtype, const void* b, int b_dtype, int64_t n, void* out, void* stream);
 // In place: y = (alpha == 0 ? 0 : alpha·y) + beta·x in float32 (x NULL: no beta term).
@@ -312,7 +319,7 @@ int moe_cuda_expert_bias_update(float* bias, const void* load, int load_is_f32, 
                                 void* status, uint32_t tag, void* stream);
 
 // ---- counter-based random numbers (cuda/random.cu; cpp/ops/random.h's scheme) ---------
-// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // uniform: 0 normal(a = mean, b = std), 1 uniform[a, b); slice_size 0: the whole tensor.
 int moe_cuda_fill_random(void* data, int dtype, int64_t n, uint64_t seed, uint32_t key, int uniform, double a,
                          double b, int64_t slice_size, int64_t first_slice, void* stream);
@@ -321,7 +328,7 @@ int moe_cuda_jitter(const void* x, int dtype, int64_t n, double eps, uint64_t se
                     void* out, void* stream);
 
 // ---- chunk transpose (cuda/chunks.cu) --------------------------------------------------
-// Status: compiled for sm_80 and sm_90a, NOT YET RUN ON A GPU.
+// Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // x [rows, row_bytes] as A·B chunks of counts[a, b] rows (int32 [A, B] on the
 // device) in a-major order -> out in b-major order. A negative count tags
 // `status` with neg_tag (detail: its flat index), a sum other than rows with

@@ -30,7 +30,9 @@ export function formatInfo(i: Info = info()): string {
   } else {
     lines.push(`blas: unavailable: ${i.blas.reason}`);
   }
-  if (i.cuda.available) {
+  if (i.cuda.emulated) {
+    lines.push(`cuda: ${i.cuda.deviceCount} device, EMULATED on the CPU (a build for tests, not for speed)`);
+  } else if (i.cuda.available) {
     lines.push(`cuda: ${i.cuda.deviceCount} device(s), runtime ${i.cuda.runtimeVersion}, driver ${i.cuda.driverVersion}, built for ${i.cuda.archs}`);
   } else {
     lines.push(`cuda: unavailable: ${i.cuda.reason}${i.cuda.built ? ` (built for ${i.cuda.archs})` : ""}`);

@@ -35,6 +35,8 @@ export interface NativeInfo {
   cuda: {
     built: boolean;
     available: boolean;
+    /** The kernels run on the CPU emulator (a build with MOE_EP_CUDA=EMULATE): for tests, not for speed. */
+    emulated: boolean;
     deviceCount: number;
     runtimeVersion: number;
     driverVersion: number;

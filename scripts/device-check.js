@@ -297,7 +297,10 @@ async function checkActivation(kind, rows, width) {
 }
 
 // Grouped GEMM: bf16 operands, counts on the device; dW compared in float32.
-async function checkGroupedGemm(name, counts, k, n) {
+// kernel: "auto" (the best for the device: wgmma on Hopper) or "sm80" (the
+// mma.sync kernel, which a Hopper GPU runs only when asked: MOE_EP_GG_KERNEL).
+async function checkGroupedGemm(name, counts, k, n, kernel = "auto") {
+  process.env.MOE_EP_GG_KERNEL = kernel;
   const rows = counts.reduce((a, b) => a + b, 0);
   const L = counts.length;
   const shape = shapeOf({ case: name, L, R: rows, K: k, N: n });
@@ -314,7 +317,8 @@ async function checkGroupedGemm(name, counts, k, n) {
   const y = floatWrong(yg, yc);
   const dx = floatWrong(gg.dx, gc.dx);
   const dw = floatWrong(gg.dw, gc.dw);
-  record("groupedGemm+backward", shape, y.wrong + dx.wrong + dw.wrong, `rel y ${y.rel.toExponential(2)} dx ${dx.rel.toExponential(2)} dw ${dw.rel.toExponential(2)}`);
+  process.env.MOE_EP_GG_KERNEL = "auto";
+  record(kernel === "sm80" ? "groupedGemm+backward mma.sync" : "groupedGemm+backward", shape, y.wrong + dx.wrong + dw.wrong, `rel y ${y.rel.toExponential(2)} dx ${dx.rel.toExponential(2)} dw ${dw.rel.toExponential(2)}`);
   dispose([cpu, gpu, yc, yg, gc, gg]);
 }
 
@@ -531,6 +535,9 @@ async function check() {
   await checkGroupedGemm("all rows on one expert", [0, 0, 1000, 0], 128, 136);
   await checkGroupedGemm("partial tiles", [1, 127, 129, 255], 72, 200);
   await checkGroupedGemm("one expert", [4096], 1024, 1024);
+  await checkGroupedGemm("zero-row experts", [0, 300, 0, 17, 129], 256, 512, "sm80");
+  await checkGroupedGemm("partial tiles", [1, 127, 129, 255], 72, 200, "sm80");
+  await checkGroupedGemm("one expert", [4096], 1024, 1024, "sm80");
   await checkAdamw(1 << 20);
   await checkErrors();
   await checkLeaks();
@@ -576,8 +583,12 @@ async function sanitize() {
   const gx = await to(Tensor.from(normal(70 * 64), [70, 64], { dtype: "bfloat16" }));
   const gw = await to(Tensor.from(normal(3 * 64 * 136, 0.1), [3, 64, 136], { dtype: "bfloat16" }));
   const gcnt = await to(Tensor.from(new Int32Array([33, 0, 37]), [3]));
-  const gy = await ops.groupedGemm(gx, gw, gcnt);
-  outs.push(gy, await ops.groupedGemmBackward(gy, gx, gw, gcnt));
+  for (const kernel of ["auto", "sm80"]) {
+    process.env.MOE_EP_GG_KERNEL = kernel;
+    const gy = await ops.groupedGemm(gx, gw, gcnt);
+    outs.push(gy, await ops.groupedGemmBackward(gy, gx, gw, gcnt));
+  }
+  process.env.MOE_EP_GG_KERNEL = "auto";
   const param = await to(Tensor.from(normal(1000), [1000], { dtype: "bfloat16" }));
   await ops.adamw(param, await to(Tensor.from(normal(1000), [1000])), await to(Tensor.zeros([1000])), await to(Tensor.zeros([1000])), { lr: 1e-3, step: 1 });
   outs.push(await x.clone(), await (await x.to("cpu")).to(DEV));

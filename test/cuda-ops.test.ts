@@ -10,6 +10,8 @@
  * reason in their names; the cpu cases run, which keeps this file's own logic
  * (references, shapes, edge cases) checked everywhere.
  */
+import { spawnSync } from "child_process";
+import * as path from "path";
 import { Tensor, ops, synchronize } from "../lib";
 import type { DeviceName } from "../lib";
 import { activationBackwardRef, activationRef, isGatedKind } from "./reference/activation";
@@ -328,6 +330,32 @@ describe("CUDA only", () => {
     const w = await put(dev, normal(128, 95), [2, 8, 8]);
     const c = await putInt(dev, [1, 1], [2]);
     await expect(ops.groupedGemm(x, w, c)).rejects.toMatchObject({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringContaining("bfloat16 or float16") });
+  });
+
+  cudaTest("MOE_EP_GG_KERNEL=sm80 gives the same products; an unknown kernel name is refused naming it", async () => {
+    // The variable is read by the core at each call: a child process gets it in its real environment.
+    const script = `
+      const { Tensor, ops } = require(${JSON.stringify(path.resolve(__dirname, "..", "dist"))});
+      (async () => {
+        const x = Tensor.from(${JSON.stringify(Array.from(bf16(normal(24 * 16, 98))))}, [24, 16], { dtype: "bfloat16" });
+        const w = Tensor.from(${JSON.stringify(Array.from(bf16(normal(2 * 16 * 8, 99, 0.25))))}, [2, 16, 8], { dtype: "bfloat16" });
+        const c = Tensor.from(new Int32Array([10, 14]), [2]);
+        try {
+          const y = await ops.groupedGemm(await x.to("cuda:0"), await w.to("cuda:0"), await c.to("cuda:0"));
+          console.log(JSON.stringify({ y: Array.from(y.toFloat32()) }));
+        } catch (e) {
+          console.log(JSON.stringify({ code: e.code, message: e.message }));
+        }
+      })();`;
+    const run = (kernel: string) => {
+      const r = spawnSync(process.execPath, ["-e", script], { encoding: "utf8", env: { ...process.env, MOE_EP_GG_KERNEL: kernel } });
+      if (r.status !== 0) throw new Error(r.stderr);
+      return JSON.parse(r.stdout);
+    };
+    const ref = groupedGemmRef(bf16(normal(24 * 16, 98)), bf16(normal(2 * 16 * 8, 99, 0.25)), [10, 14], { R: 24, K: 16, N: 8, L: 2 });
+    expect(relErr(run("sm80").y, ref)).toBeLessThan(TOLERANCE);
+    expect(relErr(run("auto").y, ref)).toBeLessThan(TOLERANCE);
+    expect(run("wgmma2")).toEqual({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/MOE_EP_GG_KERNEL to be auto or sm80 but received "wgmma2"/) });
   });
 
   cudaTest("an op mixing devices rejects with ERR_MOE_DEVICE", async (dev) => {

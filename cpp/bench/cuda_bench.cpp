@@ -1,4 +1,3 @@
-// NOT YET RUN ON A GPU: see cuda_bench.h.
 #include "cuda_bench.h"
 
 #include <algorithm>

@@ -1,5 +1,4 @@
-// NOT YET RUN ON A GPU: see cuda_device.h. Only the refusals on machines
-// without CUDA have run.
+// What has run where: cuda_device.h.
 #include "cuda_device.h"
 
 #include <array>

@@ -12,8 +12,9 @@
 //   check that fired becomes the op's typed error there (named through a
 //   CheckRegistry), and the word is reset.
 //
-// NOT YET RUN ON A GPU: on machines without one every entry point below
-// refuses (ERR_MOE_CUDA_UNAVAILABLE with the reason) before calling CUDA.
+// Run on an H200 (device-results/) and on the CPU emulator (cuda/emu/) in CI.
+// On machines without CUDA every entry point below refuses
+// (ERR_MOE_CUDA_UNAVAILABLE with the reason) before calling CUDA.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -1,5 +1,4 @@
-// NOT YET RUN ON A GPU: see nccl_comm.h. Only the argument checks in this file
-// have run (through the status tests); every path that calls NCCL is unproven.
+// What has run where: nccl_comm.h.
 #include "nccl_comm.h"
 
 #include <algorithm>

@@ -1,6 +1,4 @@
-// NOT YET RUN ON A GPU: see nccl_group.h. Only the checks that come before any
-// NCCL or CUDA call have run (on machines without NCCL); every collective path
-// below is unproven on a device.
+// What has run where: nccl_group.h.
 #include "nccl_group.h"
 
 #include <algorithm>

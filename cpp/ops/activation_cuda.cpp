@@ -1,4 +1,4 @@
-// Activations and AdamW on CUDA tensors (see cuda_ops.h). NOT YET RUN ON A GPU.
+// Activations and AdamW on CUDA tensors (see cuda_ops.h).
 #include "../../cuda/launchers.h"
 #include "cuda_ops.h"
 

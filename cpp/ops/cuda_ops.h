@@ -8,8 +8,8 @@
 // (cpp/core/cuda_device.h); permute with a capacity reads its row count back
 // and so reports them itself.
 //
-// NOT YET RUN ON A GPU: these paths compile (in the CPU-only build too,
-// against the launcher stubs) but no kernel behind them has run.
+// These paths compile in the CPU-only build too, against the launcher stubs.
+// What has run where: cuda/launchers.h.
 #pragma once
 #include <memory>
 #include <vector>

@@ -1,4 +1,4 @@
-// gate on CUDA tensors (see cuda_ops.h). NOT YET RUN ON A GPU.
+// gate on CUDA tensors (see cuda_ops.h).
 #include "../../cuda/launchers.h"
 #include "cuda_ops.h"
 

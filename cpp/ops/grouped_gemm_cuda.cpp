@@ -2,7 +2,11 @@
 // kernels of cuda/grouped_gemm*.cu (an mma.sync kernel with multistage
 // cp.async loads for sm_80 and newer; a wgmma / bulk-tensor-copy kernel for
 // sm_90a, chosen at run time). The per-expert row counts stay on the device.
-// NOT YET RUN ON A GPU.
+// MOE_EP_GG_KERNEL=sm80 asks for the mma.sync kernel on a Hopper GPU too (how
+// the device check runs both kernels on one H200); "auto" or unset: the best.
+#include <cstdlib>
+#include <cstring>
+
 #include "../../cuda/launchers.h"
 #include "cuda_ops.h"
 
@@ -35,6 +39,14 @@ void check_counts(const char* op, const cuda::Scope& sc, const Tensor& counts, i
               op, sc.device());
 }
 
+// The launcher flags MOE_EP_GG_KERNEL asks for, read at each call.
+int kernel_flags(const char* op) {
+  const char* v = std::getenv("MOE_EP_GG_KERNEL");
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return 0;
+  if (std::strcmp(v, "sm80") == 0) return MOE_CUDA_GG_FORCE_SM80;
+  fail(Code::Value, std::string(op) + ": expected MOE_EP_GG_KERNEL to be auto or sm80 but received \"" + v + "\"");
+}
+
 }  // namespace
 
 Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_per_expert, const Tensor& bias) {
@@ -44,7 +56,8 @@ Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_p
     fail(Code::Unsupported, std::string(op) + ": on CUDA expected bias of dtype " + dtype_name(x.dtype) +
                                 " but received " + dtype_name(bias.dtype));
   int32_t* counts = device_counts(op, rows_per_expert);
-  return [x, w, rows_per_expert, bias, dtype, counts, op] {
+  const int flags = kernel_flags(op);
+  return [x, w, rows_per_expert, bias, dtype, counts, flags, op] {
     const Device dev = x.device();
     cuda::Scope sc(dev);
     const int64_t rows = x.dim(0), k = x.dim(1), n = w.dim(2);
@@ -53,7 +66,7 @@ Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_p
     Tensor y = empty(x.dtype, {rows, n}, dev);
     Scratch ws(moe_cuda_grouped_gemm_workspace_bytes(experts), dev);
     cuda::check(moe_cuda_grouped_gemm(x.raw(), w.raw(), bias.defined() ? bias.raw() : nullptr, counts, y.raw(), rows,
-                                      experts, k, n, dtype, 0, ws.at(0), ws.bytes(), nullptr, sc.stream()),
+                                      experts, k, n, dtype, flags, ws.at(0), ws.bytes(), nullptr, sc.stream()),
                 op, dev);
     return y;
   };
@@ -66,7 +79,8 @@ Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, 
   gemm_dtype(op, dy, x);
   if (needs.dbias) fail(Code::Unsupported, std::string(op) + ": the bias gradient on CUDA is not built yet");
   int32_t* counts = device_counts(op, rows_per_expert);
-  return [dy, x, w, rows_per_expert, needs, dtype, counts, op] {
+  const int flags = kernel_flags(op);
+  return [dy, x, w, rows_per_expert, needs, dtype, counts, flags, op] {
     const Device dev = x.device();
     cuda::Scope sc(dev);
     const int64_t rows = x.dim(0), k = x.dim(1), n = w.dim(2);
@@ -76,14 +90,14 @@ Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, 
     GroupedGemmGrads g;
     if (needs.dx) {
       g.dx = empty(x.dtype, x.shape, dev);
-      cuda::check(moe_cuda_grouped_gemm_dx(dy.raw(), w.raw(), counts, g.dx.raw(), rows, experts, k, n, dtype, 0,
+      cuda::check(moe_cuda_grouped_gemm_dx(dy.raw(), w.raw(), counts, g.dx.raw(), rows, experts, k, n, dtype, flags,
                                            ws.at(0), ws.bytes(), nullptr, sc.stream()),
                   op, dev);
     }
     if (needs.dw) {  // float32, as on the CPU
       g.dw = empty(DType::F32, w.shape, dev);
       cuda::check(moe_cuda_grouped_gemm_dw(x.raw(), dy.raw(), counts, g.dw.raw(), rows, experts, k, n, dtype,
-                                           MOE_CUDA_GG_OUT_F32, ws.at(0), ws.bytes(), nullptr, sc.stream()),
+                                           flags | MOE_CUDA_GG_OUT_F32, ws.at(0), ws.bytes(), nullptr, sc.stream()),
                   op, dev);
     }
     return g;

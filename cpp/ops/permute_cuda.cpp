@@ -1,6 +1,5 @@
 // permute and the row-map ops on CUDA tensors (see cuda_ops.h): the stable
 // counting sort of cuda/permute.cu and the gathers of cuda/unpermute.cu.
-// NOT YET RUN ON A GPU.
 #include <climits>
 
 #include "../../cuda/launchers.h"

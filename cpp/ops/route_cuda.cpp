@@ -1,5 +1,5 @@
 // route on CUDA tensors (see cuda_ops.h): the fused routing kernel of
-// cuda/route.cu, one launch plus a one-block finalisation. NOT YET RUN ON A GPU.
+// cuda/route.cu, one launch plus a one-block finalisation.
 #include <climits>
 
 #include "../../cuda/launchers.h"

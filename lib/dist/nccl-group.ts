@@ -13,9 +13,9 @@
  * after the compute stream by events. The watchdog aborts a communicator
  * whose operation outlives the timeout.
  *
- * NOT YET RUN ON A GPU: only the refusals that come before any NCCL call have
- * run; test/nccl-group.test.ts and scripts/device-check.js exercise the rest
- * where a GPU and NCCL are present.
+ * Run on an H200 at world size 1 (device-results/); more ranks have not run on
+ * GPUs. test/nccl-group.test.ts and scripts/device-check.js exercise it where
+ * a GPU and NCCL are present.
  */
 import { MoEError } from "../errors";
 import { loadNative } from "../native";

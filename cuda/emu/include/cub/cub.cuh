@@ -1,0 +1,2 @@
+#pragma once
+#include "device/device_scan.cuh"
