@@ -136,7 +136,8 @@ int moe_cuda_gate_backward(const void* x, int x_dtype, const float* wg, const fl
 
 // Device workspace, in bytes, that moe_cuda_route_forward needs for
 // num_tokens x num_experts logits (per-block partial sums of the loss
-// statistics, reduced in a fixed order so the result is bitwise reproducible).
+// statistics and counts, reduced in a fixed order so the result is bitwise
+// reproducible).
 size_t moe_cuda_route_workspace_bytes(int64_t num_tokens, int num_experts);
 
 // Forward routing, all on `stream`:
@@ -148,7 +149,7 @@ size_t moe_cuda_route_workspace_bytes(int64_t num_tokens, int num_experts);
 //   indices           int32 [T, k]             chosen experts, best first (ties: lower index)
 //   weights           float32 [T, k]           scores at the chosen experts, renormalised if asked
 //   scores            float32 [T, E]           softmax or sigmoid of the logits
-//   tokens_per_expert int32 [E]                number of (t, j) choosing e (zeroed here first)
+//   tokens_per_expert int32 [E]                number of (t, j) choosing e
 //   prob_sum          float32 [E]              sum over t of p[t, e] (p = s, or s / sum_e s for sigmoid)
 //   lse_sq_sum        float32 [1]              sum over t of logsumexp(logits[t])^2
 //   losses            float32 [2] or NULL      aux = E * sum_e (count_e / (T k)) * (prob_sum_e / T)
@@ -240,39 +241,47 @@ int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_exper
 
 // ---- permute (MATH.md: Capacity; Permute and dispatch; cuda/permute.cu) --------------
 // A stable counting sort of the T·k (token, choice) pairs by expert, and the
-// row moves, enqueued at once: per-warp expert histograms, their scan, the
-// stable order of the pairs; capacity (policy 0 "probs": per expert, the C
-// largest weights, ties to the lower flat index; policy 1 "position": the
-// first C); then pair_to_row int32 [T, k] (-1 when dropped), row_to_pair and
-// the rows (x's dtype; zero padding rows). The outputs are sized for max_rows
-// = permute_max_rows(...) (cuda/permute_plan.h) rows; the first R of them are
-// the result, with summary int64 [3] = { R, dropped pairs, bad indices } and
-// rows_per_expert int32 [E] written on the device. capacity < 0: dropless.
-// Indices outside [0, E) are left out of every expert (and tagged on
-// `status`), so nothing is written out of bounds. With status_copy, the kernel
-// that writes the summary also copies the status word there as it sees it
-// (int64 tag, detail: every check of the work before it has settled), and
-// with summary_event that event is recorded right after it, so the host can
-// read R while the sort and the row moves still run.
+// row moves, in two calls that enqueue everything (no host wait between them):
+//   plan: per-warp expert histograms, their scan, rows per expert and their
+//         offsets; rows_per_expert int32 [E] and summary int64 [3] =
+//         { R, dropped pairs, bad indices } written on the device. With
+//         status_copy, the plan kernel also copies the status word there as it
+//         sees it (int64 tag, detail: every check of the work before it has
+//         settled), and with summary_event that event is recorded right after
+//         it, so the host can read R while the rows call's work runs.
+//   rows: the stable order of the pairs; capacity (policy 0 "probs": per
+//         expert, the C largest weights, ties to the lower flat index; policy
+//         1 "position": the first C); pair_to_row int32 [T, k] (-1 when
+//         dropped), row_to_pair (-1 for padding) and the rows (x's dtype; zero
+//         padding rows), sized for max_rows = permute_max_rows(...)
+//         (cuda/permute_plan.h) rows, of which the first R are the result.
+// capacity < 0: dropless. Indices outside [0, E) are left out of every expert
+// (and tagged on `status`), so nothing is written out of bounds.
 int moe_cuda_permute_workspace_bytes(int64_t pairs, int num_experts, int drop_policy, int64_t capacity,
                                      size_t* bytes);
-int moe_cuda_permute(const void* x, int dtype, int64_t d_model, int top_k, const int32_t* indices,
-                     const float* weights, int64_t pairs, int num_experts, int64_t capacity, int drop_policy,
-                     int pad_to_capacity, int32_t* rows_per_expert, int64_t* summary, void* status, uint32_t tag,
-                     void* workspace, size_t workspace_bytes, int64_t max_rows, int32_t* pair_to_row,
-                     int32_t* row_to_pair, void* out_rows, int64_t* status_copy, void* summary_event,
-                     void* stream);
+int moe_cuda_permute_plan(const int32_t* indices, const float* weights, int64_t pairs, int num_experts,
+                          int64_t capacity, int drop_policy, int pad_to_capacity, int32_t* rows_per_expert,
+                          int64_t* summary, void* status, uint32_t tag, void* workspace, size_t workspace_bytes,
+                          int64_t* status_copy, void* summary_event, void* stream);
+int moe_cuda_permute_rows(const void* x, int dtype, int64_t d_model, int top_k, const int32_t* indices,
+                          const float* weights, int64_t pairs, int num_experts, int64_t capacity, int drop_policy,
+                          int pad_to_capacity, const void* workspace, size_t workspace_bytes, int64_t max_rows,
+                          int32_t* pair_to_row, int32_t* row_to_pair, void* out_rows, void* stream);
 
 // ---- permute backward, unpermute and its backward (cuda/unpermute.cu) -----------------
 // Row maps: pair_to_row int32 [T, k]; entries outside [-1, R) count as -1
-// (callers tag them with moe_cuda_check_range_i32 first).
+// and, with `status`, are tagged there under `tag` (the smallest flat index).
+// The row kernels make that check as they read the map, so it runs only when
+// they launch: callers check with moe_cuda_check_range_i32 when D == 0 (and,
+// for unpermute's backward, when R == 0).
 // dx [T, D] (dtype) = Σ_j d_rows[pair_to_row[t, j]] over kept j, in j order, float32 sums.
 int moe_cuda_permute_backward(const void* d_rows, int dtype, int64_t num_rows, int64_t d_model,
-                              const int32_t* pair_to_row, int64_t tokens, int top_k, void* dx, void* stream);
+                              const int32_t* pair_to_row, int64_t tokens, int top_k, void* dx, void* status,
+                              uint32_t tag, void* stream);
 // y [T, D] (dtype) = Σ_j w[t, j] · rows[pair_to_row[t, j]] over kept j, in j order, float32 sums.
 int moe_cuda_unpermute_forward(const void* rows, int dtype, int64_t num_rows, int64_t d_model,
                                const int32_t* pair_to_row, const float* weights, int64_t tokens, int top_k, void* y,
-                               void* stream);
+                               void* status, uint32_t tag, void* stream);
 // d_rows [R, D] (rows_dtype): for each row, Σ over the pairs that read it (in
 // flat order) of w · dy[t]; zero for rows no pair reads. d_weights float32 [T, k] = ⟨dy[t], rows[pair_to_row[t, j]]⟩
 // (0 when dropped), one warp per pair with a fixed butterfly.
@@ -280,7 +289,7 @@ int moe_cuda_unpermute_backward_workspace_bytes(int64_t pairs, int64_t num_rows,
 int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const void* rows, int rows_dtype, int64_t num_rows,
                                 int64_t d_model, const int32_t* pair_to_row, const float* weights, int64_t tokens,
                                 int top_k, void* d_rows, float* d_weights, void* workspace, size_t workspace_bytes,
-                                void* stream);
+                                void* status, uint32_t tag, void* stream);
 
 // ---- activations (MATH.md: Experts; cuda/activation.cu) -------------------------------
 // kind: 0 relu, 1 gelu (erf), 2 silu, 3 swiglu, 4 geglu (tanh form); the values

@@ -2,9 +2,9 @@
 // counting sort of cuda/permute_plan.h, capacity with the "position" and
 // "probs" drop policies, padding to capacity, and the row moves.
 //
-// Launches, all enqueued at once (the outputs are sized for the most rows the
-// arguments allow, permute_max_rows; the host reads R back afterwards when
-// capacity makes it depend on the data):
+// Launches, all enqueued at once in two calls, plan then rows (the outputs are
+// sized for the most rows the arguments allow, permute_max_rows; the host
+// reads R back afterwards when capacity makes it depend on the data):
 //   count   per-warp expert histograms (each warp zeroes and fills its own cells);
 //   plan    one block: the cells' exclusive scan (CUB's first when there are
 //           many), each expert's first sorted position, rows and first row,
@@ -430,12 +430,46 @@ extern "C" int moe_cuda_permute_workspace_bytes(int64_t pairs, int num_experts, 
   return 0;
 }
 
-extern "C" int moe_cuda_permute(const void* x, int dtype, int64_t d_model, int top_k, const int32_t* indices,
-                                const float* weights, int64_t pairs, int num_experts, int64_t capacity,
-                                int drop_policy, int pad_to_capacity, int32_t* rows_per_expert, int64_t* summary,
-                                void* status, uint32_t tag, void* workspace, size_t workspace_bytes,
-                                int64_t max_rows, int32_t* pair_to_row, int32_t* row_to_pair, void* out_rows,
-                                int64_t* status_copy, void* summary_event, void* stream) {
+extern "C" int moe_cuda_permute_plan(const int32_t* indices, const float* weights, int64_t pairs, int num_experts,
+                                     int64_t capacity, int drop_policy, int pad_to_capacity, int32_t* rows_per_expert,
+                                     int64_t* summary, void* status, uint32_t tag, void* workspace,
+                                     size_t workspace_bytes, int64_t* status_copy, void* summary_event, void* stream) {
+  using namespace moe_cuda;
+  const PermuteLayout l = permute_layout(pairs, num_experts, drop_policy, capacity);
+  if (l.status != 0) return l.status;
+  if (pad_to_capacity && capacity < 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (!rows_per_expert || !summary || !status || tag == 0 || !workspace) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (pairs > 0 && (!indices || (l.byProbs && !weights))) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  size_t cubNeed = 0;
+  int rc = cub_bytes(l, &cubNeed);
+  if (rc != 0) return rc;
+  if (workspace_bytes < l.cub + cubNeed) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  int32_t* counts = at<int32_t>(workspace, l.counts);
+  if (l.cubScan) MOE_CUDA_TRY(cudaMemsetAsync(counts, 0, 4 * static_cast<size_t>(l.cells), s));
+  permute_count_kernel<<<static_cast<unsigned>(l.blocks), kPermuteThreads, 0, s>>>(
+      indices, pairs, num_experts, l.warps, l.pairsPerWarp, l.cubScan ? 0 : 1, counts, status, tag);
+  MOE_CUDA_TRY_LAUNCH();
+  if (l.cubScan) {
+    size_t cubSize = workspace_bytes - l.cub;
+    MOE_CUDA_TRY(cub::DeviceScan::ExclusiveSum(at<char>(workspace, l.cub), cubSize, counts,
+                                               static_cast<int>(l.cells), s));
+  }
+  permute_plan_kernel<<<1, kPlanThreads, 0, s>>>(counts, l.cells, l.cubScan ? 0 : 1, num_experts, l.warps, pairs,
+                                                  capacity, pad_to_capacity, at<int32_t>(workspace, l.expertStart),
+                                                  at<int32_t>(workspace, l.rowStart), rows_per_expert, summary, status,
+                                                  status_copy);
+  MOE_CUDA_TRY_LAUNCH();
+  if (summary_event != nullptr) MOE_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(summary_event), s));
+  return 0;
+}
+
+extern "C" int moe_cuda_permute_rows(const void* x, int dtype, int64_t d_model, int top_k, const int32_t* indices,
+                                     const float* weights, int64_t pairs, int num_experts, int64_t capacity,
+                                     int drop_policy, int pad_to_capacity, const void* workspace,
+                                     size_t workspace_bytes, int64_t max_rows, int32_t* pair_to_row,
+                                     int32_t* row_to_pair, void* out_rows, void* stream) {
   using namespace moe_cuda;
   const PermuteLayout l = permute_layout(pairs, num_experts, drop_policy, capacity);
   if (l.status != 0) return l.status;
@@ -444,41 +478,24 @@ extern "C" int moe_cuda_permute(const void* x, int dtype, int64_t d_model, int t
   if (max_rows != permute_max_rows(pairs, num_experts, capacity, pad_to_capacity != 0) || max_rows > INT32_MAX)
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (dtype != MOE_CUDA_F32 && dtype != MOE_CUDA_BF16 && dtype != MOE_CUDA_F16) return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  if (!rows_per_expert || !summary || !status || tag == 0 || !workspace) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (!workspace || workspace_bytes < l.cub) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (pairs > 0 && (!indices || !pair_to_row || (l.byProbs && !weights))) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   const int64_t elem = dtype == MOE_CUDA_F32 ? 4 : 2;
   const int64_t rowBytes = d_model * elem;
   if (max_rows > 0 && (!row_to_pair || (rowBytes > 0 && !out_rows))) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (pairs > 0 && rowBytes > 0 && !x) return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  size_t cubNeed = 0;
-  int rc = cub_bytes(l, &cubNeed);
-  if (rc != 0) return rc;
-  if (workspace_bytes < l.cub + cubNeed) return MOE_CUDA_ERR_INVALID_ARGUMENT;
 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  void* ws = const_cast<void*>(workspace);
   const int E = num_experts;
   const int64_t W = l.warps;
-  int32_t* counts = at<int32_t>(workspace, l.counts);
-  int32_t* expertStart = at<int32_t>(workspace, l.expertStart);
-  int32_t* rowStart = at<int32_t>(workspace, l.rowStart);
-  int32_t* sortedPairs = l.byProbs ? at<int32_t>(workspace, l.sortedPairs) : nullptr;
-  uint32_t* sortedKeys = l.byProbs ? at<uint32_t>(workspace, l.sortedKeys) : nullptr;
+  int32_t* counts = at<int32_t>(ws, l.counts);
+  const int32_t* expertStart = at<int32_t>(ws, l.expertStart);
+  const int32_t* rowStart = at<int32_t>(ws, l.rowStart);
+  int32_t* sortedPairs = l.byProbs ? at<int32_t>(ws, l.sortedPairs) : nullptr;
+  uint32_t* sortedKeys = l.byProbs ? at<uint32_t>(ws, l.sortedKeys) : nullptr;
   const int64_t tokens = pairs / top_k;
 
-  if (l.cubScan) MOE_CUDA_TRY(cudaMemsetAsync(counts, 0, 4 * static_cast<size_t>(l.cells), s));
-  permute_count_kernel<<<static_cast<unsigned>(l.blocks), kPermuteThreads, 0, s>>>(
-      indices, pairs, E, W, l.pairsPerWarp, l.cubScan ? 0 : 1, counts, status, tag);
-  MOE_CUDA_TRY_LAUNCH();
-  if (l.cubScan) {
-    size_t cubSize = workspace_bytes - l.cub;
-    MOE_CUDA_TRY(cub::DeviceScan::ExclusiveSum(at<char>(workspace, l.cub), cubSize, counts,
-                                               static_cast<int>(l.cells), s));
-  }
-  permute_plan_kernel<<<1, kPlanThreads, 0, s>>>(counts, l.cells, l.cubScan ? 0 : 1, E, W, pairs, capacity,
-                                                  pad_to_capacity, expertStart, rowStart, rows_per_expert, summary,
-                                                  status, status_copy);
-  MOE_CUDA_TRY_LAUNCH();
-  if (summary_event != nullptr) MOE_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(summary_event), s));
   if (pad_to_capacity && max_rows > 0)
     MOE_CUDA_TRY(cudaMemsetAsync(row_to_pair, 0xff, 4 * static_cast<size_t>(max_rows), s));  // -1: padding
   if (pairs > 0) {

@@ -7,8 +7,9 @@
 //
 // Reproducibility: per-token reductions are butterflies in a fixed lane order;
 // the sums over tokens go to per-block partials (the grid depends on T only)
-// that a one-block kernel adds in a fixed order. Only integer counts use
-// global atomics.
+// that route_sums_kernel adds in block order, one thread per expert; token
+// counts are per-block integer partials too, so no launch needs a zeroed
+// output and no global atomics are left but the non-finite token count.
 //
 // Status: compiled for sm_80 and sm_90a without spills (test/cuda-build.test.ts
 // checks the SASS); run on an H200 against the CPU op (device-results/), and on the CPU
@@ -32,8 +33,8 @@ constexpr int kSigmoid = 1;
 constexpr float kSigmoidRenormEps = 1e-20f;
 constexpr int kNone = INT32_MAX;  // index that ranks after every real expert
 constexpr int kFinalizeThreads = 256;  // the loss reductions' width (their bits depend on it)
-constexpr int kFinalizeBlock = 1024;   // threads that stage the partials
-constexpr int kFinalizeStage = 8192;   // floats of partials staged per step
+constexpr int kSumExperts = 4;         // experts per block of route_sums_kernel
+constexpr int kSumThreads = 256;
 
 // Unsigned bits ordered as the (non-NaN) floats are, -0 equal to +0; never 0.
 __device__ __forceinline__ uint32_t order_key(float v) {
@@ -54,9 +55,9 @@ struct ForwardParams {
   int32_t* indices;
   float* weights;
   float* scores;
-  int32_t* counts;
-  float* partialProb;   // [gridDim.x][E]
-  float* partialLseSq;  // [gridDim.x]
+  float* partialProb;     // [gridDim.x][E]
+  float* partialLseSq;    // [gridDim.x]
+  int32_t* partialCount;  // [gridDim.x][E]
   int32_t* nonfinite;
 };
 
@@ -306,7 +307,7 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock, 4) route_forward_kernel
 #pragma unroll
     for (int w = 0; w < W; ++w) acc += sProb[w * E + e];
     partial[e] = acc;
-    if (sHist[e] != 0) atomicAdd(&p.counts[e], sHist[e]);
+    p.partialCount[static_cast<int64_t>(blockIdx.x) * E + e] = sHist[e];
   }
   if (threadIdx.x == 0) {
     float z = 0.f;
@@ -317,72 +318,71 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock, 4) route_forward_kernel
   }
 }
 
-// One block: adds the per-block partials in block order, then the aux and z
-// losses (Switch / GShard load balancing; ST-MoE z-loss) without coefficients.
-// The partials come through shared memory a stage at a time (the next
-// stage's loads in flight while the current one is added), and each expert's
-// sum runs over the blocks in order, one thread per expert.
-__global__ void __launch_bounds__(kFinalizeBlock, 1)
-    route_finalize_kernel(const float* __restrict__ partialProb, const float* __restrict__ partialLseSq, int blocks,
-                          const int32_t* __restrict__ counts, int64_t tokens, int experts, int topK,
-                          float* __restrict__ probSum, float* __restrict__ lseSqSum, float* __restrict__ losses) {
-  __shared__ float sStage[kFinalizeStage];
-  __shared__ float sProb[32 * kMaxExpertsPerLane];
-  __shared__ float sAux[kFinalizeThreads];
-  __shared__ float sZ[kFinalizeThreads];
-  constexpr int kPer = kFinalizeStage / kFinalizeBlock;
+// Per expert: its probability sum (the per-block partials added in block
+// order, one thread per expert, from shared memory, sixteen loads ahead of
+// their adds) and its token count (integer partials, summed in any order).
+// kSumExperts experts per block; the partials of a block's experts come in
+// with all their loads in flight at once.
+__global__ void __launch_bounds__(kSumThreads)
+    route_sums_kernel(const float* __restrict__ partialProb, const int32_t* __restrict__ partialCount, int blocks,
+                      int experts, float* __restrict__ probSum, int32_t* __restrict__ counts) {
+  __shared__ float sProb[kRouteMaxBlocks * kSumExperts];
+  __shared__ int32_t sCount[kRouteMaxBlocks * kSumExperts];
   const int tid = threadIdx.x;
-  const float T = static_cast<float>(tokens);
-  // Blocks per stage; stage c holds partials [c·stageBlocks·E, (c + 1)·stageBlocks·E).
-  const int stageBlocks = experts <= kFinalizeStage ? kFinalizeStage / experts : 1;
-  const int64_t total = static_cast<int64_t>(blocks) * experts;
-  const int64_t stageFloats = static_cast<int64_t>(stageBlocks) * experts;
-  float next[kPer];
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int64_t i = static_cast<int64_t>(k) * kFinalizeBlock + tid;
-    next[k] = i < stageFloats && i < total ? partialProb[i] : 0.f;
+  const int e0 = blockIdx.x * kSumExperts;
+  const int g = experts - e0 < kSumExperts ? experts - e0 : kSumExperts;
+  const int n = blocks * g;
+  for (int i = tid; i < n; i += kSumThreads) {
+    const int b = i / g;
+    const int64_t at = static_cast<int64_t>(b) * experts + e0 + (i - b * g);
+    sProb[i] = partialProb[at];
+    sCount[i] = partialCount[at];
   }
-  float acc = 0.f;  // expert tid's sum (tid < experts)
-  for (int b0 = 0; b0 < blocks; b0 += stageBlocks) {
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) sStage[k * kFinalizeBlock + tid] = next[k];
-    __syncthreads();
-    const int64_t nextBase = static_cast<int64_t>(b0 + stageBlocks) * experts;
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      const int64_t i = static_cast<int64_t>(k) * kFinalizeBlock + tid;
-      next[k] = i < stageFloats && nextBase + i < total ? partialProb[nextBase + i] : 0.f;
-    }
-    const int nb = blocks - b0 < stageBlocks ? blocks - b0 : stageBlocks;
-    if (tid < experts) {
-      // Sixteen loads ahead of their adds; the adds stay in block order.
+  __syncthreads();
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  if (warp == 0) {
+    if (lane < g) {
+      float acc = 0.f;
       int b = 0;
-      for (; b + 16 <= nb; b += 16) {
+      for (; b + 16 <= blocks; b += 16) {
         float v[16];
 #pragma unroll
-        for (int u = 0; u < 16; ++u) v[u] = sStage[(b + u) * experts + tid];
+        for (int u = 0; u < 16; ++u) v[u] = sProb[(b + u) * g + lane];
 #pragma unroll
         for (int u = 0; u < 16; ++u) acc += v[u];
       }
-      for (; b < nb; ++b) acc += sStage[b * experts + tid];
+      for (; b < blocks; ++b) acc += sProb[b * g + lane];
+      probSum[e0 + lane] = acc;
     }
-    __syncthreads();
+  } else if (warp - 1 < g) {
+    const int j = warp - 1;
+    int32_t c = 0;
+    for (int b = lane; b < blocks; b += 32) c += sCount[b * g + j];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(kFullMask, c, o);
+    if (lane == 0) counts[e0 + j] = c;
   }
-  if (tid < experts) {
-    probSum[tid] = acc;
-    sProb[tid] = acc;
-  }
-  __syncthreads();
-  if (tid < kFinalizeThreads) {
-    float aux = 0.f;
-    for (int e = tid; e < experts; e += kFinalizeThreads)
-      if (tokens > 0) aux += (static_cast<float>(counts[e]) / (T * static_cast<float>(topK))) * (sProb[e] / T);
-    float z = 0.f;
-    for (int b = tid; b < blocks; b += kFinalizeThreads) z += partialLseSq[b];
-    sAux[tid] = aux;
-    sZ[tid] = z;
-  }
+}
+
+// One block: the aux and z losses (Switch / GShard load balancing; ST-MoE
+// z-loss) without coefficients, from the sums above and the per-block lse²
+// partials, in a fixed 256-wide order.
+__global__ void __launch_bounds__(kFinalizeThreads)
+    route_finalize_kernel(const float* __restrict__ probSum, const float* __restrict__ partialLseSq, int blocks,
+                          const int32_t* __restrict__ counts, int64_t tokens, int experts, int topK,
+                          float* __restrict__ lseSqSum, float* __restrict__ losses) {
+  __shared__ float sAux[kFinalizeThreads];
+  __shared__ float sZ[kFinalizeThreads];
+  const int tid = threadIdx.x;
+  const float T = static_cast<float>(tokens);
+  float aux = 0.f;
+  for (int e = tid; e < experts; e += kFinalizeThreads)
+    if (tokens > 0) aux += (static_cast<float>(counts[e]) / (T * static_cast<float>(topK))) * (probSum[e] / T);
+  float z = 0.f;
+  for (int b = tid; b < blocks; b += kFinalizeThreads) z += partialLseSq[b];
+  sAux[tid] = aux;
+  sZ[tid] = z;
   __syncthreads();
 #pragma unroll
   for (int half = kFinalizeThreads / 2; half > 0; half >>= 1) {
@@ -591,24 +591,30 @@ extern "C" int moe_cuda_route_forward(const float* logits, const float* expert_b
   if (workspace_bytes < plan.workspaceBytes) return MOE_CUDA_ERR_INVALID_ARGUMENT;
 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  MOE_CUDA_TRY(cudaMemsetAsync(tokens_per_expert, 0, sizeof(int32_t) * static_cast<size_t>(num_experts), s));
   if (nonfinite_tokens != nullptr) MOE_CUDA_TRY(cudaMemsetAsync(nonfinite_tokens, 0, sizeof(int32_t), s));
 
+  // Workspace (route_plan.h): partialProb [blocks][E], partialLseSq [blocks], partialCount [blocks][E].
   float* partialProb = static_cast<float*>(workspace);
   float* partialLseSq = plan.blocks > 0 ? partialProb + plan.blocks * num_experts : nullptr;
+  int32_t* partialCount =
+      plan.blocks > 0 ? reinterpret_cast<int32_t*>(partialLseSq + plan.blocks) : nullptr;
   if (plan.blocks > 0) {
-    const ForwardParams p{logits,      expert_bias, num_tokens,   num_experts,       top_k,
+    const ForwardParams p{logits,      expert_bias, num_tokens,   num_experts,  top_k,
                           score_function, renormalize, num_groups > 1 ? num_groups : 1, topk_groups,
-                          indices,     weights,     scores,       tokens_per_expert, partialProb,
-                          partialLseSq, nonfinite_tokens};
+                          indices,     weights,     scores,       partialProb,  partialLseSq,
+                          partialCount, nonfinite_tokens};
     const dim3 grid(static_cast<unsigned>(plan.blocks));
     MOE_SWITCH_POW2_16(plan.expertsPerLane, EPL,
                        route_forward_kernel<EPL><<<grid, plan.threads, plan.sharedBytes, s>>>(p));
     MOE_CUDA_TRY_LAUNCH();
   }
-  route_finalize_kernel<<<1, kFinalizeBlock, 0, s>>>(partialProb, partialLseSq, static_cast<int>(plan.blocks),
-                                                       tokens_per_expert, num_tokens, num_experts, top_k,
-                                                       prob_sum, lse_sq_sum, losses);
+  const unsigned sumBlocks = static_cast<unsigned>((num_experts + kSumExperts - 1) / kSumExperts);
+  route_sums_kernel<<<sumBlocks, kSumThreads, 0, s>>>(partialProb, partialCount, static_cast<int>(plan.blocks),
+                                                      num_experts, prob_sum, tokens_per_expert);
+  MOE_CUDA_TRY_LAUNCH();
+  route_finalize_kernel<<<1, kFinalizeThreads, 0, s>>>(prob_sum, partialLseSq, static_cast<int>(plan.blocks),
+                                                       tokens_per_expert, num_tokens, num_experts, top_k, lse_sq_sum,
+                                                       losses);
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }

@@ -30,7 +30,7 @@ struct RoutePlan {
   int64_t blocks;      // 0 when T == 0
   int threads;
   size_t sharedBytes;     // dynamic shared memory of the forward kernel
-  size_t workspaceBytes;  // per-block partials: blocks * (E + 1) floats
+  size_t workspaceBytes;  // per-block partials: blocks * (2E + 1) 4-byte words (probabilities, lse², counts)
 };
 
 inline int64_t route_blocks(int64_t tokens) {
@@ -41,7 +41,7 @@ inline int64_t route_blocks(int64_t tokens) {
 
 inline size_t route_workspace_bytes(int64_t tokens, int experts) {
   if (experts <= 0) return 0;
-  return static_cast<size_t>(route_blocks(tokens)) * (static_cast<size_t>(experts) + 1) * sizeof(float);
+  return static_cast<size_t>(route_blocks(tokens)) * (2 * static_cast<size_t>(experts) + 1) * sizeof(float);
 }
 
 // Smallest supported power of two >= ceil(E / 32); 0 when E is too large.

@@ -29,6 +29,17 @@ __device__ __forceinline__ int32_t row_of(const int32_t* pairToRow, int64_t i, i
   return (r >= 0 && r < rows) ? r : -1;
 }
 
+// Tags (status, tag) with the smallest flat index whose entry lies outside
+// [-1, rows), over the k entries of a token (one lane per entry).
+__device__ __forceinline__ void check_entries(const int32_t* pairToRow, int64_t pair0, int topK, int64_t rows,
+                                              void* status, unsigned int tag) {
+  if (status == nullptr) return;
+  for (int j = threadIdx.x & 31; j < topK; j += 32) {
+    const int32_t v = pairToRow[pair0 + j];
+    if (v < -1 || v >= rows) report_status(status, tag, pair0 + j);
+  }
+}
+
 __device__ __forceinline__ int64_t first_warp() {
   return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
 }
@@ -43,11 +54,13 @@ constexpr int kUnroll = 4;
 template <class T, int N, bool WEIGHTED>
 __global__ void __launch_bounds__(kRowThreads, 2)
     combine_kernel(const T* __restrict__ src, int64_t numRows, int64_t D, const int32_t* __restrict__ pairToRow,
-                   const float* __restrict__ weights, int64_t tokens, int topK, T* __restrict__ out) {
+                   const float* __restrict__ weights, int64_t tokens, int topK, T* __restrict__ out, void* status,
+                   unsigned int tag) {
   const int lane = threadIdx.x & 31;
   const int64_t packs = D / N;
   for (int64_t t = first_warp(); t < tokens; t += warp_count()) {
     const int64_t pair0 = t * topK;
+    check_entries(pairToRow, pair0, topK, numRows, status, tag);
     T* dst = out + t * D;
     for (int64_t v0 = lane; v0 < packs; v0 += 32 * kUnroll) {
       float acc[kUnroll][N];
@@ -91,10 +104,12 @@ __global__ void row_readers_init_kernel(int64_t numRows, int32_t* readers, int32
   }
 }
 __global__ void row_readers_kernel(const int32_t* pairToRow, int64_t pairs, int64_t numRows, int32_t* readers,
-                                   int32_t* firstReader) {
+                                   int32_t* firstReader, void* status, unsigned int tag) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < pairs;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int32_t r = row_of(pairToRow, i, numRows);
+    const int32_t v = pairToRow[i];
+    if (status != nullptr && (v < -1 || v >= numRows)) report_status(status, tag, i);
+    const int32_t r = (v >= 0 && v < numRows) ? v : -1;
     if (r < 0) continue;
     atomicAdd(&readers[r], 1);  // integer totals: the same whatever the order
     atomicMin(&firstReader[r], static_cast<int32_t>(i));
@@ -224,19 +239,23 @@ int pack_width(int64_t D) {
 
 template <bool WEIGHTED>
 int launch_combine(const void* src, int dtype, int64_t numRows, int64_t D, const int32_t* pairToRow,
-                   const float* weights, int64_t tokens, int topK, void* out, cudaStream_t s) {
+                   const float* weights, int64_t tokens, int topK, void* out, void* status, unsigned int tag,
+                   cudaStream_t s) {
   const unsigned int grid = warps_grid(tokens);
   MOE_SWITCH_FLOAT(dtype, T, {
     const int n = pack_width<T>(D);
     if (n == 8)
       combine_kernel<T, 8, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
-                                                                   weights, tokens, topK, static_cast<T*>(out));
+                                                                   weights, tokens, topK, static_cast<T*>(out),
+                                                                   status, tag);
     else if (n == 4)
       combine_kernel<T, 4, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
-                                                                   weights, tokens, topK, static_cast<T*>(out));
+                                                                   weights, tokens, topK, static_cast<T*>(out),
+                                                                   status, tag);
     else
       combine_kernel<T, 1, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
-                                                                   weights, tokens, topK, static_cast<T*>(out));
+                                                                   weights, tokens, topK, static_cast<T*>(out),
+                                                                   status, tag);
   });
   MOE_CUDA_TRY_LAUNCH();
   return 0;
@@ -259,23 +278,25 @@ BackwardLayout backward_layout(int64_t numRows) {
 
 extern "C" int moe_cuda_permute_backward(const void* d_rows, int dtype, int64_t num_rows, int64_t d_model,
                                          const int32_t* pair_to_row, int64_t tokens, int top_k, void* dx,
-                                         void* stream) {
+                                         void* status, uint32_t tag, void* stream) {
   using namespace moe_cuda;
   if (num_rows < 0 || d_model < 0 || tokens < 0 || top_k < 1) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (tokens == 0 || d_model == 0) return 0;
   if (!dx || !pair_to_row || (num_rows > 0 && !d_rows)) return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  return launch_combine<false>(d_rows, dtype, num_rows, d_model, pair_to_row, nullptr, tokens, top_k, dx,
+  if (status != nullptr && tag == 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  return launch_combine<false>(d_rows, dtype, num_rows, d_model, pair_to_row, nullptr, tokens, top_k, dx, status, tag,
                                static_cast<cudaStream_t>(stream));
 }
 
 extern "C" int moe_cuda_unpermute_forward(const void* rows, int dtype, int64_t num_rows, int64_t d_model,
                                           const int32_t* pair_to_row, const float* weights, int64_t tokens,
-                                          int top_k, void* y, void* stream) {
+                                          int top_k, void* y, void* status, uint32_t tag, void* stream) {
   using namespace moe_cuda;
   if (num_rows < 0 || d_model < 0 || tokens < 0 || top_k < 1) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (tokens == 0 || d_model == 0) return 0;
   if (!y || !pair_to_row || !weights || (num_rows > 0 && !rows)) return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  return launch_combine<true>(rows, dtype, num_rows, d_model, pair_to_row, weights, tokens, top_k, y,
+  if (status != nullptr && tag == 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  return launch_combine<true>(rows, dtype, num_rows, d_model, pair_to_row, weights, tokens, top_k, y, status, tag,
                               static_cast<cudaStream_t>(stream));
 }
 
@@ -290,7 +311,8 @@ extern "C" int moe_cuda_unpermute_backward_workspace_bytes(int64_t pairs, int64_
 extern "C" int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const void* rows, int rows_dtype,
                                            int64_t num_rows, int64_t d_model, const int32_t* pair_to_row,
                                            const float* weights, int64_t tokens, int top_k, void* d_rows,
-                                           float* d_weights, void* workspace, size_t workspace_bytes, void* stream) {
+                                           float* d_weights, void* workspace, size_t workspace_bytes, void* status,
+                                           uint32_t tag, void* stream) {
   using namespace moe_cuda;
   if (num_rows < 0 || num_rows > INT32_MAX || d_model < 0 || tokens < 0 || top_k < 1)
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
@@ -301,6 +323,7 @@ extern "C" int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const v
   if ((pairs > 0 && (!pair_to_row || !weights || !d_weights)) || (num_rows > 0 && d_model > 0 && !d_rows))
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (pairs > 0 && d_model > 0 && (!dy || (num_rows > 0 && !rows))) return MOE_CUDA_ERR_INVALID_ARGUMENT;
+  if (status != nullptr && tag == 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   // d weights keep 4-element packs (lane l sums elements 4l.., 4(l + 32).., ...): the
   // butterfly's inputs, and so its bits, follow from that split.
@@ -318,7 +341,7 @@ extern "C" int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const v
   MOE_CUDA_TRY_LAUNCH();
   if (pairs > 0) {
     row_readers_kernel<<<grid_for(pairs, 256, 1 << 16), 256, 0, s>>>(pair_to_row, pairs, num_rows, readers,
-                                                                     firstReader);
+                                                                     firstReader, status, tag);
     MOE_CUDA_TRY_LAUNCH();
     const unsigned int grid = warps_grid(pairs);
     MOE_SWITCH_FLOAT(dy_dtype, TDy, MOE_SWITCH_FLOAT(rows_dtype, TR, {

@@ -21,6 +21,7 @@ const EXPERTS_PER_LANE = [1, 2, 4, 8, 16];
 const KERNELS = [
   ...EXPERTS_PER_LANE.map((n) => `route_forward_kernelILi${n}EE`),
   ...EXPERTS_PER_LANE.map((n) => `route_backward_kernelILi${n}EE`),
+  "route_sums_kernel",
   "route_finalize_kernel",
 ];
 
@@ -244,13 +245,13 @@ ${calls}
           ? { status: INVALID }
           : epl === 0 || shared > 48 * 1024
             ? { status: UNSUPPORTED }
-            : { status: 0, expertsPerLane: epl, blocks, sharedBytes: shared, workspaceBytes: blocks * (e + 1) * 4 };
+            : { status: 0, expertsPerLane: epl, blocks, sharedBytes: shared, workspaceBytes: blocks * (2 * e + 1) * 4 };
         const got =
           r.status === 0
             ? { status: 0, expertsPerLane: r.expertsPerLane, blocks: r.blocks, sharedBytes: r.sharedBytes, workspaceBytes: r.workspaceBytes }
             : { status: r.status };
         expect({ args: r.args, ...got }).toEqual({ args: r.args, ...expected });
-        if (e >= 1) expect({ args: r.args, ws: r.wsFn }).toEqual({ args: r.args, ws: blocks * (e + 1) * 4 });
+        if (e >= 1) expect({ args: r.args, ws: r.wsFn }).toEqual({ args: r.args, ws: blocks * (2 * e + 1) * 4 });
       }
       // The cases reach every outcome.
       expect(new Set(rows.map((r) => r.status))).toEqual(new Set([0, INVALID, UNSUPPORTED]));

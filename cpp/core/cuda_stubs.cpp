@@ -59,21 +59,25 @@ int moe_cuda_route_backward(const float*, const int32_t*, const float*, const fl
 }
 int moe_cuda_route_scores(const float*, int64_t, int, int, float*, void*) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_permute_workspace_bytes(int64_t, int, int, int64_t, size_t*) { return MOE_CUDA_ERR_NOT_BUILT; }
-int moe_cuda_permute(const void*, int, int64_t, int, const int32_t*, const float*, int64_t, int, int64_t, int, int,
-                     int32_t*, int64_t*, void*, uint32_t, void*, size_t, int64_t, int32_t*, int32_t*, void*, int64_t*,
-                     void*, void*) {
+int moe_cuda_permute_plan(const int32_t*, const float*, int64_t, int, int64_t, int, int, int32_t*, int64_t*, void*,
+                          uint32_t, void*, size_t, int64_t*, void*, void*) {
   return MOE_CUDA_ERR_NOT_BUILT;
 }
-int moe_cuda_permute_backward(const void*, int, int64_t, int64_t, const int32_t*, int64_t, int, void*, void*) {
+int moe_cuda_permute_rows(const void*, int, int64_t, int, const int32_t*, const float*, int64_t, int, int64_t, int, int,
+                          const void*, size_t, int64_t, int32_t*, int32_t*, void*, void*) {
+  return MOE_CUDA_ERR_NOT_BUILT;
+}
+int moe_cuda_permute_backward(const void*, int, int64_t, int64_t, const int32_t*, int64_t, int, void*, void*, uint32_t,
+                              void*) {
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 int moe_cuda_unpermute_forward(const void*, int, int64_t, int64_t, const int32_t*, const float*, int64_t, int, void*,
-                               void*) {
+                               void*, uint32_t, void*) {
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 int moe_cuda_unpermute_backward_workspace_bytes(int64_t, int64_t, size_t*) { return MOE_CUDA_ERR_NOT_BUILT; }
 int moe_cuda_unpermute_backward(const void*, int, const void*, int, int64_t, int64_t, const int32_t*, const float*,
-                                int64_t, int, void*, float*, void*, size_t, void*) {
+                                int64_t, int, void*, float*, void*, size_t, void*, uint32_t, void*) {
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 int moe_cuda_activation_forward(const void*, int, int64_t, int64_t, int, void*, void*) {

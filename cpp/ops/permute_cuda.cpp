@@ -10,11 +10,16 @@ namespace moe::ops::cuda_path {
 
 namespace {
 
-// Tags pairToRow entries outside [-1, rows) for the next synchronisation.
-void check_row_map(const cuda::Scope& sc, const char* op, const Tensor& pair_to_row, int64_t rows) {
-  const uint32_t tag = sc.add_check(Code::Value, std::string(op) + ": expected pairToRow entries in [-1, " +
-                                                     std::to_string(rows) + ") but element ",
-                                    " is outside it (found on " + sc.device().str() + ")");
+// The check of pairToRow entries outside [-1, rows): its tag, for the row
+// kernels to report under (at the next synchronisation).
+uint32_t row_map_tag(const cuda::Scope& sc, const char* op, int64_t rows) {
+  return sc.add_check(Code::Value, std::string(op) + ": expected pairToRow entries in [-1, " + std::to_string(rows) +
+                                       ") but element ",
+                      " is outside it (found on " + sc.device().str() + ")");
+}
+
+// The same check as a kernel of its own, for when no row kernel runs.
+void check_row_map(const cuda::Scope& sc, const char* op, const Tensor& pair_to_row, int64_t rows, uint32_t tag) {
   const int32_t hi = rows < INT32_MAX ? int32_t(rows) : INT32_MAX;
   cuda::check(moe_cuda_check_range_i32(pair_to_row.data<int32_t>(), pair_to_row.numel(), -1, hi,
                                        sc.status(), tag, sc.stream()),
@@ -53,34 +58,39 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
     size_t ws = 0;
     cuda::check(moe_cuda_permute_workspace_bytes(N, E, policy, capacity, &ws), op, dev);
     Scratch workspace(ws, dev);
-    // Sized for the most rows the arguments allow, so that every launch is
-    // enqueued before the row count is known; the first R rows are the result.
-    const int64_t max_rows = moe_cuda::permute_max_rows(N, E, capacity, o.pad_to_capacity);
     Permuted out;
     out.capacity = capacity;
     out.rows_per_expert = empty(DType::I32, {int64_t(E)}, dev);
+    const int pad = o.pad_to_capacity ? 1 : 0;
+    // With a capacity the row count depends on the data: it is read back once
+    // the plan is made (the rows' work goes on meanwhile), which also reports
+    // bad indices or weights as this op's error.
+    std::unique_ptr<cuda::Readback> back;
+    std::unique_ptr<Scratch> summary;
+    if (capacity >= 0)
+      back = std::make_unique<cuda::Readback>(dev);
+    else
+      summary = std::make_unique<Scratch>(3 * sizeof(int64_t), dev);
+    int64_t* words = back ? back->device_words() : nullptr;
+    cuda::check(moe_cuda_permute_plan(indices.data<int32_t>(), weights.data<float>(), N, E, capacity, policy, pad,
+                                      out.rows_per_expert.data<int32_t>(),
+                                      back ? words + 2 : static_cast<int64_t*>(summary->at(0)), sc.status(), tag,
+                                      workspace.at(0), ws, words, back ? back->event() : nullptr, sc.stream()),
+                op, dev);
+    // Sized for the most rows the arguments allow (allocated while the plan
+    // runs), so that the rows' work is enqueued before R is known; the first
+    // R rows are the result.
+    const int64_t max_rows = moe_cuda::permute_max_rows(N, E, capacity, o.pad_to_capacity);
     out.pair_to_row = empty(DType::I32, {T, k}, dev);
     out.row_to_pair = empty(DType::I32, {max_rows}, dev);
     out.rows = empty(x.dtype, {max_rows, D}, dev);
-    auto launch = [&](int64_t* summary, int64_t* status_copy, void* event) {
-      cuda::check(moe_cuda_permute(x.raw(), cuda::dtype_code(x.dtype), D, int(k), indices.data<int32_t>(),
-                                   weights.data<float>(), N, E, capacity, policy, o.pad_to_capacity ? 1 : 0,
-                                   out.rows_per_expert.data<int32_t>(), summary, sc.status(), tag, workspace.at(0), ws,
-                                   max_rows, out.pair_to_row.data<int32_t>(), out.row_to_pair.data<int32_t>(),
-                                   out.rows.raw(), status_copy, event, sc.stream()),
-                  op, dev);
-    };
-    if (capacity < 0) {
-      Scratch summary(3 * sizeof(int64_t), dev);
-      launch(static_cast<int64_t*>(summary.at(0)), nullptr, nullptr);
-    } else {
-      // The row count depends on the data: read back once the plan is made
-      // (the sort and the row moves go on meanwhile), which also reports bad
-      // indices or weights as this op's error.
-      cuda::Readback back(dev);
-      int64_t* words = back.device_words();
-      launch(words + 2, words, back.event());
-      const int64_t* host = back.wait();
+    cuda::check(moe_cuda_permute_rows(x.raw(), cuda::dtype_code(x.dtype), D, int(k), indices.data<int32_t>(),
+                                      weights.data<float>(), N, E, capacity, policy, pad, workspace.at(0), ws, max_rows,
+                                      out.pair_to_row.data<int32_t>(), out.row_to_pair.data<int32_t>(), out.rows.raw(),
+                                      sc.stream()),
+                op, dev);
+    if (back) {
+      const int64_t* host = back->wait();
       out.dropped = host[3];
       out.row_to_pair.shape = {host[2]};
       out.rows.shape = {host[2], D};
@@ -95,14 +105,16 @@ Task<Tensor> permute_backward(const Tensor& d_rows, const Tensor& pair_to_row) {
     const Device dev = d_rows.device();
     cuda::Scope sc(dev);
     const int64_t R = d_rows.dim(0), D = d_rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
-    check_row_map(sc, op, pair_to_row, R);
+    const uint32_t tag = row_map_tag(sc, op, R);
+    if (D == 0) check_row_map(sc, op, pair_to_row, R, tag);
     Tensor dx = empty(d_rows.dtype, {T, D}, dev);
     if (k == 0) {
       cuda::memset_async(dx.raw(), 0, dx.bytes(), dev);
       return dx;
     }
     cuda::check(moe_cuda_permute_backward(d_rows.raw(), cuda::dtype_code(d_rows.dtype), R, D,
-                                          pair_to_row.data<int32_t>(), T, int(k), dx.raw(), sc.stream()),
+                                          pair_to_row.data<int32_t>(), T, int(k), dx.raw(), sc.status(), tag,
+                                          sc.stream()),
                 op, dev);
     return dx;
   };
@@ -114,14 +126,15 @@ Task<Tensor> unpermute(const Tensor& rows, const Tensor& pair_to_row, const Tens
     const Device dev = rows.device();
     cuda::Scope sc(dev);
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
-    check_row_map(sc, op, pair_to_row, R);
+    const uint32_t tag = row_map_tag(sc, op, R);
+    if (D == 0) check_row_map(sc, op, pair_to_row, R, tag);
     Tensor y = empty(rows.dtype, {T, D}, dev);
     if (k == 0) {
       cuda::memset_async(y.raw(), 0, y.bytes(), dev);
       return y;
     }
     cuda::check(moe_cuda_unpermute_forward(rows.raw(), cuda::dtype_code(rows.dtype), R, D, pair_to_row.data<int32_t>(),
-                                           weights.data<float>(), T, int(k), y.raw(), sc.stream()),
+                                           weights.data<float>(), T, int(k), y.raw(), sc.status(), tag, sc.stream()),
                 op, dev);
     return y;
   };
@@ -134,7 +147,8 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
     const Device dev = rows.device();
     cuda::Scope sc(dev);
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
-    check_row_map(sc, op, pair_to_row, R);
+    const uint32_t tag = row_map_tag(sc, op, R);
+    if (D == 0 || R == 0) check_row_map(sc, op, pair_to_row, R, tag);
     UnpermuteGrads g{empty(rows.dtype, {R, D}, dev), empty(DType::F32, {T, k}, dev)};
     if (k == 0) {
       cuda::memset_async(g.d_rows.raw(), 0, g.d_rows.bytes(), dev);
@@ -146,7 +160,8 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
     cuda::check(moe_cuda_unpermute_backward(dy.raw(), cuda::dtype_code(dy.dtype), rows.raw(),
                                             cuda::dtype_code(rows.dtype), R, D, pair_to_row.data<int32_t>(),
                                             weights.data<float>(), T, int(k), g.d_rows.raw(), g.d_weights.data<float>(),
-                                            workspace.at(0), ws, sc.stream()),
+                                            workspace.at(0), ws, D == 0 || R == 0 ? nullptr : sc.status(), tag,
+                                            sc.stream()),
                 op, dev);
     return g;
   };
