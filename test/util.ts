@@ -1,18 +1,9 @@
 /** Shared test helpers: a seeded generator, float64 arrays, and error measures. */
 import { Tensor, memoryStats, info, synchronize } from "../lib";
 import type { DeviceName } from "../lib";
+import { rng } from "./rng";
 
-/** mulberry32: small, seeded, good enough for test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 /** n values uniform in [lo, hi). */
 export function uniform(n: number, seed: number, lo = -1, hi = 1): Float64Array {

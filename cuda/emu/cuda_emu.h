@@ -207,26 +207,33 @@ unsigned __match_any_sync(unsigned mask, T v) {
   emu::over_lanes(mask, mine, [&](int l, uint64_t b) { r |= b == mine ? 1u << l : 0u; });
   return r;
 }
-inline unsigned __reduce_min_sync(unsigned mask, unsigned v) {
-  unsigned r = 0xffffffffu;
-  emu::over_lanes(mask, v, [&](int, uint64_t b) { r = std::min(r, static_cast<unsigned>(b)); });
+namespace emu {
+template <class T, class Pick>
+T reduce_lanes(unsigned mask, T v, Pick pick) {
+  bool first = true;
+  T r = v;
+  over_lanes(mask, to_bits(v), [&](int, uint64_t b) {
+    r = first ? from_bits<T>(b) : pick(r, from_bits<T>(b));
+    first = false;
+  });
   return r;
 }
-inline int __reduce_min_sync(unsigned mask, int v) {
-  int r = INT32_MAX;
-  emu::over_lanes(mask, emu::to_bits(v), [&](int, uint64_t b) { r = std::min(r, emu::from_bits<int>(b)); });
-  return r;
+}  // namespace emu
+
+namespace emu {
+template <class T>
+T lane_min(T a, T b) {
+  return std::min(a, b);
 }
-inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
-  unsigned r = 0;
-  emu::over_lanes(mask, v, [&](int, uint64_t b) { r = std::max(r, static_cast<unsigned>(b)); });
-  return r;
+template <class T>
+T lane_max(T a, T b) {
+  return std::max(a, b);
 }
-inline int __reduce_max_sync(unsigned mask, int v) {
-  int r = INT32_MIN;
-  emu::over_lanes(mask, emu::to_bits(v), [&](int, uint64_t b) { r = std::max(r, emu::from_bits<int>(b)); });
-  return r;
-}
+}  // namespace emu
+inline unsigned __reduce_min_sync(unsigned mask, unsigned v) { return emu::reduce_lanes(mask, v, emu::lane_min<unsigned>); }
+inline int __reduce_min_sync(unsigned mask, int v) { return emu::reduce_lanes(mask, v, emu::lane_min<int>); }
+inline unsigned __reduce_max_sync(unsigned mask, unsigned v) { return emu::reduce_lanes(mask, v, emu::lane_max<unsigned>); }
+inline int __reduce_max_sync(unsigned mask, int v) { return emu::reduce_lanes(mask, v, emu::lane_max<int>); }
 inline unsigned __activemask() { return emu::live_lanes(); }
 
 // ---- atomics: one thread runs at a time, so a plain read-modify-write is atomic ------

@@ -11,7 +11,10 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -86,9 +89,15 @@ struct Event {
   bool recorded = false;
 };
 
+struct Block {
+  void* base = nullptr;  // the mapping: the block, then its guard page
+  size_t span = 0;
+  size_t bytes = 0;  // what the pool counts
+};
+
 struct Pool {
   std::mutex mu;
-  std::unordered_map<void*, size_t> blocks;
+  std::unordered_map<void*, Block> blocks;
   uint64_t used = 0;
   uint64_t reserved = 0;
   uint64_t threshold = 0;
@@ -108,13 +117,24 @@ uint64_t callbacks_enqueued() {
   return c.enqueued;
 }
 
+// Device memory as the GPU's allocator gives it, with two checks a GPU does
+// not make: every block ends (to within its 256-byte rounding) at an
+// inaccessible page, so a kernel that runs off the end of a buffer faults at
+// once; and a fresh block holds all-ones bytes (NaN as floats, -1 as
+// integers), not zeros, so a kernel that reads memory nothing wrote shows it.
 void* device_alloc(size_t bytes) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t rounded = (bytes + 255) / 256 * 256;
-  void* p = aligned_alloc(256, rounded ? rounded : 256);
-  if (!p) return nullptr;
+  const size_t span = (rounded + page - 1) / page * page + page;
+  void* base = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) return nullptr;
+  char* guard = static_cast<char*>(base) + span - page;
+  mprotect(guard, page, PROT_NONE);
+  char* p = guard - rounded;
+  memset(p, 0xff, rounded);
   Pool& m = pool();
   std::lock_guard<std::mutex> lock(m.mu);
-  m.blocks[p] = rounded;
+  m.blocks[p] = Block{base, span, rounded};
   m.used += rounded;
   if (m.used > m.reserved) m.reserved = m.used;
   return p;
@@ -123,15 +143,17 @@ void* device_alloc(size_t bytes) {
 cudaError_t device_free(void* p) {
   if (!p) return cudaSuccess;
   Pool& m = pool();
+  Block b;
   {
     std::lock_guard<std::mutex> lock(m.mu);
     auto it = m.blocks.find(p);
     if (it == m.blocks.end()) return fail(cudaErrorInvalidValue);
-    m.used -= it->second;
+    b = it->second;
+    m.used -= b.bytes;
     if (m.reserved > m.threshold && m.reserved > m.used) m.reserved = std::max<uint64_t>(m.used, m.threshold);
     m.blocks.erase(it);
   }
-  free(p);
+  munmap(b.base, b.span);
   return cudaSuccess;
 }
 

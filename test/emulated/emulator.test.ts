@@ -1,7 +1,8 @@
 /**
  * The CUDA emulator (cuda/emu/, a build with MOE_EP_CUDA=EMULATE): its own
  * checks (test/emulated/selftest.cu: warp collectives and barriers against
- * formulas, launch errors, a race it exposes and a deadlock it reports), and
+ * formulas, launch errors, fresh memory, a race it exposes, a deadlock it
+ * reports and a buffer overrun that faults), and
  * the promise of the real kernels that their results do not depend on the
  * order threads run in: test/emulated/workload.js prints the same digests
  * under every order the emulator has. Skipped, with the reason, where the
@@ -55,6 +56,12 @@ describe("the CUDA emulator", () => {
     const r = run(selftest, ["deadlock"], "forward");
     expect(r.signal).toBe("SIGABRT");
     expect(r.stderr).toMatch(/deadlock in block \(0,0,0\).* 0\(__syncthreads\) 1\(warp\)/);
+    expect(r.stdout).not.toMatch(/the launch returned/);
+  });
+
+  maybe(`a kernel that writes past the end of its buffer faults at the guard page after it${why}`, () => {
+    const r = run(selftest, ["overrun"], "forward");
+    expect(r.signal).toBe("SIGSEGV");
     expect(r.stdout).not.toMatch(/the launch returned/);
   });
 

@@ -9,6 +9,8 @@
 //                       forward and reverse: how the emulator exposes races)
 //   selftest deadlock   a kernel whose barriers cannot all complete (the
 //                       emulator reports it and aborts)
+//   selftest overrun    a kernel that writes one element past the end of its
+//                       buffer (the guard page after it faults)
 #include <cuda_runtime.h>
 
 #include <stdint.h>
@@ -91,6 +93,9 @@ __global__ void deadlock_kernel(int* out) {
 }
 
 __global__ void nothing_kernel(int* out) { out[0] = 1; }
+
+// Thread t writes element t: one thread too many for the buffer.
+__global__ void overrun_kernel(int* out) { out[threadIdx.x] = 1; }
 
 int failures = 0;
 
@@ -196,6 +201,26 @@ void check_launch_errors() {
   cudaFree(d);
 }
 
+void check_fresh_memory() {
+  unsigned char* d = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&d), 1000);
+  unsigned char h[1000];
+  cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+  cudaFree(d);
+  bool ok = true;
+  for (unsigned char b : h) ok &= b == 0xff;
+  expect(ok, "fresh device memory holds all-ones bytes, not zeros");
+  expect(reinterpret_cast<uintptr_t>(d) % 256 == 0, "device allocations are 256-byte aligned");
+}
+
+int run_overrun() {
+  int* d = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&d), 64 * sizeof(int));  // 256 bytes: no rounding slack
+  overrun_kernel<<<1, 65>>>(d);
+  printf("overrun: the launch returned\n");
+  return 0;
+}
+
 int run_race() {
   int* d = nullptr;
   cudaMalloc(reinterpret_cast<void**>(&d), 64 * sizeof(int));
@@ -223,11 +248,13 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IONBF, 0);
   if (argc > 1 && strcmp(argv[1], "race") == 0) return run_race();
   if (argc > 1 && strcmp(argv[1], "deadlock") == 0) return run_deadlock();
+  if (argc > 1 && strcmp(argv[1], "overrun") == 0) return run_overrun();
   check_warp_ops();
   check_block_sum();
   check_dynamic_shared();
   check_early_exit();
   check_launch_errors();
+  check_fresh_memory();
   printf("%d failed\n", failures);
   return failures ? 1 : 0;
 }

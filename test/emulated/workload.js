@@ -18,19 +18,10 @@ const dist = path.resolve(__dirname, "..", "..", "dist");
 const { Tensor, ops, MoELayer, info } = require(dist);
 const { sumSquares } = require(path.join(dist, "ops", "elementwise"));
 const { fillRandom } = require(path.join(dist, "ops", "random"));
+const { rng } = require("../rng");
 
-function gen(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const data = (n, seed, scale = 1) => {
-  const r = gen(seed);
+  const r = rng(seed);
   return Float32Array.from({ length: n }, () => (r() * 2 - 1) * scale);
 };
 const dev = (array, shape, dtype = "float32") => Tensor.from(array, shape, { dtype }).to("cuda:0");

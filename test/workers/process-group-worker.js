@@ -18,17 +18,7 @@ const args = process.argv.slice(3);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const report = (result) => process.stdout.write(JSON.stringify({ result }) + "\n");
 const DTYPES = ["float32", "int32", "int64", "bfloat16", "float16"];
-
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const { rng } = require("../rng");
 
 /** A tensor of dtype from plain numbers (or BigInts for int64). */
 function make(dtype, values, shape) {

@@ -36,23 +36,6 @@ struct DeviceScan {
                                   cudaStream_t stream = nullptr) {
     return ExclusiveSum(temp, temp_bytes, data, data, n, stream);
   }
-
-  template <class In, class Out, class NumItems>
-  static cudaError_t InclusiveSum(void* temp, size_t& temp_bytes, In in, Out out, NumItems n,
-                                  cudaStream_t stream = nullptr) {
-    (void)stream;
-    if (temp == nullptr) {
-      temp_bytes = 1;
-      return cudaSuccess;
-    }
-    using Value = typename std::remove_cv<typename std::remove_reference<decltype(in[0])>::type>::type;
-    Value sum = Value();
-    for (NumItems i = 0; i < n; ++i) {
-      sum = sum + in[i];
-      out[i] = sum;
-    }
-    return cudaSuccess;
-  }
 };
 
 }  // namespace cub
