@@ -5,8 +5,7 @@
 // (grouped_gemm_sm80.cu, everything else or MOE_CUDA_GG_FORCE_SM80).
 //
 // Status: run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI. (The emulated build keeps this file
-// and replaces the two kernels: cuda/emu/grouped_gemm_emu.cu.)
+// emulator (cuda/emu/) in CI, where the mma.sync kernel is the one chosen.
 #include <cuda_runtime.h>
 
 #include <stdint.h>

@@ -19,8 +19,8 @@
 //
 // Status: compiled for sm_80 and sm_90a without spills (test/cuda-gemm-build.test.ts);
 // NOT YET RUN ON A GPU: the H200 runs selected the wgmma kernel. The device
-// check now also runs this one there (MOE_EP_GG_KERNEL=sm80). Its inline PTX
-// has no CPU emulation.
+// check now also runs this one there (MOE_EP_GG_KERNEL=sm80). It runs on the
+// CPU emulator in CI, its PTX emulated by cuda/emu/ptx_sm80.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -68,6 +68,10 @@ struct Sm80Params {
 
 // ---- PTX wrappers ------------------------------------------------------------------
 
+#ifdef MOE_CUDA_EMULATED
+#include "emu/ptx_sm80.h"  // the same functions for the CPU emulator (cuda/emu/)
+#else
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -111,6 +115,8 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 }
+
+#endif  // MOE_CUDA_EMULATED
 
 // ---- swizzled shared layouts (offsets in elements) --------------------------------
 

@@ -25,12 +25,12 @@
 #define MOE_CUDA_F16 2
 
 // Status. Every launcher below compiles for sm_80 and sm_90a and runs on the
-// CPU emulator (cuda/emu/) in CI, against the CPU ops; the emulator replaces
-// the two tensor-core GEMM kernels. On an H200 (device-results/) the memory,
+// CPU emulator (cuda/emu/) in CI, against the CPU ops; of the kernels behind
+// them only the Hopper (wgmma) grouped GEMM has no emulation. On an H200 (device-results/) the memory,
 // event, check, gate, route, permute, unpermute, activation and AdamW kernels
 // and the wgmma grouped GEMM have run and agree with the CPU ops. NOT YET RUN
-// ON A GPU: the mma.sync grouped GEMM (sm_80 kernel) and the elementwise,
-// random and chunk kernels of the layer (marked below).
+// ON A GPU (only on the emulator): the mma.sync grouped GEMM (sm_80 kernel)
+// and the elementwise, random and chunk kernels of the layer (marked below).
 
 #ifdef __cplusplus
 extern "C" {

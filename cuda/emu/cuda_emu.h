@@ -13,9 +13,8 @@
 // What it checks: indexing, bounds, the barrier structure (a barrier that not
 // every live thread of the block reaches is reported as a deadlock), launch
 // configurations, and the results against the CPU ops. What it cannot check:
-// timing, the memory model beyond barriers, and the tensor-core GEMM kernels
-// (inline PTX): the emulated build replaces those two kernels with a plain
-// loop (cuda/emu/grouped_gemm_emu.cpp) behind the same launchers.
+// timing, the memory model beyond barriers, and the Hopper GEMM kernel (wgmma,
+// TMA and mbarrier PTX). The mma.sync GEMM's PTX is emulated by ptx_sm80.h.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -92,6 +91,14 @@ unsigned live_lanes();
 int lane_id();
 void* dynamic_shared_bytes();
 
+// Dynamic shared memory addressed as the GPU's shared window: 32-bit offsets.
+uint32_t shared_offset(const void* p);
+unsigned char* shared_at(uint32_t offset);
+// cp.async for the calling thread: queued, made at the wait that covers its group.
+void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int newest_in_flight);
+
 template <class T>
 T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_bytes());
@@ -150,6 +157,16 @@ T exchange(unsigned mask, T v, int src) {
 
 }  // namespace emu
 
+// ---- the runtime's kernel-pointer overloads (cuda_runtime.h has them for nvcc only) --
+template <class... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), enum cudaFuncAttribute attr, int value) {
+  return ::cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+template <class... P>
+cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes* attr, void (*kernel)(P...)) {
+  return ::cudaFuncGetAttributes(attr, reinterpret_cast<const void*>(kernel));
+}
+
 // ---- synchronisation and warp collectives -------------------------------------------
 inline void __syncthreads() { emu::sync_block(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::sync_warp(mask); }
@@ -190,6 +207,11 @@ void over_lanes(unsigned mask, uint64_t mine, F f) {
   for (int l = 0; l < 32; ++l)
     if (lanes >> l & 1u) f(l, published(l));
   sync_warp(mask);
+}
+// Every live lane's value, indexed by lane (0 for lanes that are not live).
+inline void gather_warp(uint64_t mine, uint64_t (&all)[32]) {
+  for (uint64_t& v : all) v = 0;
+  over_lanes(0xffffffffu, mine, [&](int l, uint64_t b) { all[l] = b; });
 }
 }  // namespace emu
 

@@ -90,7 +90,17 @@ Order schedule_order() {
   return order;
 }
 
+struct Copy {
+  uint32_t dst;
+  const void* src;
+  int bytes;
+  int src_bytes;  // the rest of `bytes` is zero-filled
+  int group;
+};
+
 struct Fiber {
+  std::vector<Copy> copies;  // cp.async in flight
+  int open_group = 0;        // the group cp.async adds to; committed groups are below it
   void* sp = nullptr;
   char* stack = nullptr;
   State state = State::Done;
@@ -140,6 +150,8 @@ void start_fiber(Fiber& f) {
   for (int i = 0; i < 6; ++i) *--sp = 0;               // rbp rbx r12 r13 r14 r15
   f.sp = sp;
   f.state = State::Ready;
+  f.copies.clear();  // a thread that returned with copies in flight: nothing reads them
+  f.open_group = 0;
 }
 
 // Back to the scheduler until a barrier releases the caller.
@@ -294,6 +306,48 @@ uint64_t published(int lane) {
 unsigned live_lanes() { return live_in_warp(linear(*run.current) / 32); }
 
 int lane_id() { return linear(*run.current) & 31; }
+
+uint32_t shared_offset(const void* p) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(dynamic_shared_bytes());
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  if (at < base || at - base >= run.shared.size()) {
+    fprintf(stderr, "moe-ep CUDA emulator: a shared address outside the block's dynamic shared memory\n");
+    abort();
+  }
+  return static_cast<uint32_t>(at - base);
+}
+
+unsigned char* shared_at(uint32_t offset) {
+  if (offset >= run.shared.size() - 16) {
+    fprintf(stderr, "moe-ep CUDA emulator: shared offset %u past the %zu bytes of dynamic shared memory\n", offset,
+            run.shared.size() - 16);
+    abort();
+  }
+  return static_cast<unsigned char*>(dynamic_shared_bytes()) + offset;
+}
+
+void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
+  shared_at(dst + uint32_t(bytes) - 1);  // bounds
+  run.current->copies.push_back(Copy{dst, src, bytes, src_bytes, run.current->open_group});
+}
+
+void cp_async_commit() { ++run.current->open_group; }
+
+void cp_async_wait(int newest_in_flight) {
+  Fiber& f = *run.current;
+  const int done_below = f.open_group - newest_in_flight;  // groups below this one must have landed
+  size_t kept = 0;
+  for (const Copy& c : f.copies) {
+    if (c.group < done_below) {
+      unsigned char* d = shared_at(c.dst);
+      if (c.src_bytes > 0) memcpy(d, c.src, size_t(c.src_bytes));
+      memset(d + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+    } else {
+      f.copies[kept++] = c;
+    }
+  }
+  f.copies.resize(kept);
+}
 
 void* dynamic_shared_bytes() {
   uintptr_t p = reinterpret_cast<uintptr_t>(run.shared.data());
