@@ -1,9 +1,10 @@
 // Two projects. "cpu": every test against the addon in build/ (CUDA cases run
 // where a GPU is present and are listed as skipped elsewhere). "cuda-emulated":
-// when `npm run build:emu` has built build-emu/, the CUDA test files again
-// against that addon, whose cuda:0 runs the real kernels of cuda/ on the CPU
-// emulator of cuda/emu/, and the emulator's own tests (which say they were
-// skipped when the build is absent).
+// when `npm run build:emu` has built build-emu/, the CUDA and NCCL test files
+// again against that addon, whose cuda:0 runs the real kernels of cuda/ on the
+// CPU emulator of cuda/emu/ (and NCCL at world size 1 on its one-rank NCCL),
+// and the emulator's own tests (which say they were skipped when the build is
+// absent).
 const fs = require("fs");
 const path = require("path");
 
@@ -15,7 +16,7 @@ const base = {
   },
 };
 const emulated = fs.existsSync(path.join(__dirname, "build-emu", "Release", "moe_ep.node"));
-const cudaFiles = ["cuda-ops", "layer-cuda", "device"].map((f) => `<rootDir>/test/${f}.test.ts`);
+const cudaFiles = ["cuda-ops", "layer-cuda", "device", "nccl-group"].map((f) => `<rootDir>/test/${f}.test.ts`);
 
 module.exports = {
   testTimeout: 60000,
@@ -31,7 +32,7 @@ module.exports = {
       ...base,
       displayName: "cuda-emulated",
       testMatch: ["<rootDir>/test/emulated/**/*.test.ts", ...(emulated ? cudaFiles : [])],
-      setupFiles: emulated ? ["<rootDir>/test/emulated/setup.js"] : [],
+      testEnvironment: emulated ? "<rootDir>/test/emulated/environment.js" : "node",
     },
   ],
 };

@@ -4,9 +4,10 @@
  *
  * Two parts:
  * - the refusals that come before any NCCL call, which run everywhere;
- * - the collectives themselves, which need NCCL and a GPU: without them they
- *   are listed as skipped with ncclStatus().reason in their names. Until they
- *   have passed on a GPU machine, the NCCL group has never run.
+ * - the collectives themselves, which need NCCL and a CUDA device: without
+ *   them they are listed as skipped with ncclStatus().reason in their names.
+ *   They run on a GPU with a real libnccl, and in CI on the CUDA emulator with
+ *   its one-rank NCCL (cuda/emu/nccl_emu.cpp; the cuda-emulated jest project).
  *
  * World size 1 still goes through NCCL: the all-to-all-v is a grouped
  * ncclSend / ncclRecv to this rank itself, after the count exchange read back

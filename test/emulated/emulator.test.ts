@@ -15,6 +15,7 @@ import * as path from "path";
 const root = path.resolve(__dirname, "..", "..");
 const addon = path.join(root, "build-emu", "Release", "moe_ep.node");
 const selftest = path.join(root, "build-emu", "moe_ep_emu_selftest");
+const nccl = path.join(root, "build-emu", "Release", "libnccl_emu.so");
 const missing = !fs.existsSync(addon) || !fs.existsSync(selftest);
 const maybe = missing ? test.skip : test;
 const why = missing ? " (skipped: no emulated build in build-emu/: run npm run build:emu)" : "";
@@ -22,8 +23,8 @@ const why = missing ? " (skipped: no emulated build in build-emu/: run npm run b
 function run(cmd: string, args: string[], schedule: string) {
   const r = spawnSync(cmd, args, {
     encoding: "utf8",
-    timeout: 60000,
-    env: { ...process.env, MOE_EP_ADDON: addon, MOE_EP_EMU_SCHEDULE: schedule },
+    timeout: 120000,
+    env: { ...process.env, MOE_EP_ADDON: addon, MOE_EP_NCCL_LIBRARY: nccl, MOE_EP_EMU_SCHEDULE: schedule },
   });
   return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }
@@ -76,4 +77,16 @@ describe("the CUDA emulator", () => {
     expect(outputs[1]).toBe(outputs[0]);
     expect(outputs[2]).toBe(outputs[0]);
   }, 60000);
+
+  maybe(`the GPU check's scripts run on the emulated device: device-check.js --mode sanitize, device-layer.js --no-bench${why}`, () => {
+    const sanitize = run(process.execPath, ["--expose-gc", path.join(root, "scripts", "device-check.js"), "--mode", "sanitize"], "forward");
+    expect(sanitize.stderr).toBe("");
+    expect(sanitize.stdout).toMatch(/^sanitize: every kernel ran once/m);
+    expect(sanitize.status).toBe(0);
+    const layer = run(process.execPath, [path.join(root, "scripts", "device-layer.js"), "--no-bench"], "forward");
+    expect(layer.stdout).not.toMatch(/^FAIL/m);
+    expect(layer.stdout).toMatch(/^ok\tlayer, NCCL world 1: backward dx/m);
+    expect(layer.stdout).toMatch(/^every case agrees$/m);
+    expect(layer.status).toBe(0);
+  }, 120000);
 });
