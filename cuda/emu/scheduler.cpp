@@ -8,10 +8,10 @@
 // has deadlocked: the emulator says where and aborts, since no result of that
 // launch could be trusted.
 //
-// The order in which the threads of a block run between two barriers is
-// MOE_EP_EMU_SCHEDULE: "forward" (thread 0 first, the default), "reverse", or
-// "shuffle" (a fresh permutation for every block and every round, from a fixed
-// seed). A correct kernel gives the same bits under all three; a kernel that
+// The order in which the threads of a block run between two barriers, and the
+// order of the blocks, is MOE_EP_EMU_SCHEDULE: "forward" (thread 0 and block 0
+// first, the default), "reverse", or "shuffle" (a fresh permutation for every
+// launch, block and round, from a fixed seed). A correct kernel gives the same bits under all three; a kernel that
 // reads shared memory another thread writes without a barrier between them
 // gives different results under "forward" and "reverse", which is how the
 // emulator finds such races.
@@ -280,12 +280,21 @@ void run_grid(const Config& c, void (*body)(void*), void* context) {
   run.shared.assign(c.shared_bytes + 16, 0xcd);
   blockDim = c.block;
   gridDim = c.grid;
-  for (unsigned z = 0; z < c.grid.z; ++z)
-    for (unsigned y = 0; y < c.grid.y; ++y)
-      for (unsigned x = 0; x < c.grid.x; ++x) {
-        blockIdx = uint3{x, y, z};
-        run_block();
-      }
+  // Blocks one after another, in the schedule's order too: a kernel must not
+  // depend on which of its blocks runs first.
+  const uint64_t blocks = uint64_t(c.grid.x) * c.grid.y * c.grid.z;
+  const Order how = schedule_order();
+  std::vector<uint64_t> shuffled;
+  if (how == Order::Shuffle) {
+    shuffled.resize(blocks);
+    std::iota(shuffled.begin(), shuffled.end(), uint64_t(0));
+    std::shuffle(shuffled.begin(), shuffled.end(), run.rng);
+  }
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t b = how == Order::Forward ? i : how == Order::Reverse ? blocks - 1 - i : shuffled[i];
+    blockIdx = uint3{unsigned(b % c.grid.x), unsigned(b / c.grid.x % c.grid.y), unsigned(b / (uint64_t(c.grid.x) * c.grid.y))};
+    run_block();
+  }
   run.current = nullptr;
 }
 

@@ -53,6 +53,21 @@ describe("the CUDA emulator", () => {
     expect(read("reverse")).toBe(63);
   });
 
+  maybe(`blocks run in the schedule's order: forward, reverse, or a permutation${why}`, () => {
+    const order = (schedule: string) => {
+      const r = run(selftest, ["order"], schedule);
+      expect(r.status).toBe(0);
+      const m = /^order: ([\d ]+)$/m.exec(r.stdout);
+      if (!m) throw new Error(`unexpected output: ${r.stdout}`);
+      return m[1].split(" ").map(Number);
+    };
+    expect(order("forward")).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(order("reverse")).toEqual([7, 6, 5, 4, 3, 2, 1, 0]);
+    const shuffled = order("shuffle");
+    expect([...shuffled].sort()).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(shuffled).not.toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+  });
+
   maybe(`barriers that cannot complete are reported as a deadlock naming the waiting threads${why}`, () => {
     const r = run(selftest, ["deadlock"], "forward");
     expect(r.signal).toBe("SIGABRT");

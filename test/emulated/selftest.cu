@@ -9,6 +9,7 @@
 //                       forward and reverse: how the emulator exposes races)
 //   selftest deadlock   a kernel whose barriers cannot all complete (the
 //                       emulator reports it and aborts)
+//   selftest order      prints the blocks of a launch in the order they ran
 //   selftest overrun    a kernel that writes one element past the end of its
 //                       buffer (the guard page after it faults)
 #include <cuda_runtime.h>
@@ -93,6 +94,12 @@ __global__ void deadlock_kernel(int* out) {
 }
 
 __global__ void nothing_kernel(int* out) { out[0] = 1; }
+
+// Each block takes the next slot of a global log (an order-dependent atomic:
+// what a kernel must not let into its results, and here the point).
+__global__ void block_order_kernel(int* next, int* log) {
+  if (threadIdx.x == 0) log[atomicAdd(next, 1)] = static_cast<int>(blockIdx.x);
+}
 
 // Thread t writes element t: one thread too many for the buffer.
 __global__ void overrun_kernel(int* out) { out[threadIdx.x] = 1; }
@@ -221,6 +228,20 @@ int run_overrun() {
   return 0;
 }
 
+int run_order() {
+  int* d = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&d), 9 * sizeof(int));
+  cudaMemset(d, 0, sizeof(int));
+  block_order_kernel<<<8, 32>>>(d, d + 1);
+  int h[9];
+  cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+  cudaFree(d);
+  printf("order:");
+  for (int i = 1; i < 9; ++i) printf(" %d", h[i]);
+  printf("\n");
+  return 0;
+}
+
 int run_race() {
   int* d = nullptr;
   cudaMalloc(reinterpret_cast<void**>(&d), 64 * sizeof(int));
@@ -249,6 +270,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "race") == 0) return run_race();
   if (argc > 1 && strcmp(argv[1], "deadlock") == 0) return run_deadlock();
   if (argc > 1 && strcmp(argv[1], "overrun") == 0) return run_overrun();
+  if (argc > 1 && strcmp(argv[1], "order") == 0) return run_order();
   check_warp_ops();
   check_block_sum();
   check_dynamic_shared();
