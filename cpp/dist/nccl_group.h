@@ -7,7 +7,8 @@
 // Status: run on an H200 at world size 1 against libnccl from PyTorch's
 // wheel (device-results/: every collective, the refusals, the timeout
 // watchdog). More than one rank has not run on GPUs (one-GPU machines only);
-// the multi-rank logic it shares with Gloo is tested across processes there.
+// it runs across processes on the CUDA emulator with its socket NCCL in CI
+// (test/emulated/nccl-procs.test.ts).
 //
 // Streams: every tensor lives on the group's device. A collective first waits
 // until the work queued on the CPU stream before it has been enqueued (CUDA

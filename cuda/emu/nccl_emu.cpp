@@ -1,30 +1,57 @@
-// NCCL for the CUDA emulator's one device (libnccl_emu.so, built with
-// MOE_EP_CUDA=EMULATE): the functions cpp/dist/nccl_api.h loads, for
-// communicators of one rank, so that the NCCL process group and the layer's
-// NCCL path run on the emulator at world size 1, as they do on a one-GPU
-// machine. Point MOE_EP_NCCL_LIBRARY at it (the cuda-emulated jest project
-// does).
+// NCCL for the CUDA emulator (libnccl_emu.so, built with MOE_EP_CUDA=EMULATE):
+// the functions cpp/dist/nccl_api.h loads, so that the NCCL process group and
+// the layer's NCCL path run on emulated devices, one rank per process as on
+// GPUs. Point MOE_EP_NCCL_LIBRARY at it (the cuda-emulated jest project does).
 //
-// Semantics, as NCCL's for one rank: a grouped ncclSend to rank 0 is matched
-// with the group's ncclRecv from rank 0 in call order, and each pair must
-// agree on count and type; an all-reduce over one rank and a broadcast from
-// rank 0 copy their input. Device memory is host memory and the emulated
-// streams run in order at once, so the copies are made when the group ends.
+// Transport: Unix domain sockets, a full mesh. ncclGetUniqueId makes a private
+// directory and names it in the id; at init every rank listens there, connects
+// to each lower rank and accepts each higher one, then removes its socket file
+// (the last rank out removes the directory). Device memory is host memory and
+// the emulated streams run in order at once, so every operation moves its data
+// before it returns: sends and receives of a group when the group ends, each
+// peer's bytes in call order (NCCL's matching rule), all peers progressed
+// together so that no pair of ranks waits on the other. An all-reduce sends
+// every rank's buffer to every other and adds them in rank order (the same
+// bits on every rank); a broadcast sends the root's buffer to the others.
+// A peer that goes away is ncclRemoteError; no progress for a minute is
+// ncclSystemError (the process group's own watchdog is shorter).
+//
 // Non-blocking communicators (ncclCommInitRankConfig with blocking = 0)
-// report ncclInProgress from init once, so the caller's polling runs. More
-// than one rank is ncclInvalidUsage: ranks in other processes would need a
-// transport this library does not have.
+// report ncclInProgress from init once, so the caller's polling runs.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
-#include <mutex>
+#include <chrono>
 #include <string>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
-enum Result : int { kSuccess = 0, kInternalError = 3, kInvalidArgument = 4, kInvalidUsage = 5, kInProgress = 7 };
+enum Result : int {
+  kSuccess = 0,
+  kSystemError = 2,
+  kInternalError = 3,
+  kInvalidArgument = 4,
+  kInvalidUsage = 5,
+  kRemoteError = 6,
+  kInProgress = 7,
+};
+enum Type : int { kI8, kU8, kI32, kU32, kI64, kU64, kF16, kF32, kF64, kBF16 };
+enum Op : int { kSum, kProd, kMax, kMin, kAvg };
+
+constexpr const char* kIdTag = "moe-ep-nccl-emu:";
+constexpr auto kStall = std::chrono::seconds(60);
 
 struct UniqueId {
   char internal[128];
@@ -38,77 +65,291 @@ struct Config {  // ncclConfig_t as NCCL 2.14 declared it
 
 size_t type_bytes(int type) {
   switch (type) {
-    case 0: case 1: return 1;                  // int8, uint8
-    case 2: case 3: case 7: return 4;          // int32, uint32, float32
-    case 4: case 5: case 8: return 8;          // int64, uint64, float64
-    case 6: case 9: return 2;                  // float16, bfloat16
+    case kI8: case kU8: return 1;
+    case kF16: case kBF16: return 2;
+    case kI32: case kU32: case kF32: return 4;
+    case kI64: case kU64: case kF64: return 8;
     default: return 0;
   }
 }
 
 struct Transfer {
-  const void* send;
-  void* recv;
-  size_t count;
-  int type;
+  int peer;
+  bool send;
+  char* data;  // const for a send
+  size_t bytes;
 };
 
 struct Comm {
-  Result async = kSuccess;  // kInProgress right after a non-blocking init
+  int rank = 0;
+  int size = 1;
+  std::vector<int> fds;  // per peer; -1 for this rank
+  Result async = kSuccess;
   std::string last_error;
-  std::vector<Transfer> sends, recvs;  // of the open group
+  std::vector<Transfer> group;  // the open group's sends and receives
 };
 
 thread_local int group_depth = 0;
-thread_local std::vector<Comm*> group_comms;  // communicators with operations in the open group
+thread_local std::vector<Comm*> group_comms;
 
 Result refuse(Comm* c, Result r, const std::string& why) {
   if (c) c->last_error = why;
   return r;
 }
 
-Result flush(Comm* c) {
-  if (c->sends.size() != c->recvs.size()) {
-    const std::string why = "a group with " + std::to_string(c->sends.size()) + " sends to rank 0 and " +
-                            std::to_string(c->recvs.size()) + " receives from it";
-    c->sends.clear();
-    c->recvs.clear();
-    return refuse(c, kInvalidUsage, why);
+// ---- the mesh ----------------------------------------------------------------------
+
+std::string socket_path(const std::string& dir, int rank) { return dir + "/" + std::to_string(rank) + ".sock"; }
+
+bool fill_address(sockaddr_un& a, const std::string& path) {
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof a.sun_path) return false;
+  memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  return true;
+}
+
+bool write_all(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t w = write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    c += w;
+    n -= size_t(w);
   }
-  for (size_t i = 0; i < c->sends.size(); ++i) {
-    const Transfer& s = c->sends[i];
-    const Transfer& r = c->recvs[i];
-    if (s.count != r.count || s.type != r.type) {
-      c->sends.clear();
-      c->recvs.clear();
-      return refuse(c, kInvalidUsage, "send " + std::to_string(i) + " of the group does not match its receive");
+  return true;
+}
+
+bool read_all(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    const ssize_t r = read(fd, c, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    c += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+Result connect_mesh(Comm* c, const std::string& dir) {
+  const int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a;
+  const std::string mine = socket_path(dir, c->rank);
+  if (listener < 0 || !fill_address(a, mine) || bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      listen(listener, c->size) != 0) {
+    if (listener >= 0) close(listener);
+    return refuse(c, kSystemError, "cannot listen at " + mine + ": " + strerror(errno));
+  }
+  Result result = kSuccess;
+  const auto deadline = std::chrono::steady_clock::now() + kStall;
+  for (int p = 0; p < c->rank && result == kSuccess; ++p) {
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    fill_address(a, socket_path(dir, p));
+    while (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        result = refuse(c, kSystemError, "rank " + std::to_string(p) + " did not listen within a minute");
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    if (s.count) memmove(r.recv, s.send, s.count * type_bytes(s.type));
+    if (result == kSuccess && !write_all(fd, &c->rank, sizeof c->rank))
+      result = refuse(c, kRemoteError, "rank " + std::to_string(p) + " closed its connection");
+    if (result == kSuccess)
+      c->fds[size_t(p)] = fd;
+    else
+      close(fd);
   }
-  c->sends.clear();
-  c->recvs.clear();
-  return kSuccess;
+  for (int n = c->rank + 1; n < c->size && result == kSuccess; ++n) {
+    pollfd w{listener, POLLIN, 0};
+    if (poll(&w, 1, int(std::chrono::duration_cast<std::chrono::milliseconds>(kStall).count())) != 1) {
+      result = refuse(c, kSystemError, "a higher rank did not connect within a minute");
+      break;
+    }
+    const int fd = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    int peer = -1;
+    if (fd < 0 || !read_all(fd, &peer, sizeof peer) || peer <= c->rank || peer >= c->size ||
+        c->fds[size_t(peer)] >= 0) {
+      if (fd >= 0) close(fd);
+      result = refuse(c, kInternalError, "a connection that is not a higher rank of this communicator");
+      break;
+    }
+    c->fds[size_t(peer)] = fd;
+  }
+  close(listener);
+  unlink(mine.c_str());
+  rmdir(dir.c_str());  // succeeds for the last rank out
+  return result;
+}
+
+void close_mesh(Comm* c) {
+  for (int& fd : c->fds)
+    if (fd >= 0) close(fd), fd = -1;
+}
+
+// ---- moving data -------------------------------------------------------------------
+
+// Runs the transfers: this rank's own in call order (each send with the next
+// receive), and every peer's bytes in call order, all peers at once.
+Result run_transfers(Comm* c, const std::vector<Transfer>& ts) {
+  std::vector<const Transfer*> self_sends, self_recvs;
+  for (const Transfer& t : ts)
+    if (t.peer == c->rank) (t.send ? self_sends : self_recvs).push_back(&t);
+  if (self_sends.size() != self_recvs.size())
+    return refuse(c, kInvalidUsage, "a group with " + std::to_string(self_sends.size()) + " sends to this rank and " +
+                                        std::to_string(self_recvs.size()) + " receives from it");
+  for (size_t i = 0; i < self_sends.size(); ++i) {
+    if (self_sends[i]->bytes != self_recvs[i]->bytes)
+      return refuse(c, kInvalidUsage, "a send to this rank and its receive differ in size");
+    if (self_sends[i]->bytes) memmove(self_recvs[i]->data, self_sends[i]->data, self_sends[i]->bytes);
+  }
+  struct Stream {
+    std::vector<const Transfer*> items;
+    size_t item = 0, offset = 0;
+    bool done() const { return item == items.size(); }
+  };
+  std::vector<Stream> out(size_t(c->size)), in(size_t(c->size));
+  for (const Transfer& t : ts)
+    if (t.peer != c->rank && t.bytes > 0) (t.send ? out : in)[size_t(t.peer)].items.push_back(&t);
+  auto last_progress = std::chrono::steady_clock::now();
+  for (;;) {
+    std::vector<pollfd> fds;
+    for (int p = 0; p < c->size; ++p) {
+      short events = 0;
+      if (!out[size_t(p)].done()) events |= POLLOUT;
+      if (!in[size_t(p)].done()) events |= POLLIN;
+      if (events) fds.push_back(pollfd{c->fds[size_t(p)], events, 0});
+    }
+    if (fds.empty()) return kSuccess;
+    if (poll(fds.data(), fds.size(), 100) < 0 && errno != EINTR)
+      return refuse(c, kSystemError, std::string("poll: ") + strerror(errno));
+    bool moved = false;
+    for (const pollfd& f : fds) {
+      int p = 0;
+      while (c->fds[size_t(p)] != f.fd) ++p;
+      if (f.revents & (POLLERR | POLLNVAL))
+        return refuse(c, kRemoteError, "the connection to rank " + std::to_string(p) + " failed");
+      if ((f.revents & POLLOUT) && !out[size_t(p)].done()) {
+        Stream& s = out[size_t(p)];
+        const Transfer* t = s.items[s.item];
+        const ssize_t w = send(f.fd, t->data + s.offset, t->bytes - s.offset, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+          return refuse(c, kRemoteError, "rank " + std::to_string(p) + " went away (" + strerror(errno) + ")");
+        if (w > 0) {
+          moved = true;
+          if ((s.offset += size_t(w)) == t->bytes) ++s.item, s.offset = 0;
+        }
+      }
+      if ((f.revents & (POLLIN | POLLHUP)) && !in[size_t(p)].done()) {
+        Stream& s = in[size_t(p)];
+        const Transfer* t = s.items[s.item];
+        const ssize_t r = recv(f.fd, t->data + s.offset, t->bytes - s.offset, MSG_DONTWAIT);
+        if (r == 0) return refuse(c, kRemoteError, "rank " + std::to_string(p) + " closed its connection");
+        if (r < 0 && errno != EAGAIN && errno != EINTR)
+          return refuse(c, kRemoteError, "rank " + std::to_string(p) + " went away (" + strerror(errno) + ")");
+        if (r > 0) {
+          moved = true;
+          if ((s.offset += size_t(r)) == t->bytes) ++s.item, s.offset = 0;
+        }
+      }
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (moved) last_progress = now;
+    if (now - last_progress > kStall) return refuse(c, kSystemError, "no data moved for a minute");
+  }
 }
 
 // Queues a send or a receive; outside a group it is a group of its own.
-Result queue(Comm* c, Transfer t, int peer, bool is_send) {
+Result queue(Comm* c, Transfer t, int type, size_t count) {
   if (!c) return kInvalidArgument;
-  if (peer != 0) return refuse(c, kInvalidArgument, "peer " + std::to_string(peer) + " of a one-rank communicator");
-  if (!type_bytes(t.type)) return refuse(c, kInvalidArgument, "unknown data type " + std::to_string(t.type));
-  (is_send ? c->sends : c->recvs).push_back(t);
+  if (t.peer < 0 || t.peer >= c->size)
+    return refuse(c, kInvalidArgument, "peer " + std::to_string(t.peer) + " of " + std::to_string(c->size) + " ranks");
+  if (!type_bytes(type)) return refuse(c, kInvalidArgument, "unknown data type " + std::to_string(type));
+  t.bytes = count * type_bytes(type);
+  c->group.push_back(t);
   if (group_depth > 0) {
     bool listed = false;
     for (Comm* g : group_comms) listed |= g == c;
     if (!listed) group_comms.push_back(c);
     return kSuccess;
   }
-  return flush(c);  // alone, a send to itself never completes: NCCL would hang, this refuses
+  std::vector<Transfer> ts;
+  ts.swap(c->group);
+  return run_transfers(c, ts);
 }
 
-Result copy_op(Comm* c, const void* send, void* recv, size_t count, int type) {
-  if (!c) return kInvalidArgument;
-  if (!type_bytes(type)) return refuse(c, kInvalidArgument, "unknown data type " + std::to_string(type));
-  if (count && send != recv) memmove(recv, send, count * type_bytes(type));
+// ---- reductions ----------------------------------------------------------------------
+
+template <class T>
+double load(const char* p, size_t i) {
+  T v;
+  memcpy(&v, p + i * sizeof(T), sizeof(T));
+  if constexpr (std::is_same<T, __half>::value)
+    return __half2float(v);
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    return __bfloat162float(v);
+  else
+    return static_cast<double>(v);
+}
+
+template <class T>
+void store(char* p, size_t i, double v) {
+  T t;
+  if constexpr (std::is_same<T, __half>::value)
+    t = __float2half_rn(static_cast<float>(v));
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    t = __float2bfloat16_rn(static_cast<float>(v));
+  else if constexpr (std::is_same<T, float>::value)
+    t = static_cast<float>(v);
+  else
+    t = static_cast<T>(v);
+  memcpy(p + i * sizeof(T), &t, sizeof(T));
+}
+
+// out[i] = op over ranks (in rank order) of parts[r][i]: integers exactly,
+// floats in their own type (each step rounded to T, as a reduction in T is).
+template <class T>
+void reduce(char* out, const std::vector<const char*>& parts, size_t count, int op) {
+  for (size_t i = 0; i < count; ++i) {
+    if constexpr (std::is_integral<T>::value) {
+      T acc;
+      memcpy(&acc, parts[0] + i * sizeof(T), sizeof(T));
+      for (size_t r = 1; r < parts.size(); ++r) {
+        T v;
+        memcpy(&v, parts[r] + i * sizeof(T), sizeof(T));
+        acc = op == kProd ? T(acc * v) : op == kMax ? (v > acc ? v : acc) : op == kMin ? (v < acc ? v : acc) : T(acc + v);
+      }
+      if (op == kAvg) acc = T(acc / T(parts.size()));
+      memcpy(out + i * sizeof(T), &acc, sizeof(T));
+    } else {
+      double acc = load<T>(parts[0], i);
+      for (size_t r = 1; r < parts.size(); ++r) {
+        const double v = load<T>(parts[r], i);
+        acc = op == kProd ? acc * v : op == kMax ? (v > acc ? v : acc) : op == kMin ? (v < acc ? v : acc) : acc + v;
+        store<T>(out, i, acc);
+        acc = load<T>(out, i);
+      }
+      if (op == kAvg) acc = acc / static_cast<double>(parts.size());
+      store<T>(out, i, acc);
+    }
+  }
+}
+
+Result reduce_typed(int type, char* out, const std::vector<const char*>& parts, size_t count, int op) {
+  switch (type) {
+    case kI8: reduce<int8_t>(out, parts, count, op); break;
+    case kU8: reduce<uint8_t>(out, parts, count, op); break;
+    case kI32: reduce<int32_t>(out, parts, count, op); break;
+    case kU32: reduce<uint32_t>(out, parts, count, op); break;
+    case kI64: reduce<int64_t>(out, parts, count, op); break;
+    case kU64: reduce<uint64_t>(out, parts, count, op); break;
+    case kF16: reduce<__half>(out, parts, count, op); break;
+    case kF32: reduce<float>(out, parts, count, op); break;
+    case kF64: reduce<double>(out, parts, count, op); break;
+    case kBF16: reduce<__nv_bfloat16>(out, parts, count, op); break;
+    default: return kInvalidArgument;
+  }
   return kSuccess;
 }
 
@@ -125,9 +366,11 @@ Result ncclGetVersion(int* version) {
 const char* ncclGetErrorString(Result r) {
   switch (r) {
     case kSuccess: return "no error";
+    case kSystemError: return "unhandled system error";
     case kInvalidArgument: return "invalid argument";
     case kInvalidUsage: return "invalid usage";
-    case kInProgress: return "operation in progress";
+    case kRemoteError: return "remote process exited or there was a network error";
+    case kInProgress: return "NCCL operation in progress";
     default: return "internal error";
   }
 }
@@ -136,16 +379,30 @@ const char* ncclGetLastError(Comm* comm) { return comm ? comm->last_error.c_str(
 
 Result ncclGetUniqueId(UniqueId* id) {
   if (!id) return kInvalidArgument;
+  char dir[] = "/tmp/moe-nccl-emu-XXXXXX";
+  if (!mkdtemp(dir)) return kSystemError;
   memset(id, 0, sizeof *id);
-  snprintf(id->internal, sizeof id->internal, "moe-ep emulated nccl");
+  snprintf(id->internal, sizeof id->internal, "%s%s", kIdTag, dir);
   return kSuccess;
 }
 
-Result ncclCommInitRankConfig(Comm** comm, int nranks, UniqueId, int rank, Config* config) {
+Result ncclCommInitRankConfig(Comm** comm, int nranks, UniqueId id, int rank, Config* config) {
   if (!comm) return kInvalidArgument;
   *comm = nullptr;
-  if (nranks != 1 || rank != 0) return kInvalidUsage;  // no transport to other processes
+  if (nranks < 1 || rank < 0 || rank >= nranks) return kInvalidArgument;
+  id.internal[sizeof id.internal - 1] = 0;
+  if (strncmp(id.internal, kIdTag, strlen(kIdTag)) != 0) return kInvalidArgument;
   Comm* c = new Comm;
+  c->rank = rank;
+  c->size = nranks;
+  c->fds.assign(size_t(nranks), -1);
+  const std::string dir = id.internal + strlen(kIdTag);
+  const Result r = nranks > 1 ? connect_mesh(c, dir) : (rmdir(dir.c_str()), kSuccess);
+  if (r != kSuccess) {
+    close_mesh(c);
+    delete c;
+    return r;
+  }
   if (config && config->blocking == 0) c->async = kInProgress;
   *comm = c;
   return c->async;
@@ -158,19 +415,19 @@ Result ncclCommInitRank(Comm** comm, int nranks, UniqueId id, int rank) {
 Result ncclCommGetAsyncError(Comm* comm, Result* error) {
   if (!comm || !error) return kInvalidArgument;
   *error = comm->async;
-  comm->async = kSuccess;  // a non-blocking init is done by the first poll
+  if (comm->async == kInProgress) comm->async = kSuccess;  // a non-blocking init is done by the first poll
   return kSuccess;
 }
 
 Result ncclCommAbort(Comm* comm) {
+  if (comm) close_mesh(comm);
   delete comm;
   return kSuccess;
 }
 
 Result ncclCommDestroy(Comm* comm) {
-  if (comm && (!comm->sends.empty() || !comm->recvs.empty())) return kInvalidUsage;
-  delete comm;
-  return kSuccess;
+  if (comm && !comm->group.empty()) return kInvalidUsage;
+  return ncclCommAbort(comm);
 }
 
 Result ncclGroupStart() {
@@ -182,30 +439,63 @@ Result ncclGroupEnd() {
   if (group_depth == 0) return kInvalidUsage;
   if (--group_depth > 0) return kSuccess;
   Result first = kSuccess;
-  for (Comm* c : group_comms) {
-    const Result r = flush(c);
+  std::vector<Comm*> comms;
+  comms.swap(group_comms);
+  for (Comm* c : comms) {
+    std::vector<Transfer> ts;
+    ts.swap(c->group);
+    const Result r = run_transfers(c, ts);
+    if (r != kSuccess) c->async = r;
     if (first == kSuccess) first = r;
   }
-  group_comms.clear();
   return first;
 }
 
 Result ncclSend(const void* buf, size_t count, int type, int peer, Comm* comm, void*) {
-  return queue(comm, Transfer{buf, nullptr, count, type}, peer, true);
+  return queue(comm, Transfer{peer, true, const_cast<char*>(static_cast<const char*>(buf)), 0}, type, count);
 }
 
 Result ncclRecv(void* buf, size_t count, int type, int peer, Comm* comm, void*) {
-  return queue(comm, Transfer{nullptr, buf, count, type}, peer, false);
+  return queue(comm, Transfer{peer, false, static_cast<char*>(buf), 0}, type, count);
 }
 
 Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Comm* comm, void*) {
-  if (op < 0 || op > 4) return refuse(comm, kInvalidArgument, "unknown reduction " + std::to_string(op));
-  return copy_op(comm, send, recv, count, type);  // sum, prod, max, min and avg over one rank
+  if (!comm) return kInvalidArgument;
+  if (op < kSum || op > kAvg) return refuse(comm, kInvalidArgument, "unknown reduction " + std::to_string(op));
+  const size_t bytes = count * type_bytes(type);
+  if (!type_bytes(type)) return refuse(comm, kInvalidArgument, "unknown data type " + std::to_string(type));
+  std::vector<std::vector<char>> theirs(size_t(comm->size));
+  std::vector<Transfer> ts;
+  for (int p = 0; p < comm->size; ++p) {
+    if (p == comm->rank) continue;
+    theirs[size_t(p)].resize(bytes);
+    ts.push_back(Transfer{p, true, const_cast<char*>(static_cast<const char*>(send)), bytes});
+    ts.push_back(Transfer{p, false, theirs[size_t(p)].data(), bytes});
+  }
+  const Result r = run_transfers(comm, ts);
+  if (r != kSuccess) return comm->async = r;
+  std::vector<char> mine(static_cast<const char*>(send), static_cast<const char*>(send) + bytes);
+  std::vector<const char*> parts;
+  for (int p = 0; p < comm->size; ++p) parts.push_back(p == comm->rank ? mine.data() : theirs[size_t(p)].data());
+  return reduce_typed(type, static_cast<char*>(recv), parts, count, op);
 }
 
 Result ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Comm* comm, void*) {
-  if (root != 0) return refuse(comm, kInvalidArgument, "root " + std::to_string(root) + " of a one-rank communicator");
-  return copy_op(comm, send, recv, count, type);
+  if (!comm) return kInvalidArgument;
+  if (root < 0 || root >= comm->size) return refuse(comm, kInvalidArgument, "root " + std::to_string(root));
+  if (!type_bytes(type)) return refuse(comm, kInvalidArgument, "unknown data type " + std::to_string(type));
+  const size_t bytes = count * type_bytes(type);
+  std::vector<Transfer> ts;
+  if (comm->rank == root) {
+    if (bytes && send != recv) memmove(recv, send, bytes);
+    for (int p = 0; p < comm->size; ++p)
+      if (p != root) ts.push_back(Transfer{p, true, static_cast<char*>(recv), bytes});
+  } else {
+    ts.push_back(Transfer{root, false, static_cast<char*>(recv), bytes});
+  }
+  const Result r = run_transfers(comm, ts);
+  if (r != kSuccess) comm->async = r;
+  return r;
 }
 
 }  // extern "C"

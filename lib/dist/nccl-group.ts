@@ -13,8 +13,8 @@
  * after the compute stream by events. The watchdog aborts a communicator
  * whose operation outlives the timeout.
  *
- * Run on an H200 at world size 1 (device-results/); more ranks have not run on
- * GPUs. test/nccl-group.test.ts and scripts/device-check.js exercise it where
+ * Run on an H200 at world size 1 (device-results/); more ranks have run only
+ * on the CUDA emulator (test/emulated/nccl-procs.test.ts), not on GPUs. test/nccl-group.test.ts and scripts/device-check.js exercise it where
  * a GPU and NCCL are present.
  */
 import { MoEError } from "../errors";
