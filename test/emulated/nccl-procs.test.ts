@@ -4,6 +4,7 @@
  * the ranks' processes), as a machine with one GPU per rank would run them:
  * - allToAllV of rank-encoded rows with uneven counts, allReduce and broadcast
  *   across 3 ranks, checked against formulas of the ranks' numbers;
+ * - a rank that exits: the survivor's next collective is ERR_MOE_PEER_LOST;
  * - a bf16 swiglu MoELayer with epSize 2 and 4 (every rank its own emulated
  *   device) forward and backward against the float64 reference layer, and
  *   each rank's initial experts equal to the full layer's slice.
@@ -88,7 +89,36 @@ const rank = Number(process.env.RANK);
 })().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
 `;
 
+const PEER_LOST = `
+const fs = require("fs");
+const { Tensor, initProcessGroup } = require(${dist});
+const rank = Number(process.env.RANK);
+(async () => {
+  const pg = await initProcessGroup({ backend: "nccl", device: "cuda:0", timeoutMs: 20000 });
+  await pg.barrier();
+  if (rank === 1) process.exit(0);  // gone without a word: its sockets close with it
+  const t0 = Date.now();
+  const x = await Tensor.from(Float32Array.from([1, 2, 3, 4]), [2, 2]).to("cuda:0");
+  let code = "resolved";
+  try {
+    await pg.allToAllV(x, [1, 1]);
+  } catch (e) {
+    code = e.code;
+  }
+  fs.writeFileSync(process.argv[2], JSON.stringify({ code, ms: Date.now() - t0, fault: pg.handle.fault && pg.handle.fault.code }));
+  pg.destroy();
+})().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
+`;
+
 describe("NCCL across processes on emulated devices", () => {
+  maybe(`a rank that exits mid-run: the survivor's allToAllV rejects with ERR_MOE_PEER_LOST at once${why}`, async () => {
+    const out = path.join(work, "peer-lost.json");
+    const run = await launch(2, PEER_LOST, [out]);
+    const res = fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, "utf8")) : { run };
+    expect(res.code).toBe("ERR_MOE_PEER_LOST");
+    expect(res.ms).toBeLessThan(10000);
+  }, 120000);
+
   maybe(`allToAllV with uneven counts, allReduce and broadcast across 3 ranks${why}`, async () => {
     const W = 3;
     const out = path.join(work, "collectives");
