@@ -36,39 +36,23 @@
 #include <type_traits>
 #include <vector>
 
+#include "../../cpp/dist/nccl_api.h"
+
 namespace {
 
-enum Result : int {
-  kSuccess = 0,
-  kSystemError = 2,
-  kInternalError = 3,
-  kInvalidArgument = 4,
-  kInvalidUsage = 5,
-  kRemoteError = 6,
-  kInProgress = 7,
-};
-enum Type : int { kI8, kU8, kI32, kU32, kI64, kU64, kF16, kF32, kF64, kBF16 };
-enum Op : int { kSum, kProd, kMax, kMin, kAvg };
+// The ABI, as the loader declares it (what this library stands in for).
+using namespace moe::dist::nccl;
+using Config = ConfigV21400;
 
 constexpr const char* kIdTag = "moe-ep-nccl-emu:";
 constexpr auto kStall = std::chrono::seconds(60);
 
-struct UniqueId {
-  char internal[128];
-};
-struct Config {  // ncclConfig_t as NCCL 2.14 declared it
-  size_t size;
-  unsigned int magic;
-  unsigned int version;
-  int blocking;
-};
-
 size_t type_bytes(int type) {
   switch (type) {
-    case kI8: case kU8: return 1;
-    case kF16: case kBF16: return 2;
-    case kI32: case kU32: case kF32: return 4;
-    case kI64: case kU64: case kF64: return 8;
+    case kInt8: case kUint8: return 1;
+    case kFloat16: case kBfloat16: return 2;
+    case kInt32: case kUint32: case kFloat32: return 4;
+    case kInt64: case kUint64: case kFloat64: return 8;
     default: return 0;
   }
 }
@@ -80,7 +64,7 @@ struct Transfer {
   size_t bytes;
 };
 
-struct Comm {
+struct Communicator {
   int rank = 0;
   int size = 1;
   std::vector<int> fds;  // per peer; -1 for this rank
@@ -90,9 +74,9 @@ struct Comm {
 };
 
 thread_local int group_depth = 0;
-thread_local std::vector<Comm*> group_comms;
+thread_local std::vector<Communicator*> group_comms;
 
-Result refuse(Comm* c, Result r, const std::string& why) {
+Result refuse(Communicator* c, Result r, const std::string& why) {
   if (c) c->last_error = why;
   return r;
 }
@@ -133,7 +117,7 @@ bool read_all(int fd, void* p, size_t n) {
   return true;
 }
 
-Result connect_mesh(Comm* c, const std::string& dir) {
+Result connect_mesh(Communicator* c, const std::string& dir) {
   const int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un a;
   const std::string mine = socket_path(dir, c->rank);
@@ -183,7 +167,7 @@ Result connect_mesh(Comm* c, const std::string& dir) {
   return result;
 }
 
-void close_mesh(Comm* c) {
+void close_mesh(Communicator* c) {
   for (int& fd : c->fds)
     if (fd >= 0) close(fd), fd = -1;
 }
@@ -192,7 +176,7 @@ void close_mesh(Comm* c) {
 
 // Runs the transfers: this rank's own in call order (each send with the next
 // receive), and every peer's bytes in call order, all peers at once.
-Result run_transfers(Comm* c, const std::vector<Transfer>& ts) {
+Result run_transfers(Communicator* c, const std::vector<Transfer>& ts) {
   std::vector<const Transfer*> self_sends, self_recvs;
   for (const Transfer& t : ts)
     if (t.peer == c->rank) (t.send ? self_sends : self_recvs).push_back(&t);
@@ -261,7 +245,7 @@ Result run_transfers(Comm* c, const std::vector<Transfer>& ts) {
 }
 
 // Queues a send or a receive; outside a group it is a group of its own.
-Result queue(Comm* c, Transfer t, int type, size_t count) {
+Result queue(Communicator* c, Transfer t, int type, size_t count) {
   if (!c) return kInvalidArgument;
   if (t.peer < 0 || t.peer >= c->size)
     return refuse(c, kInvalidArgument, "peer " + std::to_string(t.peer) + " of " + std::to_string(c->size) + " ranks");
@@ -270,7 +254,7 @@ Result queue(Comm* c, Transfer t, int type, size_t count) {
   c->group.push_back(t);
   if (group_depth > 0) {
     bool listed = false;
-    for (Comm* g : group_comms) listed |= g == c;
+    for (Communicator* g : group_comms) listed |= g == c;
     if (!listed) group_comms.push_back(c);
     return kSuccess;
   }
@@ -338,16 +322,16 @@ void reduce(char* out, const std::vector<const char*>& parts, size_t count, int 
 
 Result reduce_typed(int type, char* out, const std::vector<const char*>& parts, size_t count, int op) {
   switch (type) {
-    case kI8: reduce<int8_t>(out, parts, count, op); break;
-    case kU8: reduce<uint8_t>(out, parts, count, op); break;
-    case kI32: reduce<int32_t>(out, parts, count, op); break;
-    case kU32: reduce<uint32_t>(out, parts, count, op); break;
-    case kI64: reduce<int64_t>(out, parts, count, op); break;
-    case kU64: reduce<uint64_t>(out, parts, count, op); break;
-    case kF16: reduce<__half>(out, parts, count, op); break;
-    case kF32: reduce<float>(out, parts, count, op); break;
-    case kF64: reduce<double>(out, parts, count, op); break;
-    case kBF16: reduce<__nv_bfloat16>(out, parts, count, op); break;
+    case kInt8: reduce<int8_t>(out, parts, count, op); break;
+    case kUint8: reduce<uint8_t>(out, parts, count, op); break;
+    case kInt32: reduce<int32_t>(out, parts, count, op); break;
+    case kUint32: reduce<uint32_t>(out, parts, count, op); break;
+    case kInt64: reduce<int64_t>(out, parts, count, op); break;
+    case kUint64: reduce<uint64_t>(out, parts, count, op); break;
+    case kFloat16: reduce<__half>(out, parts, count, op); break;
+    case kFloat32: reduce<float>(out, parts, count, op); break;
+    case kFloat64: reduce<double>(out, parts, count, op); break;
+    case kBfloat16: reduce<__nv_bfloat16>(out, parts, count, op); break;
     default: return kInvalidArgument;
   }
   return kSuccess;
@@ -375,7 +359,7 @@ const char* ncclGetErrorString(Result r) {
   }
 }
 
-const char* ncclGetLastError(Comm* comm) { return comm ? comm->last_error.c_str() : ""; }
+const char* ncclGetLastError(Communicator* comm) { return comm ? comm->last_error.c_str() : ""; }
 
 Result ncclGetUniqueId(UniqueId* id) {
   if (!id) return kInvalidArgument;
@@ -386,13 +370,13 @@ Result ncclGetUniqueId(UniqueId* id) {
   return kSuccess;
 }
 
-Result ncclCommInitRankConfig(Comm** comm, int nranks, UniqueId id, int rank, Config* config) {
+Result ncclCommInitRankConfig(Communicator** comm, int nranks, UniqueId id, int rank, Config* config) {
   if (!comm) return kInvalidArgument;
   *comm = nullptr;
   if (nranks < 1 || rank < 0 || rank >= nranks) return kInvalidArgument;
   id.internal[sizeof id.internal - 1] = 0;
   if (strncmp(id.internal, kIdTag, strlen(kIdTag)) != 0) return kInvalidArgument;
-  Comm* c = new Comm;
+  Communicator* c = new Communicator;
   c->rank = rank;
   c->size = nranks;
   c->fds.assign(size_t(nranks), -1);
@@ -408,24 +392,24 @@ Result ncclCommInitRankConfig(Comm** comm, int nranks, UniqueId id, int rank, Co
   return c->async;
 }
 
-Result ncclCommInitRank(Comm** comm, int nranks, UniqueId id, int rank) {
+Result ncclCommInitRank(Communicator** comm, int nranks, UniqueId id, int rank) {
   return ncclCommInitRankConfig(comm, nranks, id, rank, nullptr);
 }
 
-Result ncclCommGetAsyncError(Comm* comm, Result* error) {
+Result ncclCommGetAsyncError(Communicator* comm, Result* error) {
   if (!comm || !error) return kInvalidArgument;
   *error = comm->async;
   if (comm->async == kInProgress) comm->async = kSuccess;  // a non-blocking init is done by the first poll
   return kSuccess;
 }
 
-Result ncclCommAbort(Comm* comm) {
+Result ncclCommAbort(Communicator* comm) {
   if (comm) close_mesh(comm);
   delete comm;
   return kSuccess;
 }
 
-Result ncclCommDestroy(Comm* comm) {
+Result ncclCommDestroy(Communicator* comm) {
   if (comm && !comm->group.empty()) return kInvalidUsage;
   return ncclCommAbort(comm);
 }
@@ -439,9 +423,9 @@ Result ncclGroupEnd() {
   if (group_depth == 0) return kInvalidUsage;
   if (--group_depth > 0) return kSuccess;
   Result first = kSuccess;
-  std::vector<Comm*> comms;
+  std::vector<Communicator*> comms;
   comms.swap(group_comms);
-  for (Comm* c : comms) {
+  for (Communicator* c : comms) {
     std::vector<Transfer> ts;
     ts.swap(c->group);
     const Result r = run_transfers(c, ts);
@@ -451,15 +435,15 @@ Result ncclGroupEnd() {
   return first;
 }
 
-Result ncclSend(const void* buf, size_t count, int type, int peer, Comm* comm, void*) {
+Result ncclSend(const void* buf, size_t count, int type, int peer, Communicator* comm, void*) {
   return queue(comm, Transfer{peer, true, const_cast<char*>(static_cast<const char*>(buf)), 0}, type, count);
 }
 
-Result ncclRecv(void* buf, size_t count, int type, int peer, Comm* comm, void*) {
+Result ncclRecv(void* buf, size_t count, int type, int peer, Communicator* comm, void*) {
   return queue(comm, Transfer{peer, false, static_cast<char*>(buf), 0}, type, count);
 }
 
-Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Comm* comm, void*) {
+Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Communicator* comm, void*) {
   if (!comm) return kInvalidArgument;
   if (op < kSum || op > kAvg) return refuse(comm, kInvalidArgument, "unknown reduction " + std::to_string(op));
   const size_t bytes = count * type_bytes(type);
@@ -480,7 +464,7 @@ Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int o
   return reduce_typed(type, static_cast<char*>(recv), parts, count, op);
 }
 
-Result ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Comm* comm, void*) {
+Result ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Communicator* comm, void*) {
   if (!comm) return kInvalidArgument;
   if (root < 0 || root >= comm->size) return refuse(comm, kInvalidArgument, "root " + std::to_string(root));
   if (!type_bytes(type)) return refuse(comm, kInvalidArgument, "unknown data type " + std::to_string(type));
