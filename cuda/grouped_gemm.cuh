@@ -56,6 +56,66 @@ int gg_launch_sm90(const GgArgs& args, cudaStream_t stream);
 // runtime query fails.
 bool gg_sm90_available(int* error);
 
+// What both kernels take besides their operands: the epilogue's inputs and
+// the tile schedule's sizes.
+template <typename T, typename OutT>
+struct GgEpilogueParams {
+  const T* bias;
+  OutT* out;
+  const int32_t* ws;
+  int experts;
+  int k;
+  int n;
+  int act;
+  int tilesN;
+  int tilesM;  // dw: output tiles along K
+};
+
+template <typename T, typename OutT>
+GgEpilogueParams<T, OutT> gg_epilogue_params(const GgArgs& g) {
+  GgEpilogueParams<T, OutT> p;
+  p.bias = static_cast<const T*>(g.bias);
+  p.out = static_cast<OutT*>(g.out);
+  p.ws = g.workspace;
+  p.experts = g.experts;
+  p.k = g.k;
+  p.n = g.n;
+  p.act = g.act;
+  p.tilesN = static_cast<int>(g.plan.tilesN);
+  p.tilesM = static_cast<int>(gg_ceil_div(g.k, kGgBlockM));
+  return p;
+}
+
+// Types as values, for gg_dispatch's callback.
+template <typename T>
+struct GgType {
+  using type = T;
+};
+template <int KIND>
+struct GgKindTag {
+  static constexpr int value = KIND;
+};
+
+// launch(GgType<T>, GgKindTag<KIND>, GgType<OutT>) for the launch's element type
+// (bf16 or f16), product and output type (T, or float32 when outF32).
+template <class Launch>
+int gg_dispatch(const GgArgs& g, Launch&& launch) {
+  auto out = [&](auto t, auto kind) { return g.outF32 ? launch(t, kind, GgType<float>{}) : launch(t, kind, t); };
+  auto kind = [&](auto t) {
+    switch (g.kind) {
+      case kGgForward:
+        return out(t, GgKindTag<kGgForward>{});
+      case kGgDx:
+        return out(t, GgKindTag<kGgDx>{});
+      case kGgDw:
+        return out(t, GgKindTag<kGgDw>{});
+      default:
+        return static_cast<int>(MOE_CUDA_ERR_INVALID_ARGUMENT);
+    }
+  };
+  return g.dtype == MOE_CUDA_GG_BF16 ? kind(GgType<__nv_bfloat16>{}) : kind(GgType<__half>{});
+}
+
 // ---- device pieces -----------------------------------------------------------------
 
 // Tile rows per raster group (gg_tile_coords).

@@ -52,18 +52,9 @@ static_assert((BM / WARP_M) * (BN / WARP_N) * 32 == THREADS, "warp grid covers t
 static_assert(2 * TILE_ELEMS * 2 * STAGES == static_cast<int>(gg_sm80_shared_bytes()), "plan and kernel agree");
 
 template <typename T, typename OutT>
-struct Sm80Params {
+struct Sm80Params : GgEpilogueParams<T, OutT> {
   const T* a;
   const T* b;
-  const T* bias;
-  OutT* out;
-  const int32_t* ws;
-  int experts;
-  int k;
-  int n;
-  int act;
-  int tilesN;
-  int tilesM;  // dw: output tiles along K
 };
 
 // ---- PTX wrappers ------------------------------------------------------------------
@@ -355,17 +346,9 @@ __global__ void __launch_bounds__(THREADS, 2) gg_sm80_kernel(Sm80Params<T, OutT>
 template <typename T, int KIND, typename OutT>
 int launch_typed(const GgArgs& g, cudaStream_t stream) {
   Sm80Params<T, OutT> p;
+  static_cast<GgEpilogueParams<T, OutT>&>(p) = gg_epilogue_params<T, OutT>(g);
   p.a = static_cast<const T*>(g.a);
   p.b = static_cast<const T*>(g.b);
-  p.bias = static_cast<const T*>(g.bias);
-  p.out = static_cast<OutT*>(g.out);
-  p.ws = g.workspace;
-  p.experts = g.experts;
-  p.k = g.k;
-  p.n = g.n;
-  p.act = g.act;
-  p.tilesN = static_cast<int>(g.plan.tilesN);
-  p.tilesM = static_cast<int>(gg_ceil_div(g.k, kGgBlockM));
   auto kernel = gg_sm80_kernel<T, KIND, OutT>;
   const int smem = static_cast<int>(g.plan.sharedBytes);
   MOE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -374,29 +357,12 @@ int launch_typed(const GgArgs& g, cudaStream_t stream) {
   return 0;
 }
 
-template <typename T, int KIND>
-int launch_out(const GgArgs& g, cudaStream_t stream) {
-  return g.outF32 ? launch_typed<T, KIND, float>(g, stream) : launch_typed<T, KIND, T>(g, stream);
-}
-
-template <typename T>
-int launch_kind(const GgArgs& g, cudaStream_t stream) {
-  switch (g.kind) {
-    case kGgForward:
-      return launch_out<T, kGgForward>(g, stream);
-    case kGgDx:
-      return launch_out<T, kGgDx>(g, stream);
-    case kGgDw:
-      return launch_out<T, kGgDw>(g, stream);
-    default:
-      return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  }
-}
-
 }  // namespace
 
 int gg_launch_sm80(const GgArgs& g, cudaStream_t stream) {
-  return g.dtype == MOE_CUDA_GG_BF16 ? launch_kind<__nv_bfloat16>(g, stream) : launch_kind<__half>(g, stream);
+  return gg_dispatch(g, [&](auto t, auto kind, auto out) {
+    return launch_typed<typename decltype(t)::type, decltype(kind)::value, typename decltype(out)::type>(g, stream);
+  });
 }
 
 }  // namespace moe_cuda

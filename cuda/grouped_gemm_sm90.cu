@@ -67,17 +67,7 @@ static_assert(kStageBytes == gg_sm90_stage_bytes(), "plan and kernel agree");
 static_assert(BK * 2 == static_cast<int>(kBoxRowBytes), "BLOCK_K spans one 128-byte swizzle row");
 
 template <typename T, typename OutT>
-struct Sm90Params {
-  const T* bias;
-  OutT* out;
-  const int32_t* ws;
-  int experts;
-  int k;
-  int n;
-  int act;
-  int tilesN;
-  int tilesM;  // dw: output tiles along K
-};
+using Sm90Params = GgEpilogueParams<T, OutT>;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -428,41 +418,13 @@ int launch_typed(const GgArgs& g, cudaStream_t stream) {
     if (int r = encode_map(&tmA, g.dtype, g.a, 2, dA, bA)) return r;
     if (int r = encode_map(&tmB, g.dtype, g.b, 2, dB, bB)) return r;
   }
-  Sm90Params<T, OutT> p;
-  p.bias = static_cast<const T*>(g.bias);
-  p.out = static_cast<OutT*>(g.out);
-  p.ws = g.workspace;
-  p.experts = g.experts;
-  p.k = g.k;
-  p.n = g.n;
-  p.act = g.act;
-  p.tilesN = static_cast<int>(g.plan.tilesN);
-  p.tilesM = static_cast<int>(gg_ceil_div(g.k, kGgBlockM));
+  const Sm90Params<T, OutT> p = gg_epilogue_params<T, OutT>(g);
   auto kernel = gg_sm90_kernel<T, KIND, OutT>;
   const int smem = static_cast<int>(g.plan.sharedBytes);
   MOE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<static_cast<unsigned>(g.plan.grid), THREADS, smem, stream>>>(tmA, tmB, p);
   MOE_CUDA_TRY_LAUNCH();
   return 0;
-}
-
-template <typename T, int KIND>
-int launch_out(const GgArgs& g, cudaStream_t stream) {
-  return g.outF32 ? launch_typed<T, KIND, float>(g, stream) : launch_typed<T, KIND, T>(g, stream);
-}
-
-template <typename T>
-int launch_kind(const GgArgs& g, cudaStream_t stream) {
-  switch (g.kind) {
-    case kGgForward:
-      return launch_out<T, kGgForward>(g, stream);
-    case kGgDx:
-      return launch_out<T, kGgDx>(g, stream);
-    case kGgDw:
-      return launch_out<T, kGgDw>(g, stream);
-    default:
-      return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  }
 }
 
 }  // namespace
@@ -492,7 +454,9 @@ bool gg_sm90_available(int* error) {
 }
 
 int gg_launch_sm90(const GgArgs& g, cudaStream_t stream) {
-  return g.dtype == MOE_CUDA_GG_BF16 ? launch_kind<__nv_bfloat16>(g, stream) : launch_kind<__half>(g, stream);
+  return gg_dispatch(g, [&](auto t, auto kind, auto out) {
+    return launch_typed<typename decltype(t)::type, decltype(kind)::value, typename decltype(out)::type>(g, stream);
+  });
 }
 
 }  // namespace moe_cuda
