@@ -16,8 +16,13 @@
 // A peer that goes away is ncclRemoteError; no progress for a minute is
 // ncclSystemError (the process group's own watchdog is shorter).
 //
-// Non-blocking communicators (ncclCommInitRankConfig with blocking = 0)
-// report ncclInProgress from init once, so the caller's polling runs.
+// Non-blocking communicators (ncclCommInitRankConfig with blocking = 0) work
+// as NCCL's do for the caller: init and every operation return ncclInProgress
+// at once while a worker thread connects or moves the data, and
+// ncclCommGetAsyncError reports ncclInProgress until it has finished, then its
+// result; ncclCommAbort stops the worker. So a peer that never takes part
+// leaves the operation in progress until the caller's timeout aborts it, and
+// the process group's timeout path runs as on GPUs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <errno.h>
@@ -30,7 +35,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -68,10 +75,27 @@ struct Communicator {
   int rank = 0;
   int size = 1;
   std::vector<int> fds;  // per peer; -1 for this rank
-  Result async = kSuccess;
+  bool non_blocking = false;
+  std::atomic<int> async{kSuccess};  // a Result: kInProgress while the worker runs
+  std::atomic<bool> aborting{false};
+  std::thread worker;
   std::string last_error;
   std::vector<Transfer> group;  // the open group's sends and receives
 };
+
+// Runs `work` inline (blocking communicators) or on the communicator's worker
+// thread, reporting kInProgress until it is done (non-blocking ones).
+Result start(Communicator* c, std::function<Result()> work) {
+  if (!c->non_blocking) {
+    const Result r = work();
+    if (r != kSuccess) c->async = r;
+    return r;
+  }
+  if (c->worker.joinable()) c->worker.join();  // the caller settled the previous operation
+  c->async = kInProgress;
+  c->worker = std::thread([c, work] { c->async = work(); });
+  return kInProgress;
+}
 
 thread_local int group_depth = 0;
 thread_local std::vector<Communicator*> group_comms;
@@ -132,6 +156,10 @@ Result connect_mesh(Communicator* c, const std::string& dir) {
     const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     fill_address(a, socket_path(dir, p));
     while (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      if (c->aborting) {
+        result = refuse(c, kSystemError, "aborted");
+        break;
+      }
       if (std::chrono::steady_clock::now() > deadline) {
         result = refuse(c, kSystemError, "rank " + std::to_string(p) + " did not listen within a minute");
         break;
@@ -147,10 +175,17 @@ Result connect_mesh(Communicator* c, const std::string& dir) {
   }
   for (int n = c->rank + 1; n < c->size && result == kSuccess; ++n) {
     pollfd w{listener, POLLIN, 0};
-    if (poll(&w, 1, int(std::chrono::duration_cast<std::chrono::milliseconds>(kStall).count())) != 1) {
-      result = refuse(c, kSystemError, "a higher rank did not connect within a minute");
-      break;
+    while (poll(&w, 1, 100) != 1) {
+      if (c->aborting) {
+        result = refuse(c, kSystemError, "aborted");
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        result = refuse(c, kSystemError, "a higher rank did not connect within a minute");
+        break;
+      }
     }
+    if (result != kSuccess) break;
     const int fd = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     int peer = -1;
     if (fd < 0 || !read_all(fd, &peer, sizeof peer) || peer <= c->rank || peer >= c->size ||
@@ -238,6 +273,7 @@ Result run_transfers(Communicator* c, const std::vector<Transfer>& ts) {
         }
       }
     }
+    if (c->aborting) return refuse(c, kSystemError, "aborted");
     const auto now = std::chrono::steady_clock::now();
     if (moved) last_progress = now;
     if (now - last_progress > kStall) return refuse(c, kSystemError, "no data moved for a minute");
@@ -260,7 +296,7 @@ Result queue(Communicator* c, Transfer t, int type, size_t count) {
   }
   std::vector<Transfer> ts;
   ts.swap(c->group);
-  return run_transfers(c, ts);
+  return start(c, [c, ts] { return run_transfers(c, ts); });
 }
 
 // ---- reductions ----------------------------------------------------------------------
@@ -380,16 +416,19 @@ Result ncclCommInitRankConfig(Communicator** comm, int nranks, UniqueId id, int 
   c->rank = rank;
   c->size = nranks;
   c->fds.assign(size_t(nranks), -1);
+  c->non_blocking = config && config->blocking == 0;
   const std::string dir = id.internal + strlen(kIdTag);
-  const Result r = nranks > 1 ? connect_mesh(c, dir) : (rmdir(dir.c_str()), kSuccess);
-  if (r != kSuccess) {
+  const Result r = start(c, [c, dir] {
+    if (c->size == 1) return rmdir(dir.c_str()), kSuccess;
+    return connect_mesh(c, dir);
+  });
+  if (r != kSuccess && r != kInProgress) {
     close_mesh(c);
     delete c;
     return r;
   }
-  if (config && config->blocking == 0) c->async = kInProgress;
   *comm = c;
-  return c->async;
+  return r;
 }
 
 Result ncclCommInitRank(Communicator** comm, int nranks, UniqueId id, int rank) {
@@ -398,19 +437,22 @@ Result ncclCommInitRank(Communicator** comm, int nranks, UniqueId id, int rank) 
 
 Result ncclCommGetAsyncError(Communicator* comm, Result* error) {
   if (!comm || !error) return kInvalidArgument;
-  *error = comm->async;
-  if (comm->async == kInProgress) comm->async = kSuccess;  // a non-blocking init is done by the first poll
+  *error = static_cast<Result>(comm->async.load());
   return kSuccess;
 }
 
 Result ncclCommAbort(Communicator* comm) {
-  if (comm) close_mesh(comm);
+  if (!comm) return kSuccess;
+  comm->aborting = true;
+  if (comm->worker.joinable()) comm->worker.join();
+  close_mesh(comm);
   delete comm;
   return kSuccess;
 }
 
 Result ncclCommDestroy(Communicator* comm) {
   if (comm && !comm->group.empty()) return kInvalidUsage;
+  if (comm && comm->worker.joinable()) comm->worker.join();
   return ncclCommAbort(comm);
 }
 
@@ -428,8 +470,7 @@ Result ncclGroupEnd() {
   for (Communicator* c : comms) {
     std::vector<Transfer> ts;
     ts.swap(c->group);
-    const Result r = run_transfers(c, ts);
-    if (r != kSuccess) c->async = r;
+    const Result r = start(c, [c, ts] { return run_transfers(c, ts); });
     if (first == kSuccess) first = r;
   }
   return first;
@@ -446,40 +487,42 @@ Result ncclRecv(void* buf, size_t count, int type, int peer, Communicator* comm,
 Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Communicator* comm, void*) {
   if (!comm) return kInvalidArgument;
   if (op < kSum || op > kAvg) return refuse(comm, kInvalidArgument, "unknown reduction " + std::to_string(op));
-  const size_t bytes = count * type_bytes(type);
   if (!type_bytes(type)) return refuse(comm, kInvalidArgument, "unknown data type " + std::to_string(type));
-  std::vector<std::vector<char>> theirs(size_t(comm->size));
-  std::vector<Transfer> ts;
-  for (int p = 0; p < comm->size; ++p) {
-    if (p == comm->rank) continue;
-    theirs[size_t(p)].resize(bytes);
-    ts.push_back(Transfer{p, true, const_cast<char*>(static_cast<const char*>(send)), bytes});
-    ts.push_back(Transfer{p, false, theirs[size_t(p)].data(), bytes});
-  }
-  const Result r = run_transfers(comm, ts);
-  if (r != kSuccess) return comm->async = r;
-  std::vector<char> mine(static_cast<const char*>(send), static_cast<const char*>(send) + bytes);
-  std::vector<const char*> parts;
-  for (int p = 0; p < comm->size; ++p) parts.push_back(p == comm->rank ? mine.data() : theirs[size_t(p)].data());
-  return reduce_typed(type, static_cast<char*>(recv), parts, count, op);
+  return start(comm, [=] {
+    const size_t bytes = count * type_bytes(type);
+    std::vector<std::vector<char>> theirs(size_t(comm->size));
+    std::vector<Transfer> ts;
+    for (int p = 0; p < comm->size; ++p) {
+      if (p == comm->rank) continue;
+      theirs[size_t(p)].resize(bytes);
+      ts.push_back(Transfer{p, true, const_cast<char*>(static_cast<const char*>(send)), bytes});
+      ts.push_back(Transfer{p, false, theirs[size_t(p)].data(), bytes});
+    }
+    const Result r = run_transfers(comm, ts);
+    if (r != kSuccess) return r;
+    std::vector<char> mine(static_cast<const char*>(send), static_cast<const char*>(send) + bytes);
+    std::vector<const char*> parts;
+    for (int p = 0; p < comm->size; ++p) parts.push_back(p == comm->rank ? mine.data() : theirs[size_t(p)].data());
+    return reduce_typed(type, static_cast<char*>(recv), parts, count, op);
+  });
 }
 
 Result ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Communicator* comm, void*) {
   if (!comm) return kInvalidArgument;
   if (root < 0 || root >= comm->size) return refuse(comm, kInvalidArgument, "root " + std::to_string(root));
   if (!type_bytes(type)) return refuse(comm, kInvalidArgument, "unknown data type " + std::to_string(type));
-  const size_t bytes = count * type_bytes(type);
-  std::vector<Transfer> ts;
-  if (comm->rank == root) {
-    if (bytes && send != recv) memmove(recv, send, bytes);
-    for (int p = 0; p < comm->size; ++p)
-      if (p != root) ts.push_back(Transfer{p, true, static_cast<char*>(recv), bytes});
-  } else {
-    ts.push_back(Transfer{root, false, static_cast<char*>(recv), bytes});
-  }
-  const Result r = run_transfers(comm, ts);
-  if (r != kSuccess) comm->async = r;
-  return r;
+  return start(comm, [=] {
+    const size_t bytes = count * type_bytes(type);
+    std::vector<Transfer> ts;
+    if (comm->rank == root) {
+      if (bytes && send != recv) memmove(recv, send, bytes);
+      for (int p = 0; p < comm->size; ++p)
+        if (p != root) ts.push_back(Transfer{p, true, static_cast<char*>(recv), bytes});
+    } else {
+      ts.push_back(Transfer{root, false, static_cast<char*>(recv), bytes});
+    }
+    return run_transfers(comm, ts);
+  });
 }
 
 }  // extern "C"

@@ -5,6 +5,7 @@
  * - allToAllV of rank-encoded rows with uneven counts, allReduce and broadcast
  *   across 3 ranks, checked against formulas of the ranks' numbers;
  * - a rank that exits: the survivor's next collective is ERR_MOE_PEER_LOST;
+ *   a rank that stays but never joins: ERR_MOE_TIMEOUT after the group's timeout;
  * - a bf16 swiglu MoELayer with epSize 2 and 4 (every rank its own emulated
  *   device) forward and backward against the float64 reference layer, and
  *   each rank's initial experts equal to the full layer's slice.
@@ -110,7 +111,40 @@ const rank = Number(process.env.RANK);
 })().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
 `;
 
+const SILENT_PEER = `
+const fs = require("fs");
+const { Tensor, initProcessGroup } = require(${dist});
+const rank = Number(process.env.RANK);
+(async () => {
+  const pg = await initProcessGroup({ backend: "nccl", device: "cuda:0", timeoutMs: 2000 });
+  await pg.barrier();
+  if (rank === 1) {  // alive, but never joins the collective
+    setTimeout(() => process.exit(0), 5000);
+    return;
+  }
+  const t0 = Date.now();
+  const x = await Tensor.from(Float32Array.from([1, 2, 3, 4]), [2, 2]).to("cuda:0");
+  let code = "resolved";
+  try {
+    await pg.allToAllV(x, [1, 1]);
+  } catch (e) {
+    code = e.code;
+  }
+  fs.writeFileSync(process.argv[2], JSON.stringify({ code, ms: Date.now() - t0 }));
+  pg.destroy();
+})().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
+`;
+
 describe("NCCL across processes on emulated devices", () => {
+  maybe(`a rank that never joins a collective: the other's allToAllV rejects with ERR_MOE_TIMEOUT after the group's timeout${why}`, async () => {
+    const out = path.join(work, "silent-peer.json");
+    const run = await launch(2, SILENT_PEER, [out]);
+    const res = fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, "utf8")) : { run };
+    expect(res.code).toBe("ERR_MOE_TIMEOUT");
+    expect(res.ms).toBeGreaterThanOrEqual(1900);
+    expect(res.ms).toBeLessThan(4500);
+  }, 120000);
+
   maybe(`a rank that exits mid-run: the survivor's allToAllV rejects with ERR_MOE_PEER_LOST at once${why}`, async () => {
     const out = path.join(work, "peer-lost.json");
     const run = await launch(2, PEER_LOST, [out]);
