@@ -713,6 +713,12 @@ async function bench() {
       const tf = flops / (ms * 1e-3) / 1e12;
       row(name, "8 x 4096 rows, 4096 x 14336", `${ms.toFixed(3)} ms`, `${tf.toFixed(0)} TFLOP/s`, denseText, Number.isFinite(dense) ? pct(tf, dense) : "—", Number.isFinite(dense) ? (tf >= 0.6 * dense ? "met" : "MISSED") : "target 60%");
     }
+    // The mma.sync kernel (what GPUs before Hopper run), forward only: a figure, not a target here.
+    process.env.MOE_EP_GG_KERNEL = "sm80";
+    const ms80 = await timeOp(() => ops.groupedGemm(xg, wgt, cg), 5);
+    process.env.MOE_EP_GG_KERNEL = "auto";
+    const tf80 = flops / (ms80 * 1e-3) / 1e12;
+    row("grouped GEMM forward, mma.sync kernel", "same", `${ms80.toFixed(3)} ms`, `${tf80.toFixed(0)} TFLOP/s`, denseText, Number.isFinite(dense) ? pct(tf80, dense) : "—", "");
     dispose([xg, wgt, cg, dyg]);
   }
 
