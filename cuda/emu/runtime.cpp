@@ -95,9 +95,13 @@ struct Block {
   size_t bytes = 0;  // what the pool counts
 };
 
+constexpr uint64_t kQuarantineBytes = 256ull << 20;
+
 struct Pool {
   std::mutex mu;
   std::unordered_map<void*, Block> blocks;
+  std::deque<Block> quarantine;  // freed, inaccessible, oldest first
+  uint64_t quarantined = 0;
   uint64_t used = 0;
   uint64_t reserved = 0;
   uint64_t threshold = 0;
@@ -117,11 +121,12 @@ uint64_t callbacks_enqueued() {
   return c.enqueued;
 }
 
-// Device memory as the GPU's allocator gives it, with two checks a GPU does
+// Device memory as the GPU's allocator gives it, with three checks a GPU does
 // not make: every block ends (to within its 256-byte rounding) at an
 // inaccessible page, so a kernel that runs off the end of a buffer faults at
-// once; and a fresh block holds all-ones bytes (NaN as floats, -1 as
-// integers), not zeros, so a kernel that reads memory nothing wrote shows it.
+// once; a fresh block holds all-ones bytes (NaN as floats, -1 as integers),
+// not zeros, so a kernel that reads memory nothing wrote shows it; and a freed
+// block stays inaccessible for a while, so a use after free faults.
 void* device_alloc(size_t bytes) {
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t rounded = (bytes + 255) / 256 * 256;
@@ -153,7 +158,21 @@ cudaError_t device_free(void* p) {
     if (m.reserved > m.threshold && m.reserved > m.used) m.reserved = std::max<uint64_t>(m.used, m.threshold);
     m.blocks.erase(it);
   }
-  munmap(b.base, b.span);
+  // Freed blocks stay mapped but inaccessible for a while (the most recent
+  // kQuarantineBytes of them), so a kernel that uses memory after its free faults.
+  mprotect(b.base, b.span, PROT_NONE);
+  std::vector<Block> expired;
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    m.quarantine.push_back(b);
+    m.quarantined += b.span;
+    while (m.quarantined > kQuarantineBytes) {
+      expired.push_back(m.quarantine.front());
+      m.quarantined -= m.quarantine.front().span;
+      m.quarantine.pop_front();
+    }
+  }
+  for (const Block& e : expired) munmap(e.base, e.span);
   return cudaSuccess;
 }
 

@@ -2,7 +2,7 @@
  * The CUDA emulator (cuda/emu/, a build with MOE_EP_CUDA=EMULATE): its own
  * checks (test/emulated/selftest.cu: warp collectives and barriers against
  * formulas, launch errors, fresh memory, a race it exposes, a deadlock it
- * reports and a buffer overrun that faults), and
+ * reports, and a buffer overrun and a use after free that fault), and
  * the promise of the real kernels that their results do not depend on the
  * order threads run in: test/emulated/workload.js prints the same digests
  * under every order the emulator has. Skipped, with the reason, where the
@@ -77,6 +77,12 @@ describe("the CUDA emulator", () => {
 
   maybe(`a kernel that writes past the end of its buffer faults at the guard page after it${why}`, () => {
     const r = run(selftest, ["overrun"], "forward");
+    expect(r.signal).toBe("SIGSEGV");
+    expect(r.stdout).not.toMatch(/the launch returned/);
+  });
+
+  maybe(`a kernel that writes to a freed buffer faults${why}`, () => {
+    const r = run(selftest, ["freed"], "forward");
     expect(r.signal).toBe("SIGSEGV");
     expect(r.stdout).not.toMatch(/the launch returned/);
   });

@@ -12,6 +12,7 @@
 //   selftest order      prints the blocks of a launch in the order they ran
 //   selftest overrun    a kernel that writes one element past the end of its
 //                       buffer (the guard page after it faults)
+//   selftest freed      a kernel that writes to a buffer already freed (faults)
 #include <cuda_runtime.h>
 
 #include <stdint.h>
@@ -228,6 +229,15 @@ int run_overrun() {
   return 0;
 }
 
+int run_freed() {
+  int* d = nullptr;
+  cudaMalloc(reinterpret_cast<void**>(&d), 64 * sizeof(int));
+  cudaFree(d);
+  nothing_kernel<<<1, 1>>>(d);
+  printf("freed: the launch returned\n");
+  return 0;
+}
+
 int run_order() {
   int* d = nullptr;
   cudaMalloc(reinterpret_cast<void**>(&d), 9 * sizeof(int));
@@ -271,6 +281,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "deadlock") == 0) return run_deadlock();
   if (argc > 1 && strcmp(argv[1], "overrun") == 0) return run_overrun();
   if (argc > 1 && strcmp(argv[1], "order") == 0) return run_order();
+  if (argc > 1 && strcmp(argv[1], "freed") == 0) return run_freed();
   check_warp_ops();
   check_block_sum();
   check_dynamic_shared();
