@@ -104,6 +104,9 @@ T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_bytes());
 }
 
+// kernel<<<grid, block, shared, stream>>>(args) after translate.js:
+// ::emu::launch(kernel, grid, block, shared, stream)(args). The arguments are
+// converted to the kernel's parameter types once; every thread gets a copy.
 template <class... P>
 struct Launch {
   void (*fn)(P...);
