@@ -90,35 +90,19 @@ const rank = Number(process.env.RANK);
 })().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
 `;
 
-const PEER_LOST = `
+// Rank 1 either exits after the barrier ("exit": its sockets close with it) or
+// stays but never joins the collective ("silent"); rank 0 reports what its
+// allToAllV gave and how long it took.
+const FAULT = `
 const fs = require("fs");
 const { Tensor, initProcessGroup } = require(${dist});
 const rank = Number(process.env.RANK);
+const [out, how] = process.argv.slice(2);
 (async () => {
-  const pg = await initProcessGroup({ backend: "nccl", device: "cuda:0", timeoutMs: 20000 });
+  const pg = await initProcessGroup({ backend: "nccl", device: "cuda:0", timeoutMs: how === "silent" ? 2000 : 20000 });
   await pg.barrier();
-  if (rank === 1) process.exit(0);  // gone without a word: its sockets close with it
-  const t0 = Date.now();
-  const x = await Tensor.from(Float32Array.from([1, 2, 3, 4]), [2, 2]).to("cuda:0");
-  let code = "resolved";
-  try {
-    await pg.allToAllV(x, [1, 1]);
-  } catch (e) {
-    code = e.code;
-  }
-  fs.writeFileSync(process.argv[2], JSON.stringify({ code, ms: Date.now() - t0, fault: pg.handle.fault && pg.handle.fault.code }));
-  pg.destroy();
-})().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
-`;
-
-const SILENT_PEER = `
-const fs = require("fs");
-const { Tensor, initProcessGroup } = require(${dist});
-const rank = Number(process.env.RANK);
-(async () => {
-  const pg = await initProcessGroup({ backend: "nccl", device: "cuda:0", timeoutMs: 2000 });
-  await pg.barrier();
-  if (rank === 1) {  // alive, but never joins the collective
+  if (rank === 1) {
+    if (how === "exit") process.exit(0);
     setTimeout(() => process.exit(0), 8000);
     return;
   }
@@ -130,25 +114,28 @@ const rank = Number(process.env.RANK);
   } catch (e) {
     code = e.code;
   }
-  fs.writeFileSync(process.argv[2], JSON.stringify({ code, ms: Date.now() - t0 }));
+  fs.writeFileSync(out, JSON.stringify({ code, ms: Date.now() - t0 }));
   pg.destroy();
 })().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
 `;
 
+async function fault(how: "exit" | "silent"): Promise<{ code: string; ms: number }> {
+  const out = path.join(work, `fault-${how}.json`);
+  const run = await launch(2, FAULT, [out, how]);
+  if (!fs.existsSync(out)) throw new Error(`rank 0 wrote no result (${run.code}):\n${run.stdout}\n${run.stderr}`);
+  return JSON.parse(fs.readFileSync(out, "utf8"));
+}
+
 describe("NCCL across processes on emulated devices", () => {
   maybe(`a rank that never joins a collective: the other's allToAllV rejects with ERR_MOE_TIMEOUT after the group's timeout${why}`, async () => {
-    const out = path.join(work, "silent-peer.json");
-    const run = await launch(2, SILENT_PEER, [out]);
-    const res = fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, "utf8")) : { run };
+    const res = await fault("silent");
     expect(res.code).toBe("ERR_MOE_TIMEOUT");
     expect(res.ms).toBeGreaterThanOrEqual(1900);
     expect(res.ms).toBeLessThan(7500);
   }, 120000);
 
   maybe(`a rank that exits mid-run: the survivor's allToAllV rejects with ERR_MOE_PEER_LOST at once${why}`, async () => {
-    const out = path.join(work, "peer-lost.json");
-    const run = await launch(2, PEER_LOST, [out]);
-    const res = fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, "utf8")) : { run };
+    const res = await fault("exit");
     expect(res.code).toBe("ERR_MOE_PEER_LOST");
     expect(res.ms).toBeLessThan(10000);
   }, 120000);
