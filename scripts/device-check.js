@@ -296,11 +296,20 @@ async function checkActivation(kind, rows, width) {
   dispose([cpu, gpu, hc, hg, dc, dg]);
 }
 
-// Grouped GEMM: bf16 operands, counts on the device; dW compared in float32.
-// kernel: "auto" (the best for the device: wgmma on Hopper) or "sm80" (the
-// mma.sync kernel, which a Hopper GPU runs only when asked: MOE_EP_GG_KERNEL).
-async function checkGroupedGemm(name, counts, k, n, kernel = "auto") {
+// Runs fn with the grouped GEMM kernel `kernel` (MOE_EP_GG_KERNEL: "auto", the
+// best for the device, wgmma on Hopper; "sm80", the mma.sync kernel, which a
+// Hopper GPU runs only when asked), then goes back to "auto".
+async function withGemmKernel(kernel, fn) {
   process.env.MOE_EP_GG_KERNEL = kernel;
+  try {
+    return await fn();
+  } finally {
+    process.env.MOE_EP_GG_KERNEL = "auto";
+  }
+}
+
+// Grouped GEMM: bf16 operands, counts on the device; dW compared in float32.
+async function checkGroupedGemm(name, counts, k, n, kernel = "auto") {
   const rows = counts.reduce((a, b) => a + b, 0);
   const L = counts.length;
   const shape = shapeOf({ case: name, L, R: rows, K: k, N: n });
@@ -311,13 +320,14 @@ async function checkGroupedGemm(name, counts, k, n, kernel = "auto") {
     Tensor.from(normal(rows * n), [rows, n], { dtype: "bfloat16" }),
   ]);
   const yc = await ops.groupedGemm(cpu[0], cpu[1], cpu[2]);
-  const yg = await ops.groupedGemm(gpu[0], gpu[1], gpu[2]);
   const gc = await ops.groupedGemmBackward(cpu[3], cpu[0], cpu[1], cpu[2]);
-  const gg = await ops.groupedGemmBackward(gpu[3], gpu[0], gpu[1], gpu[2]);
+  const [yg, gg] = await withGemmKernel(kernel, async () => [
+    await ops.groupedGemm(gpu[0], gpu[1], gpu[2]),
+    await ops.groupedGemmBackward(gpu[3], gpu[0], gpu[1], gpu[2]),
+  ]);
   const y = floatWrong(yg, yc);
   const dx = floatWrong(gg.dx, gc.dx);
   const dw = floatWrong(gg.dw, gc.dw);
-  process.env.MOE_EP_GG_KERNEL = "auto";
   record(kernel === "sm80" ? "groupedGemm+backward mma.sync" : "groupedGemm+backward", shape, y.wrong + dx.wrong + dw.wrong, `rel y ${y.rel.toExponential(2)} dx ${dx.rel.toExponential(2)} dw ${dw.rel.toExponential(2)}`);
   dispose([cpu, gpu, yc, yg, gc, gg]);
 }
@@ -584,11 +594,11 @@ async function sanitize() {
   const gw = await to(Tensor.from(normal(3 * 64 * 136, 0.1), [3, 64, 136], { dtype: "bfloat16" }));
   const gcnt = await to(Tensor.from(new Int32Array([33, 0, 37]), [3]));
   for (const kernel of ["auto", "sm80"]) {
-    process.env.MOE_EP_GG_KERNEL = kernel;
-    const gy = await ops.groupedGemm(gx, gw, gcnt);
-    outs.push(gy, await ops.groupedGemmBackward(gy, gx, gw, gcnt));
+    await withGemmKernel(kernel, async () => {
+      const gy = await ops.groupedGemm(gx, gw, gcnt);
+      outs.push(gy, await ops.groupedGemmBackward(gy, gx, gw, gcnt));
+    });
   }
-  process.env.MOE_EP_GG_KERNEL = "auto";
   const param = await to(Tensor.from(normal(1000), [1000], { dtype: "bfloat16" }));
   await ops.adamw(param, await to(Tensor.from(normal(1000), [1000])), await to(Tensor.zeros([1000])), await to(Tensor.zeros([1000])), { lr: 1e-3, step: 1 });
   outs.push(await x.clone(), await (await x.to("cpu")).to(DEV));
@@ -714,9 +724,7 @@ async function bench() {
       row(name, "8 x 4096 rows, 4096 x 14336", `${ms.toFixed(3)} ms`, `${tf.toFixed(0)} TFLOP/s`, denseText, Number.isFinite(dense) ? pct(tf, dense) : "—", Number.isFinite(dense) ? (tf >= 0.6 * dense ? "met" : "MISSED") : "target 60%");
     }
     // The mma.sync kernel (what GPUs before Hopper run), forward only: a figure, not a target here.
-    process.env.MOE_EP_GG_KERNEL = "sm80";
-    const ms80 = await timeOp(() => ops.groupedGemm(xg, wgt, cg), 5);
-    process.env.MOE_EP_GG_KERNEL = "auto";
+    const ms80 = await withGemmKernel("sm80", () => timeOp(() => ops.groupedGemm(xg, wgt, cg), 5));
     const tf80 = flops / (ms80 * 1e-3) / 1e12;
     row("grouped GEMM forward, mma.sync kernel", "same", `${ms80.toFixed(3)} ms`, `${tf80.toFixed(0)} TFLOP/s`, denseText, Number.isFinite(dense) ? pct(tf80, dense) : "—", "");
     dispose([xg, wgt, cg, dyg]);

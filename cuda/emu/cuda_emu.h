@@ -262,50 +262,44 @@ inline int __reduce_max_sync(unsigned mask, int v) { return emu::reduce_lanes(ma
 inline unsigned __activemask() { return emu::live_lanes(); }
 
 // ---- atomics: one thread runs at a time, so a plain read-modify-write is atomic ------
+namespace emu {
+template <class T, class F>
+T read_modify_write(T* p, F update) {
+  const T old = *p;
+  *p = update(old);
+  return old;
+}
+}  // namespace emu
 template <class T>
 T atomicAdd(T* p, T v) {
-  const T old = *p;
-  *p = old + v;
-  return old;
+  return emu::read_modify_write(p, [&](T old) { return T(old + v); });
 }
 inline unsigned long long atomicAdd(unsigned long long* p, long long v) {
   return atomicAdd(p, static_cast<unsigned long long>(v));
 }
 template <class T>
 T atomicMin(T* p, T v) {
-  const T old = *p;
-  if (v < old) *p = v;
-  return old;
+  return emu::read_modify_write(p, [&](T old) { return v < old ? v : old; });
 }
 template <class T>
 T atomicMax(T* p, T v) {
-  const T old = *p;
-  if (v > old) *p = v;
-  return old;
+  return emu::read_modify_write(p, [&](T old) { return v > old ? v : old; });
 }
 template <class T>
 T atomicOr(T* p, T v) {
-  const T old = *p;
-  *p = old | v;
-  return old;
+  return emu::read_modify_write(p, [&](T old) { return T(old | v); });
 }
 template <class T>
 T atomicAnd(T* p, T v) {
-  const T old = *p;
-  *p = old & v;
-  return old;
+  return emu::read_modify_write(p, [&](T old) { return T(old & v); });
 }
 template <class T>
 T atomicExch(T* p, T v) {
-  const T old = *p;
-  *p = v;
-  return old;
+  return emu::read_modify_write(p, [&](T) { return v; });
 }
 template <class T>
 T atomicCAS(T* p, T compare, T v) {
-  const T old = *p;
-  if (old == compare) *p = v;
-  return old;
+  return emu::read_modify_write(p, [&](T old) { return old == compare ? v : old; });
 }
 
 // ---- arithmetic intrinsics (the translation units are built with -ffp-contract=off,

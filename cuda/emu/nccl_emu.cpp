@@ -105,6 +105,10 @@ Result refuse(Communicator* c, Result r, const std::string& why) {
   return r;
 }
 
+Result check_type(Communicator* c, int type) {
+  return type_bytes(type) ? kSuccess : refuse(c, kInvalidArgument, "unknown data type " + std::to_string(type));
+}
+
 // ---- the mesh ----------------------------------------------------------------------
 
 std::string socket_path(const std::string& dir, int rank) { return dir + "/" + std::to_string(rank) + ".sock"; }
@@ -234,19 +238,23 @@ Result run_transfers(Communicator* c, const std::vector<Transfer>& ts) {
   auto last_progress = std::chrono::steady_clock::now();
   for (;;) {
     std::vector<pollfd> fds;
+    std::vector<int> peers;  // of fds, in order
     for (int p = 0; p < c->size; ++p) {
       short events = 0;
       if (!out[size_t(p)].done()) events |= POLLOUT;
       if (!in[size_t(p)].done()) events |= POLLIN;
-      if (events) fds.push_back(pollfd{c->fds[size_t(p)], events, 0});
+      if (events) {
+        fds.push_back(pollfd{c->fds[size_t(p)], events, 0});
+        peers.push_back(p);
+      }
     }
     if (fds.empty()) return kSuccess;
     if (poll(fds.data(), fds.size(), 100) < 0 && errno != EINTR)
       return refuse(c, kSystemError, std::string("poll: ") + strerror(errno));
     bool moved = false;
-    for (const pollfd& f : fds) {
-      int p = 0;
-      while (c->fds[size_t(p)] != f.fd) ++p;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      const pollfd& f = fds[i];
+      const int p = peers[i];
       if (f.revents & (POLLERR | POLLNVAL))
         return refuse(c, kRemoteError, "the connection to rank " + std::to_string(p) + " failed");
       if ((f.revents & POLLOUT) && !out[size_t(p)].done()) {
@@ -285,7 +293,7 @@ Result queue(Communicator* c, Transfer t, int type, size_t count) {
   if (!c) return kInvalidArgument;
   if (t.peer < 0 || t.peer >= c->size)
     return refuse(c, kInvalidArgument, "peer " + std::to_string(t.peer) + " of " + std::to_string(c->size) + " ranks");
-  if (!type_bytes(type)) return refuse(c, kInvalidArgument, "unknown data type " + std::to_string(type));
+  if (const Result r = check_type(c, type)) return r;
   t.bytes = count * type_bytes(type);
   c->group.push_back(t);
   if (group_depth > 0) {
@@ -487,7 +495,7 @@ Result ncclRecv(void* buf, size_t count, int type, int peer, Communicator* comm,
 Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Communicator* comm, void*) {
   if (!comm) return kInvalidArgument;
   if (op < kSum || op > kAvg) return refuse(comm, kInvalidArgument, "unknown reduction " + std::to_string(op));
-  if (!type_bytes(type)) return refuse(comm, kInvalidArgument, "unknown data type " + std::to_string(type));
+  if (const Result r = check_type(comm, type)) return r;
   return start(comm, [=] {
     const size_t bytes = count * type_bytes(type);
     std::vector<std::vector<char>> theirs(size_t(comm->size));
@@ -510,7 +518,7 @@ Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int o
 Result ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Communicator* comm, void*) {
   if (!comm) return kInvalidArgument;
   if (root < 0 || root >= comm->size) return refuse(comm, kInvalidArgument, "root " + std::to_string(root));
-  if (!type_bytes(type)) return refuse(comm, kInvalidArgument, "unknown data type " + std::to_string(type));
+  if (const Result r = check_type(comm, type)) return r;
   return start(comm, [=] {
     const size_t bytes = count * type_bytes(type);
     std::vector<Transfer> ts;

@@ -124,9 +124,8 @@ struct Run {
 std::mutex launch_mutex;  // launches are serialised process-wide
 Run run;                  // guarded by launch_mutex
 
-int linear(const Fiber& f) {
-  return static_cast<int>(f.tid.x + f.tid.y * blockDim.x + f.tid.z * blockDim.x * blockDim.y);
-}
+// The running thread's linear index in its block: its fiber's position.
+int current_index() { return static_cast<int>(run.current - run.fibers.data()); }
 
 [[noreturn]] void fiber_main() {
   run.body(run.context);
@@ -301,20 +300,20 @@ void run_grid(const Config& c, void (*body)(void*), void* context) {
 void sync_block() { wait(State::Block, 0); }
 
 void sync_warp(unsigned mask) {
-  // Only this lane in the mask: nothing to wait for.
+  // The caller's own lane is always part of its barrier.
   wait(State::Warp, mask | (1u << lane_id()));
 }
 
 void publish(uint64_t bits) { run.current->bits = bits; }
 
 uint64_t published(int lane) {
-  const int t = (linear(*run.current) & ~31) + lane;
+  const int t = (current_index() & ~31) + lane;
   return run.fibers[size_t(t)].bits;
 }
 
-unsigned live_lanes() { return live_in_warp(linear(*run.current) / 32); }
+unsigned live_lanes() { return live_in_warp(current_index() / 32); }
 
-int lane_id() { return linear(*run.current) & 31; }
+int lane_id() { return current_index() & 31; }
 
 uint32_t shared_offset(const void* p) {
   const uintptr_t base = reinterpret_cast<uintptr_t>(dynamic_shared_bytes());
