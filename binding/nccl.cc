@@ -1,7 +1,7 @@
 // ncclStatus(): whether NCCL can be used here, and why not. The library is
 // loaded on the first call (once per process); a missing library, an old one
 // or a machine without a device is reported, never thrown.
-#include "../cpp/dist/nccl_api.h"
+#include "../cpp/comm/nccl_api.h"
 #include "addon.h"
 
 namespace moe::binding {
@@ -9,7 +9,7 @@ namespace {
 
 Napi::Value nccl_status(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
-  const dist::nccl::Status& s = dist::nccl::status();
+  const comm::nccl::Status& s = comm::nccl::status();
   Napi::Object o = Napi::Object::New(env);
   o.Set("available", s.available);
   o.Set("loaded", s.loaded);

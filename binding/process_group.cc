@@ -1,14 +1,14 @@
 // createGlooGroup(store, options) and createNcclGroup(store, options) ->
 // Promise<NativeProcessGroup>: one handle over either backend
-// (cpp/dist/process_group.h), whose collectives return Promises settled from
+// (cpp/comm/process_group.h), whose collectives return Promises settled from
 // the group's own thread. Glue only: the policy lives in the core and in
-// lib/dist/process-group.ts.
+// lib/comm/process-group.ts.
 #include <cmath>
 #include <cstdint>
 #include <memory>
 
-#include "../cpp/dist/gloo_group.h"
-#include "../cpp/dist/nccl_group.h"
+#include "../cpp/comm/gloo_group.h"
+#include "../cpp/comm/nccl_group.h"
 #include "addon.h"
 #include "convert.h"
 #include "queue_async.h"
@@ -18,7 +18,7 @@
 namespace moe::binding {
 namespace {
 
-using GroupPtr = std::shared_ptr<dist::ProcessGroup>;
+using GroupPtr = std::shared_ptr<comm::ProcessGroup>;
 using CtorRef = std::shared_ptr<Napi::FunctionReference>;
 
 // What the constructor receives (as an External): the connected group and the class itself, for sub-groups.
@@ -59,12 +59,12 @@ std::vector<int> ranks_arg(Napi::Value v, const char* what) {
   return out;
 }
 
-dist::Millis timeout_option(Napi::Object o, dist::Millis fallback) {
+comm::Millis timeout_option(Napi::Object o, comm::Millis fallback) {
   double ms = get_number(o, "timeoutMs", double(fallback.count()));
   if (!(ms >= 1 && ms <= 9.0e15) || ms != std::floor(ms)) {
     throw make_error(o.Env(), Code::Value, "process group: expected timeoutMs to be an integer >= 1");
   }
-  return dist::Millis(int64_t(ms));
+  return comm::Millis(int64_t(ms));
 }
 
 class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
@@ -105,7 +105,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   static Napi::Value Connect(Napi::Env env, GroupPtr group, CtorRef ctor) {
     auto submit = [group](std::function<void()> w) { group->submit(std::move(w)); };
     return run_queued_async(env, "moe-ep process group", submit, group->connect(),
-                            [group, ctor](Napi::Env env, dist::Unit&) -> Napi::Value {
+                            [group, ctor](Napi::Env env, comm::Unit&) -> Napi::Value {
                               Init init{group, ctor};
                               return ctor->New({Napi::External<Init>::New(env, &init)});
                             });
@@ -120,7 +120,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
       std::optional<std::vector<int64_t>> expected;
       if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) expected = counts_arg(info[2], "recvCounts");
       auto task = group_->all_to_all_v(x, std::move(send), std::move(expected));
-      return run(env, "moe-ep allToAllV", task, [](Napi::Env env, dist::AllToAllVResult& r) -> Napi::Value {
+      return run(env, "moe-ep allToAllV", task, [](Napi::Env env, comm::AllToAllVResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("output", NativeTensor::Adopt(env, r.output));
         Napi::Array counts = Napi::Array::New(env, r.recv_counts.size());
@@ -144,7 +144,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     Napi::Env env = info.Env();
     return guard(env, [&] {
       Tensor t = NativeTensor::From(info[0], "t");
-      dist::ReduceOp op = dist::parse_reduce_op(info[1].IsUndefined() ? "sum" : to_string(info[1], "op"));
+      comm::ReduceOp op = comm::parse_reduce_op(info[1].IsUndefined() ? "sum" : to_string(info[1], "op"));
       return run(env, "moe-ep allReduce", group_->all_reduce(t, op), undefined);
     });
   }
@@ -174,7 +174,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
       live(env, "newGroup");
       std::vector<int> members = ranks_arg(info[0], "ranks");
       Napi::Object o = options_arg(info, 1);
-      dist::Millis timeout = timeout_option(o, group_->timeout());
+      comm::Millis timeout = timeout_option(o, group_->timeout());
       return Connect(env, group_->new_group(members, timeout), ctor_);
     });
   }
@@ -213,7 +213,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     if (group_->destroyed()) throw make_error(env, Code::Disposed, std::string(op) + ": the process group was destroyed");
   }
 
-  static Napi::Value undefined(Napi::Env env, dist::Unit&) { return env.Undefined(); }
+  static Napi::Value undefined(Napi::Env env, comm::Unit&) { return env.Undefined(); }
 
   template <class R, class ToJs>
   Napi::Value run(Napi::Env env, const char* name, ops::Task<R> task, ToJs to_js) {
@@ -263,18 +263,18 @@ Registration reg([](Napi::Env env, Napi::Object exports) {
   // createGlooGroup(store, { rank, worldSize, prefix, hostname, timeoutMs })
   exports.Set("createGlooGroup", creator(env, ctor, "createGlooGroup",
                                          [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
-                                           dist::GroupOptions opts;
+                                           comm::GroupOptions opts;
                                            opts.hostname = get_string(o, "hostname", opts.hostname);
                                            opts.timeout = timeout_option(o, opts.timeout);
-                                           return GroupPtr(dist::GlooGroup::create(store, prefix, rank, ranks, opts));
+                                           return GroupPtr(comm::GlooGroup::create(store, prefix, rank, ranks, opts));
                                          }));
   // createNcclGroup(store, { rank, worldSize, prefix, device, timeoutMs }): NOT YET RUN beyond world size 1.
   exports.Set("createNcclGroup", creator(env, ctor, "createNcclGroup",
                                          [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
-                                           dist::NcclGroupOptions opts;
+                                           comm::NcclGroupOptions opts;
                                            opts.timeout = timeout_option(o, opts.timeout);
                                            Device device = Device::parse(get_string(o, "device", "cuda:0"));
-                                           return GroupPtr(dist::NcclGroup::create(store, prefix, rank, ranks, device, opts));
+                                           return GroupPtr(comm::NcclGroup::create(store, prefix, rank, ranks, device, opts));
                                          }));
 });
 

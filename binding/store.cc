@@ -1,5 +1,5 @@
 // openStore(url, {rank, worldSize, runId, timeoutMs}) -> NativeStore, whose
-// set/get/wait/check/add return Promises settled from cpp/dist's blocking pool.
+// set/get/wait/check/add return Promises settled from cpp/comm's blocking pool.
 #include <cstdint>
 #include <cstring>
 
@@ -17,15 +17,15 @@ constexpr napi_type_tag kStoreTag = {0x6d6f652d65702d73ull, 0x746f72652d763121ul
 
 std::string key_arg(const Napi::CallbackInfo& info, size_t i) { return to_string(info[i], "key"); }
 
-dist::Bytes value_arg(Napi::Value v) {
+comm::Bytes value_arg(Napi::Value v) {
   if (v.IsString()) {
     std::string s = v.As<Napi::String>().Utf8Value();
-    return dist::Bytes(s.begin(), s.end());
+    return comm::Bytes(s.begin(), s.end());
   }
   if (v.IsTypedArray()) {
     Napi::TypedArray a = v.As<Napi::TypedArray>();
     const uint8_t* p = static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
-    return dist::Bytes(p, p + a.ByteLength());
+    return comm::Bytes(p, p + a.ByteLength());
   }
   throw make_error(v.Env(), Code::Value, "store set: expected the value to be a Uint8Array or a string");
 }
@@ -38,12 +38,12 @@ std::vector<std::string> keys_arg(Napi::Value v) {
   return keys;
 }
 
-dist::Millis timeout_arg(const Napi::CallbackInfo& info, size_t i, dist::Millis fallback) {
+comm::Millis timeout_arg(const Napi::CallbackInfo& info, size_t i, comm::Millis fallback) {
   if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return fallback;
   if (!info[i].IsNumber()) throw make_error(info.Env(), Code::Value, "store: expected timeoutMs to be a number");
   double ms = info[i].As<Napi::Number>().DoubleValue();
   if (!(ms >= 0)) throw make_error(info.Env(), Code::Value, "store: expected timeoutMs >= 0");
-  return dist::Millis(int64_t(std::min(ms, 9.0e15)));
+  return comm::Millis(int64_t(std::min(ms, 9.0e15)));
 }
 
 struct Unit {};
@@ -80,20 +80,20 @@ NativeStore::NativeStore(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
   if (info.Length() != 1 || !info[0].IsExternal()) {
     throw Napi::TypeError::New(info.Env(), "NativeStore is made by openStore(url, options)");
   }
-  store_ = *info[0].As<Napi::External<std::shared_ptr<dist::Store>>>().Data();
+  store_ = *info[0].As<Napi::External<std::shared_ptr<comm::Store>>>().Data();
   url_ = store_->url();
   timeout_ms_ = store_->timeout().count();
   info.This().As<Napi::Object>().TypeTag(&kStoreTag);
 }
 
-std::shared_ptr<dist::Store> NativeStore::From(Napi::Value v, const char* what) {
+std::shared_ptr<comm::Store> NativeStore::From(Napi::Value v, const char* what) {
   if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kStoreTag)) {
     throw Napi::TypeError::New(v.Env(), std::string("expected ") + what + " to be a store from openStore");
   }
   return Unwrap(v.As<Napi::Object>())->live(v.Env(), "use");
 }
 
-std::shared_ptr<dist::Store> NativeStore::live(Napi::Env env, const char* op) {
+std::shared_ptr<comm::Store> NativeStore::live(Napi::Env env, const char* op) {
   if (!store_) throw make_error(env, Code::Disposed, std::string("store ") + op + ": the store is closed");
   return store_;
 }
@@ -103,7 +103,7 @@ Napi::Value NativeStore::Set(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     auto store = live(env, "set");
     std::string key = key_arg(info, 0);
-    dist::Bytes value = value_arg(info[1]);
+    comm::Bytes value = value_arg(info[1]);
     std::function<Unit()> work = [store, key, value = std::move(value)] {
       store->set(key, value);
       return Unit{};
@@ -117,9 +117,9 @@ Napi::Value NativeStore::Get(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     auto store = live(env, "get");
     std::string key = key_arg(info, 0);
-    dist::Millis timeout = timeout_arg(info, 1, store->timeout());
-    std::function<dist::Bytes()> work = [store, key, timeout] { return store->get(key, timeout); };
-    return run_blocking_async(env, "moe-ep store get", work, [](Napi::Env env, dist::Bytes& v) -> Napi::Value {
+    comm::Millis timeout = timeout_arg(info, 1, store->timeout());
+    std::function<comm::Bytes()> work = [store, key, timeout] { return store->get(key, timeout); };
+    return run_blocking_async(env, "moe-ep store get", work, [](Napi::Env env, comm::Bytes& v) -> Napi::Value {
       // Copied into a V8-owned buffer (external buffers are refused under Electron's memory cage).
       Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, v.size());
       if (!v.empty()) std::memcpy(ab.Data(), v.data(), v.size());
@@ -133,7 +133,7 @@ Napi::Value NativeStore::Wait(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     auto store = live(env, "wait");
     std::vector<std::string> keys = keys_arg(info[0]);
-    dist::Millis timeout = timeout_arg(info, 1, store->timeout());
+    comm::Millis timeout = timeout_arg(info, 1, store->timeout());
     std::function<Unit()> work = [store, keys, timeout] {
       store->wait(keys, timeout);
       return Unit{};
@@ -192,13 +192,13 @@ Registration reg([](Napi::Env env, Napi::Object exports) {
                                  return guard(env, [&]() -> Napi::Value {
                                    std::string url = to_string(info[0], "url");
                                    Napi::Object o = options_arg(info, 1);
-                                   dist::StoreOptions opts;
+                                   comm::StoreOptions opts;
                                    opts.rank = int(int_option(o, "rank", 0, 0, INT32_MAX));
                                    opts.world_size = int(int_option(o, "worldSize", 1, 1, INT32_MAX));
                                    opts.run_id = get_string(o, "runId", "");
-                                   opts.timeout = dist::Millis(int_option(o, "timeoutMs", 300000, 0, int64_t(1) << 53));
-                                   auto store = dist::open_store(url, opts);
-                                   return ctor->New({Napi::External<std::shared_ptr<dist::Store>>::New(env, &store)});
+                                   opts.timeout = comm::Millis(int_option(o, "timeoutMs", 300000, 0, int64_t(1) << 53));
+                                   auto store = comm::open_store(url, opts);
+                                   return ctor->New({Napi::External<std::shared_ptr<comm::Store>>::New(env, &store)});
                                  });
                                },
                                "openStore"));

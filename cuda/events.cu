@@ -1,5 +1,5 @@
 // Devices and events for host code that must watch work on a stream without
-// blocking on it (cpp/dist/nccl_comm.cpp's watchdog), or wait for a point in
+// blocking on it (cpp/comm/nccl_comm.cpp's watchdog), or wait for a point in
 // the middle of it (the read-backs of cpp/core/cuda_device.h), and the
 // pinned, device-mapped host memory those read-backs land in.
 #include <cuda_runtime.h>

@@ -19,4 +19,4 @@ export { saveCheckpoint, loadCheckpoint, readCheckpointIndex, shardFileName, exp
 export type { CheckpointOptions, CheckpointIndex } from "./checkpoint/checkpoint";
 export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
 export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";
-export * from "./dist";
+export * from "./comm";

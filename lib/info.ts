@@ -1,8 +1,8 @@
 /** The capability report: what the core found and why anything is missing. */
 import { loadNative, nativeFile } from "./native";
 import type { NativeInfo } from "./native-types";
-import { ncclStatus } from "./dist/nccl";
-import type { NcclStatus } from "./dist/nccl";
+import { ncclStatus } from "./comm/nccl";
+import type { NcclStatus } from "./comm/nccl";
 
 export interface Info extends NativeInfo {
   version: string;

@@ -6,8 +6,8 @@
 import * as fs from "fs";
 import * as path from "path";
 import { MoEError } from "../lib";
-import { rendezvousFromEnv } from "../lib/dist";
-import { alive, buildDist, distDir, root, runNode, script, tempDir, type Run } from "./procs";
+import { rendezvousFromEnv } from "../lib/comm";
+import { alive, buildDist, commDir, root, runNode, script, tempDir, type Run } from "./procs";
 
 let work: string;
 
@@ -37,7 +37,7 @@ beforeAll(() => {
 afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 
 const ENV_RANK = `
-const { rendezvousFromEnv, openStoreFromEnv } = require(${JSON.stringify(distDir)});
+const { rendezvousFromEnv, openStoreFromEnv } = require(${JSON.stringify(commDir)});
 const e = process.env;
 const r = rendezvousFromEnv();
 (async () => {

@@ -12,7 +12,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { MoELayer, Tensor } from "../lib";
-import { initProcessGroup, ncclStatus } from "../lib/dist";
+import { initProcessGroup, ncclStatus } from "../lib/comm";
 import type { MoELayerOptions } from "../lib/layer/config";
 import { add, axpby, sumSquares } from "../lib/ops/elementwise";
 import { chunkTranspose } from "../lib/ops/chunks";

@@ -1,6 +1,6 @@
 /**
- * The NCCL backend of ProcessGroup (lib/dist/nccl-group.ts,
- * cpp/dist/nccl_group.h) at world size 1, on cuda:0.
+ * The NCCL backend of ProcessGroup (lib/comm/nccl-group.ts,
+ * cpp/comm/nccl_group.h) at world size 1, on cuda:0.
  *
  * Two parts:
  * - the refusals that come before any NCCL call, which run everywhere;
@@ -18,8 +18,8 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { MoEError, Tensor } from "../lib";
-import { initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/dist";
-import { createNcclGroup } from "../lib/dist/nccl-group";
+import { initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/comm";
+import { createNcclGroup } from "../lib/comm/nccl-group";
 import { memoryAtRest } from "./util";
 
 async function rejection(p: Promise<unknown>): Promise<MoEError> {

@@ -11,8 +11,8 @@ import { execFileSync } from "child_process";
 import * as fs from "fs";
 import * as path from "path";
 import { MoEError } from "../lib";
-import { ncclStatus, requireNccl, type NcclStatus } from "../lib/dist/nccl";
-import { buildDist, distDir, root, runNode, script, tempDir } from "./procs";
+import { ncclStatus, requireNccl, type NcclStatus } from "../lib/comm/nccl";
+import { buildDist, commDir, root, runNode, script, tempDir } from "./procs";
 
 // Every function moe-ep requires besides ncclGetVersion.
 const REQUIRED = [
@@ -44,7 +44,7 @@ interface ChildResult {
 // Reads the status, asks for NCCL, then changes the variable and reads again
 // (the answer must not change: the library is loaded once per process).
 const CHILD_SOURCE = `
-const { ncclStatus, requireNccl } = require(${JSON.stringify(path.join(distDir, "nccl"))});
+const { ncclStatus, requireNccl } = require(${JSON.stringify(path.join(commDir, "nccl"))});
 const { MoEError, info } = require(${JSON.stringify(path.join(root, "dist"))});
 const status = ncclStatus();
 let error = null;
@@ -260,7 +260,7 @@ describe("the library stays private to moe-ep", () => {
     const probe = path.join(work, "probe.node");
     execFileSync("cc", ["-shared", "-fPIC", "-o", probe, probeSrc, "-ldl"]);
     const src = `
-      const { ncclStatus } = require(${JSON.stringify(path.join(distDir, "nccl"))});
+      const { ncclStatus } = require(${JSON.stringify(path.join(commDir, "nccl"))});
       const s = ncclStatus();
       if (!s.loaded) throw new Error("fake not loaded: " + s.reason);
       try { process.dlopen({ exports: {} }, ${JSON.stringify(probe)}); } catch (e) { /* not an addon: the constructor already ran */ }

@@ -9,7 +9,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { MoEError, Tensor } from "../lib";
-import { expertParallelLayout, initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/dist";
+import { expertParallelLayout, initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/comm";
 import { buildDist, root, runNode, tempDir } from "./procs";
 import { memoryAtRest, rng } from "./util";
 

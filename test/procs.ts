@@ -6,8 +6,8 @@ import * as os from "os";
 import * as path from "path";
 
 export const root = path.resolve(__dirname, "..");
-/** What children require: the package's compiled distribution namespace. */
-export const distDir = path.join(root, "dist", "dist");
+/** What children require: the compiled process-group and store module (lib/comm). */
+export const commDir = path.join(root, "dist", "comm");
 
 /** Compiles lib/ into dist/ as `npm run build:ts` does, so child processes can require it. */
 export function buildDist(): void {

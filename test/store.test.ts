@@ -7,8 +7,8 @@ import * as fs from "fs";
 import * as net from "net";
 import * as path from "path";
 import { MoEError } from "../lib";
-import { openStore, type Store } from "../lib/dist";
-import { buildDist, distDir, freePort, runNode, script, tempDir } from "./procs";
+import { openStore, type Store } from "../lib/comm";
+import { buildDist, commDir, freePort, runNode, script, tempDir } from "./procs";
 import { rng } from "./util";
 
 let work: string;
@@ -17,7 +17,7 @@ let rankScript: string;
 // Each rank publishes text and bytes, reads everyone's, and bumps a shared
 // counter 40 times; rank 0 (the tcp server) stays up until all are done.
 const RANK_SOURCE = `
-const { openStore } = require(${JSON.stringify(distDir)});
+const { openStore } = require(${JSON.stringify(commDir)});
 const [url, rank, world, runId] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4]), process.argv[5]];
 (async () => {
   const s = openStore(url, { rank, worldSize: world, runId, timeoutMs: 10000 });

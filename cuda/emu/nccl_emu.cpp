@@ -1,5 +1,5 @@
 // NCCL for the CUDA emulator (libnccl_emu.so, built with MOE_EP_CUDA=EMULATE):
-// the functions cpp/dist/nccl_api.h loads, so that the NCCL process group and
+// the functions cpp/comm/nccl_api.h loads, so that the NCCL process group and
 // the layer's NCCL path run on emulated devices, one rank per process as on
 // GPUs. Point MOE_EP_NCCL_LIBRARY at it (the cuda-emulated jest project does).
 //
@@ -43,12 +43,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "../../cpp/dist/nccl_api.h"
+#include "../../cpp/comm/nccl_api.h"
 
 namespace {
 
 // The ABI, as the loader declares it (what this library stands in for).
-using namespace moe::dist::nccl;
+using namespace moe::comm::nccl;
 using Config = ConfigV21400;
 
 constexpr const char* kIdTag = "moe-ep-nccl-emu:";
@@ -387,7 +387,7 @@ extern "C" {
 
 Result ncclGetVersion(int* version) {
   if (!version) return kInvalidArgument;
-  *version = 21805;  // 2.18.5: the ABI of cpp/dist/nccl_api.h, non-blocking communicators included
+  *version = 21805;  // 2.18.5: the ABI of cpp/comm/nccl_api.h, non-blocking communicators included
   return kSuccess;
 }
 

@@ -9,7 +9,7 @@
  * Arguments: --out FILE --min BYTES --max BYTES [--timeout MS]
  */
 import * as fs from "fs";
-import { initProcessGroup } from "../dist/process-group";
+import { initProcessGroup } from "../comm/process-group";
 import { Tensor } from "../tensor";
 import { memcpyBandwidth, type MemcpyBandwidthResult } from "./peak";
 

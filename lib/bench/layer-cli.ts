@@ -9,7 +9,7 @@
 import * as os from "os";
 import * as path from "path";
 import { ACTIVATION_KINDS, type ActivationKind } from "../ops/activation";
-import { initProcessGroup } from "../dist/process-group";
+import { initProcessGroup } from "../comm/process-group";
 import { benchLayer, type BenchLayerOptions } from "./layer";
 
 const FLAGS: Record<string, keyof BenchLayerOptions | "nproc"> = {

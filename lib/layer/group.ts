@@ -1,6 +1,6 @@
 /**
  * The collectives the MoE layer needs, as a structural interface: the Gloo
- * ProcessGroup (lib/dist/process-group.ts) satisfies it, and so does any
+ * ProcessGroup (lib/comm/process-group.ts) satisfies it, and so does any
  * object with the same methods (an NCCL group, a test double).
  *
  * Layout, as Megatron-Core lays out expert parallelism with no tensor or

@@ -11,7 +11,7 @@ const path = require("path");
 
 const root = path.resolve(__dirname, "..", "..");
 const { Tensor } = require(path.join(root, "dist"));
-const { initProcessGroup, expertParallelLayout } = require(path.join(root, "dist", "dist"));
+const { initProcessGroup, expertParallelLayout } = require(path.join(root, "dist", "comm"));
 
 const scenario = process.argv[2];
 const args = process.argv.slice(3);

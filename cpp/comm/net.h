@@ -1,0 +1,28 @@
+// Small POSIX socket helpers shared by the tcp store's server and client.
+#pragma once
+#include <netinet/in.h>
+
+#include <chrono>
+#include <string>
+
+namespace moe::comm::net {
+
+using Clock = std::chrono::steady_clock;
+
+// The IPv4 address of a host name or dotted quad ("localhost" -> 127.0.0.1).
+// Throws ERR_MOE_VALUE when the name does not resolve to an IPv4 address.
+in_addr resolve_ipv4(const std::string& host);
+std::string format_ipv4(in_addr addr);
+
+void set_nonblocking(int fd);
+
+// Milliseconds left until deadline, for poll(): 0 when passed, at most `cap`.
+int poll_ms(Clock::time_point deadline, int cap = 1000);
+
+enum class Io { Ok, Timeout, Closed };
+
+// Send / receive exactly n bytes on a non-blocking socket, polling until deadline.
+Io send_all(int fd, const void* data, size_t n, Clock::time_point deadline);
+Io recv_all(int fd, void* data, size_t n, Clock::time_point deadline);
+
+}  // namespace moe::comm::net

@@ -1,0 +1,83 @@
+// What every process group offers, whichever engine moves the data: Gloo for
+// CPU tensors (gloo_group.h), NCCL for CUDA tensors (nccl_group.h). The binding
+// holds groups through this interface, so both backends share one JS handle.
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../core/error.h"
+#include "../core/tensor.h"
+#include "../ops/task.h"
+#include "store.h"
+
+namespace moe::comm {
+
+enum class ReduceOp { Sum, Avg, Max };
+// "sum", "avg", "max"; ERR_MOE_VALUE otherwise.
+ReduceOp parse_reduce_op(const std::string& name);
+const char* reduce_op_name(ReduceOp op);
+
+struct AllToAllVResult {
+  Tensor output;
+  std::vector<int64_t> recv_counts;
+};
+
+struct Unit {};
+
+// "0, 2, 3": ranks as messages show them.
+std::string join(const std::vector<int>& ranks);
+// A stable hash of shape[from:], so ranks can compare row shapes in a fixed-size descriptor.
+int64_t shape_hash(const Shape& shape, size_t from);
+// newGroup's checks: members ascending, distinct, in [0, size), holding `rank`;
+// returns this rank's index among them.
+int check_members(const char* op, const std::vector<int>& members, int size, int rank);
+
+// allToAllV's argument checks, shared by every backend: x [rows, ...], one
+// non-negative count per rank summing to rows, and the same shape for `expected`.
+void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& send_counts,
+                             const std::optional<std::vector<int64_t>>& expected, const std::vector<int>& world_ranks);
+
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // The group's ranks as ranks of the world (for messages).
+  virtual const std::vector<int>& world_ranks() const = 0;
+  virtual Millis timeout() const = 0;
+  virtual const std::string& name() const = 0;
+  // The address this rank's connections bind to ("" where the engine picks its own).
+  virtual std::string address() const = 0;
+  // The device whose tensors the group moves.
+  virtual Device device() const = 0;
+  virtual bool destroyed() const = 0;
+  // The fault that broke the group, if any: code and message.
+  virtual std::optional<std::pair<Code, std::string>> fault() const = 0;
+
+  // Runs work on the group's thread, in order.
+  virtual void submit(std::function<void()> work) = 0;
+  // The rendezvous; resolves once every rank has connected.
+  virtual ops::Task<Unit> connect() = 0;
+  // A sub-group of this group's ranks `members` (ascending, holding this rank); only members call it.
+  virtual std::shared_ptr<ProcessGroup> new_group(const std::vector<int>& members, std::optional<Millis> timeout) = 0;
+
+  // x [rows, ...]: send_counts[p] rows go to rank p; counts are exchanged first, and with
+  // `expected` every rank fails with ERR_MOE_COUNT_MISMATCH on a disagreement. Output rows
+  // ordered by source rank.
+  virtual ops::Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
+                                                  std::optional<std::vector<int64_t>> expected) = 0;
+  virtual ops::Task<Tensor> all_to_all(const Tensor& x) = 0;
+  virtual ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op) = 0;  // in place
+  virtual ops::Task<Unit> broadcast(const Tensor& t, int root) = 0;      // in place
+  virtual ops::Task<Unit> barrier() = 0;
+
+  // Ends the group: later calls fail with ERR_MOE_DISPOSED.
+  virtual void destroy() = 0;
+};
+
+}  // namespace moe::comm

@@ -1,0 +1,54 @@
+/**
+ * The NCCL backend of ProcessGroup: collectives on CUDA tensors through a
+ * NCCL communicator (cpp/comm/nccl_group.h). initProcessGroup({ backend:
+ * "nccl" }) builds it when ncclStatus().available; the ProcessGroup surface is
+ * the Gloo one. Every tensor passed to its collectives lives on the group's
+ * device (ERR_MOE_DEVICE otherwise); bfloat16 needs NCCL >= 2.10.3
+ * (ERR_MOE_NCCL_UNAVAILABLE naming the loaded version otherwise).
+ *
+ * The unique id of each communicator goes through the store; allToAllV
+ * exchanges every rank's counts with an NCCL all-to-all on the device and
+ * reads them back (its one host synchronisation), then moves the rows as
+ * grouped ncclSend / ncclRecv on the device's communication stream, ordered
+ * after the compute stream by events. The watchdog aborts a communicator
+ * whose operation outlives the timeout.
+ *
+ * Run on an H200 at world size 1 (device-results/); more ranks have run only
+ * on the CUDA emulator (test/emulated/nccl-procs.test.ts), not on GPUs. test/nccl-group.test.ts and scripts/device-check.js exercise it where
+ * a GPU and NCCL are present.
+ */
+import { MoEError } from "../errors";
+import { loadNative } from "../native";
+import type { NativeProcessGroupHandle } from "./process-group";
+import type { NativeStoreHandle } from "./store";
+
+/** The NCCL group's handle: the same native class as the Gloo group's. */
+export type NativeNcclGroupHandle = NativeProcessGroupHandle;
+
+export interface NcclGroupNativeOptions {
+  rank: number;
+  worldSize: number;
+  prefix: string;
+  /** "cuda:N" */
+  device: string;
+  timeoutMs: number;
+}
+
+interface NativeNcclGroupModule {
+  createNcclGroup(store: NativeStoreHandle, options: NcclGroupNativeOptions): Promise<NativeNcclGroupHandle>;
+}
+
+/** @internal Connects this rank's NCCL communicator; resolves once every rank has. */
+export function createNcclGroup(store: NativeStoreHandle, options: NcclGroupNativeOptions): Promise<NativeNcclGroupHandle> {
+  const mod = loadNative() as unknown as Partial<NativeNcclGroupModule>;
+  if (typeof mod.createNcclGroup !== "function") {
+    throw new MoEError("moe-ep: the loaded addon has no NCCL process groups (rebuild it)", "ERR_MOE_UNSUPPORTED");
+  }
+  return mod.createNcclGroup(store, options);
+}
+
+/** The device an NCCL rank uses when none is named: cuda:$LOCAL_RANK, else cuda:0. */
+export function defaultNcclDevice(): string {
+  const local = process.env.LOCAL_RANK;
+  return local !== undefined && /^\d+$/.test(local) ? `cuda:${local}` : "cuda:0";
+}
