@@ -26,7 +26,8 @@ Napi::Value activation_backward(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     Tensor dh = NativeTensor::From(info[0], "dh");
     Tensor x = NativeTensor::From(info[1], "x");
-    auto task = ops::activation_backward(dh, x, ops::parse_activation("activationBackward", to_string(info[2], "kind")));
+    auto task =
+        ops::activation_backward(dh, x, ops::parse_activation("activationBackward", to_string(info[2], "kind")));
     return run_async(env, task, adopt);
   });
 }

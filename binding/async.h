@@ -22,8 +22,7 @@ using Executor = std::function<void(std::function<void()>)>;
 // Runs `work` through `submit`; the Promise resolves with to_js(env, result) on
 // the JS thread, or rejects with the MoEError the work threw.
 template <class R, class ToJs>
-Napi::Value settle_async(Napi::Env env, const char* name, const Executor& submit, std::function<R()> work,
-                         ToJs to_js) {
+Napi::Value settle_async(Napi::Env env, const char* name, const Executor& submit, std::function<R()> work, ToJs to_js) {
   struct Call {
     Napi::Promise::Deferred deferred;
     std::function<R()> work;
@@ -32,9 +31,11 @@ Napi::Value settle_async(Napi::Env env, const char* name, const Executor& submit
     Code code = Code::Internal;
     std::string message;
   };
-  auto call = std::make_shared<Call>(Call{Napi::Promise::Deferred::New(env), std::move(work), std::move(to_js), {}, {}, {}});
+  auto call =
+      std::make_shared<Call>(Call{Napi::Promise::Deferred::New(env), std::move(work), std::move(to_js), {}, {}, {}});
   Napi::Promise promise = call->deferred.Promise();
-  auto tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1);
+  auto tsfn =
+      Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1);
   submit([call, tsfn]() mutable {
     try {
       call->result.emplace(call->work());

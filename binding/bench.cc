@@ -93,8 +93,8 @@ Napi::Value cuda_copy_rate(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     Napi::Object o = options_arg(info, 0);
     auto task = bench::cuda_copy_rate(Device::parse(get_string(o, "device", "cuda:0")),
-                                      int64_t(get_number(o, "bytes", 256.0 * (1 << 20))), int(get_number(o, "reps", 10)),
-                                      int(get_number(o, "batches", 7)));
+                                      int64_t(get_number(o, "bytes", 256.0 * (1 << 20))),
+                                      int(get_number(o, "reps", 10)), int(get_number(o, "batches", 7)));
     return run_async(env, task, [](Napi::Env env, bench::CopyRate& r) -> Napi::Value {
       Napi::Object out = Napi::Object::New(env);
       out.Set("gbps", r.gbps);

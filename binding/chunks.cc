@@ -13,7 +13,8 @@ Napi::Value chunk_transpose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     auto task = ops::chunk_transpose(NativeTensor::From(info[0], "x"), NativeTensor::From(info[1], "counts"));
-    return run_async(env, task, [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
+    return run_async(env, task,
+                     [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
   });
 }
 

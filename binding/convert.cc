@@ -10,7 +10,8 @@ std::string to_string(Napi::Value v, const char* what) {
 }
 
 Shape to_shape(Napi::Value v, const char* what) {
-  if (!v.IsArray()) throw make_error(v.Env(), Code::Shape, std::string("expected ") + what + " to be an array of integers");
+  if (!v.IsArray())
+    throw make_error(v.Env(), Code::Shape, std::string("expected ") + what + " to be an array of integers");
   Napi::Array a = v.As<Napi::Array>();
   Shape s;
   for (uint32_t i = 0; i < a.Length(); ++i) {

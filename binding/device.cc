@@ -48,7 +48,8 @@ Napi::Value record_event(const Napi::CallbackInfo& info) {
 }
 
 Event event_arg(Napi::Value v, const char* what) {
-  if (!v.IsExternal()) throw make_error(v.Env(), Code::Value, std::string("expected ") + what + " to be a device event");
+  if (!v.IsExternal())
+    throw make_error(v.Env(), Code::Value, std::string("expected ") + what + " to be a device event");
   return *v.As<Napi::External<Event>>().Data();
 }
 

@@ -15,7 +15,8 @@ Napi::Value add(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     auto task = ops::add(NativeTensor::From(info[0], "a"), NativeTensor::From(info[1], "b"));
-    return run_async(env, task, [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
+    return run_async(env, task,
+                     [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
   });
 }
 
@@ -42,7 +43,8 @@ Napi::Value sum_squares(const Napi::CallbackInfo& info) {
       ts.push_back(NativeTensor::From(a.Get(i), name.c_str()));
     }
     auto task = ops::sum_squares(ts);
-    return run_async(env, task, [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
+    return run_async(env, task,
+                     [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
   });
 }
 

@@ -11,7 +11,8 @@ Napi::Value gate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     auto task = ops::gate(NativeTensor::From(info[0], "x"), NativeTensor::From(info[1], "wg"));
-    return run_async(env, task, [](Napi::Env env, Tensor& logits) -> Napi::Value { return NativeTensor::Adopt(env, logits); });
+    return run_async(env, task,
+                     [](Napi::Env env, Tensor& logits) -> Napi::Value { return NativeTensor::Adopt(env, logits); });
   });
 }
 

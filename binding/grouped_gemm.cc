@@ -12,8 +12,9 @@ namespace {
 Napi::Value grouped_gemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
-    auto task = ops::grouped_gemm(NativeTensor::From(info[0], "x"), NativeTensor::From(info[1], "w"),
-                                  NativeTensor::From(info[2], "rowsPerExpert"), NativeTensor::FromOptional(info[3], "bias"));
+    auto task =
+        ops::grouped_gemm(NativeTensor::From(info[0], "x"), NativeTensor::From(info[1], "w"),
+                          NativeTensor::From(info[2], "rowsPerExpert"), NativeTensor::FromOptional(info[3], "bias"));
     return run_async(env, task, [](Napi::Env env, Tensor& y) -> Napi::Value { return NativeTensor::Adopt(env, y); });
   });
 }

@@ -61,8 +61,9 @@ Napi::Value unpermute(const Napi::CallbackInfo& info) {
 Napi::Value unpermute_backward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
-    auto task = ops::unpermute_backward(NativeTensor::From(info[0], "dy"), NativeTensor::From(info[1], "rows"),
-                                        NativeTensor::From(info[2], "pairToRow"), NativeTensor::From(info[3], "weights"));
+    auto task =
+        ops::unpermute_backward(NativeTensor::From(info[0], "dy"), NativeTensor::From(info[1], "rows"),
+                                NativeTensor::From(info[2], "pairToRow"), NativeTensor::From(info[3], "weights"));
     return run_async(env, task, [](Napi::Env env, ops::UnpermuteGrads& g) -> Napi::Value {
       Napi::Object o = Napi::Object::New(env);
       o.Set("dRows", NativeTensor::Adopt(env, g.d_rows));

@@ -29,7 +29,8 @@ struct Init {
 
 std::vector<int64_t> counts_arg(Napi::Value v, const char* what) {
   Napi::Env env = v.Env();
-  if (!v.IsArray()) throw make_error(env, Code::Value, std::string("allToAllV: expected ") + what + " to be an array of integers");
+  if (!v.IsArray())
+    throw make_error(env, Code::Value, std::string("allToAllV: expected ") + what + " to be an array of integers");
   Napi::Array a = v.As<Napi::Array>();
   std::vector<int64_t> out;
   for (uint32_t i = 0; i < a.Length(); ++i) {
@@ -118,13 +119,15 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
       Tensor x = NativeTensor::From(info[0], "x");
       std::vector<int64_t> send = counts_arg(info[1], "sendCounts");
       std::optional<std::vector<int64_t>> expected;
-      if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) expected = counts_arg(info[2], "recvCounts");
+      if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull())
+        expected = counts_arg(info[2], "recvCounts");
       auto task = group_->all_to_all_v(x, std::move(send), std::move(expected));
       return run(env, "moe-ep allToAllV", task, [](Napi::Env env, comm::AllToAllVResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("output", NativeTensor::Adopt(env, r.output));
         Napi::Array counts = Napi::Array::New(env, r.recv_counts.size());
-        for (size_t i = 0; i < r.recv_counts.size(); ++i) counts.Set(uint32_t(i), Napi::Number::New(env, double(r.recv_counts[i])));
+        for (size_t i = 0; i < r.recv_counts.size(); ++i)
+          counts.Set(uint32_t(i), Napi::Number::New(env, double(r.recv_counts[i])));
         o.Set("recvCounts", counts);
         return o;
       });
@@ -197,8 +200,12 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     return Napi::Number::New(info.Env(), double(group_->timeout().count()));
   }
   Napi::Value GetHostname(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), group_->address()); }
-  Napi::Value GetDevice(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), group_->device().str()); }
-  Napi::Value GetDestroyed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), group_->destroyed()); }
+  Napi::Value GetDevice(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), group_->device().str());
+  }
+  Napi::Value GetDestroyed(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), group_->destroyed());
+  }
   // The error that broke the group ({ code, message }), or null.
   Napi::Value GetFault(const Napi::CallbackInfo& info) {
     auto f = group_->fault();
@@ -210,7 +217,8 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   }
 
   void live(Napi::Env env, const char* op) {
-    if (group_->destroyed()) throw make_error(env, Code::Disposed, std::string(op) + ": the process group was destroyed");
+    if (group_->destroyed())
+      throw make_error(env, Code::Disposed, std::string(op) + ": the process group was destroyed");
   }
 
   static Napi::Value undefined(Napi::Env env, comm::Unit&) { return env.Undefined(); }
@@ -218,7 +226,8 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   template <class R, class ToJs>
   Napi::Value run(Napi::Env env, const char* name, ops::Task<R> task, ToJs to_js) {
     GroupPtr g = group_;
-    return run_queued_async(env, name, [g](std::function<void()> w) { g->submit(std::move(w)); }, std::move(task), to_js);
+    return run_queued_async(
+        env, name, [g](std::function<void()> w) { g->submit(std::move(w)); }, std::move(task), to_js);
   }
 
   GroupPtr group_;
@@ -261,21 +270,23 @@ Napi::Function creator(Napi::Env env, CtorRef ctor, const char* name, Make make)
 Registration reg([](Napi::Env env, Napi::Object exports) {
   auto ctor = std::make_shared<Napi::FunctionReference>(Napi::Persistent(NativeProcessGroup::Define(env)));
   // createGlooGroup(store, { rank, worldSize, prefix, hostname, timeoutMs })
-  exports.Set("createGlooGroup", creator(env, ctor, "createGlooGroup",
-                                         [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
-                                           comm::GroupOptions opts;
-                                           opts.hostname = get_string(o, "hostname", opts.hostname);
-                                           opts.timeout = timeout_option(o, opts.timeout);
-                                           return GroupPtr(comm::GlooGroup::create(store, prefix, rank, ranks, opts));
-                                         }));
+  exports.Set("createGlooGroup",
+              creator(env, ctor, "createGlooGroup",
+                      [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
+                        comm::GroupOptions opts;
+                        opts.hostname = get_string(o, "hostname", opts.hostname);
+                        opts.timeout = timeout_option(o, opts.timeout);
+                        return GroupPtr(comm::GlooGroup::create(store, prefix, rank, ranks, opts));
+                      }));
   // createNcclGroup(store, { rank, worldSize, prefix, device, timeoutMs }): NOT YET RUN beyond world size 1.
-  exports.Set("createNcclGroup", creator(env, ctor, "createNcclGroup",
-                                         [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
-                                           comm::NcclGroupOptions opts;
-                                           opts.timeout = timeout_option(o, opts.timeout);
-                                           Device device = Device::parse(get_string(o, "device", "cuda:0"));
-                                           return GroupPtr(comm::NcclGroup::create(store, prefix, rank, ranks, device, opts));
-                                         }));
+  exports.Set("createNcclGroup",
+              creator(env, ctor, "createNcclGroup",
+                      [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {
+                        comm::NcclGroupOptions opts;
+                        opts.timeout = timeout_option(o, opts.timeout);
+                        Device device = Device::parse(get_string(o, "device", "cuda:0"));
+                        return GroupPtr(comm::NcclGroup::create(store, prefix, rank, ranks, device, opts));
+                      }));
 });
 
 }  // namespace

@@ -17,8 +17,8 @@ uint64_t get_index(Napi::Env env, Napi::Object o, const char* op, const char* ke
   const double v = get_number(o, key, 0);
   if (!(v >= 0 && v <= max && std::floor(v) == v))
     throw make_error(env, Code::Value,
-                     std::string(op) + ": expected " + key + " to be an integer in [0, " + num_str(max) + "] but received " +
-                         num_str(v));
+                     std::string(op) + ": expected " + key + " to be an integer in [0, " + num_str(max) +
+                         "] but received " + num_str(v));
   return uint64_t(v);
 }
 
@@ -53,7 +53,8 @@ Napi::Value jitter(const Napi::CallbackInfo& info) {
     Napi::Object o = options_arg(info, 1);
     auto task = ops::jitter(NativeTensor::From(info[0], "x"), get_number(o, "eps", 0), stream_of(env, o, "jitter"),
                             int64_t(get_index(env, o, "jitter", "slice", 4294967295.0)));
-    return run_async(env, task, [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
+    return run_async(env, task,
+                     [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
   });
 }
 

@@ -21,7 +21,8 @@ ops::ScoreFunction get_score_function(Napi::Object o) {
   std::string f = get_string(o, "scoreFunction", "softmax");
   if (f == "softmax") return ops::ScoreFunction::Softmax;
   if (f == "sigmoid") return ops::ScoreFunction::Sigmoid;
-  throw make_error(o.Env(), Code::Value, "expected option scoreFunction to be \"softmax\" or \"sigmoid\" but received \"" + f + "\"");
+  throw make_error(o.Env(), Code::Value,
+                   "expected option scoreFunction to be \"softmax\" or \"sigmoid\" but received \"" + f + "\"");
 }
 
 // route(logits, expertBias | undefined, { topK, scoreFunction, renormalize, numGroups, topkGroups })
@@ -49,7 +50,8 @@ Napi::Value route(const Napi::CallbackInfo& info) {
   });
 }
 
-// routeBackward(logits, indices, tokensPerExpert, dWeights | null, { scoreFunction, renormalize, auxLossGrad, zLossGrad })
+// routeBackward(logits, indices, tokensPerExpert, dWeights | null, { scoreFunction, renormalize, auxLossGrad, zLossGrad
+// })
 Napi::Value route_backward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -62,7 +64,8 @@ Napi::Value route_backward(const Napi::CallbackInfo& info) {
     auto task = ops::route_backward(NativeTensor::From(info[0], "logits"), NativeTensor::From(info[1], "indices"),
                                     NativeTensor::From(info[2], "tokensPerExpert"),
                                     NativeTensor::FromOptional(info[3], "dWeights"), o);
-    return run_async(env, task, [](Napi::Env env, Tensor& dlogits) -> Napi::Value { return NativeTensor::Adopt(env, dlogits); });
+    return run_async(env, task,
+                     [](Napi::Env env, Tensor& dlogits) -> Napi::Value { return NativeTensor::Adopt(env, dlogits); });
   });
 }
 

@@ -52,8 +52,9 @@ struct Unit {};
 int64_t int_option(Napi::Object o, const char* key, int64_t fallback, int64_t lo, int64_t hi) {
   double v = get_number(o, key, double(fallback));
   if (!(v >= double(lo) && v <= double(hi)) || v != double(int64_t(v))) {
-    throw make_error(o.Env(), Code::Value, std::string("store: expected option ") + key + " to be an integer in [" +
-                                               std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    throw make_error(o.Env(), Code::Value,
+                     std::string("store: expected option ") + key + " to be an integer in [" + std::to_string(lo) +
+                         ", " + std::to_string(hi) + "]");
   }
   return int64_t(v);
 }
@@ -108,7 +109,8 @@ Napi::Value NativeStore::Set(const Napi::CallbackInfo& info) {
       store->set(key, value);
       return Unit{};
     };
-    return run_blocking_async(env, "moe-ep store set", work, [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
+    return run_blocking_async(env, "moe-ep store set", work,
+                              [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
   });
 }
 
@@ -138,7 +140,8 @@ Napi::Value NativeStore::Wait(const Napi::CallbackInfo& info) {
       store->wait(keys, timeout);
       return Unit{};
     };
-    return run_blocking_async(env, "moe-ep store wait", work, [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
+    return run_blocking_async(env, "moe-ep store wait", work,
+                              [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
   });
 }
 
@@ -161,8 +164,9 @@ Napi::Value NativeStore::Add(const Napi::CallbackInfo& info) {
     if (!info[1].IsNumber()) throw make_error(env, Code::Value, "store add: expected delta to be an integer");
     int64_t delta = info[1].As<Napi::Number>().Int64Value();
     std::function<int64_t()> work = [store, key, delta] { return store->add(key, delta); };
-    return run_blocking_async(env, "moe-ep store add", work,
-                              [](Napi::Env env, int64_t& v) -> Napi::Value { return Napi::Number::New(env, double(v)); });
+    return run_blocking_async(env, "moe-ep store add", work, [](Napi::Env env, int64_t& v) -> Napi::Value {
+      return Napi::Number::New(env, double(v));
+    });
   });
 }
 

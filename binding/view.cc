@@ -22,7 +22,9 @@ Napi::Value reshape(const Napi::CallbackInfo& info) {
   });
 }
 
-Registration reg([](Napi::Env env, Napi::Object exports) { exports.Set("reshape", Napi::Function::New(env, reshape)); });
+Registration reg([](Napi::Env env, Napi::Object exports) {
+  exports.Set("reshape", Napi::Function::New(env, reshape));
+});
 
 }  // namespace
 }  // namespace moe::binding

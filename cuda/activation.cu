@@ -28,10 +28,13 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-
 // act(x) for the elementwise kinds and the gate of the gated ones.
 __device__ __forceinline__ float act(int kind, float x) {
   switch (kind) {
-    case kRelu: return x > 0.0f ? x : 0.0f;
-    case kGelu: return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
+    case kRelu:
+      return x > 0.0f ? x : 0.0f;
+    case kGelu:
+      return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
     case kSilu:
-    case kSwiglu: return x * sigmoid(x);
+    case kSwiglu:
+      return x * sigmoid(x);
     default: {  // geglu: tanh form
       const float t = tanhf(kSqrt2OverPi * (x + kGeluCoef * x * x * x));
       return 0.5f * x * (1.0f + t);
@@ -41,8 +44,10 @@ __device__ __forceinline__ float act(int kind, float x) {
 
 __device__ __forceinline__ float act_grad(int kind, float x) {
   switch (kind) {
-    case kRelu: return x > 0.0f ? 1.0f : 0.0f;  // 0 at x = 0, as PyTorch
-    case kGelu: return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+    case kRelu:
+      return x > 0.0f ? 1.0f : 0.0f;  // 0 at x = 0, as PyTorch
+    case kGelu:
+      return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
     case kSilu:
     case kSwiglu: {
       const float s = sigmoid(x);
@@ -75,8 +80,8 @@ __global__ void __launch_bounds__(kActThreads)
 
 template <class TG, class TX>
 __global__ void __launch_bounds__(kActThreads)
-    activation_backward_kernel(const TG* __restrict__ dh, const TX* __restrict__ x, int64_t n, int64_t width,
-                               int kind, bool gated, TX* __restrict__ dx) {
+    activation_backward_kernel(const TG* __restrict__ dh, const TX* __restrict__ x, int64_t n, int64_t width, int kind,
+                               bool gated, TX* __restrict__ dx) {
   const int64_t F = width / 2;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -110,8 +115,8 @@ extern "C" int moe_cuda_activation_forward(const void* x, int dtype, int64_t row
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const unsigned int grid = grid_for(n, kActThreads, 1 << 16);
   MOE_SWITCH_FLOAT(dtype, T,
-                   activation_forward_kernel<T><<<grid, kActThreads, 0, s>>>(static_cast<const T*>(x), n, width, kind,
-                                                                             gated, static_cast<T*>(h)));
+                   activation_forward_kernel<T>
+                   <<<grid, kActThreads, 0, s>>>(static_cast<const T*>(x), n, width, kind, gated, static_cast<T*>(h)));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }
@@ -128,9 +133,10 @@ extern "C" int moe_cuda_activation_backward(const void* dh, int dh_dtype, const 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const unsigned int grid = grid_for(n, kActThreads, 1 << 16);
   MOE_SWITCH_FLOAT(dh_dtype, TG, MOE_SWITCH_FLOAT(x_dtype, TX, {
-    activation_backward_kernel<TG, TX><<<grid, kActThreads, 0, s>>>(
-        static_cast<const TG*>(dh), static_cast<const TX*>(x), n, width, kind, gated, static_cast<TX*>(dx));
-  }));
+                     activation_backward_kernel<TG, TX>
+                         <<<grid, kActThreads, 0, s>>>(static_cast<const TG*>(dh), static_cast<const TX*>(x), n, width,
+                                                       kind, gated, static_cast<TX*>(dx));
+                   }));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }

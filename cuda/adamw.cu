@@ -50,9 +50,9 @@ extern "C" int moe_cuda_adamw(void* param, int param_dtype, const void* grad, in
   const AdamConstants c{decay, step_size, bc2_sqrt, b1, b2, one_b1, one_b2, eps};
   const unsigned int grid = grid_for(n, kAdamThreads, 1 << 16);
   MOE_SWITCH_FLOAT(param_dtype, TP, MOE_SWITCH_FLOAT(grad_dtype, TG, {
-    adamw_kernel<TP, TG><<<grid, kAdamThreads, 0, s>>>(static_cast<TP*>(param), static_cast<const TG*>(grad),
-                                                       exp_avg, exp_avg_sq, n, c);
-  }));
+                     adamw_kernel<TP, TG><<<grid, kAdamThreads, 0, s>>>(
+                         static_cast<TP*>(param), static_cast<const TG*>(grad), exp_avg, exp_avg_sq, n, c);
+                   }));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }

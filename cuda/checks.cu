@@ -28,8 +28,8 @@ __device__ __forceinline__ long long warp_min(long long v) {
 
 // Each thread keeps the smallest bad index it saw; one report per warp.
 template <class T>
-__global__ void __launch_bounds__(kCheckThreads) check_finite_kernel(const T* data, int64_t n, void* status,
-                                                                     unsigned int tag) {
+__global__ void __launch_bounds__(kCheckThreads)
+    check_finite_kernel(const T* data, int64_t n, void* status, unsigned int tag) {
   long long bad = LLONG_MAX;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
@@ -38,8 +38,8 @@ __global__ void __launch_bounds__(kCheckThreads) check_finite_kernel(const T* da
   if ((threadIdx.x & 31) == 0 && bad != LLONG_MAX) report_status(status, tag, bad);
 }
 
-__global__ void __launch_bounds__(kCheckThreads) check_range_kernel(const int32_t* data, int64_t n, int32_t lo,
-                                                                    int32_t hi, void* status, unsigned int tag) {
+__global__ void __launch_bounds__(kCheckThreads)
+    check_range_kernel(const int32_t* data, int64_t n, int32_t lo, int32_t hi, void* status, unsigned int tag) {
   long long bad = LLONG_MAX;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -85,8 +85,7 @@ extern "C" int moe_cuda_status_read(const void* status, uint32_t* tag, int64_t* 
   return 0;
 }
 
-extern "C" int moe_cuda_check_finite(const void* data, int dtype, int64_t n, void* status, uint32_t tag,
-                                     void* stream) {
+extern "C" int moe_cuda_check_finite(const void* data, int dtype, int64_t n, void* status, uint32_t tag, void* stream) {
   using namespace moe_cuda;
   if (n <= 0) return 0;
   if (!data || !status || tag == 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;

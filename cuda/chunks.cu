@@ -70,9 +70,9 @@ extern "C" size_t moe_cuda_chunk_transpose_workspace_bytes(int64_t chunks) {
   return moe_cuda::align_up(2 * static_cast<size_t>(chunks) * sizeof(int64_t)) + 256;
 }
 
-extern "C" int moe_cuda_chunk_transpose(const void* x, int64_t rows, size_t row_bytes, const int32_t* counts,
-                                        int64_t a, int64_t b, void* out, void* status, uint32_t neg_tag,
-                                        uint32_t sum_tag, void* workspace, size_t workspace_bytes, void* stream) {
+extern "C" int moe_cuda_chunk_transpose(const void* x, int64_t rows, size_t row_bytes, const int32_t* counts, int64_t a,
+                                        int64_t b, void* out, void* status, uint32_t neg_tag, uint32_t sum_tag,
+                                        void* workspace, size_t workspace_bytes, void* stream) {
   using namespace moe_cuda;
   if (rows < 0 || a < 0 || b < 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   const int64_t chunks = a * b;
@@ -84,7 +84,8 @@ extern "C" int moe_cuda_chunk_transpose(const void* x, int64_t rows, size_t row_
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   int64_t* src = static_cast<int64_t*>(workspace);
   int64_t* dst = src + chunks;
-  int32_t* ok = reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + align_up(2 * size_t(chunks) * sizeof(int64_t)));
+  int32_t* ok =
+      reinterpret_cast<int32_t*>(static_cast<char*>(workspace) + align_up(2 * size_t(chunks) * sizeof(int64_t)));
   chunk_plan_kernel<<<1, 1, 0, s>>>(counts, a, b, rows, src, dst, ok, status, neg_tag, sum_tag);
   MOE_CUDA_TRY_LAUNCH();
   if (chunks == 0 || row_bytes == 0) return 0;

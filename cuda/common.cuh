@@ -10,9 +10,9 @@
 #include "launchers.h"
 
 // Return the CUDA error of `expr` from the enclosing launcher (as an int).
-#define MOE_CUDA_TRY(expr)                          \
-  do {                                              \
-    cudaError_t moe_cuda_err_ = (expr);             \
+#define MOE_CUDA_TRY(expr)                                                    \
+  do {                                                                        \
+    cudaError_t moe_cuda_err_ = (expr);                                       \
     if (moe_cuda_err_ != cudaSuccess) return static_cast<int>(moe_cuda_err_); \
   } while (0)
 
@@ -23,25 +23,51 @@
 // statements that follow, for each power of two up to 16; any other value
 // returns MOE_CUDA_ERR_UNSUPPORTED from the enclosing launcher (the shape of
 // DeepEP's SWITCH_* macros).
-#define MOE_SWITCH_POW2_16(value, NAME, ...)                     \
-  switch (value) {                                               \
-    case 1: { constexpr int NAME = 1; __VA_ARGS__; } break;      \
-    case 2: { constexpr int NAME = 2; __VA_ARGS__; } break;      \
-    case 4: { constexpr int NAME = 4; __VA_ARGS__; } break;      \
-    case 8: { constexpr int NAME = 8; __VA_ARGS__; } break;      \
-    case 16: { constexpr int NAME = 16; __VA_ARGS__; } break;    \
-    default: return MOE_CUDA_ERR_UNSUPPORTED;                    \
+#define MOE_SWITCH_POW2_16(value, NAME, ...) \
+  switch (value) {                           \
+    case 1: {                                \
+      constexpr int NAME = 1;                \
+      __VA_ARGS__;                           \
+    } break;                                 \
+    case 2: {                                \
+      constexpr int NAME = 2;                \
+      __VA_ARGS__;                           \
+    } break;                                 \
+    case 4: {                                \
+      constexpr int NAME = 4;                \
+      __VA_ARGS__;                           \
+    } break;                                 \
+    case 8: {                                \
+      constexpr int NAME = 8;                \
+      __VA_ARGS__;                           \
+    } break;                                 \
+    case 16: {                               \
+      constexpr int NAME = 16;               \
+      __VA_ARGS__;                           \
+    } break;                                 \
+    default:                                 \
+      return MOE_CUDA_ERR_UNSUPPORTED;       \
   }
 
 // Turn the runtime dtype code `code` (MOE_CUDA_F32 / BF16 / F16) into the type
 // T for the statements that follow; any other code returns
 // MOE_CUDA_ERR_INVALID_ARGUMENT from the enclosing launcher.
-#define MOE_SWITCH_FLOAT(code, T, ...)                                    \
-  switch (code) {                                                         \
-    case MOE_CUDA_F32: { using T = float; __VA_ARGS__; } break;           \
-    case MOE_CUDA_BF16: { using T = __nv_bfloat16; __VA_ARGS__; } break;  \
-    case MOE_CUDA_F16: { using T = __half; __VA_ARGS__; } break;          \
-    default: return MOE_CUDA_ERR_INVALID_ARGUMENT;                        \
+#define MOE_SWITCH_FLOAT(code, T, ...)      \
+  switch (code) {                           \
+    case MOE_CUDA_F32: {                    \
+      using T = float;                      \
+      __VA_ARGS__;                          \
+    } break;                                \
+    case MOE_CUDA_BF16: {                   \
+      using T = __nv_bfloat16;              \
+      __VA_ARGS__;                          \
+    } break;                                \
+    case MOE_CUDA_F16: {                    \
+      using T = __half;                     \
+      __VA_ARGS__;                          \
+    } break;                                \
+    default:                                \
+      return MOE_CUDA_ERR_INVALID_ARGUMENT; \
   }
 
 namespace moe_cuda {
@@ -56,11 +82,17 @@ __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 template <class T>
 __device__ __forceinline__ T from_f32(float v);
 template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half_rn(v);
+}
 
 // N consecutive elements moved as one aligned vector (N * sizeof(T) bytes);
 // callers keep pointers aligned to that size.

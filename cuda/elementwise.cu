@@ -82,8 +82,8 @@ __global__ void __launch_bounds__(kSsqThreads)
 
 // One thread: E is the number of experts (small); the same double arithmetic as the CPU op.
 template <class TL>
-__global__ void expert_bias_update_kernel(float* __restrict__ bias, const TL* __restrict__ load, int64_t e,
-                                          double rate, void* status, uint32_t tag) {
+__global__ void expert_bias_update_kernel(float* __restrict__ bias, const TL* __restrict__ load, int64_t e, double rate,
+                                          void* status, uint32_t tag) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   double sum = 0.0;
   for (int64_t i = 0; i < e; ++i) {
@@ -114,9 +114,9 @@ extern "C" int moe_cuda_add(const void* a, int a_dtype, const void* b, int b_dty
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const unsigned int grid = grid_for(n, kEwThreads, 1 << 16);
   MOE_SWITCH_FLOAT(a_dtype, TA, MOE_SWITCH_FLOAT(b_dtype, TB, {
-    elementwise_add_kernel<TA, TB><<<grid, kEwThreads, 0, s>>>(static_cast<const TA*>(a), static_cast<const TB*>(b),
-                                                                n, static_cast<TA*>(out));
-  }));
+                     elementwise_add_kernel<TA, TB><<<grid, kEwThreads, 0, s>>>(
+                         static_cast<const TA*>(a), static_cast<const TB*>(b), n, static_cast<TA*>(out));
+                   }));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }
@@ -131,8 +131,9 @@ extern "C" int moe_cuda_axpby(void* y, int y_dtype, const void* x, int x_dtype, 
   const unsigned int grid = grid_for(n, kEwThreads, 1 << 16);
   if (!x) x_dtype = y_dtype;
   MOE_SWITCH_FLOAT(y_dtype, TY, MOE_SWITCH_FLOAT(x_dtype, TX, {
-    axpby_kernel<TY, TX><<<grid, kEwThreads, 0, s>>>(static_cast<TY*>(y), static_cast<const TX*>(x), n, alpha, beta);
-  }));
+                     axpby_kernel<TY, TX>
+                         <<<grid, kEwThreads, 0, s>>>(static_cast<TY*>(y), static_cast<const TX*>(x), n, alpha, beta);
+                   }));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }
@@ -141,8 +142,7 @@ extern "C" int64_t moe_cuda_sum_squares_partials_count(int64_t n) {
   return n <= 0 ? 0 : (n + moe_cuda::kSsqChunk - 1) / moe_cuda::kSsqChunk;
 }
 
-extern "C" int moe_cuda_sum_squares_partials(const void* data, int dtype, int64_t n, double* partials,
-                                             void* stream) {
+extern "C" int moe_cuda_sum_squares_partials(const void* data, int dtype, int64_t n, double* partials, void* stream) {
   using namespace moe_cuda;
   if (n < 0) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (n == 0) return 0;
@@ -174,11 +174,11 @@ extern "C" int moe_cuda_expert_bias_update(float* bias, const void* load, int lo
   if (!bias || !load || !status) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (load_is_f32)
-    expert_bias_update_kernel<float><<<1, 1, 0, s>>>(bias, static_cast<const float*>(load), num_experts, rate, status,
-                                                     tag);
+    expert_bias_update_kernel<float>
+        <<<1, 1, 0, s>>>(bias, static_cast<const float*>(load), num_experts, rate, status, tag);
   else
-    expert_bias_update_kernel<int32_t><<<1, 1, 0, s>>>(bias, static_cast<const int32_t*>(load), num_experts, rate,
-                                                       status, tag);
+    expert_bias_update_kernel<int32_t>
+        <<<1, 1, 0, s>>>(bias, static_cast<const int32_t*>(load), num_experts, rate, status, tag);
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }

@@ -143,7 +143,7 @@ extern "C" int moe_cuda_gate_backward(const void* x, int x_dtype, const float* w
     if (tokens > 0 && d_model > 0 && experts > 0 && (!d_logits || !wg)) return MOE_CUDA_ERR_INVALID_ARGUMENT;
     MOE_SWITCH_FLOAT(x_dtype, T, {
       const int rc = launch_gemm<float, T, false, true>(d_logits, wg, static_cast<T*>(dx), tokens, d_model, experts,
-                                                       experts, experts, s);
+                                                        experts, experts, s);
       if (rc != 0) return rc;
     });
   }
@@ -152,7 +152,7 @@ extern "C" int moe_cuda_gate_backward(const void* x, int x_dtype, const float* w
     if (tokens > 0 && d_model > 0 && experts > 0 && (!d_logits || !x)) return MOE_CUDA_ERR_INVALID_ARGUMENT;
     MOE_SWITCH_FLOAT(x_dtype, T, {
       const int rc = launch_gemm<T, float, true, false>(static_cast<const T*>(x), d_logits, dwg, d_model, experts,
-                                                       tokens, d_model, experts, s);
+                                                        tokens, d_model, experts, s);
       if (rc != 0) return rc;
     });
   }

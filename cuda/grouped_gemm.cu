@@ -170,16 +170,16 @@ extern "C" int moe_cuda_grouped_gemm(const void* x, const void* w, const void* b
 }
 
 extern "C" int moe_cuda_grouped_gemm_dx(const void* dy, const void* w, const int32_t* rows_per_expert, void* dx,
-                                        int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype,
-                                        int flags, void* workspace, size_t workspace_bytes, int32_t* invalid_counts,
+                                        int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype, int flags,
+                                        void* workspace, size_t workspace_bytes, int32_t* invalid_counts,
                                         void* stream) {
   return moe_cuda::grouped_gemm(moe_cuda::kGgDx, dy, w, nullptr, rows_per_expert, dx, total_rows, num_experts, k, n,
                                 dtype, flags, workspace, workspace_bytes, invalid_counts, stream);
 }
 
 extern "C" int moe_cuda_grouped_gemm_dw(const void* x, const void* dy, const int32_t* rows_per_expert, void* dw,
-                                        int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype,
-                                        int flags, void* workspace, size_t workspace_bytes, int32_t* invalid_counts,
+                                        int64_t total_rows, int num_experts, int64_t k, int64_t n, int dtype, int flags,
+                                        void* workspace, size_t workspace_bytes, int32_t* invalid_counts,
                                         void* stream) {
   return moe_cuda::grouped_gemm(moe_cuda::kGgDw, x, dy, nullptr, rows_per_expert, dw, total_rows, num_experts, k, n,
                                 dtype, flags, workspace, workspace_bytes, invalid_counts, stream);

@@ -25,7 +25,7 @@ constexpr int kGgActGeluTanh = 3;
 //   dx:      a = dy [R, N], b = w [L, K, N], out = dx [R, K]
 //   dw:      a = x [R, K],  b = dy [R, N],   out = dw [L, K, N]
 struct GgArgs {
-  int kind;  // GgKind
+  int kind;   // GgKind
   int dtype;  // MOE_CUDA_GG_BF16 or MOE_CUDA_GG_F16
   bool outF32;
   int act;  // kGgAct*
@@ -202,8 +202,8 @@ __device__ __forceinline__ void gg_store_pair<__half>(__half* p, float v0, float
 // column col (forward), activation, store; rows >= rowLimit or columns >=
 // colLimit belong to no output and are dropped.
 template <typename T, typename OutT>
-__device__ __forceinline__ void gg_epilogue_pair(OutT* out, int64_t ldOut, int row, int col, int rowLimit,
-                                                 int colLimit, float v0, float v1, const T* bias, int act) {
+__device__ __forceinline__ void gg_epilogue_pair(OutT* out, int64_t ldOut, int row, int col, int rowLimit, int colLimit,
+                                                 float v0, float v1, const T* bias, int act) {
   if (row >= rowLimit || col >= colLimit) return;
   if (bias != nullptr) {
     v0 += gg_to_float<T>(bias[col]);

@@ -119,11 +119,11 @@ constexpr size_t gg_sm90_stage_bytes() {
 constexpr size_t gg_sm90_shared_bytes() { return kGgSm90Stages * gg_sm90_stage_bytes() + kGgSm90AlignSlack; }
 
 struct GgPlan {
-  int status;             // 0, MOE_CUDA_ERR_INVALID_ARGUMENT or MOE_CUDA_ERR_UNSUPPORTED
-  int64_t grid;           // CTAs (an upper bound for forward and dx); 0: nothing to compute
-  int64_t tilesN;         // output tiles along the output columns
-  int64_t nOut;           // output columns: N (forward, dw) or K (dx)
-  int64_t kRed;           // reduction length: K (forward), N (dx), the expert's rows (dw: 0 here)
+  int status;      // 0, MOE_CUDA_ERR_INVALID_ARGUMENT or MOE_CUDA_ERR_UNSUPPORTED
+  int64_t grid;    // CTAs (an upper bound for forward and dx); 0: nothing to compute
+  int64_t tilesN;  // output tiles along the output columns
+  int64_t nOut;    // output columns: N (forward, dw) or K (dx)
+  int64_t kRed;    // reduction length: K (forward), N (dx), the expert's rows (dw: 0 here)
   int threads;
   size_t sharedBytes;     // dynamic shared memory of the chosen kernel
   size_t workspaceBytes;  // gg_workspace_bytes(L)

@@ -126,7 +126,7 @@ struct CopyPlan {
   int smem[2];         // swizzled element offset inside a tile
   int row[2];
   int chunk[2];
-  bool fixedOk[2];     // the bound that does not move with k0
+  bool fixedOk[2];  // the bound that does not move with k0
 };
 
 // ---- the kernel ------------------------------------------------------------------
@@ -337,8 +337,7 @@ __global__ void __launch_bounds__(THREADS, 2) gg_sm80_kernel(Sm80Params<T, OutT>
     for (int j = 0; j < FRAG_N; ++j) {
       const int col = n0 + wn * WARP_N + j * 8 + (lane & 3) * 2;
       gg_epilogue_pair<T, OutT>(outBase, ldo, row, col, mLimit, nLimit, acc[i][j][0], acc[i][j][1], bias, p.act);
-      gg_epilogue_pair<T, OutT>(outBase, ldo, row + 8, col, mLimit, nLimit, acc[i][j][2], acc[i][j][3], bias,
-                                p.act);
+      gg_epilogue_pair<T, OutT>(outBase, ldo, row + 8, col, mLimit, nLimit, acc[i][j][2], acc[i][j][3], bias, p.act);
     }
   }
 }

@@ -58,9 +58,9 @@ constexpr int BM = kGgBlockM;
 constexpr int BN = kGgBlockN;
 constexpr int BK = kGgSm90BlockK;
 constexpr int THREADS = kGgSm90Threads;
-constexpr uint32_t kBoxRowBytes = 128;                // 64 bf16 / f16: one swizzle row
-constexpr uint32_t kAtomBytes = 64 * kBoxRowBytes;    // one [64][64] box
-constexpr uint32_t kTileBytes = BM * BK * 2;          // A tile; the B tile has the same size
+constexpr uint32_t kBoxRowBytes = 128;              // 64 bf16 / f16: one swizzle row
+constexpr uint32_t kAtomBytes = 64 * kBoxRowBytes;  // one [64][64] box
+constexpr uint32_t kTileBytes = BM * BK * 2;        // A tile; the B tile has the same size
 constexpr uint32_t kStageBytes = 2 * kTileBytes;
 static_assert(BM == BN && kTileBytes == 2 * kAtomBytes, "two 64-wide boxes per operand tile");
 static_assert(kStageBytes == gg_sm90_stage_bytes(), "plan and kernel agree");
@@ -72,7 +72,7 @@ using Sm90Params = GgEpilogueParams<T, OutT>;
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 constexpr int STAGES = kGgSm90Stages;
-constexpr int kConsumerThreads = 256;  // warpgroups 1 and 2
+constexpr int kConsumerThreads = 256;               // warpgroups 1 and 2
 constexpr uint32_t kGroupBytes = 8 * kBoxRowBytes;  // 8-row group: the stride byte offset
 
 // ---- PTX wrappers (sm_90a) --------------------------------------------------------
@@ -151,7 +151,7 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t leadingByt
 #define MOE_GG_D64 MOE_GG_D16(0), MOE_GG_D16(16), MOE_GG_D16(32), MOE_GG_D16(48)
 #define MOE_GG_D64_REGS                                                                                        \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
-  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "   \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "  \
   "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
 // d[64 x 128] += A[64 x 16] · B[16 x 128] for the warpgroup; TA / TB: 1 when
@@ -358,7 +358,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled_fn() {
     void* f = nullptr;
     cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
 #if CUDART_VERSION >= 12050
-    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
 #else
     const cudaError_t err = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
 #endif
@@ -373,8 +374,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled_fn() {
 
 // A row-major tensor of `rank` (2 or 3) dimensions, innermost first, read in
 // boxes of `box` elements with the 128-byte swizzle; out-of-bounds reads are zeros.
-int encode_map(CUtensorMap* map, int dtype, const void* ptr, int rank, const uint64_t* dims,
-               const uint32_t* box) {
+int encode_map(CUtensorMap* map, int dtype, const void* ptr, int rank, const uint64_t* dims, const uint32_t* box) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled_fn();
   if (encode == nullptr) return static_cast<int>(cudaErrorNotSupported);
   cuuint64_t gdim[3];
@@ -388,10 +388,11 @@ int encode_map(CUtensorMap* map, int dtype, const void* ptr, int rank, const uin
     if (i > 0) gstride[i - 1] = stride;
     stride *= dims[i];
   }
-  const CUresult r = encode(map, dtype == MOE_CUDA_GG_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            static_cast<cuuint32_t>(rank), const_cast<void*>(ptr), gdim, gstride, boxDim, elemStride,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode(map, dtype == MOE_CUDA_GG_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+             static_cast<cuuint32_t>(rank), const_cast<void*>(ptr), gdim, gstride, boxDim, elemStride,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? 0 : static_cast<int>(cudaErrorInvalidValue);
 }
 

@@ -95,8 +95,7 @@ int moe_cuda_malloc(void** ptr, size_t bytes);
 // there (moe_cuda_launch_host_func).
 int moe_cuda_memcpy_async(void* dst, const void* src, size_t bytes, void* stream);
 // Device to device across devices (cudaMemcpyPeerAsync), on `stream`.
-int moe_cuda_memcpy_peer_async(void* dst, int dst_device, const void* src, int src_device, size_t bytes,
-                               void* stream);
+int moe_cuda_memcpy_peer_async(void* dst, int dst_device, const void* src, int src_device, size_t bytes, void* stream);
 int moe_cuda_memset_async(void* ptr, int value, size_t bytes, void* stream);
 // Events with timing (for measuring kernels); elapsed waits for `end`.
 int moe_cuda_timing_event_create(void** event);
@@ -123,8 +122,8 @@ int moe_cuda_flag_if_positive(const int32_t* value, void* status, uint32_t tag, 
 
 // ---- gate (MATH.md: Router; cuda/gate.cu) ---------------------------------------------
 // logits float32 [T, E] = x [T, D] (x_dtype) · wg float32 [D, E], float32 sums.
-int moe_cuda_gate_forward(const void* x, int x_dtype, const float* wg, int64_t tokens, int64_t d_model,
-                          int64_t experts, float* logits, void* stream);
+int moe_cuda_gate_forward(const void* x, int x_dtype, const float* wg, int64_t tokens, int64_t d_model, int64_t experts,
+                          float* logits, void* stream);
 // dx [T, D] (x_dtype) = d_logits · wgᵀ and dwg float32 [D, E] = xᵀ · d_logits;
 // either output may be NULL to skip it. Each output element is summed by one
 // thread in a fixed order (no atomics, no split-K).
@@ -156,12 +155,11 @@ size_t moe_cuda_route_workspace_bytes(int64_t num_tokens, int num_experts);
 //                                              and z = lse_sq_sum / T, without coefficients (0 when T = 0)
 //   nonfinite_tokens  int32 [1] or NULL        number of tokens with a NaN or infinite logit (zeroed here)
 //   workspace         at least moe_cuda_route_workspace_bytes(T, E) bytes of device memory
-int moe_cuda_route_forward(const float* logits, const float* expert_bias, int64_t num_tokens,
-                           int num_experts, int top_k, int score_function, int renormalize,
-                           int num_groups, int topk_groups, int32_t* indices, float* weights,
-                           float* scores, int32_t* tokens_per_expert, float* prob_sum,
-                           float* lse_sq_sum, float* losses, int32_t* nonfinite_tokens,
-                           void* workspace, size_t workspace_bytes, void* stream);
+int moe_cuda_route_forward(const float* logits, const float* expert_bias, int64_t num_tokens, int num_experts,
+                           int top_k, int score_function, int renormalize, int num_groups, int topk_groups,
+                           int32_t* indices, float* weights, float* scores, int32_t* tokens_per_expert, float* prob_sum,
+                           float* lse_sq_sum, float* losses, int32_t* nonfinite_tokens, void* workspace,
+                           size_t workspace_bytes, void* stream);
 
 // Backward routing: d_logits float32 [T, E] (overwritten) from
 //   d_weights         float32 [T, k] or NULL   gradient of the weights
@@ -171,10 +169,9 @@ int moe_cuda_route_forward(const float* logits, const float* expert_bias, int64_
 //   tokens_per_expert int32 [E]                required when aux_loss_grad != 0
 //   aux_loss_grad, z_loss_grad                 d loss / d aux and d loss / d z (the coefficient
 //                                              times the upstream gradient); 0 skips that term
-int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, const float* scores,
-                            const float* logits, const int32_t* tokens_per_expert,
-                            int64_t num_tokens, int num_experts, int top_k, int score_function,
-                            int renormalize, float aux_loss_grad, float z_loss_grad,
+int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, const float* scores, const float* logits,
+                            const int32_t* tokens_per_expert, int64_t num_tokens, int num_experts, int top_k,
+                            int score_function, int renormalize, float aux_loss_grad, float z_loss_grad,
                             float* d_logits, void* stream);
 
 // ---- grouped GEMM (MATH.md: Experts; cuda/grouped_gemm_plan.h) ------------------------
@@ -197,9 +194,9 @@ int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, cons
 #define MOE_CUDA_GG_BF16 0
 #define MOE_CUDA_GG_F16 1
 // flags
-#define MOE_CUDA_GG_OUT_F32 0x1       // the output is float32 instead of the input dtype
-#define MOE_CUDA_GG_FORCE_SM80 0x2    // use the mma.sync kernel even on sm_90
-#define MOE_CUDA_GG_ACT_MASK 0x30     // forward only: activation applied after the bias
+#define MOE_CUDA_GG_OUT_F32 0x1     // the output is float32 instead of the input dtype
+#define MOE_CUDA_GG_FORCE_SM80 0x2  // use the mma.sync kernel even on sm_90
+#define MOE_CUDA_GG_ACT_MASK 0x30   // forward only: activation applied after the bias
 #define MOE_CUDA_GG_ACT_NONE 0x00
 #define MOE_CUDA_GG_ACT_RELU 0x10
 #define MOE_CUDA_GG_ACT_SILU 0x20
@@ -236,8 +233,8 @@ int moe_cuda_grouped_gemm_dw(const void* x, const void* dy, const int32_t* rows_
 // Scores only: softmax or sigmoid of each row of logits float32 [T, E] into
 // scores float32 [T, E], computed exactly as moe_cuda_route_forward computes
 // them (the backward needs the forward's scores and is given only the logits).
-int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_experts, int score_function,
-                          float* scores, void* stream);
+int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_experts, int score_function, float* scores,
+                          void* stream);
 
 // ---- permute (MATH.md: Capacity; Permute and dispatch; cuda/permute.cu) --------------
 // A stable counting sort of the T·k (token, choice) pairs by expert, and the
@@ -257,8 +254,7 @@ int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_exper
 //         (cuda/permute_plan.h) rows, of which the first R are the result.
 // capacity < 0: dropless. Indices outside [0, E) are left out of every expert
 // (and tagged on `status`), so nothing is written out of bounds.
-int moe_cuda_permute_workspace_bytes(int64_t pairs, int num_experts, int drop_policy, int64_t capacity,
-                                     size_t* bytes);
+int moe_cuda_permute_workspace_bytes(int64_t pairs, int num_experts, int drop_policy, int64_t capacity, size_t* bytes);
 int moe_cuda_permute_plan(const int32_t* indices, const float* weights, int64_t pairs, int num_experts,
                           int64_t capacity, int drop_policy, int pad_to_capacity, int32_t* rows_per_expert,
                           int64_t* summary, void* status, uint32_t tag, void* workspace, size_t workspace_bytes,
@@ -295,27 +291,25 @@ int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const void* rows, 
 // kind: 0 relu, 1 gelu (erf), 2 silu, 3 swiglu, 4 geglu (tanh form); the values
 // of moe::ops::ActivationKind. x [rows, width]; gated kinds read the gate half
 // (first width/2 columns), then the up half, and write h [rows, width/2].
-int moe_cuda_activation_forward(const void* x, int dtype, int64_t rows, int64_t width, int kind, void* h,
-                                void* stream);
+int moe_cuda_activation_forward(const void* x, int dtype, int64_t rows, int64_t width, int kind, void* h, void* stream);
 // dx [rows, width] (x_dtype) from dh (h's shape, dh_dtype) and x.
-int moe_cuda_activation_backward(const void* dh, int dh_dtype, const void* x, int x_dtype, int64_t rows,
-                                 int64_t width, int kind, void* dx, void* stream);
+int moe_cuda_activation_backward(const void* dh, int dh_dtype, const void* x, int x_dtype, int64_t rows, int64_t width,
+                                 int kind, void* dx, void* stream);
 
 // ---- AdamW (cuda/adamw.cu) --------------------------------------------------------
 // One step in place over n elements, per element in float32 (cpp/ops/adamw.h):
 //   p = p·decay − step_size · m / (√v / bc2_sqrt + eps), after
 //   m = b1·m + one_b1·g,  v = b2·v + one_b2·g².
-int moe_cuda_adamw(void* param, int param_dtype, const void* grad, int grad_dtype, float* exp_avg,
-                   float* exp_avg_sq, int64_t n, float decay, float step_size, float bc2_sqrt, float b1, float b2,
-                   float one_b1, float one_b2, float eps, void* stream);
+int moe_cuda_adamw(void* param, int param_dtype, const void* grad, int grad_dtype, float* exp_avg, float* exp_avg_sq,
+                   int64_t n, float decay, float step_size, float bc2_sqrt, float b1, float b2, float one_b1,
+                   float one_b2, float eps, void* stream);
 
 // ---- layer ops: elementwise, sum of squares, expert bias (cuda/elementwise.cu) ---------
 // Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // out (a_dtype) = a + b over n elements, float32 sum rounded once.
 int moe_cuda_add(const void* a, int a_dtype, const void* b, int b_dtype, int64_t n, void* out, void* stream);
 // In place: y = (alpha == 0 ? 0 : alpha·y) + beta·x in float32 (x NULL: no beta term).
-int moe_cuda_axpby(void* y, int y_dtype, const void* x, int x_dtype, int64_t n, float alpha, float beta,
-                   void* stream);
+int moe_cuda_axpby(void* y, int y_dtype, const void* x, int x_dtype, int64_t n, float alpha, float beta, void* stream);
 // Σ v² in double, in two steps: partials (one per chunk of 2^14 elements, a
 // fixed tree inside each) written to partials[0, count(n)), then one block
 // summing `count` partials in index order (a fixed tree) into *out (float32).
@@ -330,8 +324,8 @@ int moe_cuda_expert_bias_update(float* bias, const void* load, int load_is_f32, 
 // ---- counter-based random numbers (cuda/random.cu; cpp/ops/random.h's scheme) ---------
 // Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // uniform: 0 normal(a = mean, b = std), 1 uniform[a, b); slice_size 0: the whole tensor.
-int moe_cuda_fill_random(void* data, int dtype, int64_t n, uint64_t seed, uint32_t key, int uniform, double a,
-                         double b, int64_t slice_size, int64_t first_slice, void* stream);
+int moe_cuda_fill_random(void* data, int dtype, int64_t n, uint64_t seed, uint32_t key, int uniform, double a, double b,
+                         int64_t slice_size, int64_t first_slice, void* stream);
 // out = x ⊙ (1 − eps + 2·eps·uniform_i of slice `slice`).
 int moe_cuda_jitter(const void* x, int dtype, int64_t n, double eps, uint64_t seed, uint32_t key, int64_t slice,
                     void* out, void* stream);
@@ -343,8 +337,8 @@ int moe_cuda_jitter(const void* x, int dtype, int64_t n, double eps, uint64_t se
 // `status` with neg_tag (detail: its flat index), a sum other than rows with
 // sum_tag (detail: the sum); nothing is copied then.
 size_t moe_cuda_chunk_transpose_workspace_bytes(int64_t chunks);
-int moe_cuda_chunk_transpose(const void* x, int64_t rows, size_t row_bytes, const int32_t* counts, int64_t a,
-                             int64_t b, void* out, void* status, uint32_t neg_tag, uint32_t sum_tag, void* workspace,
+int moe_cuda_chunk_transpose(const void* x, int64_t rows, size_t row_bytes, const int32_t* counts, int64_t a, int64_t b,
+                             void* out, void* status, uint32_t neg_tag, uint32_t sum_tag, void* workspace,
                              size_t workspace_bytes, void* stream);
 
 #ifdef __cplusplus

@@ -196,8 +196,8 @@ template <bool PROBS>
 __global__ void __launch_bounds__(kPermuteThreads)
     permute_sort_kernel(const int32_t* __restrict__ idx, const float* __restrict__ weights, int64_t pairs, int E,
                         int64_t W, int64_t perWarp, int32_t* __restrict__ cursors,
-                        const int32_t* __restrict__ expertStart, const int32_t* __restrict__ rowStart,
-                        int64_t capacity, int32_t* __restrict__ sortedPairs, uint32_t* __restrict__ sortedKeys,
+                        const int32_t* __restrict__ expertStart, const int32_t* __restrict__ rowStart, int64_t capacity,
+                        int32_t* __restrict__ sortedPairs, uint32_t* __restrict__ sortedKeys,
                         int32_t* __restrict__ pairToRow, int32_t* __restrict__ rowToPair) {
   const int lane = threadIdx.x & 31;
   const int64_t w = first_warp();
@@ -453,13 +453,13 @@ extern "C" int moe_cuda_permute_plan(const int32_t* indices, const float* weight
   MOE_CUDA_TRY_LAUNCH();
   if (l.cubScan) {
     size_t cubSize = workspace_bytes - l.cub;
-    MOE_CUDA_TRY(cub::DeviceScan::ExclusiveSum(at<char>(workspace, l.cub), cubSize, counts,
-                                               static_cast<int>(l.cells), s));
+    MOE_CUDA_TRY(
+        cub::DeviceScan::ExclusiveSum(at<char>(workspace, l.cub), cubSize, counts, static_cast<int>(l.cells), s));
   }
   permute_plan_kernel<<<1, kPlanThreads, 0, s>>>(counts, l.cells, l.cubScan ? 0 : 1, num_experts, l.warps, pairs,
-                                                  capacity, pad_to_capacity, at<int32_t>(workspace, l.expertStart),
-                                                  at<int32_t>(workspace, l.rowStart), rows_per_expert, summary, status,
-                                                  status_copy);
+                                                 capacity, pad_to_capacity, at<int32_t>(workspace, l.expertStart),
+                                                 at<int32_t>(workspace, l.rowStart), rows_per_expert, summary, status,
+                                                 status_copy);
   MOE_CUDA_TRY_LAUNCH();
   if (summary_event != nullptr) MOE_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(summary_event), s));
   return 0;

@@ -114,8 +114,8 @@ extern "C" int moe_cuda_jitter(const void* x, int dtype, int64_t n, double eps, 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const unsigned int grid = grid_for(n, kRngThreads, 1 << 16);
   MOE_SWITCH_FLOAT(dtype, T,
-                   jitter_kernel<T><<<grid, kRngThreads, 0, s>>>(static_cast<const T*>(x), n, eps, state,
-                                                                 static_cast<T*>(out)));
+                   jitter_kernel<T>
+                   <<<grid, kRngThreads, 0, s>>>(static_cast<const T*>(x), n, eps, state, static_cast<T*>(out)));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }

@@ -31,7 +31,7 @@ constexpr int kSigmoid = 1;
 // Added to the sum of the chosen sigmoid scores before renormalising
 // (MATH.md; sigmoid scores can all be ~0, softmax ones cannot).
 constexpr float kSigmoidRenormEps = 1e-20f;
-constexpr int kNone = INT32_MAX;  // index that ranks after every real expert
+constexpr int kNone = INT32_MAX;       // index that ranks after every real expert
 constexpr int kFinalizeThreads = 256;  // the loss reductions' width (their bits depend on it)
 constexpr int kSumExperts = 4;         // experts per block of route_sums_kernel
 constexpr int kSumThreads = 256;
@@ -180,12 +180,12 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock, 4) route_forward_kernel
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   // Layout: route_shared_bytes in route_plan.h.
-  float* sProb = smem;                                                // [W][E]
-  int* sChosenIdx = reinterpret_cast<int*>(sProb + W * E);            // [W][K]
-  float* sChosenW = reinterpret_cast<float*>(sChosenIdx + W * K);     // [W][K]
-  int* sHist = reinterpret_cast<int*>(sChosenW + W * K);              // [E]
-  float* sKeys = reinterpret_cast<float*>(sHist + E);                 // [W][E], groups only
-  float* sGroup = sKeys + W * E;                                      // [W][G], groups only
+  float* sProb = smem;                                             // [W][E]
+  int* sChosenIdx = reinterpret_cast<int*>(sProb + W * E);         // [W][K]
+  float* sChosenW = reinterpret_cast<float*>(sChosenIdx + W * K);  // [W][K]
+  int* sHist = reinterpret_cast<int*>(sChosenW + W * K);           // [E]
+  float* sKeys = reinterpret_cast<float*>(sHist + E);              // [W][E], groups only
+  float* sGroup = sKeys + W * E;                                   // [W][G], groups only
 
   for (int e = threadIdx.x; e < E; e += blockDim.x) sHist[e] = 0;
   if (threadIdx.x == 0) sNonfinite = 0;
@@ -250,8 +250,7 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock, 4) route_forward_kernel
       key[i] = isnan(k) ? -INFINITY : k;
       if (i * 32 + lane < E) eligible |= 1u << i;
     }
-    if (p.groups > 1)
-      eligible = group_limit<EPL>(key, eligible, p, lane, sKeys + warp * E, sGroup + warp * p.groups);
+    if (p.groups > 1) eligible = group_limit<EPL>(key, eligible, p, lane, sKeys + warp * E, sGroup + warp * p.groups);
 
     // k rounds of warp argmax over the eligible keys not yet taken:
     // descending order, ties to the lower expert index. A key's ordered bits
@@ -563,8 +562,8 @@ extern "C" int moe_cuda_route_scores(const float* logits, int64_t num_tokens, in
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(plan.blocks));
   MOE_SWITCH_POW2_16(plan.expertsPerLane, EPL,
-                     route_scores_kernel<EPL><<<grid, plan.threads, 0, s>>>(logits, num_tokens, num_experts,
-                                                                            score_function, scores));
+                     route_scores_kernel<EPL>
+                     <<<grid, plan.threads, 0, s>>>(logits, num_tokens, num_experts, score_function, scores));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }
@@ -574,19 +573,19 @@ extern "C" size_t moe_cuda_route_workspace_bytes(int64_t num_tokens, int num_exp
 }
 
 extern "C" int moe_cuda_route_forward(const float* logits, const float* expert_bias, int64_t num_tokens,
-                                      int num_experts, int top_k, int score_function, int renormalize,
-                                      int num_groups, int topk_groups, int32_t* indices, float* weights,
-                                      float* scores, int32_t* tokens_per_expert, float* prob_sum,
-                                      float* lse_sq_sum, float* losses, int32_t* nonfinite_tokens,
-                                      void* workspace, size_t workspace_bytes, void* stream) {
+                                      int num_experts, int top_k, int score_function, int renormalize, int num_groups,
+                                      int topk_groups, int32_t* indices, float* weights, float* scores,
+                                      int32_t* tokens_per_expert, float* prob_sum, float* lse_sq_sum, float* losses,
+                                      int32_t* nonfinite_tokens, void* workspace, size_t workspace_bytes,
+                                      void* stream) {
   using namespace moe_cuda;
   const RoutePlan plan = route_plan(num_tokens, num_experts, top_k, num_groups, topk_groups);
   if (plan.status != 0) return plan.status;
   if (score_function != kSoftmax && score_function != kSigmoid) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (tokens_per_expert == nullptr || prob_sum == nullptr || lse_sq_sum == nullptr)
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
-  if (num_tokens > 0 && (logits == nullptr || indices == nullptr || weights == nullptr || scores == nullptr ||
-                         workspace == nullptr))
+  if (num_tokens > 0 &&
+      (logits == nullptr || indices == nullptr || weights == nullptr || scores == nullptr || workspace == nullptr))
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (workspace_bytes < plan.workspaceBytes) return MOE_CUDA_ERR_INVALID_ARGUMENT;
 
@@ -596,13 +595,12 @@ extern "C" int moe_cuda_route_forward(const float* logits, const float* expert_b
   // Workspace (route_plan.h): partialProb [blocks][E], partialLseSq [blocks], partialCount [blocks][E].
   float* partialProb = static_cast<float*>(workspace);
   float* partialLseSq = plan.blocks > 0 ? partialProb + plan.blocks * num_experts : nullptr;
-  int32_t* partialCount =
-      plan.blocks > 0 ? reinterpret_cast<int32_t*>(partialLseSq + plan.blocks) : nullptr;
+  int32_t* partialCount = plan.blocks > 0 ? reinterpret_cast<int32_t*>(partialLseSq + plan.blocks) : nullptr;
   if (plan.blocks > 0) {
-    const ForwardParams p{logits,      expert_bias, num_tokens,   num_experts,  top_k,
-                          score_function, renormalize, num_groups > 1 ? num_groups : 1, topk_groups,
-                          indices,     weights,     scores,       partialProb,  partialLseSq,
-                          partialCount, nonfinite_tokens};
+    const ForwardParams p{logits,      expert_bias,    num_tokens,   num_experts,
+                          top_k,       score_function, renormalize,  num_groups > 1 ? num_groups : 1,
+                          topk_groups, indices,        weights,      scores,
+                          partialProb, partialLseSq,   partialCount, nonfinite_tokens};
     const dim3 grid(static_cast<unsigned>(plan.blocks));
     MOE_SWITCH_POW2_16(plan.expertsPerLane, EPL,
                        route_forward_kernel<EPL><<<grid, plan.threads, plan.sharedBytes, s>>>(p));
@@ -620,10 +618,9 @@ extern "C" int moe_cuda_route_forward(const float* logits, const float* expert_b
 }
 
 extern "C" int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, const float* scores,
-                                       const float* logits, const int32_t* tokens_per_expert,
-                                       int64_t num_tokens, int num_experts, int top_k, int score_function,
-                                       int renormalize, float aux_loss_grad, float z_loss_grad, float* d_logits,
-                                       void* stream) {
+                                       const float* logits, const int32_t* tokens_per_expert, int64_t num_tokens,
+                                       int num_experts, int top_k, int score_function, int renormalize,
+                                       float aux_loss_grad, float z_loss_grad, float* d_logits, void* stream) {
   using namespace moe_cuda;
   const RoutePlan plan = route_plan(num_tokens, num_experts, top_k, 1, 1);
   if (plan.status != 0) return plan.status;
@@ -634,8 +631,8 @@ extern "C" int moe_cuda_route_backward(const float* d_weights, const int32_t* in
     return MOE_CUDA_ERR_INVALID_ARGUMENT;
 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const BackwardParams p{d_weights, indices,     scores,        logits,      tokens_per_expert,
-                         num_tokens, num_experts, top_k,         score_function, renormalize,
+  const BackwardParams p{d_weights,     indices,     scores,  logits,         tokens_per_expert,
+                         num_tokens,    num_experts, top_k,   score_function, renormalize,
                          aux_loss_grad, z_loss_grad, d_logits};
   const dim3 grid(static_cast<unsigned>(plan.blocks));
   MOE_SWITCH_POW2_16(plan.expertsPerLane, EPL, route_backward_kernel<EPL><<<grid, plan.threads, 0, s>>>(p));

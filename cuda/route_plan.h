@@ -21,7 +21,7 @@ namespace moe_cuda {
 constexpr int kRouteWarpsPerBlock = 4;
 constexpr int kRouteThreadsPerBlock = kRouteWarpsPerBlock * 32;
 constexpr int64_t kRouteMaxBlocks = 1024;
-constexpr int kMaxExpertsPerLane = 16;  // E <= 512
+constexpr int kMaxExpertsPerLane = 16;              // E <= 512
 constexpr size_t kRouteMaxSharedBytes = 48 * 1024;  // no opt-in to larger dynamic shared memory
 
 struct RoutePlan {

@@ -122,9 +122,9 @@ __global__ void row_readers_kernel(const int32_t* pairToRow, int64_t pairs, int6
 template <class TDy, class TR, int N>
 __global__ void __launch_bounds__(kRowThreads, 2)
     unpermute_bwd_pairs_kernel(const TDy* __restrict__ dy, const TR* __restrict__ rows, int64_t numRows, int64_t D,
-                               const int32_t* __restrict__ pairToRow, const float* __restrict__ weights,
-                               int64_t pairs, int topK, const int32_t* __restrict__ readers,
-                               float* __restrict__ dWeights, TR* __restrict__ dRows) {
+                               const int32_t* __restrict__ pairToRow, const float* __restrict__ weights, int64_t pairs,
+                               int topK, const int32_t* __restrict__ readers, float* __restrict__ dWeights,
+                               TR* __restrict__ dRows) {
   const int lane = threadIdx.x & 31;
   const int64_t packs = D / N;
   for (int64_t i = first_warp(); i < pairs; i += warp_count()) {
@@ -245,17 +245,14 @@ int launch_combine(const void* src, int dtype, int64_t numRows, int64_t D, const
   MOE_SWITCH_FLOAT(dtype, T, {
     const int n = pack_width<T>(D);
     if (n == 8)
-      combine_kernel<T, 8, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
-                                                                   weights, tokens, topK, static_cast<T*>(out),
-                                                                   status, tag);
+      combine_kernel<T, 8, WEIGHTED><<<grid, kRowThreads, 0, s>>>(
+          static_cast<const T*>(src), numRows, D, pairToRow, weights, tokens, topK, static_cast<T*>(out), status, tag);
     else if (n == 4)
-      combine_kernel<T, 4, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
-                                                                   weights, tokens, topK, static_cast<T*>(out),
-                                                                   status, tag);
+      combine_kernel<T, 4, WEIGHTED><<<grid, kRowThreads, 0, s>>>(
+          static_cast<const T*>(src), numRows, D, pairToRow, weights, tokens, topK, static_cast<T*>(out), status, tag);
     else
-      combine_kernel<T, 1, WEIGHTED><<<grid, kRowThreads, 0, s>>>(static_cast<const T*>(src), numRows, D, pairToRow,
-                                                                   weights, tokens, topK, static_cast<T*>(out),
-                                                                   status, tag);
+      combine_kernel<T, 1, WEIGHTED><<<grid, kRowThreads, 0, s>>>(
+          static_cast<const T*>(src), numRows, D, pairToRow, weights, tokens, topK, static_cast<T*>(out), status, tag);
   });
   MOE_CUDA_TRY_LAUNCH();
   return 0;
@@ -277,8 +274,8 @@ BackwardLayout backward_layout(int64_t numRows) {
 }  // namespace moe_cuda
 
 extern "C" int moe_cuda_permute_backward(const void* d_rows, int dtype, int64_t num_rows, int64_t d_model,
-                                         const int32_t* pair_to_row, int64_t tokens, int top_k, void* dx,
-                                         void* status, uint32_t tag, void* stream) {
+                                         const int32_t* pair_to_row, int64_t tokens, int top_k, void* dx, void* status,
+                                         uint32_t tag, void* stream) {
   using namespace moe_cuda;
   if (num_rows < 0 || d_model < 0 || tokens < 0 || top_k < 1) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (tokens == 0 || d_model == 0) return 0;
@@ -289,8 +286,8 @@ extern "C" int moe_cuda_permute_backward(const void* d_rows, int dtype, int64_t 
 }
 
 extern "C" int moe_cuda_unpermute_forward(const void* rows, int dtype, int64_t num_rows, int64_t d_model,
-                                          const int32_t* pair_to_row, const float* weights, int64_t tokens,
-                                          int top_k, void* y, void* status, uint32_t tag, void* stream) {
+                                          const int32_t* pair_to_row, const float* weights, int64_t tokens, int top_k,
+                                          void* y, void* status, uint32_t tag, void* stream) {
   using namespace moe_cuda;
   if (num_rows < 0 || d_model < 0 || tokens < 0 || top_k < 1) return MOE_CUDA_ERR_INVALID_ARGUMENT;
   if (tokens == 0 || d_model == 0) return 0;
@@ -340,33 +337,33 @@ extern "C" int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const v
   row_readers_init_kernel<<<grid_for(num_rows, 256, 1 << 16), 256, 0, s>>>(num_rows, readers, firstReader);
   MOE_CUDA_TRY_LAUNCH();
   if (pairs > 0) {
-    row_readers_kernel<<<grid_for(pairs, 256, 1 << 16), 256, 0, s>>>(pair_to_row, pairs, num_rows, readers,
-                                                                     firstReader, status, tag);
+    row_readers_kernel<<<grid_for(pairs, 256, 1 << 16), 256, 0, s>>>(pair_to_row, pairs, num_rows, readers, firstReader,
+                                                                     status, tag);
     MOE_CUDA_TRY_LAUNCH();
     const unsigned int grid = warps_grid(pairs);
     MOE_SWITCH_FLOAT(dy_dtype, TDy, MOE_SWITCH_FLOAT(rows_dtype, TR, {
-      if (N == 4)
-        unpermute_bwd_pairs_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(
-            static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row, weights, pairs,
-            top_k, readers, d_weights, static_cast<TR*>(d_rows));
-      else
-        unpermute_bwd_pairs_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(
-            static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row, weights, pairs,
-            top_k, readers, d_weights, static_cast<TR*>(d_rows));
-    }));
+                       if (N == 4)
+                         unpermute_bwd_pairs_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(
+                             static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row,
+                             weights, pairs, top_k, readers, d_weights, static_cast<TR*>(d_rows));
+                       else
+                         unpermute_bwd_pairs_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(
+                             static_cast<const TDy*>(dy), static_cast<const TR*>(rows), num_rows, d_model, pair_to_row,
+                             weights, pairs, top_k, readers, d_weights, static_cast<TR*>(d_rows));
+                     }));
     MOE_CUDA_TRY_LAUNCH();
   }
   const unsigned int grid = warps_grid((num_rows + 31) / 32);
   MOE_SWITCH_FLOAT(dy_dtype, TDy, MOE_SWITCH_FLOAT(rows_dtype, TR, {
-    if (N == 4)
-      unpermute_bwd_rows_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(
-          static_cast<const TDy*>(dy), d_model, weights, top_k, pair_to_row, pairs, num_rows, readers, firstReader,
-          static_cast<TR*>(d_rows));
-    else
-      unpermute_bwd_rows_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(
-          static_cast<const TDy*>(dy), d_model, weights, top_k, pair_to_row, pairs, num_rows, readers, firstReader,
-          static_cast<TR*>(d_rows));
-  }));
+                     if (N == 4)
+                       unpermute_bwd_rows_kernel<TDy, TR, 4><<<grid, kRowThreads, 0, s>>>(
+                           static_cast<const TDy*>(dy), d_model, weights, top_k, pair_to_row, pairs, num_rows, readers,
+                           firstReader, static_cast<TR*>(d_rows));
+                     else
+                       unpermute_bwd_rows_kernel<TDy, TR, 1><<<grid, kRowThreads, 0, s>>>(
+                           static_cast<const TDy*>(dy), d_model, weights, top_k, pair_to_row, pairs, num_rows, readers,
+                           firstReader, static_cast<TR*>(d_rows));
+                   }));
   MOE_CUDA_TRY_LAUNCH();
   return 0;
 }

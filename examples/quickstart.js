@@ -2,11 +2,16 @@
 // on each expert's rows: the single-rank forward of one MoE layer, op by op.
 const { Tensor, ops, scope, memoryStats } = require("moe-ep");
 
-const T = 512, D = 256, F = 512, E = 8, K = 2;
+const T = 512,
+  D = 256,
+  F = 512,
+  E = 8,
+  K = 2;
 
 function randn(n, std = 1) {
   const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = std * Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
+  for (let i = 0; i < n; i++)
+    a[i] = std * Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
   return a;
 }
 

@@ -28,7 +28,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import("./launch")).launch(rest);
     case "bench": {
       const what = rest[0] ?? "all";
-      if (what === "layer") return (await import("./bench/layer-cli")).benchLayerCli(rest.slice(1), () => console.log(formatInfo()));
+      if (what === "layer")
+        return (await import("./bench/layer-cli")).benchLayerCli(rest.slice(1), () => console.log(formatInfo()));
       const known = ["grouped-gemm", "ops", "alltoall", "layer", "all"];
       if (!known.includes(what)) {
         console.error(`moe-ep bench: expected one of ${known.join(", ")} but received "${what}"`);

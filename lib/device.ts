@@ -27,7 +27,8 @@ export class DeviceEvent {
   /** An event on `device` ("cuda:N"), recorded after the ops queued before this call. */
   static async record(device: DeviceName): Promise<DeviceEvent> {
     const d = checkDevice(device);
-    if (d === "cpu") throw new MoEError(`Expected a cuda device for DeviceEvent.record but received "cpu"`, "ERR_MOE_DEVICE");
+    if (d === "cpu")
+      throw new MoEError(`Expected a cuda device for DeviceEvent.record but received "cpu"`, "ERR_MOE_DEVICE");
     const native = loadNative() as unknown as EventNative;
     return new DeviceEvent(await native.recordEvent(d), d);
   }

@@ -33,7 +33,12 @@ function describe(value: unknown): string {
 }
 
 /** "Expected X for Y but received Z of type T". */
-export function invalid(expected: string, name: string, value: unknown, code: MoEErrorCode = "ERR_MOE_VALUE"): MoEError {
+export function invalid(
+  expected: string,
+  name: string,
+  value: unknown,
+  code: MoEErrorCode = "ERR_MOE_VALUE",
+): MoEError {
   return new MoEError(`Expected ${expected} for ${name} but received ${describe(value)}`, code);
 }
 

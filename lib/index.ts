@@ -7,7 +7,16 @@ export { info, formatInfo } from "./info";
 export type { Info } from "./info";
 export * as ops from "./ops";
 export { MoELayer, STAGES } from "./layer/moe-layer";
-export type { ParameterEntry, BufferEntry, MoEStats, MoEForwardResult, MoEForwardOptions, MoEBackwardOptions, Stage, StageTimes } from "./layer/moe-layer";
+export type {
+  ParameterEntry,
+  BufferEntry,
+  MoEStats,
+  MoEForwardResult,
+  MoEForwardOptions,
+  MoEBackwardOptions,
+  Stage,
+  StageTimes,
+} from "./layer/moe-layer";
 export { resolveConfig, fromForeignConfig } from "./layer/config";
 export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
 export type { CollectiveGroup, SplittableGroup, LayerGroups } from "./layer/group";
@@ -15,7 +24,14 @@ export { AdamW } from "./optim/adamw";
 export type { AdamWOptions, AdamWState, OptimizerParam } from "./optim/adamw";
 export { clipGradNorm } from "./optim/clip";
 export type { ClipParam } from "./optim/clip";
-export { saveCheckpoint, loadCheckpoint, readCheckpointIndex, shardFileName, expertTensorName, INDEX_FILE } from "./checkpoint/checkpoint";
+export {
+  saveCheckpoint,
+  loadCheckpoint,
+  readCheckpointIndex,
+  shardFileName,
+  expertTensorName,
+  INDEX_FILE,
+} from "./checkpoint/checkpoint";
 export type { CheckpointOptions, CheckpointIndex } from "./checkpoint/checkpoint";
 export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
 export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";

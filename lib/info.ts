@@ -12,7 +12,7 @@ export interface Info extends NativeInfo {
 
 export function info(): Info {
   const n = loadNative().info();
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
   const version = (require("../package.json") as { version: string }).version;
   return { version, addon: nativeFile(), ...n, nccl: ncclStatus() };
 }
@@ -33,12 +33,18 @@ export function formatInfo(i: Info = info()): string {
   if (i.cuda.emulated) {
     lines.push(`cuda: ${i.cuda.deviceCount} device, EMULATED on the CPU (a build for tests, not for speed)`);
   } else if (i.cuda.available) {
-    lines.push(`cuda: ${i.cuda.deviceCount} device(s), runtime ${i.cuda.runtimeVersion}, driver ${i.cuda.driverVersion}, built for ${i.cuda.archs}`);
+    lines.push(
+      `cuda: ${i.cuda.deviceCount} device(s), runtime ${i.cuda.runtimeVersion}, driver ${i.cuda.driverVersion}, built for ${i.cuda.archs}`,
+    );
   } else {
     lines.push(`cuda: unavailable: ${i.cuda.reason}${i.cuda.built ? ` (built for ${i.cuda.archs})` : ""}`);
   }
   lines.push(`gloo: ${i.gloo.built ? "built in (CPU process groups)" : "not built (install libgloo-dev and rebuild)"}`);
   const n = i.nccl;
-  lines.push(n.available ? `nccl: ${n.version} from ${n.library}${n.supportsBf16 ? "" : " (no bfloat16: needs >= 2.10.3)"}` : `nccl: unavailable: ${n.reason}`);
+  lines.push(
+    n.available
+      ? `nccl: ${n.version} from ${n.library}${n.supportsBf16 ? "" : " (no bfloat16: needs >= 2.10.3)"}`
+      : `nccl: unavailable: ${n.reason}`,
+  );
   return lines.join("\n");
 }

@@ -165,7 +165,7 @@ export async function launch(args: string[]): Promise<number> {
 
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) {
-      for (const r of running) children[r].kill("SIGKILL");  // a second signal: stop now
+      for (const r of running) children[r].kill("SIGKILL"); // a second signal: stop now
       return;
     }
     interrupted = signal;

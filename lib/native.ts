@@ -34,7 +34,7 @@ export function loadNative(): NativeModule {
       continue;
     }
     try {
-      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
       const mod = require(file) as NativeModule;
       mod.setErrorClass(MoEError);
       loaded = { module: mod, file };

@@ -99,12 +99,23 @@ export class Tensor implements Disposable {
 
   static zeros(shape: readonly number[], options: TensorOptions = {}): Tensor {
     const N = loadNative().NativeTensor;
-    return new Tensor(new N(checkDtype(options.dtype ?? "float32"), checkShape([...shape]), options.device ?? "cpu", null, undefined, true));
+    return new Tensor(
+      new N(
+        checkDtype(options.dtype ?? "float32"),
+        checkShape([...shape]),
+        options.device ?? "cpu",
+        null,
+        undefined,
+        true,
+      ),
+    );
   }
 
   static empty(shape: readonly number[], options: TensorOptions = {}): Tensor {
     const N = loadNative().NativeTensor;
-    return new Tensor(new N(checkDtype(options.dtype ?? "float32"), checkShape([...shape]), options.device ?? "cpu", null));
+    return new Tensor(
+      new N(checkDtype(options.dtype ?? "float32"), checkShape([...shape]), options.device ?? "cpu", null),
+    );
   }
 
   get dtype(): DType {
@@ -150,14 +161,21 @@ export class Tensor implements Disposable {
   /** The raw bits of a bfloat16 / float16 tensor. */
   toBits(): Uint16Array {
     if (this.dtype !== "bfloat16" && this.dtype !== "float16") {
-      throw new MoEError(`Expected a bfloat16 or float16 tensor for toBits but received ${this.dtype}`, "ERR_MOE_DTYPE");
+      throw new MoEError(
+        `Expected a bfloat16 or float16 tensor for toBits but received ${this.dtype}`,
+        "ERR_MOE_DTYPE",
+      );
     }
     return new Uint16Array(this.handle.read(this.dtype));
   }
 
   /** A scalar's value (a tensor of one element). */
   item(): number {
-    if (this.numel !== 1) throw new MoEError(`Expected a tensor of one element for item() but received shape [${this.shape.join(", ")}]`, "ERR_MOE_SHAPE");
+    if (this.numel !== 1)
+      throw new MoEError(
+        `Expected a tensor of one element for item() but received shape [${this.shape.join(", ")}]`,
+        "ERR_MOE_SHAPE",
+      );
     const v = this.toArray()[0];
     return typeof v === "bigint" ? Number(v) : v;
   }

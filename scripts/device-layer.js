@@ -46,9 +46,17 @@ function rand(n, seed, std = 1) {
   let s = seed >>> 0 || 1;
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
     const u1 = (s + 1) / 4294967297;
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
     out[i] = std * Math.sqrt(-2 * Math.log(u1)) * Math.cos((2 * Math.PI * s) / 4294967296);
   }
   return out;
@@ -89,7 +97,8 @@ async function opsCheck() {
       await guarded(`add/axpby ${dtype} n=${n}`, async () => {
         const [ac, ag] = await both(rand(n, n + 1), [n], dtype);
         const [bc, bg] = await both(rand(n, n + 2), [n], dtype);
-        const sc = await ops.add(ac, bc), sg = await ops.add(ag, bg);
+        const sc = await ops.add(ac, bc),
+          sg = await ops.add(ag, bg);
         row(`add ${dtype} n=${n}`, wrong(host(sg), host(sc), tol[dtype]), n);
         await ops.axpby(ac, bc, { alpha: 0.75, beta: -1.5 });
         await ops.axpby(ag, bg, { alpha: 0.75, beta: -1.5 });
@@ -104,23 +113,39 @@ async function opsCheck() {
     const c = await ops.sumSquares(pairs.map((p) => p[0]));
     const g1 = await ops.sumSquares(pairs.map((p) => p[1]));
     const g2 = await ops.sumSquares(pairs.map((p) => p[1]));
-    const cv = c.item(), gv = g1.item();
-    row("sumSquares (mixed dtypes, 4 tensors) rel 1e-6", Math.abs(gv - cv) <= 1e-6 * cv ? 0 : 1, 1, `cpu ${cv} cuda ${gv}`);
+    const cv = c.item(),
+      gv = g1.item();
+    row(
+      "sumSquares (mixed dtypes, 4 tensors) rel 1e-6",
+      Math.abs(gv - cv) <= 1e-6 * cv ? 0 : 1,
+      1,
+      `cpu ${cv} cuda ${gv}`,
+    );
     row("sumSquares repeats bit for bit", Object.is(gv, g2.item()) ? 0 : 1, 1);
     for (const p of pairs) p.forEach((t) => t.dispose());
     [c, g1, g2].forEach((t) => t.dispose());
   });
   for (const dtype of ["float32", "bfloat16", "float16"]) {
-    for (const [dist_, o] of [["uniform", { low: -2, high: 3 }], ["normal", { mean: 0.1, std: 0.02 }]]) {
+    for (const [dist_, o] of [
+      ["uniform", { low: -2, high: 3 }],
+      ["normal", { mean: 0.1, std: 0.02 }],
+    ]) {
       await guarded(`fillRandom ${dist_} ${dtype}`, async () => {
         const shape = [8, 512, 130];
         const opts = { seed: 1234, key: 987654321, distribution: dist_, sliceSize: 512 * 130, firstSlice: 8, ...o };
-        const c = Tensor.zeros(shape, { dtype }), g = Tensor.zeros(shape, { dtype, device: dev });
+        const c = Tensor.zeros(shape, { dtype }),
+          g = Tensor.zeros(shape, { dtype, device: dev });
         await ops.fillRandom(c, opts);
         await ops.fillRandom(g, opts);
         const n = c.numel;
-        row(`fillRandom ${dist_} ${dtype} exact`, wrong(host(g), host(c), 0), n, dist_ === "normal" ? "(normal: CUDA's double log/cos may differ by 1 ulp)" : "");
-        c.dispose(); g.dispose();
+        row(
+          `fillRandom ${dist_} ${dtype} exact`,
+          wrong(host(g), host(c), 0),
+          n,
+          dist_ === "normal" ? "(normal: CUDA's double log/cos may differ by 1 ulp)" : "",
+        );
+        c.dispose();
+        g.dispose();
       });
     }
     await guarded(`jitter ${dtype}`, async () => {
@@ -132,14 +157,30 @@ async function opsCheck() {
       [xc, xg, jc, jg].forEach((t) => t.dispose());
     });
   }
-  for (const counts of [[[3, 0, 5, 1], [0, 0, 2, 7]], [[0, 0], [0, 0]], [[1000, 1], [0, 4095]]]) {
+  for (const counts of [
+    [
+      [3, 0, 5, 1],
+      [0, 0, 2, 7],
+    ],
+    [
+      [0, 0],
+      [0, 0],
+    ],
+    [
+      [1000, 1],
+      [0, 4095],
+    ],
+  ]) {
     await guarded(`chunkTranspose ${JSON.stringify(counts)}`, async () => {
-      const R = counts.flat().reduce((a, b) => a + b, 0), W = 40;
+      const R = counts.flat().reduce((a, b) => a + b, 0),
+        W = 40;
       const [xc, xg] = await both(rand(Math.max(R * W, 1), R + 5).subarray(0, R * W), [R, W], "bfloat16");
-      const flat = Int32Array.from(counts.flat()), shape = [counts.length, counts[0].length];
+      const flat = Int32Array.from(counts.flat()),
+        shape = [counts.length, counts[0].length];
       const cc = Tensor.from(flat, shape, { dtype: "int32" });
       const cg = await cc.to(dev);
-      const yc = await ops.chunkTranspose(xc, cc), yg = await ops.chunkTranspose(xg, cg);
+      const yc = await ops.chunkTranspose(xc, cc),
+        yg = await ops.chunkTranspose(xg, cg);
       row(`chunkTranspose bf16 ${JSON.stringify(counts)}`, wrong(host(yg), host(yc), 0), R * W);
       [xc, xg, cc, cg, yc, yg].forEach((t) => t.dispose());
     });
@@ -155,10 +196,19 @@ async function opsCheck() {
     } catch (e) {
       code = e.code;
     }
-    row("chunkTranspose counts summing to 3 of 4 rows -> ERR_MOE_VALUE", code === "ERR_MOE_VALUE" ? 0 : 1, 1, code || "no error");
-    x.dispose(); c.dispose();
+    row(
+      "chunkTranspose counts summing to 3 of 4 rows -> ERR_MOE_VALUE",
+      code === "ERR_MOE_VALUE" ? 0 : 1,
+      1,
+      code || "no error",
+    );
+    x.dispose();
+    c.dispose();
   });
-  for (const load of [Int32Array.from([5, 0, 3, 9, 4, 4, 1, 6]), Float32Array.from([2.5, 2.5, 1, 4, 2.5, 2.5, 2.5, 2.5])]) {
+  for (const load of [
+    Int32Array.from([5, 0, 3, 9, 4, 4, 1, 6]),
+    Float32Array.from([2.5, 2.5, 1, 4, 2.5, 2.5, 2.5, 2.5]),
+  ]) {
     await guarded("expertBiasUpdate", async () => {
       const [bc, bg] = await both(rand(8, 9, 0.1), [8], "float32");
       const lc = Tensor.from(load, [8], { dtype: load instanceof Int32Array ? "int32" : "float32" });
@@ -177,7 +227,18 @@ async function opsCheck() {
   });
 }
 
-const small = { dModel: 256, dFF: 512, numExperts: 8, topK: 2, seed: 11, activation: "swiglu", dtype: "bfloat16", auxLossCoef: 0.01, zLossCoef: 0.001, initStd: 0.02 };
+const small = {
+  dModel: 256,
+  dFF: 512,
+  numExperts: 8,
+  topK: 2,
+  seed: 11,
+  activation: "swiglu",
+  dtype: "bfloat16",
+  auxLossCoef: 0.01,
+  zLossCoef: 0.001,
+  initStd: 0.02,
+};
 
 async function layerCheck(group, label) {
   const T = 512;
@@ -185,16 +246,37 @@ async function layerCheck(group, label) {
   const lg = await MoELayer.create({ ...small, device: dev }, group);
   try {
     // Same seed: the parameters are equal on both devices (CUDA fillRandom).
-    const pc = lc.parameters(), pg = lg.parameters();
-    for (let i = 0; i < pc.length; i++) row(`${label}: initial ${pc[i].name} equals the CPU layer's`, wrong(host(pg[i].param), host(pc[i].param), 1e-6), pc[i].param.numel);
-    const x = rand(T * small.dModel, 5), dy = rand(T * small.dModel, 6);
+    const pc = lc.parameters(),
+      pg = lg.parameters();
+    for (let i = 0; i < pc.length; i++)
+      row(
+        `${label}: initial ${pc[i].name} equals the CPU layer's`,
+        wrong(host(pg[i].param), host(pc[i].param), 1e-6),
+        pc[i].param.numel,
+      );
+    const x = rand(T * small.dModel, 5),
+      dy = rand(T * small.dModel, 6);
     const [xc, xg] = await both(x, [T, small.dModel], "bfloat16");
     const [dc, dg] = await both(dy, [T, small.dModel], "bfloat16");
-    const rc = await lc.forward(xc), rg = await lg.forward(xg);
+    const rc = await lc.forward(xc),
+      rg = await lg.forward(xg);
     row(`${label}: forward output`, wrong(host(rg.output), host(rc.output), 2e-2, 2e-3), T * small.dModel);
-    row(`${label}: tokens per expert`, JSON.stringify(rg.stats.tokensPerExpert) === JSON.stringify(rc.stats.tokensPerExpert) ? 0 : 1, 1, JSON.stringify(rg.stats.tokensPerExpert));
-    row(`${label}: aux and z losses`, Math.abs(rg.auxLoss - rc.auxLoss) <= 1e-3 * Math.abs(rc.auxLoss) + 1e-9 && Math.abs(rg.zLoss - rc.zLoss) <= 2e-2 * Math.abs(rc.zLoss) + 1e-9 ? 0 : 1, 2);
-    const gc = await lc.backward(dc), gg = await lg.backward(dg);
+    row(
+      `${label}: tokens per expert`,
+      JSON.stringify(rg.stats.tokensPerExpert) === JSON.stringify(rc.stats.tokensPerExpert) ? 0 : 1,
+      1,
+      JSON.stringify(rg.stats.tokensPerExpert),
+    );
+    row(
+      `${label}: aux and z losses`,
+      Math.abs(rg.auxLoss - rc.auxLoss) <= 1e-3 * Math.abs(rc.auxLoss) + 1e-9 &&
+        Math.abs(rg.zLoss - rc.zLoss) <= 2e-2 * Math.abs(rc.zLoss) + 1e-9
+        ? 0
+        : 1,
+      2,
+    );
+    const gc = await lc.backward(dc),
+      gg = await lg.backward(dg);
     row(`${label}: backward dx`, wrong(host(gg), host(gc), 2e-2, 2e-3), T * small.dModel);
     for (let i = 0; i < pc.length; i++) {
       const c = host(pc[i].grad);
@@ -210,16 +292,32 @@ async function layerCheck(group, label) {
 }
 
 async function bench() {
-  const D = 4096, F = 14336, E = 8, k = 2, T = 8192;
-  console.log(`== (c) MoELayer forward + backward on ${dev}: dModel ${D}, dFF ${F}, ${E} experts, top-${k}, ${T} tokens, bf16, swiglu`);
-  const layer = await MoELayer.create({ dModel: D, dFF: F, numExperts: E, topK: k, activation: "swiglu", dtype: "bfloat16", device: dev, seed: 1, initStd: 0.006 });
+  const D = 4096,
+    F = 14336,
+    E = 8,
+    k = 2,
+    T = 8192;
+  console.log(
+    `== (c) MoELayer forward + backward on ${dev}: dModel ${D}, dFF ${F}, ${E} experts, top-${k}, ${T} tokens, bf16, swiglu`,
+  );
+  const layer = await MoELayer.create({
+    dModel: D,
+    dFF: F,
+    numExperts: E,
+    topK: k,
+    activation: "swiglu",
+    dtype: "bfloat16",
+    device: dev,
+    seed: 1,
+    initStd: 0.006,
+  });
   const x = await Tensor.from(rand(T * D, 1), [T, D], { dtype: "bfloat16" }).to(dev);
   const dy = await Tensor.from(rand(T * D, 2, 1e-3), [T, D], { dtype: "bfloat16" }).to(dev);
   const step = async () => {
     const t0 = performance.now();
     const r = await layer.forward(x);
     const dx = await layer.backward(dy);
-    dx.toFloat32().length; // waits for the device
+    void dx.toFloat32().length; // waits for the device
     const ms = performance.now() - t0;
     r.output.dispose();
     dx.dispose();
@@ -234,8 +332,12 @@ async function bench() {
   const rows = T * k;
   const flops = 3 * (2 * rows * D * 2 * F + 2 * rows * F * D) + 3 * 2 * T * D * E;
   const tflops = flops / (ms * 1e-3) / 1e12;
-  console.log(`median of 5 (after a warm-up): ${ms.toFixed(1)} ms; ${(T / (ms * 1e-3)).toFixed(0)} tokens/s; GEMMs at ${tflops.toFixed(1)} TFLOP/s = ${((100 * tflops) / args.denseTflops).toFixed(1)}% of the dense bf16 rate ${args.denseTflops} TFLOP/s`);
-  x.dispose(); dy.dispose(); layer.dispose();
+  console.log(
+    `median of 5 (after a warm-up): ${ms.toFixed(1)} ms; ${(T / (ms * 1e-3)).toFixed(0)} tokens/s; GEMMs at ${tflops.toFixed(1)} TFLOP/s = ${((100 * tflops) / args.denseTflops).toFixed(1)}% of the dense bf16 rate ${args.denseTflops} TFLOP/s`,
+  );
+  x.dispose();
+  dy.dispose();
+  layer.dispose();
 }
 
 (async () => {
@@ -247,7 +349,15 @@ async function bench() {
   else {
     await guarded("layer, NCCL world size 1", async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moe-device-layer-"));
-      const pg = await dist.initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: `file://${dir}`, runId: "device-layer", device: dev, timeoutMs: 30000 });
+      const pg = await dist.initProcessGroup({
+        backend: "nccl",
+        rank: 0,
+        worldSize: 1,
+        store: `file://${dir}`,
+        runId: "device-layer",
+        device: dev,
+        timeoutMs: 30000,
+      });
       try {
         await layerCheck(pg, "layer, NCCL world 1");
       } finally {

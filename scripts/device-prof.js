@@ -35,7 +35,10 @@ async function main() {
     idx[t * k + 1] = (t * 7 + 1 + (t % 3)) % E;
   }
   const I = await Tensor.from(idx, [T, k]).to(DEV);
-  const W = await Tensor.from(pseudo(T * k).map((v) => Math.floor((v + 0.5) * 6) / 8), [T, k]).to(DEV);
+  const W = await Tensor.from(
+    pseudo(T * k).map((v) => Math.floor((v + 0.5) * 6) / 8),
+    [T, k],
+  ).to(DEV);
   for (let rep = 0; rep < 2; rep++) {
     dispose(await ops.route(L, { topK: 8, renormalize: true }));
     dispose(await ops.permute(X, I, W, { numExperts: E }));

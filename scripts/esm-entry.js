@@ -6,7 +6,5 @@ const dist = path.join(__dirname, "..", "dist");
 const cjs = require(path.join(dist, "index.js"));
 const names = Object.keys(cjs).filter((n) => n !== "default" && n !== "__esModule");
 const body =
-  `import cjs from "./index.js";\n` +
-  `export const { ${names.join(", ")} } = cjs;\n` +
-  `export default cjs;\n`;
+  `import cjs from "./index.js";\n` + `export const { ${names.join(", ")} } = cjs;\n` + `export default cjs;\n`;
 fs.writeFileSync(path.join(dist, "index.mjs"), body);

@@ -1,4 +1,4 @@
-import { Tensor, ops, memoryStats, scope } from "../lib";
+import { Tensor, ops, scope } from "../lib";
 import { adamwRef, AdamWState } from "./reference/adamw";
 import { f32, normal, relErr, sameBits, tensor, values, TOL, memoryAtRest } from "./util";
 
@@ -48,99 +48,142 @@ describe("adamw (one in-place step, PyTorch AdamW semantics)", () => {
     }),
   );
 
-  test("the first step moves each parameter by lr·sign(g) after decay (m̂ = g, v̂ = g²)", scoped(async () => {
-    const p = [1, -2, 0.5, 3];
-    const g = [0.25, -4, 1e-3, -1];
-    const P = tensor(p, [4]);
-    await ops.adamw(P, tensor(g, [4]), Tensor.zeros([4]), Tensor.zeros([4]), { lr: 0.1, weightDecay: 0.5, eps: 0, step: 1 });
-    const want = p.map((v, i) => v * (1 - 0.1 * 0.5) - 0.1 * Math.sign(g[i]));
-    values(P).forEach((v, i) => expect(Math.abs(v - want[i])).toBeLessThan(2e-7 * Math.abs(want[i])));
-  }));
+  test(
+    "the first step moves each parameter by lr·sign(g) after decay (m̂ = g, v̂ = g²)",
+    scoped(async () => {
+      const p = [1, -2, 0.5, 3];
+      const g = [0.25, -4, 1e-3, -1];
+      const P = tensor(p, [4]);
+      await ops.adamw(P, tensor(g, [4]), Tensor.zeros([4]), Tensor.zeros([4]), {
+        lr: 0.1,
+        weightDecay: 0.5,
+        eps: 0,
+        step: 1,
+      });
+      const want = p.map((v, i) => v * (1 - 0.1 * 0.5) - 0.1 * Math.sign(g[i]));
+      values(P).forEach((v, i) => expect(Math.abs(v - want[i])).toBeLessThan(2e-7 * Math.abs(want[i])));
+    }),
+  );
 
-  test("a zero gradient only decays the parameters and leaves the moments at zero", scoped(async () => {
-    const P = tensor([2, -4], [2]);
-    const M = Tensor.zeros([2]);
-    const V = Tensor.zeros([2]);
-    await ops.adamw(P, Tensor.zeros([2]), M, V, { lr: 0.5, weightDecay: 0.1, step: 3 });
-    values(P).forEach((v, i) => expect(Math.abs(v - [1.9, -3.8][i])).toBeLessThan(1e-7 * 4));
-    expect(Array.from(values(M))).toEqual([0, 0]);
-    expect(Array.from(values(V))).toEqual([0, 0]);
-  }));
+  test(
+    "a zero gradient only decays the parameters and leaves the moments at zero",
+    scoped(async () => {
+      const P = tensor([2, -4], [2]);
+      const M = Tensor.zeros([2]);
+      const V = Tensor.zeros([2]);
+      await ops.adamw(P, Tensor.zeros([2]), M, V, { lr: 0.5, weightDecay: 0.1, step: 3 });
+      values(P).forEach((v, i) => expect(Math.abs(v - [1.9, -3.8][i])).toBeLessThan(1e-7 * 4));
+      expect(Array.from(values(M))).toEqual([0, 0]);
+      expect(Array.from(values(V))).toEqual([0, 0]);
+    }),
+  );
 
-  test("bfloat16 parameters and gradients are updated in float32 and stored rounded", scoped(async () => {
-    const n = 4096;
-    let ref = state(n, 3);
-    ref.param = ref.param.map(bf16);
-    const P = tensor(ref.param, [n], "bfloat16");
-    const M = Tensor.zeros([n]);
-    const V = Tensor.zeros([n]);
-    for (let step = 1; step <= 5; step++) {
-      const g = normal(n, 200 + step).map(bf16);
-      await ops.adamw(P, tensor(g, [n], "bfloat16"), M, V, { lr: 2e-2, step });
-      ref = adamwRef(ref, g, { lr: 2e-2, step, roundParam: bf16 });
-    }
-    expect(P.dtype).toBe("bfloat16");
-    expect(relErr(values(P), ref.param)).toBeLessThan(TOL.bfloat16);
-    expect(relErr(values(M), ref.expAvg)).toBeLessThan(TOL.float32);
-    expect(relErr(values(V), ref.expAvgSq)).toBeLessThan(TOL.float32);
-  }));
-
-  test("repeated runs are bitwise identical", scoped(async () => {
-    const n = 300000;
-    const p = normal(n, 5);
-    const g = normal(n, 6);
-    const run = async () => {
-      const P = tensor(p, [n]);
+  test(
+    "bfloat16 parameters and gradients are updated in float32 and stored rounded",
+    scoped(async () => {
+      const n = 4096;
+      let ref = state(n, 3);
+      ref.param = ref.param.map(bf16);
+      const P = tensor(ref.param, [n], "bfloat16");
       const M = Tensor.zeros([n]);
       const V = Tensor.zeros([n]);
-      for (let step = 1; step <= 3; step++) await ops.adamw(P, tensor(g, [n]), M, V, { lr: 1e-3, step });
-      return [P, M, V];
-    };
-    const a = await run();
-    const b = await run();
-    a.forEach((t, i) => expect(sameBits(t, b[i])).toBe(true));
-  }));
+      for (let step = 1; step <= 5; step++) {
+        const g = normal(n, 200 + step).map(bf16);
+        await ops.adamw(P, tensor(g, [n], "bfloat16"), M, V, { lr: 2e-2, step });
+        ref = adamwRef(ref, g, { lr: 2e-2, step, roundParam: bf16 });
+      }
+      expect(P.dtype).toBe("bfloat16");
+      expect(relErr(values(P), ref.param)).toBeLessThan(TOL.bfloat16);
+      expect(relErr(values(M), ref.expAvg)).toBeLessThan(TOL.float32);
+      expect(relErr(values(V), ref.expAvgSq)).toBeLessThan(TOL.float32);
+    }),
+  );
 
-  test("bad input gets typed errors", scoped(async () => {
-    const P = tensor(normal(6, 1), [2, 3]);
-    const G = tensor(normal(6, 2), [2, 3]);
-    const M = Tensor.zeros([2, 3]);
-    const V = Tensor.zeros([2, 3]);
-    const ok = { lr: 1e-3, step: 1 };
-    await expect(ops.adamw(P, tensor(normal(6, 2), [3, 2]), M, V, ok)).rejects.toMatchObject({
-      code: "ERR_MOE_SHAPE",
-      message: expect.stringMatching(/expected grad of shape like param = \[2, 3\] but received \[3, 2\]/),
-    });
-    await expect(ops.adamw(P, G, Tensor.zeros([6]), V, ok)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
-    await expect(ops.adamw(P, G, M, Tensor.zeros([2, 3], { dtype: "bfloat16" }), ok)).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
-    await expect(ops.adamw(Tensor.from(new Int32Array(6), [2, 3]), G, M, V, ok)).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
-    await expect(ops.adamw(P, G, M, M, ok)).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/distinct/) });
-    await expect(ops.adamw(P, G, M, V, { lr: 1e-3, step: 0 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/step/) });
-    await expect(ops.adamw(P, G, M, V, { lr: 1e-3, step: 1.5 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(ops.adamw(P, G, M, V, { lr: -1, step: 1 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/lr/) });
-    await expect(ops.adamw(P, G, M, V, { ...ok, beta1: 1 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/beta1/) });
-    await expect(ops.adamw(P, G, M, V, { ...ok, beta2: -0.1 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(ops.adamw(P, G, M, V, { ...ok, eps: NaN })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(ops.adamw(P, G, M, V, { ...ok, weightDecay: "0.1" as unknown as number })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(ops.adamw(P, G, M, V, undefined as unknown as { lr: number; step: number })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    const gone = Tensor.zeros([2, 3]);
-    gone.dispose();
-    await expect(ops.adamw(P, gone, M, V, ok)).rejects.toMatchObject({ code: "ERR_MOE_DISPOSED" });
-    // Nothing was written by the rejected calls.
-    expect(Array.from(values(M))).toEqual([0, 0, 0, 0, 0, 0]);
-    expect(relErr(values(P), f32(normal(6, 1)))).toBe(0);
-  }));
+  test(
+    "repeated runs are bitwise identical",
+    scoped(async () => {
+      const n = 300000;
+      const p = normal(n, 5);
+      const g = normal(n, 6);
+      const run = async () => {
+        const P = tensor(p, [n]);
+        const M = Tensor.zeros([n]);
+        const V = Tensor.zeros([n]);
+        for (let step = 1; step <= 3; step++) await ops.adamw(P, tensor(g, [n]), M, V, { lr: 1e-3, step });
+        return [P, M, V];
+      };
+      const a = await run();
+      const b = await run();
+      a.forEach((t, i) => expect(sameBits(t, b[i])).toBe(true));
+    }),
+  );
 
-  test("no tensors leak across 1,000 steps", scoped(async () => {
-    const P = tensor(normal(64, 1), [64]);
-    const M = Tensor.zeros([64]);
-    const V = Tensor.zeros([64]);
-    const before = await memoryAtRest();
-    for (let step = 1; step <= 1000; step++) {
-      const G = tensor(normal(64, step), [64]);
-      await ops.adamw(P, G, M, V, { lr: 1e-3, step });
-      G.dispose();
-    }
-    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
-  }));
+  test(
+    "bad input gets typed errors",
+    scoped(async () => {
+      const P = tensor(normal(6, 1), [2, 3]);
+      const G = tensor(normal(6, 2), [2, 3]);
+      const M = Tensor.zeros([2, 3]);
+      const V = Tensor.zeros([2, 3]);
+      const ok = { lr: 1e-3, step: 1 };
+      await expect(ops.adamw(P, tensor(normal(6, 2), [3, 2]), M, V, ok)).rejects.toMatchObject({
+        code: "ERR_MOE_SHAPE",
+        message: expect.stringMatching(/expected grad of shape like param = \[2, 3\] but received \[3, 2\]/),
+      });
+      await expect(ops.adamw(P, G, Tensor.zeros([6]), V, ok)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
+      await expect(ops.adamw(P, G, M, Tensor.zeros([2, 3], { dtype: "bfloat16" }), ok)).rejects.toMatchObject({
+        code: "ERR_MOE_DTYPE",
+      });
+      await expect(ops.adamw(Tensor.from(new Int32Array(6), [2, 3]), G, M, V, ok)).rejects.toMatchObject({
+        code: "ERR_MOE_DTYPE",
+      });
+      await expect(ops.adamw(P, G, M, M, ok)).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+        message: expect.stringMatching(/distinct/),
+      });
+      await expect(ops.adamw(P, G, M, V, { lr: 1e-3, step: 0 })).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+        message: expect.stringMatching(/step/),
+      });
+      await expect(ops.adamw(P, G, M, V, { lr: 1e-3, step: 1.5 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+      await expect(ops.adamw(P, G, M, V, { lr: -1, step: 1 })).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+        message: expect.stringMatching(/lr/),
+      });
+      await expect(ops.adamw(P, G, M, V, { ...ok, beta1: 1 })).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+        message: expect.stringMatching(/beta1/),
+      });
+      await expect(ops.adamw(P, G, M, V, { ...ok, beta2: -0.1 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+      await expect(ops.adamw(P, G, M, V, { ...ok, eps: NaN })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+      await expect(ops.adamw(P, G, M, V, { ...ok, weightDecay: "0.1" as unknown as number })).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+      });
+      await expect(ops.adamw(P, G, M, V, undefined as unknown as { lr: number; step: number })).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+      });
+      const gone = Tensor.zeros([2, 3]);
+      gone.dispose();
+      await expect(ops.adamw(P, gone, M, V, ok)).rejects.toMatchObject({ code: "ERR_MOE_DISPOSED" });
+      // Nothing was written by the rejected calls.
+      expect(Array.from(values(M))).toEqual([0, 0, 0, 0, 0, 0]);
+      expect(relErr(values(P), f32(normal(6, 1)))).toBe(0);
+    }),
+  );
+
+  test(
+    "no tensors leak across 1,000 steps",
+    scoped(async () => {
+      const P = tensor(normal(64, 1), [64]);
+      const M = Tensor.zeros([64]);
+      const V = Tensor.zeros([64]);
+      const before = await memoryAtRest();
+      for (let step = 1; step <= 1000; step++) {
+        const G = tensor(normal(64, step), [64]);
+        await ops.adamw(P, G, M, V, { lr: 1e-3, step });
+        G.dispose();
+      }
+      expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    }),
+  );
 });

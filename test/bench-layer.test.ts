@@ -9,7 +9,16 @@ import { buildDist, root, runNode } from "./procs";
 
 test("benchLayer in one process: figures that add up", async () => {
   const lines: string[] = [];
-  const r = await benchLayer({ dModel: 64, dFF: 128, numExperts: 4, topK: 2, tokens: 256, runs: 2, warmup: 1, log: (l) => lines.push(l) });
+  const r = await benchLayer({
+    dModel: 64,
+    dFF: 128,
+    numExperts: 4,
+    topK: 2,
+    tokens: 256,
+    runs: 2,
+    warmup: 1,
+    log: (l) => lines.push(l),
+  });
   expect(r.shape).toEqual({ dModel: 64, dFF: 128, numExperts: 4, topK: 2, tokens: 256, epSize: 1, ranks: 1 });
   expect(r.stepSeconds).toBeGreaterThan(0);
   expect(r.tokensPerSecond).toBeCloseTo(256 / r.stepSeconds, 6);
@@ -26,14 +35,31 @@ test("benchLayer in one process: figures that add up", async () => {
 test("moe-ep bench layer --nproc 2 runs the experts sharded over two processes", async () => {
   buildDist();
   const run = await runNode(
-    [path.join(root, "dist", "cli.js"), "bench", "layer", "--nproc", "2", "--tokens", "128", "--d-model", "64", "--d-ff", "128", "--runs", "2"],
+    [
+      path.join(root, "dist", "cli.js"),
+      "bench",
+      "layer",
+      "--nproc",
+      "2",
+      "--tokens",
+      "128",
+      "--d-model",
+      "64",
+      "--d-ff",
+      "128",
+      "--runs",
+      "2",
+    ],
     { limitMs: 60000 },
   );
   expect(run.stderr).toBe("");
   expect(run.code).toBe(0);
-  expect(run.stdout).toMatch(/\[rank 0\] MoE layer, forward \+ backward: dModel 64, dFF 128, 8 experts, top-2, 128 tokens per rank, epSize 2 on 2 process\(es\), 1 thread\(s\) each/);
-  for (const s of ["route", "permute", "dispatch", "experts", "combine", "unpermute"]) expect(run.stdout).toMatch(new RegExp(`\\[rank 0\\]   ${s} +[\\d.]+ +[\\d.]+`));
-  expect(run.stdout).toMatch(/\[rank 0\]   the layer runs at [\d.]+% of the GEMM roofline/);
+  expect(run.stdout).toMatch(
+    /\[rank 0\] MoE layer, forward \+ backward: dModel 64, dFF 128, 8 experts, top-2, 128 tokens per rank, epSize 2 on 2 process\(es\), 1 thread\(s\) each/,
+  );
+  for (const s of ["route", "permute", "dispatch", "experts", "combine", "unpermute"])
+    expect(run.stdout).toMatch(new RegExp(`\\[rank 0\\]   ${s} +[\\d.]+ +[\\d.]+`));
+  expect(run.stdout).toMatch(/\[rank 0\] {3}the layer runs at [\d.]+% of the GEMM roofline/);
   expect(run.stdout).not.toMatch(/\[rank 1\]/);
   const bad = await runNode([path.join(root, "dist", "cli.js"), "bench", "layer", "--tokens", "x"], { limitMs: 20000 });
   expect(bad.code).toBe(1);

@@ -25,9 +25,15 @@ describe("machine-limit helpers (FMA peak, memcpy bandwidth, sgemm rate)", () =>
   });
 
   test("bad options get typed errors", async () => {
-    await expect(fmaPeak({ threads: 0 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/threads/) });
+    await expect(fmaPeak({ threads: 0 })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/threads/),
+    });
     await expect(fmaPeak({ seconds: -1 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(memcpyBandwidth({ bytes: 1000 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/bytes/) });
+    await expect(memcpyBandwidth({ bytes: 1000 })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/bytes/),
+    });
     await expect(sgemmRate({ m: 1.5 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
     await expect(sgemmRate({ iterations: 0 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
   });

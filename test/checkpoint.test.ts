@@ -15,7 +15,10 @@ import { tempDir } from "./procs";
 import { normal, sameBits, tensor } from "./util";
 
 /** A reader written from the format's description, sharing nothing with lib/checkpoint. */
-function readByHand(file: string): { meta: Record<string, string>; tensors: Record<string, { dtype: string; shape: number[]; bytes: Buffer }> } {
+function readByHand(file: string): {
+  meta: Record<string, string>;
+  tensors: Record<string, { dtype: string; shape: number[]; bytes: Buffer }>;
+} {
   const buf = fs.readFileSync(file);
   const n = Number(buf.readBigUInt64LE(0));
   expect(n % 8).toBe(0); // padded to 8 bytes, so the data is aligned
@@ -45,7 +48,18 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 
-const options: MoELayerOptions = { dModel: 6, dFF: 5, numExperts: 4, topK: 2, seed: 3, initStd: 0.3, bias: true, sharedExpertFF: 3, expertBias: true, activation: "swiglu" };
+const options: MoELayerOptions = {
+  dModel: 6,
+  dFF: 5,
+  numExperts: 4,
+  topK: 2,
+  seed: 3,
+  initStd: 0.3,
+  bias: true,
+  sharedExpertFF: 3,
+  expertBias: true,
+  activation: "swiglu",
+};
 
 async function trained(opts: MoELayerOptions, group?: unknown): Promise<{ layer: MoELayer; opt: AdamW }> {
   const layer = await MoELayer.create(opts, group);
@@ -71,7 +85,16 @@ describe("safetensors checkpoints", () => {
     const f0 = readByHand(path.join(dir, shardFileName(0, 2)));
     const f1 = readByHand(path.join(dir, shardFileName(1, 2)));
     expect(f0.meta.format).toBe("pt");
-    expect(Object.keys(f1.tensors).sort()).toEqual(["layers.0.experts.2.b1", "layers.0.experts.2.b2", "layers.0.experts.2.w1", "layers.0.experts.2.w2", "layers.0.experts.3.b1", "layers.0.experts.3.b2", "layers.0.experts.3.w1", "layers.0.experts.3.w2"]);
+    expect(Object.keys(f1.tensors).sort()).toEqual([
+      "layers.0.experts.2.b1",
+      "layers.0.experts.2.b2",
+      "layers.0.experts.2.w1",
+      "layers.0.experts.2.w2",
+      "layers.0.experts.3.b1",
+      "layers.0.experts.3.b2",
+      "layers.0.experts.3.w1",
+      "layers.0.experts.3.w2",
+    ]);
     expect(f0.tensors["layers.0.router.weight"]).toMatchObject({ dtype: "F32", shape: [6, 4] });
     expect(f0.tensors["layers.0.experts.1.w1"]).toMatchObject({ dtype: "F32", shape: [6, 10] });
     expect(f0.tensors["layers.0.router.expert_bias"]).toMatchObject({ shape: [4] });
@@ -79,13 +102,16 @@ describe("safetensors checkpoints", () => {
     const [l0, l1] = runs.map((r) => r.layer);
     expect(f0.tensors["layers.0.router.weight"].bytes.equals(bytes(l0.parameters()[0].param))).toBe(true);
     const w1 = bytes(l1.parameters().find((p) => p.name === "layers.0.experts.w1")!.param);
-    expect(Buffer.concat([f1.tensors["layers.0.experts.2.w1"].bytes, f1.tensors["layers.0.experts.3.w1"].bytes]).equals(w1)).toBe(true);
+    expect(
+      Buffer.concat([f1.tensors["layers.0.experts.2.w1"].bytes, f1.tensors["layers.0.experts.3.w1"].bytes]).equals(w1),
+    ).toBe(true);
     // The index maps every name to its file and counts the bytes.
     let total = 0;
     for (const f of [f0, f1]) for (const t of Object.values(f.tensors)) total += t.bytes.length;
     expect(index.metadata.total_size).toBe(total);
     expect(index.metadata.ep_size).toBe(2);
-    for (const [name, file] of Object.entries(index.weight_map)) expect((file === shardFileName(0, 2) ? f0 : f1).tensors[name]).toBeDefined();
+    for (const [name, file] of Object.entries(index.weight_map))
+      expect((file === shardFileName(0, 2) ? f0 : f1).tensors[name]).toBeDefined();
     expect(Object.keys(index.weight_map).length).toBe(Object.keys(f0.tensors).length + Object.keys(f1.tensors).length);
     for (const r of runs) {
       r.opt.dispose();
@@ -118,11 +144,15 @@ for name, e in h.items():
     else: a = np.frombuffer(raw, {"F32": "<f4", "F16": "<f2", "I32": "<i4", "I64": "<i8"}[e["dtype"]]).astype(np.float64)
     out[name] = {"dtype": e["dtype"], "shape": e["shape"], "sum": float(np.asarray(a, np.float64).sum()), "n": int(a.size)}
 print(json.dumps(out))`;
-    const got = JSON.parse(execFileSync("python3", ["-c", py, path.join(dir, shardFileName(0, 1))], { encoding: "utf8" }));
+    const got = JSON.parse(
+      execFileSync("python3", ["-c", py, path.join(dir, shardFileName(0, 1))], { encoding: "utf8" }),
+    );
     expect(layer.parameters()[1].param.dtype).toBe("bfloat16");
     for (const p of layer.parameters()) {
       const sum = p.param.toFloat32().reduce((a, b) => a + b, 0);
-      const pieces = Object.entries(got).filter(([n]) => (p.expert ? n.replace(/experts\.\d+\./, "experts.") === p.name : n === p.name));
+      const pieces = Object.entries(got).filter(([n]) =>
+        p.expert ? n.replace(/experts\.\d+\./, "experts.") === p.name : n === p.name,
+      );
       expect(pieces.length).toBe(p.expert ? 4 : 1);
       const want = p.param.dtype === "bfloat16" ? "BF16" : "F32";
       expect(pieces.every(([, v]) => (v as { dtype: string }).dtype === want)).toBe(true);
@@ -147,7 +177,10 @@ print(json.dumps(out))`;
     });
     expect(sameBits(b.buffers()[0].tensor, a.layer.buffers()[0].tensor)).toBe(true);
     expect(optB.stepCount).toBe(1);
-    for (const [layer, opt] of [[a.layer, a.opt], [b, optB]] as const) {
+    for (const [layer, opt] of [
+      [a.layer, a.opt],
+      [b, optB],
+    ] as const) {
       await opt.zeroGrad();
       using x = tensor(normal(8 * 6, 9), [8, 6]);
       const r = await layer.forward(x);
@@ -188,11 +221,27 @@ print(json.dumps(out))`;
     await Promise.all(dst.map((l, r) => loadCheckpoint(dir, [l], { optimizer: opts2[r] })));
     // Expert e on its new rank holds exactly what expert e held on its old rank.
     for (const name of ["moe.experts.w1", "moe.experts.b2"]) {
-      const gather = (layers: MoELayer[], f: (l: MoELayer) => Tensor) => Buffer.concat(layers.slice(0, layers[0].epSize).map((l) => bytes(f(l))));
+      const gather = (layers: MoELayer[], f: (l: MoELayer) => Tensor) =>
+        Buffer.concat(layers.slice(0, layers[0].epSize).map((l) => bytes(f(l))));
       const pick = (l: MoELayer) => l.parameters().find((p) => p.name === name)!;
-      expect(gather(dst, (l) => pick(l).param).equals(gather(src.map((r) => r.layer), (l) => pick(l).param))).toBe(true);
-      const moment = (rs: Array<{ layer: MoELayer; opt: AdamW }>) => (l: MoELayer) => rs.find((r) => r.layer === l)!.opt.state(pick(l)).expAvg;
-      expect(gather(dst, moment(dst.map((l, r) => ({ layer: l, opt: opts2[r] })))).equals(gather(src.map((r) => r.layer), moment(src)))).toBe(true);
+      expect(
+        gather(dst, (l) => pick(l).param).equals(
+          gather(
+            src.map((r) => r.layer),
+            (l) => pick(l).param,
+          ),
+        ),
+      ).toBe(true);
+      const moment = (rs: Array<{ layer: MoELayer; opt: AdamW }>) => (l: MoELayer) =>
+        rs.find((r) => r.layer === l)!.opt.state(pick(l)).expAvg;
+      expect(
+        gather(dst, moment(dst.map((l, r) => ({ layer: l, opt: opts2[r] })))).equals(
+          gather(
+            src.map((r) => r.layer),
+            moment(src),
+          ),
+        ),
+      ).toBe(true);
     }
     expect(sameBits(dst[dst.length - 1].parameters()[0].param, src[0].layer.parameters()[0].param)).toBe(true);
     for (const r of src) {
@@ -208,37 +257,62 @@ print(json.dumps(out))`;
     const { layer, opt } = await trained(options);
     await layer.save(dir);
     expect(fs.readdirSync(dir).filter((f) => f.includes(".tmp-"))).toEqual([]);
-    await expect(layer.load(path.join(work, "nowhere"))).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/checkpoint index/) });
+    await expect(layer.load(path.join(work, "nowhere"))).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/checkpoint index/),
+    });
     const other = await MoELayer.create({ ...options, dModel: 8 });
-    await expect(other.load(dir)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE", message: expect.stringMatching(/router.weight of shape \[8, 4\].*\[6, 4\]/) });
+    await expect(other.load(dir)).rejects.toMatchObject({
+      code: "ERR_MOE_SHAPE",
+      message: expect.stringMatching(/router.weight of shape \[8, 4\].*\[6, 4\]/),
+    });
     const more = await MoELayer.create({ ...options, numExperts: 8 });
-    await expect(more.load(dir)).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/experts\.\d\.w1/) });
+    await expect(more.load(dir)).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/experts\.\d\.w1/),
+    });
     const file = path.join(dir, shardFileName(0, 1));
     const whole = fs.readFileSync(file);
     fs.writeFileSync(file, whole.subarray(0, whole.length - 3));
-    await expect(layer.load(dir)).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/data ends at/) });
+    await expect(layer.load(dir)).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/data ends at/),
+    });
     const bad = Buffer.from(whole);
     bad.writeBigUInt64LE(1n << 40n, 0);
     fs.writeFileSync(file, bad);
-    await expect(layer.load(dir)).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/header length/) });
+    await expect(layer.load(dir)).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/header length/),
+    });
     const json = Buffer.from(whole);
     json.write("!", 8);
     fs.writeFileSync(file, json);
-    await expect(layer.load(dir)).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/not JSON/) });
+    await expect(layer.load(dir)).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/not JSON/),
+    });
     await expect(saveCheckpoint(dir, [])).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
     const twin = await MoELayer.create(options);
-    await expect(saveCheckpoint(dir, [layer, twin])).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/give each layer a name/) });
+    await expect(saveCheckpoint(dir, [layer, twin])).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/give each layer a name/),
+    });
     for (const l of [layer, other, more, twin]) l.dispose();
     opt.dispose();
   });
 
   test("several named layers share one checkpoint", async () => {
     const dir = path.join(work, "model");
-    const layers = await Promise.all([0, 1].map((i) => MoELayer.create({ ...options, name: `layers.${i}`, seed: 10 + i })));
+    const layers = await Promise.all(
+      [0, 1].map((i) => MoELayer.create({ ...options, name: `layers.${i}`, seed: 10 + i })),
+    );
     await saveCheckpoint(dir, layers);
     const copies = await Promise.all([0, 1].map((i) => MoELayer.create({ ...options, name: `layers.${i}` })));
     await loadCheckpoint(dir, copies);
-    copies.forEach((c, i) => c.parameters().forEach((p, j) => expect(sameBits(p.param, layers[i].parameters()[j].param)).toBe(true)));
+    copies.forEach((c, i) =>
+      c.parameters().forEach((p, j) => expect(sameBits(p.param, layers[i].parameters()[j].param)).toBe(true)),
+    );
     for (const l of [...layers, ...copies]) l.dispose();
   });
 });

@@ -76,7 +76,7 @@ export function readCubin(buf: Buffer, at: number): Cubin | undefined {
     const symbol = (index: number) => cstr(strtab.offset + buf.readUInt32LE(symtab.offset + index * 24));
     // Entries: u8 format, u8 attribute, then a u16 value, or for EIFMT_SVAL a
     // u16 size and that many bytes (here: u32 symbol index, u32 value).
-    for (let p = info.offset; p < info.offset + info.size; ) {
+    for (let p = info.offset; p < info.offset + info.size;) {
       const format = buf[p];
       const attribute = buf[p + 1];
       if (format !== EIFMT_SVAL) {
@@ -136,7 +136,15 @@ export function parsePtxasReport(text: string): PtxasFunction[] {
   for (const line of text.split("\n")) {
     const entry = /Compiling entry function '([^']+)' for '(sm_\w+)'/.exec(line);
     if (entry) {
-      current = { name: entry[1], arch: entry[2], registers: -1, stackBytes: -1, spillStores: -1, spillLoads: -1, sharedBytes: 0 };
+      current = {
+        name: entry[1],
+        arch: entry[2],
+        registers: -1,
+        stackBytes: -1,
+        spillStores: -1,
+        spillLoads: -1,
+        sharedBytes: 0,
+      };
       out.push(current);
       continue;
     }

@@ -56,7 +56,9 @@ describe("CUDA build: route kernels", () => {
           expect(functions.get(name!)!.registers).toBeGreaterThan(0);
         }
         // Kernels and the device functions they call (division slow paths, ...).
-        const framed = [...functions].filter(([, f]) => (f.frameBytes ?? 0) !== 0).map(([n, f]) => `${n}: ${f.frameBytes} bytes`);
+        const framed = [...functions]
+          .filter(([, f]) => (f.frameBytes ?? 0) !== 0)
+          .map(([n, f]) => `${n}: ${f.frameBytes} bytes`);
         expect({ arch, framed }).toEqual({ arch, framed: [] });
       }
     },
@@ -143,8 +145,11 @@ describe("CUDA build: every kernel", () => {
     () => {
       for (const arch of ARCHS) {
         const names = archCubins(arch).flatMap((c) => [...c.functions.keys()]);
-        for (const kernel of OTHER_KERNELS) expect({ arch, kernel, found: names.some((n) => n.includes(kernel)) }).toEqual({ arch, kernel, found: true });
-        const framed = archCubins(arch).flatMap((c) => [...c.functions].filter(([, f]) => (f.frameBytes ?? 0) !== 0).map(([n, f]) => `${n}: ${f.frameBytes} bytes`));
+        for (const kernel of OTHER_KERNELS)
+          expect({ arch, kernel, found: names.some((n) => n.includes(kernel)) }).toEqual({ arch, kernel, found: true });
+        const framed = archCubins(arch).flatMap((c) =>
+          [...c.functions].filter(([, f]) => (f.frameBytes ?? 0) !== 0).map(([n, f]) => `${n}: ${f.frameBytes} bytes`),
+        );
         expect({ arch, framed }).toEqual({ arch, framed: [] });
       }
     },
@@ -197,12 +202,7 @@ describe("cuda/route_plan.h", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moe-route-plan-"));
     const src = path.join(dir, "plan.cpp");
     const exe = path.join(dir, "plan");
-    const calls = cases
-      .map(
-        (c) =>
-          `  row(${c[0]}LL, ${c[1]}, ${c[2]}, ${c[3]}, ${c[4]});`,
-      )
-      .join("\n");
+    const calls = cases.map((c) => `  row(${c[0]}LL, ${c[1]}, ${c[2]}, ${c[3]}, ${c[4]});`).join("\n");
     fs.writeFileSync(
       src,
       `#include "route_plan.h"
@@ -248,7 +248,13 @@ ${calls}
             : { status: 0, expertsPerLane: epl, blocks, sharedBytes: shared, workspaceBytes: blocks * (2 * e + 1) * 4 };
         const got =
           r.status === 0
-            ? { status: 0, expertsPerLane: r.expertsPerLane, blocks: r.blocks, sharedBytes: r.sharedBytes, workspaceBytes: r.workspaceBytes }
+            ? {
+                status: 0,
+                expertsPerLane: r.expertsPerLane,
+                blocks: r.blocks,
+                sharedBytes: r.sharedBytes,
+                workspaceBytes: r.workspaceBytes,
+              }
             : { status: r.status };
         expect({ args: r.args, ...got }).toEqual({ args: r.args, ...expected });
         if (e >= 1) expect({ args: r.args, ws: r.wsFn }).toEqual({ args: r.args, ws: blocks * (2 * e + 1) * 4 });

@@ -59,7 +59,8 @@ function instances(family: string): { label: string; pattern: string }[] {
   const out: { label: string; pattern: string }[] = [];
   for (const [dt, dm] of DTYPES)
     for (const [kind, k] of KINDS)
-      for (const [o, om] of OUTS) out.push({ label: `${family}<${dt}, ${kind}, out ${o}>`, pattern: `${family}I${dm}Li${k}E${om}EE` });
+      for (const [o, om] of OUTS)
+        out.push({ label: `${family}<${dt}, ${kind}, out ${o}>`, pattern: `${family}I${dm}Li${k}E${om}EE` });
   return out;
 }
 const SM80_KERNELS = instances("gg_sm80_kernel");
@@ -91,14 +92,26 @@ describe("CUDA build: grouped GEMM kernels in build/libmoe_ep_cuda.a", () => {
           const fns = images[0].functions;
           for (const k of list) {
             const name = [...fns.keys()].find((n) => n.includes(k.pattern));
-            expect({ arch, kernel: k.label, found: name !== undefined }).toEqual({ arch, kernel: k.label, found: true });
+            expect({ arch, kernel: k.label, found: name !== undefined }).toEqual({
+              arch,
+              kernel: k.label,
+              found: true,
+            });
             const f = fns.get(name!)!;
-            expect({ arch, kernel: k.label, frameBytes: f.frameBytes ?? 0 }).toEqual({ arch, kernel: k.label, frameBytes: 0 });
+            expect({ arch, kernel: k.label, frameBytes: f.frameBytes ?? 0 }).toEqual({
+              arch,
+              kernel: k.label,
+              frameBytes: 0,
+            });
             if (family === "gg_sm90_kernel") {
               // 64 float accumulators per consumer thread in the real body; the
               // stub that the other targets compile uses a handful of registers.
               const real = arch === "sm_90a";
-              expect({ arch, kernel: k.label, body: (f.registers ?? 0) >= 64 }).toEqual({ arch, kernel: k.label, body: real });
+              expect({ arch, kernel: k.label, body: (f.registers ?? 0) >= 64 }).toEqual({
+                arch,
+                kernel: k.label,
+                body: real,
+              });
             } else {
               expect(f.registers).toBeGreaterThan(0);
               // __launch_bounds__(256, 2) of the mma.sync kernel: at most 128 registers.
@@ -215,7 +228,9 @@ describe("CUDA build: ptxas and PTX of cuda/grouped_gemm_sm90.cu", () => {
         expect({ needle, found: ptx.includes(needle) }).toEqual({ needle, found: true });
       // "..., descA, descB, p, 1, 1, transA, transB;" — K-major A and N-major B
       // (w [K, N]) forward; K-major both for dx (w rows); M- and N-major for dw.
-      const flags = new Set([...ptx.matchAll(/wgmma\.mma_async[^;]*, p, 1, 1, (\d), (\d);/g)].map((m) => `${m[1]},${m[2]}`));
+      const flags = new Set(
+        [...ptx.matchAll(/wgmma\.mma_async[^;]*, p, 1, 1, (\d), (\d);/g)].map((m) => `${m[1]},${m[2]}`),
+      );
       expect([...flags].sort()).toEqual(["0,0", "0,1", "1,1"]);
     },
   );
@@ -234,7 +249,8 @@ describe("CUDA build: ptxas and PTX of cuda/grouped_gemm_sm90.cu", () => {
 const planReason = cxx ? "" : "skipped: no C++ compiler (c++ or g++) in PATH";
 
 const ceilDiv = (a: number, b: number) => Math.floor((a + b - 1) / b);
-const expertTiles = (rows: number, nOut: number) => (rows <= 0 || nOut <= 0 ? 0 : ceilDiv(rows, BM) * ceilDiv(nOut, BN));
+const expertTiles = (rows: number, nOut: number) =>
+  rows <= 0 || nOut <= 0 ? 0 : ceilDiv(rows, BM) * ceilDiv(nOut, BN);
 const maxMTiles = (R: number, L: number) => (R <= 0 || L <= 0 ? 0 : Math.floor((R + Math.min(L, R) * (BM - 1)) / BM));
 const workspaceBytes = (L: number) => (L < 1 ? 0 : Math.ceil((4 * (4 + 2 * (L + 1))) / 16) * 16);
 
@@ -315,7 +331,8 @@ function planCases(): PlanCase[] {
 
 function expectedPlan(c: PlanCase): Omit<PlanRow, "args"> | { status: number } {
   const [kind, R, L, K, N, dtype, sm90] = c;
-  if (![0, 1, 2].includes(kind) || R < 0 || L < 1 || K < 1 || N < 1 || ![0, 1].includes(dtype)) return { status: INVALID };
+  if (![0, 1, 2].includes(kind) || R < 0 || L < 1 || K < 1 || N < 1 || ![0, 1].includes(dtype))
+    return { status: INVALID };
   if (K % 8 !== 0 || N % 8 !== 0 || R > INT32_MAX) return { status: UNSUPPORTED };
   const nOut = kind === 1 ? K : N;
   const tilesN = ceilDiv(nOut, BN);
@@ -349,10 +366,19 @@ describe("cuda/grouped_gemm_plan.h", () => {
     const src = path.join(dir, "plan.cpp");
     const exe = path.join(dir, "plan");
     const offsetCalls = oCases
-      .map((c, i) => `  { static const int32_t c${i}[] = {${c.counts.join(", ")}}; offsets(c${i}, ${c.counts.length}, ${c.totalRows}LL, ${c.nOut}LL); }`)
+      .map(
+        (c, i) =>
+          `  { static const int32_t c${i}[] = {${c.counts.join(", ")}}; offsets(c${i}, ${c.counts.length}, ${c.totalRows}LL, ${c.nOut}LL); }`,
+      )
       .join("\n");
-    const planCalls = pCases.map((c) => `  plan(${c[0]}, ${c[1]}LL, ${c[2]}, ${c[3]}LL, ${c[4]}LL, ${c[5]}, ${c[6]});`).join("\n");
-    const boundCalls = oCases.map((c) => `  std::printf("%lld\\n", (long long)moe_cuda::gg_max_m_tiles(${c.totalRows}LL, ${c.counts.length}));`).join("\n");
+    const planCalls = pCases
+      .map((c) => `  plan(${c[0]}, ${c[1]}LL, ${c[2]}, ${c[3]}LL, ${c[4]}LL, ${c[5]}, ${c[6]});`)
+      .join("\n");
+    const boundCalls = oCases
+      .map(
+        (c) => `  std::printf("%lld\\n", (long long)moe_cuda::gg_max_m_tiles(${c.totalRows}LL, ${c.counts.length}));`,
+      )
+      .join("\n");
     fs.writeFileSync(
       src,
       `#include "grouped_gemm_plan.h"
@@ -446,15 +472,28 @@ ${boundCalls}
         const exp = expectedPlan(pCases[i]);
         const got =
           r.status === 0
-            ? { status: 0, grid: r.grid, tilesN: r.tilesN, nOut: r.nOut, kRed: r.kRed, threads: r.threads, sharedBytes: r.sharedBytes, workspaceBytes: r.workspaceBytes }
+            ? {
+                status: 0,
+                grid: r.grid,
+                tilesN: r.tilesN,
+                nOut: r.nOut,
+                kRed: r.kRed,
+                threads: r.threads,
+                sharedBytes: r.sharedBytes,
+                workspaceBytes: r.workspaceBytes,
+              }
             : { status: r.status };
         expect({ args: r.args, ...got }).toEqual({ args: pCases[i], ...exp });
       });
       expect(new Set(plans.map((r) => r.status))).toEqual(new Set([0, INVALID, UNSUPPORTED]));
       // Both kernels fit an sm_80 (164 KB) / sm_90 (227 KB) SM's opt-in shared memory.
       const ok = plans.filter((r) => r.status === 0);
-      expect(Math.max(...ok.filter((r) => r.threads === SM80.threads).map((r) => r.sharedBytes))).toBeLessThanOrEqual(164 * 1024);
-      expect(Math.max(...ok.filter((r) => r.threads === SM90.threads).map((r) => r.sharedBytes))).toBeLessThanOrEqual(227 * 1024);
+      expect(Math.max(...ok.filter((r) => r.threads === SM80.threads).map((r) => r.sharedBytes))).toBeLessThanOrEqual(
+        164 * 1024,
+      );
+      expect(Math.max(...ok.filter((r) => r.threads === SM90.threads).map((r) => r.sharedBytes))).toBeLessThanOrEqual(
+        227 * 1024,
+      );
       wsFn.forEach((v, L) => expect({ L, bytes: v }).toEqual({ L, bytes: workspaceBytes(L) }));
     },
   );

@@ -24,12 +24,32 @@ import type { PermuteRefOptions } from "./reference/permute";
 import { groupedGemmBackwardRef, groupedGemmRef } from "./reference/grouped-gemm";
 import { routeBackwardRef, routeRef } from "./reference/route";
 import type { RouteRefOptions } from "./reference/route";
-import { TOL, bf16, cudaTest, memoryAtRest, eachBackend, f32, intTensor, normal, onDevice, relErr, rng, sameBits, tensor, values } from "./util";
+import {
+  TOL,
+  bf16,
+  cudaTest,
+  memoryAtRest,
+  eachBackend,
+  f32,
+  intTensor,
+  normal,
+  onDevice,
+  relErr,
+  rng,
+  sameBits,
+  tensor,
+  values,
+} from "./util";
 
 const TOLERANCE = TOL.bfloat16;
 
 /** A float tensor on `device`, its data rounded to `dtype` first (the reference sees the same values). */
-async function put(device: DeviceName, data: ArrayLike<number>, shape: number[], dtype: "float32" | "bfloat16" = "float32") {
+async function put(
+  device: DeviceName,
+  data: ArrayLike<number>,
+  shape: number[],
+  dtype: "float32" | "bfloat16" = "float32",
+) {
   return onDevice(device, tensor(data, shape, dtype));
 }
 async function putInt(device: DeviceName, data: ArrayLike<number>, shape: number[]) {
@@ -81,7 +101,12 @@ describe("gate on every backend", () => {
 describe("route on every backend", () => {
   const cases: Array<[string, number, number, RouteRefOptions]> = [
     ["softmax top-2 renormalised", 64, 8, { topK: 2, renormalize: true }],
-    ["sigmoid top-8 of 64 in 4 of 8 groups", 48, 64, { topK: 8, scoreFunction: "sigmoid", renormalize: true, numGroups: 8, topkGroups: 4 }],
+    [
+      "sigmoid top-8 of 64 in 4 of 8 groups",
+      48,
+      64,
+      { topK: 8, scoreFunction: "sigmoid", renormalize: true, numGroups: 8, topkGroups: 4 },
+    ],
     ["softmax k = E", 16, 4, { topK: 4 }],
     ["one token", 1, 16, { topK: 3 }],
   ];
@@ -91,7 +116,13 @@ describe("route on every backend", () => {
       const ref = routeRef(logits, t, e, o);
       expect(ref.margin).toBeGreaterThan(1e-5); // float32 resolves the same choices
       const L = await put(dev, logits, [t, e]);
-      const r = await ops.route(L, { topK: o.topK, scoreFunction: o.scoreFunction, renormalize: o.renormalize, numGroups: o.numGroups, topkGroups: o.topkGroups });
+      const r = await ops.route(L, {
+        topK: o.topK,
+        scoreFunction: o.scoreFunction,
+        renormalize: o.renormalize,
+        numGroups: o.numGroups,
+        topkGroups: o.topkGroups,
+      });
       expect(ints(r.indices)).toEqual(Array.from(ref.indices));
       expect(ints(r.tokensPerExpert)).toEqual(Array.from(ref.tokensPerExpert));
       expect(relErr(values(r.weights), ref.weights)).toBeLessThan(TOLERANCE);
@@ -124,11 +155,29 @@ describe("permute, unpermute and their backward on every backend", () => {
     ["dropless, k = E", 4, 4, range(4), { numExperts: 4 }],
     ["capacity 1.0, position policy", 2, 8, range(8), { numExperts: 8, capacityFactor: 1.0, dropPolicy: "position" }],
     ["capacity 0.5, probs policy", 2, 8, range(8), { numExperts: 8, capacityFactor: 0.5, dropPolicy: "probs" }],
-    ["capacity 1.25, probs, padded to capacity", 2, 8, range(8), { numExperts: 8, capacityFactor: 1.25, dropPolicy: "probs", padToCapacity: true }],
-    ["all tokens to one expert, probs with tied weights", 1, 8, [5], { numExperts: 8, capacityFactor: 2, dropPolicy: "probs" }],
-    ["all tokens to one expert, padded", 1, 8, [3], { numExperts: 8, capacityFactor: 1.0, dropPolicy: "position", padToCapacity: true }],
+    [
+      "capacity 1.25, probs, padded to capacity",
+      2,
+      8,
+      range(8),
+      { numExperts: 8, capacityFactor: 1.25, dropPolicy: "probs", padToCapacity: true },
+    ],
+    [
+      "all tokens to one expert, probs with tied weights",
+      1,
+      8,
+      [5],
+      { numExperts: 8, capacityFactor: 2, dropPolicy: "probs" },
+    ],
+    [
+      "all tokens to one expert, padded",
+      1,
+      8,
+      [3],
+      { numExperts: 8, capacityFactor: 1.0, dropPolicy: "position", padToCapacity: true },
+    ],
   ];
-  for (const [name, k, e, allowed, o] of cases) {
+  for (const [name, k, _e, allowed, o] of cases) {
     eachBackend(`${name}: maps, rows and gradients match float64`, async (dev) => {
       const x = bf16(normal(T * D, 21));
       const idx = pickExperts(T, k, allowed, 22);
@@ -138,7 +187,12 @@ describe("permute, unpermute and their backward on every backend", () => {
       const X = await put(dev, x, [T, D], "bfloat16");
       const I = await putInt(dev, idx, [T, k]);
       const W = await put(dev, w, [T, k]);
-      const p = await ops.permute(X, I, W, { numExperts: o.numExperts, capacityFactor: o.capacityFactor, dropPolicy: o.dropPolicy, padToCapacity: o.padToCapacity });
+      const p = await ops.permute(X, I, W, {
+        numExperts: o.numExperts,
+        capacityFactor: o.capacityFactor,
+        dropPolicy: o.dropPolicy,
+        padToCapacity: o.padToCapacity,
+      });
       expect([p.dropped, p.capacity]).toEqual([ref.dropped, ref.capacity]);
       expect(ints(p.rowsPerExpert)).toEqual(ref.rowsPerExpert);
       expect(ints(p.pairToRow)).toEqual(ref.pairToRow);
@@ -168,30 +222,40 @@ describe("permute, unpermute and their backward on every backend", () => {
     const w = [0.5, 0.25, 0.125];
     const ref = permuteRef(x, idx, w, t, d, k, { numExperts: e });
     const W = await put(dev, w, [t, k]);
-    const p = await ops.permute(await put(dev, x, [t, d], "bfloat16"), await putInt(dev, idx, [t, k]), W, { numExperts: e });
+    const p = await ops.permute(await put(dev, x, [t, d], "bfloat16"), await putInt(dev, idx, [t, k]), W, {
+      numExperts: e,
+    });
     expect(ints(p.pairToRow)).toEqual(ref.pairToRow);
     expect(Array.from(values(p.rows))).toEqual(Array.from(ref.rows));
     const y = await ops.unpermute(p.rows, p.pairToRow, W);
     expect(relErr(values(y), unpermuteRef(ref.rows, ref.pairToRow, w, t, k, d))).toBeLessThan(TOLERANCE);
   });
 
-  eachBackend("repeated runs are bitwise identical (8192 tokens x 64 experts, top-8, probs capacity)", async (dev) => {
-    const [t, d, k, e] = [8192, 8, 8, 64];
-    const X = await put(dev, normal(t * d, 41), [t, d], "bfloat16");
-    const I = await putInt(dev, pickExperts(t, k, range(e), 42), [t, k]);
-    const W = await put(dev, Array.from(normal(t * k, 43), (v) => Math.round(Math.abs(v) * 8) / 8), [t, k]);
-    const opts = { numExperts: e, capacityFactor: 0.8, dropPolicy: "probs" as const };
-    const a = await ops.permute(X, I, W, opts);
-    const b = await ops.permute(X, I, W, opts);
-    expect(sameBits(a.pairToRow, b.pairToRow)).toBe(true);
-    expect(sameBits(a.rows, b.rows)).toBe(true);
-    const ya = await ops.unpermute(a.rows, a.pairToRow, W);
-    const yb = await ops.unpermute(b.rows, b.pairToRow, W);
-    expect(sameBits(ya, yb)).toBe(true);
-    const ga = await ops.unpermuteBackward(ya, a.rows, a.pairToRow, W);
-    const gb = await ops.unpermuteBackward(yb, b.rows, b.pairToRow, W);
-    expect(sameBits(ga.dRows, gb.dRows) && sameBits(ga.dWeights, gb.dWeights)).toBe(true);
-  }, 30000);
+  eachBackend(
+    "repeated runs are bitwise identical (8192 tokens x 64 experts, top-8, probs capacity)",
+    async (dev) => {
+      const [t, d, k, e] = [8192, 8, 8, 64];
+      const X = await put(dev, normal(t * d, 41), [t, d], "bfloat16");
+      const I = await putInt(dev, pickExperts(t, k, range(e), 42), [t, k]);
+      const W = await put(
+        dev,
+        Array.from(normal(t * k, 43), (v) => Math.round(Math.abs(v) * 8) / 8),
+        [t, k],
+      );
+      const opts = { numExperts: e, capacityFactor: 0.8, dropPolicy: "probs" as const };
+      const a = await ops.permute(X, I, W, opts);
+      const b = await ops.permute(X, I, W, opts);
+      expect(sameBits(a.pairToRow, b.pairToRow)).toBe(true);
+      expect(sameBits(a.rows, b.rows)).toBe(true);
+      const ya = await ops.unpermute(a.rows, a.pairToRow, W);
+      const yb = await ops.unpermute(b.rows, b.pairToRow, W);
+      expect(sameBits(ya, yb)).toBe(true);
+      const ga = await ops.unpermuteBackward(ya, a.rows, a.pairToRow, W);
+      const gb = await ops.unpermuteBackward(yb, b.rows, b.pairToRow, W);
+      expect(sameBits(ga.dRows, gb.dRows) && sameBits(ga.dWeights, gb.dWeights)).toBe(true);
+    },
+    30000,
+  );
 });
 
 describe("activations and AdamW on every backend", () => {
@@ -228,7 +292,6 @@ describe("activations and AdamW on every backend", () => {
   });
 });
 
-
 describe("data errors and memory on every backend", () => {
   /** Runs ops and then waits for the device: a CUDA op reports data errors at the next synchronisation. */
   async function settled(work: () => Promise<unknown>): Promise<void> {
@@ -241,7 +304,10 @@ describe("data errors and memory on every backend", () => {
     x[13] = NaN;
     const X = await put(dev, x, [4, 8], "bfloat16");
     const W = await put(dev, normal(8 * 4, 72), [8, 4]);
-    await expect(settled(() => ops.gate(X, W))).rejects.toMatchObject({ code: "ERR_MOE_NONFINITE", message: expect.stringMatching(/^gate: .*element 13\b/) });
+    await expect(settled(() => ops.gate(X, W))).rejects.toMatchObject({
+      code: "ERR_MOE_NONFINITE",
+      message: expect.stringMatching(/^gate: .*element 13\b/),
+    });
     const ok = await ops.gate(await put(dev, normal(4 * 8, 73), [4, 8]), W);
     expect(values(ok).every(Number.isFinite)).toBe(true);
   });
@@ -268,21 +334,25 @@ describe("data errors and memory on every backend", () => {
     });
   });
 
-  eachBackend("no device memory leaks across 200 routed permute / unpermute round trips", async (dev) => {
-    const [t, d, k, e] = [64, 16, 2, 8];
-    const L = await put(dev, normal(t * e, 81), [t, e]);
-    const X = await put(dev, normal(t * d, 82), [t, d], "bfloat16");
-    const before = await memoryAtRest(dev);
-    for (let i = 0; i < 200; i++) {
-      const r = await ops.route(L, { topK: k });
-      const p = await ops.permute(X, r.indices, r.weights, { numExperts: e, capacityFactor: 1.0 });
-      const y = await ops.unpermute(p.rows, p.pairToRow, r.weights);
-      for (const t of [y, p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair, ...Object.values(r)]) t.dispose();
-    }
-    expect(await memoryAtRest(dev)).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
-    L.dispose();
-    X.dispose();
-  }, 30000);
+  eachBackend(
+    "no device memory leaks across 200 routed permute / unpermute round trips",
+    async (dev) => {
+      const [t, d, k, e] = [64, 16, 2, 8];
+      const L = await put(dev, normal(t * e, 81), [t, e]);
+      const X = await put(dev, normal(t * d, 82), [t, d], "bfloat16");
+      const before = await memoryAtRest(dev);
+      for (let i = 0; i < 200; i++) {
+        const r = await ops.route(L, { topK: k });
+        const p = await ops.permute(X, r.indices, r.weights, { numExperts: e, capacityFactor: 1.0 });
+        const y = await ops.unpermute(p.rows, p.pairToRow, r.weights);
+        for (const t of [y, p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair, ...Object.values(r)]) t.dispose();
+      }
+      expect(await memoryAtRest(dev)).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+      L.dispose();
+      X.dispose();
+    },
+    30000,
+  );
 });
 
 describe("CUDA only", () => {
@@ -314,7 +384,11 @@ describe("CUDA only", () => {
       const x = bf16(normal(R * K, 101));
       const w = bf16(normal(L * K * N, 102, 1 / Math.sqrt(K)));
       const dy = bf16(normal(R * N, 103));
-      const [X, W, DY] = [await put(dev, x, [R, K], "bfloat16"), await put(dev, w, [L, K, N], "bfloat16"), await put(dev, dy, [R, N], "bfloat16")];
+      const [X, W, DY] = [
+        await put(dev, x, [R, K], "bfloat16"),
+        await put(dev, w, [L, K, N], "bfloat16"),
+        await put(dev, dy, [R, N], "bfloat16"),
+      ];
       const C = await putInt(dev, counts, [L]);
       const y = await ops.groupedGemm(X, W, C);
       expect(relErr(values(await y.to("cpu")), groupedGemmRef(x, w, counts, { R, K, N, L }))).toBeLessThan(TOLERANCE);
@@ -329,7 +403,10 @@ describe("CUDA only", () => {
     const x = await put(dev, normal(16, 94), [2, 8]);
     const w = await put(dev, normal(128, 95), [2, 8, 8]);
     const c = await putInt(dev, [1, 1], [2]);
-    await expect(ops.groupedGemm(x, w, c)).rejects.toMatchObject({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringContaining("bfloat16 or float16") });
+    await expect(ops.groupedGemm(x, w, c)).rejects.toMatchObject({
+      code: "ERR_MOE_UNSUPPORTED",
+      message: expect.stringContaining("bfloat16 or float16"),
+    });
   });
 
   cudaTest("MOE_EP_GG_KERNEL=sm80 gives the same products; an unknown kernel name is refused naming it", async () => {
@@ -348,14 +425,25 @@ describe("CUDA only", () => {
         }
       })();`;
     const run = (kernel: string) => {
-      const r = spawnSync(process.execPath, ["-e", script], { encoding: "utf8", env: { ...process.env, MOE_EP_GG_KERNEL: kernel } });
+      const r = spawnSync(process.execPath, ["-e", script], {
+        encoding: "utf8",
+        env: { ...process.env, MOE_EP_GG_KERNEL: kernel },
+      });
       if (r.status !== 0) throw new Error(r.stderr);
       return JSON.parse(r.stdout);
     };
-    const ref = groupedGemmRef(bf16(normal(24 * 16, 98)), bf16(normal(2 * 16 * 8, 99, 0.25)), [10, 14], { R: 24, K: 16, N: 8, L: 2 });
+    const ref = groupedGemmRef(bf16(normal(24 * 16, 98)), bf16(normal(2 * 16 * 8, 99, 0.25)), [10, 14], {
+      R: 24,
+      K: 16,
+      N: 8,
+      L: 2,
+    });
     expect(relErr(run("sm80").y, ref)).toBeLessThan(TOLERANCE);
     expect(relErr(run("auto").y, ref)).toBeLessThan(TOLERANCE);
-    expect(run("wgmma2")).toEqual({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/MOE_EP_GG_KERNEL to be auto or sm80 but received "wgmma2"/) });
+    expect(run("wgmma2")).toEqual({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/MOE_EP_GG_KERNEL to be auto or sm80 but received "wgmma2"/),
+    });
   });
 
   cudaTest("an op mixing devices rejects with ERR_MOE_DEVICE", async (dev) => {

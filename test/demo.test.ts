@@ -18,7 +18,10 @@ afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 test("examples/demo/train.js on 4 ranks: MoE beats the dense FFN of the same active compute, and writes its plot", async () => {
   const out = path.join(work, "demo.svg");
   const cli = path.join(root, "dist", "cli.js");
-  const run = await runNode([cli, "launch", "-n", "4", path.join(root, "examples", "demo", "train.js"), "--steps", "150", "--out", out], { limitMs: 85000 });
+  const run = await runNode(
+    [cli, "launch", "-n", "4", path.join(root, "examples", "demo", "train.js"), "--steps", "150", "--out", out],
+    { limitMs: 85000 },
+  );
   expect(run.stderr).toBe("");
   expect(run.code).toBe(0);
   // Only rank 0 reports.
@@ -26,9 +29,11 @@ test("examples/demo/train.js on 4 ranks: MoE beats the dense FFN of the same act
   expect(lines.every((l) => l.startsWith("[rank 0] "))).toBe(true);
   const text = lines.map((l) => l.slice("[rank 0] ".length));
   expect(text[0]).toMatch(/4 rank\(s\), 8 experts \(2 per rank\), top-2/);
-  const bars = text.filter((l) => /^\[#*\.*\] +\d+% step +\d+ +loss MoE [\d.]+ +dense [\d.]+ +load per expert \|.{8}\|/.test(l));
+  const bars = text.filter((l) =>
+    /^\[#*\.*\] +\d+% step +\d+ +loss MoE [\d.]+ +dense [\d.]+ +load per expert \|.{8}\|/.test(l),
+  );
   expect(bars.length).toBeGreaterThanOrEqual(20);
-  expect(bars[bars.length - 1]).toMatch(/^\[#{30}\] 100% step  150/);
+  expect(bars[bars.length - 1]).toMatch(/^\[#{30}\] 100% step {2}150/);
   const final = /final loss \(mean of the last 10% of steps\): MoE ([\d.]+), dense ([\d.]+)/.exec(run.stdout);
   expect(final).not.toBeNull();
   const [moe, dense] = [Number(final![1]), Number(final![2])];

@@ -25,7 +25,10 @@ describe("scripts/device-check.* and scripts/device-pack.sh", () => {
   });
 
   test("device-check.js refuses an unknown mode with a usage error", () => {
-    const r = spawnSync(process.execPath, ["scripts/device-check.js", "--mode", "fast"], { cwd: ROOT, encoding: "utf8" });
+    const r = spawnSync(process.execPath, ["scripts/device-check.js", "--mode", "fast"], {
+      cwd: ROOT,
+      encoding: "utf8",
+    });
     expect(r.status).toBe(64);
     expect(r.stderr).toContain('expected --mode check, sanitize or bench but received "fast"');
   });
@@ -34,13 +37,21 @@ describe("scripts/device-check.* and scripts/device-pack.sh", () => {
     `without CUDA, device-check.js and device-check.sh exit 2 and say why${cuda.available ? " (skipped: CUDA is available here)" : ""}`,
     () => {
       for (const mode of ["check", "sanitize", "bench"]) {
-        const r = spawnSync(process.execPath, ["scripts/device-check.js", "--mode", mode], { cwd: ROOT, encoding: "utf8" });
+        const r = spawnSync(process.execPath, ["scripts/device-check.js", "--mode", mode], {
+          cwd: ROOT,
+          encoding: "utf8",
+        });
         expect({ mode, status: r.status }).toEqual({ mode, status: 2 });
         expect(r.stderr).toContain(`device-check: CUDA unavailable: ${cuda.reason}`);
       }
       const out = fs.mkdtempSync(path.join(os.tmpdir(), "moe-device-check-"));
       try {
-        const r = spawnSync("bash", ["scripts/device-check.sh"], { cwd: ROOT, encoding: "utf8", env: { ...process.env, OUT: out }, timeout: 60000 });
+        const r = spawnSync("bash", ["scripts/device-check.sh"], {
+          cwd: ROOT,
+          encoding: "utf8",
+          env: { ...process.env, OUT: out },
+          timeout: 60000,
+        });
         expect(r.status).toBe(2);
         expect(r.stdout).toContain("cuda: unavailable"); // the capability report came first
         expect(r.stdout + r.stderr).toContain(`CUDA unavailable: ${cuda.reason}`);

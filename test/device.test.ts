@@ -37,7 +37,17 @@ function runCxx(main: string, sources: string[], includes: string[]): string {
     const src = path.join(dir, "main.cpp");
     const exe = path.join(dir, "main");
     fs.writeFileSync(src, main);
-    execFileSync(cxx!, ["-std=c++17", "-Wall", "-Wextra", "-Werror", ...includes.map((i) => `-I${i}`), src, ...sources, "-o", exe]);
+    execFileSync(cxx!, [
+      "-std=c++17",
+      "-Wall",
+      "-Wextra",
+      "-Werror",
+      ...includes.map((i) => `-I${i}`),
+      src,
+      ...sources,
+      "-o",
+      exe,
+    ]);
     return execFileSync(exe, { encoding: "utf8" });
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -160,7 +170,9 @@ int main() {
     expect(lines[3]).toBe("none");
     expect(lines[4]).toBe("size 0 c 3");
     expect(lines[5]).toBe("size 3");
-    expect(lines[6]).toMatch(/^error 9 a GPU kernel reported bad data \(check tag \d+, detail 1\) for an op no longer recorded/);
+    expect(lines[6]).toMatch(
+      /^error 9 a GPU kernel reported bad data \(check tag \d+, detail 1\) for an op no longer recorded/,
+    );
     expect(lines[7]).toBe("wrap 4294967294 4294967295 1");
     expect(lines[8]).toBe("error 2 three 4");
   });
@@ -221,70 +233,76 @@ ${calls}
       .map((l) => JSON.parse(l) as Layout);
   });
 
-  (cxx ? test : test.skip)(`runs cover every pair once, the histogram fits, the workspace pieces do not overlap${noCxx}`, () => {
-    expect(rows.length).toBe(cases.length);
-    for (const r of rows) {
-      const [n, e, policy, cap] = r.args;
-      const invalid = n < 0 || n > 2147483647 || e < 1 || (policy !== 0 && policy !== 1);
-      if (invalid || e > 1 << 20) {
-        expect({ args: r.args, status: r.status }).toEqual({ args: r.args, status: invalid ? -1 : -2 });
-        continue;
-      }
-      expect({ args: r.args, status: r.status }).toEqual({ args: r.args, status: 0 });
-      expect(r.pairsPerWarp % 32).toBe(0);
-      expect(r.warps * r.pairsPerWarp).toBeGreaterThanOrEqual(n);
-      if (n > 0) expect((r.warps - 1) * r.pairsPerWarp).toBeLessThan(n); // no empty run
-      expect(r.blocks).toBe(Math.ceil(r.warps / 8));
-      expect(r.cells).toBe(e * r.warps + 1);
-      expect(r.cells).toBeLessThanOrEqual(2 ** 24);
-      expect(r.byProbs).toBe(cap >= 0 && policy === 0 ? 1 : 0);
-      expect(r.cubScan).toBe(r.cells > 65536 ? 1 : 0);
-      expect(r.maxRows).toBe(cap < 0 ? n : Math.min(n, e * cap));
-      // Pieces in order, 256-aligned, each at least its documented size.
-      const sizes = [4 * r.cells, 4 * (e + 1), 4 * (e + 1)];
-      if (r.byProbs) sizes.push(4 * n, 4 * n);
-      const used = r.byProbs ? [0, 1, 2, 3, 4] : [0, 1, 2];
-      let end = 0;
-      used.forEach((piece, i) => {
-        const at = r.offsets[piece];
-        expect(at % 256).toBe(0);
-        expect(at).toBeGreaterThanOrEqual(end);
-        end = at + sizes[i];
-      });
-      expect(r.offsets[5]).toBeGreaterThanOrEqual(end);
-    }
-  });
-
-  (cxx ? test : test.skip)(`replayed with the plan's geometry, the warp-run counting sort equals a stable sort by expert${noCxx}`, () => {
-    // The scheme of cuda/permute.cu in plain TypeScript: per-run histograms in
-    // expert-major cells, an exclusive scan, then each run placing its pairs
-    // in steps of 32 lanes, a lane's rank being the earlier lanes of its step
-    // with the same expert.
-    const r = rows.find((x) => x.args[0] === 65536 && x.args[2] === 1)!;
-    const [n, e] = r.args;
-    const next = rng(5);
-    const idx = Int32Array.from({ length: n }, () => Math.floor(e * next() * next()));
-    const W = r.warps;
-    const cells = new Int32Array(e * W + 1);
-    for (let w = 0; w < W; w++)
-      for (let i = w * r.pairsPerWarp; i < Math.min(n, (w + 1) * r.pairsPerWarp); i++) cells[idx[i] * W + w]++;
-    let acc = 0;
-    for (let c = 0; c < cells.length; c++) [cells[c], acc] = [acc, acc + cells[c]];
-    const sorted = new Int32Array(n);
-    for (let w = 0; w < W; w++) {
-      const end = Math.min(n, (w + 1) * r.pairsPerWarp);
-      for (let base = w * r.pairsPerWarp; base < end; base += 32) {
-        const step = Array.from({ length: Math.min(32, end - base) }, (_, lane) => idx[base + lane]);
-        const seen = new Map<number, number>();
-        step.forEach((ex, lane) => {
-          const rank = seen.get(ex) ?? 0;
-          sorted[cells[ex * W + w] + rank] = base + lane;
-          seen.set(ex, rank + 1);
+  (cxx ? test : test.skip)(
+    `runs cover every pair once, the histogram fits, the workspace pieces do not overlap${noCxx}`,
+    () => {
+      expect(rows.length).toBe(cases.length);
+      for (const r of rows) {
+        const [n, e, policy, cap] = r.args;
+        const invalid = n < 0 || n > 2147483647 || e < 1 || (policy !== 0 && policy !== 1);
+        if (invalid || e > 1 << 20) {
+          expect({ args: r.args, status: r.status }).toEqual({ args: r.args, status: invalid ? -1 : -2 });
+          continue;
+        }
+        expect({ args: r.args, status: r.status }).toEqual({ args: r.args, status: 0 });
+        expect(r.pairsPerWarp % 32).toBe(0);
+        expect(r.warps * r.pairsPerWarp).toBeGreaterThanOrEqual(n);
+        if (n > 0) expect((r.warps - 1) * r.pairsPerWarp).toBeLessThan(n); // no empty run
+        expect(r.blocks).toBe(Math.ceil(r.warps / 8));
+        expect(r.cells).toBe(e * r.warps + 1);
+        expect(r.cells).toBeLessThanOrEqual(2 ** 24);
+        expect(r.byProbs).toBe(cap >= 0 && policy === 0 ? 1 : 0);
+        expect(r.cubScan).toBe(r.cells > 65536 ? 1 : 0);
+        expect(r.maxRows).toBe(cap < 0 ? n : Math.min(n, e * cap));
+        // Pieces in order, 256-aligned, each at least its documented size.
+        const sizes = [4 * r.cells, 4 * (e + 1), 4 * (e + 1)];
+        if (r.byProbs) sizes.push(4 * n, 4 * n);
+        const used = r.byProbs ? [0, 1, 2, 3, 4] : [0, 1, 2];
+        let end = 0;
+        used.forEach((piece, i) => {
+          const at = r.offsets[piece];
+          expect(at % 256).toBe(0);
+          expect(at).toBeGreaterThanOrEqual(end);
+          end = at + sizes[i];
         });
-        for (const [ex, count] of seen) cells[ex * W + w] += count;
+        expect(r.offsets[5]).toBeGreaterThanOrEqual(end);
       }
-    }
-    const expected = Array.from({ length: n }, (_, i) => i).sort((a, b) => idx[a] - idx[b] || a - b);
-    expect(Array.from(sorted)).toEqual(expected);
-  });
+    },
+  );
+
+  (cxx ? test : test.skip)(
+    `replayed with the plan's geometry, the warp-run counting sort equals a stable sort by expert${noCxx}`,
+    () => {
+      // The scheme of cuda/permute.cu in plain TypeScript: per-run histograms in
+      // expert-major cells, an exclusive scan, then each run placing its pairs
+      // in steps of 32 lanes, a lane's rank being the earlier lanes of its step
+      // with the same expert.
+      const r = rows.find((x) => x.args[0] === 65536 && x.args[2] === 1)!;
+      const [n, e] = r.args;
+      const next = rng(5);
+      const idx = Int32Array.from({ length: n }, () => Math.floor(e * next() * next()));
+      const W = r.warps;
+      const cells = new Int32Array(e * W + 1);
+      for (let w = 0; w < W; w++)
+        for (let i = w * r.pairsPerWarp; i < Math.min(n, (w + 1) * r.pairsPerWarp); i++) cells[idx[i] * W + w]++;
+      let acc = 0;
+      for (let c = 0; c < cells.length; c++) [cells[c], acc] = [acc, acc + cells[c]];
+      const sorted = new Int32Array(n);
+      for (let w = 0; w < W; w++) {
+        const end = Math.min(n, (w + 1) * r.pairsPerWarp);
+        for (let base = w * r.pairsPerWarp; base < end; base += 32) {
+          const step = Array.from({ length: Math.min(32, end - base) }, (_, lane) => idx[base + lane]);
+          const seen = new Map<number, number>();
+          step.forEach((ex, lane) => {
+            const rank = seen.get(ex) ?? 0;
+            sorted[cells[ex * W + w] + rank] = base + lane;
+            seen.set(ex, rank + 1);
+          });
+          for (const [ex, count] of seen) cells[ex * W + w] += count;
+        }
+      }
+      const expected = Array.from({ length: n }, (_, i) => i).sort((a, b) => idx[a] - idx[b] || a - b);
+      expect(Array.from(sorted)).toEqual(expected);
+    },
+  );
 });

@@ -81,7 +81,11 @@ export class FakeGroup implements CollectiveGroup {
     return this.hub.calls;
   }
 
-  async allToAllV(x: Tensor, sendCounts: readonly number[] | Int32Array, options: { recvCounts?: readonly number[] | Int32Array } = {}) {
+  async allToAllV(
+    x: Tensor,
+    sendCounts: readonly number[] | Int32Array,
+    options: { recvCounts?: readonly number[] | Int32Array } = {},
+  ) {
     const recvCounts = options.recvCounts;
     this.hub.calls.allToAllV++;
     const mine = { x: raw(x), send: Array.from(sendCounts), expect: recvCounts ? Array.from(recvCounts) : undefined };
@@ -90,15 +94,21 @@ export class FakeGroup implements CollectiveGroup {
       return all.map((me, dst) => {
         const parts: number[] = [];
         const counts: number[] = [];
-        all.forEach((src, s) => {
+        all.forEach((src) => {
           let off = 0;
           for (let p = 0; p < dst; p++) off += src.send[p];
           const n = src.send[dst];
           counts.push(n);
           for (let i = off * width; i < (off + n) * width; i++) parts.push(src.x.data[i]);
         });
-        if (me.expect && me.expect.join() !== counts.join()) throw new Error(`count mismatch at ${dst}: ${me.expect} vs ${counts}`);
-        return { data: parts, counts, shape: [counts.reduce((a, b) => a + b, 0), ...all[dst].x.shape.slice(1)], dtype: all[dst].x.dtype };
+        if (me.expect && me.expect.join() !== counts.join())
+          throw new Error(`count mismatch at ${dst}: ${me.expect} vs ${counts}`);
+        return {
+          data: parts,
+          counts,
+          shape: [counts.reduce((a, b) => a + b, 0), ...all[dst].x.shape.slice(1)],
+          dtype: all[dst].x.dtype,
+        };
       });
     });
     const arr = out.dtype === "int32" ? Int32Array.from(out.data) : Float32Array.from(out.data);
@@ -111,7 +121,8 @@ export class FakeGroup implements CollectiveGroup {
     if (v.dtype === "int32") throw new Error("int32 allReduce is not needed by the layer");
     const res = await this.hub.meet(this.rank, "allreduce", v.data, (all) => {
       const acc = new Float64Array(all[0].length).fill(op === "max" ? -Infinity : 0);
-      for (const a of all) for (let i = 0; i < acc.length; i++) acc[i] = op === "max" ? Math.max(acc[i], a[i]) : acc[i] + a[i];
+      for (const a of all)
+        for (let i = 0; i < acc.length; i++) acc[i] = op === "max" ? Math.max(acc[i], a[i]) : acc[i] + a[i];
       if (op === "avg") for (let i = 0; i < acc.length; i++) acc[i] /= all.length;
       // Every rank gets the same values, as Gloo's allreduce gives.
       return all.map(() => acc);
@@ -135,18 +146,27 @@ export class FakeGroup implements CollectiveGroup {
       for (let g = 0; g < W / epSize; g++) {
         const members = Array.from({ length: epSize }, (_, i) => g * epSize + i);
         const hub = new Hub(epSize);
-        groups.set(`ep${g}`, members.map((w, i) => new FakeGroup(hub, i, members, null)));
+        groups.set(
+          `ep${g}`,
+          members.map((w, i) => new FakeGroup(hub, i, members, null)),
+        );
       }
       for (let e = 0; e < epSize; e++) {
         const members = Array.from({ length: W / epSize }, (_, i) => i * epSize + e);
         const hub = new Hub(W / epSize);
-        groups.set(`edp${e}`, members.map((w, i) => new FakeGroup(hub, i, members, null)));
+        groups.set(
+          `edp${e}`,
+          members.map((w, i) => new FakeGroup(hub, i, members, null)),
+        );
       }
       reg.set(key, groups);
     }
     const groups = reg.get(key)!;
     const r = this.rank;
-    return { ep: groups.get(`ep${Math.floor(r / epSize)}`)![r % epSize], expertDataParallel: groups.get(`edp${r % epSize}`)![Math.floor(r / epSize)] };
+    return {
+      ep: groups.get(`ep${Math.floor(r / epSize)}`)![r % epSize],
+      expertDataParallel: groups.get(`edp${r % epSize}`)![Math.floor(r / epSize)],
+    };
   }
 }
 
@@ -155,6 +175,14 @@ export function fakeWorld(n: number): FakeGroup[] {
   const hub = new Hub(n);
   const world: FakeGroup[] = [];
   (world as unknown as { _splits: Map<string, unknown> })._splits = new Map();
-  for (let r = 0; r < n; r++) world.push(new FakeGroup(hub, r, Array.from({ length: n }, (_, i) => i), world));
+  for (let r = 0; r < n; r++)
+    world.push(
+      new FakeGroup(
+        hub,
+        r,
+        Array.from({ length: n }, (_, i) => i),
+        world,
+      ),
+    );
   return world;
 }

@@ -1,4 +1,4 @@
-import { Tensor, ops, memoryStats } from "../lib";
+import { Tensor, ops } from "../lib";
 import { gateRef, gateBackwardRef } from "./reference/gate";
 import { f32, normal, relErr, tensor, values, TOL, sameBits, memoryAtRest } from "./util";
 
@@ -46,11 +46,16 @@ describe("gate (logits = x · Wg, float32 router)", () => {
   test("bad input gets typed errors", async () => {
     const X = tensor(normal(8, 1), [2, 4]);
     const W = tensor(normal(12, 1), [3, 4]);
-    await expect(ops.gate(X, W)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE", message: expect.stringMatching(/expected wg of shape \[dModel, numExperts\].*received \[3, 4\]/) });
+    await expect(ops.gate(X, W)).rejects.toMatchObject({
+      code: "ERR_MOE_SHAPE",
+      message: expect.stringMatching(/expected wg of shape \[dModel, numExperts\].*received \[3, 4\]/),
+    });
     const Wi = Tensor.from(new Int32Array(8), [4, 2]);
     await expect(ops.gate(X, Wi)).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
     const Xn = tensor([1, Infinity, 0, 0, 0, 0, 0, 0], [2, 4]);
-    await expect(ops.gate(Xn, tensor(new Float32Array(8), [4, 2]))).rejects.toMatchObject({ code: "ERR_MOE_NONFINITE" });
+    await expect(ops.gate(Xn, tensor(new Float32Array(8), [4, 2]))).rejects.toMatchObject({
+      code: "ERR_MOE_NONFINITE",
+    });
     const D = tensor(new Float32Array(8), [4, 2]);
     D.dispose();
     await expect(ops.gate(X, D)).rejects.toMatchObject({ code: "ERR_MOE_DISPOSED" });

@@ -5,7 +5,10 @@ const path = require("path");
 
 module.exports = async () => {
   const root = path.resolve(__dirname, "..");
-  execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "tsconfig.build.json"], { cwd: root, stdio: "inherit" });
+  execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "tsconfig.build.json"], {
+    cwd: root,
+    stdio: "inherit",
+  });
   execFileSync(process.execPath, [path.join(root, "scripts", "esm-entry.js")], { cwd: root, stdio: "inherit" });
   process.env.MOE_EP_DIST_BUILT = "1";
 };

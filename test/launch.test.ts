@@ -59,7 +59,9 @@ const r = rendezvousFromEnv();
 describe("moe-ep launch", () => {
   test("3 ranks get RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT and one run id; every output line is prefixed", async () => {
     const file = script(work, "env.js", ENV_RANK);
-    const run = await launcher(["-n", "3", file, "--flag", "value with space"], { env: { MOE_EP_STORE: "file:///should/be/dropped" } });
+    const run = await launcher(["-n", "3", file, "--flag", "value with space"], {
+      env: { MOE_EP_STORE: "file:///should/be/dropped" },
+    });
     expect(run.stderr.split("\n").filter((l) => l && !l.startsWith("[rank "))).toEqual([]);
     expect(run.code).toBe(0);
     const out = byRank(run.stdout);
@@ -190,7 +192,14 @@ describe("moe-ep launch", () => {
 });
 
 describe("rendezvousFromEnv", () => {
-  const base = { RANK: "1", WORLD_SIZE: "4", LOCAL_RANK: "1", MASTER_ADDR: "10.0.0.2", MASTER_PORT: "29500", MOE_EP_RUN_ID: "abc123" };
+  const base = {
+    RANK: "1",
+    WORLD_SIZE: "4",
+    LOCAL_RANK: "1",
+    MASTER_ADDR: "10.0.0.2",
+    MASTER_PORT: "29500",
+    MOE_EP_RUN_ID: "abc123",
+  };
 
   function errorOf(env: NodeJS.ProcessEnv): MoEError {
     try {

@@ -56,11 +56,23 @@ export async function randomizeBiases(layer: MoELayer, seed: number): Promise<Fl
 
 /** The configurations the parity tests cover, small enough for float64 loops. */
 export function parityConfigs(): Array<[string, MoELayerOptions]> {
-  const base = { dModel: 12, dFF: 10, numExperts: 8, topK: 2, seed: 7, initStd: 0.3, auxLossCoef: 0.01, zLossCoef: 0.001 };
+  const base = {
+    dModel: 12,
+    dFF: 10,
+    numExperts: 8,
+    topK: 2,
+    seed: 7,
+    initStd: 0.3,
+    auxLossCoef: 0.01,
+    zLossCoef: 0.001,
+  };
   const out: Array<[string, MoELayerOptions]> = [];
   for (const scoreFunction of ["softmax", "sigmoid"] as const)
     for (const capacity of [undefined, 1.0])
       for (const activation of ["relu", "gelu", "silu", "swiglu", "geglu"] as const)
-        out.push([`${scoreFunction}, ${capacity ? "capacity 1.0" : "dropless"}, ${activation}`, { ...base, scoreFunction, capacityFactor: capacity, activation }]);
+        out.push([
+          `${scoreFunction}, ${capacity ? "capacity 1.0" : "dropless"}, ${activation}`,
+          { ...base, scoreFunction, capacityFactor: capacity, activation },
+        ]);
   return out;
 }

@@ -102,12 +102,25 @@ async function makeCase(name: string, options: MoELayerOptions, tokens: number[]
     const params: MoERefParams = readParams(layer);
     const D = options.dModel;
     for (let s = seed; ; s += 1000) {
-      const ranks: MoERefRank[] = tokens.map((T, r) => ({ x: f32(normal(T * D, s + 10 * r)), dy: f32(normal(T * D, s + 10 * r + 1)) }));
+      const ranks: MoERefRank[] = tokens.map((T, r) => ({
+        x: f32(normal(T * D, s + 10 * r)),
+        dy: f32(normal(T * D, s + 10 * r + 1)),
+      }));
       const ref = moeLayerRef(refConfig(layer, expertBias), params, ranks);
       if (ref.margin <= 1e-4) continue;
-      const overrides: Record<string, number[]> = Object.fromEntries(Object.entries(params).map(([n, v]) => [n, Array.from(v)]));
+      const overrides: Record<string, number[]> = Object.fromEntries(
+        Object.entries(params).map(([n, v]) => [n, Array.from(v)]),
+      );
       if (expertBias) overrides.__expertBias = Array.from(expertBias);
-      return { name, options, tokens, x: ranks.map((r) => Array.from(r.x)), dy: ranks.map((r) => Array.from(r.dy)), params: overrides, ref };
+      return {
+        name,
+        options,
+        tokens,
+        x: ranks.map((r) => Array.from(r.x)),
+        dy: ranks.map((r) => Array.from(r.dy)),
+        params: overrides,
+        ref,
+      };
     }
   } finally {
     layer.dispose();
@@ -121,9 +134,17 @@ function check(c: Case, results: Array<Record<string, unknown>>): void {
     const where = `${c.name}, epSize ${P}, rank ${r}`;
     expect([where, res.repeatSame]).toEqual([where, true]);
     expect([where, res.epRank]).toEqual([where, r % P]);
-    expect([where, "output", relErr(res.output as number[], ref.outputs[r]) < TOL.float32]).toEqual([where, "output", true]);
+    expect([where, "output", relErr(res.output as number[], ref.outputs[r]) < TOL.float32]).toEqual([
+      where,
+      "output",
+      true,
+    ]);
     expect([where, "dx", relErr(res.dx as number[], ref.dx[r]) < TOL.float32]).toEqual([where, "dx", true]);
-    expect([where, "aux", Math.abs((res.aux as number) - ref.aux[r]) <= TOL.float32 * ref.aux[r] + 1e-12]).toEqual([where, "aux", true]);
+    expect([where, "aux", Math.abs((res.aux as number) - ref.aux[r]) <= TOL.float32 * ref.aux[r] + 1e-12]).toEqual([
+      where,
+      "aux",
+      true,
+    ]);
     const stats = res.stats as { tokensPerExpert: number[]; dropped: number };
     expect([where, stats.tokensPerExpert]).toEqual([where, ref.tokensPerExpert]);
     expect([where, stats.dropped]).toEqual([where, ref.dropped.reduce((a, b) => a + b, 0)]);
@@ -146,7 +167,10 @@ async function runCases(W: number, cases: Case[], tag: string): Promise<Array<Ar
   const outPrefix = path.join(work, tag);
   const run = await launcher(["-n", String(W), rank, file, outPrefix], 85000);
   if (run.code !== 0) throw new Error(`launch failed (${run.code}):\n${run.stdout}\n${run.stderr}`);
-  const perRank = Array.from({ length: W }, (_, r) => JSON.parse(fs.readFileSync(`${outPrefix}.${r}.json`, "utf8")) as Array<Record<string, unknown>>);
+  const perRank = Array.from(
+    { length: W },
+    (_, r) => JSON.parse(fs.readFileSync(`${outPrefix}.${r}.json`, "utf8")) as Array<Record<string, unknown>>,
+  );
   return cases.map((_, i) => perRank.map((rows) => rows[i]));
 }
 
@@ -166,11 +190,36 @@ describe("MoELayer over real processes (Gloo) matches the float64 reference", ()
   }, 90000);
 
   test("world 2, epSize 2, with bias terms, shared experts and the expert bias; the same run in a second launch is bitwise the same", async () => {
-    const base = { dModel: 12, dFF: 10, numExperts: 8, topK: 2, seed: 7, initStd: 0.3, auxLossCoef: 0.01, zLossCoef: 0.001, epSize: 2 };
+    const base = {
+      dModel: 12,
+      dFF: 10,
+      numExperts: 8,
+      topK: 2,
+      seed: 7,
+      initStd: 0.3,
+      auxLossCoef: 0.01,
+      zLossCoef: 0.001,
+      epSize: 2,
+    };
     const cases = [
-      await makeCase("bias + shared (swiglu)", { ...base, bias: true, sharedExpertFF: 6, activation: "swiglu" }, [20, 24], 3),
-      await makeCase("DeepSeek-V3 routing", { ...base, scoreFunction: "sigmoid", expertBias: true, numGroups: 4, topkGroups: 2, topK: 4 }, [24, 16], 4),
-      await makeCase("padded capacity", { ...base, capacityFactor: 0.75, padToCapacity: true, dropPolicy: "position" }, [16, 16], 5),
+      await makeCase(
+        "bias + shared (swiglu)",
+        { ...base, bias: true, sharedExpertFF: 6, activation: "swiglu" },
+        [20, 24],
+        3,
+      ),
+      await makeCase(
+        "DeepSeek-V3 routing",
+        { ...base, scoreFunction: "sigmoid", expertBias: true, numGroups: 4, topkGroups: 2, topK: 4 },
+        [24, 16],
+        4,
+      ),
+      await makeCase(
+        "padded capacity",
+        { ...base, capacityFactor: 0.75, padToCapacity: true, dropPolicy: "position" },
+        [16, 16],
+        5,
+      ),
     ];
     const a = await runCases(2, cases, "world2a");
     cases.forEach((c, i) => check(c, a[i]));
@@ -204,7 +253,8 @@ test("a checkpoint saved by 4 ranks (epSize 4) loads into 2 ranks (epSize 2) wit
   const saved = [0, 1, 2, 3].map((r) => JSON.parse(fs.readFileSync(path.join(work, `saved.${r}.json`), "utf8")));
   const loaded = [0, 1].map((r) => JSON.parse(fs.readFileSync(path.join(work, `loaded.${r}.json`), "utf8")));
   for (const name of Object.keys(saved[0].dump)) {
-    const bytes = (runs: Array<{ dump: Record<string, string> }>) => Buffer.concat(runs.map((s) => Buffer.from(s.dump[name], "base64")));
+    const bytes = (runs: Array<{ dump: Record<string, string> }>) =>
+      Buffer.concat(runs.map((s) => Buffer.from(s.dump[name], "base64")));
     if (name.includes(".experts.")) expect(bytes(loaded).equals(bytes(saved))).toBe(true);
     else expect(loaded[1].dump[name]).toBe(saved[0].dump[name]);
   }

@@ -17,9 +17,20 @@ import { fnv1a, jitterNoiseRef } from "./reference/random";
 import { f32, memoryAtRest, normal, relErr, sameBits, tensor, values, TOL } from "./util";
 
 /** Inputs for each rank whose routing (and drops) float32 decides as float64 does. */
-function inputsWithMargin(layerCfg: Parameters<typeof moeLayerRef>[0], params: MoERefParams, Ts: number[], D: number, seed: number, noise?: (r: number) => Float64Array) {
+function inputsWithMargin(
+  layerCfg: Parameters<typeof moeLayerRef>[0],
+  params: MoERefParams,
+  Ts: number[],
+  D: number,
+  seed: number,
+  noise?: (r: number) => Float64Array,
+) {
   for (let s = seed; ; s += 1000) {
-    const ranks: MoERefRank[] = Ts.map((T, r) => ({ x: f32(normal(T * D, s + 10 * r)), dy: f32(normal(T * D, s + 10 * r + 1)), noise: noise?.(r) }));
+    const ranks: MoERefRank[] = Ts.map((T, r) => ({
+      x: f32(normal(T * D, s + 10 * r)),
+      dy: f32(normal(T * D, s + 10 * r + 1)),
+      noise: noise?.(r),
+    }));
     const ref = moeLayerRef(layerCfg, params, ranks);
     if (ref.margin > 1e-4) return { ranks, ref };
   }
@@ -31,7 +42,12 @@ function expectClose(got: Tensor | ArrayLike<number>, want: ArrayLike<number>, t
   if (!(e < tol)) throw new Error(`${what}: relative error ${e} >= ${tol}`);
 }
 
-async function parity(options: MoELayerOptions, T: number, seed: number, tol: number = TOL.float32): Promise<MoERefResult> {
+async function parity(
+  options: MoELayerOptions,
+  T: number,
+  seed: number,
+  tol: number = TOL.float32,
+): Promise<MoERefResult> {
   const layer = await MoELayer.create(options);
   try {
     const expertBias = await randomizeBiases(layer, seed + 100);
@@ -75,9 +91,18 @@ describe("MoELayer matches the float64 reference layer (EP size 1)", () => {
   test.each([
     ["bias terms and shared experts (swiglu)", { ...base, bias: true, sharedExpertFF: 6, activation: "swiglu" }],
     ["shared experts with bias terms (relu)", { ...base, bias: true, sharedExpertFF: 5, activation: "relu" }],
-    ["DeepSeek-V3 style: sigmoid, expert bias, 4 groups of which 2, top-4", { ...base, scoreFunction: "sigmoid", expertBias: true, numGroups: 4, topkGroups: 2, topK: 4 }],
-    ["padded to capacity 0.5 with the position policy", { ...base, capacityFactor: 0.5, dropPolicy: "position", padToCapacity: true, activation: "silu" }],
-    ["top-1 (Switch): weights not renormalised, capacity 1.25", { ...base, topK: 1, capacityFactor: 1.25, activation: "relu" }],
+    [
+      "DeepSeek-V3 style: sigmoid, expert bias, 4 groups of which 2, top-4",
+      { ...base, scoreFunction: "sigmoid", expertBias: true, numGroups: 4, topkGroups: 2, topK: 4 },
+    ],
+    [
+      "padded to capacity 0.5 with the position policy",
+      { ...base, capacityFactor: 0.5, dropPolicy: "position", padToCapacity: true, activation: "silu" },
+    ],
+    [
+      "top-1 (Switch): weights not renormalised, capacity 1.25",
+      { ...base, topK: 1, capacityFactor: 1.25, activation: "relu" },
+    ],
     ["softmax renormalised top-3 over 6 experts", { ...base, numExperts: 6, topK: 3, renormalize: true }],
   ] as Array<[string, MoELayerOptions]>)("%s", async (_name, options) => {
     await parity(options, 48, 5);
@@ -89,7 +114,16 @@ describe("MoELayer matches the float64 reference layer (EP size 1)", () => {
 });
 
 describe("training and evaluation modes", () => {
-  const options: MoELayerOptions = { dModel: 8, dFF: 6, numExperts: 4, topK: 2, seed: 11, initStd: 0.4, jitter: 0.1, auxLossCoef: 0.01 };
+  const options: MoELayerOptions = {
+    dModel: 8,
+    dFF: 6,
+    numExperts: 4,
+    topK: 2,
+    seed: 11,
+    initStd: 0.4,
+    jitter: 0.1,
+    auxLossCoef: 0.01,
+  };
   test("training forwards multiply the gate's input by seeded U(1 − ε, 1 + ε) noise, a new draw each call; eval has none", async () => {
     const layer = await MoELayer.create(options);
     try {
@@ -116,7 +150,10 @@ describe("training and evaluation modes", () => {
       const res = await layer.forward(x);
       expectClose(res.output, ref.outputs[0], TOL.float32, "eval output");
       res.output.dispose();
-      await expect(layer.backward(tensor(ranks[0].dy, [T, 8]))).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/training-mode forward/) });
+      await expect(layer.backward(tensor(ranks[0].dy, [T, 8]))).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+        message: expect.stringMatching(/training-mode forward/),
+      });
       // forward(x, { training: true }) overrides the mode for one call.
       const r2 = await layer.forward(x, { training: true });
       r2.output.dispose();
@@ -144,7 +181,9 @@ describe("training and evaluation modes", () => {
       // Gradients accumulate over both backward calls.
       const want = refA.grads["experts.w1"].map((v, i) => v + b.ref.grads["experts.w1"][i]);
       expectClose(layer.parameters()[1].grad, want, TOL.float32, "accumulated w1 grad");
-      await expect(layer.backward(tensor(b.ranks[0].dy, [24, 8]), { result: rb })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+      await expect(layer.backward(tensor(b.ranks[0].dy, [24, 8]), { result: rb })).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+      });
       ra.output.dispose();
       rb.output.dispose();
       await layer.zeroGrad();
@@ -159,45 +198,78 @@ describe("expert parallelism over an in-process world of ranks", () => {
   test.each([
     [2, 2, { scoreFunction: "softmax", activation: "gelu" }],
     [4, 4, { scoreFunction: "sigmoid", activation: "swiglu", capacityFactor: 1.0 }],
-    [4, 2, { scoreFunction: "softmax", activation: "relu", bias: true, sharedExpertFF: 4, capacityFactor: 1.25, padToCapacity: true }],
-  ] as Array<[number, number, Partial<MoELayerOptions>]>)("world %i, epSize %i %j: every rank's output and gradients match the reference", async (W, P, extra) => {
-    const world = fakeWorld(W);
-    const options: MoELayerOptions = { dModel: 8, dFF: 6, numExperts: 8, topK: 2, seed: 5, initStd: 0.4, auxLossCoef: 0.01, zLossCoef: 0.001, epSize: P, ...extra };
-    const layers = await Promise.all(world.map((g) => MoELayer.create(options, g)));
-    try {
-      for (const l of layers) await randomizeBiases(l, 300);
-      // The full parameters: replicated ones from rank 0, experts gathered over the first EP group.
-      const params: MoERefParams = {};
-      for (const p of layers[0].parameters()) {
-        const name = shortName(layers[0], p.name);
-        params[name] = p.expert ? Float64Array.from(layers.slice(0, P).flatMap((l) => Array.from(values(l.parameters().find((q) => q.name === p.name)!.param)))) : values(p.param);
-      }
-      // Every rank has its own tokens; in a world of 4, one has none at all.
-      const Ts = Array.from({ length: W }, (_, r) => (r === 1 && W === 4 ? 0 : 12 + 4 * r));
-      const { ranks, ref } = inputsWithMargin(refConfig(layers[0]), params, Ts, 8, 70);
-      const results = await Promise.all(layers.map((l, r) => l.forward(tensor(ranks[r].x, [Ts[r], 8]))));
-      const dxs = await Promise.all(layers.map((l, r) => l.backward(tensor(ranks[r].dy, [Ts[r], 8]))));
-      layers.forEach((l, r) => {
-        expect(l.epRank).toBe(r % P);
-        expectClose(results[r].output, ref.outputs[r], TOL.float32, `output of rank ${r}`);
-        expect(Math.abs(results[r].auxLoss - ref.aux[r])).toBeLessThanOrEqual(TOL.float32 * ref.aux[r] + 1e-12);
-        expect(results[r].stats.tokensPerExpert).toEqual(ref.tokensPerExpert);
-        expect(results[r].stats.dropped).toBe(ref.dropped.reduce((a, b) => a + b, 0));
-        expectClose(dxs[r], ref.dx[r], TOL.float32, `dx of rank ${r}`);
-        for (const p of l.parameters()) {
-          const name = shortName(l, p.name);
-          const full = ref.grads[name];
-          const per = full.length / 8;
-          const want = p.expert ? full.subarray(l.firstExpert * per, (l.firstExpert + l.numLocalExperts) * per) : full;
-          expectClose(p.grad, want, TOL.float32, `grad of ${name} on rank ${r}`);
+    [
+      4,
+      2,
+      {
+        scoreFunction: "softmax",
+        activation: "relu",
+        bias: true,
+        sharedExpertFF: 4,
+        capacityFactor: 1.25,
+        padToCapacity: true,
+      },
+    ],
+  ] as Array<[number, number, Partial<MoELayerOptions>]>)(
+    "world %i, epSize %i %j: every rank's output and gradients match the reference",
+    async (W, P, extra) => {
+      const world = fakeWorld(W);
+      const options: MoELayerOptions = {
+        dModel: 8,
+        dFF: 6,
+        numExperts: 8,
+        topK: 2,
+        seed: 5,
+        initStd: 0.4,
+        auxLossCoef: 0.01,
+        zLossCoef: 0.001,
+        epSize: P,
+        ...extra,
+      };
+      const layers = await Promise.all(world.map((g) => MoELayer.create(options, g)));
+      try {
+        for (const l of layers) await randomizeBiases(l, 300);
+        // The full parameters: replicated ones from rank 0, experts gathered over the first EP group.
+        const params: MoERefParams = {};
+        for (const p of layers[0].parameters()) {
+          const name = shortName(layers[0], p.name);
+          params[name] = p.expert
+            ? Float64Array.from(
+                layers
+                  .slice(0, P)
+                  .flatMap((l) => Array.from(values(l.parameters().find((q) => q.name === p.name)!.param))),
+              )
+            : values(p.param);
         }
-      });
-      for (const r of results) r.output.dispose();
-      for (const d of dxs) d.dispose();
-    } finally {
-      for (const l of layers) l.dispose();
-    }
-  });
+        // Every rank has its own tokens; in a world of 4, one has none at all.
+        const Ts = Array.from({ length: W }, (_, r) => (r === 1 && W === 4 ? 0 : 12 + 4 * r));
+        const { ranks, ref } = inputsWithMargin(refConfig(layers[0]), params, Ts, 8, 70);
+        const results = await Promise.all(layers.map((l, r) => l.forward(tensor(ranks[r].x, [Ts[r], 8]))));
+        const dxs = await Promise.all(layers.map((l, r) => l.backward(tensor(ranks[r].dy, [Ts[r], 8]))));
+        layers.forEach((l, r) => {
+          expect(l.epRank).toBe(r % P);
+          expectClose(results[r].output, ref.outputs[r], TOL.float32, `output of rank ${r}`);
+          expect(Math.abs(results[r].auxLoss - ref.aux[r])).toBeLessThanOrEqual(TOL.float32 * ref.aux[r] + 1e-12);
+          expect(results[r].stats.tokensPerExpert).toEqual(ref.tokensPerExpert);
+          expect(results[r].stats.dropped).toBe(ref.dropped.reduce((a, b) => a + b, 0));
+          expectClose(dxs[r], ref.dx[r], TOL.float32, `dx of rank ${r}`);
+          for (const p of l.parameters()) {
+            const name = shortName(l, p.name);
+            const full = ref.grads[name];
+            const per = full.length / 8;
+            const want = p.expert
+              ? full.subarray(l.firstExpert * per, (l.firstExpert + l.numLocalExperts) * per)
+              : full;
+            expectClose(p.grad, want, TOL.float32, `grad of ${name} on rank ${r}`);
+          }
+        });
+        for (const r of results) r.output.dispose();
+        for (const d of dxs) d.dispose();
+      } finally {
+        for (const l of layers) l.dispose();
+      }
+    },
+  );
 
   test("expert e's initial weights are the same whatever the EP size; streams differ by name and seed", async () => {
     const options: MoELayerOptions = { dModel: 6, dFF: 5, numExperts: 4, seed: 99, initStd: 0.02 };
@@ -207,7 +279,9 @@ describe("expert parallelism over an in-process world of ranks", () => {
     try {
       const full = values(single.parameters()[1].param);
       const per = full.length / 4;
-      sharded.forEach((l, r) => expect(Array.from(values(l.parameters()[1].param))).toEqual(Array.from(full.subarray(r * per, (r + 1) * per))));
+      sharded.forEach((l, r) =>
+        expect(Array.from(values(l.parameters()[1].param))).toEqual(Array.from(full.subarray(r * per, (r + 1) * per))),
+      );
       // Router weights replicated identically.
       expect(sameBits(sharded[3].parameters()[0].param, single.parameters()[0].param)).toBe(true);
       // The normal initialisation has the asked-for spread.
@@ -230,8 +304,33 @@ describe("expert parallelism over an in-process world of ranks", () => {
 
 describe("gradients against finite differences", () => {
   test("the float64 reference layer's gradients are the derivatives of its loss (every parameter and x)", () => {
-    const cfg = { dModel: 4, dFF: 3, numExperts: 4, topK: 2, scoreFunction: "softmax" as const, renormalize: true, dropPolicy: "probs" as const, padToCapacity: false, capacityFactor: 1.0, auxLossCoef: 0.1, zLossCoef: 0.05, activation: "swiglu" as const, bias: true, sharedExpertFF: 2 };
-    const shapes: Record<string, number> = { "router.weight": 16, "experts.w1": 4 * 4 * 6, "experts.w2": 4 * 3 * 4, "experts.b1": 24, "experts.b2": 16, "shared_experts.w1": 16, "shared_experts.w2": 8, "shared_experts.b1": 4, "shared_experts.b2": 4 };
+    const cfg = {
+      dModel: 4,
+      dFF: 3,
+      numExperts: 4,
+      topK: 2,
+      scoreFunction: "softmax" as const,
+      renormalize: true,
+      dropPolicy: "probs" as const,
+      padToCapacity: false,
+      capacityFactor: 1.0,
+      auxLossCoef: 0.1,
+      zLossCoef: 0.05,
+      activation: "swiglu" as const,
+      bias: true,
+      sharedExpertFF: 2,
+    };
+    const shapes: Record<string, number> = {
+      "router.weight": 16,
+      "experts.w1": 4 * 4 * 6,
+      "experts.w2": 4 * 3 * 4,
+      "experts.b1": 24,
+      "experts.b2": 16,
+      "shared_experts.w1": 16,
+      "shared_experts.w2": 8,
+      "shared_experts.b1": 4,
+      "shared_experts.b2": 4,
+    };
     const params: MoERefParams = {};
     let seed = 1;
     for (const [n, len] of Object.entries(shapes)) params[n] = normal(len, seed++, 0.5);
@@ -268,7 +367,19 @@ describe("gradients against finite differences", () => {
   });
 
   test("the native layer's gradients predict how its float32 loss moves (directional derivatives)", async () => {
-    const layer = await MoELayer.create({ dModel: 8, dFF: 6, numExperts: 4, topK: 2, seed: 4, initStd: 0.5, auxLossCoef: 0.05, zLossCoef: 0.01, activation: "gelu", sharedExpertFF: 3, bias: true });
+    const layer = await MoELayer.create({
+      dModel: 8,
+      dFF: 6,
+      numExperts: 4,
+      topK: 2,
+      seed: 4,
+      initStd: 0.5,
+      auxLossCoef: 0.05,
+      zLossCoef: 0.01,
+      activation: "gelu",
+      sharedExpertFF: 3,
+      bias: true,
+    });
     try {
       await randomizeBiases(layer, 9);
       const T = 16;
@@ -296,7 +407,10 @@ describe("gradients against finite differences", () => {
         const down = await loss();
         await ops.axpby(p.param, dir, { alpha: 1, beta: h });
         const fd = (up - down) / (2 * h);
-        expect([p.name, Math.abs(fd - predicted) / Math.max(Math.abs(predicted), 1e-3)]).toEqual([p.name, expect.any(Number)]);
+        expect([p.name, Math.abs(fd - predicted) / Math.max(Math.abs(predicted), 1e-3)]).toEqual([
+          p.name,
+          expect.any(Number),
+        ]);
         expect(Math.abs(fd - predicted)).toBeLessThan(2e-2 * Math.max(Math.abs(predicted), 1e-2));
       }
     } finally {
@@ -306,7 +420,18 @@ describe("gradients against finite differences", () => {
 });
 
 describe("determinism and edge cases", () => {
-  const options: MoELayerOptions = { dModel: 16, dFF: 12, numExperts: 8, topK: 2, seed: 2, initStd: 0.2, auxLossCoef: 0.01, capacityFactor: 1.0, activation: "swiglu", sharedExpertFF: 8 };
+  const options: MoELayerOptions = {
+    dModel: 16,
+    dFF: 12,
+    numExperts: 8,
+    topK: 2,
+    seed: 2,
+    initStd: 0.2,
+    auxLossCoef: 0.01,
+    capacityFactor: 1.0,
+    activation: "swiglu",
+    sharedExpertFF: 8,
+  };
 
   test("the same run repeated gives bitwise the same output, input gradient and parameter gradients", async () => {
     const runs: Array<{ layer: MoELayer; out: Tensor; dx: Tensor }> = [];
@@ -319,7 +444,9 @@ describe("determinism and edge cases", () => {
     }
     expect(sameBits(runs[0].out, runs[1].out)).toBe(true);
     expect(sameBits(runs[0].dx, runs[1].dx)).toBe(true);
-    runs[0].layer.parameters().forEach((p, i) => expect(sameBits(p.grad, runs[1].layer.parameters()[i].grad)).toBe(true));
+    runs[0].layer
+      .parameters()
+      .forEach((p, i) => expect(sameBits(p.grad, runs[1].layer.parameters()[i].grad)).toBe(true));
     for (const r of runs) {
       r.out.dispose();
       r.dx.dispose();
@@ -380,7 +507,16 @@ describe("determinism and edge cases", () => {
 
 describe("training pieces", () => {
   test("updateExpertBias steps each bias by rate · sign(mean − load) over the loads of the training forwards since the last update", async () => {
-    const layer = await MoELayer.create({ dModel: 8, dFF: 4, numExperts: 4, topK: 1, seed: 1, initStd: 0.5, expertBias: true, expertBiasUpdateRate: 0.01 });
+    const layer = await MoELayer.create({
+      dModel: 8,
+      dFF: 4,
+      numExperts: 4,
+      topK: 1,
+      seed: 1,
+      initStd: 0.5,
+      expertBias: true,
+      expertBiasUpdateRate: 0.01,
+    });
     try {
       const loads = [0, 0, 0, 0];
       for (const s of [1, 2]) {
@@ -390,7 +526,9 @@ describe("training pieces", () => {
       }
       (await layer.forward(tensor(normal(30 * 8, 3), [30, 8]), { training: false })).output.dispose();
       await layer.updateExpertBias();
-      expect(Array.from(values(layer.buffers()[0].tensor))).toEqual(Array.from(f32(expertBiasUpdateRef([0, 0, 0, 0], loads, 0.01))));
+      expect(Array.from(values(layer.buffers()[0].tensor))).toEqual(
+        Array.from(f32(expertBiasUpdateRef([0, 0, 0, 0], loads, 0.01))),
+      );
       expect(loads.some((n) => n !== loads[0])).toBe(true);
       // The loads were consumed: a second update with no forwards moves nothing.
       const before = values(layer.buffers()[0].tensor);
@@ -402,7 +540,15 @@ describe("training pieces", () => {
   });
 
   test("AdamW steps every parameter as the float64 AdamW does (no decay on biases); clipGradNorm scales to the global norm", async () => {
-    const layer = await MoELayer.create({ dModel: 8, dFF: 6, numExperts: 4, seed: 6, initStd: 0.3, bias: true, activation: "relu" });
+    const layer = await MoELayer.create({
+      dModel: 8,
+      dFF: 6,
+      numExperts: 4,
+      seed: 6,
+      initStd: 0.3,
+      bias: true,
+      activation: "relu",
+    });
     try {
       const opt = new AdamW(layer.parameters(), { lr: 1e-2, weightDecay: 0.1 });
       const before = layer.parameters().map((p) => values(p.param));
@@ -414,21 +560,41 @@ describe("training pieces", () => {
       const got = await layer.clipGradNorm(norm / 4);
       expect(Math.abs(got / norm - 1)).toBeLessThan(1e-6);
       const coef = norm / 4 / (norm + 1e-6);
-      layer.parameters().forEach((p, i) => expectClose(p.grad, grads[i].map((v) => v * coef), TOL.float32, `clipped ${p.name}`));
+      layer.parameters().forEach((p, i) =>
+        expectClose(
+          p.grad,
+          grads[i].map((v) => v * coef),
+          TOL.float32,
+          `clipped ${p.name}`,
+        ),
+      );
       // Below the threshold nothing changes.
       const unchanged = layer.parameters().map((p) => values(p.grad));
       expect(Math.abs((await clipGradNorm(layer.parameters(), 1e6)) - norm / 4) / (norm / 4)).toBeLessThan(1e-5);
       layer.parameters().forEach((p, i) => expect(Array.from(values(p.grad))).toEqual(Array.from(unchanged[i])));
       await opt.step();
       layer.parameters().forEach((p, i) => {
-        const want = adamwRef({ param: before[i], expAvg: new Float64Array(before[i].length), expAvgSq: new Float64Array(before[i].length) }, unchanged[i], {
-          lr: 1e-2,
-          weightDecay: p.weightDecay ? 0.1 : 0,
-          step: 1,
-        });
+        const want = adamwRef(
+          {
+            param: before[i],
+            expAvg: new Float64Array(before[i].length),
+            expAvgSq: new Float64Array(before[i].length),
+          },
+          unchanged[i],
+          {
+            lr: 1e-2,
+            weightDecay: p.weightDecay ? 0.1 : 0,
+            step: 1,
+          },
+        );
         expectClose(p.param, want.param, TOL.float32, `AdamW on ${p.name}`);
       });
-      expect(layer.parameters().filter((p) => !p.weightDecay).map((p) => p.name)).toEqual(["experts.b1", "experts.b2"]);
+      expect(
+        layer
+          .parameters()
+          .filter((p) => !p.weightDecay)
+          .map((p) => p.name),
+      ).toEqual(["experts.b1", "experts.b2"]);
       expect(opt.stepCount).toBe(1);
       await opt.zeroGrad();
       for (const p of layer.parameters()) expect(values(p.grad).every((v) => v === 0)).toBe(true);
@@ -442,7 +608,11 @@ describe("training pieces", () => {
 describe("training pieces across ranks", () => {
   test("clipGradNorm gives every rank the norm of the whole model: replicated gradients once, each expert's once", async () => {
     const world = fakeWorld(4);
-    const layers = await Promise.all(world.map((g) => MoELayer.create({ dModel: 8, dFF: 6, numExperts: 8, epSize: 2, seed: 3, initStd: 0.3, sharedExpertFF: 4 }, g)));
+    const layers = await Promise.all(
+      world.map((g) =>
+        MoELayer.create({ dModel: 8, dFF: 6, numExperts: 8, epSize: 2, seed: 3, initStd: 0.3, sharedExpertFF: 4 }, g),
+      ),
+    );
     try {
       await Promise.all(
         layers.map(async (l, r) => {
@@ -463,7 +633,12 @@ describe("training pieces across ranks", () => {
       expect(new Set(norms).size).toBe(1);
       const before = values(layers[1].parameters()[1].grad);
       await Promise.all(layers.map((l) => l.clipGradNorm(Math.sqrt(total) / 2)));
-      expectClose(layers[1].parameters()[1].grad, before.map((v) => v / 2), 1e-5, "clipped expert gradient");
+      expectClose(
+        layers[1].parameters()[1].grad,
+        before.map((v) => v / 2),
+        1e-5,
+        "clipped expert gradient",
+      );
     } finally {
       for (const l of layers) l.dispose();
     }
@@ -473,31 +648,123 @@ describe("training pieces across ranks", () => {
 describe("configuration", () => {
   test("defaults follow Megatron-Core where it has one", () => {
     const c = resolveConfig({ dModel: 16, dFF: 32, numExperts: 8 });
-    expect(c).toMatchObject({ topK: 2, epSize: 1, scoreFunction: "softmax", renormalize: true, dropPolicy: "probs", capacityFactor: undefined, activation: "gelu", auxLossCoef: 0, seed: 1234, initStd: 0.02, dtype: "float32", expertBiasUpdateRate: 1e-3 });
+    expect(c).toMatchObject({
+      topK: 2,
+      epSize: 1,
+      scoreFunction: "softmax",
+      renormalize: true,
+      dropPolicy: "probs",
+      capacityFactor: undefined,
+      activation: "gelu",
+      auxLossCoef: 0,
+      seed: 1234,
+      initStd: 0.02,
+      dtype: "float32",
+      expertBiasUpdateRate: 1e-3,
+    });
     expect(resolveConfig({ dModel: 16, dFF: 32, numExperts: 8, topK: 1 }).renormalize).toBe(false);
   });
 
   test("the founding configs translate as written: DeepSpeed's MoE(hidden_size=1024, num_experts=8, ep_size=2, k=1) and the bf16 64-expert training config", () => {
-    const ds = fromForeignConfig({ hidden_size: 1024, ffn_hidden_size: 4096, num_experts: 8, ep_size: 2, k: 1, activation: "relu" });
-    expect(resolveConfig(ds)).toMatchObject({ dModel: 1024, dFF: 4096, numExperts: 8, epSize: 2, topK: 1, activation: "relu", capacityFactor: undefined });
+    const ds = fromForeignConfig({
+      hidden_size: 1024,
+      ffn_hidden_size: 4096,
+      num_experts: 8,
+      ep_size: 2,
+      k: 1,
+      activation: "relu",
+    });
+    expect(resolveConfig(ds)).toMatchObject({
+      dModel: 1024,
+      dFF: 4096,
+      numExperts: 8,
+      epSize: 2,
+      topK: 1,
+      activation: "relu",
+      capacityFactor: undefined,
+    });
     const founding = {
       bf16: true,
       hidden_size: 1024,
       ffn_hidden_size: 4096,
       optimizer: { type: "AdamW", params: { lr: 2e-4 } },
       data_parallel_size: 4,
-      moe: { num_experts: 64, top_k: 2, capacity_factor: 1.25, load_balancing_loss_coef: 1e-2, router: "softmax", token_drop_policy: "probs", expert_parallel_size: 4 },
+      moe: {
+        num_experts: 64,
+        top_k: 2,
+        capacity_factor: 1.25,
+        load_balancing_loss_coef: 1e-2,
+        router: "softmax",
+        token_drop_policy: "probs",
+        expert_parallel_size: 4,
+      },
     };
-    expect(resolveConfig(fromForeignConfig(founding))).toMatchObject({ dtype: "bfloat16", numExperts: 64, topK: 2, capacityFactor: 1.25, auxLossCoef: 1e-2, scoreFunction: "softmax", dropPolicy: "probs", epSize: 4 });
+    expect(resolveConfig(fromForeignConfig(founding))).toMatchObject({
+      dtype: "bfloat16",
+      numExperts: 64,
+      topK: 2,
+      capacityFactor: 1.25,
+      auxLossCoef: 1e-2,
+      scoreFunction: "softmax",
+      dropPolicy: "probs",
+      epSize: 4,
+    });
     const dropless = fromForeignConfig({ ...founding, moe: { ...founding.moe, token_drop_policy: "dropless" } });
     expect(dropless.capacityFactor).toBeUndefined();
-    const megatron = fromForeignConfig({ hidden_size: 64, moe_ffn_hidden_size: 128, num_moe_experts: undefined, moe: { num_experts: 8, moe_router_topk: 2, moe_router_score_function: "sigmoid", moe_router_enable_expert_bias: true, moe_router_num_groups: 4, moe_router_group_topk: 2, moe_shared_expert_intermediate_size: 64, moe_input_jitter_eps: 0.01, moe_z_loss_coeff: 1e-3 }, gated_linear_unit: true, activation_func: "silu", add_bias_linear: false });
-    expect(resolveConfig(megatron)).toMatchObject({ dFF: 128, scoreFunction: "sigmoid", expertBias: true, numGroups: 4, topkGroups: 2, sharedExpertFF: 64, jitter: 0.01, zLossCoef: 1e-3, activation: "swiglu", bias: false });
+    const megatron = fromForeignConfig({
+      hidden_size: 64,
+      moe_ffn_hidden_size: 128,
+      num_moe_experts: undefined,
+      moe: {
+        num_experts: 8,
+        moe_router_topk: 2,
+        moe_router_score_function: "sigmoid",
+        moe_router_enable_expert_bias: true,
+        moe_router_num_groups: 4,
+        moe_router_group_topk: 2,
+        moe_shared_expert_intermediate_size: 64,
+        moe_input_jitter_eps: 0.01,
+        moe_z_loss_coeff: 1e-3,
+      },
+      gated_linear_unit: true,
+      activation_func: "silu",
+      add_bias_linear: false,
+    });
+    expect(resolveConfig(megatron)).toMatchObject({
+      dFF: 128,
+      scoreFunction: "sigmoid",
+      expertBias: true,
+      numGroups: 4,
+      topkGroups: 2,
+      sharedExpertFF: 64,
+      jitter: 0.01,
+      zLossCoef: 1e-3,
+      activation: "swiglu",
+      bias: false,
+    });
   });
 
   test("a Megatron-shaped config builds a layer as it is", async () => {
-    const layer = await MoELayer.create({ hidden_size: 8, ffn_hidden_size: 16, moe: { num_experts: 4, top_k: 2, capacity_factor: 1.25, load_balancing_loss_coef: 1e-2, router: "softmax", token_drop_policy: "position" } });
-    expect(layer.config).toMatchObject({ dModel: 8, dFF: 16, numExperts: 4, capacityFactor: 1.25, dropPolicy: "position", auxLossCoef: 1e-2 });
+    const layer = await MoELayer.create({
+      hidden_size: 8,
+      ffn_hidden_size: 16,
+      moe: {
+        num_experts: 4,
+        top_k: 2,
+        capacity_factor: 1.25,
+        load_balancing_loss_coef: 1e-2,
+        router: "softmax",
+        token_drop_policy: "position",
+      },
+    });
+    expect(layer.config).toMatchObject({
+      dModel: 8,
+      dFF: 16,
+      numExperts: 4,
+      capacityFactor: 1.25,
+      dropPolicy: "position",
+      auxLossCoef: 1e-2,
+    });
     const r = await layer.forward(tensor(normal(10 * 8, 1), [10, 8]));
     expect(r.auxLoss).toBeGreaterThan(0);
     r.output.dispose();
@@ -520,15 +787,24 @@ describe("configuration", () => {
     [{ hidden_size: 8, moe: { num_experts: 4, router: "tanh" } }, /router/],
     [{ hidden_size: 8, moe: { top_k: 2 } }, /num_experts/],
   ] as Array<[Record<string, unknown>, RegExp]>)("%j is an ERR_MOE_VALUE naming the problem", (cfg, message) => {
-    expect(() => new MoELayer(cfg)).toThrow(expect.objectContaining({ code: "ERR_MOE_VALUE", message: expect.stringMatching(message) }));
+    expect(() => new MoELayer(cfg)).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_VALUE", message: expect.stringMatching(message) }),
+    );
   });
 
   test("bad inputs to forward and backward get typed errors", async () => {
     const layer = await MoELayer.create({ dModel: 8, dFF: 8, numExperts: 4 });
-    await expect(layer.forward(Tensor.zeros([4, 7]))).rejects.toMatchObject({ code: "ERR_MOE_SHAPE", message: expect.stringMatching(/\[tokens, dModel = 8\].*\[4, 7\]/) });
+    await expect(layer.forward(Tensor.zeros([4, 7]))).rejects.toMatchObject({
+      code: "ERR_MOE_SHAPE",
+      message: expect.stringMatching(/\[tokens, dModel = 8\].*\[4, 7\]/),
+    });
     await expect(layer.forward("x" as unknown as Tensor)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(layer.forward(Tensor.from(new Int32Array(8), [1, 8]))).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
-    await expect(layer.forward(tensor([NaN, 0, 0, 0, 0, 0, 0, 0], [1, 8]))).rejects.toMatchObject({ code: "ERR_MOE_NONFINITE" });
+    await expect(layer.forward(Tensor.from(new Int32Array(8), [1, 8]))).rejects.toMatchObject({
+      code: "ERR_MOE_DTYPE",
+    });
+    await expect(layer.forward(tensor([NaN, 0, 0, 0, 0, 0, 0, 0], [1, 8]))).rejects.toMatchObject({
+      code: "ERR_MOE_NONFINITE",
+    });
     const r = await layer.forward(Tensor.zeros([4, 8]));
     await expect(layer.backward(Tensor.zeros([3, 8]))).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
     r.output.dispose();

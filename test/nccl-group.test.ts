@@ -44,7 +44,15 @@ const gpuTest = (name: string, fn: () => Promise<void>, timeout = 60000): void =
 describe("before any NCCL call", () => {
   test("a device that is not CUDA is ERR_MOE_DEVICE, checked before NCCL is looked for", async () => {
     for (const device of ["cpu", "cuda:x", 3, "gpu:0"]) {
-      const e = await rejection(initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: "file:///nowhere", device: device as string }));
+      const e = await rejection(
+        initProcessGroup({
+          backend: "nccl",
+          rank: 0,
+          worldSize: 1,
+          store: "file:///nowhere",
+          device: device as string,
+        }),
+      );
       expect(e.code).toBe("ERR_MOE_DEVICE");
       expect(e.message).toMatch(/device/);
     }
@@ -52,7 +60,9 @@ describe("before any NCCL call", () => {
 
   test("without NCCL: initProcessGroup and the native constructor are ERR_MOE_NCCL_UNAVAILABLE with the reason", async () => {
     if (status.available) return; // the GPU part below covers this machine
-    const e = await rejection(initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: "file:///nowhere", device: "cuda:0" }));
+    const e = await rejection(
+      initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: "file:///nowhere", device: "cuda:0" }),
+    );
     expect(e.code).toBe("ERR_MOE_NCCL_UNAVAILABLE");
     expect(e.message).toContain(status.reason);
     const store = openStore(`file://${storeDir()}`, { rank: 0, worldSize: 1, runId: "nccl-group-test" });
@@ -74,7 +84,15 @@ describe("before any NCCL call", () => {
 describe("world size 1 on cuda:0", () => {
   let pg: ProcessGroup | undefined;
   const group = async (): Promise<ProcessGroup> => {
-    pg ??= await initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: `file://${storeDir()}`, runId: "nccl-group-test", device: "cuda:0", timeoutMs: 30000 });
+    pg ??= await initProcessGroup({
+      backend: "nccl",
+      rank: 0,
+      worldSize: 1,
+      store: `file://${storeDir()}`,
+      runId: "nccl-group-test",
+      device: "cuda:0",
+      timeoutMs: 30000,
+    });
     return pg;
   };
   afterAll(() => pg?.destroy());
@@ -88,7 +106,12 @@ describe("world size 1 on cuda:0", () => {
 
   gpuTest("allToAllV of rank-encoded rows to itself, float32 and bfloat16; recvCounts checked", async () => {
     const g = await group();
-    for (const [rows, width] of [[5, 3], [0, 4], [1, 1], [257, 64]]) {
+    for (const [rows, width] of [
+      [5, 3],
+      [0, 4],
+      [1, 1],
+      [257, 64],
+    ]) {
       const data = Float32Array.from({ length: rows * width }, (_, i) => 1000 * g.rank + i); // exact in bf16 below 256
       for (const dtype of status.supportsBf16 ? (["float32", "bfloat16"] as const) : (["float32"] as const)) {
         const src = dtype === "bfloat16" ? data.map((v) => v % 256) : data;
@@ -160,14 +183,28 @@ describe("world size 1 on cuda:0", () => {
     expertDataParallel.destroy();
   });
 
-  gpuTest("no device memory left behind by 200 allToAllV calls; destroy makes later calls ERR_MOE_DISPOSED", async () => {
-    const g = await initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: `file://${storeDir()}`, runId: "nccl-group-test", device: "cuda:0", timeoutMs: 30000 });
-    const x = await Tensor.from(Float32Array.from({ length: 64 }, (_, i) => i), [16, 4]).to("cuda:0");
-    const start = (await memoryAtRest("cuda:0")).tensors;
-    for (let i = 0; i < 200; i++) (await g.allToAllV(x, [16])).output.dispose();
-    expect((await memoryAtRest("cuda:0")).tensors).toBe(start);
-    g.destroy();
-    expect((await rejection(g.allReduce(x))).code).toBe("ERR_MOE_DISPOSED");
-    x.dispose();
-  });
+  gpuTest(
+    "no device memory left behind by 200 allToAllV calls; destroy makes later calls ERR_MOE_DISPOSED",
+    async () => {
+      const g = await initProcessGroup({
+        backend: "nccl",
+        rank: 0,
+        worldSize: 1,
+        store: `file://${storeDir()}`,
+        runId: "nccl-group-test",
+        device: "cuda:0",
+        timeoutMs: 30000,
+      });
+      const x = await Tensor.from(
+        Float32Array.from({ length: 64 }, (_, i) => i),
+        [16, 4],
+      ).to("cuda:0");
+      const start = (await memoryAtRest("cuda:0")).tensors;
+      for (let i = 0; i < 200; i++) (await g.allToAllV(x, [16])).output.dispose();
+      expect((await memoryAtRest("cuda:0")).tensors).toBe(start);
+      g.destroy();
+      expect((await rejection(g.allReduce(x))).code).toBe("ERR_MOE_DISPOSED");
+      x.dispose();
+    },
+  );
 });

@@ -61,7 +61,12 @@ console.log(JSON.stringify({ status, error, sameAfterEnvChange: JSON.stringify(a
  * code is null) and stubs for `symbols`. The stubs return ncclInternalError:
  * nothing in these tests may call them.
  */
-function fakeNccl(name: string, code: number | null, symbols: string[], options: { withVersion?: boolean } = {}): string {
+function fakeNccl(
+  name: string,
+  code: number | null,
+  symbols: string[],
+  options: { withVersion?: boolean } = {},
+): string {
   const lines = ["typedef int result_t;"];
   if (options.withVersion !== false) {
     lines.push(
@@ -137,7 +142,13 @@ describe("library not found", () => {
     const r = await statusWith(missing);
     expectUnavailable(r, "library not found: ");
     expect(r.status.reason).toContain(`MOE_EP_NCCL_LIBRARY=${missing}`);
-    expect(r.status).toMatchObject({ loaded: false, version: "", versionCode: 0, library: missing, supportsBf16: false });
+    expect(r.status).toMatchObject({
+      loaded: false,
+      version: "",
+      versionCode: 0,
+      library: missing,
+      supportsBf16: false,
+    });
   });
 
   test("unset (or empty): libnccl.so.2 is tried from the loader's path and named", async () => {
@@ -160,13 +171,23 @@ describe("library not found", () => {
 
 describe("version", () => {
   test("2.6.2 (no ncclSend/ncclRecv yet) is too old: the reason names 2.6.2 and 2.7.3, not the missing symbols", async () => {
-    const lib = fakeNccl("v2602", 2602, REQUIRED.filter((s) => s !== "ncclSend" && s !== "ncclRecv"));
+    const lib = fakeNccl(
+      "v2602",
+      2602,
+      REQUIRED.filter((s) => s !== "ncclSend" && s !== "ncclRecv"),
+    );
     const r = await statusWith(lib);
     expectUnavailable(r, "version too old: ");
     expect(r.status.reason).toContain("NCCL 2.6.2");
     expect(r.status.reason).toContain(">= 2.7.3");
     expect(r.status.reason).not.toContain("missing symbol");
-    expect(r.status).toMatchObject({ loaded: false, version: "2.6.2", versionCode: 2602, supportsBf16: false, library: lib });
+    expect(r.status).toMatchObject({
+      loaded: false,
+      version: "2.6.2",
+      versionCode: 2602,
+      supportsBf16: false,
+      library: lib,
+    });
   });
 
   test("2.7.2, one patch short, is too old", async () => {
@@ -190,22 +211,32 @@ describe("version", () => {
     [21003, "2.10.3", true, false],
     [21801, "2.18.1", true, true],
   ];
-  test.each(cases)("code %d is NCCL %s: loads, supportsBf16 %s, nonBlocking %s", async (code, version, bf16, nonBlocking) => {
-    // ncclCommInitRankConfig is exported by every fake: it counts only from 2.14 on.
-    const lib = fakeNccl(`v${code}`, code, [...REQUIRED, "ncclCommInitRankConfig", "ncclGetLastError"]);
-    const r = await statusWith(lib);
-    expect(r.status).toMatchObject({ loaded: true, version, versionCode: code, supportsBf16: bf16, nonBlocking, library: lib });
-    expect(r.sameAfterEnvChange).toBe(true);
-    if (r.cudaAvailable) {
-      // A machine with a GPU: every check passes (the fake is never called).
-      expect(r.status).toMatchObject({ available: true, reason: "" });
-      expect(r.error).toBeNull();
-    } else {
-      // No device here: the library is fine, and the reason says what is missing instead.
-      expectUnavailable(r, `no device: NCCL ${version} loaded from ${lib} but CUDA is unavailable: `);
-      expect(r.status.reason).toContain(r.cudaReason);
-    }
-  });
+  test.each(cases)(
+    "code %d is NCCL %s: loads, supportsBf16 %s, nonBlocking %s",
+    async (code, version, bf16, nonBlocking) => {
+      // ncclCommInitRankConfig is exported by every fake: it counts only from 2.14 on.
+      const lib = fakeNccl(`v${code}`, code, [...REQUIRED, "ncclCommInitRankConfig", "ncclGetLastError"]);
+      const r = await statusWith(lib);
+      expect(r.status).toMatchObject({
+        loaded: true,
+        version,
+        versionCode: code,
+        supportsBf16: bf16,
+        nonBlocking,
+        library: lib,
+      });
+      expect(r.sameAfterEnvChange).toBe(true);
+      if (r.cudaAvailable) {
+        // A machine with a GPU: every check passes (the fake is never called).
+        expect(r.status).toMatchObject({ available: true, reason: "" });
+        expect(r.error).toBeNull();
+      } else {
+        // No device here: the library is fine, and the reason says what is missing instead.
+        expectUnavailable(r, `no device: NCCL ${version} loaded from ${lib} but CUDA is unavailable: `);
+        expect(r.status.reason).toContain(r.cudaReason);
+      }
+    },
+  );
 });
 
 describe("missing symbols", () => {
@@ -217,7 +248,11 @@ describe("missing symbols", () => {
   });
 
   test("a new enough library without ncclCommAbort: the reason names it, and only it", async () => {
-    const lib = fakeNccl("noabort", 21801, REQUIRED.filter((s) => s !== "ncclCommAbort"));
+    const lib = fakeNccl(
+      "noabort",
+      21801,
+      REQUIRED.filter((s) => s !== "ncclCommAbort"),
+    );
     const r = await statusWith(lib);
     expectUnavailable(r, "missing symbol: ");
     expect(r.status.reason).toBe(`missing symbol: ${lib} (NCCL 2.18.1) has no ncclCommAbort`);
@@ -226,7 +261,11 @@ describe("missing symbols", () => {
   });
 
   test("several missing functions are all named", async () => {
-    const lib = fakeNccl("nop2p", 21801, REQUIRED.filter((s) => s !== "ncclSend" && s !== "ncclRecv" && s !== "ncclBroadcast"));
+    const lib = fakeNccl(
+      "nop2p",
+      21801,
+      REQUIRED.filter((s) => s !== "ncclSend" && s !== "ncclRecv" && s !== "ncclBroadcast"),
+    );
     const r = await statusWith(lib);
     expectUnavailable(r, "missing symbol: ");
     expect(r.status.reason).toContain("has no ncclSend, ncclRecv, ncclBroadcast");

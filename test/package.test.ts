@@ -27,12 +27,14 @@ describe("package", () => {
     app = fs.mkdtempSync(path.join(os.tmpdir(), "moe-ep-pkg-"));
     pkg = path.join(app, "node_modules", "moe-ep");
     fs.mkdirSync(pkg, { recursive: true });
-    for (const f of ["package.json", "dist", "prebuilds", "scripts"]) fs.cpSync(path.join(root, f), path.join(pkg, f), { recursive: true });
+    for (const f of ["package.json", "dist", "prebuilds", "scripts"])
+      fs.cpSync(path.join(root, f), path.join(pkg, f), { recursive: true });
   });
 
   afterAll(() => fs.rmSync(app, { recursive: true, force: true }));
 
   test("prebuild lands where node-gyp-build finds it", () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const found = require("node-gyp-build").path(pkg) as string;
     expect(found).toBe(path.join(pkg, "prebuilds", `${process.platform}-${process.arch}`, "moe-ep.napi.node"));
     expect(fs.existsSync(path.join(pkg, "build"))).toBe(false);
@@ -82,7 +84,10 @@ describe("package", () => {
     fs.mkdirSync(bare, { recursive: true });
     for (const f of ["package.json", "dist"]) fs.cpSync(path.join(root, f), path.join(bare, f), { recursive: true });
     const out = run(
-      ["-e", `try { require("moe-ep").info(); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`],
+      [
+        "-e",
+        `try { require("moe-ep").info(); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`,
+      ],
       empty,
       { MOE_EP_ADDON: path.join(empty, "nope.node") },
     );

@@ -1,4 +1,4 @@
-import { Tensor, ops, memoryStats } from "../lib";
+import { Tensor, ops } from "../lib";
 import { native } from "../lib/ops/common";
 import {
   PermuteRefOptions,
@@ -38,7 +38,14 @@ interface Case {
   W: Tensor;
 }
 
-function makeCase(t: number, d: number, k: number, e: number, seed: number, dtype: "float32" | "bfloat16" = "float32"): Case {
+function makeCase(
+  t: number,
+  d: number,
+  k: number,
+  e: number,
+  seed: number,
+  dtype: "float32" | "bfloat16" = "float32",
+): Case {
   const X = tensor(normal(t * d, seed), [t, d], dtype);
   const x = values(X); // exactly what the tensor holds (bf16-rounded when bf16)
   const idx = routeIndices(t, k, e, seed + 1);
@@ -47,7 +54,14 @@ function makeCase(t: number, d: number, k: number, e: number, seed: number, dtyp
 }
 
 /** permute against the reference: every output exactly (rows are copies), then both backward ops and unpermute. */
-async function checkAgainstReference(t: number, d: number, k: number, e: number, opts: PermuteRefOptions, seed: number) {
+async function checkAgainstReference(
+  t: number,
+  d: number,
+  k: number,
+  e: number,
+  opts: PermuteRefOptions,
+  seed: number,
+) {
   const c = makeCase(t, d, k, e, seed);
   const ref = permuteRef(c.x, c.idx, c.w, t, d, k, opts);
   const p = await ops.permute(c.X, c.I, c.W, opts);
@@ -110,7 +124,10 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     const idx = Int32Array.from({ length: t * k }, (_, i) => [0, 1, 3][(i * 7) % 3]);
     const x = f32(normal(t * d, 9));
     const w = f32(uniform(t * k, 10, 0, 1));
-    for (const o of [{ numExperts: e }, { numExperts: e, capacityFactor: 1.0, padToCapacity: true }] as PermuteRefOptions[]) {
+    for (const o of [
+      { numExperts: e },
+      { numExperts: e, capacityFactor: 1.0, padToCapacity: true },
+    ] as PermuteRefOptions[]) {
       const p = await ops.permute(tensor(x, [t, d]), intTensor(idx, [t, k]), tensor(w, [t, k]), o);
       const ref = permuteRef(x, idx, w, t, d, k, o);
       expect(ints(p.rowsPerExpert)[2]).toBe(o.padToCapacity ? 6 : 0);
@@ -147,7 +164,8 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     expect(rt.slice(0, 6)).toEqual([-1, -1, -1, -1, -1, -1]);
     expect(rt.slice(9)).toEqual([-1, -1, -1]);
     const rows = values(padded.rows);
-    for (const r of [0, 1, 2, 3, 4, 5, 9, 10, 11]) expect(Array.from(rows.subarray(r * d, r * d + d))).toEqual([0, 0, 0]);
+    for (const r of [0, 1, 2, 3, 4, 5, 9, 10, 11])
+      expect(Array.from(rows.subarray(r * d, r * d + d))).toEqual([0, 0, 0]);
   });
 
   test("one token, and T = 0", async () => {
@@ -186,10 +204,15 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     expect(Array.from(values(a.rows))).toEqual([10, 11]);
 
     // Ties inside one token: pairs (0,0), (0,1), (1,0) weigh 0.3, (1,1) weighs 0.9; C = 2 keeps (0,0) and (1,1).
-    const b = await ops.permute(tensor([1, 2], [2, 1]), intTensor([0, 0, 0, 0], [2, 2]), tensor([0.3, 0.3, 0.3, 0.9], [2, 2]), {
-      numExperts: 1,
-      capacityFactor: 0.5,
-    });
+    const b = await ops.permute(
+      tensor([1, 2], [2, 1]),
+      intTensor([0, 0, 0, 0], [2, 2]),
+      tensor([0.3, 0.3, 0.3, 0.9], [2, 2]),
+      {
+        numExperts: 1,
+        capacityFactor: 0.5,
+      },
+    );
     expect(ints(b.pairToRow)).toEqual([0, -1, -1, 1]);
     expect(ints(b.rowToPair)).toEqual([0, 3]);
     expect(Array.from(values(b.rows))).toEqual([1, 2]);
@@ -272,8 +295,18 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
         return (f(vp) - f(vm)) / (2 * h);
       });
     const g = await ops.unpermuteBackward(tensor(H, [t, d]), p.rows, p.pairToRow, c.W);
-    expect(relErr(values(g.dRows), fd(rows, (r) => lossU(r, c.w)))).toBeLessThan(1e-5);
-    expect(relErr(values(g.dWeights), fd(c.w, (w) => lossU(rows, w)))).toBeLessThan(1e-5);
+    expect(
+      relErr(
+        values(g.dRows),
+        fd(rows, (r) => lossU(r, c.w)),
+      ),
+    ).toBeLessThan(1e-5);
+    expect(
+      relErr(
+        values(g.dWeights),
+        fd(c.w, (w) => lossU(rows, w)),
+      ),
+    ).toBeLessThan(1e-5);
     // Padding rows get no gradient; dropped pairs get a zero weight gradient.
     const dr = values(g.dRows);
     ref.rowToPair.forEach((pair, r) => {
@@ -297,17 +330,20 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     expect(Array.from(values(g.dWeights))).toEqual(Array.from(ref.dWeights));
   });
 
-  test.each(["float32", "bfloat16"] as const)("permute then unpermute with k = 1 and weights 1 returns %s x exactly", async (dtype) => {
-    const [t, d, e] = [300, 40, 7];
-    const X = tensor(normal(t * d, 61), [t, d], dtype);
-    const I = intTensor(routeIndices(t, 1, e, 62), [t, 1]);
-    const W = tensor(new Float64Array(t).fill(1), [t, 1]);
-    const p = await ops.permute(X, I, W, { numExperts: e });
-    const y = await ops.unpermute(p.rows, p.pairToRow, W);
-    expect(sameBits(y, X)).toBe(true);
-    const dx = await ops.permuteBackward(p.rows, p.pairToRow);
-    expect(sameBits(dx, X)).toBe(true);
-  });
+  test.each(["float32", "bfloat16"] as const)(
+    "permute then unpermute with k = 1 and weights 1 returns %s x exactly",
+    async (dtype) => {
+      const [t, d, e] = [300, 40, 7];
+      const X = tensor(normal(t * d, 61), [t, d], dtype);
+      const I = intTensor(routeIndices(t, 1, e, 62), [t, 1]);
+      const W = tensor(new Float64Array(t).fill(1), [t, 1]);
+      const p = await ops.permute(X, I, W, { numExperts: e });
+      const y = await ops.unpermute(p.rows, p.pairToRow, W);
+      expect(sameBits(y, X)).toBe(true);
+      const dx = await ops.permuteBackward(p.rows, p.pairToRow);
+      expect(sameBits(dx, X)).toBe(true);
+    },
+  );
 
   test("repeated runs are bitwise identical", async () => {
     const [t, d, k, e] = [2048, 64, 4, 16];
@@ -353,11 +389,23 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
       expect(p).rejects.toMatchObject(message ? { code, message: expect.stringMatching(message) } : { code });
 
     // Expert ids out of range (found by the task).
-    await bad(ops.permute(c.X, intTensor([0, 1, 2, 4, 0, 1, 2, 3], [t, k]), c.W, o), "ERR_MOE_VALUE", /indices in \[0, numExperts\) = \[0, 4\).*element 3 \(token 1, choice 1\) is 4/);
+    await bad(
+      ops.permute(c.X, intTensor([0, 1, 2, 4, 0, 1, 2, 3], [t, k]), c.W, o),
+      "ERR_MOE_VALUE",
+      /indices in \[0, numExperts\) = \[0, 4\).*element 3 \(token 1, choice 1\) is 4/,
+    );
     await bad(ops.permute(c.X, intTensor([0, 1, 2, -1, 0, 1, 2, 3], [t, k]), c.W, o), "ERR_MOE_VALUE");
     // Shapes and dtypes.
-    await bad(ops.permute(c.X, intTensor(new Int32Array(6), [3, 2]), c.W, o), "ERR_MOE_SHAPE", /expected indices of shape \[tokens, topK\]/);
-    await bad(ops.permute(c.X, c.I, tensor(new Float64Array(12), [t, 3]), o), "ERR_MOE_SHAPE", /weights of shape \[tokens, topK\] = \[4, 2\]/);
+    await bad(
+      ops.permute(c.X, intTensor(new Int32Array(6), [3, 2]), c.W, o),
+      "ERR_MOE_SHAPE",
+      /expected indices of shape \[tokens, topK\]/,
+    );
+    await bad(
+      ops.permute(c.X, c.I, tensor(new Float64Array(12), [t, 3]), o),
+      "ERR_MOE_SHAPE",
+      /weights of shape \[tokens, topK\] = \[4, 2\]/,
+    );
     await bad(ops.permute(c.X, intTensor(new Int32Array(0), [t, 0]), tensor([], [t, 0]), o), "ERR_MOE_SHAPE");
     await bad(ops.permute(tensor(new Float64Array(12), [12]), c.I, c.W, o), "ERR_MOE_SHAPE");
     await bad(ops.permute(c.X, tensor(new Float64Array(8), [t, k]), c.W, o), "ERR_MOE_DTYPE");
@@ -370,9 +418,16 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     await bad(ops.permute(c.X, c.I, c.W, undefined as unknown as { numExperts: number }), "ERR_MOE_VALUE");
     await bad(ops.permute(c.X, c.I, c.W, { numExperts: e, capacityFactor: 0 }), "ERR_MOE_VALUE", /capacityFactor/);
     await bad(ops.permute(c.X, c.I, c.W, { numExperts: e, capacityFactor: NaN }), "ERR_MOE_VALUE");
-    await bad(ops.permute(c.X, c.I, c.W, { numExperts: e, capacityFactor: 1, dropPolicy: "tokens" as "probs" }), "ERR_MOE_VALUE", /dropPolicy/);
+    await bad(
+      ops.permute(c.X, c.I, c.W, { numExperts: e, capacityFactor: 1, dropPolicy: "tokens" as "probs" }),
+      "ERR_MOE_VALUE",
+      /dropPolicy/,
+    );
     await bad(ops.permute(c.X, c.I, c.W, { numExperts: e, padToCapacity: true }), "ERR_MOE_VALUE", /padToCapacity/);
-    await bad(ops.permute(c.X, c.I, c.W, { numExperts: e, capacityFactor: 1, padToCapacity: 1 as unknown as boolean }), "ERR_MOE_VALUE");
+    await bad(
+      ops.permute(c.X, c.I, c.W, { numExperts: e, capacityFactor: 1, padToCapacity: 1 as unknown as boolean }),
+      "ERR_MOE_VALUE",
+    );
     // A NaN weight when the probs policy must rank them.
     const wn = tensor([0.5, NaN, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [t, k]);
     await bad(ops.permute(c.X, c.I, wn, { numExperts: e, capacityFactor: 1 }), "ERR_MOE_NONFINITE");
@@ -386,14 +441,28 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     // The row-map ops.
     const p = await ops.permute(c.X, c.I, c.W, o);
     const R = p.rows.shape[0];
-    const outOfRange = intTensor([0, 1, 2, R, 4, 5, 6, 7].map((v) => Math.min(v, R)), [t, k]);
-    await bad(ops.unpermute(p.rows, outOfRange, c.W), "ERR_MOE_VALUE", new RegExp(`pairToRow entries in \\[-1, ${R}\\)`));
+    const outOfRange = intTensor(
+      [0, 1, 2, R, 4, 5, 6, 7].map((v) => Math.min(v, R)),
+      [t, k],
+    );
+    await bad(
+      ops.unpermute(p.rows, outOfRange, c.W),
+      "ERR_MOE_VALUE",
+      new RegExp(`pairToRow entries in \\[-1, ${R}\\)`),
+    );
     await bad(ops.permuteBackward(p.rows, intTensor([0, -2, 1, 2, 3, 4, 5, 6], [t, k])), "ERR_MOE_VALUE");
     await bad(ops.unpermuteBackward(c.X, p.rows, outOfRange, c.W), "ERR_MOE_VALUE");
     await bad(ops.unpermute(p.rows, p.pairToRow, tensor(new Float64Array(t * 3), [t, 3])), "ERR_MOE_SHAPE");
     await bad(ops.unpermute(p.rows, tensor(new Float64Array(8), [t, k]), c.W), "ERR_MOE_DTYPE");
-    await bad(ops.unpermuteBackward(tensor(new Float64Array(t * 5), [t, 5]), p.rows, p.pairToRow, c.W), "ERR_MOE_SHAPE", /dy of shape \[tokens, dModel\]/);
-    await bad(ops.unpermuteBackward(tensor(new Float64Array(3 * d), [3, d]), p.rows, p.pairToRow, c.W), "ERR_MOE_SHAPE");
+    await bad(
+      ops.unpermuteBackward(tensor(new Float64Array(t * 5), [t, 5]), p.rows, p.pairToRow, c.W),
+      "ERR_MOE_SHAPE",
+      /dy of shape \[tokens, dModel\]/,
+    );
+    await bad(
+      ops.unpermuteBackward(tensor(new Float64Array(3 * d), [3, d]), p.rows, p.pairToRow, c.W),
+      "ERR_MOE_SHAPE",
+    );
     await bad(ops.permuteBackward(tensor(new Float64Array(R), [R]), p.pairToRow), "ERR_MOE_SHAPE");
   });
 

@@ -102,21 +102,24 @@ describe("a peer that dies or hangs becomes a typed error on every surviving ran
   test.each([
     [3, 2],
     [4, 1],
-  ])("world size %i, rank %i stopped with SIGSTOP: every survivor fails, never before half the timeout", async (W, victim) => {
-    const timeoutMs = 2500;
-    const { at, survivors } = await hit(W, victim, "SIGSTOP", timeoutMs);
-    expect(survivors).toHaveLength(W - 1);
-    for (const s of survivors) {
-      expect(TYPED).toContain(s.code);
-      expect(s.at - at).toBeGreaterThanOrEqual(timeoutMs / 2);
-      expect(s.at - at).toBeLessThanOrEqual(timeoutMs + 2000);
-      expect(s.again).toBe(s.code);
-    }
-    // Somebody waited the whole timeout and says how long it was.
-    const timedOut = survivors.filter((s) => s.code === "ERR_MOE_TIMEOUT");
-    expect(timedOut.length).toBeGreaterThanOrEqual(1);
-    expect(timedOut[0].message).toMatch(/timed out after 2500 ms/);
-  });
+  ])(
+    "world size %i, rank %i stopped with SIGSTOP: every survivor fails, never before half the timeout",
+    async (W, victim) => {
+      const timeoutMs = 2500;
+      const { at, survivors } = await hit(W, victim, "SIGSTOP", timeoutMs);
+      expect(survivors).toHaveLength(W - 1);
+      for (const s of survivors) {
+        expect(TYPED).toContain(s.code);
+        expect(s.at - at).toBeGreaterThanOrEqual(timeoutMs / 2);
+        expect(s.at - at).toBeLessThanOrEqual(timeoutMs + 2000);
+        expect(s.again).toBe(s.code);
+      }
+      // Somebody waited the whole timeout and says how long it was.
+      const timedOut = survivors.filter((s) => s.code === "ERR_MOE_TIMEOUT");
+      expect(timedOut.length).toBeGreaterThanOrEqual(1);
+      expect(timedOut[0].message).toMatch(/timed out after 2500 ms/);
+    },
+  );
 
   test("a rank that never arrives: the rendezvous fails with ERR_MOE_TIMEOUT after the timeout (or, once rank 0 has given up and gone, with the store lost)", async () => {
     const timeoutMs = 2000;

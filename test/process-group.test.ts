@@ -43,7 +43,9 @@ async function rejection(p: Promise<unknown>): Promise<MoEError> {
 async function twoRanksHere(runId: string, timeoutMs = 10000): Promise<[ProcessGroup, ProcessGroup]> {
   const url = `file://${path.join(work, "stores")}`;
   const stores = [0, 1].map((rank) => openStore(url, { rank, worldSize: 2, runId, timeoutMs }));
-  const groups = await Promise.all([0, 1].map((rank) => initProcessGroup({ rank, worldSize: 2, store: stores[rank], timeoutMs })));
+  const groups = await Promise.all(
+    [0, 1].map((rank) => initProcessGroup({ rank, worldSize: 2, store: stores[rank], timeoutMs })),
+  );
   return groups as [ProcessGroup, ProcessGroup];
 }
 
@@ -85,13 +87,25 @@ describe("collectives between processes", () => {
 
   test("sub-groups for W = 4, epSize = 2: EP groups [0, 1], [2, 3] and expert-data-parallel groups [0, 2], [1, 3] work on their own", async () => {
     const results = await launchRanks(4, ["subgroups", "2"]);
-    const ep = [[0, 1], [2, 3]];
-    const edp = [[0, 2], [1, 3]];
+    const ep = [
+      [0, 1],
+      [2, 3],
+    ];
+    const edp = [
+      [0, 2],
+      [1, 3],
+    ];
     for (const [r, res] of results.entries()) {
       const myEp = ep[Math.floor(r / 2)];
       const myEdp = edp[r % 2];
       expect(res.layout).toEqual({ ep, expertDataParallel: edp });
-      expect(res.ep).toEqual({ ranks: myEp, rank: myEp.indexOf(r), size: 2, name: `[${myEp.join(", ")}]`, sum: myEp[0] + myEp[1] });
+      expect(res.ep).toEqual({
+        ranks: myEp,
+        rank: myEp.indexOf(r),
+        size: 2,
+        name: `[${myEp.join(", ")}]`,
+        sum: myEp[0] + myEp[1],
+      });
       expect(res.edp).toMatchObject({ ranks: myEdp, rank: myEdp.indexOf(r), size: 2, sum: myEdp[0] + myEdp[1] });
       // Broadcast from the last rank of the expert-data-parallel group reached only that group.
       expect(res.edp.broadcast).toBe(7000 + myEdp[1]);
@@ -208,7 +222,8 @@ describe("two ranks in this process", () => {
       }
       // With two ranks a sum is one correctly rounded float32 addition.
       expect(Array.from(results[0])).toEqual(Array.from(xa, (v, i) => Math.fround(v + xb[i])));
-      for (const res of results.slice(1)) expect(Buffer.from(res.buffer).equals(Buffer.from(results[0].buffer))).toBe(true);
+      for (const res of results.slice(1))
+        expect(Buffer.from(res.buffer).equals(Buffer.from(results[0].buffer))).toBe(true);
     } finally {
       a.destroy();
       b.destroy();
@@ -255,7 +270,9 @@ describe("two ranks in this process", () => {
 
 describe("options", () => {
   test('backend "nccl" is ERR_MOE_NCCL_UNAVAILABLE with a reason; bad options are ERR_MOE_VALUE naming them', async () => {
-    const nccl = await rejection(initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: "file:///nowhere" }));
+    const nccl = await rejection(
+      initProcessGroup({ backend: "nccl", rank: 0, worldSize: 1, store: "file:///nowhere" }),
+    );
     expect(nccl.code).toBe("ERR_MOE_NCCL_UNAVAILABLE");
     expect(nccl.message).toMatch(/gloo/);
     if (!ncclStatus().available) expect(nccl.message).toContain(ncclStatus().reason);
@@ -276,7 +293,13 @@ describe("options", () => {
   });
 
   test("a group of one works, and split({ epSize }) follows expertParallelLayout", async () => {
-    const pg = await initProcessGroup({ rank: 0, worldSize: 1, store: `file://${work}/one`, runId: "one", timeoutMs: 5000 });
+    const pg = await initProcessGroup({
+      rank: 0,
+      worldSize: 1,
+      store: `file://${work}/one`,
+      runId: "one",
+      timeoutMs: 5000,
+    });
     try {
       const x = Tensor.from([1, 2, 3, 4, 5, 6], [3, 2]);
       const { output, recvCounts } = await pg.allToAllV(x, [3], { recvCounts: [3] });
@@ -291,8 +314,16 @@ describe("options", () => {
       pg.destroy();
     }
     expect(expertParallelLayout(8, 4)).toEqual({
-      ep: [[0, 1, 2, 3], [4, 5, 6, 7]],
-      expertDataParallel: [[0, 4], [1, 5], [2, 6], [3, 7]],
+      ep: [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+      ],
+      expertDataParallel: [
+        [0, 4],
+        [1, 5],
+        [2, 6],
+        [3, 7],
+      ],
     });
     expect(expertParallelLayout(16, 4).expertDataParallel[1]).toEqual([1, 5, 9, 13]);
     expect(expertParallelLayout(4, 4)).toEqual({ ep: [[0, 1, 2, 3]], expertDataParallel: [[0], [1], [2], [3]] });

@@ -39,12 +39,19 @@ export interface Run {
 /** Runs node with args; kills it (and fails) after limitMs. */
 export function runNode(
   args: string[],
-  options: { env?: NodeJS.ProcessEnv; limitMs?: number; onStdout?: (text: string, child: ReturnType<typeof spawn>) => void } = {},
+  options: {
+    env?: NodeJS.ProcessEnv;
+    limitMs?: number;
+    onStdout?: (text: string, child: ReturnType<typeof spawn>) => void;
+  } = {},
 ): Promise<Run> {
   const limitMs = options.limitMs ?? 20000;
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
-    const child = spawn(process.execPath, args, { env: { ...process.env, ...options.env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, args, {
+      env: { ...process.env, ...options.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (d: string) => {

@@ -1,6 +1,6 @@
 import { execFileSync } from "child_process";
 import * as path from "path";
-import { Tensor, ops, memoryStats } from "../lib";
+import { Tensor, ops } from "../lib";
 import type { RouteOptions, RouteResult } from "../lib/ops";
 import { routeRef, routeBackwardRef, routeLossGradFD, scoresRow, type RouteRefOptions } from "./reference/route";
 import { f32, intTensor, normal, relErr, sameBits, tensor, values, TOL, memoryAtRest } from "./util";
@@ -85,23 +85,26 @@ describe("route forward matches the float64 reference", () => {
         disposeAll(r);
       });
 
-  test.each(["softmax", "sigmoid"] as const)("expert bias changes the choice but not the weights (%s)", async (scoreFunction) => {
-    const [t, e, k] = [200, 32, 4];
-    const x = gridLogits(t * e, 21);
-    const bias = f32(normal(e, 22, 0.3));
-    for (const renormalize of [false, true]) {
-      const { r, ref } = await checkForward(x, t, e, { topK: k, scoreFunction, renormalize, bias });
-      const plain = routeRef(x, t, e, { topK: k, scoreFunction, renormalize });
-      // The bias must matter on this data, or the test proves nothing.
-      expect(Array.from(ref.indices)).not.toEqual(Array.from(plain.indices));
-      // weights are the unbiased scores of the chosen experts
-      const s = values(r.scores);
-      const w = values(r.weights);
-      const idx = ints(r.indices);
-      if (!renormalize) for (let i = 0; i < t * k; i++) expect(w[i]).toBe(s[Math.floor(i / k) * e + idx[i]]);
-      disposeAll(r);
-    }
-  });
+  test.each(["softmax", "sigmoid"] as const)(
+    "expert bias changes the choice but not the weights (%s)",
+    async (scoreFunction) => {
+      const [t, e, k] = [200, 32, 4];
+      const x = gridLogits(t * e, 21);
+      const bias = f32(normal(e, 22, 0.3));
+      for (const renormalize of [false, true]) {
+        const { r, ref } = await checkForward(x, t, e, { topK: k, scoreFunction, renormalize, bias });
+        const plain = routeRef(x, t, e, { topK: k, scoreFunction, renormalize });
+        // The bias must matter on this data, or the test proves nothing.
+        expect(Array.from(ref.indices)).not.toEqual(Array.from(plain.indices));
+        // weights are the unbiased scores of the chosen experts
+        const s = values(r.scores);
+        const w = values(r.weights);
+        const idx = ints(r.indices);
+        if (!renormalize) for (let i = 0; i < t * k; i++) expect(w[i]).toBe(s[Math.floor(i / k) * e + idx[i]]);
+        disposeAll(r);
+      }
+    },
+  );
 
   test.each([
     ["softmax", 16, 4, 2, 4],
@@ -112,7 +115,14 @@ describe("route forward matches the float64 reference", () => {
     const t = 150;
     const x = gridLogits(t * e, e + G + g + k, 1.5);
     const bias = scoreFunction === "sigmoid" ? f32(normal(e, 5, 0.05)) : undefined;
-    const o: Opts = { topK: k, scoreFunction, renormalize: scoreFunction === "sigmoid", bias, numGroups: G, topkGroups: g };
+    const o: Opts = {
+      topK: k,
+      scoreFunction,
+      renormalize: scoreFunction === "sigmoid",
+      bias,
+      numGroups: G,
+      topkGroups: g,
+    };
     const { r } = await checkForward(x, t, e, o);
     const idx = ints(r.indices);
     for (let ti = 0; ti < t; ti++) {
@@ -131,7 +141,8 @@ describe("route forward matches the float64 reference", () => {
     const { r } = await checkForward(x, t, e, { topK: e, renormalize: true });
     expect(Array.from(ints(r.tokensPerExpert))).toEqual(new Array(e).fill(t));
     const w = values(r.weights);
-    for (let ti = 0; ti < t; ti++) expect(Math.abs(w.subarray(ti * e, (ti + 1) * e).reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-6);
+    for (let ti = 0; ti < t; ti++)
+      expect(Math.abs(w.subarray(ti * e, (ti + 1) * e).reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-6);
     disposeAll(r);
   });
 
@@ -215,25 +226,28 @@ describe("route forward matches the float64 reference", () => {
     disposeAll(r);
   });
 
-  test.each(["softmax", "sigmoid"] as const)("scores and gradients keep their relative precision far from 0 (%s)", async (scoreFunction) => {
-    // Logits up to ±40 (softmax) or ±80 (sigmoid): tiny scores and tiny 1 − s stay normal floats, and
-    // each element must be right relative to itself, not only to the largest one.
-    const [t, e, k] = [64, 16, 4];
-    const span = scoreFunction === "softmax" ? 40 : 80;
-    const x = f32(Array.from(normal(t * e, 37), (v) => Math.max(-span, Math.min(span, v * span / 2))));
-    const L = tensor(x, [t, e]);
-    const r = await ops.route(L, { topK: k, scoreFunction });
-    const ref = routeRef(x, t, e, { topK: k, scoreFunction });
-    expect(maxElemRelErr(values(r.scores), ref.scores)).toBeLessThan(TOL.float32);
-    const dw = f32(normal(t * k, 38));
-    const dl = await ops.routeBackward(L, r.indices, r.tokensPerExpert, tensor(dw, [t, k]), { scoreFunction });
-    const dref = routeBackwardRef(x, t, e, ints(r.indices), ints(r.tokensPerExpert), dw, { scoreFunction });
-    // softmax gradients are differences of products; compare the terms that are not cancellations
-    if (scoreFunction === "sigmoid") expect(maxElemRelErr(values(dl), dref)).toBeLessThan(TOL.float32);
-    else expect(relErr(values(dl), dref)).toBeLessThan(TOL.float32);
-    dl.dispose();
-    disposeAll(r);
-  });
+  test.each(["softmax", "sigmoid"] as const)(
+    "scores and gradients keep their relative precision far from 0 (%s)",
+    async (scoreFunction) => {
+      // Logits up to ±40 (softmax) or ±80 (sigmoid): tiny scores and tiny 1 − s stay normal floats, and
+      // each element must be right relative to itself, not only to the largest one.
+      const [t, e, k] = [64, 16, 4];
+      const span = scoreFunction === "softmax" ? 40 : 80;
+      const x = f32(Array.from(normal(t * e, 37), (v) => Math.max(-span, Math.min(span, (v * span) / 2))));
+      const L = tensor(x, [t, e]);
+      const r = await ops.route(L, { topK: k, scoreFunction });
+      const ref = routeRef(x, t, e, { topK: k, scoreFunction });
+      expect(maxElemRelErr(values(r.scores), ref.scores)).toBeLessThan(TOL.float32);
+      const dw = f32(normal(t * k, 38));
+      const dl = await ops.routeBackward(L, r.indices, r.tokensPerExpert, tensor(dw, [t, k]), { scoreFunction });
+      const dref = routeBackwardRef(x, t, e, ints(r.indices), ints(r.tokensPerExpert), dw, { scoreFunction });
+      // softmax gradients are differences of products; compare the terms that are not cancellations
+      if (scoreFunction === "sigmoid") expect(maxElemRelErr(values(dl), dref)).toBeLessThan(TOL.float32);
+      else expect(relErr(values(dl), dref)).toBeLessThan(TOL.float32);
+      dl.dispose();
+      disposeAll(r);
+    },
+  );
 
   test("zero tokens give empty outputs, zero counts and zero losses", async () => {
     const e = 8;
@@ -258,8 +272,23 @@ describe("routeBackward", () => {
     ["softmax, weights only", 64, 16, 4, { topK: 4 }, true, 0, 0],
     ["softmax renormalised, all terms", 300, 64, 8, { topK: 8, renormalize: true }, true, 0.01, 0.001],
     ["sigmoid, all terms", 100, 32, 4, { topK: 4, scoreFunction: "sigmoid" }, true, 0.5, 0.2],
-    ["sigmoid renormalised with bias and groups", 120, 64, 8,
-      { topK: 8, scoreFunction: "sigmoid", renormalize: true, numGroups: 8, topkGroups: 4, bias: f32(normal(64, 41, 0.05)) }, true, 0.3, 0.1],
+    [
+      "sigmoid renormalised with bias and groups",
+      120,
+      64,
+      8,
+      {
+        topK: 8,
+        scoreFunction: "sigmoid",
+        renormalize: true,
+        numGroups: 8,
+        topkGroups: 4,
+        bias: f32(normal(64, 41, 0.05)),
+      },
+      true,
+      0.3,
+      0.1,
+    ],
     ["losses only (no dWeights), softmax", 50, 8, 2, { topK: 2 }, false, 1, 1],
     ["losses only (no dWeights), sigmoid", 50, 8, 2, { topK: 2, scoreFunction: "sigmoid" }, false, 1, 1],
     ["k = E", 20, 8, 8, { topK: 8, renormalize: true }, true, 0.5, 0.5],
@@ -286,7 +315,14 @@ describe("routeBackward", () => {
     ["softmax", 5, 8, { topK: 3 }, 0.6, 0.4],
     ["softmax renormalised", 5, 8, { topK: 3, renormalize: true }, 0.6, 0.4],
     ["sigmoid", 4, 8, { topK: 2, scoreFunction: "sigmoid" }, 0.6, 0.4],
-    ["sigmoid renormalised, bias", 4, 8, { topK: 3, scoreFunction: "sigmoid", renormalize: true, bias: f32(normal(8, 51, 0.1)) }, 0.6, 0.4],
+    [
+      "sigmoid renormalised, bias",
+      4,
+      8,
+      { topK: 3, scoreFunction: "sigmoid", renormalize: true, bias: f32(normal(8, 51, 0.1)) },
+      0.6,
+      0.4,
+    ],
     ["groups (E=16, G=4, g=2, k=4)", 4, 16, { topK: 4, numGroups: 4, topkGroups: 2, renormalize: true }, 0.6, 0.4],
     ["k = 1", 6, 4, { topK: 1 }, 2, 1],
   ];
@@ -328,7 +364,11 @@ describe("route determinism and resources", () => {
     const runs = [];
     for (let i = 0; i < 3; i++) {
       const r = await ops.route(L, { ...opts, expertBias: B });
-      const dl = await ops.routeBackward(L, r.indices, r.tokensPerExpert, dW, { ...opts, auxLossGrad: 0.01, zLossGrad: 0.001 });
+      const dl = await ops.routeBackward(L, r.indices, r.tokensPerExpert, dW, {
+        ...opts,
+        auxLossGrad: 0.01,
+        zLossGrad: 0.001,
+      });
       runs.push({ ...r, dl });
     }
     for (const name of ["indices", "weights", "scores", "tokensPerExpert", "auxLoss", "zLoss", "dl"] as const) {
@@ -398,7 +438,9 @@ describe("route rejects bad input with typed errors", () => {
       code: "ERR_MOE_DTYPE",
       message: expect.stringMatching(/route: expected logits of dtype float32 but received bfloat16/),
     });
-    await expect(ops.route(Tensor.from(new Int32Array(t * e), [t, e]), { topK: 2 })).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
+    await expect(ops.route(Tensor.from(new Int32Array(t * e), [t, e]), { topK: 2 })).rejects.toMatchObject({
+      code: "ERR_MOE_DTYPE",
+    });
     await expect(ops.route(tensor(normal(e, 1), [e]), { topK: 2 })).rejects.toMatchObject({
       code: "ERR_MOE_SHAPE",
       message: expect.stringMatching(/expected logits of shape \[tokens, numExperts\] but received \[8\]/),
@@ -410,11 +452,15 @@ describe("route rejects bad input with typed errors", () => {
       message: expect.stringMatching(/route: .*logits.*\[2, 3\] is nan/),
     });
     bad[2 * e + 3] = Infinity;
-    await expect(ops.route(tensor(bad, [t, e]), { topK: 2, scoreFunction: "sigmoid" })).rejects.toMatchObject({ code: "ERR_MOE_NONFINITE" });
+    await expect(ops.route(tensor(bad, [t, e]), { topK: 2, scoreFunction: "sigmoid" })).rejects.toMatchObject({
+      code: "ERR_MOE_NONFINITE",
+    });
     const D = tensor(normal(t * e, 3), [t, e]);
     D.dispose();
     await expect(ops.route(D, { topK: 2 })).rejects.toMatchObject({ code: "ERR_MOE_DISPOSED" });
-    await expect(ops.route("logits" as unknown as Tensor, { topK: 2 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    await expect(ops.route("logits" as unknown as Tensor, { topK: 2 })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+    });
   });
 
   test("topK and options", async () => {
@@ -422,11 +468,18 @@ describe("route rejects bad input with typed errors", () => {
       code: "ERR_MOE_VALUE",
       message: "route: expected topK <= numExperts (8) but received 9",
     });
-    await expect(ops.route(L, { topK: 0 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/topK/) });
+    await expect(ops.route(L, { topK: 0 })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+      message: expect.stringMatching(/topK/),
+    });
     await expect(ops.route(L, { topK: 1.5 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
     await expect(ops.route(L, {} as RouteOptions)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(ops.route(L, { topK: 2, scoreFunction: "relu" as "softmax" })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(ops.route(L, { topK: 2, renormalize: 1 as unknown as boolean })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    await expect(ops.route(L, { topK: 2, scoreFunction: "relu" as "softmax" })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+    });
+    await expect(ops.route(L, { topK: 2, renormalize: 1 as unknown as boolean })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+    });
   });
 
   test("expert bias", async () => {
@@ -434,10 +487,14 @@ describe("route rejects bad input with typed errors", () => {
       code: "ERR_MOE_SHAPE",
       message: expect.stringMatching(/expected expertBias of shape \[numExperts\] = \[8\] but received \[7\]/),
     });
-    await expect(ops.route(L, { topK: 2, expertBias: intTensor(new Array(e).fill(0), [e]) })).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
+    await expect(ops.route(L, { topK: 2, expertBias: intTensor(new Array(e).fill(0), [e]) })).rejects.toMatchObject({
+      code: "ERR_MOE_DTYPE",
+    });
     const nanBias = new Float64Array(e);
     nanBias[1] = NaN;
-    await expect(ops.route(L, { topK: 2, expertBias: tensor(nanBias, [e]) })).rejects.toMatchObject({ code: "ERR_MOE_NONFINITE" });
+    await expect(ops.route(L, { topK: 2, expertBias: tensor(nanBias, [e]) })).rejects.toMatchObject({
+      code: "ERR_MOE_NONFINITE",
+    });
   });
 
   test("groups", async () => {
@@ -445,24 +502,36 @@ describe("route rejects bad input with typed errors", () => {
       code: "ERR_MOE_VALUE",
       message: expect.stringMatching(/numGroups to divide numExperts \(8\) but received 3/),
     });
-    await expect(ops.route(L, { topK: 2, numGroups: 4, topkGroups: 5 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    await expect(ops.route(L, { topK: 2, numGroups: 4, topkGroups: 5 })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+    });
     await expect(ops.route(L, { topK: 5, numGroups: 4, topkGroups: 2 })).rejects.toMatchObject({
       code: "ERR_MOE_VALUE",
       message: expect.stringMatching(/topK <= topkGroups · numExperts \/ numGroups \(4\) but received 5/),
     });
     await expect(ops.route(L, { topK: 2, numGroups: 4 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    await expect(ops.route(L, { topK: 2, numGroups: 0, topkGroups: 1 })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    await expect(ops.route(L, { topK: 2, numGroups: 0, topkGroups: 1 })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+    });
   });
 
   test("routeBackward", async () => {
     const r = await ops.route(L, { topK: 2 });
     const dW = tensor(normal(t * 2, 5), [t, 2]);
-    await expect(ops.routeBackward(L, r.weights, r.tokensPerExpert, dW)).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
-    await expect(ops.routeBackward(L, r.indices, r.tokensPerExpert, tensor(normal(t * 3, 6), [t, 3]))).rejects.toMatchObject({
+    await expect(ops.routeBackward(L, r.weights, r.tokensPerExpert, dW)).rejects.toMatchObject({
+      code: "ERR_MOE_DTYPE",
+    });
+    await expect(
+      ops.routeBackward(L, r.indices, r.tokensPerExpert, tensor(normal(t * 3, 6), [t, 3])),
+    ).rejects.toMatchObject({
       code: "ERR_MOE_SHAPE",
     });
-    await expect(ops.routeBackward(L, r.indices, intTensor([1, 2], [2]), dW)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
-    await expect(ops.routeBackward(L, intTensor(new Array(t * 2).fill(8), [t, 2]), r.tokensPerExpert, dW)).rejects.toMatchObject({
+    await expect(ops.routeBackward(L, r.indices, intTensor([1, 2], [2]), dW)).rejects.toMatchObject({
+      code: "ERR_MOE_SHAPE",
+    });
+    await expect(
+      ops.routeBackward(L, intTensor(new Array(t * 2).fill(8), [t, 2]), r.tokensPerExpert, dW),
+    ).rejects.toMatchObject({
       code: "ERR_MOE_VALUE",
       message: expect.stringMatching(/indices in \[0, 8\)/),
     });
@@ -476,7 +545,9 @@ describe("route rejects bad input with typed errors", () => {
     });
     const D = tensor(normal(t * 2, 7), [t, 2]);
     D.dispose();
-    await expect(ops.routeBackward(L, r.indices, r.tokensPerExpert, D)).rejects.toMatchObject({ code: "ERR_MOE_DISPOSED" });
+    await expect(ops.routeBackward(L, r.indices, r.tokensPerExpert, D)).rejects.toMatchObject({
+      code: "ERR_MOE_DISPOSED",
+    });
     disposeAll(r);
   });
 });

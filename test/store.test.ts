@@ -69,7 +69,10 @@ async function expectCode(p: Promise<unknown>, code: string, text?: RegExp): Pro
 
 async function timed<T>(p: Promise<T>): Promise<[number, T | unknown]> {
   const t0 = Date.now();
-  const r = await p.then((v) => v, (e: unknown) => e);
+  const r = await p.then(
+    (v) => v,
+    (e: unknown) => e,
+  );
   return [Date.now() - t0, r];
 }
 
@@ -175,12 +178,22 @@ describe("file store", () => {
     expect(Array.from(await s.get("ключ/☃"))).toEqual([1, 2, 3]);
     await s.set("empty", new Uint8Array(0));
     expect((await s.get("empty")).length).toBe(0);
-    await expectCode(Promise.resolve().then(() => s.set("x".repeat(4097), "v")), "ERR_MOE_VALUE", /4096/);
-    await expectCode(Promise.resolve().then(() => s.set("v", new Uint8Array(16 * 1024 * 1024 + 1))), "ERR_MOE_VALUE");
+    await expectCode(
+      Promise.resolve().then(() => s.set("x".repeat(4097), "v")),
+      "ERR_MOE_VALUE",
+      /4096/,
+    );
+    await expectCode(
+      Promise.resolve().then(() => s.set("v", new Uint8Array(16 * 1024 * 1024 + 1))),
+      "ERR_MOE_VALUE",
+    );
     await s.set("text", "abc");
     await expectCode(s.add("text", 1), "ERR_MOE_VALUE", /not a decimal integer/);
     s.close();
-    await expectCode(Promise.resolve().then(() => s.get("later")), "ERR_MOE_DISPOSED");
+    await expectCode(
+      Promise.resolve().then(() => s.get("later")),
+      "ERR_MOE_DISPOSED",
+    );
   });
 });
 
@@ -245,7 +258,12 @@ describe("tcp store", () => {
 
     // The wire format, written out here independently of the server's code:
     // u32 magic "MOES", u16 version 1, u16 op, u32 key length, u32 value length, big-endian.
-    function frame(op: number, key: string | Buffer, value: Buffer = Buffer.alloc(0), o: { magic?: number; version?: number; keyLen?: number; valueLen?: number } = {}): Buffer {
+    function frame(
+      op: number,
+      key: string | Buffer,
+      value: Buffer = Buffer.alloc(0),
+      o: { magic?: number; version?: number; keyLen?: number; valueLen?: number } = {},
+    ): Buffer {
       const k = typeof key === "string" ? Buffer.from(key) : key;
       const h = Buffer.alloc(16);
       h.writeUInt32BE(o.magic ?? 0x4d4f4553, 0);
@@ -255,7 +273,12 @@ describe("tcp store", () => {
       h.writeUInt32BE(o.valueLen ?? value.length, 12);
       return Buffer.concat([h, k, value]);
     }
-    const HELLO = 1, SET = 2, GET = 3, OK = 0x100, VALUE = 0x101, REFUSED = 0x102;
+    const HELLO = 1,
+      SET = 2,
+      GET = 3,
+      OK = 0x100,
+      VALUE = 0x101,
+      REFUSED = 0x102;
 
     // Sends bytes, then collects what comes back until the server closes (or 3 s pass).
     function exchange(bytes: Buffer): Promise<{ data: Buffer; closed: boolean }> {
@@ -291,7 +314,7 @@ describe("tcp store", () => {
 
     function replies(data: Buffer): Array<{ op: number; value: string }> {
       const out = [];
-      for (let at = 0; at + 16 <= data.length; ) {
+      for (let at = 0; at + 16 <= data.length;) {
         expect(data.readUInt32BE(at)).toBe(0x4d4f4553);
         const op = data.readUInt16BE(at + 6);
         const n = data.readUInt32BE(at + 12);
@@ -346,21 +369,32 @@ describe("tcp store", () => {
       ["a wrong magic", () => frame(HELLO, RUN, undefined, { magic: 0xdeadbeef }), []],
       ["another protocol version", () => frame(HELLO, RUN, undefined, { version: 2 }), []],
       ["an oversized key length in HELLO", () => frame(HELLO, RUN, undefined, { keyLen: 0xffffffff }), []],
-      ["an oversized value length after HELLO", () => Buffer.concat([frame(HELLO, RUN), frame(SET, "k", undefined, { valueLen: 16 * 1024 * 1024 + 1 })]), [OK]],
+      [
+        "an oversized value length after HELLO",
+        () => Buffer.concat([frame(HELLO, RUN), frame(SET, "k", undefined, { valueLen: 16 * 1024 * 1024 + 1 })]),
+        [OK],
+      ],
       ["an unknown op after HELLO", () => Buffer.concat([frame(HELLO, RUN), frame(99, "k")]), [OK]],
       ["a request before HELLO", () => frame(SET, "k", Buffer.from("v")), []],
-      ["a second request before the first is answered", () => Buffer.concat([frame(HELLO, RUN), frame(GET, "absent"), frame(SET, "absent", Buffer.from("v"))]), [OK]],
+      [
+        "a second request before the first is answered",
+        () => Buffer.concat([frame(HELLO, RUN), frame(GET, "absent"), frame(SET, "absent", Buffer.from("v"))]),
+        [OK],
+      ],
       ["a wrong run id", () => frame(HELLO, "run-other"), [REFUSED]],
     ];
 
-    test.each(hostile)("%s: the server closes that connection and still serves a good client", async (name, bytes, expected) => {
-      const { data, closed } = await exchange(bytes());
-      expect(closed).toBe(true);
-      expect(replies(data).map((r) => r.op)).toEqual(expected);
-      // The refused request changed nothing.
-      expect(await server.check(["absent"])).toBe(false);
-      await goodClientWorks(name.replace(/\W+/g, "-"));
-    });
+    test.each(hostile)(
+      "%s: the server closes that connection and still serves a good client",
+      async (name, bytes, expected) => {
+        const { data, closed } = await exchange(bytes());
+        expect(closed).toBe(true);
+        expect(replies(data).map((r) => r.op)).toEqual(expected);
+        // The refused request changed nothing.
+        expect(await server.check(["absent"])).toBe(false);
+        await goodClientWorks(name.replace(/\W+/g, "-"));
+      },
+    );
 
     test("a client of another run id is refused with ERR_MOE_VALUE", async () => {
       const c = openStore(server.url, { rank: 1, worldSize: 2, runId: "run-other", timeoutMs: 3000 });
@@ -378,8 +412,20 @@ describe("tcp store", () => {
         const kind = i % 4;
         if (kind === 0) inputs.push(junk);
         // A valid magic and version with random op and lengths, then junk.
-        else if (kind === 1) inputs.push(Buffer.concat([frame(Math.floor(r() * 8), "", undefined, { keyLen: byte() << 8 | byte(), valueLen: ((byte() << 24) | byte()) >>> 0 }), junk]));
-        else if (kind === 2) inputs.push(Buffer.concat([frame(HELLO, RUN), frame(Math.floor(r() * 0x110), junk.subarray(0, 8), junk.subarray(8))]));
+        else if (kind === 1)
+          inputs.push(
+            Buffer.concat([
+              frame(Math.floor(r() * 8), "", undefined, {
+                keyLen: (byte() << 8) | byte(),
+                valueLen: ((byte() << 24) | byte()) >>> 0,
+              }),
+              junk,
+            ]),
+          );
+        else if (kind === 2)
+          inputs.push(
+            Buffer.concat([frame(HELLO, RUN), frame(Math.floor(r() * 0x110), junk.subarray(0, 8), junk.subarray(8))]),
+          );
         else inputs.push(Buffer.concat([frame(HELLO, RUN), junk]));
       }
       // Sent in batches; connections the server keeps open (a partial message) are dropped by us.
@@ -422,21 +468,30 @@ describe("tcp store", () => {
     return rows;
   }
 
-  test.each(["127.0.0.1", "localhost", ""])("a server for host %p listens on 127.0.0.1 only, and stops when closed", async (host) => {
-    const s = openStore(`tcp://${host}:0`, { runId: "run-l" });
-    const port = tcpPort(s);
-    expect(listening(port)).toEqual([{ file: "/proc/net/tcp", address: "0100007F" }]);
-    s.close();
-    expect(listening(port)).toEqual([]);
-    const refused = await new Promise<string>((resolve) => {
-      const sock = net.connect(port, "127.0.0.1", () => resolve("connected"));
-      sock.on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? "error"));
-    });
-    expect(refused).toBe("ECONNREFUSED");
-  });
+  test.each(["127.0.0.1", "localhost", ""])(
+    "a server for host %p listens on 127.0.0.1 only, and stops when closed",
+    async (host) => {
+      const s = openStore(`tcp://${host}:0`, { runId: "run-l" });
+      const port = tcpPort(s);
+      expect(listening(port)).toEqual([{ file: "/proc/net/tcp", address: "0100007F" }]);
+      s.close();
+      expect(listening(port)).toEqual([]);
+      const refused = await new Promise<string>((resolve) => {
+        const sock = net.connect(port, "127.0.0.1", () => resolve("connected"));
+        sock.on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? "error"));
+      });
+      expect(refused).toBe("ECONNREFUSED");
+    },
+  );
 
   test("bad urls and options are refused with ERR_MOE_VALUE", () => {
-    for (const url of ["tcp://127.0.0.1", "tcp://127.0.0.1:70000", "tcp://[::1]:5000", "http://x:1", "tcp://127.0.0.1:x"]) {
+    for (const url of [
+      "tcp://127.0.0.1",
+      "tcp://127.0.0.1:70000",
+      "tcp://[::1]:5000",
+      "http://x:1",
+      "tcp://127.0.0.1:x",
+    ]) {
       expect(() => openStore(url, { runId: "r" })).toThrow(MoEError);
     }
     expect(() => openStore("tcp://127.0.0.1:0", { rank: 1, worldSize: 2, runId: "r" })).toThrow(/port 0/);

@@ -55,9 +55,15 @@ describe("Tensor", () => {
   test("bad shapes, dtypes, devices and data get typed errors", () => {
     expect(() => Tensor.from([1, 2, 3], [2, 2])).toThrow(expect.objectContaining({ code: "ERR_MOE_SHAPE" }));
     expect(() => Tensor.from([1], [-1])).toThrow(expect.objectContaining({ code: "ERR_MOE_SHAPE" }));
-    expect(() => Tensor.from([1], [1], { dtype: "float8" as never })).toThrow(expect.objectContaining({ code: "ERR_MOE_DTYPE" }));
-    expect(() => Tensor.from([1], [1], { device: "tpu" as never })).toThrow(expect.objectContaining({ code: "ERR_MOE_DEVICE" }));
-    expect(() => Tensor.from(new Int32Array(2), [2], { dtype: "float32" })).toThrow(expect.objectContaining({ code: "ERR_MOE_DTYPE" }));
+    expect(() => Tensor.from([1], [1], { dtype: "float8" as never })).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_DTYPE" }),
+    );
+    expect(() => Tensor.from([1], [1], { device: "tpu" as never })).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_DEVICE" }),
+    );
+    expect(() => Tensor.from(new Int32Array(2), [2], { dtype: "float32" })).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_DTYPE" }),
+    );
     expect(() => Tensor.from("abc" as never, [3])).toThrow(MoEError);
     try {
       Tensor.from([1, 2, 3], [2, 2]);
@@ -68,7 +74,9 @@ describe("Tensor", () => {
 
   test("a CUDA tensor on a machine without CUDA says why", () => {
     if (info().cuda.available) return; // covered by the CUDA suite on GPU machines
-    expect(() => Tensor.zeros([2], { device: "cuda:0" })).toThrow(expect.objectContaining({ code: "ERR_MOE_CUDA_UNAVAILABLE" }));
+    expect(() => Tensor.zeros([2], { device: "cuda:0" })).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_CUDA_UNAVAILABLE" }),
+    );
     try {
       Tensor.zeros([2], { device: "cuda:0" });
     } catch (e) {

@@ -47,7 +47,11 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-6)
 export const TOL = { float32: 1e-5, bfloat16: 2e-2, float16: 2e-2 } as const;
 
 /** A float tensor from float64 data. */
-export function tensor(data: ArrayLike<number>, shape: number[], dtype: "float32" | "bfloat16" | "float16" = "float32"): Tensor {
+export function tensor(
+  data: ArrayLike<number>,
+  shape: number[],
+  dtype: "float32" | "bfloat16" | "float16" = "float32",
+): Tensor {
   return Tensor.from(Float32Array.from(data as ArrayLike<number>), shape, { dtype });
 }
 

@@ -1,5 +1,7 @@
 /** The addon loads in worker_threads (per-environment data), runs ops there and lets workers exit cleanly. */
 import { execFileSync } from "child_process";
+import * as fs from "fs";
+import * as os from "os";
 import * as path from "path";
 import { buildDist } from "./procs";
 
@@ -28,8 +30,8 @@ test("two workers and the main thread run ops at once, then every thread exits",
     } else {
       work(workerData).then((r) => parentPort.postMessage(r));
     }`;
-  const file = path.join(require("os").tmpdir(), `moe-ep-worker-${process.pid}.js`);
-  require("fs").writeFileSync(file, src);
+  const file = path.join(os.tmpdir(), `moe-ep-worker-${process.pid}.js`);
+  fs.writeFileSync(file, src);
   const out = execFileSync(process.execPath, [file], { encoding: "utf8", timeout: 30000 });
   const [main, w1, w2] = JSON.parse(out);
   expect(main).toEqual({ v: [0, 1, 2, 3], err: "ERR_MOE_SHAPE" });

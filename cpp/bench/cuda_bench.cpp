@@ -50,8 +50,8 @@ ops::Task<KernelTime> cuda_route_kernel(Device device, int64_t tokens, int exper
       s = s * 1664525u + 1013904223u;
       v = 4.0f * (float(s) / 4294967296.0f - 0.5f);
     }
-    Tensor logits = from_host(DType::F32, {tokens, int64_t(experts)}, device, host.data(), DType::F32,
-                              int64_t(host.size()));
+    Tensor logits =
+        from_host(DType::F32, {tokens, int64_t(experts)}, device, host.data(), DType::F32, int64_t(host.size()));
     Tensor indices = empty(DType::I32, {tokens, top_k}, device), weights = empty(DType::F32, {tokens, top_k}, device);
     Tensor scores = empty(DType::F32, {tokens, int64_t(experts)}, device);
     Tensor counts = empty(DType::I32, {int64_t(experts)}, device), prob = empty(DType::F32, {int64_t(experts)}, device);
@@ -80,8 +80,8 @@ ops::Task<CopyRate> cuda_copy_rate(Device device, int64_t bytes, int reps, int b
     cuda::Scope sc(device);
     auto src = Storage::allocate(size_t(bytes), device), dst = Storage::allocate(size_t(bytes), device);
     cuda::memset_async(src->data(), 1, size_t(bytes), device);
-    KernelTime t = time_batches(device, reps, batches,
-                                [&] { cuda::copy_async(dst->data(), src->data(), size_t(bytes), device); });
+    KernelTime t =
+        time_batches(device, reps, batches, [&] { cuda::copy_async(dst->data(), src->data(), size_t(bytes), device); });
     cuda::synchronize(device);
     CopyRate r;
     r.median_us = t.median_us;

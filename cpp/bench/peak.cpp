@@ -121,7 +121,8 @@ struct FreeDeleter {
 }  // namespace
 
 ops::Task<FmaPeak> fma_peak(int threads, double seconds) {
-  check_option("fmaPeak", "threads", threads >= 1 && threads <= 1024, "an integer in [1, 1024]", std::to_string(threads));
+  check_option("fmaPeak", "threads", threads >= 1 && threads <= 1024, "an integer in [1, 1024]",
+               std::to_string(threads));
   check_option("fmaPeak", "seconds", seconds > 0 && seconds <= 60, "in (0, 60]", num_str(seconds));
   return [threads, seconds] {
     FmaPeak r;
@@ -152,7 +153,8 @@ ops::Task<MemcpyBandwidth> memcpy_bandwidth(int64_t bytes, int threads) {
     const size_t size = (size_t(bytes) + 63) / 64 * 64;
     std::unique_ptr<char, FreeDeleter> src(static_cast<char*>(std::aligned_alloc(64, size)));
     std::unique_ptr<char, FreeDeleter> dst(static_cast<char*>(std::aligned_alloc(64, size)));
-    if (!src || !dst) fail(Code::Value, "memcpyBandwidth: could not allocate two buffers of " + std::to_string(size) + " bytes");
+    if (!src || !dst)
+      fail(Code::Value, "memcpyBandwidth: could not allocate two buffers of " + std::to_string(size) + " bytes");
     const size_t slice = (size / size_t(threads) + 63) / 64 * 64;
     auto part = [&](int t, size_t& off, size_t& len) {
       off = std::min(size, slice * size_t(t));

@@ -10,10 +10,10 @@
 namespace moe::bench {
 
 struct FmaPeak {
-  double gflops = 0;    // all threads together
-  std::string isa;      // "avx512f", "avx2+fma" or "scalar"
+  double gflops = 0;  // all threads together
+  std::string isa;    // "avx512f", "avx2+fma" or "scalar"
   int threads = 0;
-  double seconds = 0;   // measured wall time
+  double seconds = 0;  // measured wall time
 };
 
 // `threads` threads run independent chains of fused multiply-adds (enough of
@@ -21,8 +21,8 @@ struct FmaPeak {
 ops::Task<FmaPeak> fma_peak(int threads, double seconds);
 
 struct MemcpyBandwidth {
-  double gbps = 0;           // bytes read plus bytes written, per second, in 1e9
-  double bytes = 0;          // the size of one copy (source and destination each)
+  double gbps = 0;   // bytes read plus bytes written, per second, in 1e9
+  double bytes = 0;  // the size of one copy (source and destination each)
   int threads = 0;
   int repetitions = 0;
   double seconds = 0;
@@ -36,7 +36,7 @@ struct SgemmRate {
   double gflops = 0;  // median over the timed iterations, 2·m·n·k per GEMM
   double best_gflops = 0;
   int iterations = 0;
-  std::string core;   // the OpenBLAS core in use, or "" for the built-in GEMM
+  std::string core;  // the OpenBLAS core in use, or "" for the built-in GEMM
 };
 
 // C[m, n] = A[m, k] · B[k, n] through moe::sgemm: one warm-up, then `iterations` timed runs.

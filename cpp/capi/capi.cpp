@@ -23,22 +23,32 @@ moe_status status_of(Code code) { return static_cast<moe_status>(static_cast<int
 
 DType dtype_of(moe_dtype d) {
   switch (d) {
-    case MOE_FLOAT32: return DType::F32;
-    case MOE_BFLOAT16: return DType::BF16;
-    case MOE_FLOAT16: return DType::F16;
-    case MOE_INT32: return DType::I32;
-    case MOE_INT64: return DType::I64;
+    case MOE_FLOAT32:
+      return DType::F32;
+    case MOE_BFLOAT16:
+      return DType::BF16;
+    case MOE_FLOAT16:
+      return DType::F16;
+    case MOE_INT32:
+      return DType::I32;
+    case MOE_INT64:
+      return DType::I64;
   }
   fail(Code::Dtype, "expected a moe_dtype in [0, 4] but received " + std::to_string(int(d)));
 }
 
 moe_dtype abi_dtype(DType d) {
   switch (d) {
-    case DType::F32: return MOE_FLOAT32;
-    case DType::BF16: return MOE_BFLOAT16;
-    case DType::F16: return MOE_FLOAT16;
-    case DType::I32: return MOE_INT32;
-    case DType::I64: return MOE_INT64;
+    case DType::F32:
+      return MOE_FLOAT32;
+    case DType::BF16:
+      return MOE_BFLOAT16;
+    case DType::F16:
+      return MOE_FLOAT16;
+    case DType::I32:
+      return MOE_INT32;
+    case DType::I64:
+      return MOE_INT64;
   }
   return MOE_FLOAT32;
 }
@@ -75,8 +85,8 @@ moe_status moe_tensor_create(moe_dtype dtype, int ndim, const int64_t* shape, co
   return guarded([&] {
     if (!out_t) fail(Code::Value, "moe_tensor_create: expected an out pointer but received NULL");
     if (ndim < 0 || ndim > 8 || (ndim > 0 && !shape))
-      fail(Code::Shape, "moe_tensor_create: expected 0 to 8 dimensions and a shape but received ndim " +
-                            std::to_string(ndim));
+      fail(Code::Shape,
+           "moe_tensor_create: expected 0 to 8 dimensions and a shape but received ndim " + std::to_string(ndim));
     Shape s(shape, shape + ndim);
     DType dt = dtype_of(dtype);
     Tensor t = data ? from_host(dt, s, Device{}, data, dt, shape_numel(s)) : zeros(dt, s);

@@ -154,7 +154,8 @@ bool FileStore::read_entry(const std::string& key, Bytes* value) const {
   auto malformed = [&] { fail(Code::Value, "file store: " + path + " is not a moe-ep store entry"); };
   if (data.size() < 8 || std::memcmp(data.data(), kEntryMagic, 4) != 0) malformed();
   uint32_t key_len = uint32_t(data[4]) | uint32_t(data[5]) << 8 | uint32_t(data[6]) << 16 | uint32_t(data[7]) << 24;
-  if (key_len > kMaxKeyBytes || data.size() < 8 + size_t(key_len) || data.size() - 8 - key_len > kMaxValueBytes) malformed();
+  if (key_len > kMaxKeyBytes || data.size() < 8 + size_t(key_len) || data.size() - 8 - key_len > kMaxValueBytes)
+    malformed();
   if (key_len != key.size() || std::memcmp(data.data() + 8, key.data(), key_len) != 0) {
     fail(Code::Internal, "file store: " + path + " holds another key than " + describe_key(key) + " (hash collision)");
   }
@@ -211,8 +212,8 @@ Bytes FileStore::get(const std::string& key, Millis timeout) {
   check_key(key, "get");
   Bytes value;
   if (!wait_for("get", key, deadline_after(timeout), &value)) {
-    fail(Code::Timeout, "store get: key " + describe_key(key) + " was not set within " + std::to_string(timeout.count()) +
-                            " ms (" + url() + ", run " + run_id_ + ")");
+    fail(Code::Timeout, "store get: key " + describe_key(key) + " was not set within " +
+                            std::to_string(timeout.count()) + " ms (" + url() + ", run " + run_id_ + ")");
   }
   return value;
 }

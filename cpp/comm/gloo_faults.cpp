@@ -56,8 +56,8 @@ Error gloo_io_error(const std::string& op, const std::string& what, Millis timeo
 Error gloo_connect_error(const std::string& op, const std::string& what, Millis timeout) {
   const std::string text = gloo_text(what);
   if (is_timeout(text)) {
-    return Error(Code::Timeout, op + ": could not connect to every other rank within " + std::to_string(timeout.count()) +
-                                    " ms (" + text + ")");
+    return Error(Code::Timeout, op + ": could not connect to every other rank within " +
+                                    std::to_string(timeout.count()) + " ms (" + text + ")");
   }
   return Error(Code::PeerLost, op + ": a peer went away while connecting (" + text + ")");
 }

@@ -56,10 +56,14 @@ enum OpKind : int64_t { kAllReduce = 1, kBroadcast, kAllToAll, kAllToAllV };
 
 const char* op_kind_name(int64_t k) {
   switch (k) {
-    case kAllReduce: return "allReduce";
-    case kBroadcast: return "broadcast";
-    case kAllToAll: return "allToAll";
-    case kAllToAllV: return "allToAllV";
+    case kAllReduce:
+      return "allReduce";
+    case kBroadcast:
+      return "broadcast";
+    case kAllToAll:
+      return "allToAll";
+    case kAllToAllV:
+      return "allToAllV";
   }
   return "an unknown collective";
 }
@@ -101,9 +105,9 @@ struct GlooGroup::Impl {
   std::shared_ptr<Context> context;
   std::optional<std::pair<Code, std::string>> fault;
   bool busy = false;
-  int64_t seq = 0;                        // collectives run so far (group thread only)
+  int64_t seq = 0;                                       // collectives run so far (group thread only)
   std::vector<std::vector<std::string>> peer_endpoints;  // each peer's addresses as Gloo's messages print them
-  std::vector<Endpoints> connections;       // this rank's connections (local end, peer end)
+  std::vector<Endpoints> connections;                    // this rank's connections (local end, peer end)
 
   // Shuts every connection down: Gloo's event loop reads end-of-file and fails
   // the waits on them, and the peers read end-of-file too.
@@ -115,7 +119,7 @@ struct GlooGroup::Impl {
     }
     shutdown_connections(c);
   }
-  std::map<std::string, int> subgroups;   // members -> sub-groups made of them so far
+  std::map<std::string, int> subgroups;  // members -> sub-groups made of them so far
 };
 
 namespace {
@@ -127,7 +131,8 @@ class Collective {
   Collective(GlooGroup& g, GlooGroup::Impl& impl, const char* op) : g_(g), impl_(impl), op_(op) {
     std::lock_guard<std::mutex> lock(impl_.mu);
     if (g_.destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
-    if (impl_.fault) fail(impl_.fault->first, std::string(op) + ": the process group failed earlier: " + impl_.fault->second);
+    if (impl_.fault)
+      fail(impl_.fault->first, std::string(op) + ": the process group failed earlier: " + impl_.fault->second);
     if (!impl_.context) fail(Code::Internal, std::string(op) + ": the process group is not connected");
     ctx_ = impl_.context;
     impl_.busy = true;
@@ -287,8 +292,8 @@ ops::Task<Unit> GlooGroup::connect() {
   return [self = shared_from_this()]() -> Unit {
     GlooGroup& g = *self;
     Impl& I = *g.impl_;
-    const std::string op = "process group " + g.name() + " (rank " + std::to_string(g.rank_) + " of " +
-                           std::to_string(g.size()) + ")";
+    const std::string op =
+        "process group " + g.name() + " (rank " + std::to_string(g.rank_) + " of " + std::to_string(g.size()) + ")";
     auto deadline = deadline_after(g.timeout());
     std::shared_ptr<Context> ctx;
     try {
@@ -303,8 +308,8 @@ ops::Task<Unit> GlooGroup::connect() {
           attr.hostname = g.options_.hostname;
           device = gloo::transport::tcp::CreateDevice(attr);
         } catch (const std::exception& e) {
-          fail(Code::Value, op + ": could not use the address \"" + g.options_.hostname + "\" for Gloo's sockets: " +
-                                gloo_text(e.what()));
+          fail(Code::Value, op + ": could not use the address \"" + g.options_.hostname +
+                                "\" for Gloo's sockets: " + gloo_text(e.what()));
         }
         std::lock_guard<std::mutex> lock(I.mu);
         I.device = device;
@@ -359,7 +364,8 @@ ops::Task<Unit> GlooGroup::connect() {
           const size_t size = blob->second.size() / (n - 1);
           const size_t slot = size_t(g.rank_) > j ? size_t(g.rank_) - 1 : size_t(g.rank_);
           try {
-            std::vector<char> bytes(blob->second.begin() + long(slot * size), blob->second.begin() + long((slot + 1) * size));
+            std::vector<char> bytes(blob->second.begin() + long(slot * size),
+                                    blob->second.begin() + long((slot + 1) * size));
             ends[j].push_back(gloo::transport::tcp::Address(bytes).str());
           } catch (const std::exception&) {
             // another layout: the names stay best effort
@@ -479,7 +485,8 @@ ops::Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<
       const int64_t most = (int64_t(1) << 40) / int64_t(std::max<size_t>(row_bytes, 1));
       for (int p = 0; p < n; ++p) {
         if (recv[size_t(p)] < 0 || recv[size_t(p)] > most) {
-          fail(Code::Value, "allToAllV: " + c.who(p) + " sends an impossible row count (" + std::to_string(recv[size_t(p)]) + ")");
+          fail(Code::Value,
+               "allToAllV: " + c.who(p) + " sends an impossible row count (" + std::to_string(recv[size_t(p)]) + ")");
         }
       }
 
@@ -555,8 +562,8 @@ ops::Task<Tensor> GlooGroup::all_to_all(const Tensor& x) {
   const char* op = "allToAll";
   check_cpu(op, "x", x);
   if (x.ndim() < 1 || x.dim(0) != size()) {
-    fail(Code::Shape, std::string(op) + ": expected x [" + std::to_string(size()) + ", ...] (one block per rank) but received " +
-                          x.describe());
+    fail(Code::Shape, std::string(op) + ": expected x [" + std::to_string(size()) +
+                          ", ...] (one block per rank) but received " + x.describe());
   }
   return [self = shared_from_this(), x]() {
     GlooGroup& g = *self;
@@ -594,8 +601,12 @@ ops::Task<Unit> GlooGroup::all_reduce(const Tensor& t, ReduceOp op) {
       if (n == 0 || g.size() == 1) return Unit{};
       const ReduceOp gop = op == ReduceOp::Avg ? ReduceOp::Sum : op;
       switch (t.dtype) {
-        case DType::I32: allreduce_raw(c.ctx(), t.data<int32_t>(), n, gop, c.left()); break;
-        case DType::I64: allreduce_raw(c.ctx(), t.data<int64_t>(), n, gop, c.left()); break;
+        case DType::I32:
+          allreduce_raw(c.ctx(), t.data<int32_t>(), n, gop, c.left());
+          break;
+        case DType::I64:
+          allreduce_raw(c.ctx(), t.data<int64_t>(), n, gop, c.left());
+          break;
         case DType::F32: {
           float* p = t.data<float>();
           allreduce_raw(c.ctx(), p, n, gop, c.left());
@@ -684,7 +695,10 @@ std::shared_ptr<GlooGroup> GlooGroup::create(std::shared_ptr<Store>, std::string
 }
 GlooGroup::GlooGroup(std::shared_ptr<Store> store, std::string prefix, int rank, std::vector<int> world_ranks,
                      GroupOptions options)
-    : store_(std::move(store)), prefix_(std::move(prefix)), rank_(rank), world_ranks_(std::move(world_ranks)),
+    : store_(std::move(store)),
+      prefix_(std::move(prefix)),
+      rank_(rank),
+      world_ranks_(std::move(world_ranks)),
       options_(std::move(options)) {}
 GlooGroup::~GlooGroup() = default;
 std::optional<std::pair<Code, std::string>> GlooGroup::fault() const { return std::nullopt; }
@@ -692,12 +706,17 @@ ops::Task<Unit> GlooGroup::connect() { fail(Code::Unsupported, "process group: b
 std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>&, std::optional<Millis>) {
   fail(Code::Unsupported, "process group: built without Gloo");
 }
-ops::Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor&, std::vector<int64_t>, std::optional<std::vector<int64_t>>) {
+ops::Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor&, std::vector<int64_t>,
+                                                   std::optional<std::vector<int64_t>>) {
   fail(Code::Unsupported, "process group: built without Gloo");
 }
 ops::Task<Tensor> GlooGroup::all_to_all(const Tensor&) { fail(Code::Unsupported, "process group: built without Gloo"); }
-ops::Task<Unit> GlooGroup::all_reduce(const Tensor&, ReduceOp) { fail(Code::Unsupported, "process group: built without Gloo"); }
-ops::Task<Unit> GlooGroup::broadcast(const Tensor&, int) { fail(Code::Unsupported, "process group: built without Gloo"); }
+ops::Task<Unit> GlooGroup::all_reduce(const Tensor&, ReduceOp) {
+  fail(Code::Unsupported, "process group: built without Gloo");
+}
+ops::Task<Unit> GlooGroup::broadcast(const Tensor&, int) {
+  fail(Code::Unsupported, "process group: built without Gloo");
+}
 ops::Task<Unit> GlooGroup::barrier() { fail(Code::Unsupported, "process group: built without Gloo"); }
 void GlooGroup::destroy() { destroyed_ = true; }
 

@@ -45,7 +45,8 @@ void GlooStoreAdapter::wait(const std::vector<std::string>& keys, const std::chr
 
 void GlooStoreAdapter::wait_prefixed(const std::vector<std::string>& keys, Clock::time_point until) {
   for (;;) {
-    if (cancelled_ && cancelled_->load()) fail(Code::Disposed, "the process group was destroyed while it was connecting");
+    if (cancelled_ && cancelled_->load())
+      fail(Code::Disposed, "the process group was destroyed while it was connecting");
     auto now = Clock::now();
     auto left = std::chrono::duration_cast<Millis>(until - now);
     if (left <= Millis(0)) {

@@ -57,10 +57,10 @@ Loaded load() {
   if (!handle) {
     const std::string err = dl_error();
     // A path (with a '/') that names no file, or a bare name the loader did not find.
-    const bool missing = path.find('/') != std::string::npos ? !file_exists(path)
-                                                             : err.find("No such file") != std::string::npos;
-    s.reason = (missing ? "library not found: tried " : "library could not be loaded: tried ") + tried + " (" +
-               err + ")" + (named ? kHintNamed : kHintDefault);
+    const bool missing =
+        path.find('/') != std::string::npos ? !file_exists(path) : err.find("No such file") != std::string::npos;
+    s.reason = (missing ? "library not found: tried " : "library could not be loaded: tried ") + tried + " (" + err +
+               ")" + (named ? kHintNamed : kHintDefault);
     return l;
   }
 
@@ -84,8 +84,8 @@ Loaded load() {
   s.version_code = code;
   s.version = version_string(v);
   if (!at_least(v, kMinVersion.major, kMinVersion.minor, kMinVersion.patch)) {
-    return reject("version too old: " + path + " is NCCL " + s.version + " but moe-ep needs NCCL >= " +
-                  version_string(kMinVersion) + " (for ncclSend/ncclRecv)");
+    return reject("version too old: " + path + " is NCCL " + s.version +
+                  " but moe-ep needs NCCL >= " + version_string(kMinVersion) + " (for ncclSend/ncclRecv)");
   }
 
   // 4. every other function used

@@ -44,9 +44,9 @@ enum Result : int {
   kInternalError = 3,
   kInvalidArgument = 4,
   kInvalidUsage = 5,
-  kRemoteError = 6,   // >= 2.12
-  kInProgress = 7,    // >= 2.14, non-blocking communicators
-  kTimeout = 8,       // recent versions
+  kRemoteError = 6,  // >= 2.12
+  kInProgress = 7,   // >= 2.14, non-blocking communicators
+  kTimeout = 8,      // recent versions
 };
 
 // ncclDataType_t
@@ -99,8 +99,9 @@ struct Api {
                       CudaStream stream) = nullptr;
 
   // Optional: present in newer versions, used when found.
-  Result (*CommInitRankConfig)(Comm* comm, int nranks, UniqueId id, int rank, ConfigV21400* config) = nullptr;  // >= 2.14
-  const char* (*GetLastError)(Comm comm) = nullptr;  // >= 2.13
+  Result (*CommInitRankConfig)(Comm* comm, int nranks, UniqueId id, int rank,
+                               ConfigV21400* config) = nullptr;  // >= 2.14
+  const char* (*GetLastError)(Comm comm) = nullptr;              // >= 2.13
 };
 
 // ---- versions ------------------------------------------------------------------------
@@ -113,7 +114,7 @@ Version decode_version(int code);
 std::string version_string(const Version& v);  // "2.18.1"
 bool at_least(const Version& v, int major, int minor, int patch);
 
-constexpr Version kMinVersion{2, 7, 3};   // ncclSend / ncclRecv
+constexpr Version kMinVersion{2, 7, 3};    // ncclSend / ncclRecv
 constexpr Version kBf16Version{2, 10, 3};  // ncclBfloat16
 
 // ---- what was found ------------------------------------------------------------------------

@@ -71,10 +71,12 @@ void check_all_to_all_v(const NcclAllToAllV& a, int world_size) {
                   const std::vector<int64_t>& offsets) {
     const std::string s = name;
     if (counts.size() != n || offsets.size() != n) {
-      fail(Code::Value, "nccl all_to_all_v: expected " + std::to_string(n) + " " + s + " counts and offsets (one per rank) but received " +
-                            std::to_string(counts.size()) + " and " + std::to_string(offsets.size()));
+      fail(Code::Value, "nccl all_to_all_v: expected " + std::to_string(n) + " " + s +
+                            " counts and offsets (one per rank) but received " + std::to_string(counts.size()) +
+                            " and " + std::to_string(offsets.size()));
     }
-    if (elements < 0) fail(Code::Value, "nccl all_to_all_v: expected " + s + " elements >= 0 but received " + std::to_string(elements));
+    if (elements < 0)
+      fail(Code::Value, "nccl all_to_all_v: expected " + s + " elements >= 0 but received " + std::to_string(elements));
     bool any = false;
     for (size_t p = 0; p < n; ++p) {
       const int64_t c = counts[p], o = offsets[p];
@@ -145,7 +147,8 @@ std::shared_ptr<NcclComm> NcclComm::create(Store& store, int rank, int size, con
 
   int dev = device;
   if (dev >= 0) {
-    if (int rc = cu::set_device(dev)) fail(Code::Device, "nccl: cannot use CUDA device " + std::to_string(dev) + ": " + cu::error(rc));
+    if (int rc = cu::set_device(dev))
+      fail(Code::Device, "nccl: cannot use CUDA device " + std::to_string(dev) + ": " + cu::error(rc));
   } else if (int rc = cu::get_device(&dev)) {
     fail(Code::Device, "nccl: no current CUDA device: " + cu::error(rc));
   }
@@ -195,10 +198,10 @@ void NcclComm::init(const nccl::UniqueId& id) {
   if (r == nccl::kSuccess) return;
 
   const std::string who = "nccl init (rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ")";
-  const std::string message =
-      r == nccl::kInProgress
-          ? who + " did not finish within " + ms(timeout_) + ": a peer never arrived or cannot be reached; the communicator was aborted"
-          : who + " failed: " + nccl::describe(r) + last_error();
+  const std::string message = r == nccl::kInProgress
+                                  ? who + " did not finish within " + ms(timeout_) +
+                                        ": a peer never arrived or cannot be reached; the communicator was aborted"
+                                  : who + " failed: " + nccl::describe(r) + last_error();
   abort_comm_locked();
   fail(code_for(r), message);
 }
@@ -253,7 +256,8 @@ void NcclComm::issue(const char* op, void* stream, Calls&& calls) {
   throw_if_failed(op);
   if (!comm_) fail(Code::Disposed, std::string("nccl ") + op + ": the communicator is closed");
   if (int rc = cu::set_device(device_)) {
-    fail(Code::Device, std::string("nccl ") + op + ": cannot use CUDA device " + std::to_string(device_) + ": " + cu::error(rc));
+    fail(Code::Device,
+         std::string("nccl ") + op + ": cannot use CUDA device " + std::to_string(device_) + ": " + cu::error(rc));
   }
   const uint64_t id = ++next_id_;
   const std::string what = std::string(op) + " #" + std::to_string(id);
@@ -325,17 +329,27 @@ void NcclComm::all_to_all_v(const NcclAllToAllV& a, DType dtype, void* stream) {
 
 void NcclComm::all_reduce(const void* send, void* recv, int64_t count, DType dtype, NcclReduceOp op, void* stream) {
   if (count < 0) fail(Code::Value, "nccl all_reduce: expected count >= 0 but received " + std::to_string(count));
-  if (count > 0 && (!send || !recv)) fail(Code::Value, "nccl all_reduce: expected send and recv buffers but received a null pointer");
+  if (count > 0 && (!send || !recv))
+    fail(Code::Value, "nccl all_reduce: expected send and recv buffers but received a null pointer");
   const nccl::DataType type = nccl_type(dtype, status_);
   nccl::RedOp red = nccl::kSum;
   switch (op) {
-    case NcclReduceOp::Sum: red = nccl::kSum; break;
-    case NcclReduceOp::Prod: red = nccl::kProd; break;
-    case NcclReduceOp::Max: red = nccl::kMax; break;
-    case NcclReduceOp::Min: red = nccl::kMin; break;
+    case NcclReduceOp::Sum:
+      red = nccl::kSum;
+      break;
+    case NcclReduceOp::Prod:
+      red = nccl::kProd;
+      break;
+    case NcclReduceOp::Max:
+      red = nccl::kMax;
+      break;
+    case NcclReduceOp::Min:
+      red = nccl::kMin;
+      break;
     case NcclReduceOp::Avg:
       if (!nccl::at_least(nccl::decode_version(status_.version_code), 2, 10, 0)) {
-        fail(Code::NcclUnavailable, "nccl all_reduce: the average needs NCCL >= 2.10.0 but the loaded library is NCCL " + status_.version);
+        fail(Code::NcclUnavailable,
+             "nccl all_reduce: the average needs NCCL >= 2.10.0 but the loaded library is NCCL " + status_.version);
       }
       red = nccl::kAvg;
       break;
@@ -350,7 +364,8 @@ void NcclComm::all_reduce(const void* send, void* recv, int64_t count, DType dty
 void NcclComm::broadcast(const void* send, void* recv, int64_t count, DType dtype, int root, void* stream) {
   if (count < 0) fail(Code::Value, "nccl broadcast: expected count >= 0 but received " + std::to_string(count));
   if (root < 0 || root >= size_) {
-    fail(Code::Value, "nccl broadcast: expected 0 <= root < " + std::to_string(size_) + " but received " + std::to_string(root));
+    fail(Code::Value,
+         "nccl broadcast: expected 0 <= root < " + std::to_string(size_) + " but received " + std::to_string(root));
   }
   if (count > 0 && (!recv || (rank_ == root && !send))) {
     fail(Code::Value, "nccl broadcast: expected the buffers but received a null pointer");
@@ -411,7 +426,8 @@ void NcclComm::watchdog() {
       const int rc = cu::event_query(it->event, &done);
       if (rc != 0) {
         bad = true;
-        message = "nccl " + it->what + who + ": CUDA reported " + cu::error(rc) + " on its stream; the communicator was aborted";
+        message = "nccl " + it->what + who + ": CUDA reported " + cu::error(rc) +
+                  " on its stream; the communicator was aborted";
         break;
       }
       if (!done) {
@@ -436,7 +452,8 @@ void NcclComm::watchdog() {
     // 3. errors NCCL found on its own (a peer's connection lost, say)
     if (!bad && now >= next_async_check) {
       next_async_check = now + 50ms;
-      std::unique_lock<std::mutex> issue_lock(issue_mu_, std::try_to_lock);  // skip the round while an issuer calls NCCL
+      std::unique_lock<std::mutex> issue_lock(issue_mu_,
+                                              std::try_to_lock);  // skip the round while an issuer calls NCCL
       if (issue_lock.owns_lock() && comm_) {
         Result async = nccl::kSuccess;
         const Result q = api_.CommGetAsyncError(comm_, &async);
@@ -444,8 +461,8 @@ void NcclComm::watchdog() {
         if (async != nccl::kSuccess && async != nccl::kInProgress) {
           bad = true;
           code = code_for(async);
-          message = "nccl" + who + ": the communicator reported " + nccl::describe(async) + last_error() +
-                    "; it was aborted";
+          message =
+              "nccl" + who + ": the communicator reported " + nccl::describe(async) + last_error() + "; it was aborted";
         }
       }
     }

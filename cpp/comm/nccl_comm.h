@@ -72,8 +72,8 @@ class NcclComm {
   // missing; ERR_MOE_VALUE for a bad rank/size/timeout; ERR_MOE_TIMEOUT when
   // the unique id or a peer does not arrive in time. `device` is the CUDA
   // device of this rank (the calling thread's current device when < 0).
-  static std::shared_ptr<NcclComm> create(Store& store, int rank, int size, const std::string& prefix,
-                                          Millis timeout, int device = -1);
+  static std::shared_ptr<NcclComm> create(Store& store, int rank, int size, const std::string& prefix, Millis timeout,
+                                          int device = -1);
   ~NcclComm();  // close()
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;

@@ -38,9 +38,12 @@ void after_cpu_stream() {
 
 NcclReduceOp nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return NcclReduceOp::Sum;
-    case ReduceOp::Avg: return NcclReduceOp::Avg;
-    case ReduceOp::Max: return NcclReduceOp::Max;
+    case ReduceOp::Sum:
+      return NcclReduceOp::Sum;
+    case ReduceOp::Avg:
+      return NcclReduceOp::Avg;
+    case ReduceOp::Max:
+      return NcclReduceOp::Max;
   }
   return NcclReduceOp::Sum;
 }
@@ -203,8 +206,7 @@ std::shared_ptr<NcclGroup> NcclGroup::subgroup(const std::vector<int>& members, 
   if (timeout) o.timeout = *timeout;
   o.name = "[" + join(world) + "]";
   // A communicator of its own: a new prefix, so its unique id is a new key.
-  return create(store_, prefix_ + "/sub[" + key + "]#" + std::to_string(n), my_index, world, device_,
-                o);
+  return create(store_, prefix_ + "/sub[" + key + "]#" + std::to_string(n), my_index, world, device_, o);
 }
 
 ops::Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
@@ -268,18 +270,18 @@ ops::Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<
       // 2. The same checks on every rank, from the same table.
       for (int r = 1; r < n; ++r) {
         if (at(r, 0) != kMagic || at(r, 1) != at(0, 1)) {
-          fail(Code::Value, "allToAllV: the ranks are not calling the same collective: " + g.who(0) + " calls allToAllV #" +
-                                std::to_string(at(0, 1)) + " of the group but " + g.who(r) + " sent descriptor #" +
-                                std::to_string(at(r, 1)));
+          fail(Code::Value, "allToAllV: the ranks are not calling the same collective: " + g.who(0) +
+                                " calls allToAllV #" + std::to_string(at(0, 1)) + " of the group but " + g.who(r) +
+                                " sent descriptor #" + std::to_string(at(r, 1)));
         }
         if (at(r, 2) != at(0, 2) || at(r, 3) != at(0, 3) || at(r, 4) != at(0, 4)) {
           auto describe = [&](int q) {
             return std::string(dtype_name(DType(at(q, 2)))) + " rows of " + std::to_string(at(q, 3)) + " elements" +
                    (at(q, 4) == at(0, 4) || at(q, 3) != at(0, 3) ? "" : " in another shape");
           };
-          fail(at(r, 2) != at(0, 2) ? Code::Dtype : Code::Shape,
-               "allToAllV: the ranks disagree: " + g.who(0) + " passed " + describe(0) + " but " + g.who(r) +
-                   " passed " + describe(r));
+          fail(at(r, 2) != at(0, 2) ? Code::Dtype : Code::Shape, "allToAllV: the ranks disagree: " + g.who(0) +
+                                                                     " passed " + describe(0) + " but " + g.who(r) +
+                                                                     " passed " + describe(r));
         }
       }
       std::vector<int64_t> recv(static_cast<size_t>(n));
@@ -287,7 +289,8 @@ ops::Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<
       for (int p = 0; p < n; ++p) {
         recv[size_t(p)] = at(p, kHead + me);
         if (recv[size_t(p)] < 0 || recv[size_t(p)] > most) {
-          fail(Code::Value, "allToAllV: " + g.who(p) + " sends an impossible row count (" + std::to_string(recv[size_t(p)]) + ")");
+          fail(Code::Value,
+               "allToAllV: " + g.who(p) + " sends an impossible row count (" + std::to_string(recv[size_t(p)]) + ")");
         }
       }
       int64_t mismatches = 0;
@@ -342,8 +345,8 @@ ops::Task<Tensor> NcclGroup::all_to_all(const Tensor& x) {
   if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
   check_tensor(op, "x", x);
   if (x.ndim() < 1 || x.dim(0) != size()) {
-    fail(Code::Shape, std::string(op) + ": expected x [" + std::to_string(size()) + ", ...] (one block per rank) but received " +
-                          x.describe());
+    fail(Code::Shape, std::string(op) + ": expected x [" + std::to_string(size()) +
+                          ", ...] (one block per rank) but received " + x.describe());
   }
   return [self = shared_from_this(), x]() {
     NcclGroup& g = *self;
@@ -382,7 +385,8 @@ ops::Task<Unit> NcclGroup::all_reduce(const Tensor& t, ReduceOp op) {
     fail(Code::Dtype, std::string(name) + ": op \"avg\" needs a float tensor but received " + t.describe());
   }
   if (op == ReduceOp::Avg && !nccl::at_least(nccl::decode_version(nccl::status().version_code), 2, 10, 0)) {
-    fail(Code::NcclUnavailable, std::string(name) + ": op \"avg\" needs NCCL >= 2.10.0 but the loaded library is NCCL " +
+    fail(Code::NcclUnavailable, std::string(name) +
+                                    ": op \"avg\" needs NCCL >= 2.10.0 but the loaded library is NCCL " +
                                     nccl::status().version);
   }
   return [self = shared_from_this(), t, op]() {

@@ -24,7 +24,8 @@ in_addr resolve_ipv4(const std::string& host) {
   addrinfo* res = nullptr;
   int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
   if (rc != 0 || !res) {
-    fail(Code::Value, "store: cannot resolve the host " + describe_key(host) + " to an IPv4 address: " + ::gai_strerror(rc));
+    fail(Code::Value,
+         "store: cannot resolve the host " + describe_key(host) + " to an IPv4 address: " + ::gai_strerror(rc));
   }
   addr = reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr;
   ::freeaddrinfo(res);

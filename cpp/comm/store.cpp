@@ -98,12 +98,13 @@ namespace {
 // Run ids name a directory of the file store, so they are kept to a safe alphabet.
 void check_run_id(const std::string& run_id) {
   if (run_id.size() > kMaxRunIdBytes) {
-    fail(Code::Value, "store: expected a run id of at most " + std::to_string(kMaxRunIdBytes) + " characters but received " +
-                          std::to_string(run_id.size()));
+    fail(Code::Value, "store: expected a run id of at most " + std::to_string(kMaxRunIdBytes) +
+                          " characters but received " + std::to_string(run_id.size()));
   }
   for (char c : run_id) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
-      fail(Code::Value, "store: expected a run id of letters, digits, '-', '_' and '.' but received " + describe_key(run_id));
+      fail(Code::Value,
+           "store: expected a run id of letters, digits, '-', '_' and '.' but received " + describe_key(run_id));
     }
   }
   if (!run_id.empty() && run_id[0] == '.') {
@@ -112,7 +113,8 @@ void check_run_id(const std::string& run_id) {
 }
 
 void check_options(const StoreOptions& opts) {
-  if (opts.world_size < 1) fail(Code::Value, "store: expected worldSize >= 1 but received " + std::to_string(opts.world_size));
+  if (opts.world_size < 1)
+    fail(Code::Value, "store: expected worldSize >= 1 but received " + std::to_string(opts.world_size));
   if (opts.rank < 0 || opts.rank >= opts.world_size) {
     fail(Code::Value, "store: expected rank in [0, " + std::to_string(opts.world_size - 1) + "] but received " +
                           std::to_string(opts.rank));
@@ -135,17 +137,20 @@ std::shared_ptr<Store> open_store(const std::string& url, const StoreOptions& op
       fail(Code::Value, "store: expected file:///absolute/dir but received " + describe_key(url));
     }
     if (opts.run_id.empty()) {
-      fail(Code::Value, "store: a file:// store needs a run id so that files of an earlier run are never read; "
-                        "set MOE_EP_RUN_ID (moe-ep launch sets a fresh one) or pass runId");
+      fail(Code::Value,
+           "store: a file:// store needs a run id so that files of an earlier run are never read; "
+           "set MOE_EP_RUN_ID (moe-ep launch sets a fresh one) or pass runId");
     }
     return std::make_shared<FileStore>(dir, opts);
   }
   if (url.compare(0, tcp_scheme.size(), tcp_scheme) == 0) {
     std::string rest = url.substr(tcp_scheme.size());
     if (!rest.empty() && rest.back() == '/') rest.pop_back();
-    if (!rest.empty() && rest[0] == '[') fail(Code::Value, "store: IPv6 addresses are not supported: " + describe_key(url));
+    if (!rest.empty() && rest[0] == '[')
+      fail(Code::Value, "store: IPv6 addresses are not supported: " + describe_key(url));
     size_t colon = rest.rfind(':');
-    if (colon == std::string::npos) fail(Code::Value, "store: expected tcp://host:port but received " + describe_key(url));
+    if (colon == std::string::npos)
+      fail(Code::Value, "store: expected tcp://host:port but received " + describe_key(url));
     std::string host = rest.substr(0, colon);
     std::string port_text = rest.substr(colon + 1);
     long port = -1;
@@ -161,12 +166,13 @@ std::shared_ptr<Store> open_store(const std::string& url, const StoreOptions& op
     }
     if (host.empty()) host = "127.0.0.1";
     if (port == 0 && opts.rank != 0) {
-      fail(Code::Value, "store: rank " + std::to_string(opts.rank) + " needs the server's port, but " + describe_key(url) +
-                            " names port 0");
+      fail(Code::Value, "store: rank " + std::to_string(opts.rank) + " needs the server's port, but " +
+                            describe_key(url) + " names port 0");
     }
     return std::make_shared<TcpStore>(host, int(port), opts);
   }
-  fail(Code::Value, "store: expected a url of the form file:///abs/dir or tcp://host:port but received " + describe_key(url));
+  fail(Code::Value,
+       "store: expected a url of the form file:///abs/dir or tcp://host:port but received " + describe_key(url));
 }
 
 }  // namespace moe::comm

@@ -221,7 +221,8 @@ TcpServer::TcpServer(const std::string& host, int port, std::string run_id) : ru
   if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(listen_fd_, 128) != 0) {
     int err = errno;
     ::close(listen_fd_);
-    fail(Code::Value, "store server: cannot listen on " + where + " (host " + describe_key(host) + "): " + std::strerror(err));
+    fail(Code::Value,
+         "store server: cannot listen on " + where + " (host " + describe_key(host) + "): " + std::strerror(err));
   }
   socklen_t len = sizeof sa;
   ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len);

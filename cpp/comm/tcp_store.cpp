@@ -183,7 +183,7 @@ int TcpStore::acquire(const char* what, Clock::time_point deadline, Millis timeo
         fail(Code::Value, "store " + std::string(what) + ": the server at " + url() + " refused this client: " +
                               printable(text) + "; every rank must use the same MOE_EP_RUN_ID / runId");
       }
-      last_error = st == ReplyStatus::Timeout ? "no answer to HELLO"
+      last_error = st == ReplyStatus::Timeout  ? "no answer to HELLO"
                    : st == ReplyStatus::Closed ? "connection closed during HELLO"
                                                : "malformed answer to HELLO";
     }
@@ -228,8 +228,8 @@ TcpStore::Reply TcpStore::request(const char* what, uint16_t op, const std::stri
       fail(Code::Timeout, "store " + std::string(what) + ": no answer from the store server within " +
                               std::to_string(timeout.count()) + " ms" + where);
     case ReplyStatus::Closed:
-      fail(Code::PeerLost, "store " + std::string(what) + ": the store server closed the connection" + where +
-                               "; did rank 0 exit?");
+      fail(Code::PeerLost,
+           "store " + std::string(what) + ": the store server closed the connection" + where + "; did rank 0 exit?");
     case ReplyStatus::Malformed:
       fail(Code::PeerLost, "store " + std::string(what) + ": malformed reply from the store server" + where);
     case ReplyStatus::Ok:

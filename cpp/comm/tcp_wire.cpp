@@ -6,7 +6,9 @@ namespace {
 void put_u32(uint32_t v, uint8_t* out) {
   for (int i = 0; i < 4; ++i) out[i] = uint8_t(v >> (24 - 8 * i));
 }
-uint32_t get_u32(const uint8_t* in) { return uint32_t(in[0]) << 24 | uint32_t(in[1]) << 16 | uint32_t(in[2]) << 8 | in[3]; }
+uint32_t get_u32(const uint8_t* in) {
+  return uint32_t(in[0]) << 24 | uint32_t(in[1]) << 16 | uint32_t(in[2]) << 8 | in[3];
+}
 
 }  // namespace
 
@@ -34,13 +36,18 @@ bool valid_request(const Header& h) {
   if (h.magic != kMagic || h.version != kVersion) return false;
   if (h.key_len > kMaxKeyBytes || h.value_len > kMaxValueBytes) return false;
   switch (h.op) {
-    case kHello: return h.key_len <= kMaxRunIdBytes && h.value_len == 0;
-    case kSet: return h.key_len > 0;
+    case kHello:
+      return h.key_len <= kMaxRunIdBytes && h.value_len == 0;
+    case kSet:
+      return h.key_len > 0;
     case kGet:
     case kWait:
-    case kCheck: return h.key_len > 0 && h.value_len == 0;
-    case kAdd: return h.key_len > 0 && h.value_len == 8;
-    default: return false;
+    case kCheck:
+      return h.key_len > 0 && h.value_len == 0;
+    case kAdd:
+      return h.key_len > 0 && h.value_len == 8;
+    default:
+      return false;
   }
 }
 

@@ -16,8 +16,7 @@ namespace moe {
 namespace {
 
 enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
-using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
-                         int);
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 using CorenameFn = char* (*)();
 using SetThreadsFn = void (*)(int);
 using GetThreadsFn = int (*)();
@@ -31,8 +30,8 @@ struct Blas {
 const char* coretype_for_cpu() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq"))
     return "SkylakeX";
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
 #endif
@@ -119,8 +118,8 @@ void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
   }
   Blas& bl = blas();
   if (bl.sgemm) {
-    bl.sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb,
-             beta, c, ldc);
+    bl.sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta,
+             c, ldc);
   } else {
     fallback_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }

@@ -11,9 +11,9 @@ namespace moe {
 
 struct BlasInfo {
   bool loaded = false;
-  std::string library;        // the file loaded, or what was tried
-  std::string core;           // openblas_get_corename(), e.g. "SkylakeX"
-  std::string coretype_env;   // OPENBLAS_CORETYPE as the library saw it
+  std::string library;       // the file loaded, or what was tried
+  std::string core;          // openblas_get_corename(), e.g. "SkylakeX"
+  std::string coretype_env;  // OPENBLAS_CORETYPE as the library saw it
   bool coretype_set_by_us = false;
   int threads = 0;
   std::string reason;  // why not loaded (the fallback GEMM is used then)
@@ -22,7 +22,7 @@ struct BlasInfo {
 const BlasInfo& blas_info();
 
 // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, leading dimensions as in CBLAS.
-void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
-           const float* b, int ldb, float beta, float* c, int ldc);
+void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+           int ldb, float beta, float* c, int ldc);
 
 }  // namespace moe

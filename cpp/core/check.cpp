@@ -30,8 +30,8 @@ void check_dtype(const char* op, const char* name, const Tensor& t, std::initial
   std::string want;
   size_t i = 0;
   for (DType d : allowed) want += std::string(i++ ? (i == allowed.size() ? " or " : ", ") : "") + dtype_name(d);
-  fail(Code::Dtype, std::string(op) + ": expected " + name + " of dtype " + want + " but received " +
-                        dtype_name(t.dtype));
+  fail(Code::Dtype,
+       std::string(op) + ": expected " + name + " of dtype " + want + " but received " + dtype_name(t.dtype));
 }
 
 void check_float(const char* op, const char* name, const Tensor& t) {
@@ -49,11 +49,12 @@ void check_shape(const char* op, const char* name, const Tensor& t, const std::v
   for (int64_t d : dims) concrete |= d >= 0;
   if (concrete) {
     want += " = [";
-    for (size_t i = 0; i < dims.size(); ++i) want += (i ? ", " : "") + (dims[i] < 0 ? std::string("*") : std::to_string(dims[i]));
+    for (size_t i = 0; i < dims.size(); ++i)
+      want += (i ? ", " : "") + (dims[i] < 0 ? std::string("*") : std::to_string(dims[i]));
     want += "]";
   }
-  fail(Code::Shape, std::string(op) + ": expected " + name + " of shape " + want + " but received " +
-                        shape_str(t.shape));
+  fail(Code::Shape,
+       std::string(op) + ": expected " + name + " of shape " + want + " but received " + shape_str(t.shape));
 }
 
 void check_same_device(const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> tensors) {
@@ -66,14 +67,12 @@ void check_same_device(const char* op, std::initializer_list<std::pair<const cha
     }
     if (p.second->device() != first->second->device())
       fail(Code::Device, std::string(op) + ": expected " + p.first + " on " + first->second->device().str() +
-                             " (where " + first->first + " is) but received a tensor on " +
-                             p.second->device().str());
+                             " (where " + first->first + " is) but received a tensor on " + p.second->device().str());
   }
 }
 
 void check_option(const char* op, const char* name, bool ok, const std::string& expected, const std::string& got) {
-  if (!ok)
-    fail(Code::Value, std::string(op) + ": expected " + name + " to be " + expected + " but received " + got);
+  if (!ok) fail(Code::Value, std::string(op) + ": expected " + name + " to be " + expected + " but received " + got);
 }
 
 }  // namespace moe

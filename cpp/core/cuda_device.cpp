@@ -24,7 +24,7 @@ struct DeviceState {
   void* status = nullptr;
   std::mutex checks_mu;
   CheckRegistry checks;
-  std::mutex sync_mu;  // one synchronisation at a time reads and resets the status word
+  std::mutex sync_mu;      // one synchronisation at a time reads and resets the status word
   std::mutex readback_mu;  // one Readback at a time; its buffer and event, made on first use
   void* readback_host = nullptr;
   void* readback_device = nullptr;
@@ -129,8 +129,8 @@ void* allocate(size_t bytes, Device device) {
   void* p = nullptr;
   const int rc = moe_cuda_malloc_async(&p, bytes, scope.stream());
   if (rc != 0)
-    fail(Code::Value, "cannot allocate " + std::to_string(bytes) + " bytes on " + device.str() + ": " +
-                          launcher_error(rc));
+    fail(Code::Value,
+         "cannot allocate " + std::to_string(bytes) + " bytes on " + device.str() + ": " + launcher_error(rc));
   return p;
 }
 
@@ -167,8 +167,7 @@ void after_stream(Device device, std::function<void()> fn) {
 
 void upload(void* dst, const void* src, size_t bytes, Device device) {
   if (bytes == 0) return;
-  upload(dst, std::vector<uint8_t>(static_cast<const uint8_t*>(src), static_cast<const uint8_t*>(src) + bytes),
-         device);
+  upload(dst, std::vector<uint8_t>(static_cast<const uint8_t*>(src), static_cast<const uint8_t*>(src) + bytes), device);
 }
 
 void upload(void* dst, std::vector<uint8_t> staging, Device device) {
@@ -327,8 +326,8 @@ TimingEvent::~TimingEvent() {
 
 double TimingEvent::elapsed_ms_since(const TimingEvent& start) const {
   if (start.device_ != device_)
-    fail(Code::Device, "elapsed time: expected two events on " + device_.str() + " but received one on " +
-                           start.device_.str());
+    fail(Code::Device,
+         "elapsed time: expected two events on " + device_.str() + " but received one on " + start.device_.str());
   float ms = 0;
   check(moe_cuda_event_elapsed_ms(start.event_, event_, &ms), "elapsed time", device_);
   return ms;
@@ -336,10 +335,14 @@ double TimingEvent::elapsed_ms_since(const TimingEvent& start) const {
 
 int dtype_code(DType dtype) {
   switch (dtype) {
-    case DType::F32: return MOE_CUDA_F32;
-    case DType::BF16: return MOE_CUDA_BF16;
-    case DType::F16: return MOE_CUDA_F16;
-    default: fail(Code::Internal, std::string("no CUDA dtype code for ") + dtype_name(dtype));
+    case DType::F32:
+      return MOE_CUDA_F32;
+    case DType::BF16:
+      return MOE_CUDA_BF16;
+    case DType::F16:
+      return MOE_CUDA_F16;
+    default:
+      fail(Code::Internal, std::string("no CUDA dtype code for ") + dtype_name(dtype));
   }
 }
 

@@ -49,12 +49,12 @@ int moe_cuda_gate_backward(const void*, int, const float*, const float*, int64_t
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 size_t moe_cuda_route_workspace_bytes(int64_t, int) { return 0; }
-int moe_cuda_route_forward(const float*, const float*, int64_t, int, int, int, int, int, int, int32_t*, float*,
-                           float*, int32_t*, float*, float*, float*, int32_t*, void*, size_t, void*) {
+int moe_cuda_route_forward(const float*, const float*, int64_t, int, int, int, int, int, int, int32_t*, float*, float*,
+                           int32_t*, float*, float*, float*, int32_t*, void*, size_t, void*) {
   return MOE_CUDA_ERR_NOT_BUILT;
 }
-int moe_cuda_route_backward(const float*, const int32_t*, const float*, const float*, const int32_t*, int64_t, int,
-                            int, int, int, float, float, float*, void*) {
+int moe_cuda_route_backward(const float*, const int32_t*, const float*, const float*, const int32_t*, int64_t, int, int,
+                            int, int, float, float, float*, void*) {
   return MOE_CUDA_ERR_NOT_BUILT;
 }
 int moe_cuda_route_scores(const float*, int64_t, int, int, float*, void*) { return MOE_CUDA_ERR_NOT_BUILT; }

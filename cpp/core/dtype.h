@@ -10,7 +10,7 @@ namespace moe {
 enum class DType { F32, BF16, F16, I32, I64 };
 
 size_t dtype_size(DType dt);
-const char* dtype_name(DType dt);  // "float32", "bfloat16", ...
+const char* dtype_name(DType dt);            // "float32", "bfloat16", ...
 DType parse_dtype(const std::string& name);  // throws ERR_MOE_DTYPE
 inline bool is_float(DType dt) { return dt == DType::F32 || dt == DType::BF16 || dt == DType::F16; }
 

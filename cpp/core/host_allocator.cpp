@@ -11,7 +11,7 @@
 namespace moe {
 namespace {
 
-constexpr size_t kSmall = size_t(1) << 20;  // below this, plain aligned_alloc
+constexpr size_t kSmall = size_t(1) << 20;    // below this, plain aligned_alloc
 constexpr size_t kGranule = size_t(2) << 20;  // large blocks round up to 2 MiB (huge page size)
 
 size_t cache_limit() {

@@ -53,7 +53,9 @@ struct Tensor {
   size_t bytes() const { return size_t(numel()) * dtype_size(dtype); }
   void* raw() const { return storage ? storage->data() : nullptr; }
   template <class T>
-  T* data() const { return static_cast<T*>(raw()); }
+  T* data() const {
+    return static_cast<T*>(raw());
+  }
   std::string describe() const;  // "float32 [2, 3] on cpu"
 };
 

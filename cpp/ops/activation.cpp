@@ -13,9 +13,9 @@ namespace moe::ops {
 
 namespace {
 
-constexpr float kInvSqrt2 = 0.70710678118654752f;    // 1/√2
-constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1/√(2π)
-constexpr float kSqrt2OverPi = 0.79788456080286536f; // √(2/π)
+constexpr float kInvSqrt2 = 0.70710678118654752f;     // 1/√2
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;   // 1/√(2π)
+constexpr float kSqrt2OverPi = 0.79788456080286536f;  // √(2/π)
 constexpr float kGeluCoef = 0.044715f;
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
@@ -47,15 +47,17 @@ inline float gelu_tanh_grad(float x) {
   return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCoef * x * x);
 }
 
-
 // The activation's branch is picked once per chunk, so the inner loops stay simple.
 template <class F>
 void for_kind(ActivationKind k, F&& f) {
   switch (k) {
-    case ActivationKind::Relu: return f([](float x) { return relu(x); }, [](float x) { return relu_grad(x); });
-    case ActivationKind::Gelu: return f([](float x) { return gelu(x); }, [](float x) { return gelu_grad(x); });
+    case ActivationKind::Relu:
+      return f([](float x) { return relu(x); }, [](float x) { return relu_grad(x); });
+    case ActivationKind::Gelu:
+      return f([](float x) { return gelu(x); }, [](float x) { return gelu_grad(x); });
     case ActivationKind::Silu:
-    case ActivationKind::Swiglu: return f([](float x) { return silu(x); }, [](float x) { return silu_grad(x); });
+    case ActivationKind::Swiglu:
+      return f([](float x) { return silu(x); }, [](float x) { return silu_grad(x); });
     case ActivationKind::Geglu:
       return f([](float x) { return gelu_tanh(x); }, [](float x) { return gelu_tanh_grad(x); });
   }
@@ -78,7 +80,8 @@ Layout check_input(const char* op, const Tensor& x, ActivationKind kind) {
                           " but received " + shape_str(x.shape));
   int64_t w = x.shape.back();
   if (w % 2 != 0)
-    fail(Code::Shape, std::string(op) + ": expected x of shape [..., 2F] (an even last dim: the gate half, then the up half) for " +
+    fail(Code::Shape, std::string(op) +
+                          ": expected x of shape [..., 2F] (an even last dim: the gate half, then the up half) for " +
                           activation_name(kind) + " but received " + shape_str(x.shape));
   return {w ? x.numel() / w : 0, w, w / 2};
 }
@@ -94,17 +97,22 @@ ActivationKind parse_activation(const char* op, const std::string& name) {
   if (name == "silu") return ActivationKind::Silu;
   if (name == "swiglu") return ActivationKind::Swiglu;
   if (name == "geglu") return ActivationKind::Geglu;
-  fail(Code::Value, std::string(op) + ": expected kind to be one of relu, gelu, silu, swiglu, geglu but received \"" +
-                        name + "\"");
+  fail(Code::Value,
+       std::string(op) + ": expected kind to be one of relu, gelu, silu, swiglu, geglu but received \"" + name + "\"");
 }
 
 const char* activation_name(ActivationKind kind) {
   switch (kind) {
-    case ActivationKind::Relu: return "relu";
-    case ActivationKind::Gelu: return "gelu";
-    case ActivationKind::Silu: return "silu";
-    case ActivationKind::Swiglu: return "swiglu";
-    case ActivationKind::Geglu: return "geglu";
+    case ActivationKind::Relu:
+      return "relu";
+    case ActivationKind::Gelu:
+      return "gelu";
+    case ActivationKind::Silu:
+      return "silu";
+    case ActivationKind::Swiglu:
+      return "swiglu";
+    case ActivationKind::Geglu:
+      return "geglu";
   }
   return "?";
 }

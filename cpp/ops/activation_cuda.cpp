@@ -11,15 +11,14 @@ Task<Tensor> activation(const Tensor& x, ActivationKind kind, int64_t rows, int6
     Shape shape = x.shape;
     if (is_gated(kind)) shape.back() = width / 2;
     Tensor h = empty(x.dtype, shape, dev);
-    cuda::check(moe_cuda_activation_forward(x.raw(), cuda::dtype_code(x.dtype), rows, width, int(kind), h.raw(),
-                                            sc.stream()),
-                "activation", dev);
+    cuda::check(
+        moe_cuda_activation_forward(x.raw(), cuda::dtype_code(x.dtype), rows, width, int(kind), h.raw(), sc.stream()),
+        "activation", dev);
     return h;
   };
 }
 
-Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind, int64_t rows,
-                                 int64_t width) {
+Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind, int64_t rows, int64_t width) {
   return [dh, x, kind, rows, width] {
     const Device dev = x.device();
     cuda::Scope sc(dev);

@@ -24,7 +24,8 @@ Task<bool> adamw(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
   // The buffers written in place must be distinct, or one update would overwrite another.
   if (param.storage == exp_avg.storage || param.storage == exp_avg_sq.storage ||
       exp_avg.storage == exp_avg_sq.storage || grad.storage == exp_avg.storage || grad.storage == exp_avg_sq.storage)
-    fail(Code::Value, std::string(op) + ": expected param, expAvg and expAvgSq to be distinct tensors (and grad none of " +
+    fail(Code::Value, std::string(op) +
+                          ": expected param, expAvg and expAvgSq to be distinct tensors (and grad none of " +
                           "the state) but received shared storage");
   check_option(op, "lr", std::isfinite(o.lr) && o.lr >= 0, "a finite number >= 0", num_str(o.lr));
   check_option(op, "beta1", o.beta1 >= 0 && o.beta1 < 1, "in [0, 1)", num_str(o.beta1));

@@ -50,8 +50,7 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
 
 // rows · width: x viewed as a matrix of its last dim.
 Task<Tensor> activation(const Tensor& x, ActivationKind kind, int64_t rows, int64_t width);
-Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind, int64_t rows,
-                                 int64_t width);
+Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind, int64_t rows, int64_t width);
 
 // The per-step constants of AdamW as cpp/ops/adamw.cpp computes them.
 struct AdamWConstants {

@@ -72,10 +72,11 @@ Task<Tensor> sum_squares(const std::vector<Tensor>& tensors) {
     const std::string name = "tensors[" + std::to_string(i) + "]";
     check_float(op, name.c_str(), tensors[i]);
     if (tensors[i].device() != tensors[0].device())
-      fail(Code::Device, std::string(op) + ": expected every tensor on " + tensors[0].device().str() + " (like tensors[0]) but " +
-                             name + " is on " + tensors[i].device().str());
+      fail(Code::Device, std::string(op) + ": expected every tensor on " + tensors[0].device().str() +
+                             " (like tensors[0]) but " + name + " is on " + tensors[i].device().str());
   }
-  if (!tensors.empty() && tensors[0].device().kind == Device::CUDA) return cuda_path::sum_squares(tensors, tensors[0].device());
+  if (!tensors.empty() && tensors[0].device().kind == Device::CUDA)
+    return cuda_path::sum_squares(tensors, tensors[0].device());
   return [tensors] {
     double total = 0;
     for (const Tensor& t : tensors) {

@@ -9,8 +9,9 @@ Task<Tensor> gate(const Tensor& x, const Tensor& wg) {
     const Device dev = x.device();
     cuda::Scope sc(dev);
     const int64_t t = x.dim(0), d = x.dim(1), e = wg.dim(1);
-    const uint32_t tag = sc.add_check(Code::NonFinite, "gate: expected finite values in x (the router's input) but element ",
-                                      " is not finite (found on " + dev.str() + ")");
+    const uint32_t tag =
+        sc.add_check(Code::NonFinite, "gate: expected finite values in x (the router's input) but element ",
+                     " is not finite (found on " + dev.str() + ")");
     cuda::check(moe_cuda_check_finite(x.raw(), cuda::dtype_code(x.dtype), x.numel(), sc.status(), tag, sc.stream()),
                 "gate", dev);
     Tensor logits = empty(DType::F32, {t, e}, dev);

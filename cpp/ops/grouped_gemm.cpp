@@ -47,8 +47,8 @@ std::vector<int64_t> expert_offsets(const char* op, const Tensor& counts, int64_
   for (int64_t e = 0; e < experts; ++e) {
     int64_t c = counts.dtype == DType::I32 ? int64_t(counts.data<int32_t>()[e]) : counts.data<int64_t>()[e];
     if (c < 0)
-      fail(Code::Value, std::string(op) + ": expected rowsPerExpert >= 0 but expert " + std::to_string(e) +
-                            " has " + std::to_string(c));
+      fail(Code::Value, std::string(op) + ": expected rowsPerExpert >= 0 but expert " + std::to_string(e) + " has " +
+                            std::to_string(c));
     off[size_t(e) + 1] = off[size_t(e)] + c;
     if (off[size_t(e) + 1] > rows) break;  // reported below, before any sum can overflow
   }
@@ -135,8 +135,8 @@ Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, 
       for (int64_t e = 0; e < d.experts; ++e) {
         const int64_t r0 = off[size_t(e)];
         const int m = int(off[size_t(e) + 1] - r0);  // m == 0 writes zeros (moe::sgemm's k == 0 case)
-        sgemm(true, false, k, n, m, 1.0f, xf.data() + r0 * d.k, k, dyf.data() + r0 * d.n, n, 0.0f,
-              dw + e * d.k * d.n, n);
+        sgemm(true, false, k, n, m, 1.0f, xf.data() + r0 * d.k, k, dyf.data() + r0 * d.n, n, 0.0f, dw + e * d.k * d.n,
+              n);
       }
     }
     if (needs.dbias) {

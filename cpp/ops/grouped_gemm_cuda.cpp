@@ -16,24 +16,25 @@ namespace {
 // The tensor-core kernels take bf16 or f16, the same dtype for every operand.
 int gemm_dtype(const char* op, const Tensor& a, const Tensor& b) {
   if (a.dtype != b.dtype || (a.dtype != DType::BF16 && a.dtype != DType::F16))
-    fail(Code::Unsupported, std::string(op) + ": on CUDA expected bfloat16 or float16 operands of one dtype but received " +
+    fail(Code::Unsupported, std::string(op) +
+                                ": on CUDA expected bfloat16 or float16 operands of one dtype but received " +
                                 dtype_name(a.dtype) + " and " + dtype_name(b.dtype));
   return a.dtype == DType::BF16 ? MOE_CUDA_GG_BF16 : MOE_CUDA_GG_F16;
 }
 
 int32_t* device_counts(const char* op, const Tensor& counts) {
   if (counts.dtype != DType::I32)
-    fail(Code::Unsupported, std::string(op) + ": on CUDA expected rowsPerExpert of dtype int32 but received " +
-                                dtype_name(counts.dtype));
+    fail(Code::Unsupported,
+         std::string(op) + ": on CUDA expected rowsPerExpert of dtype int32 but received " + dtype_name(counts.dtype));
   return counts.data<int32_t>();
 }
 
 // Tags counts outside [0, R] for the next synchronisation; the kernels also
 // refuse (compute nothing for) counts whose sum exceeds R.
 void check_counts(const char* op, const cuda::Scope& sc, const Tensor& counts, int64_t rows) {
-  const uint32_t tag = sc.add_check(Code::Value, std::string(op) + ": expected rowsPerExpert in [0, " +
-                                                     std::to_string(rows) + "] but element ",
-                                    " is outside it (found on " + sc.device().str() + ")");
+  const uint32_t tag = sc.add_check(
+      Code::Value, std::string(op) + ": expected rowsPerExpert in [0, " + std::to_string(rows) + "] but element ",
+      " is outside it (found on " + sc.device().str() + ")");
   const int32_t hi = rows < INT32_MAX ? int32_t(rows) + 1 : INT32_MAX;
   cuda::check(moe_cuda_check_range_i32(counts.data<int32_t>(), counts.numel(), 0, hi, sc.status(), tag, sc.stream()),
               op, sc.device());

@@ -82,9 +82,9 @@ Task<Tensor> chunk_transpose(const Tensor& x, const Tensor& counts) {
     const std::string where = " (found on " + dev.str() + ")";
     const uint32_t neg = sc.add_check(Code::Value, "chunkTranspose: expected counts >= 0 but flat element ",
                                       " of counts is negative" + where);
-    const uint32_t sum = sc.add_check(Code::Value, "chunkTranspose: expected counts to sum to the " + std::to_string(R) +
-                                                       " rows of x but they sum to ",
-                                      where);
+    const uint32_t sum = sc.add_check(
+        Code::Value,
+        "chunkTranspose: expected counts to sum to the " + std::to_string(R) + " rows of x but they sum to ", where);
     const size_t ws = moe_cuda_chunk_transpose_workspace_bytes(A * B);
     Scratch workspace(ws, dev);
     Tensor out = empty(x.dtype, x.shape, dev);

@@ -18,7 +18,9 @@ namespace {
 constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();  // row maps are int32
 
 // Rows per parallel chunk so that a chunk moves about 64 KiB.
-int64_t row_grain(int64_t row_bytes) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, row_bytes)); }
+int64_t row_grain(int64_t row_bytes) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, row_bytes));
+}
 
 void check_permute_args(const Tensor& x, const Tensor& indices, const Tensor& weights, const PermuteOptions& o) {
   const char* op = "permute";
@@ -81,7 +83,8 @@ void check_row_map(const char* op, const int32_t* pair_to_row, int64_t pairs, in
 Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& weights, const PermuteOptions& options) {
   check_permute_args(x, indices, weights, options);
   const int64_t capacity =
-      options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts, *options.capacity_factor) : -1;
+      options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts, *options.capacity_factor)
+                              : -1;
   if (options.pad_to_capacity && capacity * options.num_experts > kMaxIndex)
     fail(Code::Value, "permute: expected numExperts * capacity <= 2147483647 padded rows but received " +
                           std::to_string(options.num_experts) + " * " + std::to_string(capacity));

@@ -13,17 +13,17 @@ namespace {
 // The check of pairToRow entries outside [-1, rows): its tag, for the row
 // kernels to report under (at the next synchronisation).
 uint32_t row_map_tag(const cuda::Scope& sc, const char* op, int64_t rows) {
-  return sc.add_check(Code::Value, std::string(op) + ": expected pairToRow entries in [-1, " + std::to_string(rows) +
-                                       ") but element ",
-                      " is outside it (found on " + sc.device().str() + ")");
+  return sc.add_check(
+      Code::Value, std::string(op) + ": expected pairToRow entries in [-1, " + std::to_string(rows) + ") but element ",
+      " is outside it (found on " + sc.device().str() + ")");
 }
 
 // The same check as a kernel of its own, for when no row kernel runs.
 void check_row_map(const cuda::Scope& sc, const char* op, const Tensor& pair_to_row, int64_t rows, uint32_t tag) {
   const int32_t hi = rows < INT32_MAX ? int32_t(rows) : INT32_MAX;
-  cuda::check(moe_cuda_check_range_i32(pair_to_row.data<int32_t>(), pair_to_row.numel(), -1, hi,
-                                       sc.status(), tag, sc.stream()),
-              op, sc.device());
+  cuda::check(
+      moe_cuda_check_range_i32(pair_to_row.data<int32_t>(), pair_to_row.numel(), -1, hi, sc.status(), tag, sc.stream()),
+      op, sc.device());
 }
 
 }  // namespace
@@ -45,9 +45,9 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
     const int E = int(o.num_experts);
     const int policy = o.drop_policy == DropPolicy::Probs ? moe_cuda::kDropProbs : moe_cuda::kDropPosition;
     const std::string where = " (found on " + dev.str() + ")";
-    const uint32_t tag = sc.add_check(Code::Value, "permute: expected indices in [0, numExperts) = [0, " +
-                                                       std::to_string(E) + ") but element ",
-                                      " is outside it" + where);
+    const uint32_t tag = sc.add_check(
+        Code::Value, "permute: expected indices in [0, numExperts) = [0, " + std::to_string(E) + ") but element ",
+        " is outside it" + where);
     if (capacity >= 0 && o.drop_policy == DropPolicy::Probs) {
       const uint32_t finite = sc.add_check(
           Code::NonFinite, "permute: expected finite values in weights (the probs drop policy ranks them) but element ",
@@ -112,10 +112,10 @@ Task<Tensor> permute_backward(const Tensor& d_rows, const Tensor& pair_to_row) {
       cuda::memset_async(dx.raw(), 0, dx.bytes(), dev);
       return dx;
     }
-    cuda::check(moe_cuda_permute_backward(d_rows.raw(), cuda::dtype_code(d_rows.dtype), R, D,
-                                          pair_to_row.data<int32_t>(), T, int(k), dx.raw(), sc.status(), tag,
-                                          sc.stream()),
-                op, dev);
+    cuda::check(
+        moe_cuda_permute_backward(d_rows.raw(), cuda::dtype_code(d_rows.dtype), R, D, pair_to_row.data<int32_t>(), T,
+                                  int(k), dx.raw(), sc.status(), tag, sc.stream()),
+        op, dev);
     return dx;
   };
 }
@@ -157,12 +157,12 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
     size_t ws = 0;
     cuda::check(moe_cuda_unpermute_backward_workspace_bytes(T * k, R, &ws), op, dev);
     Scratch workspace(ws, dev);
-    cuda::check(moe_cuda_unpermute_backward(dy.raw(), cuda::dtype_code(dy.dtype), rows.raw(),
-                                            cuda::dtype_code(rows.dtype), R, D, pair_to_row.data<int32_t>(),
-                                            weights.data<float>(), T, int(k), g.d_rows.raw(), g.d_weights.data<float>(),
-                                            workspace.at(0), ws, D == 0 || R == 0 ? nullptr : sc.status(), tag,
-                                            sc.stream()),
-                op, dev);
+    cuda::check(
+        moe_cuda_unpermute_backward(dy.raw(), cuda::dtype_code(dy.dtype), rows.raw(), cuda::dtype_code(rows.dtype), R,
+                                    D, pair_to_row.data<int32_t>(), weights.data<float>(), T, int(k), g.d_rows.raw(),
+                                    g.d_weights.data<float>(), workspace.at(0), ws,
+                                    D == 0 || R == 0 ? nullptr : sc.status(), tag, sc.stream()),
+        op, dev);
     return g;
   };
 }

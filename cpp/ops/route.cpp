@@ -203,8 +203,7 @@ void select_experts(const float* key, int64_t e, const RouteOptions& o, Scratch&
 }
 
 void check_route_options(const char* op, int64_t e, const RouteOptions& o) {
-  if (o.top_k < 1)
-    fail(Code::Value, std::string(op) + ": expected topK >= 1 but received " + str(o.top_k));
+  if (o.top_k < 1) fail(Code::Value, std::string(op) + ": expected topK >= 1 but received " + str(o.top_k));
   if (o.top_k > e)
     fail(Code::Value, std::string(op) + ": expected topK <= numExperts (" + str(e) + ") but received " + str(o.top_k));
   const bool has_g = o.num_groups != 0, has_tg = o.topk_groups != 0;
@@ -227,8 +226,8 @@ void check_route_options(const char* op, int64_t e, const RouteOptions& o) {
 
 void check_count(const char* op, int64_t t, int64_t k) {
   if (t * k > INT32_MAX)
-    fail(Code::Value, std::string(op) + ": expected tokens · topK <= " + str(INT32_MAX) + " but received " +
-                          str(t) + " · " + str(k));
+    fail(Code::Value, std::string(op) + ": expected tokens · topK <= " + str(INT32_MAX) + " but received " + str(t) +
+                          " · " + str(k));
 }
 
 }  // namespace
@@ -256,8 +255,12 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
     const bool has_bias = expert_bias.defined();
     if (has_bias) check_finite(op, "expertBias", expert_bias.data<float>(), e);
 
-    RouteResult r{empty(DType::I32, {t, k}), empty(DType::F32, {t, k}), empty(DType::F32, {t, e}),
-                  zeros(DType::I32, {e}), scalar_f32(0), scalar_f32(0)};
+    RouteResult r{empty(DType::I32, {t, k}),
+                  empty(DType::F32, {t, k}),
+                  empty(DType::F32, {t, e}),
+                  zeros(DType::I32, {e}),
+                  scalar_f32(0),
+                  scalar_f32(0)};
     if (t == 0) return r;
 
     const float* lg = logits.data<float>();
@@ -362,10 +365,9 @@ Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const T
     check_dtype(op, "dWeights", dweights, {DType::F32});
     check_shape(op, "dWeights", dweights, {t, k}, "[tokens, topK]");
   }
-  check_same_device(op, {{"logits", &logits},
-                         {"indices", &indices},
-                         {"tokensPerExpert", &tokens_per_expert},
-                         {"dWeights", &dweights}});
+  check_same_device(
+      op,
+      {{"logits", &logits}, {"indices", &indices}, {"tokensPerExpert", &tokens_per_expert}, {"dWeights", &dweights}});
   check_option(op, "auxLossGrad", std::isfinite(options.aux_loss_grad), "a finite number",
                num_str(options.aux_loss_grad));
   check_option(op, "zLossGrad", std::isfinite(options.z_loss_grad), "a finite number", num_str(options.z_loss_grad));
@@ -392,10 +394,9 @@ Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const T
     const bool has_aux = o.aux_loss_grad != 0, has_z = o.z_loss_grad != 0;
     for (int64_t i = 0; i < e; ++i) {
       if (tpe[i] < 0)
-        fail(Code::Value, std::string(op) + ": expected tokensPerExpert >= 0 but element " + str(i) + " is " +
-                              str(tpe[i]));
-      aux_grad[size_t(i)] =
-          float(o.aux_loss_grad * double(e) * (double(tpe[i]) / double(t * k)) / double(t));
+        fail(Code::Value,
+             std::string(op) + ": expected tokensPerExpert >= 0 but element " + str(i) + " is " + str(tpe[i]));
+      aux_grad[size_t(i)] = float(o.aux_loss_grad * double(e) * (double(tpe[i]) / double(t * k)) / double(t));
     }
     const float z_scale = float(2.0 * o.z_loss_grad / double(t));
 

@@ -119,16 +119,18 @@ struct Launch {
       void (*fn)(P...);
       std::tuple<std::decay_t<P>...>* args;
     } ctx{fn, &held};
-    run_grid(config, [](void* c) {
-      Ctx* x = static_cast<Ctx*>(c);
-      std::apply(x->fn, *x->args);
-    }, &ctx);
+    run_grid(
+        config,
+        [](void* c) {
+          Ctx* x = static_cast<Ctx*>(c);
+          std::apply(x->fn, *x->args);
+        },
+        &ctx);
   }
 };
 
 template <class... P>
-Launch<P...> launch(void (*fn)(P...), dim3 grid, dim3 block, size_t shared_bytes = 0,
-                    cudaStream_t stream = nullptr) {
+Launch<P...> launch(void (*fn)(P...), dim3 grid, dim3 block, size_t shared_bytes = 0, cudaStream_t stream = nullptr) {
   return Launch<P...>{fn, Config{grid, block, shared_bytes, stream, reinterpret_cast<const void*>(fn)}};
 }
 
@@ -255,9 +257,13 @@ T lane_max(T a, T b) {
   return std::max(a, b);
 }
 }  // namespace emu
-inline unsigned __reduce_min_sync(unsigned mask, unsigned v) { return emu::reduce_lanes(mask, v, emu::lane_min<unsigned>); }
+inline unsigned __reduce_min_sync(unsigned mask, unsigned v) {
+  return emu::reduce_lanes(mask, v, emu::lane_min<unsigned>);
+}
 inline int __reduce_min_sync(unsigned mask, int v) { return emu::reduce_lanes(mask, v, emu::lane_min<int>); }
-inline unsigned __reduce_max_sync(unsigned mask, unsigned v) { return emu::reduce_lanes(mask, v, emu::lane_max<unsigned>); }
+inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
+  return emu::reduce_lanes(mask, v, emu::lane_max<unsigned>);
+}
 inline int __reduce_max_sync(unsigned mask, int v) { return emu::reduce_lanes(mask, v, emu::lane_max<int>); }
 inline unsigned __activemask() { return emu::live_lanes(); }
 

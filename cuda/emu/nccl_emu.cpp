@@ -56,11 +56,22 @@ constexpr auto kStall = std::chrono::seconds(60);
 
 size_t type_bytes(int type) {
   switch (type) {
-    case kInt8: case kUint8: return 1;
-    case kFloat16: case kBfloat16: return 2;
-    case kInt32: case kUint32: case kFloat32: return 4;
-    case kInt64: case kUint64: case kFloat64: return 8;
-    default: return 0;
+    case kInt8:
+    case kUint8:
+      return 1;
+    case kFloat16:
+    case kBfloat16:
+      return 2;
+    case kInt32:
+    case kUint32:
+    case kFloat32:
+      return 4;
+    case kInt64:
+    case kUint64:
+    case kFloat64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -220,8 +231,9 @@ Result run_transfers(Communicator* c, const std::vector<Transfer>& ts) {
   for (const Transfer& t : ts)
     if (t.peer == c->rank) (t.send ? self_sends : self_recvs).push_back(&t);
   if (self_sends.size() != self_recvs.size())
-    return refuse(c, kInvalidUsage, "a group with " + std::to_string(self_sends.size()) + " sends to this rank and " +
-                                        std::to_string(self_recvs.size()) + " receives from it");
+    return refuse(c, kInvalidUsage,
+                  "a group with " + std::to_string(self_sends.size()) + " sends to this rank and " +
+                      std::to_string(self_recvs.size()) + " receives from it");
   for (size_t i = 0; i < self_sends.size(); ++i) {
     if (self_sends[i]->bytes != self_recvs[i]->bytes)
       return refuse(c, kInvalidUsage, "a send to this rank and its receive differ in size");
@@ -346,7 +358,10 @@ void reduce(char* out, const std::vector<const char*>& parts, size_t count, int 
       for (size_t r = 1; r < parts.size(); ++r) {
         T v;
         memcpy(&v, parts[r] + i * sizeof(T), sizeof(T));
-        acc = op == kProd ? T(acc * v) : op == kMax ? (v > acc ? v : acc) : op == kMin ? (v < acc ? v : acc) : T(acc + v);
+        acc = op == kProd  ? T(acc * v)
+              : op == kMax ? (v > acc ? v : acc)
+              : op == kMin ? (v < acc ? v : acc)
+                           : T(acc + v);
       }
       if (op == kAvg) acc = T(acc / T(parts.size()));
       memcpy(out + i * sizeof(T), &acc, sizeof(T));
@@ -366,17 +381,38 @@ void reduce(char* out, const std::vector<const char*>& parts, size_t count, int 
 
 Result reduce_typed(int type, char* out, const std::vector<const char*>& parts, size_t count, int op) {
   switch (type) {
-    case kInt8: reduce<int8_t>(out, parts, count, op); break;
-    case kUint8: reduce<uint8_t>(out, parts, count, op); break;
-    case kInt32: reduce<int32_t>(out, parts, count, op); break;
-    case kUint32: reduce<uint32_t>(out, parts, count, op); break;
-    case kInt64: reduce<int64_t>(out, parts, count, op); break;
-    case kUint64: reduce<uint64_t>(out, parts, count, op); break;
-    case kFloat16: reduce<__half>(out, parts, count, op); break;
-    case kFloat32: reduce<float>(out, parts, count, op); break;
-    case kFloat64: reduce<double>(out, parts, count, op); break;
-    case kBfloat16: reduce<__nv_bfloat16>(out, parts, count, op); break;
-    default: return kInvalidArgument;
+    case kInt8:
+      reduce<int8_t>(out, parts, count, op);
+      break;
+    case kUint8:
+      reduce<uint8_t>(out, parts, count, op);
+      break;
+    case kInt32:
+      reduce<int32_t>(out, parts, count, op);
+      break;
+    case kUint32:
+      reduce<uint32_t>(out, parts, count, op);
+      break;
+    case kInt64:
+      reduce<int64_t>(out, parts, count, op);
+      break;
+    case kUint64:
+      reduce<uint64_t>(out, parts, count, op);
+      break;
+    case kFloat16:
+      reduce<__half>(out, parts, count, op);
+      break;
+    case kFloat32:
+      reduce<float>(out, parts, count, op);
+      break;
+    case kFloat64:
+      reduce<double>(out, parts, count, op);
+      break;
+    case kBfloat16:
+      reduce<__nv_bfloat16>(out, parts, count, op);
+      break;
+    default:
+      return kInvalidArgument;
   }
   return kSuccess;
 }
@@ -393,13 +429,20 @@ Result ncclGetVersion(int* version) {
 
 const char* ncclGetErrorString(Result r) {
   switch (r) {
-    case kSuccess: return "no error";
-    case kSystemError: return "unhandled system error";
-    case kInvalidArgument: return "invalid argument";
-    case kInvalidUsage: return "invalid usage";
-    case kRemoteError: return "remote process exited or there was a network error";
-    case kInProgress: return "NCCL operation in progress";
-    default: return "internal error";
+    case kSuccess:
+      return "no error";
+    case kSystemError:
+      return "unhandled system error";
+    case kInvalidArgument:
+      return "invalid argument";
+    case kInvalidUsage:
+      return "invalid usage";
+    case kRemoteError:
+      return "remote process exited or there was a network error";
+    case kInProgress:
+      return "NCCL operation in progress";
+    default:
+      return "internal error";
   }
 }
 

@@ -144,9 +144,9 @@ void start_fiber(Fiber& f) {
     }
   }
   uintptr_t* sp = reinterpret_cast<uintptr_t*>(f.stack + kStackBytes);
-  *--sp = 0;                                           // where fiber_main's return address would be
-  *--sp = reinterpret_cast<uintptr_t>(&fiber_main);    // emu_switch's ret lands here
-  for (int i = 0; i < 6; ++i) *--sp = 0;               // rbp rbx r12 r13 r14 r15
+  *--sp = 0;                                         // where fiber_main's return address would be
+  *--sp = reinterpret_cast<uintptr_t>(&fiber_main);  // emu_switch's ret lands here
+  for (int i = 0; i < 6; ++i) *--sp = 0;             // rbp rbx r12 r13 r14 r15
   f.sp = sp;
   f.state = State::Ready;
   f.copies.clear();  // a thread that returned with copies in flight: nothing reads them
@@ -212,8 +212,8 @@ bool release() {
 }
 
 [[noreturn]] void deadlock() {
-  fprintf(stderr, "moe-ep CUDA emulator: deadlock in block (%u,%u,%u) of a %ux%ux%u grid; threads waiting:",
-          blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z);
+  fprintf(stderr, "moe-ep CUDA emulator: deadlock in block (%u,%u,%u) of a %ux%ux%u grid; threads waiting:", blockIdx.x,
+          blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z);
   int shown = 0;
   for (int t = 0; t < run.threads && shown < 16; ++t) {
     const Fiber& f = run.fibers[size_t(t)];
@@ -229,8 +229,8 @@ bool release() {
 void run_block() {
   for (int t = 0; t < run.threads; ++t) {
     Fiber& f = run.fibers[size_t(t)];
-    f.tid = uint3{unsigned(t) % blockDim.x, unsigned(t) / blockDim.x % blockDim.y,
-                  unsigned(t) / (blockDim.x * blockDim.y)};
+    f.tid =
+        uint3{unsigned(t) % blockDim.x, unsigned(t) / blockDim.x % blockDim.y, unsigned(t) / (blockDim.x * blockDim.y)};
     start_fiber(f);
   }
   run.order.resize(size_t(run.threads));
@@ -261,7 +261,7 @@ void run_grid(const Config& c, void (*body)(void*), void* context) {
   const size_t limit = std::max(kDefaultSharedLimit, shared_limit(c.kernel));
   if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || c.grid.y > 65535 || c.grid.z > 65535 || threads == 0 ||
       threads > kMaxThreads || c.block.z > 64 || c.shared_bytes > std::min(limit, kMaxSharedLimit)) {
-    set_last_error(threads > kMaxThreads || threads == 0 ? cudaErrorInvalidConfiguration
+    set_last_error(threads > kMaxThreads || threads == 0  ? cudaErrorInvalidConfiguration
                    : c.shared_bytes > kDefaultSharedLimit ? cudaErrorInvalidValue
                                                           : cudaErrorInvalidConfiguration);
     return;
@@ -291,7 +291,8 @@ void run_grid(const Config& c, void (*body)(void*), void* context) {
   }
   for (uint64_t i = 0; i < blocks; ++i) {
     const uint64_t b = how == Order::Forward ? i : how == Order::Reverse ? blocks - 1 - i : shuffled[i];
-    blockIdx = uint3{unsigned(b % c.grid.x), unsigned(b / c.grid.x % c.grid.y), unsigned(b / (uint64_t(c.grid.x) * c.grid.y))};
+    blockIdx =
+        uint3{unsigned(b % c.grid.x), unsigned(b / c.grid.x % c.grid.y), unsigned(b / (uint64_t(c.grid.x) * c.grid.y))};
     run_block();
   }
   run.current = nullptr;

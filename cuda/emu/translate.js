@@ -46,8 +46,10 @@ function translate(src) {
     pos = close + 3;
   }
   out += src.slice(pos);
-  return out.replace(/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([A-Za-z_][\w:<>, ]*?)\s+([A-Za-z_]\w*)\s*\[\s*\]\s*;/g,
-    (_, type, name) => `${type}* ${name} = ::emu::dynamic_shared<${type}>();`);
+  return out.replace(
+    /extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([A-Za-z_][\w:<>, ]*?)\s+([A-Za-z_]\w*)\s*\[\s*\]\s*;/g,
+    (_, type, name) => `${type}* ${name} = ::emu::dynamic_shared<${type}>();`,
+  );
 }
 
 if (require.main === module) {

@@ -30,7 +30,9 @@ class MixtureTask {
     // Cluster centres: well separated in the first half of the features.
     this.centres = Array.from({ length: clusters }, () => Float32Array.from({ length: half }, () => 2 * gaussian(r)));
     // The rules: A_c [D, D/2], scaled so that targets have unit variance.
-    this.maps = Array.from({ length: clusters }, () => Float32Array.from({ length: dModel * half }, () => gaussian(r) / Math.sqrt(half)));
+    this.maps = Array.from({ length: clusters }, () =>
+      Float32Array.from({ length: dModel * half }, () => gaussian(r) / Math.sqrt(half)),
+    );
   }
 
   /** A batch of T tokens (x, y as Float32Array [T, D]) and each token's cluster. */

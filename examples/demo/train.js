@@ -58,19 +58,35 @@ async function main() {
   const epSize = worldSize;
   const init = { initStd: 1 / Math.sqrt(D), outputInitStd: 1 / Math.sqrt(F) };
   const moe = new MoELayer(
-    { dModel: D, dFF: F, numExperts: E, topK: 2, epSize, activation: "relu", auxLossCoef: 1e-2, seed: 1, name: "moe", ...init },
+    {
+      dModel: D,
+      dFF: F,
+      numExperts: E,
+      topK: 2,
+      epSize,
+      activation: "relu",
+      auxLossCoef: 1e-2,
+      seed: 1,
+      name: "moe",
+      ...init,
+    },
     pg,
   );
   // The baseline: one FFN of width 2F (a one-expert layer routes every token to it with weight 1),
   // replicated on every rank and trained data-parallel.
-  const dense = new MoELayer({ dModel: D, dFF: 2 * F, numExperts: 1, topK: 1, activation: "relu", seed: 2, name: "dense", ...init }, pg);
+  const dense = new MoELayer(
+    { dModel: D, dFF: 2 * F, numExperts: 1, topK: 1, activation: "relu", seed: 2, name: "dense", ...init },
+    pg,
+  );
   await Promise.all([moe.ready, dense.ready]);
   const optMoe = new AdamW(moe.parameters(), { lr: 1e-2, weightDecay: 0 });
   const optDense = new AdamW(dense.parameters(), { lr: 1e-2, weightDecay: 0 });
   const task = new MixtureTask({ dModel: D, clusters: K, seed: 42 });
 
-  log(`moe-ep demo: ${worldSize} rank(s), ${E} experts (${E / epSize} per rank), top-2, D=${D}, F=${F}; ` +
-    `dense baseline width ${2 * F}; ${TOKENS} tokens per rank per step, ${STEPS} steps`);
+  log(
+    `moe-ep demo: ${worldSize} rank(s), ${E} experts (${E / epSize} per rank), top-2, D=${D}, F=${F}; ` +
+      `dense baseline width ${2 * F}; ${TOKENS} tokens per rank per step, ${STEPS} steps`,
+  );
   log(`(load per expert: one bar per expert, half height = its fair share of the tokens)`);
   const history = { steps: [], moe: [], dense: [], load: [] };
   const t0 = Date.now();
@@ -81,7 +97,10 @@ async function main() {
     const y = Tensor.from(b.y, [TOKENS, D]);
     const losses = new Float32Array(2);
     let counts;
-    for (const [i, model, opt] of [[0, moe, optMoe], [1, dense, optDense]]) {
+    for (const [i, model, opt] of [
+      [0, moe, optMoe],
+      [1, dense, optDense],
+    ]) {
       const r = await model.forward(x);
       const out = r.output;
       losses[i] = await mseAndGradient(out, y);
@@ -109,8 +128,10 @@ async function main() {
     if (shown !== lastShown) {
       lastShown = shown;
       const s = ((Date.now() - t0) / 1000).toFixed(0);
-      log(`${bar(step / STEPS)} ${String(Math.round((100 * step) / STEPS)).padStart(3)}% step ${String(step).padStart(4)}  ` +
-        `loss MoE ${losses[0].toFixed(4)}  dense ${losses[1].toFixed(4)}  load per expert |${loadRow(counts)}|  ${s}s`);
+      log(
+        `${bar(step / STEPS)} ${String(Math.round((100 * step) / STEPS)).padStart(3)}% step ${String(step).padStart(4)}  ` +
+          `loss MoE ${losses[0].toFixed(4)}  dense ${losses[1].toFixed(4)}  load per expert |${loadRow(counts)}|  ${s}s`,
+      );
     }
   }
 
@@ -125,7 +146,9 @@ async function main() {
     x.dispose();
     table.push(r.stats.tokensPerExpert);
   }
-  const tail = (a) => a.slice(-Math.max(1, Math.floor(a.length / 10))).reduce((s, v) => s + v, 0) / Math.max(1, Math.floor(a.length / 10));
+  const tail = (a) =>
+    a.slice(-Math.max(1, Math.floor(a.length / 10))).reduce((s, v) => s + v, 0) /
+    Math.max(1, Math.floor(a.length / 10));
   const [lm, ld] = [tail(history.moe), tail(history.dense)];
   if (rank === 0) {
     log("");
@@ -133,9 +156,14 @@ async function main() {
     log("        " + Array.from({ length: E }, (_, e) => `e${e}`.padStart(5)).join(""));
     table.forEach((row, c) => log(`rule ${c} ` + row.map((n) => String(n).padStart(5)).join("")));
     log("");
-    log(`final loss (mean of the last 10% of steps): MoE ${lm.toFixed(4)}, dense ${ld.toFixed(4)} ` +
-      `(${(ld / lm).toFixed(1)}x lower with experts)`);
-    require("fs").writeFileSync(OUT, renderSvg(history, `moe-ep demo: ${E} experts on ${worldSize} ranks vs a dense FFN`));
+    log(
+      `final loss (mean of the last 10% of steps): MoE ${lm.toFixed(4)}, dense ${ld.toFixed(4)} ` +
+        `(${(ld / lm).toFixed(1)}x lower with experts)`,
+    );
+    require("fs").writeFileSync(
+      OUT,
+      renderSvg(history, `moe-ep demo: ${E} experts on ${worldSize} ranks vs a dense FFN`),
+    );
     log(`plot of the losses and the per-expert load: ${OUT}`);
     log(`${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }

@@ -100,7 +100,15 @@ async function main(): Promise<void> {
     await pg.allReduce(wrongs, "sum");
     const timeUs = time.item();
     const algbw = (count * 4) / (timeUs * 1e-6) / 1e9;
-    rows.push({ bytes: count * 4, count, iterations, timeUs, algbw, busbw: (algbw * (W - 1)) / W, wrong: wrongs.item() });
+    rows.push({
+      bytes: count * 4,
+      count,
+      iterations,
+      timeUs,
+      algbw,
+      busbw: (algbw * (W - 1)) / W,
+      wrong: wrongs.item(),
+    });
     time.dispose();
     wrongs.dispose();
   }

@@ -62,36 +62,59 @@ export function formatAlltoallTable(r: BenchAlltoallResult): string[] {
         `${pad(((100 * row.busbw) / r.memcpyGbps).toFixed(1) + "%", 14)}`,
     );
   }
-  lines.push(`# Out of bounds values : ${r.rows.reduce((a, row) => a + row.wrong, 0)} ${r.rows.some((row) => row.wrong) ? "FAILED" : "OK"}`);
+  lines.push(
+    `# Out of bounds values : ${r.rows.reduce((a, row) => a + row.wrong, 0)} ${r.rows.some((row) => row.wrong) ? "FAILED" : "OK"}`,
+  );
   lines.push(`# Avg bus bandwidth    : ${r.avgBusbw.toFixed(3)} GB/s`);
   return lines;
 }
 
 export async function benchAlltoall(options: BenchAlltoallOptions = {}): Promise<BenchAlltoallResult> {
-  if (options === null || typeof options !== "object") throw invalid("an options object", "benchAlltoall options", options);
+  if (options === null || typeof options !== "object")
+    throw invalid("an options object", "benchAlltoall options", options);
   const worldSize = checkInteger("worldSize", options.worldSize ?? 2, 1, 64);
   const minBytes = checkInteger("minBytes", options.minBytes ?? 1024, 4 * worldSize, 2 ** 34);
   const maxBytes = checkInteger("maxBytes", options.maxBytes ?? 64 * MiB, minBytes, 2 ** 34);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120000, 1);
-  const log = options.log === undefined ? (line: string) => console.log(line) : options.log ?? (() => undefined);
+  const log = options.log === undefined ? (line: string) => console.log(line) : (options.log ?? (() => undefined));
 
   const worker = path.join(packageRoot, "dist", "bench", "alltoall-worker.js");
   if (!fs.existsSync(worker)) {
-    throw new MoEError(`benchAlltoall: ${worker} is missing; build the TypeScript first (npm run build:ts)`, "ERR_MOE_LOAD");
+    throw new MoEError(
+      `benchAlltoall: ${worker} is missing; build the TypeScript first (npm run build:ts)`,
+      "ERR_MOE_LOAD",
+    );
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moe-ep-alltoall-"));
   const out = path.join(dir, "result.json");
   try {
     const code = await launch([
-      "-n", String(worldSize), worker,
-      "--out", out, "--min", String(minBytes), "--max", String(maxBytes), "--timeout", String(timeoutMs),
+      "-n",
+      String(worldSize),
+      worker,
+      "--out",
+      out,
+      "--min",
+      String(minBytes),
+      "--max",
+      String(maxBytes),
+      "--timeout",
+      String(timeoutMs),
     ]);
     if (code !== 0 || !fs.existsSync(out)) {
-      throw new MoEError(`benchAlltoall: the ranks failed (exit code ${code}); their output is above`, "ERR_MOE_INTERNAL");
+      throw new MoEError(
+        `benchAlltoall: the ranks failed (exit code ${code}); their output is above`,
+        "ERR_MOE_INTERNAL",
+      );
     }
     const report = JSON.parse(fs.readFileSync(out, "utf8")) as AlltoallWorkerReport;
     const avgBusbw = report.rows.reduce((a, r) => a + r.busbw, 0) / Math.max(1, report.rows.length);
-    const result: BenchAlltoallResult = { worldSize: report.worldSize, memcpyGbps: report.memcpy.gbps, rows: report.rows, avgBusbw };
+    const result: BenchAlltoallResult = {
+      worldSize: report.worldSize,
+      memcpyGbps: report.memcpy.gbps,
+      rows: report.rows,
+      avgBusbw,
+    };
     for (const line of formatAlltoallTable(result)) log(line);
     return result;
   } finally {

@@ -69,15 +69,21 @@ function filled(n: number, seed: number): Float32Array {
  * (R = experts · rowsPerExpert rows) and the grouped forward, dX and dW products; returns the figures.
  */
 export async function benchGroupedGemm(options: BenchGroupedGemmOptions = {}): Promise<BenchGroupedGemmResult> {
-  if (options === null || typeof options !== "object") throw invalid("an options object", "benchGroupedGemm options", options);
+  if (options === null || typeof options !== "object")
+    throw invalid("an options object", "benchGroupedGemm options", options);
   const L = checkInteger("experts", options.experts ?? 8, 1, 4096);
   const rows = checkInteger("rowsPerExpert", options.rowsPerExpert ?? 512, 1, 1 << 20);
   const K = checkInteger("k", options.k ?? 1024, 1, 65536);
   const N = checkInteger("n", options.n ?? 2048, 1, 65536);
   const runs = checkInteger("runs", options.runs ?? 5, 1, 1000);
   const warmup = checkInteger("warmup", options.warmup ?? 1, 0, 1000);
-  const fmaSeconds = checkNumber("fmaSeconds", options.fmaSeconds ?? 0.6, (v) => v > 0 && v <= 60, "a number in (0, 60]");
-  const log = options.log === undefined ? (line: string) => console.log(line) : options.log ?? (() => undefined);
+  const fmaSeconds = checkNumber(
+    "fmaSeconds",
+    options.fmaSeconds ?? 0.6,
+    (v) => v > 0 && v <= 60,
+    "a number in (0, 60]",
+  );
+  const log = options.log === undefined ? (line: string) => console.log(line) : (options.log ?? (() => undefined));
   const R = L * rows;
   const flops = 2 * R * K * N;
   const info = loadNative().info();

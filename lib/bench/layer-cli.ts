@@ -30,13 +30,18 @@ function parse(args: string[]): { nproc: number; options: BenchLayerOptions } {
   for (let i = 0; i < args.length; i += 2) {
     const key = FLAGS[args[i]];
     const value = args[i + 1];
-    if (!key || value === undefined) throw new Error(`moe-ep bench layer: unknown option or missing value at "${args[i]}" (options: ${Object.keys(FLAGS).join(", ")})`);
+    if (!key || value === undefined)
+      throw new Error(
+        `moe-ep bench layer: unknown option or missing value at "${args[i]}" (options: ${Object.keys(FLAGS).join(", ")})`,
+      );
     if (key === "activation") {
-      if (!(ACTIVATION_KINDS as readonly string[]).includes(value)) throw new Error(`moe-ep bench layer: --activation expects one of ${ACTIVATION_KINDS.join(", ")}`);
+      if (!(ACTIVATION_KINDS as readonly string[]).includes(value))
+        throw new Error(`moe-ep bench layer: --activation expects one of ${ACTIVATION_KINDS.join(", ")}`);
       options.activation = value as ActivationKind;
     } else {
       const n = Number(value);
-      if (!Number.isInteger(n) || n < 1) throw new Error(`moe-ep bench layer: ${args[i]} expects an integer >= 1 but received "${value}"`);
+      if (!Number.isInteger(n) || n < 1)
+        throw new Error(`moe-ep bench layer: ${args[i]} expects an integer >= 1 but received "${value}"`);
       if (key === "nproc") nproc = n;
       else options[key] = n;
     }
@@ -62,7 +67,8 @@ export async function benchLayerCli(args: string[], printInfo: () => void): Prom
     await benchLayer(options);
     return 0;
   }
-  if (!process.env.MOE_EP_NUM_THREADS) process.env.MOE_EP_NUM_THREADS = String(Math.max(1, Math.floor(os.cpus().length / nproc)));
+  if (!process.env.MOE_EP_NUM_THREADS)
+    process.env.MOE_EP_NUM_THREADS = String(Math.max(1, Math.floor(os.cpus().length / nproc)));
   const cli = path.join(__dirname, "..", "cli.js");
   const { launch } = await import("../launch");
   return launch(["-n", String(nproc), cli, "bench", "layer", ...args]);

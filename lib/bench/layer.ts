@@ -35,7 +35,15 @@ export interface BenchLayerOptions {
 }
 
 export interface BenchLayerResult {
-  shape: { dModel: number; dFF: number; numExperts: number; topK: number; tokens: number; epSize: number; ranks: number };
+  shape: {
+    dModel: number;
+    dFF: number;
+    numExperts: number;
+    topK: number;
+    tokens: number;
+    epSize: number;
+    ranks: number;
+  };
   threads: number;
   blasCore: string;
   /** Median seconds of one forward + backward step (the slowest rank's). */
@@ -91,7 +99,8 @@ async function groupMax(group: CollectiveGroup | undefined, v: number): Promise<
  * resolves with the figures; rank 0 prints the report through `log`.
  */
 export async function benchLayer(options: BenchLayerOptions = {}): Promise<BenchLayerResult> {
-  if (options === null || typeof options !== "object") throw invalid("an options object", "benchLayer options", options);
+  if (options === null || typeof options !== "object")
+    throw invalid("an options object", "benchLayer options", options);
   const group = options.group;
   const ranks = group?.size ?? 1;
   const rank = group?.rank ?? 0;
@@ -104,9 +113,17 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
   const runs = checkInteger("runs", options.runs ?? 7, 1, 1000);
   const warmup = checkInteger("warmup", options.warmup ?? 1, 0, 1000);
   const activation = options.activation ?? "relu";
-  const log = rank !== 0 ? () => undefined : options.log === undefined ? (line: string) => console.log(line) : options.log ?? (() => undefined);
+  const log =
+    rank !== 0
+      ? () => undefined
+      : options.log === undefined
+        ? (line: string) => console.log(line)
+        : (options.log ?? (() => undefined));
 
-  const layer = await MoELayer.create({ dModel: D, dFF: F, numExperts: E, topK: k, epSize: P, activation, seed: 1, initStd: 0.02 }, group);
+  const layer = await MoELayer.create(
+    { dModel: D, dFF: F, numExperts: E, topK: k, epSize: P, activation, seed: 1, initStd: 0.02 },
+    group,
+  );
   const x = Tensor.empty([T, D]);
   const dy = Tensor.empty([T, D]);
   try {
@@ -119,8 +136,14 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     const rates: number[] = [];
     const ratios: number[] = [];
     const mine: number[] = [];
-    const fwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<Stage, number[]>;
-    const bwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<Stage, number[]>;
+    const fwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<
+      Stage,
+      number[]
+    >;
+    const bwd: Record<Stage, number[]> = Object.fromEntries(STAGES.map((s) => [s, []])) as unknown as Record<
+      Stage,
+      number[]
+    >;
     let rows = 0;
     let gemmFlops = 0;
     let core = "";
@@ -189,9 +212,14 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       `\nMoE layer, forward + backward: dModel ${D}, dFF ${F}, ${E} experts, top-${k}, ${T} tokens per rank, ` +
         `epSize ${P} on ${ranks} process(es), ${info.threads} thread(s) each, ${activation}`,
     );
-    log(`  step ${(step * 1000).toFixed(1)} ms (median of ${runs}, slowest rank)   ${result.tokensPerSecond.toFixed(0)} tokens/s over all ranks`);
+    log(
+      `  step ${(step * 1000).toFixed(1)} ms (median of ${runs}, slowest rank)   ${result.tokensPerSecond.toFixed(0)} tokens/s over all ranks`,
+    );
     log(`  stage         forward ms   backward ms`);
-    for (const s of STAGES) log(`  ${s.padEnd(12)} ${result.forwardMs[s].toFixed(1).padStart(10)}   ${result.backwardMs[s].toFixed(1).padStart(11)}`);
+    for (const s of STAGES)
+      log(
+        `  ${s.padEnd(12)} ${result.forwardMs[s].toFixed(1).padStart(10)}   ${result.backwardMs[s].toFixed(1).padStart(11)}`,
+      );
     log(
       `  GEMM roofline (rank 0): ${(gemmFlops / 1e9).toFixed(1)} GFLOP per step at the sgemm rate ${rateMedian.toFixed(1)} GFLOP/s ` +
         `(${m} x ${F1} x ${D}, ${core || "reference"}, measured before and after each step by every rank at once, same threads) = ` +

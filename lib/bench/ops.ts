@@ -88,11 +88,19 @@ export async function benchOps(options: BenchOpsOptions = {}): Promise<BenchOpsR
   // Bytes each op must read plus write, the same counting as memcpy's.
   const measured: Array<[string, number, () => Promise<unknown>]> = [
     ["route", T * E * f * 2 + T * K * f * 2 + E * f, () => route(logits, { topK: K })],
-    ["route backward", T * E * f * 2 + T * K * f * 2 + E * f, () => routeBackward(logits, r.indices, r.tokensPerExpert, r.weights, { auxLossGrad: 0.01 })],
+    [
+      "route backward",
+      T * E * f * 2 + T * K * f * 2 + E * f,
+      () => routeBackward(logits, r.indices, r.tokensPerExpert, r.weights, { auxLossGrad: 0.01 }),
+    ],
     ["permute", rows * D * f * 2 + T * K * f * 3, () => permute(x, r.indices, r.weights, { numExperts: E })],
     ["permute backward", rows * D * f + T * D * f + T * K * f, () => permuteBackward(p.rows, p.pairToRow)],
     ["unpermute", rows * D * f + T * D * f + T * K * f * 2, () => unpermute(p.rows, p.pairToRow, r.weights)],
-    ["unpermute backward", T * D * f + rows * D * f * 2 + T * K * f * 3, () => unpermuteBackward(y, p.rows, p.pairToRow, r.weights)],
+    [
+      "unpermute backward",
+      T * D * f + rows * D * f * 2 + T * K * f * 3,
+      () => unpermuteBackward(y, p.rows, p.pairToRow, r.weights),
+    ],
   ];
   const out: OpRate[] = [];
   for (const [op, bytes, fn] of measured) {
@@ -105,11 +113,19 @@ export async function benchOps(options: BenchOpsOptions = {}): Promise<BenchOpsR
   for (const t of [p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair]) t.dispose();
 
   if (log) {
-    log(`\nroute / permute / unpermute: ${T} tokens x dModel ${D} x ${E} experts, top-${K}, float32 (median of ${runs})`);
-    log(`memcpy ${(mem.bytes / 2 ** 20).toFixed(0)} MiB on ${mem.threads} threads: ${mem.gbps.toFixed(1)} GB/s (read + write)`);
-    log(`${"op".padEnd(20)}${"ms".padStart(9)}${"MB moved".padStart(11)}${"GB/s".padStart(8)}${"% memcpy".padStart(10)}`);
+    log(
+      `\nroute / permute / unpermute: ${T} tokens x dModel ${D} x ${E} experts, top-${K}, float32 (median of ${runs})`,
+    );
+    log(
+      `memcpy ${(mem.bytes / 2 ** 20).toFixed(0)} MiB on ${mem.threads} threads: ${mem.gbps.toFixed(1)} GB/s (read + write)`,
+    );
+    log(
+      `${"op".padEnd(20)}${"ms".padStart(9)}${"MB moved".padStart(11)}${"GB/s".padStart(8)}${"% memcpy".padStart(10)}`,
+    );
     for (const o of out) {
-      log(`${o.op.padEnd(20)}${o.ms.toFixed(2).padStart(9)}${(o.bytes / 1e6).toFixed(1).padStart(11)}${o.gbps.toFixed(1).padStart(8)}${o.percentOfMemcpy.toFixed(0).padStart(9)}%`);
+      log(
+        `${o.op.padEnd(20)}${o.ms.toFixed(2).padStart(9)}${(o.bytes / 1e6).toFixed(1).padStart(11)}${o.gbps.toFixed(1).padStart(8)}${o.percentOfMemcpy.toFixed(0).padStart(9)}%`,
+      );
     }
   }
   return { shape: { tokens: T, dModel: D, experts: E, topK: K }, memcpyGbps: mem.gbps, ops: out };

@@ -44,7 +44,8 @@ interface PeakNative {
 
 function opts(value: unknown, name: string): Record<string, unknown> {
   if (value === undefined) return {};
-  if (value === null || typeof value !== "object" || Array.isArray(value)) throw invalid("an options object", name, value);
+  if (value === null || typeof value !== "object" || Array.isArray(value))
+    throw invalid("an options object", name, value);
   return value as Record<string, unknown>;
 }
 
@@ -61,7 +62,9 @@ export async function fmaPeak(options: { threads?: number; seconds?: number } = 
 }
 
 /** Memory bandwidth of a `bytes` copy (default 64 MiB) on `threads` threads, read + write bytes counted. */
-export async function memcpyBandwidth(options: { bytes?: number; threads?: number } = {}): Promise<MemcpyBandwidthResult> {
+export async function memcpyBandwidth(
+  options: { bytes?: number; threads?: number } = {},
+): Promise<MemcpyBandwidthResult> {
   const o = opts(options, "memcpyBandwidth options");
   const bytes = checkInteger("bytes", o.bytes ?? 64 * 2 ** 20, 2 ** 20, 2 ** 36);
   const threads = checkInteger("threads", o.threads ?? defaultThreads(), 1, 1024);
@@ -69,7 +72,9 @@ export async function memcpyBandwidth(options: { bytes?: number; threads?: numbe
 }
 
 /** The rate of one large C[m, n] = A[m, k] · B[k, n] through the core's sgemm (OpenBLAS). */
-export async function sgemmRate(options: { m?: number; n?: number; k?: number; iterations?: number } = {}): Promise<SgemmRateResult> {
+export async function sgemmRate(
+  options: { m?: number; n?: number; k?: number; iterations?: number } = {},
+): Promise<SgemmRateResult> {
   const o = opts(options, "sgemmRate options");
   const m = checkInteger("m", o.m ?? 4096, 1, 65536);
   const n = checkInteger("n", o.n ?? 2048, 1, 65536);

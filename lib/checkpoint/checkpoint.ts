@@ -27,7 +27,13 @@ export interface CheckpointOptions {
 }
 
 export interface CheckpointIndex {
-  metadata: { total_size: number; format: "moe-ep"; ep_size: number; optimizer_step?: number; layers: Array<{ name: string; config: unknown }> };
+  metadata: {
+    total_size: number;
+    format: "moe-ep";
+    ep_size: number;
+    optimizer_step?: number;
+    layers: Array<{ name: string; config: unknown }>;
+  };
   weight_map: Record<string, string>;
 }
 
@@ -44,7 +50,8 @@ export function shardFileName(epRank: number, epSize: number): string {
 /** "layers.0.experts.w1" and global expert 5 -> "layers.0.experts.5.w1". */
 export function expertTensorName(name: string, expert: number): string {
   const m = /^(.*?)(^|\.)experts\.([^.]+)(\.exp_avg|\.exp_avg_sq)?$/.exec(name);
-  if (!m) throw new MoEError(`Expected an expert parameter name (…experts.NAME) but received ${name}`, "ERR_MOE_INTERNAL");
+  if (!m)
+    throw new MoEError(`Expected an expert parameter name (…experts.NAME) but received ${name}`, "ERR_MOE_INTERNAL");
   return `${m[1]}${m[2]}experts.${expert}.${m[3]}${m[4] ?? ""}`;
 }
 
@@ -79,17 +86,25 @@ function pieces(layers: readonly MoELayer[], optimizer?: AdamW): Piece[] {
 
 function checkLayers(layers: readonly MoELayer[], what: string): MoELayer {
   if (!Array.isArray(layers) || layers.length === 0) throw invalid("a non-empty array of MoE layers", what, layers);
-  if (os.endianness() !== "LE") throw new MoEError("safetensors checkpoints need a little-endian host", "ERR_MOE_UNSUPPORTED");
+  if (os.endianness() !== "LE")
+    throw new MoEError("safetensors checkpoints need a little-endian host", "ERR_MOE_UNSUPPORTED");
   const first = layers[0];
   for (const l of layers) {
     if (l.epSize !== first.epSize || l.worldRank !== first.worldRank) {
-      throw new MoEError(`Expected every layer of one checkpoint to share the EP layout, but epSize ${l.epSize} differs from ${first.epSize}`, "ERR_MOE_VALUE");
+      throw new MoEError(
+        `Expected every layer of one checkpoint to share the EP layout, but epSize ${l.epSize} differs from ${first.epSize}`,
+        "ERR_MOE_VALUE",
+      );
     }
   }
   const names = new Set<string>();
   for (const l of layers)
     for (const p of l.parameters()) {
-      if (names.has(p.name)) throw new MoEError(`Expected distinct parameter names across layers (give each layer a name) but ${p.name} repeats`, "ERR_MOE_VALUE");
+      if (names.has(p.name))
+        throw new MoEError(
+          `Expected distinct parameter names across layers (give each layer a name) but ${p.name} repeats`,
+          "ERR_MOE_VALUE",
+        );
       names.add(p.name);
     }
   return first;
@@ -112,7 +127,11 @@ async function worldBarrier(layer: MoELayer): Promise<void> {
  * written by the first expert-data-parallel replica, and the index, written by world rank 0.
  * Every rank of the world calls it; it resolves once every file is complete.
  */
-export async function saveCheckpoint(dir: string, layers: readonly MoELayer[], options: CheckpointOptions = {}): Promise<void> {
+export async function saveCheckpoint(
+  dir: string,
+  layers: readonly MoELayer[],
+  options: CheckpointOptions = {},
+): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
   const first = checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
@@ -124,17 +143,26 @@ export async function saveCheckpoint(dir: string, layers: readonly MoELayer[], o
     const out: SafetensorsTensor[] = [];
     for (const p of all) {
       if (!p.expert) {
-        if (first.epRank === 0) out.push({ name: p.name, dtype: p.tensor.dtype, shape: p.tensor.shape, data: bytesOf(p.tensor) });
+        if (first.epRank === 0)
+          out.push({ name: p.name, dtype: p.tensor.dtype, shape: p.tensor.shape, data: bytesOf(p.tensor) });
         continue;
       }
       const [L, ...rest] = p.tensor.shape;
       const data = bytesOf(p.tensor);
       const per = data.byteLength / L;
       for (let l = 0; l < L; l++) {
-        out.push({ name: expertTensorName(p.name, first.firstExpert + l), dtype: p.tensor.dtype, shape: rest, data: data.subarray(l * per, (l + 1) * per) });
+        out.push({
+          name: expertTensorName(p.name, first.firstExpert + l),
+          dtype: p.tensor.dtype,
+          shape: rest,
+          data: data.subarray(l * per, (l + 1) * per),
+        });
       }
     }
-    writeFileAtomic(path.join(dir, shardFileName(first.epRank, P)), encodeSafetensors(out, { format: "pt", producer: "moe-ep" }));
+    writeFileAtomic(
+      path.join(dir, shardFileName(first.epRank, P)),
+      encodeSafetensors(out, { format: "pt", producer: "moe-ep" }),
+    );
   }
   if (first.worldRank === 0) {
     const index: CheckpointIndex = {
@@ -156,7 +184,8 @@ export async function saveCheckpoint(dir: string, layers: readonly MoELayer[], o
       }
       const layer = p.layer;
       const L = layer.numLocalExperts;
-      for (let e = 0; e < layer.config.numExperts; e++) index.weight_map[expertTensorName(p.name, e)] = shardFileName(Math.floor(e / L), P);
+      for (let e = 0; e < layer.config.numExperts; e++)
+        index.weight_map[expertTensorName(p.name, e)] = shardFileName(Math.floor(e / L), P);
       index.metadata.total_size += (bytes / L) * layer.config.numExperts;
     }
     writeFileAtomic(path.join(dir, INDEX_FILE), JSON.stringify(index, null, 2) + "\n");
@@ -199,7 +228,11 @@ function hostArray(dtype: DType, bytes: Uint8Array): Float32Array | Uint16Array 
  * epSize wrote it: each rank reads its own experts by global index. Float tensors are converted to
  * the layers' dtypes; shapes must match.
  */
-export async function loadCheckpoint(dir: string, layers: readonly MoELayer[], options: CheckpointOptions = {}): Promise<void> {
+export async function loadCheckpoint(
+  dir: string,
+  layers: readonly MoELayer[],
+  options: CheckpointOptions = {},
+): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
   checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
@@ -212,9 +245,13 @@ export async function loadCheckpoint(dir: string, layers: readonly MoELayer[], o
     const file = index.weight_map[name];
     if (file === undefined) {
       if (optional) return false;
-      throw new MoEError(`Expected the tensor ${name} in the checkpoint at ${dir} but its index does not list it`, "ERR_MOE_VALUE");
+      throw new MoEError(
+        `Expected the tensor ${name} in the checkpoint at ${dir} but its index does not list it`,
+        "ERR_MOE_VALUE",
+      );
     }
-    if (path.basename(file) !== file) throw new MoEError(`Expected a file name in the index for ${name} but received ${file}`, "ERR_MOE_VALUE");
+    if (path.basename(file) !== file)
+      throw new MoEError(`Expected a file name in the index for ${name} but received ${file}`, "ERR_MOE_VALUE");
     wanted.set(file, [...(wanted.get(file) ?? []), name]);
     return true;
   };
@@ -222,7 +259,9 @@ export async function loadCheckpoint(dir: string, layers: readonly MoELayer[], o
   const plan: Array<{ piece: Piece; names: string[] }> = [];
   for (const p of all) {
     const layer = p.layer;
-    const names = p.expert ? Array.from({ length: layer.numLocalExperts }, (_, l) => expertTensorName(p.name, layer.firstExpert + l)) : [p.name];
+    const names = p.expert
+      ? Array.from({ length: layer.numLocalExperts }, (_, l) => expertTensorName(p.name, layer.firstExpert + l))
+      : [p.name];
     const present = names.map((n) => need(n, isMoment(p.name)));
     if (present.every(Boolean)) plan.push({ piece: p, names });
   }
@@ -233,13 +272,22 @@ export async function loadCheckpoint(dir: string, layers: readonly MoELayer[], o
     const shape = piece.expert ? piece.tensor.shape.slice(1) : piece.tensor.shape;
     for (const t of parts) {
       if (t.shape.join() !== shape.join()) {
-        throw new MoEError(`Expected ${t.name} of shape [${shape.join(", ")}] in the checkpoint but received [${t.shape.join(", ")}]`, "ERR_MOE_SHAPE");
+        throw new MoEError(
+          `Expected ${t.name} of shape [${shape.join(", ")}] in the checkpoint but received [${t.shape.join(", ")}]`,
+          "ERR_MOE_SHAPE",
+        );
       }
-      if (t.dtype !== parts[0].dtype) throw new MoEError(`Expected the experts of ${piece.name} in one dtype`, "ERR_MOE_DTYPE");
+      if (t.dtype !== parts[0].dtype)
+        throw new MoEError(`Expected the experts of ${piece.name} in one dtype`, "ERR_MOE_DTYPE");
     }
     const dtype = parts[0].dtype;
-    if ((dtype === "int32" || dtype === "int64") !== (piece.tensor.dtype === "int32" || piece.tensor.dtype === "int64")) {
-      throw new MoEError(`Expected ${piece.name} as ${piece.tensor.dtype} in the checkpoint but received ${dtype}`, "ERR_MOE_DTYPE");
+    if (
+      (dtype === "int32" || dtype === "int64") !== (piece.tensor.dtype === "int32" || piece.tensor.dtype === "int64")
+    ) {
+      throw new MoEError(
+        `Expected ${piece.name} as ${piece.tensor.dtype} in the checkpoint but received ${dtype}`,
+        "ERR_MOE_DTYPE",
+      );
     }
     const joined = parts.length === 1 ? parts[0].data : Buffer.concat(parts.map((t) => t.data));
     using src = Tensor.from(hostArray(dtype, joined), piece.tensor.shape, { dtype });

@@ -12,8 +12,20 @@ import type { DType } from "../tensor";
 
 export type SafetensorsDType = "F32" | "BF16" | "F16" | "I32" | "I64";
 
-const TO_FILE: Record<DType, SafetensorsDType> = { float32: "F32", bfloat16: "BF16", float16: "F16", int32: "I32", int64: "I64" };
-const FROM_FILE: Record<SafetensorsDType, DType> = { F32: "float32", BF16: "bfloat16", F16: "float16", I32: "int32", I64: "int64" };
+const TO_FILE: Record<DType, SafetensorsDType> = {
+  float32: "F32",
+  bfloat16: "BF16",
+  float16: "F16",
+  int32: "I32",
+  int64: "I64",
+};
+const FROM_FILE: Record<SafetensorsDType, DType> = {
+  F32: "float32",
+  BF16: "bfloat16",
+  F16: "float16",
+  I32: "int32",
+  I64: "int64",
+};
 const SIZE: Record<SafetensorsDType, number> = { F32: 4, BF16: 2, F16: 2, I32: 4, I64: 8 };
 /** The reference implementation refuses headers above 100 MB. */
 const MAX_HEADER = 100_000_000;
@@ -50,7 +62,11 @@ export function encodeSafetensors(tensors: readonly SafetensorsTensor[], metadat
   for (const t of tensors) {
     const dt = TO_FILE[t.dtype];
     const bytes = t.shape.reduce((a, b) => a * b, 1) * SIZE[dt];
-    if (bytes !== t.data.byteLength) throw new MoEError(`safetensors: ${t.name} holds ${t.data.byteLength} bytes for ${bytes} expected`, "ERR_MOE_INTERNAL");
+    if (bytes !== t.data.byteLength)
+      throw new MoEError(
+        `safetensors: ${t.name} holds ${t.data.byteLength} bytes for ${bytes} expected`,
+        "ERR_MOE_INTERNAL",
+      );
     if (t.name in header) throw new MoEError(`safetensors: the name ${t.name} appears twice`, "ERR_MOE_VALUE");
     header[t.name] = { dtype: dt, shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
@@ -76,7 +92,7 @@ export function writeFileAtomic(file: string, data: Buffer | string): void {
     const buf = typeof data === "string" ? Buffer.from(data, "utf8") : data;
     const fd = fs.openSync(tmp, "w");
     try {
-      for (let at = 0; at < buf.length; ) at += fs.writeSync(fd, buf, at, buf.length - at);
+      for (let at = 0; at < buf.length;) at += fs.writeSync(fd, buf, at, buf.length - at);
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
@@ -89,7 +105,10 @@ export function writeFileAtomic(file: string, data: Buffer | string): void {
 }
 
 /** Reads and checks a file's header: the tensors' dtypes, shapes and byte ranges, and the metadata. */
-export function readSafetensorsHeader(file: string): { tensors: Map<string, SafetensorsInfo>; metadata: Record<string, string> } {
+export function readSafetensorsHeader(file: string): {
+  tensors: Map<string, SafetensorsInfo>;
+  metadata: Record<string, string>;
+} {
   const fd = fs.openSync(file, "r");
   try {
     const size = fs.fstatSync(fd).size;
@@ -97,7 +116,8 @@ export function readSafetensorsHeader(file: string): { tensors: Map<string, Safe
     const head = Buffer.alloc(8);
     fs.readSync(fd, head, 0, 8, 0);
     const n = head.readBigUInt64LE(0);
-    if (n > BigInt(Math.min(MAX_HEADER, size - 8))) throw bad(file, `its header length ${n} exceeds the file or 100 MB`);
+    if (n > BigInt(Math.min(MAX_HEADER, size - 8)))
+      throw bad(file, `its header length ${n} exceeds the file or 100 MB`);
     const json = Buffer.alloc(Number(n));
     fs.readSync(fd, json, 0, json.length, 8);
     let header: unknown;
@@ -106,29 +126,43 @@ export function readSafetensorsHeader(file: string): { tensors: Map<string, Safe
     } catch (e) {
       throw bad(file, `its header is not JSON (${(e as Error).message})`);
     }
-    if (header === null || typeof header !== "object" || Array.isArray(header)) throw bad(file, "its header is not a JSON object");
+    if (header === null || typeof header !== "object" || Array.isArray(header))
+      throw bad(file, "its header is not a JSON object");
     const start = 8 + json.length;
     const tensors = new Map<string, SafetensorsInfo>();
     let metadata: Record<string, string> = {};
     const ranges: Array<[number, number, string]> = [];
     for (const [name, v] of Object.entries(header as Record<string, unknown>)) {
       if (name === "__metadata__") {
-        if (v === null || typeof v !== "object" || Object.values(v as object).some((x) => typeof x !== "string")) throw bad(file, "__metadata__ is not a map of strings");
+        if (v === null || typeof v !== "object" || Object.values(v as object).some((x) => typeof x !== "string"))
+          throw bad(file, "__metadata__ is not a map of strings");
         metadata = v as Record<string, string>;
         continue;
       }
       const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      if (typeof e?.dtype !== "string" || !(e.dtype in FROM_FILE)) throw bad(file, `${name} has the dtype ${String(e?.dtype)} (supported: ${Object.keys(FROM_FILE).join(", ")})`);
+      if (typeof e?.dtype !== "string" || !(e.dtype in FROM_FILE))
+        throw bad(file, `${name} has the dtype ${String(e?.dtype)} (supported: ${Object.keys(FROM_FILE).join(", ")})`);
       const dt = e.dtype as SafetensorsDType;
-      if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw bad(file, `${name} has no valid shape`);
+      if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+        throw bad(file, `${name} has no valid shape`);
       const off = e.data_offsets;
-      if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[1] < off[0]) {
+      if (
+        !Array.isArray(off) ||
+        off.length !== 2 ||
+        !off.every((d) => Number.isSafeInteger(d) && d >= 0) ||
+        off[1] < off[0]
+      ) {
         throw bad(file, `${name} has no valid data_offsets`);
       }
       const bytes = (e.shape as number[]).reduce((a, b) => a * b, 1) * SIZE[dt];
       if (off[1] - off[0] !== bytes) throw bad(file, `${name} spans ${off[1] - off[0]} bytes for its ${bytes}`);
       ranges.push([off[0], off[1], name]);
-      tensors.set(name, { dtype: FROM_FILE[dt], shape: e.shape as number[], begin: start + off[0], end: start + off[1] });
+      tensors.set(name, {
+        dtype: FROM_FILE[dt],
+        shape: e.shape as number[],
+        begin: start + off[0],
+        end: start + off[1],
+      });
     }
     ranges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
     let at = 0;
@@ -151,7 +185,11 @@ export function readSafetensors(file: string, names?: readonly string[]): Map<st
   try {
     for (const name of names ?? [...tensors.keys()]) {
       const info = tensors.get(name);
-      if (!info) throw new MoEError(`Expected the tensor ${name} in ${file} but it holds ${[...tensors.keys()].slice(0, 8).join(", ")}…`, "ERR_MOE_VALUE");
+      if (!info)
+        throw new MoEError(
+          `Expected the tensor ${name} in ${file} but it holds ${[...tensors.keys()].slice(0, 8).join(", ")}…`,
+          "ERR_MOE_VALUE",
+        );
       const data = new Uint8Array(info.end - info.begin);
       fs.readSync(fd, data, 0, data.length, info.begin);
       out.set(name, { name, dtype: info.dtype, shape: info.shape, data });

@@ -26,6 +26,8 @@ export function expertParallelLayout(worldSize: number, epSize: number): ExpertP
   }
   const blocks = worldSize / epSize;
   const ep = Array.from({ length: blocks }, (_, b) => Array.from({ length: epSize }, (_, i) => b * epSize + i));
-  const expertDataParallel = Array.from({ length: epSize }, (_, i) => Array.from({ length: blocks }, (_, b) => b * epSize + i));
+  const expertDataParallel = Array.from({ length: epSize }, (_, i) =>
+    Array.from({ length: blocks }, (_, b) => b * epSize + i),
+  );
   return { ep, expertDataParallel };
 }

@@ -39,7 +39,10 @@ interface NativeNcclGroupModule {
 }
 
 /** @internal Connects this rank's NCCL communicator; resolves once every rank has. */
-export function createNcclGroup(store: NativeStoreHandle, options: NcclGroupNativeOptions): Promise<NativeNcclGroupHandle> {
+export function createNcclGroup(
+  store: NativeStoreHandle,
+  options: NcclGroupNativeOptions,
+): Promise<NativeNcclGroupHandle> {
   const mod = loadNative() as unknown as Partial<NativeNcclGroupModule>;
   if (typeof mod.createNcclGroup !== "function") {
     throw new MoEError("moe-ep: the loaded addon has no NCCL process groups (rebuild it)", "ERR_MOE_UNSUPPORTED");

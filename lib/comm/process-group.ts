@@ -105,7 +105,11 @@ export interface NativeProcessGroupHandle {
   readonly device: string;
   readonly destroyed: boolean;
   readonly fault: { code: string; message: string } | null;
-  allToAllV(x: NativeTensorHandle, sendCounts: number[], recvCounts?: number[]): Promise<{ output: NativeTensorHandle; recvCounts: number[] }>;
+  allToAllV(
+    x: NativeTensorHandle,
+    sendCounts: number[],
+    recvCounts?: number[],
+  ): Promise<{ output: NativeTensorHandle; recvCounts: number[] }>;
   allToAll(x: NativeTensorHandle): Promise<NativeTensorHandle>;
   allReduce(t: NativeTensorHandle, op: ReduceOp): Promise<void>;
   broadcast(t: NativeTensorHandle, root: number): Promise<void>;
@@ -139,13 +143,17 @@ function nativeModule(): NativeProcessGroupModule {
 function ncclBackend(): typeof createNcclGroup {
   const status = ncclStatus();
   if (!status.available) {
-    throw new MoEError(`initProcessGroup: backend "nccl" is unavailable: ${status.reason}; use backend "gloo" for CPU tensors`, "ERR_MOE_NCCL_UNAVAILABLE");
+    throw new MoEError(
+      `initProcessGroup: backend "nccl" is unavailable: ${status.reason}; use backend "gloo" for CPU tensors`,
+      "ERR_MOE_NCCL_UNAVAILABLE",
+    );
   }
   return createNcclGroup;
 }
 
 function checkDevice(value: unknown): string {
-  if (typeof value !== "string" || !/^cuda(:\d+)?$/.test(value)) throw invalid('a CUDA device ("cuda:N")', "device", value, "ERR_MOE_DEVICE");
+  if (typeof value !== "string" || !/^cuda(:\d+)?$/.test(value))
+    throw invalid('a CUDA device ("cuda:N")', "device", value, "ERR_MOE_DEVICE");
   return value === "cuda" ? "cuda:0" : value;
 }
 
@@ -180,7 +188,8 @@ function checkTimeout(value: unknown, fallback: number): number {
 
 function optionsObject<T>(value: unknown, name: string): Partial<T> {
   if (value === undefined) return {};
-  if (value === null || typeof value !== "object" || Array.isArray(value)) throw invalid("an options object", name, value);
+  if (value === null || typeof value !== "object" || Array.isArray(value))
+    throw invalid("an options object", name, value);
   return value as Partial<T>;
 }
 
@@ -364,7 +373,8 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   if (o.store !== undefined && typeof o.store !== "string" && !(o.store instanceof Store)) {
     throw invalid("a store url or a Store", "store", o.store);
   }
-  const env = o.rank === undefined || o.worldSize === undefined || o.store === undefined ? rendezvousFromEnv() : undefined;
+  const env =
+    o.rank === undefined || o.worldSize === undefined || o.store === undefined ? rendezvousFromEnv() : undefined;
   const worldSize = checkInteger("worldSize", o.worldSize ?? env!.worldSize, 1);
   const rank = checkInteger("rank", o.rank ?? env!.rank, 0, worldSize - 1);
 

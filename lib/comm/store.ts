@@ -90,7 +90,8 @@ export class Store {
   /** Sets key to value (bytes, or a string stored as UTF-8). */
   set(key: string, value: Uint8Array | string): Promise<void> {
     checkKey(key);
-    if (typeof value !== "string" && !(value instanceof Uint8Array)) throw invalid("a Uint8Array or a string", "value", value);
+    if (typeof value !== "string" && !(value instanceof Uint8Array))
+      throw invalid("a Uint8Array or a string", "value", value);
     return this.handle.set(key, value);
   }
 

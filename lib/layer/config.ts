@@ -100,9 +100,32 @@ export interface ResolvedMoEConfig {
 }
 
 const NATIVE_KEYS = new Set<string>([
-  "dModel", "dFF", "numExperts", "topK", "epSize", "scoreFunction", "renormalize", "expertBias", "expertBiasUpdateRate",
-  "numGroups", "topkGroups", "capacityFactor", "dropPolicy", "padToCapacity", "auxLossCoef", "zLossCoef", "jitter",
-  "activation", "bias", "sharedExpertFF", "dtype", "device", "seed", "initStd", "outputInitStd", "name",
+  "dModel",
+  "dFF",
+  "numExperts",
+  "topK",
+  "epSize",
+  "scoreFunction",
+  "renormalize",
+  "expertBias",
+  "expertBiasUpdateRate",
+  "numGroups",
+  "topkGroups",
+  "capacityFactor",
+  "dropPolicy",
+  "padToCapacity",
+  "auxLossCoef",
+  "zLossCoef",
+  "jitter",
+  "activation",
+  "bias",
+  "sharedExpertFF",
+  "dtype",
+  "device",
+  "seed",
+  "initStd",
+  "outputInitStd",
+  "name",
 ]);
 
 function bool(name: string, v: unknown, fallback: boolean): boolean {
@@ -115,16 +138,21 @@ const nonNegative = (v: number) => v >= 0;
 
 function nameOf(v: unknown): string {
   if (v === undefined) return "";
-  if (typeof v !== "string" || !/^[A-Za-z0-9_.-]{0,200}$/.test(v)) throw invalid("up to 200 letters, digits, '.', '_' or '-'", "name", v);
+  if (typeof v !== "string" || !/^[A-Za-z0-9_.-]{0,200}$/.test(v))
+    throw invalid("up to 200 letters, digits, '.', '_' or '-'", "name", v);
   return v;
 }
 
 /** Validates the native options (unknown keys included) and fills in the defaults. */
 export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
-  if (options === null || typeof options !== "object" || Array.isArray(options)) throw invalid("an options object", "MoELayer config", options);
+  if (options === null || typeof options !== "object" || Array.isArray(options))
+    throw invalid("an options object", "MoELayer config", options);
   for (const key of Object.keys(options)) {
     if (!NATIVE_KEYS.has(key)) {
-      throw new MoEError(`Expected MoELayer options among ${[...NATIVE_KEYS].join(", ")} but received the unknown option "${key}"`, "ERR_MOE_VALUE");
+      throw new MoEError(
+        `Expected MoELayer options among ${[...NATIVE_KEYS].join(", ")} but received the unknown option "${key}"`,
+        "ERR_MOE_VALUE",
+      );
     }
   }
   const o = options as MoELayerOptions;
@@ -136,17 +164,24 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
   if (numExperts % epSize !== 0) {
     throw new MoEError(`Expected epSize to divide numExperts (${numExperts}) but received ${epSize}`, "ERR_MOE_VALUE");
   }
-  const scoreFunction = o.scoreFunction === undefined ? "softmax" : checkOneOf("scoreFunction", o.scoreFunction, SCORE_FUNCTIONS);
+  const scoreFunction =
+    o.scoreFunction === undefined ? "softmax" : checkOneOf("scoreFunction", o.scoreFunction, SCORE_FUNCTIONS);
   let numGroups: number | undefined;
   let topkGroups: number | undefined;
   if (o.numGroups !== undefined || o.topkGroups !== undefined) {
     numGroups = checkInteger("numGroups", o.numGroups, 1, numExperts);
     topkGroups = checkInteger("topkGroups", o.topkGroups, 1, numGroups);
     if (numExperts % numGroups !== 0) {
-      throw new MoEError(`Expected numGroups to divide numExperts (${numExperts}) but received ${numGroups}`, "ERR_MOE_VALUE");
+      throw new MoEError(
+        `Expected numGroups to divide numExperts (${numExperts}) but received ${numGroups}`,
+        "ERR_MOE_VALUE",
+      );
     }
     if (topkGroups * (numExperts / numGroups) < topK) {
-      throw new MoEError(`Expected topkGroups (${topkGroups}) groups of ${numExperts / numGroups} experts to hold topK (${topK}) experts`, "ERR_MOE_VALUE");
+      throw new MoEError(
+        `Expected topkGroups (${topkGroups}) groups of ${numExperts / numGroups} experts to hold topK (${topK}) experts`,
+        "ERR_MOE_VALUE",
+      );
     }
   }
   const capacityFactor =
@@ -155,11 +190,15 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
       : checkNumber("capacityFactor", o.capacityFactor, (v) => v > 0, "a finite number > 0 (or null for dropless)");
   const padToCapacity = bool("padToCapacity", o.padToCapacity, false);
   if (padToCapacity && capacityFactor === undefined) {
-    throw new MoEError("Expected capacityFactor with padToCapacity (padding fills each expert up to its capacity)", "ERR_MOE_VALUE");
+    throw new MoEError(
+      "Expected capacityFactor with padToCapacity (padding fills each expert up to its capacity)",
+      "ERR_MOE_VALUE",
+    );
   }
   const initStd = checkNumber("initStd", o.initStd ?? 0.02, nonNegative, "a finite number >= 0");
   const device = o.device ?? "cpu";
-  if (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device)) throw invalid('"cpu" or "cuda:N"', "device", device, "ERR_MOE_DEVICE");
+  if (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device))
+    throw invalid('"cpu" or "cuda:N"', "device", device, "ERR_MOE_DEVICE");
   return {
     dModel,
     dFF,
@@ -169,7 +208,12 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     scoreFunction,
     renormalize: bool("renormalize", o.renormalize, topK > 1),
     expertBias: bool("expertBias", o.expertBias, false),
-    expertBiasUpdateRate: checkNumber("expertBiasUpdateRate", o.expertBiasUpdateRate ?? 1e-3, nonNegative, "a finite number >= 0"),
+    expertBiasUpdateRate: checkNumber(
+      "expertBiasUpdateRate",
+      o.expertBiasUpdateRate ?? 1e-3,
+      nonNegative,
+      "a finite number >= 0",
+    ),
     numGroups,
     topkGroups,
     capacityFactor,
@@ -223,7 +267,8 @@ function pick(dicts: Dict[], names: string[]): { key: string; value: unknown } |
  */
 export function fromForeignConfig(config: Dict): MoELayerOptions {
   const moe = config.moe;
-  if (moe !== undefined && (moe === null || typeof moe !== "object" || Array.isArray(moe))) throw invalid("an object", "moe", moe);
+  if (moe !== undefined && (moe === null || typeof moe !== "object" || Array.isArray(moe)))
+    throw invalid("an object", "moe", moe);
   const dicts = moe ? [moe as Dict, config] : [config];
   const get = (...names: string[]) => {
     const withPrefix = names.flatMap((n) => [n, `moe_${n}`]);
@@ -242,7 +287,8 @@ export function fromForeignConfig(config: Dict): MoELayerOptions {
     numExperts: num("num_experts", "num_local_experts") as number,
   };
   if (out.dModel === undefined) throw new MoEError("Expected hidden_size in the config", "ERR_MOE_VALUE");
-  if (out.numExperts === undefined) throw new MoEError("Expected num_experts in the config (or moe.num_experts)", "ERR_MOE_VALUE");
+  if (out.numExperts === undefined)
+    throw new MoEError("Expected num_experts in the config (or moe.num_experts)", "ERR_MOE_VALUE");
   const topK = num("top_k", "k", "router_topk", "num_experts_per_tok");
   if (topK !== undefined) out.topK = topK;
   const ep = num("expert_parallel_size", "expert_model_parallel_size", "ep_size");
@@ -299,7 +345,14 @@ export function fromForeignConfig(config: Dict): MoELayerOptions {
   if (value("bf16") === true) out.dtype = "bfloat16";
   else if (value("fp16") === true) out.dtype = "float16";
   else if (dt !== undefined) {
-    const names: Record<string, ParamDType> = { bf16: "bfloat16", bfloat16: "bfloat16", fp16: "float16", float16: "float16", fp32: "float32", float32: "float32" };
+    const names: Record<string, ParamDType> = {
+      bf16: "bfloat16",
+      bfloat16: "bfloat16",
+      fp16: "float16",
+      float16: "float16",
+      fp32: "float32",
+      float32: "float32",
+    };
     const d = typeof dt === "string" ? names[dt] : undefined;
     if (!d) throw invalid("one of bf16, fp16, fp32 (or bfloat16, float16, float32)", "params_dtype", dt);
     out.dtype = d;

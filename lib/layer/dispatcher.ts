@@ -30,7 +30,8 @@ export interface DispatchPlan {
 
 function sums(counts: ArrayLike<number>, groups: number, per: number, transpose = false): number[] {
   const out = new Array<number>(groups).fill(0);
-  for (let g = 0; g < groups; g++) for (let i = 0; i < per; i++) out[g] += transpose ? counts[i * groups + g] : counts[g * per + i];
+  for (let g = 0; g < groups; g++)
+    for (let i = 0; i < per; i++) out[g] += transpose ? counts[i * groups + g] : counts[g * per + i];
   return out;
 }
 
@@ -38,7 +39,12 @@ function sums(counts: ArrayLike<number>, groups: number, per: number, transpose 
  * rowsPerExpert: this rank's permuted rows for each of the E experts (host copy of permute's
  * counts); `local`: the same tensor, used as the local counts when P = 1.
  */
-export async function planDispatch(rowsPerExpert: Int32Array, local: Tensor, ep: CollectiveGroup, numLocal: number): Promise<DispatchPlan> {
+export async function planDispatch(
+  rowsPerExpert: Int32Array,
+  local: Tensor,
+  ep: CollectiveGroup,
+  numLocal: number,
+): Promise<DispatchPlan> {
   const P = ep.size;
   if (P === 1) {
     const counts = Array.from(rowsPerExpert);

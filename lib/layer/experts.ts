@@ -32,7 +32,12 @@ export interface FFNGrads {
 }
 
 /** y [R, D] for rows x [R, D] split by counts int32 [L]; `saved` keeps x, pre, h and counts (not disposed here). */
-export async function ffnForward(x: Tensor, counts: Tensor, w: FFNWeights, kind: ActivationKind): Promise<{ y: Tensor; saved: FFNSaved }> {
+export async function ffnForward(
+  x: Tensor,
+  counts: Tensor,
+  w: FFNWeights,
+  kind: ActivationKind,
+): Promise<{ y: Tensor; saved: FFNSaved }> {
   const pre = await groupedGemm(x, w.w1, counts, { bias: w.b1 });
   const h = await activation(pre, kind);
   const y = await groupedGemm(h, w.w2, counts, { bias: w.b2 });

@@ -33,7 +33,9 @@ export interface CollectiveGroup {
 
 /** A world group that can split itself into the EP and expert-data-parallel groups. */
 export interface SplittableGroup extends CollectiveGroup {
-  split(options: { epSize: number }):
+  split(options: {
+    epSize: number;
+  }):
     | { ep: CollectiveGroup; expertDataParallel: CollectiveGroup }
     | Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>;
 }
@@ -49,9 +51,15 @@ export interface LayerGroups {
 export class SingleRankGroup implements CollectiveGroup {
   readonly rank = 0;
   readonly size = 1;
-  async allToAllV(x: Tensor, sendCounts: readonly number[] | Int32Array): Promise<{ output: Tensor; recvCounts: ArrayLike<number> }> {
+  async allToAllV(
+    x: Tensor,
+    sendCounts: readonly number[] | Int32Array,
+  ): Promise<{ output: Tensor; recvCounts: ArrayLike<number> }> {
     if (sendCounts.length !== 1 || sendCounts[0] !== x.shape[0]) {
-      throw new MoEError(`allToAllV: expected sendCounts [${x.shape[0]}] on a group of one rank but received [${Array.from(sendCounts).join(", ")}]`, "ERR_MOE_VALUE");
+      throw new MoEError(
+        `allToAllV: expected sendCounts [${x.shape[0]}] on a group of one rank but received [${Array.from(sendCounts).join(", ")}]`,
+        "ERR_MOE_VALUE",
+      );
     }
     return { output: x, recvCounts: [x.shape[0]] };
   }
@@ -64,11 +72,20 @@ export const SINGLE_RANK: CollectiveGroup = new SingleRankGroup();
 function isGroup(g: unknown): g is CollectiveGroup {
   if (g === null || typeof g !== "object") return false;
   const o = g as Record<string, unknown>;
-  return Number.isInteger(o.rank) && Number.isInteger(o.size) && typeof o.allToAllV === "function" && typeof o.allReduce === "function";
+  return (
+    Number.isInteger(o.rank) &&
+    Number.isInteger(o.size) &&
+    typeof o.allToAllV === "function" &&
+    typeof o.allReduce === "function"
+  );
 }
 
 /** This rank's position in the layout before the groups exist (parameters are sized from it). */
-export function layoutOf(worldRank: number, worldSize: number, epSize: number): { epRank: number; edpRank: number; edpSize: number } {
+export function layoutOf(
+  worldRank: number,
+  worldSize: number,
+  epSize: number,
+): { epRank: number; edpRank: number; edpSize: number } {
   if (worldSize % epSize !== 0) {
     throw new MoEError(`Expected epSize (${epSize}) to divide the world size (${worldSize})`, "ERR_MOE_VALUE");
   }
@@ -83,16 +100,26 @@ export function worldOf(groups: unknown): { rank: number; size: number } {
     const w = (groups as LayerGroups).world;
     return { rank: w.rank, size: w.size };
   }
-  throw invalid("a process group (rank, size, allToAllV, allReduce) or { world, ep, expertDataParallel }", "group", groups);
+  throw invalid(
+    "a process group (rank, size, allToAllV, allReduce) or { world, ep, expertDataParallel }",
+    "group",
+    groups,
+  );
 }
 
 /**
  * Splits of each world group, by epSize: layers built on one group share its sub-groups, and the
  * splits (collective calls) happen once each, in the order the layers were built on every rank.
  */
-const splits = new WeakMap<object, Map<number, Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>>>();
+const splits = new WeakMap<
+  object,
+  Map<number, Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>>
+>();
 
-function splitOnce(group: SplittableGroup, epSize: number): Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }> {
+function splitOnce(
+  group: SplittableGroup,
+  epSize: number,
+): Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }> {
   let byEp = splits.get(group);
   if (!byEp) splits.set(group, (byEp = new Map()));
   let s = byEp.get(epSize);
@@ -137,7 +164,12 @@ export async function resolveGroups(groups: unknown, epSize: number): Promise<La
     }
     out = { world: g.world, ep: g.ep, expertDataParallel: g.expertDataParallel };
   }
-  if (out.ep.size !== epSize || out.ep.rank !== want.epRank || out.expertDataParallel.size !== want.edpSize || out.expertDataParallel.rank !== want.edpRank) {
+  if (
+    out.ep.size !== epSize ||
+    out.ep.rank !== want.epRank ||
+    out.expertDataParallel.size !== want.edpSize ||
+    out.expertDataParallel.rank !== want.edpRank
+  ) {
     throw new MoEError(
       `Expected an EP group of ${epSize} ranks with this rank at ${want.epRank} and an expert-data-parallel group of ${want.edpSize} ` +
         `at ${want.edpRank} (world rank ${world.rank} of ${world.size}) but received EP rank ${out.ep.rank} of ${out.ep.size}, ` +

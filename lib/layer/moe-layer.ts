@@ -58,7 +58,16 @@ export interface BufferEntry {
 }
 
 export type Stage = "route" | "permute" | "dispatch" | "experts" | "combine" | "unpermute" | "shared" | "reduce";
-export const STAGES: readonly Stage[] = ["route", "permute", "dispatch", "experts", "combine", "unpermute", "shared", "reduce"];
+export const STAGES: readonly Stage[] = [
+  "route",
+  "permute",
+  "dispatch",
+  "experts",
+  "combine",
+  "unpermute",
+  "shared",
+  "reduce",
+];
 export type StageTimes = Record<Stage, number>;
 
 export interface MoEStats {
@@ -160,25 +169,39 @@ function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
     const b = (g as { backend?: unknown }).backend;
     if (typeof b === "string") return b;
     const w = (g as { world?: unknown }).world;
-    return w !== null && typeof w === "object" && typeof (w as { backend?: unknown }).backend === "string" ? ((w as { backend: string }).backend) : undefined;
+    return w !== null && typeof w === "object" && typeof (w as { backend?: unknown }).backend === "string"
+      ? (w as { backend: string }).backend
+      : undefined;
   };
   const backend = backendOf(group);
   const unsupported = (what: string) => new MoEError(`MoELayer on ${c.device}: ${what}`, "ERR_MOE_UNSUPPORTED");
   if (!c.device.startsWith("cuda")) {
-    if (backend === "nccl") throw unsupported('expected a "gloo" process group for CPU tensors but received an "nccl" group');
+    if (backend === "nccl")
+      throw unsupported('expected a "gloo" process group for CPU tensors but received an "nccl" group');
     return;
   }
   if (c.dtype !== "bfloat16" && c.dtype !== "float16") {
-    throw unsupported(`expected dtype "bfloat16" or "float16" (the CUDA grouped GEMM takes 16-bit operands) but received "${c.dtype}"`);
+    throw unsupported(
+      `expected dtype "bfloat16" or "float16" (the CUDA grouped GEMM takes 16-bit operands) but received "${c.dtype}"`,
+    );
   }
-  if (c.bias) throw unsupported("expected bias: false (the bias gradient of the CUDA grouped GEMM is not built) but received bias: true");
-  const widths: Array<[string, number]> = [["dModel", c.dModel], ["dFF", c.dFF]];
+  if (c.bias)
+    throw unsupported(
+      "expected bias: false (the bias gradient of the CUDA grouped GEMM is not built) but received bias: true",
+    );
+  const widths: Array<[string, number]> = [
+    ["dModel", c.dModel],
+    ["dFF", c.dFF],
+  ];
   if (c.sharedExpertFF > 0) widths.push(["sharedExpertFF", c.sharedExpertFF]);
   for (const [name, v] of widths) {
-    if (v % 8 !== 0) throw unsupported(`expected ${name} to be a multiple of 8 (the CUDA grouped GEMM's K and N) but received ${v}`);
+    if (v % 8 !== 0)
+      throw unsupported(`expected ${name} to be a multiple of 8 (the CUDA grouped GEMM's K and N) but received ${v}`);
   }
   if (backend !== undefined && backend !== "nccl") {
-    throw unsupported(`expected an "nccl" process group (or none, for one process) for CUDA tensors but received a "${backend}" group`);
+    throw unsupported(
+      `expected an "nccl" process group (or none, for one process) for CUDA tensors but received a "${backend}" group`,
+    );
   }
 }
 
@@ -216,7 +239,11 @@ export class MoELayer {
   training = true;
   /** When true, forward and backward add the wall time of each stage to `timings` (ms). */
   profile = false;
-  readonly timings: { forward: StageTimes; backward: StageTimes; calls: number } = { forward: zeroTimes(), backward: zeroTimes(), calls: 0 };
+  readonly timings: { forward: StageTimes; backward: StageTimes; calls: number } = {
+    forward: zeroTimes(),
+    backward: zeroTimes(),
+    calls: 0,
+  };
 
   private groups?: LayerGroups;
   private readonly params = new Map<string, Param>();
@@ -252,7 +279,14 @@ export class MoELayer {
     const S1 = isGated(c.activation) ? 2 * S : S;
     const inits: Array<Promise<void>> = [];
     const opts = { device: c.device };
-    const add = (name: string, shape: number[], dtype: "float32" | ParamDtype, how: { std?: number; slices?: number }, expert: boolean, weightDecay: boolean) => {
+    const add = (
+      name: string,
+      shape: number[],
+      dtype: "float32" | ParamDtype,
+      how: { std?: number; slices?: number },
+      expert: boolean,
+      weightDecay: boolean,
+    ) => {
       const full = prefixed(c.name, name);
       const param = Tensor.zeros(shape, { dtype, ...opts });
       const grad = Tensor.zeros(shape, opts);
@@ -371,13 +405,23 @@ export class MoELayer {
 
   private expertWeights(): FFNWeights {
     const b = this.config.bias;
-    return { w1: this.p("experts.w1"), w2: this.p("experts.w2"), b1: b ? this.p("experts.b1") : undefined, b2: b ? this.p("experts.b2") : undefined };
+    return {
+      w1: this.p("experts.w1"),
+      w2: this.p("experts.w2"),
+      b1: b ? this.p("experts.b1") : undefined,
+      b2: b ? this.p("experts.b2") : undefined,
+    };
   }
 
   private sharedWeights(): FFNWeights {
     const v = (n: string) => this.params.get(n)!.view!;
     const b = this.config.bias;
-    return { w1: v("shared_experts.w1"), w2: v("shared_experts.w2"), b1: b ? v("shared_experts.b1") : undefined, b2: b ? v("shared_experts.b2") : undefined };
+    return {
+      w1: v("shared_experts.w1"),
+      w2: v("shared_experts.w2"),
+      b1: b ? v("shared_experts.b1") : undefined,
+      b2: b ? v("shared_experts.b2") : undefined,
+    };
   }
 
   /** Sets every gradient to zero. */
@@ -436,7 +480,10 @@ export class MoELayer {
     let x = input;
     const c = this.config;
     if (x.shape.length !== 2 || x.shape[1] !== c.dModel) {
-      throw new MoEError(`MoELayer.forward: expected x of shape [tokens, dModel = ${c.dModel}] but received [${x.shape.join(", ")}]`, "ERR_MOE_SHAPE");
+      throw new MoEError(
+        `MoELayer.forward: expected x of shape [tokens, dModel = ${c.dModel}] but received [${x.shape.join(", ")}]`,
+        "ERR_MOE_SHAPE",
+      );
     }
     if (options === null || typeof options !== "object") throw invalid("an options object", "forward options", options);
     const training = options.training ?? this.training;
@@ -459,7 +506,9 @@ export class MoELayer {
       const jitterSlice = this.jitterCalls;
       let gateInput = x;
       if (training && c.jitter > 0) {
-        gateInput = keep(await jitter(x, { eps: c.jitter, seed: c.seed, key: this.jitterKey(), slice: jitterSlice % 2 ** 32 }));
+        gateInput = keep(
+          await jitter(x, { eps: c.jitter, seed: c.seed, key: this.jitterKey(), slice: jitterSlice % 2 ** 32 }),
+        );
         this.jitterCalls++;
       }
       const logits = keep(await gate(gateInput, this.p("router.weight")));
@@ -502,7 +551,9 @@ export class MoELayer {
         return [pl, keep(await dispatch(p.rows, pl, groups.ep))] as const;
       });
 
-      const ex = await clock.timed("experts", () => ffnForward(expertRows, plan.localCounts, this.expertWeights(), c.activation));
+      const ex = await clock.timed("experts", () =>
+        ffnForward(expertRows, plan.localCounts, this.expertWeights(), c.activation),
+      );
       keep(ex.saved.pre);
       keep(ex.saved.h);
       const expertOut = keep(ex.y);
@@ -522,7 +573,14 @@ export class MoELayer {
         shared = sharedOut!.saved;
       }
 
-      const stats = await this.statistics(r.tokensPerExpert.toInt32(), p.dropped, p.capacity, r.auxLoss.item(), r.zLoss.item(), training);
+      const stats = await this.statistics(
+        r.tokensPerExpert.toInt32(),
+        p.dropped,
+        p.capacity,
+        r.auxLoss.item(),
+        r.zLoss.item(),
+        training,
+      );
       stats.rowsReceived = plan.localCountsHost.reduce((a, b) => a + b, 0);
       tick("reduce");
       if (this.profile) this.timings.calls++;
@@ -568,7 +626,14 @@ export class MoELayer {
   }
 
   /** Global counts (one all-reduce over the world), the imbalance, and the load for the expert bias. */
-  private async statistics(local: Int32Array, dropped: number, capacity: number, aux: number, z: number, training: boolean): Promise<MoEStats> {
+  private async statistics(
+    local: Int32Array,
+    dropped: number,
+    capacity: number,
+    aux: number,
+    z: number,
+    training: boolean,
+  ): Promise<MoEStats> {
     const E = this.config.numExperts;
     let global = Array.from(local);
     let globalDropped = dropped;
@@ -608,13 +673,21 @@ export class MoELayer {
   async backward(gradOutput: Tensor, options: MoEBackwardOptions = {}): Promise<Tensor> {
     this.check();
     await this.ready;
-    if (options === null || typeof options !== "object") throw invalid("an options object", "backward options", options);
+    if (options === null || typeof options !== "object")
+      throw invalid("an options object", "backward options", options);
     const ctx = options.result ? this.contextOf.get(options.result) : this.contexts[this.contexts.length - 1];
     if (!ctx || !this.contexts.includes(ctx)) {
-      throw new MoEError("MoELayer.backward: expected a training-mode forward not yet differentiated but found none", "ERR_MOE_VALUE");
+      throw new MoEError(
+        "MoELayer.backward: expected a training-mode forward not yet differentiated but found none",
+        "ERR_MOE_VALUE",
+      );
     }
     if (!(gradOutput instanceof Tensor)) throw invalid("a Tensor", "gradOutput", gradOutput);
-    if (gradOutput.shape.length !== 2 || gradOutput.shape[0] !== ctx.x.shape[0] || gradOutput.shape[1] !== this.config.dModel) {
+    if (
+      gradOutput.shape.length !== 2 ||
+      gradOutput.shape[0] !== ctx.x.shape[0] ||
+      gradOutput.shape[1] !== this.config.dModel
+    ) {
       throw new MoEError(
         `MoELayer.backward: expected gradOutput of shape [${ctx.x.shape.join(", ")}] (the forward's output) but received [${gradOutput.shape.join(", ")}]`,
         "ERR_MOE_SHAPE",
@@ -634,7 +707,9 @@ export class MoELayer {
     const grads: Array<[string, Tensor | undefined]> = [];
     let dx: Tensor | undefined;
     try {
-      const u = await clock.timed("unpermute", () => unpermuteBackward(gradOutput, ctx.rowsBack, ctx.pairToRow, ctx.weights));
+      const u = await clock.timed("unpermute", () =>
+        unpermuteBackward(gradOutput, ctx.rowsBack, ctx.pairToRow, ctx.weights),
+      );
       tmp(u.dRows);
       const dWeights = tmp(u.dWeights);
 
@@ -655,18 +730,32 @@ export class MoELayer {
           tmp(g.dx);
           grads.push(["router.weight", tmp(g.dwg)]);
           if (ctx.gateInput === ctx.x) return g.dx;
-          return tmp(await jitter(g.dx, { eps: c.jitter, seed: c.seed, key: this.jitterKey(), slice: ctx.jitterSlice % 2 ** 32 }));
+          return tmp(
+            await jitter(g.dx, {
+              eps: c.jitter,
+              seed: c.seed,
+              key: this.jitterKey(),
+              slice: ctx.jitterSlice % 2 ** 32,
+            }),
+          );
         }),
         clock.timed("shared", async () => {
           if (!ctx.shared) return undefined;
           const gs = await ffnBackward(gradOutput, ctx.shared, this.sharedWeights(), c.activation);
           for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
-          grads.push(["shared_experts.w1", gs.dw1], ["shared_experts.w2", gs.dw2], ["shared_experts.b1", gs.db1], ["shared_experts.b2", gs.db2]);
+          grads.push(
+            ["shared_experts.w1", gs.dw1],
+            ["shared_experts.w2", gs.dw2],
+            ["shared_experts.b1", gs.db1],
+            ["shared_experts.b2", gs.db2],
+          );
           return gs.dx;
         }),
       ] as const);
 
-      const ge = await clock.timed("experts", () => ffnBackward(dExpertOut, ctx.experts, this.expertWeights(), c.activation));
+      const ge = await clock.timed("experts", () =>
+        ffnBackward(dExpertOut, ctx.experts, this.expertWeights(), c.activation),
+      );
       for (const t of [ge.dx, ge.dw1, ge.dw2, ge.db1, ge.db2]) tmp(t);
       grads.push(["experts.w1", ge.dw1], ["experts.w2", ge.dw2], ["experts.b1", ge.db1], ["experts.b2", ge.db2]);
 
@@ -723,7 +812,9 @@ export class MoELayer {
     this.check();
     await this.ready;
     if (!this.expertBias) return;
-    const load = Tensor.from(Float32Array.from(this.loadSinceUpdate), [this.config.numExperts], { device: this.config.device });
+    const load = Tensor.from(Float32Array.from(this.loadSinceUpdate), [this.config.numExperts], {
+      device: this.config.device,
+    });
     try {
       await expertBiasUpdate(this.expertBias, load, this.config.expertBiasUpdateRate);
     } finally {

@@ -37,8 +37,15 @@ interface AdamWNative {
  * Updates param (any float dtype, stored back rounded), expAvg and expAvgSq (float32)
  * in place from grad (any float dtype); all four of one shape.
  */
-export async function adamw(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq: Tensor, opts: AdamWStepOptions): Promise<void> {
-  if (opts === null || typeof opts !== "object") throw invalid("an options object with lr and step", "adamw options", opts);
+export async function adamw(
+  param: Tensor,
+  grad: Tensor,
+  expAvg: Tensor,
+  expAvgSq: Tensor,
+  opts: AdamWStepOptions,
+): Promise<void> {
+  if (opts === null || typeof opts !== "object")
+    throw invalid("an options object with lr and step", "adamw options", opts);
   const beta = (v: number) => v >= 0 && v < 1;
   const o = {
     lr: checkNumber("lr", opts.lr, (v) => v >= 0, "a finite number >= 0"),
@@ -48,5 +55,11 @@ export async function adamw(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgS
     weightDecay: checkNumber("weightDecay", opts.weightDecay ?? 0.01, (v) => v >= 0, "a finite number >= 0"),
     step: checkInteger("step", opts.step, 1),
   };
-  await native<AdamWNative>().adamw(handle(param, "param"), handle(grad, "grad"), handle(expAvg, "expAvg"), handle(expAvgSq, "expAvgSq"), o);
+  await native<AdamWNative>().adamw(
+    handle(param, "param"),
+    handle(grad, "grad"),
+    handle(expAvg, "expAvg"),
+    handle(expAvgSq, "expAvgSq"),
+    o,
+  );
 }

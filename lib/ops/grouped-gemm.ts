@@ -25,7 +25,8 @@ export interface GroupedGemmOptions {
 
 function options(value: unknown, name: string): Record<string, unknown> {
   if (value === undefined) return {};
-  if (value === null || typeof value !== "object" || Array.isArray(value)) throw invalid("an options object", name, value);
+  if (value === null || typeof value !== "object" || Array.isArray(value))
+    throw invalid("an options object", name, value);
   return value as Record<string, unknown>;
 }
 
@@ -42,7 +43,12 @@ function flag(o: Record<string, unknown>, key: string, fallback: boolean): boole
  * a negative count, or counts that do not sum to R, reject with ERR_MOE_VALUE).
  * Returns y [R, N] in x's dtype.
  */
-export async function groupedGemm(x: Tensor, w: Tensor, rowsPerExpert: Tensor, opts: GroupedGemmOptions = {}): Promise<Tensor> {
+export async function groupedGemm(
+  x: Tensor,
+  w: Tensor,
+  rowsPerExpert: Tensor,
+  opts: GroupedGemmOptions = {},
+): Promise<Tensor> {
   const o = options(opts, "groupedGemm options");
   return wrap(
     await native<GroupedGemmNative>().groupedGemm(
@@ -81,7 +87,11 @@ export async function groupedGemmBackward(
   opts: GroupedGemmBackwardOptions = {},
 ): Promise<GroupedGemmGrads> {
   const o = options(opts, "groupedGemmBackward options");
-  const needs = { needDx: flag(o, "needDx", true), needDw: flag(o, "needDw", true), needDbias: flag(o, "needDbias", false) };
+  const needs = {
+    needDx: flag(o, "needDx", true),
+    needDw: flag(o, "needDw", true),
+    needDbias: flag(o, "needDbias", false),
+  };
   const g = await native<GroupedGemmNative>().groupedGemmBackward(
     handle(dy, "dy"),
     handle(x, "x"),

@@ -67,9 +67,12 @@ function permuteOptions(options: unknown): NativePermuteOptions {
   const o = options as Record<string, unknown>;
   const numExperts = checkInteger("numExperts", o.numExperts, 1, 2147483647);
   const capacityFactor =
-    o.capacityFactor === undefined ? undefined : checkNumber("capacityFactor", o.capacityFactor, (v) => v > 0, "a finite number > 0");
+    o.capacityFactor === undefined
+      ? undefined
+      : checkNumber("capacityFactor", o.capacityFactor, (v) => v > 0, "a finite number > 0");
   const dropPolicy = o.dropPolicy === undefined ? "probs" : checkOneOf("dropPolicy", o.dropPolicy, DROP_POLICIES);
-  if (o.padToCapacity !== undefined && typeof o.padToCapacity !== "boolean") throw invalid("a boolean", "padToCapacity", o.padToCapacity);
+  if (o.padToCapacity !== undefined && typeof o.padToCapacity !== "boolean")
+    throw invalid("a boolean", "padToCapacity", o.padToCapacity);
   return { numExperts, capacityFactor, dropPolicy, padToCapacity: o.padToCapacity === true };
 }
 
@@ -79,7 +82,12 @@ function permuteOptions(options: unknown): NativePermuteOptions {
  */
 export async function permute(x: Tensor, indices: Tensor, weights: Tensor, options: PermuteOptions): Promise<Permuted> {
   const opts = permuteOptions(options);
-  const p = await native<PermuteNative>().permute(handle(x, "x"), handle(indices, "indices"), handle(weights, "weights"), opts);
+  const p = await native<PermuteNative>().permute(
+    handle(x, "x"),
+    handle(indices, "indices"),
+    handle(weights, "weights"),
+    opts,
+  );
   return {
     rows: wrap(p.rows),
     rowsPerExpert: wrap(p.rowsPerExpert),
@@ -98,12 +106,21 @@ export async function permuteBackward(dRows: Tensor, pairToRow: Tensor): Promise
 /** y [tokens, dModel] in rows' dtype: y[t] = Σ over kept j (in j order) of w[t, j]·rows[pairToRow[t, j]], float32 sums. */
 export async function unpermute(rows: Tensor, pairToRow: Tensor, weights: Tensor): Promise<Tensor> {
   return wrap(
-    await native<PermuteNative>().unpermute(handle(rows, "rows"), handle(pairToRow, "pairToRow"), handle(weights, "weights")),
+    await native<PermuteNative>().unpermute(
+      handle(rows, "rows"),
+      handle(pairToRow, "pairToRow"),
+      handle(weights, "weights"),
+    ),
   );
 }
 
 /** The gradients of unpermute: d rows and d weights (MATH.md, Backward). */
-export async function unpermuteBackward(dy: Tensor, rows: Tensor, pairToRow: Tensor, weights: Tensor): Promise<UnpermuteGrads> {
+export async function unpermuteBackward(
+  dy: Tensor,
+  rows: Tensor,
+  pairToRow: Tensor,
+  weights: Tensor,
+): Promise<UnpermuteGrads> {
   const g = await native<PermuteNative>().unpermuteBackward(
     handle(dy, "dy"),
     handle(rows, "rows"),

@@ -40,7 +40,15 @@ export interface FillRandomOptions extends RandomStreamOptions {
 interface RandomNative {
   fillRandom(
     t: H,
-    o: { seed: number; key: number; distribution: Distribution; a: number; b: number; sliceSize: number; firstSlice: number },
+    o: {
+      seed: number;
+      key: number;
+      distribution: Distribution;
+      a: number;
+      b: number;
+      sliceSize: number;
+      firstSlice: number;
+    },
   ): Promise<void>;
   jitter(x: H, o: { eps: number; seed: number; key: number; slice: number }): Promise<H>;
 }
@@ -61,8 +69,10 @@ export function hashName(name: string): number {
 
 /** Fills t (any float dtype) in place with normal or uniform values of the seeded stream. */
 export async function fillRandom(t: Tensor, options: FillRandomOptions): Promise<void> {
-  if (options === null || typeof options !== "object") throw invalid("an options object with a seed", "fillRandom options", options);
-  const distribution = options.distribution === undefined ? "normal" : checkOneOf("distribution", options.distribution, DISTRIBUTIONS);
+  if (options === null || typeof options !== "object")
+    throw invalid("an options object with a seed", "fillRandom options", options);
+  const distribution =
+    options.distribution === undefined ? "normal" : checkOneOf("distribution", options.distribution, DISTRIBUTIONS);
   const finite = (v: number) => Number.isFinite(v);
   let a: number;
   let b: number;
@@ -97,7 +107,8 @@ export interface JitterOptions extends RandomStreamOptions {
  * with the same options, it is its own backward.
  */
 export async function jitter(x: Tensor, options: JitterOptions): Promise<Tensor> {
-  if (options === null || typeof options !== "object") throw invalid("an options object with eps and seed", "jitter options", options);
+  if (options === null || typeof options !== "object")
+    throw invalid("an options object with eps and seed", "jitter options", options);
   const o = {
     eps: checkNumber("eps", options.eps, (v) => v >= 0 && v < 1, "a number in [0, 1)"),
     ...stream(options),

@@ -56,7 +56,13 @@ interface RouteNative {
   route(
     logits: H,
     expertBias: H | undefined,
-    options: { topK: number; scoreFunction: ScoreFunction; renormalize: boolean; numGroups?: number; topkGroups?: number },
+    options: {
+      topK: number;
+      scoreFunction: ScoreFunction;
+      renormalize: boolean;
+      numGroups?: number;
+      topkGroups?: number;
+    },
   ): Promise<{ indices: H; weights: H; scores: H; tokensPerExpert: H; auxLoss: H; zLoss: H }>;
   routeBackward(
     logits: H,
@@ -68,7 +74,8 @@ interface RouteNative {
 }
 
 function optionsObject(options: unknown, name: string): Record<string, unknown> {
-  if (typeof options !== "object" || options === null || Array.isArray(options)) throw invalid("an object", name, options);
+  if (typeof options !== "object" || options === null || Array.isArray(options))
+    throw invalid("an object", name, options);
   return options as Record<string, unknown>;
 }
 
@@ -96,7 +103,11 @@ export async function route(logits: Tensor, options: RouteOptions): Promise<Rout
     numGroups: optionalInteger("numGroups", o.numGroups),
     topkGroups: optionalInteger("topkGroups", o.topkGroups),
   };
-  const r = await native<RouteNative>().route(handle(logits, "logits"), optionalHandle(o.expertBias, "expertBias"), opts);
+  const r = await native<RouteNative>().route(
+    handle(logits, "logits"),
+    optionalHandle(o.expertBias, "expertBias"),
+    opts,
+  );
   return {
     indices: wrap(r.indices),
     weights: wrap(r.weights),

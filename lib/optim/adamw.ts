@@ -58,7 +58,8 @@ export class AdamW {
         throw invalid("{ param: Tensor, grad: Tensor }", `params[${i}]`, p);
       }
     });
-    if (options === null || typeof options !== "object") throw invalid("an options object with lr", "AdamW options", options);
+    if (options === null || typeof options !== "object")
+      throw invalid("an options object with lr", "AdamW options", options);
     this.lr = checkNumber("lr", options.lr, nonNegative, "a finite number >= 0");
     this.beta1 = checkNumber("beta1", options.beta1 ?? 0.9, beta, "a number in [0, 1)");
     this.beta2 = checkNumber("beta2", options.beta2 ?? 0.999, beta, "a number in [0, 1)");

@@ -22,10 +22,12 @@ export interface ClipParam {
  * before clipping. A non-finite norm leaves the gradients as they are (the caller skips the step).
  */
 export async function clipGradNorm(params: Iterable<ClipParam>, maxNorm: number): Promise<number> {
-  if (params === null || typeof (params as Iterable<ClipParam>)?.[Symbol.iterator] !== "function") throw invalid("an iterable of { grad }", "params", params);
+  if (params === null || typeof (params as Iterable<ClipParam>)?.[Symbol.iterator] !== "function")
+    throw invalid("an iterable of { grad }", "params", params);
   const list = [...params];
   list.forEach((p, i) => {
-    if (p === null || typeof p !== "object" || !(p.grad instanceof Tensor)) throw invalid("{ grad: Tensor }", `params[${i}]`, p);
+    if (p === null || typeof p !== "object" || !(p.grad instanceof Tensor))
+      throw invalid("{ grad: Tensor }", `params[${i}]`, p);
   });
   const max = checkNumber("maxNorm", maxNorm, (v) => v > 0, "a finite number > 0");
   // Partial sums: one for the replicated gradients, one per group for the sharded ones.

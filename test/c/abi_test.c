@@ -12,22 +12,22 @@
 #include "moe_ep.h"
 
 static int failures = 0;
-#define CHECK(cond, ...)                             \
-  do {                                               \
-    if (!(cond)) {                                   \
-      failures++;                                    \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);    \
-      printf(__VA_ARGS__);                           \
-      printf("\n");                                  \
-    }                                                \
+#define CHECK(cond, ...)                          \
+  do {                                            \
+    if (!(cond)) {                                \
+      failures++;                                 \
+      printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+      printf(__VA_ARGS__);                        \
+      printf("\n");                               \
+    }                                             \
   } while (0)
-#define OK(call)                                                                               \
-  do {                                                                                         \
-    moe_status s_ = (call);                                                                    \
-    if (s_ != MOE_OK) {                                                                        \
+#define OK(call)                                                                                              \
+  do {                                                                                                        \
+    moe_status s_ = (call);                                                                                   \
+    if (s_ != MOE_OK) {                                                                                       \
       printf("FAIL %s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call, moe_status_name(s_), moe_last_error()); \
-      return 1;                                                                                \
-    }                                                                                          \
+      return 1;                                                                                               \
+    }                                                                                                         \
   } while (0)
 
 enum { T = 37, E = 8, K = 2, D = 24, N = 40 };
@@ -72,7 +72,8 @@ int main(void) {
       used[best] = 1;
       ref_counts[best]++;
       CHECK(idx[t * K + j] == best, "token %d choice %d: expert %d, expected %d", t, j, idx[t * K + j], best);
-      CHECK(fabs(w[t * K + j] - p[best]) < 1e-6, "token %d choice %d: weight %g, expected %g", t, j, w[t * K + j], p[best]);
+      CHECK(fabs(w[t * K + j] - p[best]) < 1e-6, "token %d choice %d: weight %g, expected %g", t, j, w[t * K + j],
+            p[best]);
     }
   }
   double ref_aux = 0;

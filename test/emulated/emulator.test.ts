@@ -31,27 +31,33 @@ function run(cmd: string, args: string[], schedule: string) {
 
 describe("the CUDA emulator", () => {
   for (const schedule of ["forward", "reverse", "shuffle"]) {
-    maybe(`its warp collectives, barriers and launch checks agree with their formulas (${schedule} order)${why}`, () => {
-      const r = run(selftest, [], schedule);
-      expect(r.stderr).toBe("");
-      expect(r.stdout).toMatch(/^0 failed$/m);
-      expect(r.stdout).not.toMatch(/^FAIL/m);
-      expect(r.status).toBe(0);
-    });
+    maybe(
+      `its warp collectives, barriers and launch checks agree with their formulas (${schedule} order)${why}`,
+      () => {
+        const r = run(selftest, [], schedule);
+        expect(r.stderr).toBe("");
+        expect(r.stdout).toMatch(/^0 failed$/m);
+        expect(r.stdout).not.toMatch(/^FAIL/m);
+        expect(r.status).toBe(0);
+      },
+    );
   }
 
-  maybe(`a kernel that reads shared memory without a barrier gives different results in forward and reverse order${why}`, () => {
-    const read = (schedule: string) => {
-      const r = run(selftest, ["race"], schedule);
-      expect(r.status).toBe(0);
-      const m = /race: (\d+) of 64/.exec(r.stdout);
-      if (!m) throw new Error(`unexpected output: ${r.stdout}`);
-      return Number(m[1]);
-    };
-    // Forward: only the last thread finds its neighbour's write; reverse: all but the first.
-    expect(read("forward")).toBe(1);
-    expect(read("reverse")).toBe(63);
-  });
+  maybe(
+    `a kernel that reads shared memory without a barrier gives different results in forward and reverse order${why}`,
+    () => {
+      const read = (schedule: string) => {
+        const r = run(selftest, ["race"], schedule);
+        expect(r.status).toBe(0);
+        const m = /race: (\d+) of 64/.exec(r.stdout);
+        if (!m) throw new Error(`unexpected output: ${r.stdout}`);
+        return Number(m[1]);
+      };
+      // Forward: only the last thread finds its neighbour's write; reverse: all but the first.
+      expect(read("forward")).toBe(1);
+      expect(read("reverse")).toBe(63);
+    },
+  );
 
   maybe(`blocks run in the schedule's order: forward, reverse, or a permutation${why}`, () => {
     const order = (schedule: string) => {
@@ -87,27 +93,39 @@ describe("the CUDA emulator", () => {
     expect(r.stdout).not.toMatch(/the launch returned/);
   });
 
-  maybe(`routing, permutation, the glue ops and the layer give the same bits under every thread order${why}`, () => {
-    const script = path.join(__dirname, "workload.js");
-    const outputs = ["forward", "reverse", "shuffle"].map((schedule) => {
-      const r = run(process.execPath, [script], schedule);
-      if (r.status !== 0) throw new Error(`workload.js (${schedule}) failed: ${r.stderr}`);
-      return r.stdout;
-    });
-    expect(outputs[0].trim().split("\n")).toHaveLength(9);
-    expect(outputs[1]).toBe(outputs[0]);
-    expect(outputs[2]).toBe(outputs[0]);
-  }, 60000);
+  maybe(
+    `routing, permutation, the glue ops and the layer give the same bits under every thread order${why}`,
+    () => {
+      const script = path.join(__dirname, "workload.js");
+      const outputs = ["forward", "reverse", "shuffle"].map((schedule) => {
+        const r = run(process.execPath, [script], schedule);
+        if (r.status !== 0) throw new Error(`workload.js (${schedule}) failed: ${r.stderr}`);
+        return r.stdout;
+      });
+      expect(outputs[0].trim().split("\n")).toHaveLength(9);
+      expect(outputs[1]).toBe(outputs[0]);
+      expect(outputs[2]).toBe(outputs[0]);
+    },
+    60000,
+  );
 
-  maybe(`the GPU check's scripts run on the emulated device: device-check.js --mode sanitize, device-layer.js --no-bench${why}`, () => {
-    const sanitize = run(process.execPath, ["--expose-gc", path.join(root, "scripts", "device-check.js"), "--mode", "sanitize"], "forward");
-    expect(sanitize.stderr).toBe("");
-    expect(sanitize.stdout).toMatch(/^sanitize: every kernel ran once/m);
-    expect(sanitize.status).toBe(0);
-    const layer = run(process.execPath, [path.join(root, "scripts", "device-layer.js"), "--no-bench"], "forward");
-    expect(layer.stdout).not.toMatch(/^FAIL/m);
-    expect(layer.stdout).toMatch(/^ok\tlayer, NCCL world 1: backward dx/m);
-    expect(layer.stdout).toMatch(/^every case agrees$/m);
-    expect(layer.status).toBe(0);
-  }, 120000);
+  maybe(
+    `the GPU check's scripts run on the emulated device: device-check.js --mode sanitize, device-layer.js --no-bench${why}`,
+    () => {
+      const sanitize = run(
+        process.execPath,
+        ["--expose-gc", path.join(root, "scripts", "device-check.js"), "--mode", "sanitize"],
+        "forward",
+      );
+      expect(sanitize.stderr).toBe("");
+      expect(sanitize.stdout).toMatch(/^sanitize: every kernel ran once/m);
+      expect(sanitize.status).toBe(0);
+      const layer = run(process.execPath, [path.join(root, "scripts", "device-layer.js"), "--no-bench"], "forward");
+      expect(layer.stdout).not.toMatch(/^FAIL/m);
+      expect(layer.stdout).toMatch(/^ok\tlayer, NCCL world 1: backward dx/m);
+      expect(layer.stdout).toMatch(/^every case agrees$/m);
+      expect(layer.status).toBe(0);
+    },
+    120000,
+  );
 });

@@ -127,79 +127,112 @@ async function fault(how: "exit" | "silent"): Promise<{ code: string; ms: number
 }
 
 describe("NCCL across processes on emulated devices", () => {
-  maybe(`a rank that never joins a collective: the other's allToAllV rejects with ERR_MOE_TIMEOUT after the group's timeout${why}`, async () => {
-    const res = await fault("silent");
-    expect(res.code).toBe("ERR_MOE_TIMEOUT");
-    expect(res.ms).toBeGreaterThanOrEqual(1900);
-    expect(res.ms).toBeLessThan(7500);
-  }, 120000);
+  maybe(
+    `a rank that never joins a collective: the other's allToAllV rejects with ERR_MOE_TIMEOUT after the group's timeout${why}`,
+    async () => {
+      const res = await fault("silent");
+      expect(res.code).toBe("ERR_MOE_TIMEOUT");
+      expect(res.ms).toBeGreaterThanOrEqual(1900);
+      expect(res.ms).toBeLessThan(7500);
+    },
+    120000,
+  );
 
-  maybe(`a rank that exits mid-run: the survivor's allToAllV rejects with ERR_MOE_PEER_LOST at once${why}`, async () => {
-    const res = await fault("exit");
-    expect(res.code).toBe("ERR_MOE_PEER_LOST");
-    expect(res.ms).toBeLessThan(10000);
-  }, 120000);
+  maybe(
+    `a rank that exits mid-run: the survivor's allToAllV rejects with ERR_MOE_PEER_LOST at once${why}`,
+    async () => {
+      const res = await fault("exit");
+      expect(res.code).toBe("ERR_MOE_PEER_LOST");
+      expect(res.ms).toBeLessThan(10000);
+    },
+    120000,
+  );
 
-  maybe(`allToAllV with uneven counts, allReduce and broadcast across 3 ranks${why}`, async () => {
-    const W = 3;
-    const out = path.join(work, "collectives");
-    const run = await launch(W, COLLECTIVES, [out]);
-    if (run.code !== 0) throw new Error(`launch failed (${run.code}):\n${run.stdout}\n${run.stderr}`);
-    for (let r = 0; r < W; r++) {
-      const res = JSON.parse(fs.readFileSync(`${out}.${r}.json`, "utf8"));
-      const rows: number[] = [];
-      for (let p = 0; p < W; p++) for (let j = 0; j < p + r + 1; j++) rows.push(1000 * p + 10 * r + j, -1, p);
-      expect([r, res.rows]).toEqual([r, rows]);
-      expect([r, res.sum]).toEqual([r, [1 + 2 + 3, 10 * (0 + 1 + 2)]]);
-      expect([r, res.max]).toEqual([r, [14, 0]]);
-      expect([r, res.bcast]).toEqual([r, [W - 1, W - 1, W - 1]]);
-    }
-  }, 120000);
+  maybe(
+    `allToAllV with uneven counts, allReduce and broadcast across 3 ranks${why}`,
+    async () => {
+      const W = 3;
+      const out = path.join(work, "collectives");
+      const run = await launch(W, COLLECTIVES, [out]);
+      if (run.code !== 0) throw new Error(`launch failed (${run.code}):\n${run.stdout}\n${run.stderr}`);
+      for (let r = 0; r < W; r++) {
+        const res = JSON.parse(fs.readFileSync(`${out}.${r}.json`, "utf8"));
+        const rows: number[] = [];
+        for (let p = 0; p < W; p++) for (let j = 0; j < p + r + 1; j++) rows.push(1000 * p + 10 * r + j, -1, p);
+        expect([r, res.rows]).toEqual([r, rows]);
+        expect([r, res.sum]).toEqual([r, [1 + 2 + 3, 10 * (0 + 1 + 2)]]);
+        expect([r, res.max]).toEqual([r, [14, 0]]);
+        expect([r, res.bcast]).toEqual([r, [W - 1, W - 1, W - 1]]);
+      }
+    },
+    120000,
+  );
 
   for (const W of [2, 4]) {
-    maybe(`bf16 swiglu MoELayer, epSize ${W} over ${W} ranks: forward and backward match the float64 reference${why}`, async () => {
-      const options: MoELayerOptions = {
-        dModel: 16, dFF: 16, numExperts: 8, topK: 2, seed: 5, initStd: 0.3, auxLossCoef: 0.01, zLossCoef: 0.001,
-        activation: "swiglu", dtype: "bfloat16", device: "cuda:0",
-      };
-      const full = await MoELayer.create(options);
-      try {
-        const params = readParams(full);
-        const cfg = refConfig(full);
-        const tokens = [24, 40, 8, 32].slice(0, W);
-        let ranks: MoERefRank[] = [];
-        let ref = moeLayerRef(cfg, params, ranks);
-        for (let s = 1; ; s += 1000) {
-          ranks = tokens.map((T, r) => ({ x: bf16(normal(T * 16, s + 10 * r)), dy: bf16(normal(T * 16, s + 10 * r + 1)) }));
-          ref = moeLayerRef(cfg, params, ranks);
-          if (ref.margin > 1e-3) break;
-        }
-        const file = path.join(work, `layer-${W}.json`);
-        fs.writeFileSync(file, JSON.stringify({ options, x: ranks.map((r) => Array.from(r.x)), dy: ranks.map((r) => Array.from(r.dy)) }));
-        const out = path.join(work, `layer-${W}`);
-        const run = await launch(W, LAYER, [file, out]);
-        if (run.code !== 0) throw new Error(`launch failed (${run.code}):\n${run.stdout}\n${run.stderr}`);
-        const E = options.numExperts;
-        for (let r = 0; r < W; r++) {
-          const res = JSON.parse(fs.readFileSync(`${out}.${r}.json`, "utf8"));
-          const where = `rank ${r} of ${W}`;
-          expect([where, res.tokensPerExpert]).toEqual([where, ref.tokensPerExpert]);
-          expect([where, relErr(res.output, ref.outputs[r]) < TOL.bfloat16]).toEqual([where, true]);
-          expect([where, relErr(res.dx, ref.dx[r]) < TOL.bfloat16]).toEqual([where, true]);
-          for (const p of full.parameters()) {
-            const name = shortName(full, p.name);
-            const whole = params[name];
-            const per = whole.length / E;
-            const mine = name.startsWith("experts.") ? whole.subarray(res.first * per, (res.first + E / W) * per) : whole;
-            expect([where, name, "initial", Array.from(mine)]).toEqual([where, name, "initial", res.initial[p.name]]);
-            const g = ref.grads[name];
-            const want = name.startsWith("experts.") ? g.subarray(res.first * per, (res.first + E / W) * per) : g;
-            expect([where, name, relErr(res.grads[p.name], want) < TOL.bfloat16]).toEqual([where, name, true]);
+    maybe(
+      `bf16 swiglu MoELayer, epSize ${W} over ${W} ranks: forward and backward match the float64 reference${why}`,
+      async () => {
+        const options: MoELayerOptions = {
+          dModel: 16,
+          dFF: 16,
+          numExperts: 8,
+          topK: 2,
+          seed: 5,
+          initStd: 0.3,
+          auxLossCoef: 0.01,
+          zLossCoef: 0.001,
+          activation: "swiglu",
+          dtype: "bfloat16",
+          device: "cuda:0",
+        };
+        const full = await MoELayer.create(options);
+        try {
+          const params = readParams(full);
+          const cfg = refConfig(full);
+          const tokens = [24, 40, 8, 32].slice(0, W);
+          let ranks: MoERefRank[] = [];
+          let ref = moeLayerRef(cfg, params, ranks);
+          for (let s = 1; ; s += 1000) {
+            ranks = tokens.map((T, r) => ({
+              x: bf16(normal(T * 16, s + 10 * r)),
+              dy: bf16(normal(T * 16, s + 10 * r + 1)),
+            }));
+            ref = moeLayerRef(cfg, params, ranks);
+            if (ref.margin > 1e-3) break;
           }
+          const file = path.join(work, `layer-${W}.json`);
+          fs.writeFileSync(
+            file,
+            JSON.stringify({ options, x: ranks.map((r) => Array.from(r.x)), dy: ranks.map((r) => Array.from(r.dy)) }),
+          );
+          const out = path.join(work, `layer-${W}`);
+          const run = await launch(W, LAYER, [file, out]);
+          if (run.code !== 0) throw new Error(`launch failed (${run.code}):\n${run.stdout}\n${run.stderr}`);
+          const E = options.numExperts;
+          for (let r = 0; r < W; r++) {
+            const res = JSON.parse(fs.readFileSync(`${out}.${r}.json`, "utf8"));
+            const where = `rank ${r} of ${W}`;
+            expect([where, res.tokensPerExpert]).toEqual([where, ref.tokensPerExpert]);
+            expect([where, relErr(res.output, ref.outputs[r]) < TOL.bfloat16]).toEqual([where, true]);
+            expect([where, relErr(res.dx, ref.dx[r]) < TOL.bfloat16]).toEqual([where, true]);
+            for (const p of full.parameters()) {
+              const name = shortName(full, p.name);
+              const whole = params[name];
+              const per = whole.length / E;
+              const mine = name.startsWith("experts.")
+                ? whole.subarray(res.first * per, (res.first + E / W) * per)
+                : whole;
+              expect([where, name, "initial", Array.from(mine)]).toEqual([where, name, "initial", res.initial[p.name]]);
+              const g = ref.grads[name];
+              const want = name.startsWith("experts.") ? g.subarray(res.first * per, (res.first + E / W) * per) : g;
+              expect([where, name, relErr(res.grads[p.name], want) < TOL.bfloat16]).toEqual([where, name, true]);
+            }
+          }
+        } finally {
+          full.dispose();
         }
-      } finally {
-        full.dispose();
-      }
-    }, 120000);
+      },
+      120000,
+    );
   }
 });

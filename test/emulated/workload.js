@@ -35,14 +35,29 @@ function digest(...tensors) {
 async function main() {
   if (!info().cuda.available) throw new Error(`CUDA unavailable: ${info().cuda.reason}`);
   const lines = [];
-  const T = 1024, D = 64, E = 64, K = 8;
+  const T = 1024,
+    D = 64,
+    E = 64,
+    K = 8;
 
   const logits = await dev(data(T * E, 1, 3), [T, E]);
   const bias = await dev(data(E, 2, 0.1), [E]);
-  const r = await ops.route(logits, { topK: K, scoreFunction: "sigmoid", renormalize: true, numGroups: 8, topkGroups: 4, expertBias: bias });
+  const r = await ops.route(logits, {
+    topK: K,
+    scoreFunction: "sigmoid",
+    renormalize: true,
+    numGroups: 8,
+    topkGroups: 4,
+    expertBias: bias,
+  });
   lines.push(`route ${digest(r.indices, r.weights, r.scores, r.tokensPerExpert, r.auxLoss, r.zLoss)}`);
   const dW = await dev(data(T * K, 3), [T, K]);
-  const dl = await ops.routeBackward(logits, r.indices, r.tokensPerExpert, dW, { scoreFunction: "sigmoid", renormalize: true, auxLossGrad: 0.3, zLossGrad: 0.05 });
+  const dl = await ops.routeBackward(logits, r.indices, r.tokensPerExpert, dW, {
+    scoreFunction: "sigmoid",
+    renormalize: true,
+    auxLossGrad: 0.3,
+    zLossGrad: 0.05,
+  });
   lines.push(`routeBackward ${digest(dl)}`);
 
   const x = await dev(data(T * D, 4), [T, D], "bfloat16");
@@ -62,8 +77,17 @@ async function main() {
   lines.push(`fillRandom ${digest(noise)}`);
 
   const layer = await MoELayer.create({
-    dModel: 32, dFF: 32, numExperts: 8, topK: 2, seed: 5, initStd: 0.3, auxLossCoef: 0.01, zLossCoef: 0.001,
-    activation: "swiglu", dtype: "bfloat16", device: "cuda:0",
+    dModel: 32,
+    dFF: 32,
+    numExperts: 8,
+    topK: 2,
+    seed: 5,
+    initStd: 0.3,
+    auxLossCoef: 0.01,
+    zLossCoef: 0.001,
+    activation: "swiglu",
+    dtype: "bfloat16",
+    device: "cuda:0",
   });
   const lx = await dev(data(128 * 32, 6), [128, 32], "bfloat16");
   const res = await layer.forward(lx);

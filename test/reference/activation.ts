@@ -33,7 +33,10 @@ function sigmoid(x: number): number {
   return 1 / (1 + Math.exp(-x));
 }
 
-export const fns: Record<"relu" | "gelu" | "silu" | "geluTanh", { f: (x: number) => number; df: (x: number) => number }> = {
+export const fns: Record<
+  "relu" | "gelu" | "silu" | "geluTanh",
+  { f: (x: number) => number; df: (x: number) => number }
+> = {
   relu: { f: (x) => (x > 0 ? x : 0), df: (x) => (x > 0 ? 1 : 0) },
   gelu: {
     f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
@@ -76,7 +79,12 @@ export function activationRef(x: ArrayLike<number>, width: number, kind: Kind): 
   return h;
 }
 
-export function activationBackwardRef(dh: ArrayLike<number>, x: ArrayLike<number>, width: number, kind: Kind): Float64Array {
+export function activationBackwardRef(
+  dh: ArrayLike<number>,
+  x: ArrayLike<number>,
+  width: number,
+  kind: Kind,
+): Float64Array {
   const a = actOf(kind);
   const dx = new Float64Array(x.length);
   if (!isGatedKind(kind)) {

@@ -14,7 +14,6 @@ export function chunkTransposeRef(x: ArrayLike<number>, width: number, counts: n
   const out: number[] = [];
   for (let b = 0; b < B; b++)
     for (let a = 0; a < A; a++)
-      for (let r = 0; r < counts[a][b]; r++)
-        for (let c = 0; c < width; c++) out.push(x[(start[a][b] + r) * width + c]);
+      for (let r = 0; r < counts[a][b]; r++) for (let c = 0; c < width; c++) out.push(x[(start[a][b] + r) * width + c]);
   return Float64Array.from(out);
 }

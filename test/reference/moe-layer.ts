@@ -63,7 +63,13 @@ function addInto(a: Float64Array, b: ArrayLike<number>): void {
 }
 
 /** The smallest relative gap between the last kept and first dropped weight of an over-full expert. */
-function dropMargin(indices: ArrayLike<number>, weights: ArrayLike<number>, E: number, capacity: number, policy: string): number {
+function dropMargin(
+  indices: ArrayLike<number>,
+  weights: ArrayLike<number>,
+  E: number,
+  capacity: number,
+  policy: string,
+): number {
   if (capacity < 0 || policy !== "probs") return Infinity;
   let m = Infinity;
   for (let e = 0; e < E; e++) {
@@ -117,16 +123,43 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
     out.margin = Math.min(out.margin, rt.margin, dropMargin(rt.indices, rt.weights, E, pm.capacity, c.dropPolicy));
     const R = pm.numRows;
     const counts = pm.rowsPerExpert;
-    const pre = groupedGemmRef(pm.rows, params["experts.w1"], counts, { R, K: D, N: F1, L: E }, c.bias ? params["experts.b1"] : undefined);
+    const pre = groupedGemmRef(
+      pm.rows,
+      params["experts.w1"],
+      counts,
+      { R, K: D, N: F1, L: E },
+      c.bias ? params["experts.b1"] : undefined,
+    );
     const h = activationRef(pre, F1, c.activation);
-    const ye = groupedGemmRef(h, params["experts.w2"], counts, { R, K: F, N: D, L: E }, c.bias ? params["experts.b2"] : undefined);
+    const ye = groupedGemmRef(
+      h,
+      params["experts.w2"],
+      counts,
+      { R, K: F, N: D, L: E },
+      c.bias ? params["experts.b2"] : undefined,
+    );
     const y = unpermuteRef(ye, pm.pairToRow, rt.weights, T, k, D);
 
     let shared: { pre: Float64Array; h: Float64Array } | undefined;
     if (S > 0) {
-      const spre = groupedGemmRef(rank.x, params["shared_experts.w1"], [T], { R: T, K: D, N: S1, L: 1 }, c.bias ? params["shared_experts.b1"] : undefined);
+      const spre = groupedGemmRef(
+        rank.x,
+        params["shared_experts.w1"],
+        [T],
+        { R: T, K: D, N: S1, L: 1 },
+        c.bias ? params["shared_experts.b1"] : undefined,
+      );
       const sh = activationRef(spre, S1, c.activation);
-      addInto(y, groupedGemmRef(sh, params["shared_experts.w2"], [T], { R: T, K: S, N: D, L: 1 }, c.bias ? params["shared_experts.b2"] : undefined));
+      addInto(
+        y,
+        groupedGemmRef(
+          sh,
+          params["shared_experts.w2"],
+          [T],
+          { R: T, K: S, N: D, L: 1 },
+          c.bias ? params["shared_experts.b2"] : undefined,
+        ),
+      );
       shared = { pre: spre, h: sh };
     }
     out.outputs.push(y);
@@ -160,7 +193,12 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
     addInto(grads["router.weight"], gg.dwg);
     addInto(dx, rank.noise ? gg.dx.map((v, i) => v * rank.noise![i]) : gg.dx);
     if (shared) {
-      const s2 = groupedGemmBackwardRef(rank.dy, shared.h, params["shared_experts.w2"], [T], { R: T, K: S, N: D, L: 1 });
+      const s2 = groupedGemmBackwardRef(rank.dy, shared.h, params["shared_experts.w2"], [T], {
+        R: T,
+        K: S,
+        N: D,
+        L: 1,
+      });
       const sdpre = activationBackwardRef(s2.dx, shared.pre, S1, c.activation);
       const s1 = groupedGemmBackwardRef(sdpre, rank.x, params["shared_experts.w1"], [T], { R: T, K: D, N: S1, L: 1 });
       addInto(dx, s1.dx);

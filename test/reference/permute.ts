@@ -93,7 +93,13 @@ export function permuteRef(
 }
 
 /** dx[t] = Σ over kept j of dRows[pairToRow[t, j]]. */
-export function permuteBackwardRef(dRows: ArrayLike<number>, pairToRow: ArrayLike<number>, t: number, k: number, d: number): Float64Array {
+export function permuteBackwardRef(
+  dRows: ArrayLike<number>,
+  pairToRow: ArrayLike<number>,
+  t: number,
+  k: number,
+  d: number,
+): Float64Array {
   const dx = new Float64Array(t * d);
   for (let tt = 0; tt < t; tt++)
     for (let j = 0; j < k; j++) {

@@ -22,7 +22,12 @@ const { rng } = require("../rng");
 
 /** A tensor of dtype from plain numbers (or BigInts for int64). */
 function make(dtype, values, shape) {
-  if (dtype === "int64") return Tensor.from(BigInt64Array.from(values, (v) => BigInt(v)), shape, { dtype });
+  if (dtype === "int64")
+    return Tensor.from(
+      BigInt64Array.from(values, (v) => BigInt(v)),
+      shape,
+      { dtype },
+    );
   if (dtype === "int32") return Tensor.from(Int32Array.from(values), shape, { dtype });
   return Tensor.from(Float32Array.from(values), shape, { dtype });
 }
@@ -78,15 +83,21 @@ async function allToAllVRandom(pg, iterations) {
     const send = S[me];
     const rows = send.reduce((a, b) => a + b, 0);
     const data = [];
-    for (let d = 0; d < W; d++) for (let j = 0; j < send[d]; j++) for (let c = 0; c < rowElems; c++) data.push(enc(dtype, me, d, j, c));
+    for (let d = 0; d < W; d++)
+      for (let j = 0; j < send[d]; j++) for (let c = 0; c < rowElems; c++) data.push(enc(dtype, me, d, j, c));
     zeroSends += send.filter((n) => n === 0).length;
     const x = make(dtype, data, [rows, ...rowShape]);
     const expectedCounts = S.map((row) => row[me]);
     const useExpectation = it % 3 === 0;
     if (useExpectation) checkedExpectations++;
-    const { output, recvCounts } = await pg.allToAllV(x, send, useExpectation ? { recvCounts: expectedCounts } : undefined);
+    const { output, recvCounts } = await pg.allToAllV(
+      x,
+      send,
+      useExpectation ? { recvCounts: expectedCounts } : undefined,
+    );
     const expected = [];
-    for (let s = 0; s < W; s++) for (let j = 0; j < S[s][me]; j++) for (let c = 0; c < rowElems; c++) expected.push(enc(dtype, s, me, j, c));
+    for (let s = 0; s < W; s++)
+      for (let j = 0; j < S[s][me]; j++) for (let c = 0; c < rowElems; c++) expected.push(enc(dtype, s, me, j, c));
     const got = read(output);
     const shapeOk = JSON.stringify(output.shape) === JSON.stringify([expected.length / rowElems, ...rowShape]);
     if (!shapeOk || output.dtype !== dtype || JSON.stringify(recvCounts) !== JSON.stringify(expectedCounts)) {
@@ -112,14 +123,22 @@ async function allToAllBlocks(pg) {
   const me = pg.rank;
   let wrong = 0;
   // The per-expert count vectors: [W] int32.
-  const counts = make("int32", Array.from({ length: W }, (_, d) => me * 10 + d), [W]);
+  const counts = make(
+    "int32",
+    Array.from({ length: W }, (_, d) => me * 10 + d),
+    [W],
+  );
   const got = read(await pg.allToAll(counts));
   for (let s = 0; s < W; s++) if (got[s] !== s * 10 + me) wrong++;
   // Blocks of any shape and dtype: [W, 2, 3].
   for (const dtype of DTYPES) {
     const small = dtype === "bfloat16" || dtype === "float16";
     const v = (s, d, k) => (small ? s * 16 + d * 4 + (k % 4) : s * 100 + d * 10 + k);
-    const x = make(dtype, Array.from({ length: W * 6 }, (_, i) => v(me, Math.floor(i / 6), i % 6)), [W, 2, 3]);
+    const x = make(
+      dtype,
+      Array.from({ length: W * 6 }, (_, i) => v(me, Math.floor(i / 6), i % 6)),
+      [W, 2, 3],
+    );
     const out = await pg.allToAll(x);
     const o = read(out);
     if (JSON.stringify(out.shape) !== JSON.stringify([W, 2, 3]) || out.dtype !== dtype) wrong++;
@@ -151,7 +170,11 @@ async function allReduceExact(pg) {
   for (const dtype of DTYPES) {
     for (const op of ["sum", "avg", "max"]) {
       if (op === "avg" && (dtype === "int32" || dtype === "int64")) continue;
-      const t = make(dtype, Array.from({ length: n }, (_, i) => reduceValue(dtype, W, me, i)), [n]);
+      const t = make(
+        dtype,
+        Array.from({ length: n }, (_, i) => reduceValue(dtype, W, me, i)),
+        [n],
+      );
       await pg.allReduce(t, op);
       const got = read(t);
       let wrong = 0;
@@ -173,7 +196,11 @@ async function allReduceExact(pg) {
   // A long float32 vector: the ring cuts it into chunks; integers keep the sums exact.
   const N = 100003;
   const v = (r, i) => ((r * 7 + i) % 13) - 6;
-  const big = make("float32", Array.from({ length: N }, (_, i) => v(me, i)), [N]);
+  const big = make(
+    "float32",
+    Array.from({ length: N }, (_, i) => v(me, i)),
+    [N],
+  );
   await pg.allReduce(big);
   const got = big.toArray();
   let wrong = 0;
@@ -203,7 +230,9 @@ async function broadcastExact(pg) {
   };
   for (const dtype of DTYPES) {
     for (let rootRank = 0; rootRank < W; rootRank++) {
-      const values = Array.from({ length: n }, (_, i) => (me === rootRank ? v(dtype, rootRank, i) : dtype === "int64" ? -1n : -1));
+      const values = Array.from({ length: n }, (_, i) =>
+        me === rootRank ? v(dtype, rootRank, i) : dtype === "int64" ? -1n : -1,
+      );
       const t = make(dtype, values, [3, 3]);
       await pg.broadcast(t, rootRank);
       const got = read(t);
@@ -281,7 +310,11 @@ const scenarios = {
     const W = pg.size;
     const me = pg.rank;
     const out = { rank: me };
-    const x = make("float32", Array.from({ length: 2 * W * 3 }, (_, i) => me * 1000 + i), [2 * W, 3]);
+    const x = make(
+      "float32",
+      Array.from({ length: 2 * W * 3 }, (_, i) => me * 1000 + i),
+      [2 * W, 3],
+    );
     const two = Array(W).fill(2);
     // The last rank expects one row fewer from rank 0 than rank 0 sends it.
     const expect = me === W - 1 ? two.map((n, s) => (s === 0 ? 1 : n)) : two;
@@ -294,7 +327,9 @@ const scenarios = {
     const z = me === 1 ? make("int32", Array(2 * W * 3).fill(1), [2 * W, 3]) : x;
     out.dtype = await caught(pg.allToAllV(z, two));
     // allReduce over 4 elements, but 5 on the last rank: refused, not a crash.
-    out.reduceSize = await caught(pg.allReduce(make("float32", [1, 2, 3, 4, 5].slice(0, me === W - 1 ? 5 : 4), [me === W - 1 ? 5 : 4])));
+    out.reduceSize = await caught(
+      pg.allReduce(make("float32", [1, 2, 3, 4, 5].slice(0, me === W - 1 ? 5 : 4), [me === W - 1 ? 5 : 4])),
+    );
     // Rank 0 calls broadcast while the others call allReduce on the same tensor size.
     const t = make("float32", [1, 2, 3, 4], [4]);
     out.collective = await caught(me === 0 ? pg.broadcast(t, 0) : pg.allReduce(t));

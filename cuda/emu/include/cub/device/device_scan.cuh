@@ -11,8 +11,7 @@
 namespace cub {
 
 struct DeviceScan {
-  template <class In, class Out, class NumItems,
-            class = typename std::enable_if<!std::is_integral<Out>::value>::type>
+  template <class In, class Out, class NumItems, class = typename std::enable_if<!std::is_integral<Out>::value>::type>
   static cudaError_t ExclusiveSum(void* temp, size_t& temp_bytes, In in, Out out, NumItems n,
                                   cudaStream_t stream = nullptr) {
     (void)stream;

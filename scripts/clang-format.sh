@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# clang-format over the C++ and CUDA sources (.clang-format at the root).
+#   scripts/clang-format.sh          check: lists unformatted files, exits 1 if any
+#   scripts/clang-format.sh --write  formats them in place
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v clang-format >/dev/null || { echo "clang-format not found (Debian: apt-get install clang-format)" >&2; exit 1; }
+mapfile -t files < <(git ls-files 'cpp/*' 'binding/*' 'cuda/*' 'test/c/*' 'test/emulated/*' | grep -E '\.(c|cc|cpp|h|hpp|cu|cuh)$')
+if [ "${1:-}" = "--write" ]; then
+  clang-format -i "${files[@]}"
+else
+  clang-format --dry-run --Werror "${files[@]}" 2>&1 | grep -o '^[^:]*:' | sort -u | sed 's/:$/: not formatted (scripts\/clang-format.sh --write)/' >&2 && exit 1
+  echo "clang-format: ${#files[@]} files formatted"
+fi
