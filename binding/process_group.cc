@@ -278,7 +278,7 @@ Registration reg([](Napi::Env env, Napi::Object exports) {
                         opts.timeout = timeout_option(o, opts.timeout);
                         return GroupPtr(comm::GlooGroup::create(store, prefix, rank, ranks, opts));
                       }));
-  // createNcclGroup(store, { rank, worldSize, prefix, device, timeoutMs }): NOT YET RUN beyond world size 1.
+  // createNcclGroup(store, { rank, worldSize, prefix, device, timeoutMs }).
   exports.Set("createNcclGroup",
               creator(env, ctor, "createNcclGroup",
                       [](auto store, std::string prefix, int rank, std::vector<int> ranks, Napi::Object o) {

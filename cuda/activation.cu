@@ -1,10 +1,8 @@
-// Expert activations on the GPU (MATH.md, Experts), forward and backward, with
-// the CPU's formulas (cpp/ops/activation.cpp) in float32: relu, gelu (erf),
-// silu, and the gated swiglu (silu) and geglu (tanh-form gelu), whose input
-// holds the gate half, then the up half. Elementwise, so deterministic.
-//
-// Status: run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI.
+// Expert activations on the GPU (docs/math.md#activations), forward and
+// backward, with the CPU's formulas (cpp/ops/activation.cpp) in float32: relu,
+// gelu (erf), silu, and the gated swiglu (silu) and geglu (tanh-form gelu),
+// whose input holds the gate half, then the up half. Elementwise, so
+// deterministic.
 #include <cuda_runtime.h>
 
 #include <math.h>

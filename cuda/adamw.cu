@@ -1,9 +1,6 @@
 // AdamW on the GPU (Loshchilov & Hutter; torch.optim.AdamW's semantics), one
 // step in place, per element in float32 with the per-step constants the host
 // computed in double (cpp/ops/adamw.cpp): the same formulas as the CPU op.
-//
-// Status: run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI.
 #include <cuda_runtime.h>
 
 #include <math.h>

@@ -2,9 +2,6 @@
 // index out of range): they tag the device's status word (launchers.h,
 // "errors found by kernels") and never stop the stream; the host reports the
 // tag at its next synchronisation.
-//
-// Status: run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI.
 #include <cuda_runtime.h>
 
 #include <limits.h>

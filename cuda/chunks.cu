@@ -3,9 +3,6 @@
 // one small kernel plans the chunk offsets (and checks the counts) and a
 // second copies, each chunk's bytes split over a row of blocks. Pure copies,
 // so the result does not depend on scheduling.
-//
-// Status: run on the CPU emulator (cuda/emu/) in CI against the CPU op;
-// NOT YET RUN ON A GPU.
 #include <cuda_runtime.h>
 
 #include <stdint.h>

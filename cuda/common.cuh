@@ -75,7 +75,7 @@ namespace moe_cuda {
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // Storage <-> float32: bfloat16 and float16 widen exactly and narrow by
-// rounding to nearest even, as the CPU backend does (DESIGN.md, Numerics).
+// rounding to nearest even, as the CPU backend does (docs/math.md#notation).
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }

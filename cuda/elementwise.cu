@@ -1,14 +1,12 @@
-// Elementwise and reducing ops of the MoE layer on the GPU (MATH.md; the CPU
-// ops are cpp/ops/elementwise.cpp and cpp/ops/expert_bias.cpp): add, axpby,
-// the sum of squares of gradient clipping, and the expert bias update. Float32
-// math on bf16 / f16 / f32 storage, rounded once on store; explicit _rn
-// intrinsics so that no multiply-add is contracted (the CPU op rounds the
-// product and the sum separately). Every result is independent of scheduling:
-// elementwise kernels own their elements, and the sum of squares reduces
-// per-block partials in a fixed tree, then the partials in index order.
-//
-// Status: run on the CPU emulator (cuda/emu/) in CI against the CPU op;
-// NOT YET RUN ON A GPU.
+// Elementwise and reducing ops of the MoE layer on the GPU
+// (docs/math.md#elementwise-ops; the CPU ops are cpp/ops/elementwise.cpp and
+// cpp/ops/expert_bias.cpp): add, axpby, the sum of squares of gradient
+// clipping, and the expert bias update. Float32 math on bf16 / f16 / f32
+// storage, rounded once on store; explicit _rn intrinsics so that no
+// multiply-add is contracted (the CPU op rounds the product and the sum
+// separately). Every result is independent of scheduling: elementwise kernels
+// own their elements, and the sum of squares reduces per-block partials in a
+// fixed tree, then the partials in index order.
 #include <cuda_runtime.h>
 
 #include <math.h>

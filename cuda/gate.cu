@@ -1,12 +1,9 @@
-// The gate on the GPU (MATH.md, Router): logits = x · Wg in float32, and its
+// The gate on the GPU (docs/math.md#gate): logits = x · Wg in float32, and its
 // backward dx = d logits · Wgᵀ, dWg = xᵀ · d logits. N = E is small, so a
 // plain shared-memory tiled SIMT GEMM serves (64 x 64 tiles, 4 x 4 outputs per
 // thread); x is read as bfloat16 / float16 / float32 and widened on load.
 // Every output element is summed by one thread over k in order: the result
 // is the same bits on every run.
-//
-// Status: run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI.
 #include <cuda_runtime.h>
 
 #include <stdint.h>

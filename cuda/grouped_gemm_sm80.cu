@@ -17,10 +17,9 @@
 // reduction runs over the expert's own rows only, so rows of the next expert
 // never enter its sum.
 //
-// Status: compiled for sm_80 and sm_90a without spills (test/cuda-gemm-build.test.ts);
-// NOT YET RUN ON A GPU: the H200 runs selected the wgmma kernel. The device
-// check now also runs this one there (MOE_EP_GG_KERNEL=sm80). It runs on the
-// CPU emulator in CI, its PTX emulated by cuda/emu/ptx_sm80.h.
+// test/cuda-gemm-build.test.ts checks that it compiles for sm_80 and sm_90a
+// without spills. MOE_EP_GG_KERNEL=sm80 selects it on a Hopper GPU too; the
+// CPU emulator runs it, its PTX emulated by cuda/emu/ptx_sm80.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

@@ -34,9 +34,9 @@
 // tells them apart at run time by the kernel's static shared memory (its
 // mbarriers), so a build without sm_90a never selects the stub.
 //
-// Status: compiled for sm_90a without spills, wgmma and TMA instructions
-// present in its PTX (test/cuda-gemm-build.test.ts); run on an H200 against the
-// CPU op (device-results/). Its inline PTX has no CPU emulation.
+// test/cuda-gemm-build.test.ts checks that it compiles for sm_90a without
+// spills, with wgmma and TMA instructions in its PTX. Its inline PTX has no
+// CPU emulation.
 #include <cuda.h>  // CUtensorMap and its enums only: libcuda is reached through cudaGetDriverEntryPoint*
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>

@@ -24,13 +24,9 @@
 #define MOE_CUDA_BF16 1
 #define MOE_CUDA_F16 2
 
-// Status. Every launcher below compiles for sm_80 and sm_90a and runs on the
-// CPU emulator (cuda/emu/) in CI, against the CPU ops; of the kernels behind
-// them only the Hopper (wgmma) grouped GEMM has no emulation. On an H200 (device-results/) the memory,
-// event, check, gate, route, permute, unpermute, activation and AdamW kernels
-// and the wgmma grouped GEMM have run and agree with the CPU ops. NOT YET RUN
-// ON A GPU (only on the emulator): the mma.sync grouped GEMM (sm_80 kernel)
-// and the elementwise, random and chunk kernels of the layer (marked below).
+// Every launcher below compiles for sm_80 and sm_90a; of the kernels behind
+// them, all but the Hopper (wgmma) grouped GEMM also run on the CPU emulator
+// (cuda/emu/). Which have run on which GPU: docs/device-runs.md.
 
 #ifdef __cplusplus
 extern "C" {
@@ -120,7 +116,7 @@ int moe_cuda_check_range_i32(const int32_t* data, int64_t n, int32_t lo, int32_t
 // Tags `status` with *value when *value > 0 (a count a kernel produced).
 int moe_cuda_flag_if_positive(const int32_t* value, void* status, uint32_t tag, void* stream);
 
-// ---- gate (MATH.md: Router; cuda/gate.cu) ---------------------------------------------
+// ---- gate (docs/math.md#gate; cuda/gate.cu) ---------------------------------------------
 // logits float32 [T, E] = x [T, D] (x_dtype) · wg float32 [D, E], float32 sums.
 int moe_cuda_gate_forward(const void* x, int x_dtype, const float* wg, int64_t tokens, int64_t d_model, int64_t experts,
                           float* logits, void* stream);
@@ -130,7 +126,7 @@ int moe_cuda_gate_forward(const void* x, int x_dtype, const float* wg, int64_t t
 int moe_cuda_gate_backward(const void* x, int x_dtype, const float* wg, const float* d_logits, int64_t tokens,
                            int64_t d_model, int64_t experts, void* dx, float* dwg, void* stream);
 
-// ---- route (MATH.md: Router, Losses) -------------------------------------------
+// ---- route (docs/math.md#route) -------------------------------------------
 // score_function: 0 softmax, 1 sigmoid.
 
 // Device workspace, in bytes, that moe_cuda_route_forward needs for
@@ -174,7 +170,7 @@ int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, cons
                             int score_function, int renormalize, float aux_loss_grad, float z_loss_grad,
                             float* d_logits, void* stream);
 
-// ---- grouped GEMM (MATH.md: Experts; cuda/grouped_gemm_plan.h) ------------------------
+// ---- grouped GEMM (docs/math.md#grouped-gemm; cuda/grouped_gemm_plan.h) ------------------------
 // L experts; rows_per_expert int32 [L] lives on the device (no host sync): the
 // rows of expert e are [o_e, o_e + c_e) with o the exclusive prefix sum of the
 // counts, and the counts must sum to at most total_rows (R, the capacity of
@@ -188,9 +184,6 @@ int moe_cuda_route_backward(const float* d_weights, const int32_t* indices, cons
 // Invalid counts (a negative count, or a sum above R) are detected on the
 // device: nothing is computed and, when `invalid_counts` (int32 [1], device)
 // is given, it is set to 1 (0 otherwise).
-// Status: run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI. The mma.sync kernel
-// (MOE_CUDA_GG_FORCE_SM80, and every pre-Hopper GPU) has not yet run on a GPU.
 #define MOE_CUDA_GG_BF16 0
 #define MOE_CUDA_GG_F16 1
 // flags
@@ -236,7 +229,7 @@ int moe_cuda_grouped_gemm_dw(const void* x, const void* dy, const int32_t* rows_
 int moe_cuda_route_scores(const float* logits, int64_t num_tokens, int num_experts, int score_function, float* scores,
                           void* stream);
 
-// ---- permute (MATH.md: Capacity; Permute and dispatch; cuda/permute.cu) --------------
+// ---- permute (docs/math.md#permute; cuda/permute.cu) --------------
 // A stable counting sort of the T·k (token, choice) pairs by expert, and the
 // row moves, in two calls that enqueue everything (no host wait between them):
 //   plan: per-warp expert histograms, their scan, rows per expert and their
@@ -287,7 +280,7 @@ int moe_cuda_unpermute_backward(const void* dy, int dy_dtype, const void* rows, 
                                 int top_k, void* d_rows, float* d_weights, void* workspace, size_t workspace_bytes,
                                 void* status, uint32_t tag, void* stream);
 
-// ---- activations (MATH.md: Experts; cuda/activation.cu) -------------------------------
+// ---- activations (docs/math.md#activations; cuda/activation.cu) -------------------------------
 // kind: 0 relu, 1 gelu (erf), 2 silu, 3 swiglu, 4 geglu (tanh form); the values
 // of moe::ops::ActivationKind. x [rows, width]; gated kinds read the gate half
 // (first width/2 columns), then the up half, and write h [rows, width/2].
@@ -305,7 +298,6 @@ int moe_cuda_adamw(void* param, int param_dtype, const void* grad, int grad_dtyp
                    float one_b2, float eps, void* stream);
 
 // ---- layer ops: elementwise, sum of squares, expert bias (cuda/elementwise.cu) ---------
-// Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // out (a_dtype) = a + b over n elements, float32 sum rounded once.
 int moe_cuda_add(const void* a, int a_dtype, const void* b, int b_dtype, int64_t n, void* out, void* stream);
 // In place: y = (alpha == 0 ? 0 : alpha·y) + beta·x in float32 (x NULL: no beta term).
@@ -322,7 +314,6 @@ int moe_cuda_expert_bias_update(float* bias, const void* load, int load_is_f32, 
                                 void* status, uint32_t tag, void* stream);
 
 // ---- counter-based random numbers (cuda/random.cu; cpp/ops/random.h's scheme) ---------
-// Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // uniform: 0 normal(a = mean, b = std), 1 uniform[a, b); slice_size 0: the whole tensor.
 int moe_cuda_fill_random(void* data, int dtype, int64_t n, uint64_t seed, uint32_t key, int uniform, double a, double b,
                          int64_t slice_size, int64_t first_slice, void* stream);
@@ -331,7 +322,6 @@ int moe_cuda_jitter(const void* x, int dtype, int64_t n, double eps, uint64_t se
                     void* out, void* stream);
 
 // ---- chunk transpose (cuda/chunks.cu) --------------------------------------------------
-// Status: run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 // x [rows, row_bytes] as A·B chunks of counts[a, b] rows (int32 [A, B] on the
 // device) in a-major order -> out in b-major order. A negative count tags
 // `status` with neg_tag (detail: its flat index), a sum other than rows with

@@ -1,9 +1,6 @@
 // Streams, the stream-ordered allocator and copies: the device side of
 // cpp/core/cuda_device.cpp, which keeps one compute and one communication
 // stream per device and allocates every device tensor here.
-//
-// Status: run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI.
 #include <cuda_runtime.h>
 
 #include <stdint.h>

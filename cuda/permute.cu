@@ -1,4 +1,4 @@
-// permute on the GPU (MATH.md: Capacity; Permute and dispatch): the stable
+// permute on the GPU (docs/math.md#permute): the stable
 // counting sort of cuda/permute_plan.h, capacity with the "position" and
 // "probs" drop policies, padding to capacity, and the row moves.
 //

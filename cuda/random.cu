@@ -5,9 +5,6 @@
 // operations; the normal values use CUDA's double log, sqrt and cospi(2·u2)
 // for cos(2π·u2), which may differ from the host's in the last bits of the double, so a float32
 // value can in rare cases differ by one unit in the last place.
-//
-// Status: run on the CPU emulator (cuda/emu/) in CI against the CPU op;
-// NOT YET RUN ON A GPU.
 #include <cuda_runtime.h>
 
 #include <math.h>

@@ -1,4 +1,4 @@
-// The route op on the GPU (MATH.md: Router and Losses): scores, optional
+// The route op on the GPU (docs/math.md#route): scores, optional
 // group-limited top-k selection of s + bias, weights, per-expert counts and the
 // statistics of the load-balancing and z losses; and the gradient of the
 // logits. A warp owns one token at a time; lane l holds experts l, l + 32, ...
@@ -11,9 +11,8 @@
 // counts are per-block integer partials too, so no launch needs a zeroed
 // output and no global atomics are left but the non-finite token count.
 //
-// Status: compiled for sm_80 and sm_90a without spills (test/cuda-build.test.ts
-// checks the SASS); run on an H200 against the CPU op (device-results/), and on the CPU
-// emulator (cuda/emu/) in CI.
+// test/cuda-build.test.ts checks, from the SASS, that it compiles for sm_80
+// and sm_90a without spills.
 #include <cuda_runtime.h>
 
 #include <math.h>
@@ -29,7 +28,7 @@ namespace {
 constexpr int kSoftmax = 0;
 constexpr int kSigmoid = 1;
 // Added to the sum of the chosen sigmoid scores before renormalising
-// (MATH.md; sigmoid scores can all be ~0, softmax ones cannot).
+// (docs/math.md#weights; sigmoid scores can all be ~0, softmax ones cannot).
 constexpr float kSigmoidRenormEps = 1e-20f;
 constexpr int kNone = INT32_MAX;       // index that ranks after every real expert
 constexpr int kFinalizeThreads = 256;  // the loss reductions' width (their bits depend on it)
@@ -228,7 +227,7 @@ __global__ void __launch_bounds__(kRouteThreadsPerBlock, 4) route_forward_kernel
         s[i] = (i * 32 + lane < E) ? 1.f / (1.f + expf(-x[i])) : 0.f;
         local += s[i];
       }
-      // p = s / sum_e s (MATH.md, Losses)
+      // p = s / sum_e s (docs/math.md#load-balancing-loss)
       const float total = warp_sum(local);
 #pragma unroll
       for (int i = 0; i < EPL; ++i) probAcc[i] += s[i] / total;

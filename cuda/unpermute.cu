@@ -1,5 +1,5 @@
-// The row maps' other ops on the GPU (MATH.md: Permute; Combine and
-// unpermute; Backward): permute's backward (a gather-sum), unpermute (the
+// The row maps' other ops on the GPU (docs/math.md#permute,
+// docs/math.md#unpermute): permute's backward (a gather-sum), unpermute (the
 // weighted combine, fused) and unpermute's backward (d rows, d weights).
 //
 // One warp per output row; each lane owns whole columns and sums a token's k

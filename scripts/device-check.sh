@@ -1,7 +1,7 @@
 #!/bin/bash
 # The one-call GPU check. Run from the project root on the GPU machine after
-# `source .device/env.sh` (see ../shared/device/README.md and
-# scripts/device-pack.sh, which prepares what travels). In under 5 minutes:
+# `source .device/env.sh` (scripts/device-pack.sh prepares what
+# travels). In under 5 minutes:
 #   1. the capability report (npx moe-ep info);
 #   2. every CUDA op against the CPU op on fresh random inputs, several shapes
 #      and the edge cases, and the NCCL process group at world size 1
@@ -32,7 +32,7 @@ done
 step() { printf '\n== %s (%ds)\n' "$*" "$((SECONDS - budget_start))"; }
 
 step "status"
-if ! node -e 'const m = require("./comm"); console.log(m.formatInfo())' | tee "$out/info.txt"; then
+if ! node -e 'const m = require("./dist"); console.log(m.formatInfo())' | tee "$out/info.txt"; then
   echo "device-check: the package does not load (is dist/ built and the addon in build/Release?)"
   exit 3
 fi

@@ -12,7 +12,7 @@
  *       top-2, 8192 tokens, bf16, swiglu: tokens/s and the share of the dense
  *       bf16 rate (--dense-tflops, default 786) its GEMM FLOPs reach; one
  *       warm-up, median of 5.
- * Exits 1 on any FAIL, 2 when CUDA is unavailable. NOT YET RUN ON A GPU.
+ * Exits 1 on any FAIL, 2 when CUDA is unavailable.
  */
 "use strict";
 const fs = require("fs");

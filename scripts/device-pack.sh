@@ -1,6 +1,6 @@
 #!/bin/bash
-# Prepares a run of scripts/device-check.sh on the lent GPU machine (see
-# ../shared/device/README.md), from this machine:
+# Prepares a run of scripts/device-check.sh on a GPU machine, from this
+# machine:
 #   - .device/ with node and env.sh, through ../shared/device/pack.sh
 #     (MOE_EP_DEVICE_PACK overrides the path);
 #   - dist/ (the TypeScript build) for scripts/device-check.js to require;
@@ -57,7 +57,7 @@ add_with_deps() {  # path [soname]
 while read -r name _ path _; do
   case "$name" in libgloo*|libopenblas*) add_with_deps "$path" "$name" ;; esac
 done < <(ldd "$addon")
-blas=$(node -e 'const b = require("./comm").info().blas; if (b.loaded) console.log(b.library)')
+blas=$(node -e 'const b = require("./dist").info().blas; if (b.loaded) console.log(b.library)')
 if [[ -n $blas ]]; then
   add_with_deps "$blas"
   # cpp/core/blas.cpp asks for libopenblas.so.0 when the build's path is absent.

@@ -12,7 +12,7 @@
  *    arithmetic redone here;
  *  - the launchers refuse bad arguments with the documented status codes
  *    before they touch a device.
- * None of this runs a kernel: the kernels have not run on a GPU.
+ * None of this runs a kernel.
  */
 import { execFile, execFileSync } from "child_process";
 import * as fs from "fs";

@@ -1,10 +1,10 @@
 /**
  * Every op on every backend (test/util.ts backends(): "cpu", plus "cuda:0"
  * where a GPU is usable) against the float64 references of test/reference/,
- * with bfloat16 data and the bf16 tolerance of DESIGN.md (2e-2) throughout,
- * so one suite judges both backends by the same measure. Inputs move to the
- * device with Tensor.prototype.to(); results come back through toFloat32(),
- * which waits for the device.
+ * with bfloat16 data and the bf16 tolerance of docs/math.md#numerics (2e-2)
+ * throughout, so one suite judges both backends by the same measure. Inputs
+ * move to the device with Tensor.prototype.to(); results come back through
+ * toFloat32(), which waits for the device.
  *
  * On a machine without CUDA the cuda:0 cases are listed as skipped with the
  * reason in their names; the cpu cases run, which keeps this file's own logic

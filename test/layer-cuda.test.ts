@@ -1,6 +1,6 @@
 /**
- * The MoE layer's glue ops and the layer itself on CUDA (run on the CPU
- * emulator of cuda/emu/ in CI; not yet on a GPU): each op on cuda:0 against
+ * The MoE layer's glue ops and the layer itself on CUDA (in CI on the CPU
+ * emulator of cuda/emu/): each op on cuda:0 against
  * the float64 references (bf16 tolerance; the random numbers bit for bit
  * against the CPU op), and a bf16 MoELayer on
  * cuda:0 forward + backward against the float64 reference layer, with no

@@ -32,7 +32,7 @@ export function f32(a: ArrayLike<number>): Float64Array {
   return Float64Array.from(Float32Array.from(a as ArrayLike<number>));
 }
 
-/** Relative error ‖a − b‖∞ / max(‖b‖∞, floor): the measure DESIGN.md's tolerances use. */
+/** Relative error ‖a − b‖∞ / max(‖b‖∞, floor): the measure tolerances of docs/math.md#numerics use. */
 export function relErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-6): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
   let num = 0;

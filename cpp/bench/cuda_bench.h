@@ -1,7 +1,7 @@
 // Kernel timings on a GPU with CUDA events, for scripts/device-check.js: the
 // launches alone, back to back on the compute stream with buffers allocated
 // once, so that neither allocation nor the Promise round trip of an op is
-// counted. Run on an H200: BENCHMARKS.md.
+// counted. Figures: BENCHMARKS.md.
 #pragma once
 #include <cstdint>
 

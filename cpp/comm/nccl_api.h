@@ -1,7 +1,7 @@
-// NCCL, loaded at run time (DESIGN.md, Distribution): no build-time dependency
-// on NCCL, and no clash with another copy of NCCL in the same process (a
-// PyTorch in the same Node process, say), because the library is opened with
-// RTLD_LOCAL and reached only through the function pointers below.
+// NCCL, loaded at run time (docs/architecture.md#process-groups): no build-time
+// dependency on NCCL, and no clash with another copy of NCCL in the same
+// process (a PyTorch in the same Node process, say), because the library is
+// opened with RTLD_LOCAL and reached only through the function pointers below.
 //
 // The declarations are our own, written from nccl.h: the values of the enums
 // and the layout of ncclUniqueId are part of NCCL's stable ABI.

@@ -1,4 +1,3 @@
-// What has run where: nccl_comm.h.
 #include "nccl_comm.h"
 
 #include <algorithm>

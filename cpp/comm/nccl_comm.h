@@ -1,8 +1,7 @@
-// A NCCL communicator over raw device pointers (DESIGN.md, Distribution): the
-// all-to-all of expert parallelism as grouped ncclSend/ncclRecv, and
-// all-reduce / broadcast, each enqueued on the caller's CUDA stream.
-//
-// Status: run on an H200 at world size 1 (device-results/); see nccl_group.h.
+// A NCCL communicator over raw device pointers
+// (docs/architecture.md#process-groups): the all-to-all of expert parallelism
+// as grouped ncclSend/ncclRecv, and all-reduce / broadcast, each enqueued on
+// the caller's CUDA stream.
 //
 // Rendezvous: rank 0 makes the unique id (ncclGetUniqueId) and sets it in the
 // store under "<prefix>/nccl/unique_id"; the other ranks get it from there

@@ -1,4 +1,3 @@
-// What has run where: nccl_group.h.
 #include "nccl_group.h"
 
 #include <algorithm>

@@ -1,14 +1,13 @@
-// A process group over NCCL for CUDA tensors (DESIGN.md, Distribution): the
-// communicator under the TypeScript ProcessGroup when the backend is "nccl".
-// It has the Gloo group's surface (gloo_group.h): each method checks its
-// arguments at once, on the caller's thread, and returns a Task that the
-// binding runs on the group's own thread (submit()).
+// A process group over NCCL for CUDA tensors
+// (docs/architecture.md#process-groups): the communicator under the TypeScript
+// ProcessGroup when the backend is "nccl". It has the Gloo group's surface
+// (gloo_group.h): each method checks its arguments at once, on the caller's
+// thread, and returns a Task that the binding runs on the group's own thread
+// (submit()).
 //
-// Status: run on an H200 at world size 1 against libnccl from PyTorch's
-// wheel (device-results/: every collective, the refusals, the timeout
-// watchdog). More than one rank has not run on GPUs (one-GPU machines only);
-// it runs across processes on the CUDA emulator with its socket NCCL in CI
-// (test/emulated/nccl-procs.test.ts).
+// test/nccl-group.test.ts tests it where a GPU and NCCL are present, and
+// test/emulated/nccl-procs.test.ts across processes on the CUDA emulator's
+// NCCL.
 //
 // Streams: every tensor lives on the group's device. A collective first waits
 // until the work queued on the CPU stream before it has been enqueued (CUDA

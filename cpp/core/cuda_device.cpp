@@ -1,4 +1,3 @@
-// What has run where: cuda_device.h.
 #include "cuda_device.h"
 
 #include <array>

@@ -1,5 +1,5 @@
-// Devices as the core sees them (DESIGN.md, Execution model), through the
-// launchers of cuda/launchers.h only (no CUDA headers here):
+// Devices as the core sees them (docs/architecture.md#execution-model), through
+// the launchers of cuda/launchers.h only (no CUDA headers here):
 //
 // - per device, created on first use: one compute stream and one
 //   communication stream (non-blocking), a status word for errors found by
@@ -12,7 +12,6 @@
 //   check that fired becomes the op's typed error there (named through a
 //   CheckRegistry), and the word is reset.
 //
-// Run on an H200 (device-results/) and on the CPU emulator (cuda/emu/) in CI.
 // On machines without CUDA every entry point below refuses
 // (ERR_MOE_CUDA_UNAVAILABLE with the reason) before calling CUDA.
 #pragma once

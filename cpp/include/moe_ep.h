@@ -68,7 +68,7 @@ typedef struct {
   int topk_groups;
 } moe_route_options;
 
-/* Top-k routing of logits[T, E] (MATH.md, Router and Losses). Any out-parameter may be NULL. */
+/* Top-k routing of logits[T, E] (docs/math.md#route). Any out-parameter may be NULL. */
 moe_status moe_route(moe_tensor logits, const moe_route_options* options, moe_tensor* indices, moe_tensor* weights,
                      moe_tensor* tokens_per_expert, float* aux_loss, float* z_loss);
 

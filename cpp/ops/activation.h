@@ -1,5 +1,6 @@
-// Expert activations (MATH.md, Experts): relu, gelu (exact erf form), silu, and
-// the gated forms swiglu and geglu, whose input holds the gate half, then the up half.
+// Expert activations (docs/math.md#activations): relu, gelu (exact erf form),
+// silu, and the gated forms swiglu and geglu, whose input holds the gate half,
+// then the up half.
 #pragma once
 #include <string>
 

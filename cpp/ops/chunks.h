@@ -1,7 +1,7 @@
-// Reordering row chunks between the all-to-all and the experts (MATH.md,
-// Permute and dispatch): rows arrive grouped [source rank][local expert] and
-// the grouped GEMM wants them [local expert][source rank]; the combine needs
-// the inverse.
+// Reordering row chunks between the all-to-all and the experts
+// (docs/math.md#dispatch-and-combine): rows arrive grouped [source rank][local
+// expert] and the grouped GEMM wants them [local expert][source rank]; the
+// combine needs the inverse.
 #pragma once
 #include "../core/tensor.h"
 #include "task.h"

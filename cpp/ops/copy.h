@@ -1,5 +1,5 @@
-// Moving tensors between devices (DESIGN.md, Execution model): copies are
-// explicit, and run in order on the stream like every op.
+// Moving tensors between devices (docs/architecture.md#execution-model): copies
+// are explicit, and run in order on the stream like every op.
 #pragma once
 #include "../core/tensor.h"
 #include "task.h"

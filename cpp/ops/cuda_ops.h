@@ -9,7 +9,6 @@
 // and so reports them itself.
 //
 // These paths compile in the CPU-only build too, against the launcher stubs.
-// What has run where: cuda/launchers.h.
 #pragma once
 #include <memory>
 #include <vector>

@@ -1,5 +1,5 @@
 // Aux-loss-free load balancing (DeepSeek-V3, Wang et al. 2024, "Auxiliary-Loss-Free
-// Load Balancing Strategy for Mixture-of-Experts"), MATH.md's expert bias update.
+// Load Balancing Strategy for Mixture-of-Experts"), docs/math.md#expert-bias.
 #pragma once
 #include "../core/tensor.h"
 #include "task.h"

@@ -1,4 +1,4 @@
-// gate: logits = x · Wg, the router's linear layer, kept in float32 (MATH.md, Router).
+// gate: logits = x · Wg, the router's linear layer, kept in float32 (docs/math.md#gate).
 #pragma once
 #include "../core/tensor.h"
 #include "task.h"

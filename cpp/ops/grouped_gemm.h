@@ -1,5 +1,5 @@
 // grouped GEMM: every local expert multiplies its own contiguous block of rows
-// by its own weight matrix (MATH.md, Experts; DESIGN.md, Ops).
+// by its own weight matrix (docs/math.md#grouped-gemm).
 #pragma once
 #include "../core/tensor.h"
 #include "task.h"

@@ -3,7 +3,7 @@
 // cp.async loads for sm_80 and newer; a wgmma / bulk-tensor-copy kernel for
 // sm_90a, chosen at run time). The per-expert row counts stay on the device.
 // MOE_EP_GG_KERNEL=sm80 asks for the mma.sync kernel on a Hopper GPU too (how
-// the device check runs both kernels on one H200); "auto" or unset: the best.
+// the device check runs both kernels on one Hopper GPU); "auto" or unset: the best.
 #include <cstdlib>
 #include <cstring>
 

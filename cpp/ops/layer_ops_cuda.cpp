@@ -1,6 +1,5 @@
 // The layer's glue ops on CUDA tensors (see cuda_ops.h): add, axpby, the sum
 // of squares, fillRandom, jitter, chunkTranspose and the expert bias update.
-// Run on the CPU emulator (cuda/emu/) in CI; NOT YET RUN ON A GPU.
 #include "../../cuda/launchers.h"
 #include "cuda_ops.h"
 

@@ -1,5 +1,5 @@
 // permute: the (token, choice) pairs that survive capacity, sorted by expert
-// into expert-contiguous rows (MATH.md, Capacity; Permute and dispatch).
+// into expert-contiguous rows (docs/math.md#permute).
 #pragma once
 #include <optional>
 #include <string>
@@ -32,7 +32,7 @@ struct Permuted {
   int64_t capacity = -1;   // C, or -1 when dropless
 };
 
-// C = ceil(T · k / E · capacityFactor), in double as MATH.md writes it.
+// C = ceil(T · k / E · capacityFactor), in double (docs/math.md#capacity-and-drop-policies).
 int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor);
 
 // x [tokens, dModel] (any float dtype), indices int32 [tokens, topK] in [0, numExperts),

@@ -42,7 +42,7 @@ struct FillRandomOptions {
 // Fills t (any float dtype) in place.
 Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o);
 
-// Router jitter (MATH.md, Router): x ⊙ u with u_i = 1 − eps + 2·eps·uniform_i of slice `slice`,
+// Router jitter (docs/math.md#jitter): x ⊙ u with u_i = 1 − eps + 2·eps·uniform_i of slice `slice`,
 // in x's dtype. The same call on a gradient is the jitter's backward.
 Task<Tensor> jitter(const Tensor& x, double eps, const RandomStream& stream, int64_t slice);
 

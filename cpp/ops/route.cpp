@@ -176,7 +176,7 @@ struct Scratch {
         group_ids(size_t(std::max<int64_t>(topk_groups, 1))) {}
 };
 
-// The top-k experts of key (MATH.md, Router: selection and group-limited selection), best first.
+// The top-k experts of key (docs/math.md#selection-and-tie-breaking), best first.
 void select_experts(const float* key, int64_t e, const RouteOptions& o, Scratch& w, int32_t* idx) {
   const int64_t k = o.top_k;
   int64_t n = 0;
@@ -291,7 +291,7 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
           }
           const float lse = score_row(l, s, w.tmp.data(), e, o.score);
           zs += double(lse) * double(lse);
-          // P_e (MATH.md, Losses): p = s for softmax, s / Σ_e s for sigmoid.
+          // P_e (docs/math.md#load-balancing-loss): p = s for softmax, s / Σ_e s for sigmoid.
           if (o.score == ScoreFunction::Softmax) {
             for (int64_t i = 0; i < e; ++i) psum[i] += s[i];
           } else {
@@ -388,7 +388,7 @@ Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const T
     const float* dw_all = dweights.defined() ? dweights.data<float>() : nullptr;
     float* dl_all = dlogits.data<float>();
 
-    // d aux / d p[t, e] = E · f_e / T, with f_e = count_e / (T · k) held constant (MATH.md, Losses).
+    // d aux / d p[t, e] = E · f_e / T, with f_e = count_e / (T · k) held constant (docs/math.md#load-balancing-loss).
     const int32_t* tpe = tokens_per_expert.data<int32_t>();
     std::vector<float> aux_grad(size_t(e), 0.0f);
     const bool has_aux = o.aux_loss_grad != 0, has_z = o.z_loss_grad != 0;

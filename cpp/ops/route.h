@@ -1,5 +1,5 @@
 // route: scores, top-k choice, gate weights, per-expert counts and the router's
-// losses, forward and backward (MATH.md, Router and Losses).
+// losses, forward and backward (docs/math.md#route).
 #pragma once
 #include <cstdint>
 

@@ -1,5 +1,5 @@
 // unpermute: expert rows back to token order, weighted by the gate over the k
-// choices (MATH.md, Combine and unpermute; Backward).
+// choices (docs/math.md#unpermute).
 #pragma once
 #include "../core/tensor.h"
 #include "task.h"

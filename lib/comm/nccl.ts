@@ -1,8 +1,8 @@
 /**
- * NCCL, the GPU communication library, as moe-ep finds it (DESIGN.md,
- * Distribution). It is loaded at run time: the file named by
- * MOE_EP_NCCL_LIBRARY, else libnccl.so.2 from the loader's path. It is usable
- * when it loads, is NCCL >= 2.7.3 (send/recv), has every function moe-ep
+ * NCCL, the GPU communication library, as moe-ep finds it
+ * (docs/architecture.md#process-groups). It is loaded at run time: the file
+ * named by MOE_EP_NCCL_LIBRARY, else libnccl.so.2 from the loader's path. It is
+ * usable when it loads, is NCCL >= 2.7.3 (send/recv), has every function moe-ep
  * calls, and a CUDA device answers; the first check that fails is the reason.
  * The answer is computed once per process.
  */

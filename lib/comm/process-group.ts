@@ -1,6 +1,6 @@
 /**
  * ProcessGroup: the ranks of a run and the collectives between them
- * (DESIGN.md, Distribution). Gloo moves CPU tensors over TCP; every
+ * (docs/architecture.md#process-groups). Gloo moves CPU tensors over TCP; every
  * collective runs on the group's own native thread and returns a Promise, so
  * the event loop never waits on a peer.
  *

@@ -1,9 +1,9 @@
 /**
  * The rendezvous store: ranks publish small values under string keys and wait
- * for each other's (DESIGN.md, Distribution). `file:///abs/dir` for one
- * machine, `tcp://host:port` for several (rank 0 serves from its own process,
- * bound to exactly that host's address). Every run has its own namespace, its
- * run id, so nothing an earlier run left behind is ever read.
+ * for each other's (docs/architecture.md#process-groups). `file:///abs/dir` for
+ * one machine, `tcp://host:port` for several (rank 0 serves from its own
+ * process, bound to exactly that host's address). Every run has its own
+ * namespace, its run id, so nothing an earlier run left behind is ever read.
  */
 import "../polyfill";
 import { MoEError, checkInteger, invalid } from "../errors";

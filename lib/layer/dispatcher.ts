@@ -1,9 +1,10 @@
 /**
- * The token dispatcher between permute and the experts (MATH.md, Permute and
- * dispatch): per-expert counts are exchanged over the EP group (the forward
- * pass's one host synchronisation: they size the all-to-all), rows travel by
- * all-to-all-v, and arrive regrouped by local expert; the combine is the way
- * back. In the backward, each direction carries the gradient of the other.
+ * The token dispatcher between permute and the experts
+ * (docs/math.md#dispatch-and-combine): per-expert counts are exchanged over the
+ * EP group (the forward pass's one host synchronisation: they size the
+ * all-to-all), rows travel by all-to-all-v, and arrive regrouped by local
+ * expert; the combine is the way back. In the backward, each direction carries
+ * the gradient of the other.
  */
 import { chunkTranspose } from "../ops/chunks";
 import { Tensor, type DeviceName } from "../tensor";

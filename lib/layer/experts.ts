@@ -1,5 +1,5 @@
 /**
- * The experts' FFN on expert-contiguous rows (MATH.md, Experts):
+ * The experts' FFN on expert-contiguous rows (docs/math.md#experts):
  *   pre = X · W1 + b1,  h = act(pre),  y = h · W2 + b2
  * as two grouped GEMMs around the activation, forward and backward. The shared
  * experts are the same FFN with one "expert" holding every token.

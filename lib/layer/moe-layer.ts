@@ -1,6 +1,6 @@
 /**
  * MoELayer: one Mixture-of-Experts layer with expert parallelism, composed of
- * the native ops (MATH.md, every section):
+ * the native ops (docs/math.md#layer-forward, docs/math.md#layer-backward):
  *
  *   forward   [jitter] → gate → route → permute → counts exchange → dispatch
  *             (all-to-all-v) → grouped expert FFN → combine (all-to-all-v)
@@ -502,7 +502,7 @@ export class MoELayer {
     try {
       // A handle of our own on x's storage: the caller may dispose theirs before backward.
       if (training) x = keep(reshape(x, x.shape));
-      // Router (MATH.md, Router): training-only jitter on the gate's input.
+      // Router (docs/math.md#jitter): training-only jitter on the gate's input.
       const jitterSlice = this.jitterCalls;
       let gateInput = x;
       if (training && c.jitter > 0) {
@@ -805,8 +805,9 @@ export class MoELayer {
   }
 
   /**
-   * The expert bias step of aux-loss-free balancing (MATH.md; DeepSeek-V3): b_e += rate · sign(mean − load_e)
-   * with the global loads of the training forwards since the last update. Call it once per optimizer step.
+   * The expert bias step of aux-loss-free balancing (DeepSeek-V3; docs/math.md#expert-bias):
+   * b_e += rate · sign(mean − load_e) with the global loads of the training forwards since the last
+   * update. Call it once per optimizer step.
    */
   async updateExpertBias(): Promise<void> {
     this.check();

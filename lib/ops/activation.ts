@@ -1,7 +1,7 @@
 /**
- * Expert activations (MATH.md, Experts): relu, gelu (exact, x/2·(1 + erf(x/√2))),
- * silu, and the gated swiglu (silu) and geglu (tanh-form gelu), whose input holds
- * the gate half first, then the up half: h = act(gate) ⊙ up.
+ * Expert activations (docs/math.md#activations): relu, gelu (exact, x/2·(1 +
+ * erf(x/√2))), silu, and the gated swiglu (silu) and geglu (tanh-form gelu),
+ * whose input holds the gate half first, then the up half: h = act(gate) ⊙ up.
  */
 import { checkOneOf } from "../errors";
 import type { NativeTensorHandle as H } from "../native-types";

@@ -1,7 +1,7 @@
 /**
  * chunkTranspose: rows received from the all-to-all grouped [source rank][local
  * expert] regrouped [local expert][source rank], so each local expert's rows are
- * contiguous for the grouped GEMM (MATH.md, Permute and dispatch); with the
+ * contiguous for the grouped GEMM (docs/math.md#dispatch-and-combine); with the
  * transposed counts, the way back for the combine.
  */
 import type { NativeTensorHandle as H } from "../native-types";

@@ -1,6 +1,6 @@
 /**
- * The expert bias update of aux-loss-free load balancing (DeepSeek-V3; MATH.md,
- * Expert bias update): b_e += rate · sign(mean load − load_e).
+ * The expert bias update of aux-loss-free load balancing (DeepSeek-V3;
+ * docs/math.md#expert-bias): b_e += rate · sign(mean load − load_e).
  */
 import { checkNumber } from "../errors";
 import type { NativeTensorHandle as H } from "../native-types";

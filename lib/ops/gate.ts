@@ -1,4 +1,4 @@
-/** gate: the router's linear layer, logits = x · Wg in float32 (MATH.md, Router). */
+/** gate: the router's linear layer, logits = x · Wg in float32 (docs/math.md#gate). */
 import { handle, native, wrap } from "./common";
 import type { Tensor } from "../tensor";
 

@@ -1,6 +1,6 @@
 /**
  * groupedGemm: every local expert multiplies its own contiguous block of rows by
- * its own weights, Y_e = X_e · W_e (+ b_e) (MATH.md, Experts; DESIGN.md, Ops).
+ * its own weights, Y_e = X_e · W_e (+ b_e) (docs/math.md#grouped-gemm).
  */
 import { invalid } from "../errors";
 import type { NativeTensorHandle as H } from "../native-types";

@@ -1,6 +1,6 @@
 /**
  * permute / unpermute: (token, choice) pairs to expert-contiguous rows and back
- * (MATH.md, Capacity; Permute and dispatch; Combine and unpermute).
+ * (docs/math.md#permute, docs/math.md#unpermute).
  */
 import { checkInteger, checkNumber, checkOneOf, invalid } from "../errors";
 import type { H } from "../native-types";
@@ -114,7 +114,7 @@ export async function unpermute(rows: Tensor, pairToRow: Tensor, weights: Tensor
   );
 }
 
-/** The gradients of unpermute: d rows and d weights (MATH.md, Backward). */
+/** The gradients of unpermute: d rows and d weights (docs/math.md#unpermute). */
 export async function unpermuteBackward(
   dy: Tensor,
   rows: Tensor,

@@ -102,7 +102,7 @@ export interface JitterOptions extends RandomStreamOptions {
 }
 
 /**
- * Router jitter (MATH.md, Router; Switch Transformer's multiplicative noise):
+ * Router jitter (docs/math.md#jitter; Switch Transformer's multiplicative noise):
  * x ⊙ u, u_i = 1 − ε + 2ε·uniform_i, in x's dtype. Called again on a gradient
  * with the same options, it is its own backward.
  */

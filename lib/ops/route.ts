@@ -1,5 +1,5 @@
 /**
- * route: the router after the gate (MATH.md, Router and Losses). Scores by
+ * route: the router after the gate (docs/math.md#route). Scores by
  * softmax or sigmoid, top-k choice (optionally biased and group-limited),
  * gate weights, tokens per expert, and the load-balancing and z losses.
  */

@@ -1,8 +1,8 @@
 /**
- * float64 reference of the expert activations (MATH.md, Experts) and their
- * derivatives, from the formulas: gelu = x/2·(1 + erf(x/√2)); the gated kinds
- * split the last dim into the gate half, then the up half, h = act(gate) · up
- * (swiglu: silu; geglu: gelu in its tanh form).
+ * float64 reference of the expert activations (docs/math.md#activations) and
+ * their derivatives, from the formulas: gelu = x/2·(1 + erf(x/√2)); the gated
+ * kinds split the last dim into the gate half, then the up half, h = act(gate)
+ * · up (swiglu: silu; geglu: gelu in its tanh form).
  */
 export type Kind = "relu" | "gelu" | "silu" | "swiglu" | "geglu";
 

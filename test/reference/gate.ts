@@ -1,4 +1,4 @@
-/** float64 reference of the gate (MATH.md, Router): logits = x · Wg. */
+/** float64 reference of the gate (docs/math.md#gate): logits = x · Wg. */
 export function matmul(a: ArrayLike<number>, b: ArrayLike<number>, m: number, k: number, n: number): Float64Array {
   const c = new Float64Array(m * n);
   for (let i = 0; i < m; i++)

@@ -1,7 +1,8 @@
 /**
- * float64 reference of the grouped GEMM (MATH.md, Experts): the rows of expert e
- * are the block [off_e, off_e + counts[e]) of x, and Y_e = X_e · W_e (+ b_e).
- * Written as plain loops over single elements, independent of the native code.
+ * float64 reference of the grouped GEMM (docs/math.md#grouped-gemm): the rows
+ * of expert e are the block [off_e, off_e + counts[e]) of x, and Y_e = X_e ·
+ * W_e (+ b_e). Written as plain loops over single elements, independent of the
+ * native code.
  */
 export interface GroupedDims {
   R: number;

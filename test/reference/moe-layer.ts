@@ -1,9 +1,10 @@
 /**
- * float64 reference of one MoE layer over a world of ranks (MATH.md, every
- * section), in one process: each rank routes, drops and permutes its own
- * tokens; every (token, choice) pair is processed by the global expert it
- * chose, wherever that expert lives; gradients are summed over all ranks. It is
- * composed of the float64 references of the ops, never of the native code.
+ * float64 reference of one MoE layer over a world of ranks
+ * (docs/math.md#layer-forward, docs/math.md#layer-backward), in one process:
+ * each rank routes, drops and permutes its own tokens; every (token, choice)
+ * pair is processed by the global expert it chose, wherever that expert lives;
+ * gradients are summed over all ranks. It is composed of the float64 references
+ * of the ops, never of the native code.
  */
 import { activationBackwardRef, activationRef, isGatedKind, type Kind } from "./activation";
 import { gateBackwardRef, gateRef } from "./gate";

@@ -1,7 +1,8 @@
 /**
- * float64 reference of permute and unpermute (MATH.md, Capacity; Permute and
- * dispatch; Combine and unpermute; Backward), written from the definitions:
- * each expert's pairs found by scanning, capacity applied by sorting, sums in float64.
+ * float64 reference of permute and unpermute
+ * (docs/math.md#capacity-and-drop-policies, docs/math.md#permute,
+ * docs/math.md#unpermute), written from the definitions: each expert's pairs
+ * found by scanning, capacity applied by sorting, sums in float64.
  */
 export type DropPolicyRef = "probs" | "position";
 

@@ -1,5 +1,5 @@
 /**
- * float64 reference of route (MATH.md, Router and Losses), forward and backward.
+ * float64 reference of route (docs/math.md#route), forward and backward.
  * Selection sorts every expert (and every group) outright rather than keeping a
  * running top-k; the backward multiplies explicit Jacobians rather than using
  * closed forms.
