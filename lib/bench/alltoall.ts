@@ -128,7 +128,10 @@ export async function benchAlltoall(options: BenchAlltoallOptions = {}): Promise
       "--timeout",
       String(timeoutMs),
     ]);
-    if (code === 0 && !fs.existsSync(out)) return null; // rank 0 ran on another host
+    if (code === 0 && !fs.existsSync(out)) {
+      log("# moe-ep alltoall: this host's ranks took part; rank 0's host prints the table");
+      return null;
+    }
     if (code !== 0) {
       throw new MoEError(
         `benchAlltoall: the ranks failed (exit code ${code}); their output is above`,

@@ -55,15 +55,17 @@ class Link {
     socket.on("data", (chunk: string) => {
       const lines = (this.pending + chunk).split("\n");
       this.pending = lines.pop() ?? "";
-      if (this.pending.length > MAX_LINE) return this.destroy();
+      // Whatever does not speak this protocol is dropped, as a lost connection.
+      if (this.pending.length > MAX_LINE) return void socket.destroy();
       for (const line of lines) {
         let m: unknown;
         try {
           m = JSON.parse(line);
         } catch {
-          return this.destroy();
+          return void socket.destroy();
         }
-        if (typeof m !== "object" || m === null || typeof (m as Message).type !== "string") return this.destroy();
+        if (typeof m !== "object" || m === null || typeof (m as Message).type !== "string")
+          return void socket.destroy();
         if (!this.closed) this.onMessage(m as Message);
       }
     });

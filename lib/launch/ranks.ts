@@ -111,7 +111,7 @@ export class LocalRanks {
   /** Ends the run here: SIGTERM to every running rank, SIGKILL after GRACE_MS; later failures are not reported. */
   stop(): void {
     this.stopping = true;
-    if (this.killTimer) return;
+    if (this.killTimer || this.running.size === 0) return;
     for (const r of this.running) this.children.get(r)!.kill("SIGTERM");
     this.killTimer = setTimeout(() => this.kill(), GRACE_MS);
   }
