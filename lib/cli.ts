@@ -2,7 +2,8 @@
 /**
  * moe-ep's command line: `moe-ep info` (the capability report),
  * `moe-ep bench <grouped-gemm|ops>` (benchmarks that print the machine's limit
- * beside every figure) and `moe-ep launch` (local ranks, the way torchrun does).
+ * beside every figure) and `moe-ep launch` (ranks on this host or on several, the
+ * way torchrun starts them).
  */
 import { formatInfo, info } from "./info";
 
@@ -12,10 +13,13 @@ commands:
   info [--json]            what was found: threads, BLAS and its core, CUDA (or why not), Gloo
   bench grouped-gemm       FMA peak, one large sgemm, grouped GEMM at 8 x 512 x 1024 x 2048 (fwd, dX, dW)
   bench ops                route, permute, unpermute at 8192 tokens x 1024 x 64 experts, top-8, vs memcpy
-  bench alltoall [-n N]    all-to-all-v over N local ranks (default 2), 1 KiB to 64 MiB per rank, as nccl-tests
+  bench alltoall [-n N]    all-to-all-v over N local ranks (default 2), 1 KiB to 64 MiB per rank, as nccl-tests;
+                           with launch's --nnodes, --node-rank, --master-addr ... on every host: N ranks on each
   bench layer [--nproc 2]  MoE layer fwd + bwd on N processes (8 experts, top-2, 2048 tokens x 1024 x 2048 per rank) vs the GEMM roofline
   bench all                every benchmark above but layer
   launch -n N script.js    run N local ranks of script.js (RANK, WORLD_SIZE, MASTER_ADDR/PORT set)
+  launch --nnodes K --node-rank I --nproc-per-node N --master-addr A [--master-port P] script.js
+                           the same on each of K hosts (launch --help for every option)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -39,8 +43,12 @@ async function main(argv: string[]): Promise<number> {
       if (what === "grouped-gemm" || what === "all") await (await import("./bench/grouped-gemm")).benchGroupedGemm();
       if (what === "ops" || what === "all") await (await import("./bench/ops")).benchOps();
       if (what === "alltoall" || what === "all") {
-        const n = rest.indexOf("-n");
-        await (await import("./bench/alltoall")).benchAlltoall({ worldSize: n >= 0 ? Number(rest[n + 1]) : 2 });
+        // -n N is the ranks per host; every other option goes to the launcher.
+        const args = rest.slice(1);
+        const n = args.indexOf("-n");
+        const worldSize = n >= 0 ? Number(args[n + 1]) : 2;
+        const launchArgs = n >= 0 ? [...args.slice(0, n), ...args.slice(n + 2)] : args;
+        await (await import("./bench/alltoall")).benchAlltoall({ worldSize, launchArgs });
       }
       return 0;
     }

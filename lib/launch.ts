@@ -1,105 +1,38 @@
 /**
- * `moe-ep launch`: runs N ranks of a script on this machine, the way torchrun
- * does. Each rank is a child Node process with RANK, WORLD_SIZE, LOCAL_RANK,
- * LOCAL_WORLD_SIZE, MASTER_ADDR (127.0.0.1), MASTER_PORT (a free port) and
- * MOE_EP_RUN_ID (fresh and random, the store namespace of this run); its
- * output lines are prefixed with "[rank R] ". When a rank fails, the others
- * get SIGTERM and, after a grace period, SIGKILL.
+ * `moe-ep launch`: starts the ranks of a script the way torchrun does, on one
+ * host or on several (one launcher per host, the same arguments but
+ * --node-rank). Each rank is a child Node process with RANK, WORLD_SIZE,
+ * LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK (the host's index), MASTER_ADDR,
+ * MASTER_PORT and MOE_EP_RUN_ID (fresh and random, the store namespace of the
+ * run), and on several hosts MOE_EP_GLOO_HOSTNAME: the address of this host's
+ * interface that routes to MASTER_ADDR, unless --local-addr names one. Output
+ * lines are prefixed with "[rank R] ".
+ *
+ * One failing rank ends the run everywhere: on its host the launcher sends
+ * the other ranks SIGTERM and, after a grace period, SIGKILL. On several
+ * hosts the launchers hold one TCP connection each to host 0's launcher, on
+ * MASTER_ADDR:MASTER_PORT+1 (see launch/nodes.ts): a failure travels over it
+ * to host 0, which tells every other host to stop its ranks; a launcher whose
+ * connection drops takes that as a failure too. Every launcher then exits with
+ * the code of the first failure it learned of, normally the failing rank's.
  */
-import { spawn, type ChildProcess } from "child_process";
 import { randomBytes } from "crypto";
 import { createServer } from "net";
-import { constants as osConstants } from "os";
-import * as path from "path";
-import type { Writable, Readable } from "stream";
+import { addressToward } from "./launch/address";
+import { parse, UsageError, USAGE, type Plan } from "./launch/args";
+import { Hub, RendezvousError, Spoke, type NodeFailure } from "./launch/nodes";
+import { LocalRanks, signalNumber, type Failure } from "./launch/ranks";
 
-const USAGE = `usage: moe-ep launch -n N [--store file://DIR|tcp] [--master-port P] script.js [script args]
+/** How long the launchers of several hosts wait for each other before giving up. */
+const JOIN_TIMEOUT_MS = 300000;
 
-  -n, --nproc N      number of ranks to start on this machine
-  --store URL        file://DIR: rendezvous through files in DIR (MOE_EP_STORE);
-                     tcp (default): rank 0 serves the store on MASTER_ADDR:MASTER_PORT
-  --master-port P    the port of the tcp store (default: a free port)`;
-
-/** Time a rank gets between SIGTERM and SIGKILL once another rank has failed. */
-const GRACE_MS = 2000;
-const MASTER_ADDR = "127.0.0.1";
-
-interface Plan {
-  nproc: number;
-  store?: string;
-  masterPort?: number;
-  script: string;
-  scriptArgs: string[];
-}
-
-class UsageError extends Error {}
-
-function parseInteger(flag: string, text: string | undefined, min: number, max: number): number {
-  if (text === undefined) throw new UsageError(`${flag} needs a value`);
-  const v = /^\d+$/.test(text) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(v) || v < min || v > max) {
-    throw new UsageError(`expected an integer in [${min}, ${max}] for ${flag} but received "${text}"`);
-  }
-  return v;
-}
-
-function parseStore(text: string | undefined): string | undefined {
-  if (text === undefined) throw new UsageError("--store needs a value");
-  if (text === "tcp") return undefined;
-  if (text.startsWith("file://")) {
-    const dir = text.slice("file://".length);
-    if (dir === "") throw new UsageError("--store file://DIR needs a directory");
-    return "file://" + path.resolve(dir);
-  }
-  throw new UsageError(`expected file://DIR or tcp for --store but received "${text}"`);
-}
-
-function parse(args: string[]): Plan | "help" {
-  let nproc: number | undefined;
-  let store: string | undefined;
-  let masterPort: number | undefined;
-  let i = 0;
-  for (; i < args.length; ++i) {
-    const arg = args[i];
-    if (arg === "--") {
-      ++i;
-      break;
-    }
-    if (!arg.startsWith("-") || arg === "-") break;
-    const eq = arg.indexOf("=");
-    const flag = arg.startsWith("--") && eq > 0 ? arg.slice(0, eq) : arg;
-    const value = (): string | undefined => (arg.startsWith("--") && eq > 0 ? arg.slice(eq + 1) : args[++i]);
-    switch (flag) {
-      case "-h":
-      case "--help":
-        return "help";
-      case "-n":
-      case "--nproc":
-      case "--nproc-per-node":
-        nproc = parseInteger(flag, value(), 1, 1024);
-        break;
-      case "--store":
-        store = parseStore(value());
-        break;
-      case "--master-port":
-        masterPort = parseInteger(flag, value(), 1, 65535);
-        break;
-      default:
-        throw new UsageError(`unknown option ${arg}`);
-    }
-  }
-  if (nproc === undefined) throw new UsageError("-n N is required");
-  if (i >= args.length) throw new UsageError("no script given");
-  return { nproc, store, masterPort, script: args[i], scriptArgs: args.slice(i + 1) };
-}
-
-/** A free port on the loopback address (bound to port 0, then released). */
-function freePort(): Promise<number> {
+/** A free port on addr (bound to port 0, then released). */
+function freePort(addr: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();
     server.on("error", reject);
-    server.listen(0, MASTER_ADDR, () => {
+    server.listen(0, addr, () => {
       const address = server.address();
       const port = typeof address === "object" && address ? address.port : 0;
       server.close(() => resolve(port));
@@ -107,31 +40,169 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Copies a child's stream to `out` line by line, each line prefixed. */
-function prefixLines(from: Readable, out: Writable, prefix: string): void {
-  let pending = "";
-  from.setEncoding("utf8");
-  from.on("data", (chunk: string) => {
-    const text = pending + chunk;
-    const lines = text.split("\n");
-    pending = lines.pop() ?? "";
-    if (lines.length) out.write(lines.map((l) => prefix + l + "\n").join(""));
-  });
-  from.on("end", () => {
-    if (pending) out.write(prefix + pending + "\n");
-    pending = "";
-  });
+/** The variables every rank of this host shares. */
+function rankEnv(plan: Plan, masterPort: number, runId: string, localAddr: string | undefined): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    WORLD_SIZE: String(plan.nnodes * plan.nproc),
+    LOCAL_WORLD_SIZE: String(plan.nproc),
+    GROUP_RANK: String(plan.nodeRank),
+    MASTER_ADDR: plan.masterAddr,
+    MASTER_PORT: String(masterPort),
+    MOE_EP_RUN_ID: runId,
+  };
+  // The launcher decides the rendezvous: a store url inherited from outside is dropped.
+  delete env.MOE_EP_STORE;
+  if (plan.store) env.MOE_EP_STORE = plan.store;
+  if (localAddr) env.MOE_EP_GLOO_HOSTNAME = localAddr;
+  return env;
 }
 
-function signalNumber(signal: NodeJS.Signals): number {
-  return (osConstants.signals as Record<string, number>)[signal] ?? 1;
+/** SIGINT and SIGTERM go to the ranks (a second one: SIGKILL) until `done` settles. */
+async function forwardSignals(ranks: () => LocalRanks, onFirst: (s: NodeJS.Signals) => void, done: Promise<unknown>) {
+  let interrupted: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return ranks().kill();
+    interrupted = signal;
+    ranks().forward(signal);
+    onFirst(signal);
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    await done;
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  return interrupted;
+}
+
+async function oneHost(plan: Plan): Promise<number> {
+  const masterPort = plan.masterPort ?? (await freePort(plan.masterAddr));
+  let failure: Failure | undefined;
+  const ranks: LocalRanks = new LocalRanks({
+    firstRank: 0,
+    count: plan.nproc,
+    env: rankEnv(plan, masterPort, randomBytes(12).toString("hex"), plan.localAddr),
+    script: plan.script,
+    scriptArgs: plan.scriptArgs,
+    onFailure: (f) => {
+      failure = f;
+      if (ranks.size) process.stderr.write(`moe-ep launch: rank ${f.rank} ${f.how}; stopping the other ranks\n`);
+      ranks.stop();
+    },
+  });
+  const interrupted = await forwardSignals(
+    () => ranks,
+    () => undefined,
+    ranks.done,
+  );
+  if (interrupted) return 128 + signalNumber(interrupted);
+  if (failure) {
+    process.stderr.write(`moe-ep launch: failed: rank ${failure.rank} ${failure.how}\n`);
+    return failure.code;
+  }
+  return 0;
+}
+
+function describe(f: NodeFailure): string {
+  return f.rank >= 0 ? `rank ${f.rank} (host ${f.node}) ${f.how}` : `host ${f.node}'s launcher ${f.how}`;
+}
+
+async function severalHosts(plan: Plan): Promise<number> {
+  const { nnodes, nodeRank, nproc, masterAddr } = plan;
+  const masterPort = plan.masterPort!;
+  const layout = { nnodes, nproc };
+  let localAddr = plan.localAddr;
+  try {
+    localAddr ??= await addressToward(masterAddr, masterPort);
+  } catch (e) {
+    process.stderr.write(
+      `moe-ep launch: no route from this host to --master-addr ${masterAddr}: ${(e as Error).message}\n`,
+    );
+    return 1;
+  }
+  let hub: Hub | undefined;
+  let spoke: Spoke | undefined;
+  let runId: string;
+  try {
+    if (nodeRank === 0) {
+      runId = randomBytes(12).toString("hex");
+      hub = await Hub.open(masterAddr, masterPort + 1, layout, runId, JOIN_TIMEOUT_MS);
+    } else {
+      ({ spoke, runId } = await Spoke.join(masterAddr, masterPort + 1, nodeRank, layout, JOIN_TIMEOUT_MS));
+    }
+  } catch (e) {
+    if (!(e instanceof RendezvousError)) throw e;
+    process.stderr.write(`moe-ep launch: ${e.message}\n`);
+    return e.code;
+  }
+
+  let failure: NodeFailure | undefined;
+  let endCode: number | undefined;
+  let wake: () => void = () => undefined;
+  const settled = new Promise<void>((resolve) => (wake = resolve));
+  // The first failure anywhere ends the run; later ones are its consequences.
+  const fail = (f: NodeFailure, here: boolean, stop = (): void => ranks.stop()): void => {
+    if (failure) return;
+    failure = f;
+    if (ranks.size) process.stderr.write(`moe-ep launch: ${describe(f)}; stopping the ranks on this host\n`);
+    stop();
+    if (here) spoke?.failed(f);
+    hub?.abort(f);
+    wake();
+  };
+  const ranks: LocalRanks = new LocalRanks({
+    firstRank: nodeRank * nproc,
+    count: nproc,
+    env: rankEnv(plan, masterPort, runId, localAddr),
+    script: plan.script,
+    scriptArgs: plan.scriptArgs,
+    onFailure: (f) => fail({ ...f, node: nodeRank }, true),
+  });
+  if (hub) {
+    hub.onEvent = (e) =>
+      fail(e.type === "failed" ? e.failure : { node: e.node, rank: -1, code: 1, how: "lost its connection" }, false);
+  }
+  if (spoke) {
+    spoke.onEvent = (e) => {
+      if (e.type === "abort") fail(e.failure, false);
+      else if (e.type === "lost") fail({ node: 0, rank: -1, code: 1, how: "lost its connection" }, false);
+      else {
+        endCode = e.code;
+        wake();
+      }
+    };
+  }
+  const onInterrupt = (signal: NodeJS.Signals): void =>
+    fail({ node: nodeRank, rank: -1, code: 128 + signalNumber(signal), how: `got ${signal}` }, true, () => undefined);
+  await forwardSignals(() => ranks, onInterrupt, ranks.done);
+
+  // Every rank here has exited: wait for the other hosts' verdict unless a failure is already known.
+  if (hub) {
+    if (!failure) await Promise.race([hub.allDone(), settled]);
+    hub.end(failure ? failure.code : 0);
+  } else if (spoke) {
+    if (!failure) {
+      spoke.done();
+      await settled;
+    }
+    spoke.close();
+  }
+  if (failure) {
+    process.stderr.write(`moe-ep launch: failed: ${describe(failure)}\n`);
+    return failure.code;
+  }
+  return endCode ?? 0;
 }
 
 /**
  * Runs `moe-ep launch` with its arguments (those after "launch") and resolves
- * with the exit code for the CLI: 0 when every rank exits 0; otherwise the
- * failed rank's code (128 + signal number for a signal), after a line on
- * stderr naming the rank; 2 for bad arguments.
+ * with the exit code for the CLI: 0 when every rank on every host exits 0;
+ * otherwise the failed rank's code (128 + signal number for a signal), after
+ * a line on stderr naming the rank; 2 for bad arguments or hosts that
+ * disagree on them.
  */
 export async function launch(args: string[]): Promise<number> {
   let plan: Plan | "help";
@@ -146,98 +217,5 @@ export async function launch(args: string[]): Promise<number> {
     process.stdout.write(USAGE + "\n");
     return 0;
   }
-  const { nproc, store, script, scriptArgs } = plan;
-  const masterPort = plan.masterPort ?? (await freePort());
-  const runId = randomBytes(12).toString("hex");
-
-  const children: ChildProcess[] = [];
-  const running = new Set<number>();
-  let failure: { rank: number; code: number; how: string } | undefined;
-  let interrupted: NodeJS.Signals | undefined;
-  let killTimer: NodeJS.Timeout | undefined;
-
-  const stopOthers = (): void => {
-    for (const r of running) children[r].kill("SIGTERM");
-    killTimer = setTimeout(() => {
-      for (const r of running) children[r].kill("SIGKILL");
-    }, GRACE_MS);
-  };
-
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (interrupted) {
-      for (const r of running) children[r].kill("SIGKILL"); // a second signal: stop now
-      return;
-    }
-    interrupted = signal;
-    for (const r of running) children[r].kill(signal);
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-
-  const done = Array.from({ length: nproc }, (_, rank) => {
-    const env: NodeJS.ProcessEnv = {
-      ...process.env,
-      RANK: String(rank),
-      WORLD_SIZE: String(nproc),
-      LOCAL_RANK: String(rank),
-      LOCAL_WORLD_SIZE: String(nproc),
-      MASTER_ADDR,
-      MASTER_PORT: String(masterPort),
-      MOE_EP_RUN_ID: runId,
-    };
-    // The launcher decides the rendezvous: a store url inherited from outside is dropped.
-    delete env.MOE_EP_STORE;
-    if (store) env.MOE_EP_STORE = store;
-    const child = spawn(process.execPath, [script, ...scriptArgs], { env, stdio: ["ignore", "pipe", "pipe"] });
-    children.push(child);
-    running.add(rank);
-    const prefix = `[rank ${rank}] `;
-    prefixLines(child.stdout!, process.stdout, prefix);
-    prefixLines(child.stderr!, process.stderr, prefix);
-    return new Promise<void>((resolve) => {
-      let exited = false;
-      const exit = (code: number | null, signal: NodeJS.Signals | null, error?: Error): void => {
-        if (exited) return;
-        exited = true;
-        running.delete(rank);
-        const failed = error !== undefined || signal !== null || code !== 0;
-        if (failed && !failure && !interrupted) {
-          const how = error
-            ? `could not start (${error.message})`
-            : signal
-              ? `was killed by ${signal}`
-              : `exited with code ${code}`;
-          failure = { rank, code: signal ? 128 + signalNumber(signal) : code || 1, how };
-          if (running.size) {
-            process.stderr.write(`moe-ep launch: rank ${rank} ${how}; stopping the other ranks\n`);
-            stopOthers();
-          }
-        }
-      };
-      child.on("error", (e) => {
-        exit(null, null, e);
-        resolve();
-      });
-      child.on("exit", (code, signal) => exit(code, signal));
-      // 'close' follows 'exit' once the rank's output has been read to the end.
-      child.on("close", (code, signal) => {
-        exit(code, signal);
-        resolve();
-      });
-    });
-  });
-
-  try {
-    await Promise.all(done);
-  } finally {
-    if (killTimer) clearTimeout(killTimer);
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-  }
-  if (interrupted) return 128 + signalNumber(interrupted);
-  if (failure) {
-    process.stderr.write(`moe-ep launch: failed: rank ${failure.rank} ${failure.how}\n`);
-    return failure.code;
-  }
-  return 0;
+  return plan.nnodes === 1 ? oneHost(plan) : severalHosts(plan);
 }

@@ -4,10 +4,11 @@
  * checks of that environment.
  */
 import * as fs from "fs";
+import * as net from "net";
 import * as path from "path";
 import { MoEError } from "../lib";
 import { rendezvousFromEnv } from "../lib/comm";
-import { alive, buildDist, commDir, root, runNode, script, tempDir, type Run } from "./procs";
+import { alive, buildDist, commDir, freePort, root, runNode, script, tempDir, type Run } from "./procs";
 
 let work: string;
 
@@ -15,6 +16,20 @@ let work: string;
 function launcher(args: string[], options: Parameters<typeof runNode>[1] = {}): Promise<Run> {
   const entry = `require(${JSON.stringify(path.join(root, "dist", "launch"))}).launch(process.argv.slice(1)).then((c) => { process.exitCode = c; })`;
   return runNode(["-e", entry, "--", ...args], options);
+}
+
+/** A port p with p + 1 free too on 127.0.0.1 a moment ago: the store's and the launchers'. */
+async function freePortPair(): Promise<number> {
+  const bindable = (port: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const s = net.createServer();
+      s.once("error", () => resolve(false));
+      s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+    });
+  for (;;) {
+    const p = await freePort();
+    if (p < 65535 && (await bindable(p + 1))) return p;
+  }
 }
 
 /** "[rank R] text" lines of a stream, grouped by rank. */
@@ -177,17 +192,149 @@ describe("moe-ep launch", () => {
     ]);
   });
 
+  test("two launchers (--nnodes 2, one by flags, one by the environment) run ranks 0-1 and 2-3 of one run", async () => {
+    const file = script(work, "env.js", ENV_RANK);
+    const port = await freePortPair();
+    const [a, b] = await Promise.all([
+      launcher([
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        `--master-port=${port}`,
+        file,
+      ]),
+      launcher([file, "x"], {
+        env: { NNODES: "2", NODE_RANK: "1", NPROC_PER_NODE: "2", MASTER_ADDR: "127.0.0.1", MASTER_PORT: String(port) },
+      }),
+    ]);
+    expect([a.code, a.stderr.split("\n").filter((l) => l && !l.startsWith("[rank "))]).toEqual([0, []]);
+    expect([b.code, b.stderr.split("\n").filter((l) => l && !l.startsWith("[rank "))]).toEqual([0, []]);
+    expect([...byRank(a.stdout).keys()].sort()).toEqual([0, 1]);
+    expect([...byRank(b.stdout).keys()].sort()).toEqual([2, 3]);
+    const reports = [0, 1, 2, 3].map((r) => JSON.parse(byRank(r < 2 ? a.stdout : b.stdout).get(r)![0]));
+    const runId = reports[0].env.MOE_EP_RUN_ID;
+    expect(runId).toMatch(/^[0-9a-f]{16,}$/);
+    for (const r of [0, 1, 2, 3]) {
+      expect(reports[r].env).toEqual({
+        RANK: String(r),
+        WORLD_SIZE: "4",
+        LOCAL_RANK: String(r % 2),
+        LOCAL_WORLD_SIZE: "2",
+        MASTER_ADDR: "127.0.0.1",
+        MASTER_PORT: String(port),
+        MOE_EP_RUN_ID: runId,
+      });
+      expect(reports[r].r.storeUrl).toBe(`tcp://127.0.0.1:${port}`);
+    }
+    // All four met in rank 0's store.
+    expect(new Set(reports.map((x) => JSON.stringify(x.pids))).size).toBe(1);
+    expect(new Set(reports[0].pids).size).toBe(4);
+    expect(reports[3].args).toEqual(["x"]);
+  });
+
+  test("GROUP_RANK and the Gloo address: the interface that routes to MASTER_ADDR unless --local-addr names one", async () => {
+    const file = script(
+      work,
+      "where.js",
+      `console.log(JSON.stringify([process.env.GROUP_RANK, process.env.MOE_EP_GLOO_HOSTNAME || null]));`,
+    );
+    const port = await freePortPair();
+    const host = (node: number, extra: string[]) =>
+      launcher([
+        "--nnodes",
+        "2",
+        "--node-rank",
+        String(node),
+        "-n",
+        "1",
+        "--master-addr",
+        "localhost",
+        "--master-port",
+        String(port),
+        ...extra,
+        file,
+      ]);
+    const [a, b] = await Promise.all([host(0, []), host(1, ["--local-addr", "127.0.0.2"])]);
+    expect([a.code, b.code]).toEqual([0, 0]);
+    expect(JSON.parse(byRank(a.stdout).get(0)![0])).toEqual(["0", "127.0.0.1"]);
+    expect(JSON.parse(byRank(b.stdout).get(1)![0])).toEqual(["1", "127.0.0.2"]);
+    // One host: Gloo keeps its default (loopback) unless told.
+    const one = await launcher(["-n", "1", file], { env: { MOE_EP_GLOO_HOSTNAME: "" } });
+    expect(JSON.parse(byRank(one.stdout).get(0)![0])).toEqual(["0", null]);
+  });
+
+  test("host 1's launcher killed: host 0's launcher stops its ranks and exits 1, naming the lost host", async () => {
+    const file = script(
+      work,
+      "sleep.js",
+      `console.log("pid " + process.pid); setTimeout(() => console.log("woke"), 60000);`,
+    );
+    const port = await freePortPair();
+    const args = (node: number) => [
+      "--nnodes",
+      "2",
+      "--node-rank",
+      String(node),
+      "-n",
+      "1",
+      "--master-addr",
+      "127.0.0.1",
+      "--master-port",
+      String(port),
+      file,
+    ];
+    let bPid = 0;
+    const b = launcher(args(1), {
+      limitMs: 15000,
+      onStdout: (text, child) => {
+        const m = /\[rank 1\] pid (\d+)/.exec(text);
+        if (m && !bPid) {
+          bPid = Number(m[1]);
+          child.kill("SIGKILL");
+        }
+      },
+    });
+    const a = await launcher(args(0), { limitMs: 15000 });
+    await b;
+    if (bPid) process.kill(bPid, "SIGKILL"); // its launcher is gone: the orphan is the test's to end
+    expect(a.code).toBe(1);
+    expect(a.stderr).toMatch(/failed: host 1's launcher lost its connection/);
+    expect(a.stdout).not.toMatch(/woke/);
+    expect(a.ms).toBeLessThan(8000);
+    const pid = Number(/\[rank 0\] pid (\d+)/.exec(a.stdout)![1]);
+    expect(alive(pid)).toBe(false);
+  });
+
   test.each([
     [["script.js"], /-n N is required/],
     [["-n", "2"], /no script/],
     [["-n", "0", "x.js"], /-n/],
     [["-n", "2", "--store", "redis://x", "x.js"], /--store/],
     [["-n", "2", "--bogus", "x.js"], /unknown option --bogus/],
+    [["-n", "2", "--nnodes", "2", "x.js"], /--master-addr \(or MASTER_ADDR\) is required/],
+    [["-n", "2", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h", "x.js"], /\[0, 1\] for --node-rank/],
+    [["-n", "2", "--nnodes", "2", "--master-addr", "a b", "x.js"], /host name or IPv4 address for --master-addr/],
+    [["-n", "2", "--nnodes", "2", "--master-addr", "h", "--master-port", "65535", "x.js"], /--master-port/],
   ])("bad arguments %p exit 2 with the usage", async (args, message) => {
     const run = await launcher(args as string[]);
     expect(run.code).toBe(2);
     expect(run.stderr).toMatch(message);
     expect(run.stderr).toMatch(/usage: moe-ep launch/);
+  });
+
+  test.each([
+    [{ NODE_RANK: "one" }, /environment variable NODE_RANK but received "one"/],
+    [{ NNODES: "2", NODE_RANK: "1" }, /MASTER_ADDR\) is required/],
+    [{ NPROC_PER_NODE: "0" }, /environment variable NPROC_PER_NODE/],
+  ])("a bad environment %p exits 2, naming the variable", async (env, message) => {
+    const run = await launcher(["x.js"], { env: { NPROC_PER_NODE: "2", ...env } });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toMatch(message);
   });
 });
 

@@ -32,6 +32,10 @@ export interface AlltoallRow {
 
 export interface AlltoallWorkerReport {
   worldSize: number;
+  /** Ranks per host (LOCAL_WORLD_SIZE). */
+  localWorldSize: number;
+  /** Rank 0's Gloo address. */
+  hostname: string;
   memcpy: MemcpyBandwidthResult;
   rows: AlltoallRow[];
 }
@@ -113,7 +117,13 @@ async function main(): Promise<void> {
     wrongs.dispose();
   }
   if (me === 0) {
-    const report: AlltoallWorkerReport = { worldSize: W, memcpy: memcpy!, rows };
+    const report: AlltoallWorkerReport = {
+      worldSize: W,
+      localWorldSize: Number(process.env.LOCAL_WORLD_SIZE ?? W),
+      hostname: pg.hostname,
+      memcpy: memcpy!,
+      rows,
+    };
     fs.writeFileSync(out, JSON.stringify(report));
   }
   await pg.barrier();

@@ -1,6 +1,7 @@
 /**
  * All-to-all benchmark in the manner of nccl-tests' alltoall_perf: worldSize
- * local ranks (through `moe-ep launch`) exchange equal splits of float32 data
+ * ranks per host (through `moe-ep launch`, on this host or, given the
+ * launcher's options for several hosts, on each) exchange equal splits of float32 data
  * with ProcessGroup.allToAllV over Gloo, for sizes from minBytes to maxBytes
  * per rank (doubling); each line gives the time, algbw = bytes / time, busbw
  * = algbw · (n − 1) / n, and #wrong, the elements that arrived wrong on any
@@ -18,8 +19,14 @@ import type { AlltoallRow, AlltoallWorkerReport } from "./alltoall-worker";
 export type { AlltoallRow } from "./alltoall-worker";
 
 export interface BenchAlltoallOptions {
-  /** Ranks started on this machine (default 2). */
+  /** Ranks started on this host (default 2). */
   worldSize?: number;
+  /**
+   * Further `moe-ep launch` options, for a run over several hosts: --nnodes,
+   * --node-rank, --master-addr, --master-port, --local-addr. Every host runs
+   * the benchmark with the same options but --node-rank; host 0 prints the table.
+   */
+  launchArgs?: string[];
   /** Smallest size per rank in bytes (default 1 KiB). */
   minBytes?: number;
   /** Largest size per rank in bytes (default 64 MiB). */
@@ -31,7 +38,12 @@ export interface BenchAlltoallOptions {
 }
 
 export interface BenchAlltoallResult {
+  /** Ranks over all hosts. */
   worldSize: number;
+  /** Ranks per host. */
+  localWorldSize: number;
+  /** Rank 0's Gloo address. */
+  hostname: string;
   /** Memory bandwidth of one large copy (read + write bytes counted), GB/s. */
   memcpyGbps: number;
   rows: AlltoallRow[];
@@ -47,8 +59,13 @@ function pad(s: string, n: number): string {
 
 /** The table nccl-tests prints, plus the ratio of busbw to the memcpy bandwidth. */
 export function formatAlltoallTable(r: BenchAlltoallResult): string[] {
+  const hosts = r.worldSize / r.localWorldSize;
+  const where =
+    hosts === 1
+      ? `${r.worldSize} ranks on this machine, Gloo over TCP (${r.hostname === "127.0.0.1" ? "loopback" : r.hostname})`
+      : `${r.worldSize} ranks on ${hosts} hosts (${r.localWorldSize} each), Gloo over TCP (rank 0 at ${r.hostname})`;
   const lines = [
-    `# moe-ep alltoall: ${r.worldSize} ranks on this machine, Gloo over TCP (loopback), float32, allToAllV (counts exchanged, then rows)`,
+    `# moe-ep alltoall: ${where}, float32, allToAllV (counts exchanged, then rows)`,
     `# memcpy bandwidth: ${r.memcpyGbps.toFixed(2)} GB/s (one large copy, read + write bytes counted)`,
     `# time: the slowest rank's mean; algbw = size / time; busbw = algbw * (n-1)/n`,
     "#",
@@ -69,13 +86,21 @@ export function formatAlltoallTable(r: BenchAlltoallResult): string[] {
   return lines;
 }
 
-export async function benchAlltoall(options: BenchAlltoallOptions = {}): Promise<BenchAlltoallResult> {
+/**
+ * Runs the benchmark and logs its table. Resolves with the result on the host
+ * of rank 0 (the only host, unless launchArgs say otherwise) and with null on
+ * the other hosts, whose ranks took part.
+ */
+export async function benchAlltoall(options: BenchAlltoallOptions = {}): Promise<BenchAlltoallResult | null> {
   if (options === null || typeof options !== "object")
     throw invalid("an options object", "benchAlltoall options", options);
   const worldSize = checkInteger("worldSize", options.worldSize ?? 2, 1, 64);
   const minBytes = checkInteger("minBytes", options.minBytes ?? 1024, 4 * worldSize, 2 ** 34);
   const maxBytes = checkInteger("maxBytes", options.maxBytes ?? 64 * MiB, minBytes, 2 ** 34);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120000, 1);
+  const launchArgs = options.launchArgs ?? [];
+  if (!Array.isArray(launchArgs) || launchArgs.some((a) => typeof a !== "string"))
+    throw invalid("an array of strings", "launchArgs", launchArgs);
   const log = options.log === undefined ? (line: string) => console.log(line) : (options.log ?? (() => undefined));
 
   const worker = path.join(packageRoot, "dist", "bench", "alltoall-worker.js");
@@ -91,6 +116,8 @@ export async function benchAlltoall(options: BenchAlltoallOptions = {}): Promise
     const code = await launch([
       "-n",
       String(worldSize),
+      ...launchArgs,
+      "--",
       worker,
       "--out",
       out,
@@ -101,7 +128,11 @@ export async function benchAlltoall(options: BenchAlltoallOptions = {}): Promise
       "--timeout",
       String(timeoutMs),
     ]);
-    if (code !== 0 || !fs.existsSync(out)) {
+    if (code === 0 && !fs.existsSync(out)) {
+      log("# moe-ep alltoall: this host's ranks took part; rank 0's host prints the table");
+      return null;
+    }
+    if (code !== 0) {
       throw new MoEError(
         `benchAlltoall: the ranks failed (exit code ${code}); their output is above`,
         "ERR_MOE_INTERNAL",
@@ -111,6 +142,8 @@ export async function benchAlltoall(options: BenchAlltoallOptions = {}): Promise
     const avgBusbw = report.rows.reduce((a, r) => a + r.busbw, 0) / Math.max(1, report.rows.length);
     const result: BenchAlltoallResult = {
       worldSize: report.worldSize,
+      localWorldSize: report.localWorldSize,
+      hostname: report.hostname,
       memcpyGbps: report.memcpy.gbps,
       rows: report.rows,
       avgBusbw,
