@@ -4,7 +4,7 @@
 // the inverse.
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

@@ -2,7 +2,7 @@
 // choices (MATH.md, Combine and unpermute; Backward).
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 
