@@ -45,7 +45,7 @@ export function loadNative(): Addon {
       const mod = require(file) as Addon;
       const missing = missingExports(mod);
       if (missing.length > 0) {
-        failures.push(`  ${file}: lacks the exports ${missing.join(", ")} (an older build: rebuild it)`);
+        failures.push(`  ${file}: lacks the exports ${missing.join(", ")} (built from other sources: rebuild it)`);
         continue;
       }
       mod.setErrorClass(MoEError);
