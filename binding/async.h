@@ -11,7 +11,7 @@
 #include <optional>
 
 #include "../cpp/core/stream.h"
-#include "../cpp/ops/task.h"
+#include "../cpp/core/task.h"
 #include "addon.h"
 
 namespace moe::binding {
@@ -65,7 +65,7 @@ Napi::Value settle_async(Napi::Env env, const char* name, const Executor& submit
 
 // An op's Task on the CPU stream.
 template <class R, class ToJs>
-Napi::Value run_async(Napi::Env env, ops::Task<R> task, ToJs to_js) {
+Napi::Value run_async(Napi::Env env, Task<R> task, ToJs to_js) {
   return settle_async<R>(env, "moe-ep op", cpu_stream_submit, std::move(task), std::move(to_js));
 }
 

@@ -40,7 +40,7 @@ Napi::Value record_event(const Napi::CallbackInfo& info) {
     if (d.kind != Device::CUDA)
       throw make_error(env, Code::Device, "recordEvent: expected a cuda device but received \"" + d.str() + "\"");
     cuda::require(d, "recordEvent");
-    ops::Task<Event> task = [d] { return std::make_shared<cuda::TimingEvent>(d); };
+    Task<Event> task = [d] { return std::make_shared<cuda::TimingEvent>(d); };
     return run_async(env, task, [](Napi::Env env, Event& e) -> Napi::Value {
       return Napi::External<Event>::New(env, new Event(e), [](Napi::Env, Event* p) { delete p; });
     });
@@ -58,7 +58,7 @@ Napi::Value event_elapsed_ms(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     Event start = event_arg(info[0], "start"), end = event_arg(info[1], "end");
-    ops::Task<double> task = [start, end] { return end->elapsed_ms_since(*start); };
+    Task<double> task = [start, end] { return end->elapsed_ms_since(*start); };
     return run_async(env, task, [](Napi::Env env, double& ms) -> Napi::Value { return Napi::Number::New(env, ms); });
   });
 }

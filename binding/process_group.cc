@@ -224,7 +224,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   static Napi::Value undefined(Napi::Env env, comm::Unit&) { return env.Undefined(); }
 
   template <class R, class ToJs>
-  Napi::Value run(Napi::Env env, const char* name, ops::Task<R> task, ToJs to_js) {
+  Napi::Value run(Napi::Env env, const char* name, Task<R> task, ToJs to_js) {
     GroupPtr g = group_;
     return run_queued_async(
         env, name, [g](std::function<void()> w) { g->submit(std::move(w)); }, std::move(task), to_js);

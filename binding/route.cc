@@ -25,17 +25,23 @@ ops::ScoreFunction get_score_function(Napi::Object o) {
                    "expected option scoreFunction to be \"softmax\" or \"sigmoid\" but received \"" + f + "\"");
 }
 
+// The choice options (absent groups are 0: none).
+ops::RouteOptions choice_options(Napi::Object opts) {
+  ops::RouteOptions o;
+  o.top_k = get_int(opts, "topK");
+  o.num_groups = get_int(opts, "numGroups");
+  o.topk_groups = get_int(opts, "topkGroups");
+  return o;
+}
+
 // route(logits, expertBias | undefined, { topK, scoreFunction, renormalize, numGroups, topkGroups })
 Napi::Value route(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     Napi::Object opts = options_arg(info, 2);
-    ops::RouteOptions o;
-    o.top_k = get_int(opts, "topK");
+    ops::RouteOptions o = choice_options(opts);
     o.score = get_score_function(opts);
     o.renormalize = get_bool(opts, "renormalize", false);
-    o.num_groups = get_int(opts, "numGroups");
-    o.topk_groups = get_int(opts, "topkGroups");
     auto task = ops::route(NativeTensor::From(info[0], "logits"), NativeTensor::FromOptional(info[1], "expertBias"), o);
     return run_async(env, task, [](Napi::Env env, ops::RouteResult& r) -> Napi::Value {
       Napi::Object out = Napi::Object::New(env);
@@ -69,7 +75,20 @@ Napi::Value route_backward(const Napi::CallbackInfo& info) {
   });
 }
 
+// checkRouteOptions(op, { numExperts, topK, numGroups, topkGroups }): throws
+// what route would for these options, before there are logits.
+Napi::Value check_route_options(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    std::string op = to_string(info[0], "op");
+    Napi::Object opts = options_arg(info, 1);
+    ops::check_route_options(op.c_str(), get_int(opts, "numExperts"), choice_options(opts));
+    return env.Undefined();
+  });
+}
+
 Registration reg([](Napi::Env env, Napi::Object exports) {
+  exports.Set("checkRouteOptions", Napi::Function::New(env, check_route_options));
   exports.Set("route", Napi::Function::New(env, route));
   exports.Set("routeBackward", Napi::Function::New(env, route_backward));
 });

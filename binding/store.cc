@@ -196,11 +196,12 @@ Registration reg([](Napi::Env env, Napi::Object exports) {
                                  return guard(env, [&]() -> Napi::Value {
                                    std::string url = to_string(info[0], "url");
                                    Napi::Object o = options_arg(info, 1);
-                                   comm::StoreOptions opts;
+                                   comm::StoreOptions opts;  // its defaults are the core's
                                    opts.rank = int(int_option(o, "rank", 0, 0, INT32_MAX));
                                    opts.world_size = int(int_option(o, "worldSize", 1, 1, INT32_MAX));
                                    opts.run_id = get_string(o, "runId", "");
-                                   opts.timeout = comm::Millis(int_option(o, "timeoutMs", 300000, 0, int64_t(1) << 53));
+                                   opts.timeout = comm::Millis(
+                                       int_option(o, "timeoutMs", opts.timeout.count(), 0, int64_t(1) << 53));
                                    auto store = comm::open_store(url, opts);
                                    return ctor->New({Napi::External<std::shared_ptr<comm::Store>>::New(env, &store)});
                                  });

@@ -61,8 +61,10 @@ inline size_t route_shared_bytes(int experts, int topK, int groups) {
   return 4 * (kRouteWarpsPerBlock * perWarp + static_cast<size_t>(experts));
 }
 
-// groups <= 1 means no group limit. Arguments that make no sense are
-// INVALID_ARGUMENT; sensible ones beyond the compiled kernels are UNSUPPORTED.
+// groups <= 1 means no group limit. Arguments outside the ranges that
+// cpp/ops/route.cpp checks first (check_route_options, which owns them and
+// names the limit) are INVALID_ARGUMENT here, so that no launch indexes out of
+// bounds; sensible ones beyond the compiled kernels are UNSUPPORTED.
 inline RoutePlan route_plan(int64_t tokens, int experts, int topK, int groups, int topkGroups) {
   RoutePlan p{0, 0, 0, kRouteThreadsPerBlock, 0, 0};
   if (tokens < 0 || experts < 1 || topK < 1 || topK > experts || groups < 0) {

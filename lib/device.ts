@@ -5,21 +5,17 @@
  * through the Promise round trips that launch them.
  */
 import { MoEError } from "./errors";
+import type { NativeEvent } from "./addon";
 import { loadNative } from "./native";
 import { checkDevice } from "./tensor";
 import type { DeviceName } from "./tensor";
 
-interface EventNative {
-  recordEvent(device: string): Promise<unknown>;
-  eventElapsedMs(start: unknown, end: unknown): Promise<number>;
-}
-
 export class DeviceEvent {
   /** @internal */
-  readonly handle: unknown;
+  readonly handle: NativeEvent;
   readonly device: DeviceName;
 
-  private constructor(handle: unknown, device: DeviceName) {
+  private constructor(handle: NativeEvent, device: DeviceName) {
     this.handle = handle;
     this.device = device;
   }
@@ -29,14 +25,12 @@ export class DeviceEvent {
     const d = checkDevice(device);
     if (d === "cpu")
       throw new MoEError(`Expected a cuda device for DeviceEvent.record but received "cpu"`, "ERR_MOE_DEVICE");
-    const native = loadNative() as unknown as EventNative;
-    return new DeviceEvent(await native.recordEvent(d), d);
+    return new DeviceEvent(await loadNative().recordEvent(d), d);
   }
 
   /** Milliseconds of device time from `start` to this event (waits for this event). */
   async elapsedMs(start: DeviceEvent): Promise<number> {
     if (!(start instanceof DeviceEvent)) throw new MoEError("Expected a DeviceEvent for start", "ERR_MOE_VALUE");
-    const native = loadNative() as unknown as EventNative;
-    return native.eventElapsedMs(start.handle, this.handle);
+    return loadNative().eventElapsedMs(start.handle, this.handle);
   }
 }

@@ -50,6 +50,12 @@ export function checkInteger(name: string, value: unknown, min: number, max = Nu
   return value;
 }
 
+/** An integer of any sign (ranges are checked where they are owned, usually by the core). */
+export function checkSafeInteger(name: string, value: unknown): number {
+  if (typeof value !== "number" || !Number.isSafeInteger(value)) throw invalid("an integer", name, value);
+  return value;
+}
+
 export function checkNumber(name: string, value: unknown, ok: (v: number) => boolean, expected: string): number {
   if (typeof value !== "number" || !Number.isFinite(value) || !ok(value)) throw invalid(expected, name, value);
   return value;

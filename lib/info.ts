@@ -1,6 +1,6 @@
 /** The capability report: what the core found and why anything is missing. */
 import { loadNative, nativeFile } from "./native";
-import type { NativeInfo } from "./native-types";
+import type { NativeInfo } from "./addon";
 import { ncclStatus } from "./comm/nccl";
 import type { NcclStatus } from "./comm/nccl";
 

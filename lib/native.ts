@@ -1,12 +1,14 @@
 /**
  * Finds and loads the native addon. Candidates, in order: the file named by
  * MOE_EP_ADDON, the local build (build/Release), then prebuilds/<platform>-<arch>/.
+ * A file that lacks any of the exports lib/addon.ts declares is passed over.
  * When none loads, the error lists every candidate and why it failed.
  */
 import * as fs from "fs";
 import * as path from "path";
 import { MoEError } from "./errors";
-import type { NativeModule } from "./native-types";
+import { REQUIRED_ADDON_KEYS } from "./addon";
+import type { Addon } from "./addon";
 
 export const packageRoot = path.resolve(__dirname, "..");
 
@@ -23,9 +25,14 @@ function candidates(): string[] {
   return list;
 }
 
-let loaded: { module: NativeModule; file: string } | undefined;
+/** The declared exports (lib/addon.ts) that a loaded module lacks. */
+export function missingExports(mod: object): string[] {
+  return REQUIRED_ADDON_KEYS.filter((k) => !(k in mod));
+}
 
-export function loadNative(): NativeModule {
+let loaded: { module: Addon; file: string } | undefined;
+
+export function loadNative(): Addon {
   if (loaded) return loaded.module;
   const failures: string[] = [];
   for (const file of candidates()) {
@@ -35,7 +42,12 @@ export function loadNative(): NativeModule {
     }
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const mod = require(file) as NativeModule;
+      const mod = require(file) as Addon;
+      const missing = missingExports(mod);
+      if (missing.length > 0) {
+        failures.push(`  ${file}: lacks the exports ${missing.join(", ")} (built from other sources: rebuild it)`);
+        continue;
+      }
       mod.setErrorClass(MoEError);
       loaded = { module: mod, file };
       return mod;

@@ -7,7 +7,7 @@ import "./polyfill";
 import { AsyncLocalStorage } from "async_hooks";
 import { MoEError, invalid } from "./errors";
 import { loadNative } from "./native";
-import type { NativeTensorHandle } from "./native-types";
+import type { NativeMemoryStats, NativeTensorHandle } from "./addon";
 
 export type DType = "float32" | "bfloat16" | "float16" | "int32" | "int64";
 export const DTYPES: readonly DType[] = ["float32", "bfloat16", "float16", "int32", "int64"];
@@ -54,16 +54,6 @@ export function checkDevice(device: unknown): DeviceName {
     throw invalid('"cpu", "cuda" or "cuda:N"', "device", device, "ERR_MOE_DEVICE");
   }
   return device as DeviceName;
-}
-
-/** The addon's copy functions (binding/device.cc). */
-interface CopyNative {
-  toDevice(t: NativeTensorHandle, device: string): Promise<NativeTensorHandle>;
-  clone(t: NativeTensorHandle): Promise<NativeTensorHandle>;
-}
-
-function copyNative(): CopyNative {
-  return loadNative() as unknown as CopyNative;
 }
 
 function checkDtype(dtype: unknown): DType {
@@ -119,7 +109,7 @@ export class Tensor implements Disposable {
   }
 
   get dtype(): DType {
-    return this.handle.dtype as DType;
+    return this.handle.dtype;
   }
   get shape(): number[] {
     return this.handle.shape;
@@ -191,13 +181,13 @@ export class Tensor implements Disposable {
   async to(device: DeviceName): Promise<Tensor> {
     const target = checkDevice(device);
     if (this.disposed) throw new MoEError("Expected a live tensor for to() but it was disposed", "ERR_MOE_DISPOSED");
-    return new Tensor(await copyNative().toDevice(this.handle, target));
+    return new Tensor(await loadNative().toDevice(this.handle, target));
   }
 
   /** A copy on the same device (a device-to-device copy on the GPU). */
   async clone(): Promise<Tensor> {
     if (this.disposed) throw new MoEError("Expected a live tensor for clone() but it was disposed", "ERR_MOE_DISPOSED");
-    return new Tensor(await copyNative().clone(this.handle));
+    return new Tensor(await loadNative().clone(this.handle));
   }
 
   dispose(): void {
@@ -253,13 +243,7 @@ export async function scope<T>(fn: () => Promise<T> | T): Promise<T> {
   return result;
 }
 
-export interface MemoryStats {
-  tensors: number;
-  bytes: number;
-  peakBytes: number;
-  /** Freed large blocks kept for reuse (see emptyCache). */
-  cachedBytes: number;
-}
+export type MemoryStats = NativeMemoryStats;
 
 /**
  * Live tensors and bytes on a device (storage shared by views counts once).

@@ -468,7 +468,8 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
 
   test("the native core checks its options too (callers other than the TypeScript facade)", async () => {
     const c = makeCase(4, 3, 2, 4, 95);
-    const n = native<{ permute(x: unknown, i: unknown, w: unknown, o: unknown): Promise<unknown> }>();
+    // Options of any shape, as a caller without the declaration's types could pass them.
+    const n = native() as unknown as { permute(x: unknown, i: unknown, w: unknown, o: unknown): Promise<unknown> };
     const codeOf = (o: unknown): string | undefined => {
       try {
         void n.permute(c.X.handle, c.I.handle, c.W.handle, o);

@@ -515,6 +515,48 @@ describe("route rejects bad input with typed errors", () => {
     });
   });
 
+  test("checkRouteOptions throws exactly what route throws for the same options", async () => {
+    const cases: RouteOptions[] = [
+      { topK: 2 },
+      { topK: 8 },
+      { topK: 9 },
+      { topK: 0 },
+      { topK: -3 },
+      { topK: 2, numGroups: 4, topkGroups: 2 },
+      { topK: 4, numGroups: 4, topkGroups: 2 },
+      { topK: 5, numGroups: 4, topkGroups: 2 },
+      { topK: 2, numGroups: 3, topkGroups: 1 },
+      { topK: 2, numGroups: 4, topkGroups: 5 },
+      { topK: 2, numGroups: 4, topkGroups: 0 },
+      { topK: 2, numGroups: 4 },
+      { topK: 2, topkGroups: 1 },
+      { topK: 2, numGroups: 0, topkGroups: 1 },
+      { topK: 2, numGroups: -2, topkGroups: 1 },
+    ];
+    let refused = 0;
+    for (const o of cases) {
+      const fromRoute = await ops.route(L, o).then(
+        (r) => (disposeAll(r), undefined),
+        (e: { code: string; message: string }) => ({ code: e.code, message: e.message }),
+      );
+      let fromCheck: { code: string; message: string } | undefined;
+      try {
+        ops.checkRouteOptions("route", e, o);
+      } catch (err) {
+        fromCheck = { code: (err as { code: string }).code, message: (err as Error).message };
+      }
+      expect([o, fromCheck]).toEqual([o, fromRoute]);
+      if (fromRoute) refused++;
+    }
+    expect(refused).toBe(cases.length - 4);
+    expect(() => ops.checkRouteOptions("MoELayer", e, { topK: 9 })).toThrow(
+      "MoELayer: expected topK <= numExperts (8) but received 9",
+    );
+    expect(() => ops.checkRouteOptions("MoELayer", e, { topK: "2" as unknown as number })).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_VALUE", message: expect.stringMatching(/integer for topK/) }),
+    );
+  });
+
   test("routeBackward", async () => {
     const r = await ops.route(L, { topK: 2 });
     const dW = tensor(normal(t * 2, 5), [t, 2]);

@@ -97,6 +97,12 @@ describe("file store", () => {
     expect(fs.readdirSync(path.join(dir, "run-a1")).filter((f) => f.startsWith(".tmp"))).toEqual([]);
   });
 
+  test("a store opened without a timeout has the core's default, 5 minutes", () => {
+    const s = openStore(`file://${path.join(work, "default-timeout")}`, { runId: "r" });
+    expect(s.timeoutMs).toBe(5 * 60 * 1000);
+    s.close();
+  });
+
   test("files of an earlier run, under another run id or the same key names, are never read", async () => {
     const dir = path.join(work, "stale");
     const old = openStore(`file://${dir}`, { runId: "run-old" });

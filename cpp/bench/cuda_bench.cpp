@@ -39,7 +39,7 @@ void check_counts(int reps, int batches) {
 
 }  // namespace
 
-ops::Task<KernelTime> cuda_route_kernel(Device device, int64_t tokens, int experts, int top_k, int reps, int batches) {
+Task<KernelTime> cuda_route_kernel(Device device, int64_t tokens, int experts, int top_k, int reps, int batches) {
   check_counts(reps, batches);
   cuda::require(device, "cudaRouteKernel");
   return [=] {
@@ -72,7 +72,7 @@ ops::Task<KernelTime> cuda_route_kernel(Device device, int64_t tokens, int exper
   };
 }
 
-ops::Task<CopyRate> cuda_copy_rate(Device device, int64_t bytes, int reps, int batches) {
+Task<CopyRate> cuda_copy_rate(Device device, int64_t bytes, int reps, int batches) {
   check_counts(reps, batches);
   cuda::require(device, "cudaCopyRate");
   if (bytes < 1) fail(Code::Value, "cudaCopyRate: expected bytes >= 1 but received " + std::to_string(bytes));

@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "../core/tensor.h"
-#include "../ops/task.h"
+#include "../core/task.h"
 
 namespace moe::bench {
 
@@ -19,7 +19,7 @@ struct KernelTime {
 
 // moe_cuda_route_forward (softmax, top-k, counts and loss statistics, with its
 // finalisation) on random logits [tokens, experts].
-ops::Task<KernelTime> cuda_route_kernel(Device device, int64_t tokens, int experts, int top_k, int reps, int batches);
+Task<KernelTime> cuda_route_kernel(Device device, int64_t tokens, int experts, int top_k, int reps, int batches);
 
 // A device-to-device copy of `bytes` (cudaMemcpyAsync): the bandwidth limit for
 // the row-moving kernels, as read + write bytes per second.
@@ -28,6 +28,6 @@ struct CopyRate {
   double median_us = 0;
   double bytes = 0;
 };
-ops::Task<CopyRate> cuda_copy_rate(Device device, int64_t bytes, int reps, int batches);
+Task<CopyRate> cuda_copy_rate(Device device, int64_t bytes, int reps, int batches);
 
 }  // namespace moe::bench

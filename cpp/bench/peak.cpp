@@ -120,7 +120,7 @@ struct FreeDeleter {
 
 }  // namespace
 
-ops::Task<FmaPeak> fma_peak(int threads, double seconds) {
+Task<FmaPeak> fma_peak(int threads, double seconds) {
   check_option("fmaPeak", "threads", threads >= 1 && threads <= 1024, "an integer in [1, 1024]",
                std::to_string(threads));
   check_option("fmaPeak", "seconds", seconds > 0 && seconds <= 60, "in (0, 60]", num_str(seconds));
@@ -144,7 +144,7 @@ ops::Task<FmaPeak> fma_peak(int threads, double seconds) {
   };
 }
 
-ops::Task<MemcpyBandwidth> memcpy_bandwidth(int64_t bytes, int threads) {
+Task<MemcpyBandwidth> memcpy_bandwidth(int64_t bytes, int threads) {
   check_option("memcpyBandwidth", "bytes", bytes >= (1 << 20) && bytes <= (int64_t(1) << 36),
                "an integer in [2^20, 2^36]", std::to_string(bytes));
   check_option("memcpyBandwidth", "threads", threads >= 1 && threads <= 1024, "an integer in [1, 1024]",
@@ -190,7 +190,7 @@ ops::Task<MemcpyBandwidth> memcpy_bandwidth(int64_t bytes, int threads) {
   };
 }
 
-ops::Task<SgemmRate> sgemm_rate(int m, int n, int k, int iterations) {
+Task<SgemmRate> sgemm_rate(int m, int n, int k, int iterations) {
   auto dim_ok = [](int v) { return v >= 1 && v <= 65536; };
   check_option("sgemmRate", "m", dim_ok(m), "an integer in [1, 65536]", std::to_string(m));
   check_option("sgemmRate", "n", dim_ok(n), "an integer in [1, 65536]", std::to_string(n));

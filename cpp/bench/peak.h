@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "../ops/task.h"
+#include "../core/task.h"
 
 namespace moe::bench {
 
@@ -18,7 +18,7 @@ struct FmaPeak {
 
 // `threads` threads run independent chains of fused multiply-adds (enough of
 // them to cover the FMA latency) for about `seconds`, all at once.
-ops::Task<FmaPeak> fma_peak(int threads, double seconds);
+Task<FmaPeak> fma_peak(int threads, double seconds);
 
 struct MemcpyBandwidth {
   double gbps = 0;   // bytes read plus bytes written, per second, in 1e9
@@ -30,7 +30,7 @@ struct MemcpyBandwidth {
 
 // Copies a `bytes` buffer into another (each thread its own slice, pages first
 // touched by the thread that copies them), repeated for about a quarter second.
-ops::Task<MemcpyBandwidth> memcpy_bandwidth(int64_t bytes, int threads);
+Task<MemcpyBandwidth> memcpy_bandwidth(int64_t bytes, int threads);
 
 struct SgemmRate {
   double gflops = 0;  // median over the timed iterations, 2·m·n·k per GEMM
@@ -40,6 +40,6 @@ struct SgemmRate {
 };
 
 // C[m, n] = A[m, k] · B[k, n] through moe::sgemm: one warm-up, then `iterations` timed runs.
-ops::Task<SgemmRate> sgemm_rate(int m, int n, int k, int iterations);
+Task<SgemmRate> sgemm_rate(int m, int n, int k, int iterations);
 
 }  // namespace moe::bench

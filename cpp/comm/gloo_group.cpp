@@ -288,7 +288,7 @@ std::optional<std::pair<Code, std::string>> GlooGroup::fault() const {
   return impl_->fault;
 }
 
-ops::Task<Unit> GlooGroup::connect() {
+Task<Unit> GlooGroup::connect() {
   return [self = shared_from_this()]() -> Unit {
     GlooGroup& g = *self;
     Impl& I = *g.impl_;
@@ -428,8 +428,8 @@ std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>& members, 
   return child;
 }
 
-ops::Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
-                                                   std::optional<std::vector<int64_t>> expected) {
+Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
+                                              std::optional<std::vector<int64_t>> expected) {
   const char* op = "allToAllV";
   check_cpu(op, "x", x);
   check_all_to_all_v_args(op, x, send_counts, expected, world_ranks_);
@@ -558,7 +558,7 @@ ops::Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<
   };
 }
 
-ops::Task<Tensor> GlooGroup::all_to_all(const Tensor& x) {
+Task<Tensor> GlooGroup::all_to_all(const Tensor& x) {
   const char* op = "allToAll";
   check_cpu(op, "x", x);
   if (x.ndim() < 1 || x.dim(0) != size()) {
@@ -586,7 +586,7 @@ ops::Task<Tensor> GlooGroup::all_to_all(const Tensor& x) {
   };
 }
 
-ops::Task<Unit> GlooGroup::all_reduce(const Tensor& t, ReduceOp op) {
+Task<Unit> GlooGroup::all_reduce(const Tensor& t, ReduceOp op) {
   const char* name = "allReduce";
   check_cpu(name, "t", t);
   if (op == ReduceOp::Avg && !is_float(t.dtype)) {
@@ -635,7 +635,7 @@ ops::Task<Unit> GlooGroup::all_reduce(const Tensor& t, ReduceOp op) {
   };
 }
 
-ops::Task<Unit> GlooGroup::broadcast(const Tensor& t, int root) {
+Task<Unit> GlooGroup::broadcast(const Tensor& t, int root) {
   const char* name = "broadcast";
   check_cpu(name, "t", t);
   if (root < 0 || root >= size()) {
@@ -658,7 +658,7 @@ ops::Task<Unit> GlooGroup::broadcast(const Tensor& t, int root) {
   };
 }
 
-ops::Task<Unit> GlooGroup::barrier() {
+Task<Unit> GlooGroup::barrier() {
   return [self = shared_from_this()]() {
     GlooGroup& g = *self;
     Collective c(g, *g.impl_, "barrier");
@@ -702,22 +702,20 @@ GlooGroup::GlooGroup(std::shared_ptr<Store> store, std::string prefix, int rank,
       options_(std::move(options)) {}
 GlooGroup::~GlooGroup() = default;
 std::optional<std::pair<Code, std::string>> GlooGroup::fault() const { return std::nullopt; }
-ops::Task<Unit> GlooGroup::connect() { fail(Code::Unsupported, "process group: built without Gloo"); }
+Task<Unit> GlooGroup::connect() { fail(Code::Unsupported, "process group: built without Gloo"); }
 std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>&, std::optional<Millis>) {
   fail(Code::Unsupported, "process group: built without Gloo");
 }
-ops::Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor&, std::vector<int64_t>,
-                                                   std::optional<std::vector<int64_t>>) {
+Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor&, std::vector<int64_t>,
+                                              std::optional<std::vector<int64_t>>) {
   fail(Code::Unsupported, "process group: built without Gloo");
 }
-ops::Task<Tensor> GlooGroup::all_to_all(const Tensor&) { fail(Code::Unsupported, "process group: built without Gloo"); }
-ops::Task<Unit> GlooGroup::all_reduce(const Tensor&, ReduceOp) {
+Task<Tensor> GlooGroup::all_to_all(const Tensor&) { fail(Code::Unsupported, "process group: built without Gloo"); }
+Task<Unit> GlooGroup::all_reduce(const Tensor&, ReduceOp) {
   fail(Code::Unsupported, "process group: built without Gloo");
 }
-ops::Task<Unit> GlooGroup::broadcast(const Tensor&, int) {
-  fail(Code::Unsupported, "process group: built without Gloo");
-}
-ops::Task<Unit> GlooGroup::barrier() { fail(Code::Unsupported, "process group: built without Gloo"); }
+Task<Unit> GlooGroup::broadcast(const Tensor&, int) { fail(Code::Unsupported, "process group: built without Gloo"); }
+Task<Unit> GlooGroup::barrier() { fail(Code::Unsupported, "process group: built without Gloo"); }
 void GlooGroup::destroy() { destroyed_ = true; }
 
 #endif

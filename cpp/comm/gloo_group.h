@@ -24,7 +24,7 @@
 
 #include "../core/error.h"
 #include "../core/tensor.h"
-#include "../ops/task.h"
+#include "../core/task.h"
 #include "process_group.h"
 #include "serial_queue.h"
 #include "store.h"
@@ -37,7 +37,7 @@ struct GroupOptions {
   // address of the machine's host name).
   std::string hostname = "127.0.0.1";
   // Every collective and rendezvous wait.
-  Millis timeout{300000};
+  Millis timeout = kDefaultTimeout;
   // For messages: "world", "[0, 1]"...
   std::string name = "world";
 };
@@ -71,7 +71,7 @@ class GlooGroup : public ProcessGroup, public std::enable_shared_from_this<GlooG
   // The rendezvous: every rank publishes its addresses in the store, connects
   // to every other rank, and they exchange their connections' endpoints (so a
   // lost peer can be named); it returns once every rank has connected.
-  ops::Task<Unit> connect() override;
+  Task<Unit> connect() override;
 
   // A sub-group of this group's ranks `members` (ascending, distinct, holding
   // this rank), sharing the store and Gloo device. Only members call it, each
@@ -86,15 +86,15 @@ class GlooGroup : public ProcessGroup, public std::enable_shared_from_this<GlooG
   // arrives against it and all ranks fail with ERR_MOE_COUNT_MISMATCH naming
   // the sender, the receiver and both counts before any row moves.
   // Output [sum(recv_counts), ...], rows ordered by source rank.
-  ops::Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
-                                          std::optional<std::vector<int64_t>> expected) override;
+  Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
+                                     std::optional<std::vector<int64_t>> expected) override;
   // x [size, ...]: block p goes to rank p; the output holds block r of rank p at p.
-  ops::Task<Tensor> all_to_all(const Tensor& x) override;
+  Task<Tensor> all_to_all(const Tensor& x) override;
   // In place; float32, bfloat16 / float16 (reduced in float32), int32, int64 (not avg).
-  ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
+  Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
   // In place, from the group rank `root`.
-  ops::Task<Unit> broadcast(const Tensor& t, int root) override;
-  ops::Task<Unit> barrier() override;
+  Task<Unit> broadcast(const Tensor& t, int root) override;
+  Task<Unit> barrier() override;
 
   // Ends the group: later calls fail with ERR_MOE_DISPOSED, a collective in
   // progress is aborted (and fails with ERR_MOE_DISPOSED), the connections close.

@@ -174,7 +174,7 @@ void NcclGroup::check_tensor(const char* op, const char* what, const Tensor& t) 
   nccl_type(t.dtype, nccl::status());  // bfloat16 with NCCL < 2.10.3: ERR_MOE_NCCL_UNAVAILABLE naming the version
 }
 
-ops::Task<Unit> NcclGroup::connect() {
+Task<Unit> NcclGroup::connect() {
   return [self = shared_from_this()]() -> Unit {
     NcclGroup& g = *self;
     if (g.destroyed()) fail(Code::Disposed, "process group: destroyed before it connected");
@@ -208,8 +208,8 @@ std::shared_ptr<NcclGroup> NcclGroup::subgroup(const std::vector<int>& members, 
   return create(store_, prefix_ + "/sub[" + key + "]#" + std::to_string(n), my_index, world, device_, o);
 }
 
-ops::Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
-                                                   std::optional<std::vector<int64_t>> expected) {
+Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
+                                              std::optional<std::vector<int64_t>> expected) {
   const char* op = "allToAllV";
   if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
   check_tensor(op, "x", x);
@@ -339,7 +339,7 @@ ops::Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<
   };
 }
 
-ops::Task<Tensor> NcclGroup::all_to_all(const Tensor& x) {
+Task<Tensor> NcclGroup::all_to_all(const Tensor& x) {
   const char* op = "allToAll";
   if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
   check_tensor(op, "x", x);
@@ -376,7 +376,7 @@ ops::Task<Tensor> NcclGroup::all_to_all(const Tensor& x) {
   };
 }
 
-ops::Task<Unit> NcclGroup::all_reduce(const Tensor& t, ReduceOp op) {
+Task<Unit> NcclGroup::all_reduce(const Tensor& t, ReduceOp op) {
   const char* name = "allReduce";
   if (destroyed()) fail(Code::Disposed, std::string(name) + ": the process group was destroyed");
   check_tensor(name, "t", t);
@@ -402,7 +402,7 @@ ops::Task<Unit> NcclGroup::all_reduce(const Tensor& t, ReduceOp op) {
   };
 }
 
-ops::Task<Unit> NcclGroup::broadcast(const Tensor& t, int root) {
+Task<Unit> NcclGroup::broadcast(const Tensor& t, int root) {
   const char* name = "broadcast";
   if (destroyed()) fail(Code::Disposed, std::string(name) + ": the process group was destroyed");
   check_tensor(name, "t", t);
@@ -424,7 +424,7 @@ ops::Task<Unit> NcclGroup::broadcast(const Tensor& t, int root) {
   };
 }
 
-ops::Task<Unit> NcclGroup::barrier() {
+Task<Unit> NcclGroup::barrier() {
   if (destroyed()) fail(Code::Disposed, "barrier: the process group was destroyed");
   return [self = shared_from_this()]() {
     NcclGroup& g = *self;

@@ -47,7 +47,7 @@
 
 #include "../core/error.h"
 #include "../core/tensor.h"
-#include "../ops/task.h"
+#include "../core/task.h"
 #include "process_group.h"
 #include "nccl_comm.h"
 #include "serial_queue.h"
@@ -56,7 +56,7 @@
 namespace moe::comm {
 
 struct NcclGroupOptions {
-  Millis timeout{300000};
+  Millis timeout = kDefaultTimeout;
   std::string name = "world";
 };
 
@@ -88,7 +88,7 @@ class NcclGroup : public ProcessGroup, public std::enable_shared_from_this<NcclG
 
   // Makes the communicator: rank 0 puts the unique id in the store under the
   // group's prefix, the others take it from there (NcclComm::create).
-  ops::Task<Unit> connect() override;
+  Task<Unit> connect() override;
 
   // A sub-group of this group's ranks `members` (ascending, distinct, holding
   // this rank) with a communicator of its own under a new store prefix; only
@@ -101,13 +101,13 @@ class NcclGroup : public ProcessGroup, public std::enable_shared_from_this<NcclG
   // As GlooGroup's, on CUDA tensors of the group's device (ERR_MOE_DEVICE
   // otherwise); bfloat16 needs NCCL >= 2.10.3 (ERR_MOE_NCCL_UNAVAILABLE naming
   // the loaded version otherwise).
-  ops::Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
-                                          std::optional<std::vector<int64_t>> expected) override;
-  ops::Task<Tensor> all_to_all(const Tensor& x) override;
-  ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
-  ops::Task<Unit> broadcast(const Tensor& t, int root) override;
+  Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
+                                     std::optional<std::vector<int64_t>> expected) override;
+  Task<Tensor> all_to_all(const Tensor& x) override;
+  Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
+  Task<Unit> broadcast(const Tensor& t, int root) override;
   // An all-reduce of one element, waited for on the host.
-  ops::Task<Unit> barrier() override;
+  Task<Unit> barrier() override;
 
   // Ends the group: later calls fail with ERR_MOE_DISPOSED; a collective in
   // progress is aborted; the communicator is closed off the caller's thread.

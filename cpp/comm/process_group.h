@@ -11,7 +11,7 @@
 
 #include "../core/error.h"
 #include "../core/tensor.h"
-#include "../ops/task.h"
+#include "../core/task.h"
 #include "store.h"
 
 namespace moe::comm {
@@ -62,19 +62,19 @@ class ProcessGroup {
   // Runs work on the group's thread, in order.
   virtual void submit(std::function<void()> work) = 0;
   // The rendezvous; resolves once every rank has connected.
-  virtual ops::Task<Unit> connect() = 0;
+  virtual Task<Unit> connect() = 0;
   // A sub-group of this group's ranks `members` (ascending, holding this rank); only members call it.
   virtual std::shared_ptr<ProcessGroup> new_group(const std::vector<int>& members, std::optional<Millis> timeout) = 0;
 
   // x [rows, ...]: send_counts[p] rows go to rank p; counts are exchanged first, and with
   // `expected` every rank fails with ERR_MOE_COUNT_MISMATCH on a disagreement. Output rows
   // ordered by source rank.
-  virtual ops::Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
-                                                  std::optional<std::vector<int64_t>> expected) = 0;
-  virtual ops::Task<Tensor> all_to_all(const Tensor& x) = 0;
-  virtual ops::Task<Unit> all_reduce(const Tensor& t, ReduceOp op) = 0;  // in place
-  virtual ops::Task<Unit> broadcast(const Tensor& t, int root) = 0;      // in place
-  virtual ops::Task<Unit> barrier() = 0;
+  virtual Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
+                                             std::optional<std::vector<int64_t>> expected) = 0;
+  virtual Task<Tensor> all_to_all(const Tensor& x) = 0;
+  virtual Task<Unit> all_reduce(const Tensor& t, ReduceOp op) = 0;  // in place
+  virtual Task<Unit> broadcast(const Tensor& t, int root) = 0;      // in place
+  virtual Task<Unit> barrier() = 0;
 
   // Ends the group: later calls fail with ERR_MOE_DISPOSED.
   virtual void destroy() = 0;

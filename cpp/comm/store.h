@@ -40,11 +40,15 @@ class Store {
   virtual Millis timeout() const = 0;
 };
 
+// The timeout of a store's calls and connecting, and of a process group's
+// collectives and rendezvous, when the caller names none: 5 minutes.
+constexpr Millis kDefaultTimeout{300000};
+
 struct StoreOptions {
   int rank = 0;
   int world_size = 1;
   std::string run_id;
-  Millis timeout{300000};
+  Millis timeout = kDefaultTimeout;
 };
 
 // "file:///abs/dir" or "tcp://host:port" (rank 0 serves, the others connect;

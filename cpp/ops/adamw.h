@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

@@ -4,7 +4,7 @@
 // combine needs the inverse.
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

@@ -2,7 +2,7 @@
 // are explicit, and run in order on the stream like every op.
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

@@ -2,7 +2,7 @@
 // Load Balancing Strategy for Mixture-of-Experts"), docs/math.md#expert-bias.
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

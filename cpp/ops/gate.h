@@ -1,7 +1,7 @@
 // gate: logits = x · Wg, the router's linear layer, kept in float32 (docs/math.md#gate).
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

@@ -2,7 +2,7 @@
 // by its own weight matrix (docs/math.md#grouped-gemm).
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

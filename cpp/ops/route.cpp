@@ -202,6 +202,14 @@ void select_experts(const float* key, int64_t e, const RouteOptions& o, Scratch&
   }
 }
 
+void check_count(const char* op, int64_t t, int64_t k) {
+  if (t * k > INT32_MAX)
+    fail(Code::Value, std::string(op) + ": expected tokens · topK <= " + str(INT32_MAX) + " but received " + str(t) +
+                          " · " + str(k));
+}
+
+}  // namespace
+
 void check_route_options(const char* op, int64_t e, const RouteOptions& o) {
   if (o.top_k < 1) fail(Code::Value, std::string(op) + ": expected topK >= 1 but received " + str(o.top_k));
   if (o.top_k > e)
@@ -223,14 +231,6 @@ void check_route_options(const char* op, int64_t e, const RouteOptions& o) {
     fail(Code::Value, std::string(op) + ": expected topK <= topkGroups · numExperts / numGroups (" + str(reachable) +
                           ") but received " + str(o.top_k));
 }
-
-void check_count(const char* op, int64_t t, int64_t k) {
-  if (t * k > INT32_MAX)
-    fail(Code::Value, std::string(op) + ": expected tokens · topK <= " + str(INT32_MAX) + " but received " + str(t) +
-                          " · " + str(k));
-}
-
-}  // namespace
 
 Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const RouteOptions& options) {
   const char* op = "route";

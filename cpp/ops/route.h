@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 
@@ -27,6 +27,13 @@ struct RouteResult {
   Tensor aux_loss;           // float32 [], E · Σ_e f_e · P_e, without its coefficient
   Tensor z_loss;             // float32 [], mean_t logsumexp(logits[t])², without its coefficient
 };
+
+// The ranges of the options for num_experts experts: 1 <= topK <= numExperts
+// and, with groups, numGroups dividing numExperts, 1 <= topkGroups <=
+// numGroups and topK within the chosen groups' experts. ERR_MOE_VALUE naming
+// `op` and the limit otherwise. route() checks them; the layer asks this
+// before it has any logits.
+void check_route_options(const char* op, int64_t num_experts, const RouteOptions& options);
 
 // logits float32 [tokens, numExperts]; expert_bias float32 [numExperts] or undefined.
 Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const RouteOptions& options);

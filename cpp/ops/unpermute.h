@@ -2,7 +2,7 @@
 // choices (docs/math.md#unpermute).
 #pragma once
 #include "../core/tensor.h"
-#include "task.h"
+#include "../core/task.h"
 
 namespace moe::ops {
 

@@ -5,7 +5,7 @@
  * in the same run, by the same processes at the same time, on the same
  * threads. With a process group, every rank runs it (see `moe-ep bench layer`).
  */
-import { checkInteger, invalid } from "../errors";
+import { checkInteger, checkSafeInteger, invalid } from "../errors";
 import { loadNative } from "../native";
 import { isGated } from "../ops/activation";
 import { fillRandom } from "../ops/random";
@@ -107,7 +107,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
   const D = checkInteger("dModel", options.dModel ?? 1024, 1);
   const F = checkInteger("dFF", options.dFF ?? 2048, 1);
   const E = checkInteger("numExperts", options.numExperts ?? 8, 1);
-  const k = checkInteger("topK", options.topK ?? 2, 1, E);
+  const k = checkSafeInteger("topK", options.topK ?? 2); // its range: the layer's
   const T = checkInteger("tokens", options.tokens ?? 2048, 1);
   const P = checkInteger("epSize", options.epSize ?? ranks, 1, ranks);
   const runs = checkInteger("runs", options.runs ?? 7, 1, 1000);

@@ -7,7 +7,7 @@
 import { checkInteger, invalid } from "../errors";
 import { gate } from "../ops/gate";
 import { permute, permuteBackward, unpermute, unpermuteBackward } from "../ops/permute";
-import { route, routeBackward } from "../ops/route";
+import { checkRouteOptions, route, routeBackward } from "../ops/route";
 import { Tensor } from "../tensor";
 import { memcpyBandwidth } from "./peak";
 
@@ -71,7 +71,8 @@ export async function benchOps(options: BenchOpsOptions = {}): Promise<BenchOpsR
   const T = checkInteger("tokens", options.tokens ?? 8192, 1, 1 << 20);
   const D = checkInteger("dModel", options.dModel ?? 1024, 1, 1 << 16);
   const E = checkInteger("experts", options.experts ?? 64, 1, 4096);
-  const K = checkInteger("topK", options.topK ?? 8, 1, E);
+  const K = options.topK ?? 8;
+  checkRouteOptions("benchOps", E, { topK: K });
   const runs = checkInteger("runs", options.runs ?? 7, 1, 1000);
   const log = options.log === undefined ? console.log : options.log;
 

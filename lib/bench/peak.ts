@@ -3,44 +3,12 @@
  * so JavaScript stays free while they run: every benchmark prints its figure
  * beside them and the ratio to them.
  */
+import type { FmaPeakResult, MemcpyBandwidthResult, SgemmRateResult } from "../addon";
 import { checkInteger, checkNumber, invalid } from "../errors";
 import { loadNative } from "../native";
 import { native } from "../ops/common";
 
-export interface FmaPeakResult {
-  /** GFLOP/s of all threads together (an FMA counts 2 FLOPs). */
-  gflops: number;
-  /** The instruction set the loop used: "avx512f", "avx2+fma" or "scalar". */
-  isa: string;
-  threads: number;
-  seconds: number;
-}
-
-export interface MemcpyBandwidthResult {
-  /** GB/s (1e9 bytes), counting the bytes read plus the bytes written: 2 × bytes per copy. */
-  gbps: number;
-  counted: "read+write";
-  /** The size of one copy: the source and the destination each. */
-  bytes: number;
-  threads: number;
-  repetitions: number;
-  seconds: number;
-}
-
-export interface SgemmRateResult {
-  /** Median GFLOP/s (2·m·n·k per GEMM) over the timed iterations. */
-  gflops: number;
-  bestGflops: number;
-  iterations: number;
-  /** The OpenBLAS core in use ("" for the built-in reference GEMM). */
-  core: string;
-}
-
-interface PeakNative {
-  fmaPeak(o: { threads: number; seconds: number }): Promise<FmaPeakResult>;
-  memcpyBandwidth(o: { bytes: number; threads: number }): Promise<MemcpyBandwidthResult>;
-  sgemmRate(o: { m: number; n: number; k: number; iterations: number }): Promise<SgemmRateResult>;
-}
+export type { FmaPeakResult, MemcpyBandwidthResult, SgemmRateResult };
 
 function opts(value: unknown, name: string): Record<string, unknown> {
   if (value === undefined) return {};
@@ -58,7 +26,7 @@ export async function fmaPeak(options: { threads?: number; seconds?: number } = 
   const o = opts(options, "fmaPeak options");
   const threads = checkInteger("threads", o.threads ?? defaultThreads(), 1, 1024);
   const seconds = checkNumber("seconds", o.seconds ?? 0.5, (v) => v > 0 && v <= 60, "a number in (0, 60]");
-  return native<PeakNative>().fmaPeak({ threads, seconds });
+  return native().fmaPeak({ threads, seconds });
 }
 
 /** Memory bandwidth of a `bytes` copy (default 64 MiB) on `threads` threads, read + write bytes counted. */
@@ -68,7 +36,7 @@ export async function memcpyBandwidth(
   const o = opts(options, "memcpyBandwidth options");
   const bytes = checkInteger("bytes", o.bytes ?? 64 * 2 ** 20, 2 ** 20, 2 ** 36);
   const threads = checkInteger("threads", o.threads ?? defaultThreads(), 1, 1024);
-  return native<PeakNative>().memcpyBandwidth({ bytes, threads });
+  return native().memcpyBandwidth({ bytes, threads });
 }
 
 /** The rate of one large C[m, n] = A[m, k] · B[k, n] through the core's sgemm (OpenBLAS). */
@@ -80,5 +48,5 @@ export async function sgemmRate(
   const n = checkInteger("n", o.n ?? 2048, 1, 65536);
   const k = checkInteger("k", o.k ?? 1024, 1, 65536);
   const iterations = checkInteger("iterations", o.iterations ?? 5, 1, 1000);
-  return native<PeakNative>().sgemmRate({ m, n, k, iterations });
+  return native().sgemmRate({ m, n, k, iterations });
 }

@@ -18,16 +18,30 @@ export interface ExpertParallelLayout {
   expertDataParallel: number[][];
 }
 
-export function expertParallelLayout(worldSize: number, epSize: number): ExpertParallelLayout {
+function checkEpSize(worldSize: number, epSize: number): void {
   checkInteger("worldSize", worldSize, 1);
   checkInteger("epSize", epSize, 1);
   if (worldSize % epSize !== 0) {
-    throw new MoEError(`Expected epSize to divide the world size ${worldSize} but received ${epSize}`, "ERR_MOE_VALUE");
+    throw new MoEError(`Expected epSize (${epSize}) to divide the world size (${worldSize})`, "ERR_MOE_VALUE");
   }
+}
+
+export function expertParallelLayout(worldSize: number, epSize: number): ExpertParallelLayout {
+  checkEpSize(worldSize, epSize);
   const blocks = worldSize / epSize;
   const ep = Array.from({ length: blocks }, (_, b) => Array.from({ length: epSize }, (_, i) => b * epSize + i));
   const expertDataParallel = Array.from({ length: epSize }, (_, i) =>
     Array.from({ length: blocks }, (_, b) => b * epSize + i),
   );
   return { ep, expertDataParallel };
+}
+
+/** World rank worldRank's place in the layout: its EP rank, its expert-data-parallel rank and that group's size. */
+export function expertParallelPosition(
+  worldRank: number,
+  worldSize: number,
+  epSize: number,
+): { epRank: number; edpRank: number; edpSize: number } {
+  checkEpSize(worldSize, epSize);
+  return { epRank: worldRank % epSize, edpRank: Math.floor(worldRank / epSize), edpSize: worldSize / epSize };
 }

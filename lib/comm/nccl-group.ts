@@ -17,37 +17,18 @@
  * and NCCL are present, test/emulated/nccl-procs.test.ts across processes on
  * the CUDA emulator's NCCL.
  */
-import { MoEError } from "../errors";
+import type { NativeNcclGroupOptions, NativeProcessGroupHandle, NativeStoreHandle } from "../addon";
 import { loadNative } from "../native";
-import type { NativeProcessGroupHandle } from "./process-group";
-import type { NativeStoreHandle } from "./store";
 
 /** The NCCL group's handle: the same native class as the Gloo group's. */
 export type NativeNcclGroupHandle = NativeProcessGroupHandle;
 
-export interface NcclGroupNativeOptions {
-  rank: number;
-  worldSize: number;
-  prefix: string;
-  /** "cuda:N" */
-  device: string;
-  timeoutMs: number;
-}
-
-interface NativeNcclGroupModule {
-  createNcclGroup(store: NativeStoreHandle, options: NcclGroupNativeOptions): Promise<NativeNcclGroupHandle>;
-}
-
 /** @internal Connects this rank's NCCL communicator; resolves once every rank has. */
 export function createNcclGroup(
   store: NativeStoreHandle,
-  options: NcclGroupNativeOptions,
+  options: NativeNcclGroupOptions,
 ): Promise<NativeNcclGroupHandle> {
-  const mod = loadNative() as unknown as Partial<NativeNcclGroupModule>;
-  if (typeof mod.createNcclGroup !== "function") {
-    throw new MoEError("moe-ep: the loaded addon has no NCCL process groups (rebuild it)", "ERR_MOE_UNSUPPORTED");
-  }
-  return mod.createNcclGroup(store, options);
+  return loadNative().createNcclGroup(store, options);
 }
 
 /** The device an NCCL rank uses when none is named: cuda:$LOCAL_RANK, else cuda:0. */

@@ -15,13 +15,15 @@ import "../polyfill";
 import { ncclStatus } from "./nccl";
 import { createNcclGroup, defaultNcclDevice } from "./nccl-group";
 import { MoEError, checkInteger, checkOneOf, invalid } from "../errors";
+import type { NativeProcessGroupHandle } from "../addon";
 import { loadNative } from "../native";
-import type { NativeTensorHandle } from "../native-types";
 import { handle, wrap } from "../ops/common";
 import { Tensor } from "../tensor";
 import { rendezvousFromEnv } from "./env";
 import { expertParallelLayout } from "./layout";
-import { openStore, Store, type NativeStoreHandle } from "./store";
+import { openStore, Store } from "./store";
+
+export type { NativeProcessGroupHandle };
 
 export type Backend = "gloo" | "nccl";
 export const BACKENDS: readonly Backend[] = ["gloo", "nccl"];
@@ -42,7 +44,7 @@ export interface ProcessGroupOptions {
   store?: string | Store;
   /** The run's namespace in a store this call opens; default MOE_EP_RUN_ID. */
   runId?: string;
-  /** Timeout of every collective and rendezvous wait, in ms. Default 300000 (5 minutes). */
+  /** Timeout of every collective and rendezvous wait, in ms. Default: the core's, 5 minutes (cpp/comm/store.h). */
   timeoutMs?: number;
   /**
    * The address this rank's sockets bind to and peers connect to. Default
@@ -92,49 +94,6 @@ export interface ExpertParallelGroups {
   expertDataParallel: ProcessGroup;
 }
 
-/** The addon's process group handle (binding/process_group.cc). */
-export interface NativeProcessGroupHandle {
-  readonly rank: number;
-  readonly size: number;
-  readonly ranks: number[];
-  readonly name: string;
-  readonly timeoutMs: number;
-  /** The address Gloo binds ("" for NCCL, which picks its own interfaces). */
-  readonly hostname: string;
-  /** The device whose tensors the group moves: "cpu" for Gloo, "cuda:N" for NCCL. */
-  readonly device: string;
-  readonly destroyed: boolean;
-  readonly fault: { code: string; message: string } | null;
-  allToAllV(
-    x: NativeTensorHandle,
-    sendCounts: number[],
-    recvCounts?: number[],
-  ): Promise<{ output: NativeTensorHandle; recvCounts: number[] }>;
-  allToAll(x: NativeTensorHandle): Promise<NativeTensorHandle>;
-  allReduce(t: NativeTensorHandle, op: ReduceOp): Promise<void>;
-  broadcast(t: NativeTensorHandle, root: number): Promise<void>;
-  barrier(): Promise<void>;
-  newGroup(ranks: number[], options: { timeoutMs: number }): Promise<NativeProcessGroupHandle>;
-  destroy(): void;
-}
-
-interface NativeProcessGroupModule {
-  createGlooGroup(
-    store: NativeStoreHandle,
-    options: { rank: number; worldSize: number; prefix: string; hostname: string; timeoutMs: number },
-  ): Promise<NativeProcessGroupHandle>;
-}
-
-const DEFAULT_TIMEOUT_MS = 300000;
-
-function nativeModule(): NativeProcessGroupModule {
-  const mod = loadNative() as unknown as Partial<NativeProcessGroupModule>;
-  if (typeof mod.createGlooGroup !== "function") {
-    throw new MoEError("moe-ep: the loaded addon has no process groups (rebuild it)", "ERR_MOE_UNSUPPORTED");
-  }
-  return mod as NativeProcessGroupModule;
-}
-
 /**
  * The one place the NCCL backend is chosen: the function that connects an
  * NCCL group when NCCL and a device are usable, else ERR_MOE_NCCL_UNAVAILABLE
@@ -182,8 +141,9 @@ function checkRanks(name: string, ranks: unknown): number[] {
   return ranks as number[];
 }
 
-function checkTimeout(value: unknown, fallback: number): number {
-  return value === undefined ? fallback : checkInteger("timeoutMs", value, 1);
+/** Absent: the parent group's, or for a new world the core's default (cpp/comm/store.h). */
+function checkTimeout(value: unknown): number | undefined {
+  return value === undefined ? undefined : checkInteger("timeoutMs", value, 1);
 }
 
 function optionsObject<T>(value: unknown, name: string): Partial<T> {
@@ -292,7 +252,7 @@ export class ProcessGroup implements Disposable {
   async newGroup(ranks: number[], options?: NewGroupOptions): Promise<ProcessGroup> {
     const o = optionsObject<NewGroupOptions>(options, "newGroup options");
     const members = checkRanks("ranks", ranks);
-    const timeoutMs = checkTimeout(o.timeoutMs, this.timeoutMs);
+    const timeoutMs = checkTimeout(o.timeoutMs);
     return this.adopt(await this.handle.newGroup(members, { timeoutMs }));
   }
 
@@ -304,7 +264,7 @@ export class ProcessGroup implements Disposable {
   async split(options: SplitOptions): Promise<ExpertParallelGroups> {
     const o = optionsObject<SplitOptions>(options, "split options");
     const epSize = checkInteger("epSize", o.epSize, 1, this.size);
-    const timeoutMs = checkTimeout(o.timeoutMs, this.timeoutMs);
+    const timeoutMs = checkTimeout(o.timeoutMs);
     const layout = expertParallelLayout(this.size, epSize);
     const mine = (groups: number[][]): number[] => groups.find((g) => g.includes(this.rank))!;
     const [ep, expertDataParallel] = await Promise.all([
@@ -365,7 +325,7 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   // The device's form is checked first (no NCCL needed), then whether NCCL is usable.
   const device = backend === "nccl" ? checkDevice(o.device ?? defaultNcclDevice()) : undefined;
   const connectNccl = backend === "nccl" ? ncclBackend() : undefined;
-  const timeoutMs = checkTimeout(o.timeoutMs, DEFAULT_TIMEOUT_MS);
+  const timeoutMs = checkTimeout(o.timeoutMs);
   const hostname = o.hostname ?? process.env.MOE_EP_GLOO_HOSTNAME ?? "127.0.0.1";
   if (typeof hostname !== "string" || !/^[A-Za-z0-9._:-]+$/.test(hostname)) {
     throw invalid("a host name or IP address", "hostname", hostname);
@@ -402,7 +362,7 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   try {
     const h = connectNccl
       ? await connectNccl(store.handle, { rank, worldSize, prefix, device: device!, timeoutMs })
-      : await nativeModule().createGlooGroup(store.handle, { rank, worldSize, prefix, hostname, timeoutMs });
+      : await loadNative().createGlooGroup(store.handle, { rank, worldSize, prefix, hostname, timeoutMs });
     return new ProcessGroup(h, owned ? () => store.close() : undefined, backend);
   } catch (e) {
     if (owned) store.close();

@@ -6,28 +6,11 @@
  * namespace, its run id, so nothing an earlier run left behind is ever read.
  */
 import "../polyfill";
-import { MoEError, checkInteger, invalid } from "../errors";
+import type { NativeStoreHandle } from "../addon";
+import { checkInteger, invalid } from "../errors";
 import { loadNative } from "../native";
 
-/** The addon's store handle (binding/store.cc). */
-export interface NativeStoreHandle {
-  readonly url: string;
-  readonly timeoutMs: number;
-  readonly closed: boolean;
-  set(key: string, value: Uint8Array | string): Promise<void>;
-  get(key: string, timeoutMs?: number): Promise<Uint8Array>;
-  wait(keys: string[], timeoutMs?: number): Promise<void>;
-  check(keys: string[]): Promise<boolean>;
-  add(key: string, delta: number): Promise<number>;
-  close(): void;
-}
-
-interface NativeStoreModule {
-  openStore(
-    url: string,
-    options: { rank: number; worldSize: number; runId: string; timeoutMs: number },
-  ): NativeStoreHandle;
-}
+export type { NativeStoreHandle };
 
 export interface StoreOptions {
   /** This process's rank; rank 0 serves a tcp store. Default 0. */
@@ -36,7 +19,7 @@ export interface StoreOptions {
   worldSize?: number;
   /** The run's namespace; default MOE_EP_RUN_ID. Required by file:// stores. */
   runId?: string;
-  /** Default timeout of every call, and of connecting, in ms. Default 300000 (5 minutes). */
+  /** Default timeout of every call, and of connecting, in ms. Default: the core's, 5 minutes (cpp/comm/store.h). */
   timeoutMs?: number;
 }
 
@@ -148,10 +131,6 @@ export function openStore(url: string, options: StoreOptions = {}): Store {
   const rank = checkInteger("rank", options.rank ?? 0, 0, worldSize - 1);
   const runId = options.runId ?? process.env.MOE_EP_RUN_ID ?? "";
   if (typeof runId !== "string") throw invalid("a string", "runId", runId);
-  const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 300000, 0);
-  const mod = loadNative() as unknown as NativeStoreModule;
-  if (typeof mod.openStore !== "function") {
-    throw new MoEError("moe-ep: the loaded addon has no store (rebuild it)", "ERR_MOE_UNSUPPORTED");
-  }
-  return new Store(mod.openStore(url, { rank, worldSize, runId, timeoutMs }));
+  const timeoutMs = checkTimeout(options.timeoutMs);
+  return new Store(loadNative().openStore(url, { rank, worldSize, runId, timeoutMs }));
 }

@@ -7,12 +7,11 @@
 import { MoEError, checkInteger, checkNumber, checkOneOf, invalid } from "../errors";
 import { ACTIVATION_KINDS, type ActivationKind } from "../ops/activation";
 import { DROP_POLICIES, type DropPolicy } from "../ops/permute";
-import type { ScoreFunction } from "../ops/route";
+import { SCORE_FUNCTIONS, checkRouteOptions, type ScoreFunction } from "../ops/route";
 import type { DeviceName } from "../tensor";
 
 export type ParamDType = "float32" | "bfloat16" | "float16";
 const PARAM_DTYPES: readonly ParamDType[] = ["float32", "bfloat16", "float16"];
-const SCORE_FUNCTIONS: readonly ScoreFunction[] = ["softmax", "sigmoid"];
 
 export interface MoELayerOptions {
   /** Model width D. */
@@ -159,31 +158,15 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
   const dModel = checkInteger("dModel", o.dModel, 1);
   const dFF = checkInteger("dFF", o.dFF, 1);
   const numExperts = checkInteger("numExperts", o.numExperts, 1);
-  const topK = checkInteger("topK", o.topK ?? Math.min(2, numExperts), 1, numExperts);
+  const topK = o.topK ?? Math.min(2, numExperts);
   const epSize = checkInteger("epSize", o.epSize ?? 1, 1, numExperts);
   if (numExperts % epSize !== 0) {
     throw new MoEError(`Expected epSize to divide numExperts (${numExperts}) but received ${epSize}`, "ERR_MOE_VALUE");
   }
   const scoreFunction =
     o.scoreFunction === undefined ? "softmax" : checkOneOf("scoreFunction", o.scoreFunction, SCORE_FUNCTIONS);
-  let numGroups: number | undefined;
-  let topkGroups: number | undefined;
-  if (o.numGroups !== undefined || o.topkGroups !== undefined) {
-    numGroups = checkInteger("numGroups", o.numGroups, 1, numExperts);
-    topkGroups = checkInteger("topkGroups", o.topkGroups, 1, numGroups);
-    if (numExperts % numGroups !== 0) {
-      throw new MoEError(
-        `Expected numGroups to divide numExperts (${numExperts}) but received ${numGroups}`,
-        "ERR_MOE_VALUE",
-      );
-    }
-    if (topkGroups * (numExperts / numGroups) < topK) {
-      throw new MoEError(
-        `Expected topkGroups (${topkGroups}) groups of ${numExperts / numGroups} experts to hold topK (${topK}) experts`,
-        "ERR_MOE_VALUE",
-      );
-    }
-  }
+  const { numGroups, topkGroups } = o;
+  checkRouteOptions("MoELayer", numExperts, { topK, numGroups, topkGroups });
   const capacityFactor =
     o.capacityFactor === undefined || o.capacityFactor === null
       ? undefined

@@ -3,12 +3,11 @@
  * ProcessGroup (lib/comm/process-group.ts) satisfies it, and so does any
  * object with the same methods (an NCCL group, a test double).
  *
- * Layout, as Megatron-Core lays out expert parallelism with no tensor or
- * pipeline parallelism: world rank r is EP rank r mod epSize inside the EP
- * group of ranks ⌊r / epSize⌋·epSize … +epSize−1, and the ranks that hold the
- * same experts (r mod epSize equal) form the expert-data-parallel group.
+ * Which ranks form the EP and expert-data-parallel groups is
+ * lib/comm/layout.ts's rule (Megatron-Core's layout).
  */
 import type { Tensor } from "../tensor";
+import { expertParallelPosition } from "../comm/layout";
 import { MoEError, invalid } from "../errors";
 
 export type ReduceOp = "sum" | "avg" | "max";
@@ -81,16 +80,7 @@ function isGroup(g: unknown): g is CollectiveGroup {
 }
 
 /** This rank's position in the layout before the groups exist (parameters are sized from it). */
-export function layoutOf(
-  worldRank: number,
-  worldSize: number,
-  epSize: number,
-): { epRank: number; edpRank: number; edpSize: number } {
-  if (worldSize % epSize !== 0) {
-    throw new MoEError(`Expected epSize (${epSize}) to divide the world size (${worldSize})`, "ERR_MOE_VALUE");
-  }
-  return { epRank: worldRank % epSize, edpRank: Math.floor(worldRank / epSize), edpSize: worldSize / epSize };
-}
+export const layoutOf = expertParallelPosition;
 
 /** The world group's rank and size, from a group, a LayerGroups object or nothing (one rank). */
 export function worldOf(groups: unknown): { rank: number; size: number } {

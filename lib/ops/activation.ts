@@ -4,7 +4,6 @@
  * whose input holds the gate half first, then the up half: h = act(gate) ⊙ up.
  */
 import { checkOneOf } from "../errors";
-import type { NativeTensorHandle as H } from "../native-types";
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
@@ -16,19 +15,14 @@ export function isGated(kind: ActivationKind): boolean {
   return kind === "swiglu" || kind === "geglu";
 }
 
-interface ActivationNative {
-  activation(x: H, kind: string): Promise<H>;
-  activationBackward(dh: H, x: H, kind: string): Promise<H>;
-}
-
 /** x [..., C] any float dtype -> h in x's dtype: [..., C], or [..., C/2] for swiglu / geglu (C even). */
 export async function activation(x: Tensor, kind: ActivationKind): Promise<Tensor> {
   const k = checkOneOf("kind", kind, ACTIVATION_KINDS);
-  return wrap(await native<ActivationNative>().activation(handle(x, "x"), k));
+  return wrap(await native().activation(handle(x, "x"), k));
 }
 
 /** dh with h's shape (any float dtype), x the forward input -> dx with x's shape and dtype. */
 export async function activationBackward(dh: Tensor, x: Tensor, kind: ActivationKind): Promise<Tensor> {
   const k = checkOneOf("kind", kind, ACTIVATION_KINDS);
-  return wrap(await native<ActivationNative>().activationBackward(handle(dh, "dh"), handle(x, "x"), k));
+  return wrap(await native().activationBackward(handle(dh, "dh"), handle(x, "x"), k));
 }

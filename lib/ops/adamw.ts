@@ -5,7 +5,6 @@
  *   p -= lr · (m / (1 − β1^step)) / (√(v / (1 − β2^step)) + eps)
  */
 import { checkInteger, checkNumber, invalid } from "../errors";
-import type { NativeTensorHandle as H } from "../native-types";
 import type { Tensor } from "../tensor";
 import { handle, native } from "./common";
 
@@ -21,16 +20,6 @@ export interface AdamWStepOptions {
   weightDecay?: number;
   /** The step being taken, counted from 1 (bias correction). */
   step: number;
-}
-
-interface AdamWNative {
-  adamw(
-    param: H,
-    grad: H,
-    expAvg: H,
-    expAvgSq: H,
-    options: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
-  ): Promise<void>;
 }
 
 /**
@@ -55,7 +44,7 @@ export async function adamw(
     weightDecay: checkNumber("weightDecay", opts.weightDecay ?? 0.01, (v) => v >= 0, "a finite number >= 0"),
     step: checkInteger("step", opts.step, 1),
   };
-  await native<AdamWNative>().adamw(
+  await native().adamw(
     handle(param, "param"),
     handle(grad, "grad"),
     handle(expAvg, "expAvg"),

@@ -1,7 +1,7 @@
 /** Small helpers every op wrapper uses to cross into the native core. */
 import { MoEError, invalid } from "../errors";
 import { loadNative } from "../native";
-import type { NativeModule, NativeTensorHandle } from "../native-types";
+import type { Addon, NativeTensorHandle } from "../addon";
 import { Tensor } from "../tensor";
 
 /** The native handle of a tensor argument, with a typed error for anything else. */
@@ -19,7 +19,7 @@ export function wrap(h: NativeTensorHandle): Tensor {
   return new Tensor(h);
 }
 
-/** The addon, typed with the extra exports an op file declares. */
-export function native<T>(): NativeModule & T {
-  return loadNative() as NativeModule & T;
+/** The addon (lib/addon.ts declares its exports). */
+export function native(): Addon {
+  return loadNative();
 }

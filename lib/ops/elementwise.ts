@@ -4,21 +4,14 @@
  * gradient clipping. All compute in float32 (sums of squares in double).
  */
 import { checkNumber, invalid } from "../errors";
-import type { NativeTensorHandle as H } from "../native-types";
 import type { Tensor } from "../tensor";
 import { handle, native, optionalHandle, wrap } from "./common";
-
-interface ElementwiseNative {
-  add(a: H, b: H): Promise<H>;
-  axpby(y: H, x: H | undefined, options: { alpha: number; beta: number }): Promise<void>;
-  sumSquares(tensors: H[]): Promise<H>;
-}
 
 const finite = (v: number) => Number.isFinite(v);
 
 /** a + b for two float tensors of one shape (any float dtypes), in a's dtype. */
 export async function add(a: Tensor, b: Tensor): Promise<Tensor> {
-  return wrap(await native<ElementwiseNative>().add(handle(a, "a"), handle(b, "b")));
+  return wrap(await native().add(handle(a, "a"), handle(b, "b")));
 }
 
 export interface AxpbyOptions {
@@ -33,7 +26,7 @@ export async function axpby(y: Tensor, x: Tensor | null, options: AxpbyOptions =
   if (options === null || typeof options !== "object") throw invalid("an options object", "axpby options", options);
   const alpha = options.alpha === undefined ? 1 : checkNumber("alpha", options.alpha, finite, "a finite number");
   const beta = options.beta === undefined ? 1 : checkNumber("beta", options.beta, finite, "a finite number");
-  await native<ElementwiseNative>().axpby(handle(y, "y"), optionalHandle(x, "x"), { alpha, beta });
+  await native().axpby(handle(y, "y"), optionalHandle(x, "x"), { alpha, beta });
 }
 
 /** In place: y += x. */
@@ -59,5 +52,5 @@ export function zeroInPlace(y: Tensor): Promise<void> {
 /** Σ over the tensors of Σ t², as a float32 scalar tensor (double sums, independent of the thread count). */
 export async function sumSquares(tensors: readonly Tensor[]): Promise<Tensor> {
   if (!Array.isArray(tensors)) throw invalid("an array of tensors", "tensors", tensors);
-  return wrap(await native<ElementwiseNative>().sumSquares(tensors.map((t, i) => handle(t, `tensors[${i}]`))));
+  return wrap(await native().sumSquares(tensors.map((t, i) => handle(t, `tensors[${i}]`))));
 }

@@ -3,20 +3,8 @@
  * its own weights, Y_e = X_e · W_e (+ b_e) (docs/math.md#grouped-gemm).
  */
 import { invalid } from "../errors";
-import type { NativeTensorHandle as H } from "../native-types";
 import type { Tensor } from "../tensor";
 import { handle, native, optionalHandle, wrap } from "./common";
-
-interface GroupedGemmNative {
-  groupedGemm(x: H, w: H, rowsPerExpert: H, bias?: H): Promise<H>;
-  groupedGemmBackward(
-    dy: H,
-    x: H,
-    w: H,
-    rowsPerExpert: H,
-    options: { needDx: boolean; needDw: boolean; needDbias: boolean },
-  ): Promise<{ dx?: H; dw?: H; dbias?: H }>;
-}
 
 export interface GroupedGemmOptions {
   /** [L, N], any float dtype: b_e is added to every row of expert e. */
@@ -51,7 +39,7 @@ export async function groupedGemm(
 ): Promise<Tensor> {
   const o = options(opts, "groupedGemm options");
   return wrap(
-    await native<GroupedGemmNative>().groupedGemm(
+    await native().groupedGemm(
       handle(x, "x"),
       handle(w, "w"),
       handle(rowsPerExpert, "rowsPerExpert"),
@@ -92,7 +80,7 @@ export async function groupedGemmBackward(
     needDw: flag(o, "needDw", true),
     needDbias: flag(o, "needDbias", false),
   };
-  const g = await native<GroupedGemmNative>().groupedGemmBackward(
+  const g = await native().groupedGemmBackward(
     handle(dy, "dy"),
     handle(x, "x"),
     handle(w, "w"),

@@ -3,7 +3,7 @@
  * (docs/math.md#permute, docs/math.md#unpermute).
  */
 import { checkInteger, checkNumber, checkOneOf, invalid } from "../errors";
-import type { H } from "../native-types";
+import type { NativePermuteOptions } from "../addon";
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
@@ -43,25 +43,6 @@ export interface UnpermuteGrads {
   dWeights: Tensor;
 }
 
-interface NativePermuteOptions {
-  numExperts: number;
-  capacityFactor?: number;
-  dropPolicy: DropPolicy;
-  padToCapacity: boolean;
-}
-
-interface PermuteNative {
-  permute(
-    x: H,
-    indices: H,
-    weights: H,
-    options: NativePermuteOptions,
-  ): Promise<{ rows: H; rowsPerExpert: H; pairToRow: H; rowToPair: H; dropped: number; capacity: number }>;
-  permuteBackward(dRows: H, pairToRow: H): Promise<H>;
-  unpermute(rows: H, pairToRow: H, weights: H): Promise<H>;
-  unpermuteBackward(dy: H, rows: H, pairToRow: H, weights: H): Promise<{ dRows: H; dWeights: H }>;
-}
-
 function permuteOptions(options: unknown): NativePermuteOptions {
   if (options === null || typeof options !== "object") throw invalid("an options object", "options", options);
   const o = options as Record<string, unknown>;
@@ -82,12 +63,7 @@ function permuteOptions(options: unknown): NativePermuteOptions {
  */
 export async function permute(x: Tensor, indices: Tensor, weights: Tensor, options: PermuteOptions): Promise<Permuted> {
   const opts = permuteOptions(options);
-  const p = await native<PermuteNative>().permute(
-    handle(x, "x"),
-    handle(indices, "indices"),
-    handle(weights, "weights"),
-    opts,
-  );
+  const p = await native().permute(handle(x, "x"), handle(indices, "indices"), handle(weights, "weights"), opts);
   return {
     rows: wrap(p.rows),
     rowsPerExpert: wrap(p.rowsPerExpert),
@@ -100,17 +76,13 @@ export async function permute(x: Tensor, indices: Tensor, weights: Tensor, optio
 
 /** dx [tokens, dModel] in dRows' dtype: dx[t] = Σ over kept j (in j order) of dRows[pairToRow[t, j]]. */
 export async function permuteBackward(dRows: Tensor, pairToRow: Tensor): Promise<Tensor> {
-  return wrap(await native<PermuteNative>().permuteBackward(handle(dRows, "dRows"), handle(pairToRow, "pairToRow")));
+  return wrap(await native().permuteBackward(handle(dRows, "dRows"), handle(pairToRow, "pairToRow")));
 }
 
 /** y [tokens, dModel] in rows' dtype: y[t] = Σ over kept j (in j order) of w[t, j]·rows[pairToRow[t, j]], float32 sums. */
 export async function unpermute(rows: Tensor, pairToRow: Tensor, weights: Tensor): Promise<Tensor> {
   return wrap(
-    await native<PermuteNative>().unpermute(
-      handle(rows, "rows"),
-      handle(pairToRow, "pairToRow"),
-      handle(weights, "weights"),
-    ),
+    await native().unpermute(handle(rows, "rows"), handle(pairToRow, "pairToRow"), handle(weights, "weights")),
   );
 }
 
@@ -121,7 +93,7 @@ export async function unpermuteBackward(
   pairToRow: Tensor,
   weights: Tensor,
 ): Promise<UnpermuteGrads> {
-  const g = await native<PermuteNative>().unpermuteBackward(
+  const g = await native().unpermuteBackward(
     handle(dy, "dy"),
     handle(rows, "rows"),
     handle(pairToRow, "pairToRow"),

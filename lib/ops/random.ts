@@ -5,7 +5,6 @@
  * router's jitter is reproducible.
  */
 import { checkInteger, checkNumber, checkOneOf, invalid } from "../errors";
-import type { NativeTensorHandle as H } from "../native-types";
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
@@ -35,22 +34,6 @@ export interface FillRandomOptions extends RandomStreamOptions {
   sliceSize?: number;
   /** The index of the tensor's first slice in the stream (default 0). */
   firstSlice?: number;
-}
-
-interface RandomNative {
-  fillRandom(
-    t: H,
-    o: {
-      seed: number;
-      key: number;
-      distribution: Distribution;
-      a: number;
-      b: number;
-      sliceSize: number;
-      firstSlice: number;
-    },
-  ): Promise<void>;
-  jitter(x: H, o: { eps: number; seed: number; key: number; slice: number }): Promise<H>;
 }
 
 function stream(o: RandomStreamOptions): { seed: number; key: number } {
@@ -91,7 +74,7 @@ export async function fillRandom(t: Tensor, options: FillRandomOptions): Promise
     sliceSize: checkInteger("sliceSize", options.sliceSize ?? 0, 0),
     firstSlice: checkInteger("firstSlice", options.firstSlice ?? 0, 0, MAX_U32),
   };
-  await native<RandomNative>().fillRandom(handle(t, "t"), o);
+  await native().fillRandom(handle(t, "t"), o);
 }
 
 export interface JitterOptions extends RandomStreamOptions {
@@ -114,5 +97,5 @@ export async function jitter(x: Tensor, options: JitterOptions): Promise<Tensor>
     ...stream(options),
     slice: checkInteger("slice", options.slice ?? 0, 0, MAX_U32),
   };
-  return wrap(await native<RandomNative>().jitter(handle(x, "x"), o));
+  return wrap(await native().jitter(handle(x, "x"), o));
 }

@@ -3,16 +3,16 @@
  * softmax or sigmoid, top-k choice (optionally biased and group-limited),
  * gate weights, tokens per expert, and the load-balancing and z losses.
  */
-import { checkInteger, checkNumber, checkOneOf, invalid } from "../errors";
-import type { NativeTensorHandle as H } from "../native-types";
+import { checkNumber, checkOneOf, checkSafeInteger, invalid } from "../errors";
+import type { NativeChoiceOptions } from "../addon";
 import type { Tensor } from "../tensor";
 import { handle, native, optionalHandle, wrap } from "./common";
 
 export type ScoreFunction = "softmax" | "sigmoid";
-const SCORE_FUNCTIONS: readonly ScoreFunction[] = ["softmax", "sigmoid"];
+export const SCORE_FUNCTIONS: readonly ScoreFunction[] = ["softmax", "sigmoid"];
 
 export interface RouteOptions {
-  /** Experts chosen per token, 1 <= topK <= numExperts. */
+  /** Experts chosen per token, 1 <= topK <= numExperts (the core checks the ranges, see checkRouteOptions). */
   topK: number;
   /** How logits become scores; default "softmax". */
   scoreFunction?: ScoreFunction;
@@ -52,27 +52,6 @@ export interface RouteBackwardOptions {
   zLossGrad?: number;
 }
 
-interface RouteNative {
-  route(
-    logits: H,
-    expertBias: H | undefined,
-    options: {
-      topK: number;
-      scoreFunction: ScoreFunction;
-      renormalize: boolean;
-      numGroups?: number;
-      topkGroups?: number;
-    },
-  ): Promise<{ indices: H; weights: H; scores: H; tokensPerExpert: H; auxLoss: H; zLoss: H }>;
-  routeBackward(
-    logits: H,
-    indices: H,
-    tokensPerExpert: H,
-    dWeights: H | undefined,
-    options: { scoreFunction: ScoreFunction; renormalize: boolean; auxLossGrad: number; zLossGrad: number },
-  ): Promise<H>;
-}
-
 function optionsObject(options: unknown, name: string): Record<string, unknown> {
   if (typeof options !== "object" || options === null || Array.isArray(options))
     throw invalid("an object", name, options);
@@ -90,24 +69,39 @@ function scoreFunctionOf(value: unknown): ScoreFunction {
 }
 
 function optionalInteger(name: string, value: unknown): number | undefined {
-  return value === undefined ? undefined : checkInteger(name, value, 1);
+  return value === undefined ? undefined : checkSafeInteger(name, value);
+}
+
+/** The choice options, type-checked; their ranges are the core's (cpp/ops/route.h). */
+function choiceOptions(o: Record<string, unknown>): NativeChoiceOptions {
+  return {
+    topK: checkSafeInteger("topK", o.topK),
+    numGroups: optionalInteger("numGroups", o.numGroups),
+    topkGroups: optionalInteger("topkGroups", o.topkGroups),
+  };
+}
+
+export type ChoiceOptions = Pick<RouteOptions, "topK" | "numGroups" | "topkGroups">;
+
+/**
+ * Throws the ERR_MOE_VALUE that route would throw for these options on logits of numExperts
+ * columns (topK within numExperts, the group limit consistent), naming `op`; for checking a
+ * configuration before there are logits.
+ */
+export function checkRouteOptions(op: string, numExperts: number, options: ChoiceOptions): void {
+  const o = choiceOptions(optionsObject(options, `${op} options`));
+  native().checkRouteOptions(op, { numExperts: checkSafeInteger("numExperts", numExperts), ...o });
 }
 
 /** Scores, top-k choice, weights, counts and losses of the router for logits float32 [tokens, numExperts]. */
 export async function route(logits: Tensor, options: RouteOptions): Promise<RouteResult> {
   const o = optionsObject(options, "route options");
   const opts = {
-    topK: checkInteger("topK", o.topK, 1),
+    ...choiceOptions(o),
     scoreFunction: scoreFunctionOf(o.scoreFunction),
     renormalize: optionalBoolean("renormalize", o.renormalize),
-    numGroups: optionalInteger("numGroups", o.numGroups),
-    topkGroups: optionalInteger("topkGroups", o.topkGroups),
   };
-  const r = await native<RouteNative>().route(
-    handle(logits, "logits"),
-    optionalHandle(o.expertBias, "expertBias"),
-    opts,
-  );
+  const r = await native().route(handle(logits, "logits"), optionalHandle(o.expertBias, "expertBias"), opts);
   return {
     indices: wrap(r.indices),
     weights: wrap(r.weights),
@@ -140,7 +134,7 @@ export async function routeBackward(
     zLossGrad: o.zLossGrad === undefined ? 0 : checkNumber("zLossGrad", o.zLossGrad, finite, "a finite number"),
   };
   return wrap(
-    await native<RouteNative>().routeBackward(
+    await native().routeBackward(
       handle(logits, "logits"),
       handle(indices, "indices"),
       handle(tokensPerExpert, "tokensPerExpert"),
