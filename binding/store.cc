@@ -1,4 +1,4 @@
-// openStore(url, {rank, worldSize, runId, timeoutMs}) -> NativeStore, whose
+// openStore(url, {rank, worldSize, runId, timeoutMs, maxBytes}) -> NativeStore, whose
 // set/get/wait/check/add return Promises settled from cpp/comm's blocking pool.
 #include <cstdint>
 #include <cstring>
@@ -201,6 +201,9 @@ Registration reg([](Napi::Env env, Napi::Object exports) {
                                    opts.world_size = int(int_option(o, "worldSize", 1, 1, INT32_MAX));
                                    opts.run_id = get_string(o, "runId", "");
                                    opts.timeout = comm::Millis(int_option(o, "timeoutMs", 300000, 0, int64_t(1) << 53));
+                                   opts.max_bytes =
+                                       size_t(int_option(o, "maxBytes", int64_t(opts.max_bytes),
+                                                         int64_t(comm::kMinMaxStoreBytes), int64_t(1) << 53));
                                    auto store = comm::open_store(url, opts);
                                    return ctor->New({Napi::External<std::shared_ptr<comm::Store>>::New(env, &store)});
                                  });

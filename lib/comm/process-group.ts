@@ -45,9 +45,17 @@ export interface ProcessGroupOptions {
   /** Timeout of every collective and rendezvous wait, in ms. Default 300000 (5 minutes). */
   timeoutMs?: number;
   /**
+   * For a tcp:// store this call opens on rank 0: the most its server holds
+   * for the run, in bytes (StoreOptions.maxBytes). Default
+   * MOE_EP_STORE_MAX_BYTES, else 256 MiB.
+   */
+  storeMaxBytes?: number;
+  /**
    * The address this rank's sockets bind to and peers connect to. Default
    * MOE_EP_GLOO_HOSTNAME, else "127.0.0.1" (loopback: one machine). Ranks on
-   * several machines name an address of their own machine that the others reach.
+   * several machines name an address of their own machine that the others
+   * reach. A name is resolved to its address (IPv4 first) before Gloo sees it;
+   * one that does not resolve is ERR_MOE_VALUE naming it.
    */
   hostname?: string;
   /**
@@ -391,7 +399,7 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   } else {
     const url = o.store ?? env!.storeUrl;
     const runId = o.runId ?? (o.store === undefined ? env!.runId : undefined);
-    store = openStore(url, { rank, worldSize, runId, timeoutMs });
+    store = openStore(url, { rank, worldSize, runId, timeoutMs, maxBytes: o.storeMaxBytes });
     const key = `${store.url}#${runId ?? process.env.MOE_EP_RUN_ID ?? ""}`;
     prefix = nextPrefix(() => {
       const n = groupsByRun.get(key) ?? 0;
