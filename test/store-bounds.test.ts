@@ -440,7 +440,7 @@ describe("tcp store: what one run may hold", () => {
       (e: unknown) => e,
     );
     expect((bad as MoEError).code).toBe("ERR_MOE_VALUE");
-    expect((bad as MoEError).message).toMatch(/maxBytes/);
+    expect((bad as MoEError).message).toMatch(/storeMaxBytes/);
     const pg = await initProcessGroup({
       rank: 0,
       worldSize: 1,

@@ -21,7 +21,7 @@ import { handle, wrap } from "../ops/common";
 import { Tensor } from "../tensor";
 import { rendezvousFromEnv } from "./env";
 import { expertParallelLayout } from "./layout";
-import { openStore, Store, type NativeStoreHandle } from "./store";
+import { openStore, Store, STORE_LIMITS, type NativeStoreHandle } from "./store";
 
 export type Backend = "gloo" | "nccl";
 export const BACKENDS: readonly Backend[] = ["gloo", "nccl"];
@@ -374,6 +374,10 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   const device = backend === "nccl" ? checkDevice(o.device ?? defaultNcclDevice()) : undefined;
   const connectNccl = backend === "nccl" ? ncclBackend() : undefined;
   const timeoutMs = checkTimeout(o.timeoutMs, DEFAULT_TIMEOUT_MS);
+  const storeMaxBytes =
+    o.storeMaxBytes === undefined
+      ? undefined
+      : checkInteger("storeMaxBytes", o.storeMaxBytes, STORE_LIMITS.minMaxBytes);
   const hostname = o.hostname ?? process.env.MOE_EP_GLOO_HOSTNAME ?? "127.0.0.1";
   if (typeof hostname !== "string" || !/^[A-Za-z0-9._:-]+$/.test(hostname)) {
     throw invalid("a host name or IP address", "hostname", hostname);
@@ -399,7 +403,7 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   } else {
     const url = o.store ?? env!.storeUrl;
     const runId = o.runId ?? (o.store === undefined ? env!.runId : undefined);
-    store = openStore(url, { rank, worldSize, runId, timeoutMs, maxBytes: o.storeMaxBytes });
+    store = openStore(url, { rank, worldSize, runId, timeoutMs, maxBytes: storeMaxBytes });
     const key = `${store.url}#${runId ?? process.env.MOE_EP_RUN_ID ?? ""}`;
     prefix = nextPrefix(() => {
       const n = groupsByRun.get(key) ?? 0;
