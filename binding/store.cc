@@ -1,4 +1,4 @@
-// openStore(url, {rank, worldSize, runId, timeoutMs}) -> NativeStore, whose
+// openStore(url, {rank, worldSize, runId, timeoutMs, maxBytes}) -> NativeStore, whose
 // set/get/wait/check/add return Promises settled from cpp/comm's blocking pool.
 #include <cstdint>
 #include <cstring>
@@ -189,24 +189,27 @@ namespace {
 
 Registration reg([](Napi::Env env, Napi::Object exports) {
   auto ctor = std::make_shared<Napi::FunctionReference>(Napi::Persistent(NativeStore::Define(env)));
-  exports.Set("openStore", Napi::Function::New(
-                               env,
-                               [ctor](const Napi::CallbackInfo& info) -> Napi::Value {
-                                 Napi::Env env = info.Env();
-                                 return guard(env, [&]() -> Napi::Value {
-                                   std::string url = to_string(info[0], "url");
-                                   Napi::Object o = options_arg(info, 1);
-                                   comm::StoreOptions opts;  // its defaults are the core's
-                                   opts.rank = int(int_option(o, "rank", 0, 0, INT32_MAX));
-                                   opts.world_size = int(int_option(o, "worldSize", 1, 1, INT32_MAX));
-                                   opts.run_id = get_string(o, "runId", "");
-                                   opts.timeout = comm::Millis(
-                                       int_option(o, "timeoutMs", opts.timeout.count(), 0, int64_t(1) << 53));
-                                   auto store = comm::open_store(url, opts);
-                                   return ctor->New({Napi::External<std::shared_ptr<comm::Store>>::New(env, &store)});
-                                 });
-                               },
-                               "openStore"));
+  exports.Set("openStore",
+              Napi::Function::New(
+                  env,
+                  [ctor](const Napi::CallbackInfo& info) -> Napi::Value {
+                    Napi::Env env = info.Env();
+                    return guard(env, [&]() -> Napi::Value {
+                      std::string url = to_string(info[0], "url");
+                      Napi::Object o = options_arg(info, 1);
+                      comm::StoreOptions opts;  // its defaults are the core's
+                      opts.rank = int(int_option(o, "rank", 0, 0, INT32_MAX));
+                      opts.world_size = int(int_option(o, "worldSize", 1, 1, INT32_MAX));
+                      opts.run_id = get_string(o, "runId", "");
+                      opts.timeout =
+                          comm::Millis(int_option(o, "timeoutMs", opts.timeout.count(), 0, int64_t(1) << 53));
+                      opts.max_bytes = size_t(int_option(o, "maxBytes", int64_t(opts.max_bytes),
+                                                         int64_t(comm::kMinMaxStoreBytes), int64_t(1) << 53));
+                      auto store = comm::open_store(url, opts);
+                      return ctor->New({Napi::External<std::shared_ptr<comm::Store>>::New(env, &store)});
+                    });
+                  },
+                  "openStore"));
 });
 
 }  // namespace

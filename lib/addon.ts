@@ -191,6 +191,7 @@ export interface NativeStoreOptions {
   worldSize: number;
   runId: string;
   timeoutMs?: number;
+  maxBytes?: number;
 }
 
 /** A rendezvous store (binding/store.cc); its calls settle from the core's blocking pool. */

@@ -92,9 +92,8 @@ describe("file store", () => {
   test("three processes set, get, wait and add atomically", async () => {
     const dir = path.join(work, "file-3");
     await threeRanks(`file://${dir}`, "run-a1");
-    // Everything lives under DIR/<run id>/, with no temporary file left behind.
-    expect(fs.readdirSync(dir)).toEqual(["run-a1"]);
-    expect(fs.readdirSync(path.join(dir, "run-a1")).filter((f) => f.startsWith(".tmp"))).toEqual([]);
+    // Everything lived under DIR/<run id>/, which the last rank to close removed.
+    expect(fs.readdirSync(dir)).toEqual([]);
   });
 
   test("a store opened without a timeout has the core's default, 5 minutes", () => {
@@ -324,6 +323,7 @@ describe("tcp store", () => {
         expect(data.readUInt32BE(at)).toBe(0x4d4f4553);
         const op = data.readUInt16BE(at + 6);
         const n = data.readUInt32BE(at + 12);
+        if (at + 16 + n > data.length) break; // the rest has not arrived yet
         out.push({ op, value: data.subarray(at + 16, at + 16 + n).toString() });
         at += 16 + n;
       }

@@ -1,11 +1,13 @@
 #include "file_store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -63,19 +65,48 @@ class FdGuard {
 
 // An exclusive flock on the run's lock file, held for its scope. flock locks
 // belong to the open file description, so threads of one process exclude each
-// other as well as other processes.
+// other as well as other processes. The last store of a run renames the
+// directory away under this lock, so a lock taken on a file that is no longer
+// at its path is dropped and taken again; `create` remakes a directory that
+// went, otherwise held() is false.
 class DirLock {
  public:
-  explicit DirLock(const std::string& dir) : fd_(::open((dir + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600)) {
-    if (fd_.get() < 0) fail(Code::Internal, "file store: cannot open " + dir + "/.lock: " + errno_text(errno));
-    while (::flock(fd_.get(), LOCK_EX) != 0) {
-      if (errno != EINTR) fail(Code::Internal, "file store: cannot lock " + dir + "/.lock: " + errno_text(errno));
+  DirLock(const std::string& dir, bool create) {
+    const std::string path = dir + "/.lock";
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      if (fd < 0 && errno == ENOENT) {
+        if (!create) return;
+        make_dirs(dir, 0700);
+        continue;
+      }
+      if (fd < 0) fail(Code::Internal, "file store: cannot open " + path + ": " + errno_text(errno));
+      while (::flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+          int err = errno;
+          ::close(fd);
+          fail(Code::Internal, "file store: cannot lock " + path + ": " + errno_text(err));
+        }
+      }
+      struct stat locked, current;
+      if (::fstat(fd, &locked) == 0 && ::stat(path.c_str(), &current) == 0 && locked.st_ino == current.st_ino &&
+          locked.st_dev == current.st_dev) {
+        fd_ = fd;
+        return;
+      }
+      ::close(fd);
     }
+    fail(Code::Internal, "file store: could not lock " + path + " (its directory keeps being replaced)");
   }
-  ~DirLock() { ::flock(fd_.get(), LOCK_UN); }
+  ~DirLock() {
+    if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the flock
+  }
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+  bool held() const { return fd_ >= 0; }
 
  private:
-  FdGuard fd_;
+  int fd_ = -1;
 };
 
 void write_all(int fd, const uint8_t* data, size_t n, const std::string& path) {
@@ -90,14 +121,69 @@ void write_all(int fd, const uint8_t* data, size_t n, const std::string& path) {
   }
 }
 
+// Writes a small file whole: a temporary file renamed into place.
+void write_file(const std::string& dir, const std::string& name, const std::string& text, uint64_t nonce) {
+  std::string path = dir + "/" + name;
+  std::string temp = dir + "/.tmp-" + std::to_string(::getpid()) + "-r" + std::to_string(nonce);
+  FdGuard fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (fd.get() < 0) fail(Code::Internal, "file store: cannot create " + temp + ": " + errno_text(errno));
+  try {
+    write_all(fd.get(), reinterpret_cast<const uint8_t*>(text.data()), text.size(), temp);
+    if (::rename(temp.c_str(), path.c_str()) != 0) {
+      fail(Code::Internal, "file store: cannot rename " + temp + " to " + path + ": " + errno_text(errno));
+    }
+  } catch (...) {
+    ::unlink(temp.c_str());
+    throw;
+  }
+}
+
+// The run's reference counts (.refs): stores opened and closed, distinct ranks that opened one.
+struct Refs {
+  long long opened = 0, closed = 0, ranks = 0;
+};
+
+Refs read_refs(const std::string& dir) {
+  Refs r;
+  std::string path = dir + "/.refs";
+  FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return r;
+    fail(Code::Internal, "file store: cannot open " + path + ": " + errno_text(errno));
+  }
+  char buf[128] = {0};
+  ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
+  if (n < 0 || std::sscanf(buf, "%lld %lld %lld", &r.opened, &r.closed, &r.ranks) != 3 || r.opened < 0 ||
+      r.closed < 0 || r.ranks < 0) {
+    fail(Code::Value, "file store: " + path + " is not a moe-ep reference count file");
+  }
+  return r;
+}
+
+std::string refs_text(const Refs& r) {
+  return std::to_string(r.opened) + " " + std::to_string(r.closed) + " " + std::to_string(r.ranks) + "\n";
+}
+
+// Removes a directory of plain files (a run's directory, renamed away).
+void remove_files_and_dir(const std::string& dir) {
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) ::unlinkat(::dirfd(d), e->d_name, 0);
+    }
+    ::closedir(d);
+  }
+  ::rmdir(dir.c_str());
+}
+
 }  // namespace
 
 FileStore::FileStore(const std::string& dir, const StoreOptions& opts)
-    : root_(dir), run_id_(opts.run_id), timeout_(opts.timeout) {
+    : root_(dir), run_id_(opts.run_id), rank_(opts.rank), world_size_(opts.world_size), timeout_(opts.timeout) {
   while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
   dir_ = (root_ == "/" ? "" : root_) + "/" + run_id_;
   make_dirs(root_, 0777);
   make_dirs(dir_, 0700);
+  enter();
 }
 
 FileStore::~FileStore() { close(); }
@@ -105,13 +191,57 @@ FileStore::~FileStore() { close(); }
 void FileStore::close() {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
     closed_ = true;
   }
   closed_cv_.notify_all();
+  try {
+    leave();
+  } catch (const std::exception&) {
+    // close never throws; a cleanup that failed leaves the run's directory behind
+  }
+}
+
+void FileStore::enter() {
+  DirLock lock(dir_, true);
+  Refs r = read_refs(dir_);
+  std::string marker = dir_ + "/.rank-" + std::to_string(rank_);
+  int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    ::close(fd);
+    ++r.ranks;
+  } else if (errno != EEXIST) {
+    fail(Code::Internal, "file store: cannot create " + marker + ": " + errno_text(errno));
+  }
+  ++r.opened;
+  write_file(dir_, ".refs", refs_text(r), temp_counter_++);
+}
+
+void FileStore::leave() {
+  std::string gone;
+  {
+    DirLock lock(dir_, false);
+    if (!lock.held()) return;  // removed by someone else
+    Refs r = read_refs(dir_);
+    ++r.closed;
+    if (r.ranks >= world_size_ && r.closed >= r.opened) {
+      // Every rank has opened a store of the run and every store is closed: no one needs a key.
+      gone = (root_ == "/" ? "" : root_) + "/.gone-" + run_id_ + "-" + std::to_string(::getpid()) + "-" +
+             std::to_string(temp_counter_++);
+      if (::rename(dir_.c_str(), gone.c_str()) != 0) gone.clear();
+    }
+    if (gone.empty()) write_file(dir_, ".refs", refs_text(r), temp_counter_++);
+  }
+  if (!gone.empty()) remove_files_and_dir(gone);
 }
 
 void FileStore::check_open(const char* op) const {
   if (closed_) fail(Code::Disposed, std::string("store ") + op + ": the store is closed");
+}
+
+void FileStore::gone_error(const char* op) const {
+  check_open(op);
+  fail(Code::Internal, std::string("store ") + op + ": the run's directory " + dir_ + " was removed while in use");
 }
 
 std::string FileStore::file_name(const std::string& key) {
@@ -203,7 +333,8 @@ void FileStore::set(const std::string& key, const Bytes& value) {
   check_open("set");
   check_key(key, "set");
   check_value(value, "set");
-  DirLock lock(dir_);  // orders set against a concurrent add of the same key
+  DirLock lock(dir_, false);  // orders set against a concurrent add of the same key
+  if (!lock.held()) gone_error("set");
   write_entry(key, value);
 }
 
@@ -243,7 +374,8 @@ bool FileStore::check(const std::vector<std::string>& keys) {
 int64_t FileStore::add(const std::string& key, int64_t delta) {
   check_open("add");
   check_key(key, "add");
-  DirLock lock(dir_);
+  DirLock lock(dir_, false);
+  if (!lock.held()) gone_error("add");
   Bytes current;
   int64_t value = read_entry(key, &current) ? parse_counter(current, key) : 0;
   value = add_counter(value, delta, key);

@@ -23,6 +23,7 @@
 
 #include "gloo_faults.h"
 #include "gloo_store.h"
+#include "net.h"
 #include "socket_abort.h"
 #endif
 
@@ -104,6 +105,7 @@ struct GlooGroup::Impl {
   std::shared_ptr<gloo::transport::Device> device;
   std::shared_ptr<Context> context;
   std::optional<std::pair<Code, std::string>> fault;
+  std::string address;  // the hostname resolved, once the device exists
   bool busy = false;
   int64_t seq = 0;                                       // collectives run so far (group thread only)
   std::vector<std::vector<std::string>> peer_endpoints;  // each peer's addresses as Gloo's messages print them
@@ -288,6 +290,11 @@ std::optional<std::pair<Code, std::string>> GlooGroup::fault() const {
   return impl_->fault;
 }
 
+std::string GlooGroup::address() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->address.empty() ? options_.hostname : impl_->address;
+}
+
 Task<Unit> GlooGroup::connect() {
   return [self = shared_from_this()]() -> Unit {
     GlooGroup& g = *self;
@@ -303,16 +310,19 @@ Task<Unit> GlooGroup::connect() {
         device = I.device;
       }
       if (!device) {
+        const std::string address =
+            net::resolve_numeric(g.options_.hostname, "the hostname option / MOE_EP_GLOO_HOSTNAME");
         try {
           gloo::transport::tcp::attr attr;
-          attr.hostname = g.options_.hostname;
+          attr.hostname = address;
           device = gloo::transport::tcp::CreateDevice(attr);
         } catch (const std::exception& e) {
-          fail(Code::Value, op + ": could not use the address \"" + g.options_.hostname +
-                                "\" for Gloo's sockets: " + gloo_text(e.what()));
+          fail(Code::Value, "could not use the address " + address + " (hostname " + describe_key(g.options_.hostname) +
+                                ") for Gloo's sockets: " + gloo_text(e.what()));
         }
         std::lock_guard<std::mutex> lock(I.mu);
         I.device = device;
+        I.address = address;
       }
       ctx = std::make_shared<Context>(g.rank_, g.size());
       ctx->setTimeout(g.timeout());
@@ -414,10 +424,12 @@ std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>& members, 
   std::string key = join(members);
   int n;
   std::shared_ptr<gloo::transport::Device> device;
+  std::string address;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     n = impl_->subgroups[key]++;
     device = impl_->device;
+    address = impl_->address;
   }
   GroupOptions o = options_;
   if (timeout) o.timeout = *timeout;
@@ -425,6 +437,7 @@ std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>& members, 
   std::string prefix = prefix_ + "/sub[" + key + "]#" + std::to_string(n);
   auto child = create(store_, prefix, my_index, world, o);
   child->impl_->device = device;  // one device (and its event loop thread) for a group and its sub-groups
+  child->impl_->address = address;
   return child;
 }
 
@@ -702,6 +715,7 @@ GlooGroup::GlooGroup(std::shared_ptr<Store> store, std::string prefix, int rank,
       options_(std::move(options)) {}
 GlooGroup::~GlooGroup() = default;
 std::optional<std::pair<Code, std::string>> GlooGroup::fault() const { return std::nullopt; }
+std::string GlooGroup::address() const { return options_.hostname; }
 Task<Unit> GlooGroup::connect() { fail(Code::Unsupported, "process group: built without Gloo"); }
 std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>&, std::optional<Millis>) {
   fail(Code::Unsupported, "process group: built without Gloo");

@@ -32,9 +32,10 @@
 namespace moe::comm {
 
 struct GroupOptions {
-  // The address Gloo's sockets bind to and that peers connect to. Loopback
-  // unless the user names another address (Gloo alone would bind the
-  // address of the machine's host name).
+  // The address Gloo's sockets bind to and that peers connect to: loopback
+  // unless the user names another (Gloo alone would bind the address of the
+  // machine's host name). A name is resolved when the group connects, and Gloo
+  // is handed the numeric address, loopback or not as the name says.
   std::string hostname = "127.0.0.1";
   // Every collective and rendezvous wait.
   Millis timeout = kDefaultTimeout;
@@ -59,7 +60,8 @@ class GlooGroup : public ProcessGroup, public std::enable_shared_from_this<GlooG
   Millis timeout() const override { return options_.timeout; }
   const std::string& name() const override { return options_.name; }
   const std::string& hostname() const { return options_.hostname; }
-  std::string address() const override { return options_.hostname; }
+  // The numeric address the group's sockets bind to once connected; the hostname before.
+  std::string address() const override;
   Device device() const override { return Device{}; }
   bool destroyed() const override { return destroyed_.load(); }
   // The fault that broke the group, if any: code and message.

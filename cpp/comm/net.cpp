@@ -32,6 +32,32 @@ in_addr resolve_ipv4(const std::string& host) {
   return addr;
 }
 
+std::string resolve_numeric(const std::string& host, const std::string& what) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int rc = host.empty() ? EAI_NONAME : ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || !res) {
+    if (res) ::freeaddrinfo(res);
+    std::string why = rc == EAI_SYSTEM ? std::strerror(errno) : ::gai_strerror(rc);
+    fail(Code::Value, "cannot resolve " + describe_key(host) + " (" + what + ") to an address: " + why);
+  }
+  const addrinfo* pick = nullptr;
+  for (const addrinfo* a = res; a; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      pick = a;
+      break;
+    }
+    if (!pick && a->ai_family == AF_INET6) pick = a;
+  }
+  char buf[NI_MAXHOST] = {0};
+  int ni = pick ? ::getnameinfo(pick->ai_addr, pick->ai_addrlen, buf, sizeof buf, nullptr, 0, NI_NUMERICHOST) : -1;
+  ::freeaddrinfo(res);
+  if (ni != 0) fail(Code::Value, "cannot resolve " + describe_key(host) + " (" + what + ") to an IPv4 or IPv6 address");
+  return buf;
+}
+
 std::string format_ipv4(in_addr addr) {
   char buf[INET_ADDRSTRLEN] = {0};
   ::inet_ntop(AF_INET, &addr, buf, sizeof buf);

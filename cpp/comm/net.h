@@ -14,6 +14,12 @@ using Clock = std::chrono::steady_clock;
 in_addr resolve_ipv4(const std::string& host);
 std::string format_ipv4(in_addr addr);
 
+// The numeric address of a host name or IP literal, IPv4 preferred, else IPv6
+// ("localhost" -> "127.0.0.1", "::1" stays "::1"). Gloo is handed only this:
+// its own lookup of a name that does not resolve reads an uninitialised list.
+// Throws ERR_MOE_VALUE naming the host, and `what` it is, when it does not resolve.
+std::string resolve_numeric(const std::string& host, const std::string& what);
+
 void set_nonblocking(int fd);
 
 // Milliseconds left until deadline, for poll(): 0 when passed, at most `cap`.

@@ -122,6 +122,10 @@ void check_options(const StoreOptions& opts) {
   if (opts.timeout.count() < 0) {
     fail(Code::Value, "store: expected a timeout >= 0 ms but received " + std::to_string(opts.timeout.count()));
   }
+  if (opts.max_bytes < kMinMaxStoreBytes) {
+    fail(Code::Value, "store: expected maxBytes >= " + std::to_string(kMinMaxStoreBytes) + " but received " +
+                          std::to_string(opts.max_bytes));
+  }
   check_run_id(opts.run_id);
 }
 

@@ -6,6 +6,11 @@
 //                     other ranks (and rank 0 itself) connect as clients
 // Every run has its own namespace (StoreOptions::run_id), so nothing left
 // behind by an earlier run is ever read.
+//
+// Bounds (docs/architecture.md#stores): the tcp server holds at most
+// StoreOptions::max_bytes for its run, and a connection may send nothing but a
+// HELLO before its handshake (tcp_server.h). A file store's directory goes
+// when every rank has closed its store (file_store.h).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -44,18 +49,29 @@ class Store {
 // collectives and rendezvous, when the caller names none: 5 minutes.
 constexpr Millis kDefaultTimeout{300000};
 
+// Default and smallest bound on what a tcp store's run may hold (keys, values and
+// their bookkeeping). moe-ep itself stores little: an NCCL unique id (128 bytes)
+// per NCCL group and, per Gloo group of n ranks, n values of (n - 1) Gloo
+// addresses (136 bytes each), about 36 MB for a world of 512 ranks.
+constexpr size_t kDefaultMaxStoreBytes = size_t(256) << 20;
+constexpr size_t kMinMaxStoreBytes = size_t(64) << 10;
+
 struct StoreOptions {
   int rank = 0;
   int world_size = 1;
   std::string run_id;
   Millis timeout = kDefaultTimeout;
+  // tcp:// only: the most rank 0's server holds for the run (keys, values, and
+  // values being received); a client past it is dropped.
+  size_t max_bytes = kDefaultMaxStoreBytes;
 };
 
 // "file:///abs/dir" or "tcp://host:port" (rank 0 serves, the others connect;
 // host may be a name or IPv4 and defaults to 127.0.0.1 in "tcp://:port").
 std::shared_ptr<Store> open_store(const std::string& url, const StoreOptions& opts);
 
-// Limits shared by both stores.
+// Limits shared by both stores. A tcp store's values also count against its
+// run's max_bytes, so below 16 MiB that bound is the largest value.
 constexpr size_t kMaxKeyBytes = 4096;
 constexpr size_t kMaxValueBytes = size_t(16) << 20;
 constexpr size_t kMaxRunIdBytes = 128;

@@ -59,7 +59,7 @@ ReplyStatus read_reply(int fd, Clock::time_point deadline, uint16_t* op, Bytes* 
 TcpStore::TcpStore(const std::string& host, int port, const StoreOptions& opts)
     : host_(host), port_(port), run_id_(opts.run_id), timeout_(opts.timeout) {
   if (opts.rank == 0) {
-    server_ = std::make_unique<TcpServer>(host, port, run_id_);
+    server_ = std::make_unique<TcpServer>(host, port, run_id_, opts.max_bytes);
     port_ = server_->port();
     addr_ = server_->address();
     resolved_ = true;
@@ -212,7 +212,8 @@ TcpStore::Reply TcpStore::request(const char* what, uint16_t op, const std::stri
     return reply;
   }
   if (st == ReplyStatus::Ok && reply.op == wire::kError) {
-    release(fd);  // the exchange completed; the server refused the operation itself
+    // The server refused the operation itself; past a bound it also closes the connection.
+    discard(fd);
     fail(Code::Value, printable(reply.value));
   }
   // A connection that timed out or broke holds a half-done exchange: never reuse it.

@@ -5,17 +5,18 @@
 //
 // all big-endian. Requests (client -> server), strictly one at a time:
 //   HELLO 1  key = run id, no value; must come first. -> OK, or REFUSED and the server closes
-//   SET   2  key, value                               -> OK
+//   SET   2  key, value                               -> OK, or ERROR past the run's bound
 //   GET   3  key                                      -> VALUE(value), held until the key exists
 //   WAIT  4  key                                      -> OK, held until the key exists
 //   CHECK 5  key                                      -> VALUE(1 byte: 1 when the key exists, else 0)
 //   ADD   6  key, value = i64 delta (8 bytes)         -> VALUE(i64 new value, 8 bytes), or ERROR
+// An ERROR past the run's bound (tcp_server.h) is followed by the server closing.
 // Replies (server -> client) have key_len 0:
 //   OK 0x100 | VALUE 0x101 | REFUSED 0x102 (value: text) | ERROR 0x103 (value: text)
 // Caps: key_len <= 4096 (and >= 1 outside HELLO), value_len <= 16 MiB. A
 // message that breaks the format (magic, version, unknown op, caps, anything
-// before HELLO, a request while one is pending) makes the server close that
-// connection. Payloads are only ever compared and copied, never interpreted,
+// but a HELLO before the handshake, a request while one is pending) makes the
+// server close that connection. Payloads are only ever compared and copied, never interpreted,
 // except ADD's delta and the counter's decimal text.
 #pragma once
 #include <cstddef>

@@ -21,7 +21,7 @@ import { handle, wrap } from "../ops/common";
 import { Tensor } from "../tensor";
 import { rendezvousFromEnv } from "./env";
 import { expertParallelLayout } from "./layout";
-import { openStore, Store } from "./store";
+import { openStore, Store, STORE_LIMITS } from "./store";
 
 export type { NativeProcessGroupHandle };
 
@@ -47,9 +47,17 @@ export interface ProcessGroupOptions {
   /** Timeout of every collective and rendezvous wait, in ms. Default: the core's, 5 minutes (cpp/comm/store.h). */
   timeoutMs?: number;
   /**
+   * For a tcp:// store this call opens on rank 0: the most its server holds
+   * for the run, in bytes (StoreOptions.maxBytes). Default
+   * MOE_EP_STORE_MAX_BYTES, else 256 MiB.
+   */
+  storeMaxBytes?: number;
+  /**
    * The address this rank's sockets bind to and peers connect to. Default
    * MOE_EP_GLOO_HOSTNAME, else "127.0.0.1" (loopback: one machine). Ranks on
-   * several machines name an address of their own machine that the others reach.
+   * several machines name an address of their own machine that the others
+   * reach. A name is resolved to its address (IPv4 first) before Gloo sees it;
+   * one that does not resolve is ERR_MOE_VALUE naming it.
    */
   hostname?: string;
   /**
@@ -326,6 +334,10 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   const device = backend === "nccl" ? checkDevice(o.device ?? defaultNcclDevice()) : undefined;
   const connectNccl = backend === "nccl" ? ncclBackend() : undefined;
   const timeoutMs = checkTimeout(o.timeoutMs);
+  const storeMaxBytes =
+    o.storeMaxBytes === undefined
+      ? undefined
+      : checkInteger("storeMaxBytes", o.storeMaxBytes, STORE_LIMITS.minMaxBytes);
   const hostname = o.hostname ?? process.env.MOE_EP_GLOO_HOSTNAME ?? "127.0.0.1";
   if (typeof hostname !== "string" || !/^[A-Za-z0-9._:-]+$/.test(hostname)) {
     throw invalid("a host name or IP address", "hostname", hostname);
@@ -351,7 +363,7 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   } else {
     const url = o.store ?? env!.storeUrl;
     const runId = o.runId ?? (o.store === undefined ? env!.runId : undefined);
-    store = openStore(url, { rank, worldSize, runId, timeoutMs });
+    store = openStore(url, { rank, worldSize, runId, timeoutMs, maxBytes: storeMaxBytes });
     const key = `${store.url}#${runId ?? process.env.MOE_EP_RUN_ID ?? ""}`;
     prefix = nextPrefix(() => {
       const n = groupsByRun.get(key) ?? 0;

@@ -4,6 +4,11 @@
  * one machine, `tcp://host:port` for several (rank 0 serves from its own
  * process, bound to exactly that host's address). Every run has its own
  * namespace, its run id, so nothing an earlier run left behind is ever read.
+ *
+ * Bounds (docs/architecture.md#stores): a tcp server holds at most maxBytes
+ * for its run and drops any client past it, or that sends anything but a
+ * HELLO before its handshake; a file store's directory is removed once every
+ * rank has closed its store.
  */
 import "../polyfill";
 import type { NativeStoreHandle } from "../addon";
@@ -21,10 +26,36 @@ export interface StoreOptions {
   runId?: string;
   /** Default timeout of every call, and of connecting, in ms. Default: the core's, 5 minutes (cpp/comm/store.h). */
   timeoutMs?: number;
+  /**
+   * tcp:// on rank 0: the most the server holds for the run, in bytes (keys,
+   * values and their bookkeeping, values being received included); a client
+   * past it is dropped. Default MOE_EP_STORE_MAX_BYTES, else 256 MiB.
+   */
+  maxBytes?: number;
 }
 
-/** Largest key and value, in bytes (UTF-8 for strings). */
-export const STORE_LIMITS = { keyBytes: 4096, valueBytes: 16 * 1024 * 1024 } as const;
+/**
+ * Largest key and value, in bytes (UTF-8 for strings), and the bounds on what
+ * a tcp store's run may hold: the default, and the least one can set. A value
+ * also counts against that bound, so below 16 MiB the bound is the largest value.
+ */
+export const STORE_LIMITS = {
+  keyBytes: 4096,
+  valueBytes: 16 * 1024 * 1024,
+  maxBytes: 256 * 1024 * 1024,
+  minMaxBytes: 64 * 1024,
+} as const;
+
+/** MOE_EP_STORE_MAX_BYTES when set, else the default. */
+function defaultMaxBytes(): number {
+  const text = process.env.MOE_EP_STORE_MAX_BYTES;
+  if (text === undefined || text === "") return STORE_LIMITS.maxBytes;
+  const value = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(value) || value < STORE_LIMITS.minMaxBytes) {
+    throw invalid(`an integer >= ${STORE_LIMITS.minMaxBytes}`, "the environment variable MOE_EP_STORE_MAX_BYTES", text);
+  }
+  return value;
+}
 
 function checkKey(key: unknown, name = "key"): string {
   if (typeof key !== "string" || key.length === 0) throw invalid("a non-empty string", name, key);
@@ -109,7 +140,11 @@ export class Store {
     return this.handle.add(key, delta);
   }
 
-  /** Ends the store: pending and later calls reject with ERR_MOE_DISPOSED; a tcp server stops. */
+  /**
+   * Ends the store: pending and later calls reject with ERR_MOE_DISPOSED; a
+   * tcp server stops (its keys go with it); the last of a file store's run to
+   * close removes the run's directory (see openStore).
+   */
   close(): void {
     this.handle.close();
   }
@@ -123,6 +158,9 @@ export class Store {
  * Opens a store: `file:///abs/dir` (keys are files in dir/<runId>/) or
  * `tcp://host:port` (rank 0 listens on exactly host's address, the others
  * connect, retrying until timeoutMs). Opening does not wait for other ranks.
+ * A file store's dir/<runId>/ is removed when the last of the run's stores
+ * closes, once every rank of worldSize has opened one; until then each rank's
+ * keys stay readable by the others.
  */
 export function openStore(url: string, options: StoreOptions = {}): Store {
   if (typeof url !== "string") throw invalid('a store url ("file:///abs/dir" or "tcp://host:port")', "url", url);
@@ -132,5 +170,6 @@ export function openStore(url: string, options: StoreOptions = {}): Store {
   const runId = options.runId ?? process.env.MOE_EP_RUN_ID ?? "";
   if (typeof runId !== "string") throw invalid("a string", "runId", runId);
   const timeoutMs = checkTimeout(options.timeoutMs);
-  return new Store(loadNative().openStore(url, { rank, worldSize, runId, timeoutMs }));
+  const maxBytes = checkInteger("maxBytes", options.maxBytes ?? defaultMaxBytes(), STORE_LIMITS.minMaxBytes);
+  return new Store(loadNative().openStore(url, { rank, worldSize, runId, timeoutMs, maxBytes }));
 }
