@@ -16,18 +16,23 @@
  * backward during the gradients' exchange.
  */
 import { MoEError, invalid } from "../errors";
-import { isGated } from "../ops/activation";
-import { addInPlace, add, zeroInPlace } from "../ops/elementwise";
+import { addInPlace, add } from "../ops/elementwise";
 import { permute, permuteBackward, unpermute, unpermuteBackward } from "../ops/permute";
-import { fillRandom, hashName } from "../ops/random";
 import { reshape } from "../ops/view";
 import { Tensor } from "../tensor";
 import { configOf, type MoELayerOptions, type ResolvedMoEConfig } from "./config";
 import { checkDeviceSupport } from "./device-support";
 import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher";
-import { ffnBackward, ffnForward, type FFNSaved, type FFNWeights } from "./experts";
+import { ffnBackward, ffnForward, type FFNSaved } from "./experts";
 import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroups } from "./group";
-import { Parameter, prefixed, type BufferEntry, type Param, type ParameterEntry } from "./parameters";
+import {
+  ffnGradients,
+  ffnWeights,
+  LayerParameters,
+  type BufferEntry,
+  type Parameter,
+  type ParameterEntry,
+} from "./parameters";
 import { Router, type MoEStats } from "./router";
 import { stageClock, zeroTimes, type Stage, type StageTimes } from "./stage-clock";
 import { clipGradNorm } from "../optim/clip";
@@ -109,7 +114,7 @@ export class MoELayer {
   };
 
   private groups?: LayerGroups;
-  private readonly params = new Map<string, Param>();
+  private readonly params: LayerParameters;
   private readonly router: Router;
   private readonly contexts: Context[] = [];
   private readonly contextOf = new WeakMap<MoEForwardResult, Context>();
@@ -133,61 +138,9 @@ export class MoELayer {
     this.numLocalExperts = c.numExperts / c.epSize;
     this.firstExpert = this.epRank * this.numLocalExperts;
 
-    const { dModel: D, dFF: F, numExperts: E, sharedExpertFF: S } = c;
-    const L = this.numLocalExperts;
-    const F1 = isGated(c.activation) ? 2 * F : F;
-    const S1 = isGated(c.activation) ? 2 * S : S;
-    const inits: Array<Promise<void>> = [];
-    const opts = { device: c.device };
-    const add = (
-      name: string,
-      shape: number[],
-      dtype: "float32" | ParamDtype,
-      how: { std?: number; slices?: number },
-      expert: boolean,
-      weightDecay: boolean,
-    ) => {
-      const full = prefixed(c.name, name);
-      const param = Tensor.zeros(shape, { dtype, ...opts });
-      const grad = Tensor.zeros(shape, opts);
-      if (how.std !== undefined) {
-        const numel = shape.reduce((a, b) => a * b, 1);
-        inits.push(
-          fillRandom(param, {
-            seed: c.seed,
-            key: hashName(full),
-            std: how.std,
-            sliceSize: how.slices ? numel / how.slices : 0,
-            firstSlice: how.slices ? this.firstExpert : 0,
-          }),
-        );
-      }
-      const entry = new Parameter(full, param, grad, expert, weightDecay);
-      this.params.set(name, { entry, reduceOver: expert ? "expertDataParallel" : "world" });
-    };
-    type ParamDtype = ResolvedMoEConfig["dtype"];
-    add("router.weight", [D, E], "float32", { std: c.initStd }, false, true);
-    add("experts.w1", [L, D, F1], c.dtype, { std: c.initStd, slices: L }, true, true);
-    add("experts.w2", [L, F, D], c.dtype, { std: c.outputInitStd, slices: L }, true, true);
-    if (c.bias) {
-      add("experts.b1", [L, F1], c.dtype, {}, true, false);
-      add("experts.b2", [L, D], c.dtype, {}, true, false);
-    }
-    if (S > 0) {
-      add("shared_experts.w1", [D, S1], c.dtype, { std: c.initStd }, false, true);
-      add("shared_experts.w2", [S, D], c.dtype, { std: c.outputInitStd }, false, true);
-      if (c.bias) {
-        add("shared_experts.b1", [S1], c.dtype, {}, false, false);
-        add("shared_experts.b2", [D], c.dtype, {}, false, false);
-      }
-      // The shared FFN runs as a grouped GEMM of one group: [1, ...] views of its weights.
-      for (const [name, p] of this.params) {
-        if (!name.startsWith("shared_experts.")) continue;
-        p.view = reshape(p.entry.param, [1, ...p.entry.param.shape]);
-      }
-    }
+    this.params = new LayerParameters(c, this.firstExpert, this.numLocalExperts);
     this.router = new Router(c, this.worldRank);
-    this.ready = this.setUp(group, inits);
+    this.ready = this.setUp(group);
     // Surfaced by every method that awaits `ready`; not an unhandled rejection meanwhile.
     this.ready.catch(() => undefined);
   }
@@ -199,13 +152,11 @@ export class MoELayer {
     return layer;
   }
 
-  private async setUp(group: unknown, inits: Array<Promise<void>>): Promise<void> {
+  private async setUp(group: unknown): Promise<void> {
     // The split starts now, in construction order (see resolveGroups), beside the initialisation.
-    const [, groups] = await Promise.all([Promise.all(inits), resolveGroups(group, this.config.epSize)]);
+    const [, groups] = await Promise.all([this.params.initialised, resolveGroups(group, this.config.epSize)]);
     this.groups = groups;
-    for (const p of this.params.values()) {
-      if (p.entry.expert) p.entry.normGroup = this.groups.ep;
-    }
+    this.params.setNormGroup(groups.ep);
   }
 
   /** The EP group, once ready. */
@@ -251,7 +202,7 @@ export class MoELayer {
 
   /** Trainable parameters with their gradients, by name (router, experts, shared experts). */
   parameters(): ParameterEntry[] {
-    return [...this.params.values()].map((p) => p.entry);
+    return [...this.params.all];
   }
 
   /** State that is not trained by the optimizer: router.expert_bias when aux-loss-free balancing is on. */
@@ -259,42 +210,12 @@ export class MoELayer {
     return this.router.buffers();
   }
 
-  private p(name: string): Tensor {
-    return this.params.get(name)!.entry.param;
-  }
-
-  private expertWeights(): FFNWeights {
-    const b = this.config.bias;
-    return {
-      w1: this.p("experts.w1"),
-      w2: this.p("experts.w2"),
-      b1: b ? this.p("experts.b1") : undefined,
-      b2: b ? this.p("experts.b2") : undefined,
-    };
-  }
-
-  private sharedWeights(): FFNWeights {
-    const v = (n: string) => this.params.get(n)!.view!;
-    const b = this.config.bias;
-    return {
-      w1: v("shared_experts.w1"),
-      w2: v("shared_experts.w2"),
-      b1: b ? v("shared_experts.b1") : undefined,
-      b2: b ? v("shared_experts.b2") : undefined,
-    };
-  }
-
   /** Sets every gradient to zero. */
   async zeroGrad(): Promise<void> {
     await this.ready;
     // Every zeroing is queued (in order, on the stream) before anything else runs, so a
     // zeroGrad() that is not awaited still comes before the next backward's accumulation.
-    await Promise.all(
-      [...this.params.values()].map((p) => {
-        p.entry.zero = true;
-        return zeroInPlace(p.entry.grad);
-      }),
-    );
+    await this.params.zeroGrad();
   }
 
   private check(): void {
@@ -340,7 +261,7 @@ export class MoELayer {
         jitterSlice,
         logits,
         route: r,
-      } = await this.router.forward(x, this.p("router.weight"), training, keep);
+      } = await this.router.forward(x, this.params.router.operand, training, keep);
       tick("route");
 
       const p = await permute(x, r.indices, r.weights, {
@@ -357,7 +278,7 @@ export class MoELayer {
       if (c.sharedExpertFF > 0) {
         const counts = keep(Tensor.from(Int32Array.of(T), [1], { dtype: "int32", device: c.device }));
         sharedRun = clock.timed("shared", async () => {
-          const s = await ffnForward(x, counts, this.sharedWeights(), c.activation);
+          const s = await ffnForward(x, counts, ffnWeights(this.params.shared!), c.activation);
           for (const t of [s.y, s.saved.pre, s.saved.h]) keep(t);
           sharedOut = s;
         });
@@ -372,7 +293,7 @@ export class MoELayer {
       });
 
       const ex = await clock.timed("experts", () =>
-        ffnForward(expertRows, plan.localCounts, this.expertWeights(), c.activation),
+        ffnForward(expertRows, plan.localCounts, ffnWeights(this.params.experts), c.activation),
       );
       keep(ex.saved.pre);
       keep(ex.saved.h);
@@ -480,7 +401,7 @@ export class MoELayer {
       if (t) temps.add(t);
       return t;
     };
-    const grads: Array<[string, Tensor | undefined]> = [];
+    const grads: Array<[Parameter, Tensor | undefined]> = [];
     let dx: Tensor | undefined;
     try {
       const u = await clock.timed("unpermute", () =>
@@ -494,29 +415,24 @@ export class MoELayer {
       const [dExpertOut, dGate, dShared] = await settled([
         clock.timed("combine", async () => tmp(await dispatch(u.dRows, ctx.plan, groups.ep))),
         clock.timed("route", async () => {
-          const g = await this.router.backward(ctx, this.p("router.weight"), dWeights, scale, tmp);
-          grads.push(["router.weight", g.dwg]);
+          const g = await this.router.backward(ctx, this.params.router.operand, dWeights, scale, tmp);
+          grads.push([this.params.router, g.dwg]);
           return g.dx;
         }),
         clock.timed("shared", async () => {
           if (!ctx.shared) return undefined;
-          const gs = await ffnBackward(gradOutput, ctx.shared, this.sharedWeights(), c.activation);
+          const gs = await ffnBackward(gradOutput, ctx.shared, ffnWeights(this.params.shared!), c.activation);
           for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
-          grads.push(
-            ["shared_experts.w1", gs.dw1],
-            ["shared_experts.w2", gs.dw2],
-            ["shared_experts.b1", gs.db1],
-            ["shared_experts.b2", gs.db2],
-          );
+          grads.push(...ffnGradients(this.params.shared!, gs));
           return gs.dx;
         }),
       ] as const);
 
       const ge = await clock.timed("experts", () =>
-        ffnBackward(dExpertOut, ctx.experts, this.expertWeights(), c.activation),
+        ffnBackward(dExpertOut, ctx.experts, ffnWeights(this.params.experts), c.activation),
       );
       for (const t of [ge.dx, ge.dw1, ge.dw2, ge.db1, ge.db2]) tmp(t);
-      grads.push(["experts.w1", ge.dw1], ["experts.w2", ge.dw2], ["experts.b1", ge.db1], ["experts.b2", ge.db2]);
+      grads.push(...ffnGradients(this.params.experts, ge));
 
       const dRows = tmp(await clock.timed("dispatch", () => combine(ge.dx, ctx.plan, groups.ep)));
 
@@ -529,24 +445,14 @@ export class MoELayer {
 
       // Sum each gradient over the ranks that share the parameter, then accumulate; in the
       // parameters' order, so that every rank issues the same collectives in the same order.
-      const byName = new Map(grads);
-      for (const [name, p] of this.params) {
-        const local = byName.get(name);
+      const byParam = new Map(grads);
+      for (const p of this.params.all) {
+        const local = byParam.get(p);
         if (!local) continue;
-        const group = p.reduceOver === "world" ? groups.world : groups.expertDataParallel;
+        const group = p.reduceGroup(groups);
         if (group.size > 1) await group.allReduce(local, "sum");
-        // Shared experts' gradients come as [1, ...]: viewed in the parameter's shape.
-        const g = p.view ? reshape(local, p.entry.param.shape) : local;
-        if (p.entry.zero) {
-          temps.delete(g);
-          p.entry.replaceGrad(g);
-        } else {
-          try {
-            await addInPlace(p.entry.grad, g);
-          } finally {
-            if (g !== local) g.dispose();
-          }
-        }
+        temps.delete(local);
+        await p.accumulate(local);
       }
       clock.tick("reduce");
       const out = dx;
@@ -578,11 +484,7 @@ export class MoELayer {
     if (this.disposed) return;
     this.disposed = true;
     for (const ctx of this.contexts.splice(0)) this.release(ctx);
-    for (const p of this.params.values()) {
-      p.view?.dispose();
-      p.entry.param.dispose();
-      p.entry.grad.dispose();
-    }
+    this.params.dispose();
     this.router.dispose();
   }
 
