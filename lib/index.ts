@@ -27,7 +27,7 @@ export {
   expertTensorName,
   INDEX_FILE,
 } from "./checkpoint/checkpoint";
-export type { CheckpointOptions, CheckpointIndex } from "./checkpoint/checkpoint";
+export type { CheckpointOptions, CheckpointIndex, CheckpointLayer } from "./checkpoint/checkpoint";
 export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
 export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";
 export * from "./comm";
