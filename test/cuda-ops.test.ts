@@ -409,6 +409,61 @@ describe("CUDA only", () => {
     });
   });
 
+  test("groupedGemmCudaSupport: bfloat16 or float16, K and N multiples of 8, no bias gradient", () => {
+    for (const dtype of ["float32", "bfloat16", "float16"] as const)
+      for (const [k, n] of [
+        [8, 8],
+        [16, 136],
+        [12, 16],
+        [16, 20],
+        [1, 8],
+      ])
+        for (const needDbias of [false, true]) {
+          const want = dtype !== "float32" && k % 8 === 0 && n % 8 === 0 && !needDbias;
+          const got = ops.groupedGemmCudaSupport({ dtype, k, n, needDbias });
+          expect({ dtype, k, n, needDbias, ...got, reason: got.reason !== "" }).toEqual({
+            dtype,
+            k,
+            n,
+            needDbias,
+            supported: want,
+            reason: !want,
+          });
+        }
+    expect(() => ops.groupedGemmCudaSupport({ dtype: "bfloat16", k: 0, n: 8 })).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_VALUE" }),
+    );
+  });
+
+  cudaTest("groupedGemm on CUDA tensors refuses what groupedGemmCudaSupport refuses, with its reason", async (dev) => {
+    const counts = [2, 1];
+    for (const [dtype, k, n] of [
+      ["bfloat16", 8, 16],
+      ["bfloat16", 12, 8],
+      ["bfloat16", 8, 20],
+      ["float32", 8, 8],
+    ] as Array<["float32" | "bfloat16", number, number]>) {
+      const x = await put(dev, normal(3 * k, 96), [3, k], dtype);
+      const w = await put(dev, normal(2 * k * n, 97), [2, k, n], dtype);
+      const c = await putInt(dev, counts, [2]);
+      const answer = ops.groupedGemmCudaSupport({ dtype, k, n });
+      if (answer.supported) {
+        expect((await ops.groupedGemm(x, w, c)).shape).toEqual([3, n]);
+        const dy = await put(dev, normal(3 * n, 98), [3, n], dtype);
+        const why = ops.groupedGemmCudaSupport({ dtype, k, n, needDbias: true }).reason;
+        await expect(ops.groupedGemmBackward(dy, x, w, c, { needDbias: true })).rejects.toMatchObject({
+          code: "ERR_MOE_UNSUPPORTED",
+          message: expect.stringContaining(why),
+        });
+      } else {
+        await expect(ops.groupedGemm(x, w, c)).rejects.toMatchObject({
+          code: "ERR_MOE_UNSUPPORTED",
+          message: expect.stringContaining(answer.reason),
+        });
+      }
+    }
+  });
+
   cudaTest("MOE_EP_GG_KERNEL=sm80 gives the same products; an unknown kernel name is refused naming it", async () => {
     // The variable is read by the core at each call: a child process gets it in its real environment.
     const script = `

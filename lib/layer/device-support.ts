@@ -1,25 +1,53 @@
 /**
  * Which device and process group a layer's configuration can run on: the CUDA
- * layer's grouped GEMMs and collectives, and the CPU layer's process group.
+ * layer's grouped GEMMs (asked of the native core, which owns their limits)
+ * and collectives, and the CPU layer's process group.
  */
 import { MoEError } from "../errors";
+import { isGated } from "../ops/activation";
+import { groupedGemmCudaSupport } from "../ops/grouped-gemm";
 import type { ResolvedMoEConfig } from "./config";
+
+function backendOf(g: unknown): string | undefined {
+  if (g === null || typeof g !== "object") return undefined;
+  const b = (g as { backend?: unknown }).backend;
+  if (typeof b === "string") return b;
+  const w = (g as { world?: unknown }).world;
+  return w !== null && typeof w === "object" && typeof (w as { backend?: unknown }).backend === "string"
+    ? (w as { backend: string }).backend
+    : undefined;
+}
+
+/** A width of a grouped GEMM operand, as the config field it comes from and its value. */
+interface Width {
+  field: string;
+  value: number;
+}
+
+/** The grouped GEMMs a layer runs, x [R, K] · w [L, K, N] each. */
+function layerGemms(c: ResolvedMoEConfig): Array<{ what: string; k: Width; n: Width }> {
+  const dModel = { field: "dModel", value: c.dModel };
+  const ffn = (what: string, field: string, value: number) => {
+    const hidden = { field, value };
+    // Gated activations take both halves from one GEMM: W1 is [D, 2F].
+    const gateUp = isGated(c.activation) ? { field: `2·${field}`, value: 2 * value } : hidden;
+    return [
+      { what: `${what} W1`, k: dModel, n: gateUp },
+      { what: `${what} W2`, k: hidden, n: dModel },
+    ];
+  };
+  const gemms = ffn("the experts'", "dFF", c.dFF);
+  if (c.sharedExpertFF > 0) gemms.push(...ffn("the shared experts'", "sharedExpertFF", c.sharedExpertFF));
+  return gemms;
+}
 
 /**
  * Refuses, at construction, a configuration the device cannot run (ERR_MOE_UNSUPPORTED naming it): on
- * CUDA the experts' grouped GEMM takes bfloat16 or float16 operands with K and N multiples of 8 and no
- * bias terms, and collectives go through NCCL; a CPU layer takes no NCCL group. Never a silent fallback.
+ * CUDA every grouped GEMM of the layer (its dtype, widths, and bias gradient when bias is on) must be
+ * one the CUDA kernels take, and collectives go through NCCL; a CPU layer takes no NCCL group. Never a
+ * silent fallback.
  */
 export function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
-  const backendOf = (g: unknown): string | undefined => {
-    if (g === null || typeof g !== "object") return undefined;
-    const b = (g as { backend?: unknown }).backend;
-    if (typeof b === "string") return b;
-    const w = (g as { world?: unknown }).world;
-    return w !== null && typeof w === "object" && typeof (w as { backend?: unknown }).backend === "string"
-      ? (w as { backend: string }).backend
-      : undefined;
-  };
   const backend = backendOf(group);
   const unsupported = (what: string) => new MoEError(`MoELayer on ${c.device}: ${what}`, "ERR_MOE_UNSUPPORTED");
   if (!c.device.startsWith("cuda")) {
@@ -27,23 +55,14 @@ export function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
       throw unsupported('expected a "gloo" process group for CPU tensors but received an "nccl" group');
     return;
   }
-  if (c.dtype !== "bfloat16" && c.dtype !== "float16") {
-    throw unsupported(
-      `expected dtype "bfloat16" or "float16" (the CUDA grouped GEMM takes 16-bit operands) but received "${c.dtype}"`,
-    );
-  }
-  if (c.bias)
-    throw unsupported(
-      "expected bias: false (the bias gradient of the CUDA grouped GEMM is not built) but received bias: true",
-    );
-  const widths: Array<[string, number]> = [
-    ["dModel", c.dModel],
-    ["dFF", c.dFF],
-  ];
-  if (c.sharedExpertFF > 0) widths.push(["sharedExpertFF", c.sharedExpertFF]);
-  for (const [name, v] of widths) {
-    if (v % 8 !== 0)
-      throw unsupported(`expected ${name} to be a multiple of 8 (the CUDA grouped GEMM's K and N) but received ${v}`);
+  for (const g of layerGemms(c)) {
+    const answer = groupedGemmCudaSupport({ dtype: c.dtype, k: g.k.value, n: g.n.value, needDbias: c.bias });
+    if (!answer.supported) {
+      throw unsupported(
+        `the CUDA grouped GEMM cannot run ${g.what} (dtype "${c.dtype}", K = ${g.k.field} = ${g.k.value}, ` +
+          `N = ${g.n.field} = ${g.n.value}, bias: ${c.bias}): ${answer.reason}`,
+      );
+    }
   }
   if (backend !== undefined && backend !== "nccl") {
     throw unsupported(

@@ -2,9 +2,9 @@
  * groupedGemm: every local expert multiplies its own contiguous block of rows by
  * its own weights, Y_e = X_e · W_e (+ b_e) (MATH.md, Experts; DESIGN.md, Ops).
  */
-import { invalid } from "../errors";
+import { checkInteger, checkOneOf, invalid } from "../errors";
 import type { NativeTensorHandle as H } from "../native-types";
-import type { Tensor } from "../tensor";
+import { DTYPES, type DType, type Tensor } from "../tensor";
 import { handle, native, optionalHandle, wrap } from "./common";
 
 interface GroupedGemmNative {
@@ -16,6 +16,10 @@ interface GroupedGemmNative {
     rowsPerExpert: H,
     options: { needDx: boolean; needDw: boolean; needDbias: boolean },
   ): Promise<{ dx?: H; dw?: H; dbias?: H }>;
+  groupedGemmCudaSupport(options: { dtype: DType; k: number; n: number; needDbias: boolean }): {
+    supported: boolean;
+    reason: string;
+  };
 }
 
 export interface GroupedGemmOptions {
@@ -104,4 +108,29 @@ export async function groupedGemmBackward(
   if (g.dw) out.dw = wrap(g.dw);
   if (g.dbias) out.dbias = wrap(g.dbias);
   return out;
+}
+
+export interface GroupedGemmShape {
+  /** The operands' dtype (x and w alike). */
+  dtype: DType;
+  /** x [R, K] and w [L, K, N]: the widths K and N. */
+  k: number;
+  n: number;
+  /** Whether the backward will be asked for the bias gradient (default false). */
+  needDbias?: boolean;
+}
+
+/**
+ * Whether groupedGemm and groupedGemmBackward run on CUDA tensors of this dtype and these widths
+ * (whatever the rows and experts), and when not, why: the CUDA kernels' own rules. The CPU op
+ * takes every float dtype and width.
+ */
+export function groupedGemmCudaSupport(shape: GroupedGemmShape): { supported: boolean; reason: string } {
+  const o = options(shape, "groupedGemmCudaSupport shape");
+  return native<GroupedGemmNative>().groupedGemmCudaSupport({
+    dtype: checkOneOf("dtype", o.dtype, DTYPES),
+    k: checkInteger("k", o.k, 1),
+    n: checkInteger("n", o.n, 1),
+    needDbias: flag(o, "needDbias", false),
+  });
 }
