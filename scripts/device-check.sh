@@ -32,7 +32,7 @@ done
 step() { printf '\n== %s (%ds)\n' "$*" "$((SECONDS - budget_start))"; }
 
 step "status"
-if ! node -e 'const m = require("./comm"); console.log(m.formatInfo())' | tee "$out/info.txt"; then
+if ! node -e 'const m = require("./dist"); console.log(m.formatInfo())' | tee "$out/info.txt"; then
   echo "device-check: the package does not load (is dist/ built and the addon in build/Release?)"
   exit 3
 fi
