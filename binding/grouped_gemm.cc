@@ -41,9 +41,25 @@ Napi::Value grouped_gemm_backward(const Napi::CallbackInfo& info) {
   });
 }
 
+// groupedGemmCudaSupport({ dtype, k, n, needDbias }) -> { supported, reason }
+Napi::Value grouped_gemm_cuda_support(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    Napi::Object o = options_arg(info, 0);
+    const std::string why =
+        ops::grouped_gemm_cuda_unsupported(parse_dtype(get_string(o, "dtype", "")), int64_t(get_number(o, "k", 0)),
+                                           int64_t(get_number(o, "n", 0)), get_bool(o, "needDbias", false));
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("supported", Napi::Boolean::New(env, why.empty()));
+    r.Set("reason", Napi::String::New(env, why));
+    return r;
+  });
+}
+
 Registration reg([](Napi::Env env, Napi::Object exports) {
   exports.Set("groupedGemm", Napi::Function::New(env, grouped_gemm));
   exports.Set("groupedGemmBackward", Napi::Function::New(env, grouped_gemm_backward));
+  exports.Set("groupedGemmCudaSupport", Napi::Function::New(env, grouped_gemm_cuda_support));
 });
 
 }  // namespace

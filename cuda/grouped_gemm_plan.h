@@ -129,6 +129,12 @@ struct GgPlan {
   size_t workspaceBytes;  // gg_workspace_bytes(L)
 };
 
+// The operand widths the kernels take: K and N multiples of kGgAlignElements
+// and below 2^31 (the plan counts them in int32).
+inline bool gg_widths_supported(int64_t k, int64_t n) {
+  return k % kGgAlignElements == 0 && n % kGgAlignElements == 0 && k <= INT32_MAX && n <= INT32_MAX;
+}
+
 // kind: GgKind; dtype: MOE_CUDA_GG_BF16 or MOE_CUDA_GG_F16; sm90: plan the
 // wgmma kernel instead of the mma.sync one. Nonsensical arguments are
 // INVALID_ARGUMENT; shapes the kernels do not cover (K or N not a multiple of 8,
@@ -140,8 +146,7 @@ inline GgPlan gg_plan(int kind, int64_t totalRows, int experts, int64_t k, int64
     p.status = MOE_CUDA_ERR_INVALID_ARGUMENT;
     return p;
   }
-  if (k % kGgAlignElements != 0 || n % kGgAlignElements != 0 || totalRows > INT32_MAX || k > INT32_MAX ||
-      n > INT32_MAX) {
+  if (!gg_widths_supported(k, n) || totalRows > INT32_MAX) {
     p.status = MOE_CUDA_ERR_UNSUPPORTED;
     return p;
   }

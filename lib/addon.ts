@@ -343,6 +343,11 @@ export interface Addon {
     rowsPerExpert: H,
     options: { needDx: boolean; needDw: boolean; needDbias: boolean },
   ): Promise<{ dx?: H; dw?: H; dbias?: H }>;
+  /** Whether the CUDA grouped GEMM takes these operands, and if not why (cuda/grouped_gemm_plan.h's rule). */
+  groupedGemmCudaSupport(options: { dtype: DType; k: number; n: number; needDbias: boolean }): {
+    supported: boolean;
+    reason: string;
+  };
   activation(x: H, kind: ActivationKind): Promise<H>;
   activationBackward(dh: H, x: H, kind: ActivationKind): Promise<H>;
 
@@ -401,6 +406,7 @@ export const ADDON_KEYS = [
   "unpermuteBackward",
   "groupedGemm",
   "groupedGemmBackward",
+  "groupedGemmCudaSupport",
   "activation",
   "activationBackward",
   "add",

@@ -6,17 +6,12 @@ export type { DType, DeviceName, HostArray, TensorOptions, MemoryStats } from ".
 export { info, formatInfo } from "./info";
 export type { Info } from "./info";
 export * as ops from "./ops";
-export { MoELayer, STAGES } from "./layer/moe-layer";
-export type {
-  ParameterEntry,
-  BufferEntry,
-  MoEStats,
-  MoEForwardResult,
-  MoEForwardOptions,
-  MoEBackwardOptions,
-  Stage,
-  StageTimes,
-} from "./layer/moe-layer";
+export { MoELayer } from "./layer/moe-layer";
+export type { MoEForwardResult, MoEForwardOptions, MoEBackwardOptions } from "./layer/moe-layer";
+export type { ParameterEntry, BufferEntry } from "./layer/parameters";
+export type { MoEStats } from "./layer/router";
+export { STAGES } from "./layer/stage-clock";
+export type { Stage, StageTimes } from "./layer/stage-clock";
 export { resolveConfig, fromForeignConfig } from "./layer/config";
 export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
 export type { CollectiveGroup, SplittableGroup, LayerGroups } from "./layer/group";
@@ -32,7 +27,7 @@ export {
   expertTensorName,
   INDEX_FILE,
 } from "./checkpoint/checkpoint";
-export type { CheckpointOptions, CheckpointIndex } from "./checkpoint/checkpoint";
+export type { CheckpointOptions, CheckpointIndex, CheckpointLayer } from "./checkpoint/checkpoint";
 export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
 export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";
 export * from "./comm";

@@ -20,10 +20,10 @@ import { adamwRef } from "./reference/adamw";
 import type { AdamWState } from "./reference/adamw";
 import { gateBackwardRef, gateRef } from "./reference/gate";
 import { permuteBackwardRef, permuteRef, unpermuteBackwardRef, unpermuteRef } from "./reference/permute";
-import type { PermuteRefOptions } from "./reference/permute";
 import { groupedGemmBackwardRef, groupedGemmRef } from "./reference/grouped-gemm";
 import { routeBackwardRef, routeRef } from "./reference/route";
-import type { RouteRefOptions } from "./reference/route";
+import * as cases from "./shared/cases";
+import { pickExperts, range } from "./shared/rng";
 import {
   TOL,
   bf16,
@@ -35,7 +35,6 @@ import {
   normal,
   onDevice,
   relErr,
-  rng,
   sameBits,
   tensor,
   values,
@@ -57,29 +56,8 @@ async function putInt(device: DeviceName, data: ArrayLike<number>, shape: number
 }
 const ints = (t: Tensor): number[] => Array.from(t.toInt32());
 
-/** top-k expert ids per token, distinct within a token, drawn from `allowed` (skewed toward its start). */
-function pickExperts(t: number, k: number, allowed: number[], seed: number): Int32Array {
-  const r = rng(seed);
-  const out = new Int32Array(t * k);
-  for (let tt = 0; tt < t; tt++) {
-    const pool = [...allowed];
-    for (let j = 0; j < k; j++) {
-      const at = Math.floor(pool.length * r() * r());
-      out[tt * k + j] = pool.splice(at, 1)[0];
-    }
-  }
-  return out;
-}
-
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-
 describe("gate on every backend", () => {
-  const shapes: Array<[number, number, number]> = [
-    [1, 16, 4], // one token
-    [37, 64, 8],
-    [130, 96, 64],
-  ];
-  for (const [t, d, e] of shapes) {
+  for (const [t, d, e] of cases.gate.small) {
     eachBackend(`forward and backward match float64 at T=${t} D=${d} E=${e}, bfloat16 x`, async (dev) => {
       const x = bf16(normal(t * d, 1));
       const wg = f32(normal(d * e, 2, 0.1));
@@ -99,18 +77,7 @@ describe("gate on every backend", () => {
 });
 
 describe("route on every backend", () => {
-  const cases: Array<[string, number, number, RouteRefOptions]> = [
-    ["softmax top-2 renormalised", 64, 8, { topK: 2, renormalize: true }],
-    [
-      "sigmoid top-8 of 64 in 4 of 8 groups",
-      48,
-      64,
-      { topK: 8, scoreFunction: "sigmoid", renormalize: true, numGroups: 8, topkGroups: 4 },
-    ],
-    ["softmax k = E", 16, 4, { topK: 4 }],
-    ["one token", 1, 16, { topK: 3 }],
-  ];
-  for (const [name, t, e, o] of cases) {
+  for (const { name, tokens: t, experts: e, options: o } of cases.route.small) {
     eachBackend(`${name}: choices, weights, scores, counts, losses and d logits match float64`, async (dev) => {
       const logits = f32(normal(t * e, 11, 1));
       const ref = routeRef(logits, t, e, o);
@@ -147,37 +114,10 @@ describe("route on every backend", () => {
 });
 
 describe("permute, unpermute and their backward on every backend", () => {
-  const T = 48;
-  const D = 24;
-  // [name, k, E, the experts tokens may choose, options]
-  const cases: Array<[string, number, number, number[], PermuteRefOptions]> = [
-    ["dropless, experts 4..7 get no tokens", 2, 8, range(4), { numExperts: 8 }],
-    ["dropless, k = E", 4, 4, range(4), { numExperts: 4 }],
-    ["capacity 1.0, position policy", 2, 8, range(8), { numExperts: 8, capacityFactor: 1.0, dropPolicy: "position" }],
-    ["capacity 0.5, probs policy", 2, 8, range(8), { numExperts: 8, capacityFactor: 0.5, dropPolicy: "probs" }],
-    [
-      "capacity 1.25, probs, padded to capacity",
-      2,
-      8,
-      range(8),
-      { numExperts: 8, capacityFactor: 1.25, dropPolicy: "probs", padToCapacity: true },
-    ],
-    [
-      "all tokens to one expert, probs with tied weights",
-      1,
-      8,
-      [5],
-      { numExperts: 8, capacityFactor: 2, dropPolicy: "probs" },
-    ],
-    [
-      "all tokens to one expert, padded",
-      1,
-      8,
-      [3],
-      { numExperts: 8, capacityFactor: 1.0, dropPolicy: "position", padToCapacity: true },
-    ],
-  ];
-  for (const [name, k, _e, allowed, o] of cases) {
+  const { tokens: T, width: D } = cases.permute.small;
+  for (const c of cases.permute.small.cases) {
+    const { name, k, allowed } = c;
+    const o = { numExperts: c.experts, ...c.options };
     eachBackend(`${name}: maps, rows and gradients match float64`, async (dev) => {
       const x = bf16(normal(T * D, 21));
       const idx = pickExperts(T, k, allowed, 22);
@@ -373,11 +313,7 @@ describe("CUDA only", () => {
     }
   });
 
-  for (const [name, counts, K, N] of [
-    ["zero-row experts", [0, 37, 0, 130, 5], 64, 136],
-    ["all rows on one expert", [0, 0, 200, 0], 128, 64],
-    ["one row", [1], 8, 8],
-  ] as Array<[string, number[], number, number]>) {
+  for (const { name, counts, k: K, n: N } of cases.groupedGemm.small) {
     cudaTest(`groupedGemm bf16 forward and backward match float64: ${name}`, async (dev) => {
       const R = counts.reduce((a, b) => a + b, 0);
       const L = counts.length;
@@ -407,6 +343,61 @@ describe("CUDA only", () => {
       code: "ERR_MOE_UNSUPPORTED",
       message: expect.stringContaining("bfloat16 or float16"),
     });
+  });
+
+  test("groupedGemmCudaSupport: bfloat16 or float16, K and N multiples of 8, no bias gradient", () => {
+    for (const dtype of ["float32", "bfloat16", "float16"] as const)
+      for (const [k, n] of [
+        [8, 8],
+        [16, 136],
+        [12, 16],
+        [16, 20],
+        [1, 8],
+      ])
+        for (const needDbias of [false, true]) {
+          const want = dtype !== "float32" && k % 8 === 0 && n % 8 === 0 && !needDbias;
+          const got = ops.groupedGemmCudaSupport({ dtype, k, n, needDbias });
+          expect({ dtype, k, n, needDbias, ...got, reason: got.reason !== "" }).toEqual({
+            dtype,
+            k,
+            n,
+            needDbias,
+            supported: want,
+            reason: !want,
+          });
+        }
+    expect(() => ops.groupedGemmCudaSupport({ dtype: "bfloat16", k: 0, n: 8 })).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_VALUE" }),
+    );
+  });
+
+  cudaTest("groupedGemm on CUDA tensors refuses what groupedGemmCudaSupport refuses, with its reason", async (dev) => {
+    const counts = [2, 1];
+    for (const [dtype, k, n] of [
+      ["bfloat16", 8, 16],
+      ["bfloat16", 12, 8],
+      ["bfloat16", 8, 20],
+      ["float32", 8, 8],
+    ] as Array<["float32" | "bfloat16", number, number]>) {
+      const x = await put(dev, normal(3 * k, 96), [3, k], dtype);
+      const w = await put(dev, normal(2 * k * n, 97), [2, k, n], dtype);
+      const c = await putInt(dev, counts, [2]);
+      const answer = ops.groupedGemmCudaSupport({ dtype, k, n });
+      if (answer.supported) {
+        expect((await ops.groupedGemm(x, w, c)).shape).toEqual([3, n]);
+        const dy = await put(dev, normal(3 * n, 98), [3, n], dtype);
+        const why = ops.groupedGemmCudaSupport({ dtype, k, n, needDbias: true }).reason;
+        await expect(ops.groupedGemmBackward(dy, x, w, c, { needDbias: true })).rejects.toMatchObject({
+          code: "ERR_MOE_UNSUPPORTED",
+          message: expect.stringContaining(why),
+        });
+      } else {
+        await expect(ops.groupedGemm(x, w, c)).rejects.toMatchObject({
+          code: "ERR_MOE_UNSUPPORTED",
+          message: expect.stringContaining(answer.reason),
+        });
+      }
+    }
   });
 
   cudaTest("MOE_EP_GG_KERNEL=sm80 gives the same products; an unknown kernel name is refused naming it", async () => {

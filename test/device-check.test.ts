@@ -15,13 +15,19 @@ const ROOT = path.join(__dirname, "..");
 const cuda = info().cuda;
 
 describe("scripts/device-check.* and scripts/device-pack.sh", () => {
-  test("the shell scripts parse (bash -n) and the node script compiles (node --check)", () => {
+  test("the shell scripts parse (bash -n) and the node scripts compile (node --check)", () => {
     for (const script of ["scripts/device-check.sh", "scripts/device-pack.sh"]) {
       const r = spawnSync("bash", ["-n", script], { cwd: ROOT, encoding: "utf8" });
       expect({ script, status: r.status, stderr: r.stderr }).toEqual({ script, status: 0, stderr: "" });
     }
-    const r = spawnSync(process.execPath, ["--check", "scripts/device-check.js"], { cwd: ROOT, encoding: "utf8" });
-    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: "" });
+    const modes = fs.readdirSync(path.join(ROOT, "scripts", "device-check")).map((f) => `scripts/device-check/${f}`);
+    expect(modes).toEqual(
+      expect.arrayContaining(["check", "sanitize", "bench"].map((m) => `scripts/device-check/${m}.js`)),
+    );
+    for (const script of ["scripts/device-check.js", ...modes]) {
+      const r = spawnSync(process.execPath, ["--check", script], { cwd: ROOT, encoding: "utf8" });
+      expect({ script, status: r.status, stderr: r.stderr }).toEqual({ script, status: 0, stderr: "" });
+    }
   });
 
   test("device-check.js refuses an unknown mode with a usage error", () => {

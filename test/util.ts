@@ -1,31 +1,9 @@
 /** Shared test helpers: a seeded generator, float64 arrays, and error measures. */
 import { Tensor, memoryStats, info, synchronize } from "../lib";
 import type { DeviceName } from "../lib";
-import { rng } from "./rng";
+import { normal, rng, uniform } from "./shared/rng";
 
-export { rng };
-
-/** n values uniform in [lo, hi). */
-export function uniform(n: number, seed: number, lo = -1, hi = 1): Float64Array {
-  const r = rng(seed);
-  const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * r();
-  return out;
-}
-
-/** n values, standard normal (Box-Muller). */
-export function normal(n: number, seed: number, std = 1): Float64Array {
-  const r = rng(seed);
-  const out = new Float64Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const u = Math.max(r(), 1e-12);
-    const v = r();
-    const m = std * Math.sqrt(-2 * Math.log(u));
-    out[i] = m * Math.cos(2 * Math.PI * v);
-    if (i + 1 < n) out[i + 1] = m * Math.sin(2 * Math.PI * v);
-  }
-  return out;
-}
+export { normal, rng, uniform };
 
 /** Rounds float64 values to float32 (what a float32 tensor holds). */
 export function f32(a: ArrayLike<number>): Float64Array {

@@ -1,6 +1,8 @@
 // grouped GEMM: every local expert multiplies its own contiguous block of rows
 // by its own weight matrix (docs/math.md#grouped-gemm).
 #pragma once
+#include <string>
+
 #include "../core/tensor.h"
 #include "../core/task.h"
 
@@ -27,5 +29,11 @@ struct GroupedGemmGrads {
 // dX_e = dY_e · W_eᵀ, dW_e = X_eᵀ · dY_e (zero for an expert with no rows), dbias_e = Σ_rows dY_e.
 Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                              const Tensor& rows_per_expert, GroupedGemmNeeds needs);
+
+// Why the CUDA path cannot run a grouped GEMM with x [R, K] and w [L, K, N] of
+// this dtype (with the bias gradient when dbias), or an empty string when it
+// can: the rules the CUDA path applies to every call (one dtype for x and w
+// aside), from the kernels' plan (cuda/grouped_gemm_plan.h).
+std::string grouped_gemm_cuda_unsupported(DType dtype, int64_t k, int64_t n, bool dbias);
 
 }  // namespace moe::ops

@@ -7,18 +7,33 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../../cuda/grouped_gemm_plan.h"
 #include "../../cuda/launchers.h"
 #include "cuda_ops.h"
 
-namespace moe::ops::cuda_path {
+namespace moe::ops {
+
+std::string grouped_gemm_cuda_unsupported(DType dtype, int64_t k, int64_t n, bool dbias) {
+  if (dtype != DType::BF16 && dtype != DType::F16)
+    return std::string("expected bfloat16 or float16 operands but received ") + dtype_name(dtype);
+  if (!moe_cuda::gg_widths_supported(k, n))
+    return "expected K and N to be multiples of " + std::to_string(moe_cuda::kGgAlignElements) +
+           " (rows 16-byte aligned) below 2^31 but received K " + std::to_string(k) + " and N " + std::to_string(n);
+  if (dbias) return "expected no bias gradient (the kernels do not compute one) but it was asked for";
+  return "";
+}
+
+namespace cuda_path {
 namespace {
 
-// The tensor-core kernels take bf16 or f16, the same dtype for every operand.
-int gemm_dtype(const char* op, const Tensor& a, const Tensor& b) {
-  if (a.dtype != b.dtype || (a.dtype != DType::BF16 && a.dtype != DType::F16))
-    fail(Code::Unsupported, std::string(op) +
-                                ": on CUDA expected bfloat16 or float16 operands of one dtype but received " +
+// The operands' dtype for the kernels, after the checks every call gets:
+// one dtype, which the kernels take, at widths they take.
+int gemm_dtype(const char* op, const Tensor& a, const Tensor& b, int64_t k, int64_t n, bool dbias = false) {
+  if (a.dtype != b.dtype)
+    fail(Code::Unsupported, std::string(op) + ": on CUDA expected operands of one dtype but received " +
                                 dtype_name(a.dtype) + " and " + dtype_name(b.dtype));
+  const std::string why = grouped_gemm_cuda_unsupported(a.dtype, k, n, dbias);
+  if (!why.empty()) fail(Code::Unsupported, std::string(op) + ": on CUDA " + why);
   return a.dtype == DType::BF16 ? MOE_CUDA_GG_BF16 : MOE_CUDA_GG_F16;
 }
 
@@ -52,7 +67,7 @@ int kernel_flags(const char* op) {
 
 Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_per_expert, const Tensor& bias) {
   const char* op = "groupedGemm";
-  const int dtype = gemm_dtype(op, x, w);
+  const int dtype = gemm_dtype(op, x, w, x.dim(1), w.dim(2));
   if (bias.defined() && bias.dtype != x.dtype)
     fail(Code::Unsupported, std::string(op) + ": on CUDA expected bias of dtype " + dtype_name(x.dtype) +
                                 " but received " + dtype_name(bias.dtype));
@@ -76,9 +91,8 @@ Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& rows_p
 Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
                                              const Tensor& rows_per_expert, GroupedGemmNeeds needs) {
   const char* op = "groupedGemmBackward";
-  const int dtype = gemm_dtype(op, x, w);
-  gemm_dtype(op, dy, x);
-  if (needs.dbias) fail(Code::Unsupported, std::string(op) + ": the bias gradient on CUDA is not built yet");
+  const int dtype = gemm_dtype(op, x, w, x.dim(1), w.dim(2), needs.dbias);
+  gemm_dtype(op, dy, x, x.dim(1), w.dim(2));
   int32_t* counts = device_counts(op, rows_per_expert);
   const int flags = kernel_flags(op);
   return [dy, x, w, rows_per_expert, needs, dtype, counts, flags, op] {
@@ -105,4 +119,5 @@ Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, 
   };
 }
 
-}  // namespace moe::ops::cuda_path
+}  // namespace cuda_path
+}  // namespace moe::ops

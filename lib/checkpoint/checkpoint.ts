@@ -15,7 +15,7 @@ import * as path from "path";
 import { MoEError, invalid } from "../errors";
 import { copyInto } from "../ops/elementwise";
 import { Tensor, type DType } from "../tensor";
-import type { MoELayer } from "../layer/moe-layer";
+import type { CollectiveGroup } from "../layer/group";
 import type { AdamW, OptimizerParam } from "../optim/adamw";
 import { encodeSafetensors, readSafetensors, writeFileAtomic, type SafetensorsTensor } from "./safetensors";
 
@@ -24,6 +24,26 @@ export const INDEX_FILE = "model.safetensors.index.json";
 export interface CheckpointOptions {
   /** Also save (or load) this optimizer's moments and step count. */
   optimizer?: AdamW;
+}
+
+/** What a checkpoint needs of a layer (an MoELayer is one). */
+export interface CheckpointLayer {
+  /** Resolves once the tensors hold their values and the groups exist. */
+  readonly ready: Promise<void>;
+  /** The layer's name and expert count; the index keeps the whole object. */
+  readonly config: { readonly name: string; readonly numExperts: number };
+  /** Where this rank is: world rank, EP rank and size, the experts it holds. */
+  readonly worldRank: number;
+  readonly epRank: number;
+  readonly epSize: number;
+  readonly firstExpert: number;
+  readonly numLocalExperts: number;
+  /** For the closing barrier; absent (or of size 1) for one process. */
+  readonly worldGroup?: CollectiveGroup;
+  /** Trainable tensors; expert ones are [numLocalExperts, ...], one slice per local expert. */
+  parameters(): ReadonlyArray<{ readonly name: string; readonly param: Tensor; readonly expert: boolean }>;
+  /** Other replicated state (e.g. the expert bias). */
+  buffers(): ReadonlyArray<{ readonly name: string; readonly tensor: Tensor }>;
 }
 
 export interface CheckpointIndex {
@@ -60,10 +80,10 @@ interface Piece {
   name: string;
   tensor: Tensor;
   expert: boolean;
-  layer: MoELayer;
+  layer: CheckpointLayer;
 }
 
-function pieces(layers: readonly MoELayer[], optimizer?: AdamW): Piece[] {
+function pieces(layers: readonly CheckpointLayer[], optimizer?: AdamW): Piece[] {
   const out: Piece[] = [];
   const optParams = new Map<Tensor, OptimizerParam>();
   for (const p of optimizer?.params ?? []) optParams.set(p.param, p);
@@ -84,7 +104,7 @@ function pieces(layers: readonly MoELayer[], optimizer?: AdamW): Piece[] {
   return out;
 }
 
-function checkLayers(layers: readonly MoELayer[], what: string): MoELayer {
+function checkLayers(layers: readonly CheckpointLayer[], what: string): CheckpointLayer {
   if (!Array.isArray(layers) || layers.length === 0) throw invalid("a non-empty array of MoE layers", what, layers);
   if (os.endianness() !== "LE")
     throw new MoEError("safetensors checkpoints need a little-endian host", "ERR_MOE_UNSUPPORTED");
@@ -114,7 +134,7 @@ function bytesOf(t: Tensor): Uint8Array {
   return new Uint8Array(t.handle.read(t.dtype));
 }
 
-async function worldBarrier(layer: MoELayer): Promise<void> {
+async function worldBarrier(layer: CheckpointLayer): Promise<void> {
   const world = layer.worldGroup;
   if (!world || world.size === 1) return;
   if (world.barrier) return world.barrier();
@@ -129,7 +149,7 @@ async function worldBarrier(layer: MoELayer): Promise<void> {
  */
 export async function saveCheckpoint(
   dir: string,
-  layers: readonly MoELayer[],
+  layers: readonly CheckpointLayer[],
   options: CheckpointOptions = {},
 ): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
@@ -230,7 +250,7 @@ function hostArray(dtype: DType, bytes: Uint8Array): Float32Array | Uint16Array 
  */
 export async function loadCheckpoint(
   dir: string,
-  layers: readonly MoELayer[],
+  layers: readonly CheckpointLayer[],
   options: CheckpointOptions = {},
 ): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);

@@ -15,79 +15,28 @@
  * the shared experts during the dispatch, the router's and shared experts'
  * backward during the gradients' exchange.
  */
-import { performance } from "perf_hooks";
 import { MoEError, invalid } from "../errors";
-import { isGated } from "../ops/activation";
-import { addInPlace, add, zeroInPlace } from "../ops/elementwise";
-import { expertBiasUpdate } from "../ops/expert-bias";
-import { gate, gateBackward } from "../ops/gate";
+import { addInPlace, add } from "../ops/elementwise";
 import { permute, permuteBackward, unpermute, unpermuteBackward } from "../ops/permute";
-import { fillRandom, hashName, jitter } from "../ops/random";
-import { route, routeBackward } from "../ops/route";
 import { reshape } from "../ops/view";
 import { Tensor } from "../tensor";
 import { configOf, type MoELayerOptions, type ResolvedMoEConfig } from "./config";
+import { checkDeviceSupport } from "./device-support";
 import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher";
-import { ffnBackward, ffnForward, type FFNSaved, type FFNWeights } from "./experts";
+import { ffnBackward, ffnForward, type FFNSaved } from "./experts";
 import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroups } from "./group";
+import {
+  ffnGradients,
+  ffnWeights,
+  LayerParameters,
+  type BufferEntry,
+  type Parameter,
+  type ParameterEntry,
+} from "./parameters";
+import { Router, type MoEStats } from "./router";
+import { stageClock, zeroTimes, type Stage, type StageTimes } from "./stage-clock";
 import { clipGradNorm } from "../optim/clip";
 import { loadCheckpoint, saveCheckpoint, type CheckpointOptions } from "../checkpoint/checkpoint";
-
-/**
- * A trainable parameter, its gradient (float32, accumulated by backward) and how it is sharded.
- * While a gradient is zero (after zeroGrad), backward may hand the entry a new gradient tensor
- * instead of adding into the old one (PyTorch's set-to-none): read entry.grad when using it.
- */
-export interface ParameterEntry {
-  /** Megatron-style name: router.weight, experts.w1, shared_experts.w2, ... (prefixed by the layer's name). */
-  readonly name: string;
-  readonly param: Tensor;
-  readonly grad: Tensor;
-  /** True for expert weights: each EP rank holds different ones (global norms sum them over `normGroup`). */
-  readonly expert: boolean;
-  /** For expert weights: the EP group over which their squared norms add up. */
-  readonly normGroup?: CollectiveGroup;
-  /** Whether AdamW decays it (weights yes, biases no, as Megatron groups them). */
-  readonly weightDecay: boolean;
-}
-
-/** A tensor of the layer's state that is not trained by the optimizer (the expert bias). */
-export interface BufferEntry {
-  readonly name: string;
-  readonly tensor: Tensor;
-}
-
-export type Stage = "route" | "permute" | "dispatch" | "experts" | "combine" | "unpermute" | "shared" | "reduce";
-export const STAGES: readonly Stage[] = [
-  "route",
-  "permute",
-  "dispatch",
-  "experts",
-  "combine",
-  "unpermute",
-  "shared",
-  "reduce",
-];
-export type StageTimes = Record<Stage, number>;
-
-export interface MoEStats {
-  /** (token, choice) pairs that chose each expert, summed over every rank of the world. */
-  tokensPerExpert: number[];
-  /** The same on this rank only. */
-  localTokensPerExpert: number[];
-  /** Choices dropped by capacity, over the world. */
-  dropped: number;
-  localDropped: number;
-  /** max / mean of tokensPerExpert (1 when perfectly balanced). */
-  imbalance: number;
-  /** Capacity C per expert on this rank, or -1 when dropless. */
-  capacity: number;
-  /** Rows this rank's experts processed (from every rank, padding included). */
-  rowsReceived: number;
-  /** The load-balancing loss and z-loss before their coefficients (aux is 1 when balanced). */
-  auxLossUnscaled: number;
-  zLossUnscaled: number;
-}
 
 export interface MoEForwardResult {
   /** [tokens, dModel] in x's dtype. */
@@ -111,34 +60,6 @@ export interface MoEBackwardOptions {
   lossScale?: number;
 }
 
-class Parameter implements ParameterEntry {
-  normGroup?: CollectiveGroup;
-  /** Whether the gradient is known to be zero (backward may then replace it rather than add). */
-  zero = true;
-  constructor(
-    readonly name: string,
-    readonly param: Tensor,
-    private current: Tensor,
-    readonly expert: boolean,
-    readonly weightDecay: boolean,
-  ) {}
-  get grad(): Tensor {
-    return this.current;
-  }
-  replaceGrad(g: Tensor): void {
-    this.current.dispose();
-    this.current = g;
-    this.zero = false;
-  }
-}
-
-interface Param {
-  entry: Parameter;
-  /** The grouped-GEMM view [1, ...] of a shared expert weight. */
-  view?: Tensor;
-  reduceOver: "world" | "expertDataParallel";
-}
-
 /** What one training forward keeps for its backward. */
 interface Context {
   x: Tensor;
@@ -159,53 +80,6 @@ interface Context {
 }
 
 /**
- * Refuses, at construction, a configuration the device cannot run (ERR_MOE_UNSUPPORTED naming it): on
- * CUDA the experts' grouped GEMM takes bfloat16 or float16 operands with K and N multiples of 8 and no
- * bias terms, and collectives go through NCCL; a CPU layer takes no NCCL group. Never a silent fallback.
- */
-function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
-  const backendOf = (g: unknown): string | undefined => {
-    if (g === null || typeof g !== "object") return undefined;
-    const b = (g as { backend?: unknown }).backend;
-    if (typeof b === "string") return b;
-    const w = (g as { world?: unknown }).world;
-    return w !== null && typeof w === "object" && typeof (w as { backend?: unknown }).backend === "string"
-      ? (w as { backend: string }).backend
-      : undefined;
-  };
-  const backend = backendOf(group);
-  const unsupported = (what: string) => new MoEError(`MoELayer on ${c.device}: ${what}`, "ERR_MOE_UNSUPPORTED");
-  if (!c.device.startsWith("cuda")) {
-    if (backend === "nccl")
-      throw unsupported('expected a "gloo" process group for CPU tensors but received an "nccl" group');
-    return;
-  }
-  if (c.dtype !== "bfloat16" && c.dtype !== "float16") {
-    throw unsupported(
-      `expected dtype "bfloat16" or "float16" (the CUDA grouped GEMM takes 16-bit operands) but received "${c.dtype}"`,
-    );
-  }
-  if (c.bias)
-    throw unsupported(
-      "expected bias: false (the bias gradient of the CUDA grouped GEMM is not built) but received bias: true",
-    );
-  const widths: Array<[string, number]> = [
-    ["dModel", c.dModel],
-    ["dFF", c.dFF],
-  ];
-  if (c.sharedExpertFF > 0) widths.push(["sharedExpertFF", c.sharedExpertFF]);
-  for (const [name, v] of widths) {
-    if (v % 8 !== 0)
-      throw unsupported(`expected ${name} to be a multiple of 8 (the CUDA grouped GEMM's K and N) but received ${v}`);
-  }
-  if (backend !== undefined && backend !== "nccl") {
-    throw unsupported(
-      `expected an "nccl" process group (or none, for one process) for CUDA tensors but received a "${backend}" group`,
-    );
-  }
-}
-
-/**
  * Promise.all that waits for every promise to settle before rejecting, so that no
  * branch still runs (and makes tensors) when the caller cleans up.
  */
@@ -214,12 +88,6 @@ async function settled<T extends readonly unknown[]>(promises: { [K in keyof T]:
   const failed = results.find((r) => r.status === "rejected");
   if (failed) throw (failed as PromiseRejectedResult).reason;
   return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
-}
-
-const zeroTimes = (): StageTimes => Object.fromEntries(STAGES.map((s) => [s, 0])) as StageTimes;
-
-function prefixed(prefix: string, name: string): string {
-  return prefix ? `${prefix}.${name}` : name;
 }
 
 export class MoELayer {
@@ -246,12 +114,10 @@ export class MoELayer {
   };
 
   private groups?: LayerGroups;
-  private readonly params = new Map<string, Param>();
-  private readonly expertBias?: Tensor;
+  private readonly params: LayerParameters;
+  private readonly router: Router;
   private readonly contexts: Context[] = [];
   private readonly contextOf = new WeakMap<MoEForwardResult, Context>();
-  private jitterCalls = 0;
-  private loadSinceUpdate: Float64Array;
   private disposed = false;
 
   /**
@@ -271,63 +137,10 @@ export class MoELayer {
     this.epSize = c.epSize;
     this.numLocalExperts = c.numExperts / c.epSize;
     this.firstExpert = this.epRank * this.numLocalExperts;
-    this.loadSinceUpdate = new Float64Array(c.numExperts);
 
-    const { dModel: D, dFF: F, numExperts: E, sharedExpertFF: S } = c;
-    const L = this.numLocalExperts;
-    const F1 = isGated(c.activation) ? 2 * F : F;
-    const S1 = isGated(c.activation) ? 2 * S : S;
-    const inits: Array<Promise<void>> = [];
-    const opts = { device: c.device };
-    const add = (
-      name: string,
-      shape: number[],
-      dtype: "float32" | ParamDtype,
-      how: { std?: number; slices?: number },
-      expert: boolean,
-      weightDecay: boolean,
-    ) => {
-      const full = prefixed(c.name, name);
-      const param = Tensor.zeros(shape, { dtype, ...opts });
-      const grad = Tensor.zeros(shape, opts);
-      if (how.std !== undefined) {
-        const numel = shape.reduce((a, b) => a * b, 1);
-        inits.push(
-          fillRandom(param, {
-            seed: c.seed,
-            key: hashName(full),
-            std: how.std,
-            sliceSize: how.slices ? numel / how.slices : 0,
-            firstSlice: how.slices ? this.firstExpert : 0,
-          }),
-        );
-      }
-      const entry = new Parameter(full, param, grad, expert, weightDecay);
-      this.params.set(name, { entry, reduceOver: expert ? "expertDataParallel" : "world" });
-    };
-    type ParamDtype = ResolvedMoEConfig["dtype"];
-    add("router.weight", [D, E], "float32", { std: c.initStd }, false, true);
-    add("experts.w1", [L, D, F1], c.dtype, { std: c.initStd, slices: L }, true, true);
-    add("experts.w2", [L, F, D], c.dtype, { std: c.outputInitStd, slices: L }, true, true);
-    if (c.bias) {
-      add("experts.b1", [L, F1], c.dtype, {}, true, false);
-      add("experts.b2", [L, D], c.dtype, {}, true, false);
-    }
-    if (S > 0) {
-      add("shared_experts.w1", [D, S1], c.dtype, { std: c.initStd }, false, true);
-      add("shared_experts.w2", [S, D], c.dtype, { std: c.outputInitStd }, false, true);
-      if (c.bias) {
-        add("shared_experts.b1", [S1], c.dtype, {}, false, false);
-        add("shared_experts.b2", [D], c.dtype, {}, false, false);
-      }
-      // The shared FFN runs as a grouped GEMM of one group: [1, ...] views of its weights.
-      for (const [name, p] of this.params) {
-        if (!name.startsWith("shared_experts.")) continue;
-        p.view = reshape(p.entry.param, [1, ...p.entry.param.shape]);
-      }
-    }
-    if (c.expertBias) this.expertBias = Tensor.zeros([E], opts);
-    this.ready = this.setUp(group, inits);
+    this.params = new LayerParameters(c, this.firstExpert, this.numLocalExperts);
+    this.router = new Router(c, this.worldRank);
+    this.ready = this.setUp(group);
     // Surfaced by every method that awaits `ready`; not an unhandled rejection meanwhile.
     this.ready.catch(() => undefined);
   }
@@ -339,13 +152,11 @@ export class MoELayer {
     return layer;
   }
 
-  private async setUp(group: unknown, inits: Array<Promise<void>>): Promise<void> {
+  private async setUp(group: unknown): Promise<void> {
     // The split starts now, in construction order (see resolveGroups), beside the initialisation.
-    const [, groups] = await Promise.all([Promise.all(inits), resolveGroups(group, this.config.epSize)]);
+    const [, groups] = await Promise.all([this.params.initialised, resolveGroups(group, this.config.epSize)]);
     this.groups = groups;
-    for (const p of this.params.values()) {
-      if (p.entry.expert) p.entry.normGroup = this.groups.ep;
-    }
+    this.params.setNormGroup(groups.ep);
   }
 
   /** The EP group, once ready. */
@@ -391,37 +202,12 @@ export class MoELayer {
 
   /** Trainable parameters with their gradients, by name (router, experts, shared experts). */
   parameters(): ParameterEntry[] {
-    return [...this.params.values()].map((p) => p.entry);
+    return [...this.params.all];
   }
 
   /** State that is not trained by the optimizer: router.expert_bias when aux-loss-free balancing is on. */
   buffers(): BufferEntry[] {
-    return this.expertBias ? [{ name: prefixed(this.config.name, "router.expert_bias"), tensor: this.expertBias }] : [];
-  }
-
-  private p(name: string): Tensor {
-    return this.params.get(name)!.entry.param;
-  }
-
-  private expertWeights(): FFNWeights {
-    const b = this.config.bias;
-    return {
-      w1: this.p("experts.w1"),
-      w2: this.p("experts.w2"),
-      b1: b ? this.p("experts.b1") : undefined,
-      b2: b ? this.p("experts.b2") : undefined,
-    };
-  }
-
-  private sharedWeights(): FFNWeights {
-    const v = (n: string) => this.params.get(n)!.view!;
-    const b = this.config.bias;
-    return {
-      w1: v("shared_experts.w1"),
-      w2: v("shared_experts.w2"),
-      b1: b ? v("shared_experts.b1") : undefined,
-      b2: b ? v("shared_experts.b2") : undefined,
-    };
+    return this.router.buffers();
   }
 
   /** Sets every gradient to zero. */
@@ -429,43 +215,11 @@ export class MoELayer {
     await this.ready;
     // Every zeroing is queued (in order, on the stream) before anything else runs, so a
     // zeroGrad() that is not awaited still comes before the next backward's accumulation.
-    await Promise.all(
-      [...this.params.values()].map((p) => {
-        p.entry.zero = true;
-        return zeroInPlace(p.entry.grad);
-      }),
-    );
+    await this.params.zeroGrad();
   }
 
   private check(): void {
     if (this.disposed) throw new MoEError("Expected a live MoELayer but it was disposed", "ERR_MOE_DISPOSED");
-  }
-
-  /**
-   * Stage timing: tick(stage) charges the time since the last tick to a stage; timed(stage, fn)
-   * charges fn's own duration (for work that overlaps other stages), and restarts the ticks.
-   */
-  private clock(into: StageTimes) {
-    let t = performance.now();
-    const profile = this.profile;
-    return {
-      tick(stage: Stage): void {
-        if (!profile) return;
-        const now = performance.now();
-        into[stage] += now - t;
-        t = now;
-      },
-      async timed<R>(stage: Stage, fn: () => Promise<R>): Promise<R> {
-        const start = performance.now();
-        try {
-          return await fn();
-        } finally {
-          const end = performance.now();
-          if (profile) into[stage] += end - start;
-          t = Math.max(t, end);
-        }
-      },
-    };
   }
 
   /**
@@ -495,32 +249,19 @@ export class MoELayer {
       own.add(t);
       return t;
     };
-    const clock = this.clock(this.timings.forward);
+    const clock = stageClock(this.timings.forward, this.profile);
     const tick = (stage: Stage) => clock.tick(stage);
     let ctx: Context | undefined;
     let sharedRun: Promise<unknown> | undefined;
     try {
       // A handle of our own on x's storage: the caller may dispose theirs before backward.
       if (training) x = keep(reshape(x, x.shape));
-      // Router (docs/math.md#jitter): training-only jitter on the gate's input.
-      const jitterSlice = this.jitterCalls;
-      let gateInput = x;
-      if (training && c.jitter > 0) {
-        gateInput = keep(
-          await jitter(x, { eps: c.jitter, seed: c.seed, key: this.jitterKey(), slice: jitterSlice % 2 ** 32 }),
-        );
-        this.jitterCalls++;
-      }
-      const logits = keep(await gate(gateInput, this.p("router.weight")));
-      const r = await route(logits, {
-        topK: c.topK,
-        scoreFunction: c.scoreFunction,
-        renormalize: c.renormalize,
-        expertBias: this.expertBias,
-        numGroups: c.numGroups,
-        topkGroups: c.topkGroups,
-      });
-      for (const t of [r.indices, r.weights, r.scores, r.tokensPerExpert, r.auxLoss, r.zLoss]) keep(t);
+      const {
+        gateInput,
+        jitterSlice,
+        logits,
+        route: r,
+      } = await this.router.forward(x, this.params.router.operand, training, keep);
       tick("route");
 
       const p = await permute(x, r.indices, r.weights, {
@@ -537,7 +278,7 @@ export class MoELayer {
       if (c.sharedExpertFF > 0) {
         const counts = keep(Tensor.from(Int32Array.of(T), [1], { dtype: "int32", device: c.device }));
         sharedRun = clock.timed("shared", async () => {
-          const s = await ffnForward(x, counts, this.sharedWeights(), c.activation);
+          const s = await ffnForward(x, counts, ffnWeights(this.params.shared!), c.activation);
           for (const t of [s.y, s.saved.pre, s.saved.h]) keep(t);
           sharedOut = s;
         });
@@ -552,7 +293,7 @@ export class MoELayer {
       });
 
       const ex = await clock.timed("experts", () =>
-        ffnForward(expertRows, plan.localCounts, this.expertWeights(), c.activation),
+        ffnForward(expertRows, plan.localCounts, ffnWeights(this.params.experts), c.activation),
       );
       keep(ex.saved.pre);
       keep(ex.saved.h);
@@ -573,7 +314,8 @@ export class MoELayer {
         shared = sharedOut!.saved;
       }
 
-      const stats = await this.statistics(
+      const stats = await this.router.statistics(
+        groups.world,
         r.tokensPerExpert.toInt32(),
         p.dropped,
         p.capacity,
@@ -621,51 +363,6 @@ export class MoELayer {
     }
   }
 
-  private jitterKey(): number {
-    return hashName(prefixed(this.config.name, `router.jitter/${this.worldRank}`));
-  }
-
-  /** Global counts (one all-reduce over the world), the imbalance, and the load for the expert bias. */
-  private async statistics(
-    local: Int32Array,
-    dropped: number,
-    capacity: number,
-    aux: number,
-    z: number,
-    training: boolean,
-  ): Promise<MoEStats> {
-    const E = this.config.numExperts;
-    let global = Array.from(local);
-    let globalDropped = dropped;
-    if (this.groups!.world.size > 1) {
-      const buf = new Float32Array(E + 1);
-      buf.set(local);
-      buf[E] = dropped;
-      const t = Tensor.from(buf, [E + 1], { device: this.config.device });
-      try {
-        await this.groups!.world.allReduce(t, "sum");
-        const v = t.toFloat32();
-        global = Array.from(v.subarray(0, E));
-        globalDropped = v[E];
-      } finally {
-        t.dispose();
-      }
-    }
-    if (training && this.expertBias) for (let e = 0; e < E; e++) this.loadSinceUpdate[e] += global[e];
-    const mean = global.reduce((a, b) => a + b, 0) / E;
-    return {
-      tokensPerExpert: global,
-      localTokensPerExpert: Array.from(local),
-      dropped: globalDropped,
-      localDropped: dropped,
-      imbalance: mean > 0 ? Math.max(...global) / mean : 1,
-      capacity,
-      rowsReceived: 0,
-      auxLossUnscaled: aux,
-      zLossUnscaled: z,
-    };
-  }
-
   /**
    * Backpropagates gradOutput [tokens, dModel] through a training forward (the latest one by default):
    * accumulates every parameter's gradient (with the aux and z losses' gradients) and returns dL/dx.
@@ -698,13 +395,13 @@ export class MoELayer {
     this.contexts.splice(this.contexts.indexOf(ctx), 1);
     const c = this.config;
     const groups = this.groups!;
-    const clock = this.clock(this.timings.backward);
+    const clock = stageClock(this.timings.backward, this.profile);
     const temps = new Set<Tensor>();
     const tmp = <T extends Tensor | undefined>(t: T): T => {
       if (t) temps.add(t);
       return t;
     };
-    const grads: Array<[string, Tensor | undefined]> = [];
+    const grads: Array<[Parameter, Tensor | undefined]> = [];
     let dx: Tensor | undefined;
     try {
       const u = await clock.timed("unpermute", () =>
@@ -718,46 +415,24 @@ export class MoELayer {
       const [dExpertOut, dGate, dShared] = await settled([
         clock.timed("combine", async () => tmp(await dispatch(u.dRows, ctx.plan, groups.ep))),
         clock.timed("route", async () => {
-          const dLogits = tmp(
-            await routeBackward(ctx.logits, ctx.indices, ctx.tokensPerExpert, dWeights, {
-              scoreFunction: c.scoreFunction,
-              renormalize: c.renormalize,
-              auxLossGrad: c.auxLossCoef * scale,
-              zLossGrad: c.zLossCoef * scale,
-            }),
-          );
-          const g = await gateBackward(ctx.gateInput, this.p("router.weight"), dLogits);
-          tmp(g.dx);
-          grads.push(["router.weight", tmp(g.dwg)]);
-          if (ctx.gateInput === ctx.x) return g.dx;
-          return tmp(
-            await jitter(g.dx, {
-              eps: c.jitter,
-              seed: c.seed,
-              key: this.jitterKey(),
-              slice: ctx.jitterSlice % 2 ** 32,
-            }),
-          );
+          const g = await this.router.backward(ctx, this.params.router.operand, dWeights, scale, tmp);
+          grads.push([this.params.router, g.dwg]);
+          return g.dx;
         }),
         clock.timed("shared", async () => {
           if (!ctx.shared) return undefined;
-          const gs = await ffnBackward(gradOutput, ctx.shared, this.sharedWeights(), c.activation);
+          const gs = await ffnBackward(gradOutput, ctx.shared, ffnWeights(this.params.shared!), c.activation);
           for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
-          grads.push(
-            ["shared_experts.w1", gs.dw1],
-            ["shared_experts.w2", gs.dw2],
-            ["shared_experts.b1", gs.db1],
-            ["shared_experts.b2", gs.db2],
-          );
+          grads.push(...ffnGradients(this.params.shared!, gs));
           return gs.dx;
         }),
       ] as const);
 
       const ge = await clock.timed("experts", () =>
-        ffnBackward(dExpertOut, ctx.experts, this.expertWeights(), c.activation),
+        ffnBackward(dExpertOut, ctx.experts, ffnWeights(this.params.experts), c.activation),
       );
       for (const t of [ge.dx, ge.dw1, ge.dw2, ge.db1, ge.db2]) tmp(t);
-      grads.push(["experts.w1", ge.dw1], ["experts.w2", ge.dw2], ["experts.b1", ge.db1], ["experts.b2", ge.db2]);
+      grads.push(...ffnGradients(this.params.experts, ge));
 
       const dRows = tmp(await clock.timed("dispatch", () => combine(ge.dx, ctx.plan, groups.ep)));
 
@@ -770,24 +445,14 @@ export class MoELayer {
 
       // Sum each gradient over the ranks that share the parameter, then accumulate; in the
       // parameters' order, so that every rank issues the same collectives in the same order.
-      const byName = new Map(grads);
-      for (const [name, p] of this.params) {
-        const local = byName.get(name);
+      const byParam = new Map(grads);
+      for (const p of this.params.all) {
+        const local = byParam.get(p);
         if (!local) continue;
-        const group = p.reduceOver === "world" ? groups.world : groups.expertDataParallel;
+        const group = p.reduceGroup(groups);
         if (group.size > 1) await group.allReduce(local, "sum");
-        // Shared experts' gradients come as [1, ...]: viewed in the parameter's shape.
-        const g = p.view ? reshape(local, p.entry.param.shape) : local;
-        if (p.entry.zero) {
-          temps.delete(g);
-          p.entry.replaceGrad(g);
-        } else {
-          try {
-            await addInPlace(p.entry.grad, g);
-          } finally {
-            if (g !== local) g.dispose();
-          }
-        }
+        temps.delete(local);
+        await p.accumulate(local);
       }
       clock.tick("reduce");
       const out = dx;
@@ -812,16 +477,7 @@ export class MoELayer {
   async updateExpertBias(): Promise<void> {
     this.check();
     await this.ready;
-    if (!this.expertBias) return;
-    const load = Tensor.from(Float32Array.from(this.loadSinceUpdate), [this.config.numExperts], {
-      device: this.config.device,
-    });
-    try {
-      await expertBiasUpdate(this.expertBias, load, this.config.expertBiasUpdateRate);
-    } finally {
-      load.dispose();
-      this.loadSinceUpdate.fill(0);
-    }
+    await this.router.updateExpertBias();
   }
 
   /** Frees the parameters, gradients, buffers and any saved forward. */
@@ -829,12 +485,8 @@ export class MoELayer {
     if (this.disposed) return;
     this.disposed = true;
     for (const ctx of this.contexts.splice(0)) this.release(ctx);
-    for (const p of this.params.values()) {
-      p.view?.dispose();
-      p.entry.param.dispose();
-      p.entry.grad.dispose();
-    }
-    this.expertBias?.dispose();
+    this.params.dispose();
+    this.router.dispose();
   }
 
   [Symbol.dispose](): void {

@@ -2,8 +2,8 @@
  * groupedGemm: every local expert multiplies its own contiguous block of rows by
  * its own weights, Y_e = X_e · W_e (+ b_e) (docs/math.md#grouped-gemm).
  */
-import { invalid } from "../errors";
-import type { Tensor } from "../tensor";
+import { checkInteger, checkOneOf, invalid } from "../errors";
+import { DTYPES, type DType, type Tensor } from "../tensor";
 import { handle, native, optionalHandle, wrap } from "./common";
 
 export interface GroupedGemmOptions {
@@ -92,4 +92,29 @@ export async function groupedGemmBackward(
   if (g.dw) out.dw = wrap(g.dw);
   if (g.dbias) out.dbias = wrap(g.dbias);
   return out;
+}
+
+export interface GroupedGemmShape {
+  /** The operands' dtype (x and w alike). */
+  dtype: DType;
+  /** x [R, K] and w [L, K, N]: the widths K and N. */
+  k: number;
+  n: number;
+  /** Whether the backward will be asked for the bias gradient (default false). */
+  needDbias?: boolean;
+}
+
+/**
+ * Whether groupedGemm and groupedGemmBackward run on CUDA tensors of this dtype and these widths
+ * (whatever the rows and experts), and when not, why: the CUDA kernels' own rules. The CPU op
+ * takes every float dtype and width.
+ */
+export function groupedGemmCudaSupport(shape: GroupedGemmShape): { supported: boolean; reason: string } {
+  const o = options(shape, "groupedGemmCudaSupport shape");
+  return native().groupedGemmCudaSupport({
+    dtype: checkOneOf("dtype", o.dtype, DTYPES),
+    k: checkInteger("k", o.k, 1),
+    n: checkInteger("n", o.n, 1),
+    needDbias: flag(o, "needDbias", false),
+  });
 }

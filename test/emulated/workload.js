@@ -18,7 +18,7 @@ const dist = path.resolve(__dirname, "..", "..", "dist");
 const { Tensor, ops, MoELayer, info } = require(dist);
 const { sumSquares } = require(path.join(dist, "ops", "elementwise"));
 const { fillRandom } = require(path.join(dist, "ops", "random"));
-const { rng } = require("../rng");
+const { rng } = require("../shared/rng");
 
 const data = (n, seed, scale = 1) => {
   const r = rng(seed);

@@ -18,7 +18,7 @@ const args = process.argv.slice(3);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const report = (result) => process.stdout.write(JSON.stringify({ result }) + "\n");
 const DTYPES = ["float32", "int32", "int64", "bfloat16", "float16"];
-const { rng } = require("../rng");
+const { rng } = require("../shared/rng");
 
 /** A tensor of dtype from plain numbers (or BigInts for int64). */
 function make(dtype, values, shape) {
