@@ -50,7 +50,10 @@ export interface NativeModule {
   setErrorClass(cls: unknown): void;
   NativeTensor: NativeTensorClass;
   info(): NativeInfo;
-  memoryStats(device: string): { tensors: number; bytes: number; peakBytes: number; cachedBytes: number };
+  memoryStats(
+    device: string,
+    madeSince?: number,
+  ): { tensors: number; bytes: number; peakBytes: number; cachedBytes: number; made: number };
   emptyCache(): void;
   synchronize(): Promise<void>;
 
