@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# The leak checks under load: runs the test files that have one RUNS times
-# (default 20) while two busy loops take CPU time, and prints how many runs
-# passed. The busy loops are this script's own children and end with it.
-#   scripts/leak-soak.sh [RUNS]
+# The leak checks under load: runs every test with a leak check (each file's
+# leak tests; with --whole, the whole files, so that earlier tests leave
+# garbage behind) RUNS times, default 20, while two busy loops take CPU time,
+# and prints how many runs passed. The busy loops are this script's own
+# children and end with it. Needs the addon built.
+#   scripts/leak-soak.sh [--whole] [RUNS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
+filter=(-t "leak|a disposed tensor refuses reads|scope disposes|same device is a new handle|leave no tensor")
+if [ "${1:-}" = "--whole" ]; then
+  filter=()
+  shift
+fi
 runs=${1:-20}
-files=$(grep -l "leakCheck(" test/*.test.ts)
+mapfile -t files < <(grep -l "leakCheck(" test/*.test.ts)
 hogs=()
 for _ in 1 2; do
   node -e 'for (;;);' &
   hogs+=($!)
 done
 trap 'kill "${hogs[@]}" 2>/dev/null' EXIT
+trap 'exit 130' INT TERM
 passed=0
 for i in $(seq "$runs"); do
-  # shellcheck disable=SC2086
-  if node --expose-gc node_modules/jest/bin/jest.js --selectProjects=cpu -- $files >"/tmp/leak-soak.$i.log" 2>&1; then
+  log="/tmp/leak-soak.$i.log"
+  if node --expose-gc node_modules/jest/bin/jest.js --selectProjects=cpu "${filter[@]}" -- "${files[@]}" >"$log" 2>&1; then
     passed=$((passed + 1))
-    echo "run $i: passed"
+    echo "run $i: passed ($(grep -m1 '^Tests:' "$log"))"
   else
-    echo "run $i: FAILED (/tmp/leak-soak.$i.log)"
+    echo "run $i: FAILED ($log)"
   fi
 done
 echo "leak checks under two CPU hogs: $passed of $runs runs passed"
