@@ -7,7 +7,7 @@
 #   scripts/leak-soak.sh [--whole] [RUNS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-filter=(-t "leak|a disposed tensor refuses reads|scope disposes|same device is a new handle|leave no tensor")
+filter=(-t "leak|left behind|leave no tensor|a disposed tensor refuses reads|scope disposes|same device is a new handle|to/clone round trips")
 if [ "${1:-}" = "--whole" ]; then
   filter=()
   shift
