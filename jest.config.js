@@ -2,7 +2,7 @@
 // where a GPU is present and are listed as skipped elsewhere). "cuda-emulated":
 // when `npm run build:emu` has built build-emu/, the CUDA and NCCL test files
 // again against that addon, whose cuda:0 runs the real kernels of cuda/ on the
-// CPU emulator of cuda/emu/ (and NCCL at world size 1 on its one-rank NCCL),
+// CPU emulator of emu/cuda/ (and NCCL at world size 1 on its one-rank NCCL),
 // and the emulator's own tests (which say they were skipped when the build is
 // absent).
 const fs = require("fs");

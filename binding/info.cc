@@ -1,5 +1,5 @@
 // info(): what the core found (threads, BLAS and its core, CUDA and why not);
-// memoryStats(device): live tensors and bytes.
+// memoryStats(device, madeSince?): live tensors and bytes (made since then).
 #include "../cpp/core/blas.h"
 #include "../cpp/core/cuda_device.h"
 #include "../cpp/core/cuda_probe.h"
@@ -53,12 +53,15 @@ Napi::Value info(const Napi::CallbackInfo& cb) {
 Napi::Value memory_stats(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
   return guard(env, [&]() -> Napi::Value {
-    MemoryStats s = moe::memory_stats(Device::parse(cb[0].IsString() ? to_string(cb[0], "device") : "cpu"));
+    const Device device = Device::parse(cb[0].IsString() ? to_string(cb[0], "device") : "cpu");
+    MemoryStats s =
+        cb[1].IsNumber() ? moe::memory_stats(device, cb[1].As<Napi::Number>().Int64Value()) : moe::memory_stats(device);
     Napi::Object o = Napi::Object::New(env);
     o.Set("tensors", double(s.tensors));
     o.Set("bytes", double(s.bytes));
     o.Set("peakBytes", double(s.peak_bytes));
     o.Set("cachedBytes", double(s.cached_bytes));
+    o.Set("made", double(s.made));
     return o;
   });
 }

@@ -51,6 +51,8 @@ export interface NativeMemoryStats {
   peakBytes: number;
   /** Freed large blocks kept for reuse (see emptyCache). */
   cachedBytes: number;
+  /** Tensor storages ever allocated on the device: a mark for `madeSince`. */
+  made: number;
 }
 
 /** A CUDA timing event (binding/device.cc): opaque, only passed back to eventElapsedMs. */
@@ -310,7 +312,7 @@ export interface Addon {
 
   // binding/info.cc
   info(): NativeInfo;
-  memoryStats(device: string): NativeMemoryStats;
+  memoryStats(device: string, madeSince?: number): NativeMemoryStats;
   emptyCache(): void;
   synchronize(): Promise<void>;
 

@@ -245,12 +245,25 @@ export async function scope<T>(fn: () => Promise<T> | T): Promise<T> {
 
 export type MemoryStats = NativeMemoryStats;
 
+export interface MemoryStatsOptions {
+  /**
+   * An earlier `made`: tensors and bytes then count only the live storages
+   * allocated since, so that what a stretch of work left behind can be told
+   * apart from older tensors that are freed meanwhile.
+   */
+  madeSince?: number;
+}
+
 /**
  * Live tensors and bytes on a device (storage shared by views counts once).
  * On "cuda:N", cachedBytes is what the device's stream-ordered pool keeps for reuse.
  */
-export function memoryStats(device: DeviceName = "cpu"): MemoryStats {
-  return loadNative().memoryStats(device);
+export function memoryStats(device: DeviceName = "cpu", options: MemoryStatsOptions = {}): MemoryStats {
+  const since = options.madeSince;
+  if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
+    throw invalid("a non-negative integer (an earlier memoryStats().made)", "madeSince", since);
+  }
+  return loadNative().memoryStats(device, since);
 }
 
 /** Returns the host allocator's cached blocks to the system, and every used GPU's pooled memory to the driver. */

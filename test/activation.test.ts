@@ -1,7 +1,7 @@
 import { Tensor, ops, scope } from "../lib";
 import { loadNative } from "../lib/native";
 import { activationRef, activationBackwardRef, isGatedKind, Kind } from "./reference/activation";
-import { f32, normal, relErr, sameBits, tensor, values, TOL, memoryAtRest } from "./util";
+import { f32, normal, relErr, sameBits, tensor, values, TOL, leakCheck } from "./util";
 
 /** Runs a test body in a scope: every tensor it makes is disposed when it ends, so no test leaves garbage behind. */
 const scoped =
@@ -185,7 +185,7 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
     "no tensors leak across 1,000 calls",
     scoped(async () => {
       const X = tensor(normal(16 * 8, 1), [16, 8]);
-      const before = await memoryAtRest();
+      const leaks = await leakCheck();
       for (let i = 0; i < 1000; i++) {
         const kind = KINDS[i % KINDS.length];
         const h = await ops.activation(X, kind);
@@ -193,7 +193,7 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
         h.dispose();
         dx.dispose();
       }
-      expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+      expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
     }),
   );
 });

@@ -1,6 +1,6 @@
 import { Tensor, ops, scope } from "../lib";
 import { adamwRef, AdamWState } from "./reference/adamw";
-import { f32, normal, relErr, sameBits, tensor, values, TOL, memoryAtRest } from "./util";
+import { f32, normal, relErr, sameBits, tensor, values, TOL, leakCheck } from "./util";
 
 /** Runs a test body in a scope: every tensor it makes is disposed when it ends, so no test leaves garbage behind. */
 const scoped =
@@ -177,13 +177,13 @@ describe("adamw (one in-place step, PyTorch AdamW semantics)", () => {
       const P = tensor(normal(64, 1), [64]);
       const M = Tensor.zeros([64]);
       const V = Tensor.zeros([64]);
-      const before = await memoryAtRest();
+      const leaks = await leakCheck();
       for (let step = 1; step <= 1000; step++) {
         const G = tensor(normal(64, step), [64]);
         await ops.adamw(P, G, M, V, { lr: 1e-3, step });
         G.dispose();
       }
-      expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+      expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
     }),
   );
 });

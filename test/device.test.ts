@@ -13,7 +13,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { DeviceEvent, Tensor, info, memoryStats, ops, synchronize } from "../lib";
-import { memoryAtRest, normal, rng, sameBits } from "./util";
+import { leakCheck, normal, rng, sameBits } from "./util";
 
 const ROOT = path.join(__dirname, "..");
 const cuda = info().cuda;
@@ -56,14 +56,14 @@ function runCxx(main: string, sources: string[], includes: string[]): string {
 
 describe("Tensor.to and clone", () => {
   test("to the same device is a new handle on the same storage; clone is an independent copy", async () => {
-    const before = await memoryAtRest();
+    const leaks = await leakCheck();
     const a = Tensor.from([1, 2, 3, 4], [2, 2], { dtype: "bfloat16" });
     const b = await a.to("cpu");
     expect(b).not.toBe(a);
     expect([b.device, b.dtype, b.shape]).toEqual(["cpu", "bfloat16", [2, 2]]);
-    expect(memoryStats().tensors).toBe(before.tensors + 1); // one storage
+    expect(leaks.now().tensors).toBe(1); // one storage
     const c = await a.clone();
-    expect(memoryStats().tensors).toBe(before.tensors + 2);
+    expect(leaks.now().tensors).toBe(2);
     expect(sameBits(c, a)).toBe(true);
     // In place on the clone: the original is untouched; on the shared handle: both see it.
     const zeros = () => Tensor.zeros([2, 2], { dtype: "float32" });
@@ -76,7 +76,7 @@ describe("Tensor.to and clone", () => {
     expect(b.toFloat32().length).toBe(4); // the storage lives while a handle does
     b.dispose();
     c.dispose();
-    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
   });
 
   test("bad devices and disposed tensors get typed errors", async () => {
@@ -97,7 +97,7 @@ describe("Tensor.to and clone", () => {
       await expect(t.to("cuda")).rejects.toMatchObject(unavailable);
       await expect(DeviceEvent.record("cuda:0")).rejects.toMatchObject(unavailable);
       expect(() => Tensor.from([1, 2], [2], { device: "cuda:0" })).toThrow(expect.objectContaining(unavailable));
-      expect(memoryStats("cuda:0")).toEqual({ tensors: 0, bytes: 0, peakBytes: 0, cachedBytes: 0 });
+      expect(memoryStats("cuda:0")).toEqual({ tensors: 0, bytes: 0, peakBytes: 0, cachedBytes: 0, made: 0 });
       await expect(synchronize()).resolves.toBeUndefined(); // no device was used
       t.dispose();
     },
@@ -111,6 +111,7 @@ describe("Tensor.to and clone", () => {
     `on a GPU: to/clone round trips, device memory statistics and event timing${cuda.available ? "" : ` (skipped: CUDA unavailable: ${cuda.reason})`}`,
     async () => {
       const host = Tensor.from(normal(4096, 1), [64, 64], { dtype: "bfloat16" });
+      const leaks = await leakCheck("cuda:0");
       const d = await host.to("cuda:0");
       expect(memoryStats("cuda:0").tensors).toBeGreaterThanOrEqual(1);
       const start = await DeviceEvent.record("cuda:0");
@@ -118,10 +119,9 @@ describe("Tensor.to and clone", () => {
       const end = await DeviceEvent.record("cuda:0");
       expect(await end.elapsedMs(start)).toBeGreaterThanOrEqual(0);
       expect(sameBits(await c.to("cpu"), host)).toBe(true);
-      const before = (await memoryAtRest("cuda:0")).tensors;
       c.dispose();
       d.dispose();
-      expect((await memoryAtRest("cuda:0")).tensors).toBe(before - 2);
+      expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
       host.dispose(); // referenced until here, so never collected mid-check
     },
   );

@@ -1,6 +1,6 @@
 import { Tensor, ops } from "../lib";
 import { gateRef, gateBackwardRef } from "./reference/gate";
-import { f32, normal, relErr, tensor, values, TOL, sameBits, memoryAtRest } from "./util";
+import { f32, normal, relErr, tensor, values, TOL, sameBits, leakCheck } from "./util";
 
 describe("gate (logits = x · Wg, float32 router)", () => {
   const shapes: Array<[number, number, number]> = [
@@ -65,7 +65,7 @@ describe("gate (logits = x · Wg, float32 router)", () => {
   test("no tensors leak across 1,000 calls", async () => {
     const X = tensor(normal(16 * 8, 1), [16, 8]);
     const W = tensor(normal(8 * 4, 2), [8, 4]);
-    const before = await memoryAtRest();
+    const leaks = await leakCheck();
     for (let i = 0; i < 1000; i++) {
       const l = await ops.gate(X, W);
       const g = await ops.gateBackward(X, W, l);
@@ -73,7 +73,7 @@ describe("gate (logits = x · Wg, float32 router)", () => {
       g.dx.dispose();
       g.dwg.dispose();
     }
-    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
     X.dispose(); // the inputs stay referenced, so the collector cannot free them mid-check
     W.dispose();
   });

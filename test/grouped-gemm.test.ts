@@ -1,6 +1,6 @@
 import { Tensor, ops, scope } from "../lib";
 import { groupedGemmRef, groupedGemmBackwardRef, GroupedDims } from "./reference/grouped-gemm";
-import { f32, intTensor, normal, relErr, sameBits, tensor, values, TOL, memoryAtRest } from "./util";
+import { f32, intTensor, normal, relErr, sameBits, tensor, values, TOL, leakCheck } from "./util";
 
 /** Runs a test body in a scope: every tensor it makes is disposed when it ends, so no test leaves garbage behind. */
 const scoped =
@@ -282,7 +282,7 @@ describe("groupedGemm (Y_e = X_e · W_e + b_e over contiguous expert rows)", () 
       const B = tensor(normal(3 * 4, 3), [3, 4]);
       const C = intTensor([4, 0, 6], [3]);
       const bad = intTensor([1, 1, 1], [3]);
-      const before = await memoryAtRest();
+      const leaks = await leakCheck();
       for (let i = 0; i < 1000; i++) {
         const y = await ops.groupedGemm(X, W, C, { bias: B });
         const g = await ops.groupedGemmBackward(y, X, W, C, { needDbias: true });
@@ -293,7 +293,7 @@ describe("groupedGemm (Y_e = X_e · W_e + b_e over contiguous expert rows)", () 
       }
       for (let i = 0; i < 100; i++)
         await expect(ops.groupedGemm(X, W, bad)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-      expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+      expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
     }),
   );
 });

@@ -7,7 +7,7 @@ import { Tensor, ops, scope } from "../lib";
 import { chunkTransposeRef } from "./reference/chunks";
 import { expertBiasUpdateRef } from "./reference/expert-bias";
 import { fillRandomRef, fnv1a, jitterNoiseRef } from "./reference/random";
-import { f32, intTensor, memoryAtRest, normal, relErr, sameBits, tensor, values, TOL } from "./util";
+import { f32, intTensor, leakCheck, normal, relErr, sameBits, tensor, values, TOL } from "./util";
 
 const scoped =
   <A extends unknown[]>(fn: (...args: A) => Promise<void>) =>
@@ -373,7 +373,7 @@ test("no tensors leak across 1,000 calls of each op", async () => {
   const c = intTensor([4, 4, 4, 4], [2, 2]);
   const b = Tensor.zeros([4]);
   const l = intTensor([1, 2, 3, 4], [4]);
-  const before = await memoryAtRest();
+  const leaks = await leakCheck();
   for (let i = 0; i < 1000; i++) {
     (await ops.add(x, x)).dispose();
     await ops.axpby(x, x, { alpha: 0.5, beta: 0.5 });
@@ -383,6 +383,6 @@ test("no tensors leak across 1,000 calls of each op", async () => {
     (await ops.chunkTranspose(x, c)).dispose();
     await ops.expertBiasUpdate(b, l, 0.01);
   }
-  expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+  expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
   for (const t of [x, c, b, l]) t.dispose();
 });

@@ -7,7 +7,7 @@
  * - the collectives themselves, which need NCCL and a CUDA device: without
  *   them they are listed as skipped with ncclStatus().reason in their names.
  *   They run on a GPU with a real libnccl, and in CI on the CUDA emulator with
- *   its one-rank NCCL (cuda/emu/nccl_emu.cpp; the cuda-emulated jest project).
+ *   its one-rank NCCL (emu/nccl/nccl_emu.cpp; the cuda-emulated jest project).
  *
  * World size 1 still goes through NCCL: the all-to-all-v is a grouped
  * ncclSend / ncclRecv to this rank itself, after the count exchange read back
@@ -20,7 +20,7 @@ import * as path from "path";
 import { MoEError, Tensor } from "../lib";
 import { initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/comm";
 import { createNcclGroup } from "../lib/comm/nccl-group";
-import { memoryAtRest } from "./util";
+import { leakCheck } from "./util";
 
 async function rejection(p: Promise<unknown>): Promise<MoEError> {
   try {
@@ -199,9 +199,9 @@ describe("world size 1 on cuda:0", () => {
         Float32Array.from({ length: 64 }, (_, i) => i),
         [16, 4],
       ).to("cuda:0");
-      const start = (await memoryAtRest("cuda:0")).tensors;
+      const leaks = await leakCheck("cuda:0");
       for (let i = 0; i < 200; i++) (await g.allToAllV(x, [16])).output.dispose();
-      expect((await memoryAtRest("cuda:0")).tensors).toBe(start);
+      expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
       g.destroy();
       expect((await rejection(g.allReduce(x))).code).toBe("ERR_MOE_DISPOSED");
       x.dispose();

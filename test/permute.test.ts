@@ -8,7 +8,7 @@ import {
   unpermuteBackwardRef,
   unpermuteRef,
 } from "./reference/permute";
-import { f32, intTensor, normal, relErr, rng, sameBits, tensor, uniform, values, TOL, memoryAtRest } from "./util";
+import { f32, intTensor, normal, relErr, rng, sameBits, tensor, uniform, values, TOL, leakCheck } from "./util";
 
 /** Top-k expert ids per token, distinct within a token, skewed toward low ids so that some experts overflow. */
 function routeIndices(t: number, k: number, e: number, seed: number, skew = 2): Int32Array {
@@ -367,7 +367,7 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     const c = makeCase(t, d, k, e, 81);
     const dy = tensor(normal(t * d, 82), [t, d]);
     const badIndices = intTensor(new Int32Array(t * k).fill(9), [t, k]);
-    const before = await memoryAtRest();
+    const leaks = await leakCheck();
     for (let i = 0; i < 1000; i++) {
       const p = await ops.permute(c.X, c.I, c.W, { numExperts: e, capacityFactor: 1.0, padToCapacity: i % 2 === 0 });
       const y = await ops.unpermute(p.rows, p.pairToRow, c.W);
@@ -377,7 +377,7 @@ describe("permute / unpermute (expert-contiguous rows and back)", () => {
     }
     // A task that fails on its data leaves nothing behind either.
     await expect(ops.permute(c.X, badIndices, c.W, { numExperts: e })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
-    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
     for (const x of [c.X, c.I, c.W, dy, badIndices]) x.dispose(); // referenced until here, so never collected mid-check
   });
 

@@ -11,7 +11,7 @@ import * as path from "path";
 import { MoEError, Tensor } from "../lib";
 import { expertParallelLayout, initProcessGroup, ncclStatus, openStore, type ProcessGroup } from "../lib/comm";
 import { buildDist, root, runNode, tempDir } from "./procs";
-import { memoryAtRest, rng } from "./util";
+import { leakCheck, rng } from "./util";
 
 const WORKER = path.join(root, "test", "workers", "process-group-worker.js");
 let work: string;
@@ -235,14 +235,14 @@ describe("two ranks in this process", () => {
     try {
       const xa = Tensor.from(new Float32Array(64 * 8).fill(1), [64, 8]);
       const xb = Tensor.from(new Float32Array(32 * 8).fill(2), [32, 8]);
-      const before = await memoryAtRest();
+      const leaks = await leakCheck();
       for (let i = 0; i < 1000; i++) {
         const [ra, rb] = await Promise.all([a.allToAllV(xa, [40, 24]), b.allToAllV(xb, [16, 16])]);
         expect(ra.recvCounts).toEqual([40, 16]);
         ra.output.dispose();
         rb.output.dispose();
       }
-      expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+      expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
       xa.dispose(); // the inputs stay referenced, so the collector cannot free them mid-check
       xb.dispose();
     } finally {

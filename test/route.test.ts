@@ -3,7 +3,7 @@ import * as path from "path";
 import { Tensor, ops } from "../lib";
 import type { RouteOptions, RouteResult } from "../lib/ops";
 import { routeRef, routeBackwardRef, routeLossGradFD, scoresRow, type RouteRefOptions } from "./reference/route";
-import { f32, intTensor, normal, relErr, sameBits, tensor, values, TOL, memoryAtRest } from "./util";
+import { f32, intTensor, normal, relErr, sameBits, tensor, values, TOL, leakCheck } from "./util";
 
 type Opts = Omit<RouteRefOptions, "expertBias"> & { bias?: Float64Array };
 
@@ -416,7 +416,7 @@ describe("route determinism and resources", () => {
     const B = tensor(normal(16, 75, 0.1), [16]);
     const dW = tensor(normal(32 * 4, 76), [32, 4]);
     const N = tensor([1, NaN], [1, 2]);
-    const before = await memoryAtRest();
+    const leaks = await leakCheck();
     for (let i = 0; i < 1000; i++) {
       const r = await ops.route(L, { topK: 4, expertBias: B, numGroups: 4, topkGroups: 2 });
       const dl = await ops.routeBackward(L, r.indices, r.tokensPerExpert, dW, { auxLossGrad: 0.1, zLossGrad: 0.1 });
@@ -424,7 +424,7 @@ describe("route determinism and resources", () => {
       disposeAll(r);
       if (i % 100 === 0) await expect(ops.route(N, { topK: 1 })).rejects.toMatchObject({ code: "ERR_MOE_NONFINITE" });
     }
-    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
     for (const x of [L, B, dW, N]) x.dispose(); // referenced until here, so never collected mid-check
   });
 });

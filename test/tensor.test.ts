@@ -1,5 +1,5 @@
 import { Tensor, memoryStats, emptyCache, scope, MoEError, info } from "../lib";
-import { memoryAtRest } from "./util";
+import { leakCheck } from "./util";
 
 /** bfloat16 of a float64 value, by the definition: round to nearest even on the top 16 bits of the float32. */
 function bf16Ref(v: number): number {
@@ -85,9 +85,9 @@ describe("Tensor", () => {
   });
 
   test("a disposed tensor refuses reads; dispose is idempotent; `using` disposes", async () => {
-    const before = await memoryAtRest();
+    const leaks = await leakCheck();
     const t = Tensor.from([1, 2], [2]);
-    expect(memoryStats().tensors).toBe(before.tensors + 1);
+    expect(leaks.now().tensors).toBe(1);
     t.dispose();
     t.dispose();
     expect(t.disposed).toBe(true);
@@ -96,11 +96,11 @@ describe("Tensor", () => {
       using u = Tensor.from([1, 2, 3], [3]);
       expect(u.numel).toBe(3);
     }
-    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
   });
 
   test("scope disposes its temporaries and keeps what it returns", async () => {
-    const before = await memoryAtRest();
+    const leaks = await leakCheck();
     const kept = await scope(async () => {
       Tensor.zeros([100]);
       Tensor.zeros([200]);
@@ -110,7 +110,7 @@ describe("Tensor", () => {
       return { keep: inner.a };
     });
     expect(kept.keep.disposed).toBe(false);
-    expect(memoryStats().tensors).toBe(before.tensors + 1);
+    expect(leaks.now()).toEqual({ tensors: 1, bytes: 3 * 4 });
     kept.keep.dispose();
     await expect(
       scope(async () => {
@@ -118,7 +118,7 @@ describe("Tensor", () => {
         throw new Error("boom");
       }),
     ).rejects.toThrow("boom");
-    expect(await memoryAtRest()).toMatchObject({ tensors: before.tensors, bytes: before.bytes });
+    expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
   });
 
   test("freed large blocks are cached, reused for the same size, and released by emptyCache", () => {

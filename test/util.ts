@@ -53,8 +53,7 @@ export function sameBits(a: Tensor, b: Tensor): boolean {
 /**
  * memoryStats(device) once queued work has finished, the garbage collector has
  * run and the finalizers it triggered have freed their tensors (jest runs
- * under --expose-gc), so a leak check does not see tensors from earlier tests
- * vanish mid-way.
+ * under --expose-gc).
  */
 export async function memoryAtRest(device: DeviceName = "cpu"): Promise<ReturnType<typeof memoryStats>> {
   await synchronize();
@@ -65,6 +64,56 @@ export async function memoryAtRest(device: DeviceName = "cpu"): Promise<ReturnTy
   }
   await synchronize();
   return memoryStats(device);
+}
+
+/** Live tensors and bytes. */
+export interface Live {
+  tensors: number;
+  bytes: number;
+}
+
+/** A leak check started by leakCheck(device). */
+export interface LeakCheck {
+  device: DeviceName;
+  /** memoryStats(device).made when the check started. */
+  made: number;
+  /** The tensors made on the device since the start that are alive now. */
+  now(): Live;
+  /**
+   * The tensors made since the start that are still alive once queued work
+   * has finished and the garbage collector has freed what the test dropped:
+   * { tensors: 0, bytes: 0 } unless something made since is still referenced
+   * or was never freed. Finalizers run late under load, so it collects and
+   * looks again until nothing is left or `patienceMs` has passed.
+   */
+  left(patienceMs?: number): Promise<Live>;
+}
+
+/**
+ * Starts a leak check on a device once queued work has finished (tensors of
+ * work in flight count as made before it). It counts only tensors made after
+ * it started, so earlier tests' garbage being collected meanwhile cannot
+ * change its answer.
+ */
+export async function leakCheck(device: DeviceName = "cpu"): Promise<LeakCheck> {
+  await synchronize();
+  const made = memoryStats(device).made;
+  const now = (): Live => {
+    const s = memoryStats(device, { madeSince: made });
+    return { tensors: s.tensors, bytes: s.bytes };
+  };
+  const left = async (patienceMs = 5000): Promise<Live> => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    const deadline = Date.now() + patienceMs;
+    for (;;) {
+      await synchronize();
+      const live = now();
+      if ((live.tensors === 0 && live.bytes === 0) || Date.now() >= deadline) return live;
+      gc?.();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  return { device, made, now, left };
 }
 
 /** Rounds float64 values to bfloat16 (nearest even on the float32's top 16 bits): what a bfloat16 tensor holds. */

@@ -12,9 +12,7 @@ const CudaStatus& cuda_status() {
 #ifdef MOE_EP_WITH_CUDA
     s.built = true;
     s.archs = MOE_EP_CUDA_ARCHS;
-#ifdef MOE_EP_CUDA_EMULATED
-    s.emulated = true;
-#endif
+    s.emulated = MOE_EP_CUDA_EMULATED;  // set by CMake with the architectures
     char reason[256] = {0};
     s.device_count = moe_cuda_probe(&s.runtime_version, &s.driver_version, reason, sizeof reason);
     s.available = s.device_count > 0;

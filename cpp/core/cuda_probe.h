@@ -7,7 +7,7 @@ namespace moe {
 struct CudaStatus {
   bool built = false;      // compiled with nvcc
   bool available = false;  // a driver and at least one device answered
-  bool emulated = false;   // the kernels run on the CPU emulator of cuda/emu/ (MOE_EP_CUDA=EMULATE)
+  bool emulated = false;   // the kernels run on the CPU emulator of emu/cuda/ (MOE_EP_CUDA=EMULATE)
   int device_count = 0;
   int runtime_version = 0;  // e.g. 13000
   int driver_version = 0;

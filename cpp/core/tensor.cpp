@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "cuda_device.h"
 #include "error.h"
@@ -15,6 +16,10 @@ namespace {
 constexpr int kMaxCudaDevices = 16;
 struct Counters {
   std::atomic<int64_t> tensors{0}, bytes{0}, peak{0};
+  std::mutex mutex;  // guards the rest
+  int64_t made = 0;
+  Storage* oldest = nullptr;  // live storages, linked in allocation order
+  Storage* newest = nullptr;
 };
 Counters cpu_counters;
 std::array<Counters, kMaxCudaDevices> cuda_counters;
@@ -59,8 +64,17 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
     p = host_alloc(bytes);
     if (!p) fail(Code::Value, "out of host memory allocating " + std::to_string(bytes) + " bytes");
   }
+  Storage* s = new Storage(p, bytes, device);
+  Counters& c = counters_for(device);
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    s->serial_ = c.made++;
+    s->prev_ = c.newest;
+    (c.newest ? c.newest->next_ : c.oldest) = s;
+    c.newest = s;
+  }
   count(device, 1, int64_t(bytes));
-  return std::shared_ptr<Storage>(new Storage(p, bytes, device));
+  return std::shared_ptr<Storage>(s);
 }
 
 Storage::~Storage() {
@@ -68,6 +82,12 @@ Storage::~Storage() {
     cuda::release(data_, device_);
   else
     host_free(data_, bytes_);
+  Counters& c = counters_for(device_);
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    (prev_ ? prev_->next_ : c.oldest) = next_;
+    (next_ ? next_->prev_ : c.newest) = prev_;
+  }
   count(device_, -1, -int64_t(bytes_));
 }
 
@@ -117,8 +137,23 @@ Tensor scalar_f32(float value) {
 
 MemoryStats memory_stats(Device device) {
   Counters& c = counters_for(device);
-  return {c.tensors.load(), c.bytes.load(), c.peak.load(),
-          device.kind == Device::CPU ? host_cached_bytes() : cuda::cached_bytes(device)};
+  MemoryStats s{c.tensors.load(), c.bytes.load(), c.peak.load(),
+                device.kind == Device::CPU ? host_cached_bytes() : cuda::cached_bytes(device)};
+  std::lock_guard<std::mutex> lock(c.mutex);
+  s.made = c.made;
+  return s;
+}
+
+MemoryStats memory_stats(Device device, int64_t made_since) {
+  MemoryStats s = memory_stats(device);
+  s.tensors = s.bytes = 0;
+  Counters& c = counters_for(device);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  for (const Storage* t = c.newest; t && t->serial_ >= made_since; t = t->prev_) {
+    ++s.tensors;
+    s.bytes += int64_t(t->bytes_);
+  }
+  return s;
 }
 
 }  // namespace moe

@@ -19,6 +19,9 @@ struct Device {
   bool operator!=(const Device& o) const { return !(*this == o); }
 };
 
+struct MemoryStats;
+MemoryStats memory_stats(Device device, int64_t made_since);
+
 class Storage {
  public:
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
@@ -30,10 +33,15 @@ class Storage {
   Device device() const { return device_; }
 
  private:
+  friend MemoryStats memory_stats(Device device, int64_t made_since);
   Storage(void* data, size_t bytes, Device device) : data_(data), bytes_(bytes), device_(device) {}
   void* data_;
   size_t bytes_;
   Device device_;
+  int64_t serial_ = 0;  // its place among the storages ever allocated on its device
+  // The device's live storages, oldest first (memory_stats with made_since).
+  Storage* prev_ = nullptr;
+  Storage* next_ = nullptr;
 };
 
 using Shape = std::vector<int64_t>;
@@ -69,7 +77,12 @@ struct MemoryStats {
   int64_t bytes = 0;
   int64_t peak_bytes = 0;
   int64_t cached_bytes = 0;  // freed blocks the allocator keeps for reuse
+  int64_t made = 0;          // storages ever allocated on the device
 };
 MemoryStats memory_stats(Device device);
+// As above, but tensors and bytes count only the live storages allocated
+// since `made` was `made_since`: what a stretch of work left behind, whatever
+// older storages are freed meanwhile (the test suite's leak checks).
+MemoryStats memory_stats(Device device, int64_t made_since);
 
 }  // namespace moe

@@ -1,5 +1,5 @@
 /**
- * The CUDA emulator (cuda/emu/, a build with MOE_EP_CUDA=EMULATE): its own
+ * The CUDA emulator (emu/cuda/, a build with MOE_EP_CUDA=EMULATE): its own
  * checks (test/emulated/selftest.cu: warp collectives and barriers against
  * formulas, launch errors, fresh memory, a race it exposes, a deadlock it
  * reports, and a buffer overrun and a use after free that fault), and

@@ -1,7 +1,7 @@
 // The test environment of the "cuda-emulated" jest project (jest.config.js):
 // its test files load the emulated build (build-emu/), whose cuda:0 runs the
 // kernels of cuda/ on the CPU emulator, and its one-rank NCCL
-// (cuda/emu/nccl_emu.cpp). MOE_EP_NCCL_LIBRARY is read by the native core
+// (emu/nccl/nccl_emu.cpp). MOE_EP_NCCL_LIBRARY is read by the native core
 // with getenv, so it is set in this worker's real environment for the file's
 // duration and restored after it (the same worker may run a "cpu" file next).
 const path = require("path");

@@ -1,6 +1,6 @@
 /**
  * The NCCL process group and MoELayer on cuda:0 across real processes, on the
- * CUDA emulator and its NCCL (cuda/emu/nccl_emu.cpp: a socket mesh between
+ * CUDA emulator and its NCCL (emu/nccl/nccl_emu.cpp: a socket mesh between
  * the ranks' processes), as a machine with one GPU per rank would run them:
  * - allToAllV of rank-encoded rows with uneven counts, allReduce and broadcast
  *   across 3 ranks, checked against formulas of the ranks' numbers;

@@ -1,4 +1,4 @@
-// Checks of the CUDA emulator itself (cuda/emu/), built from this .cu file the
+// Checks of the CUDA emulator itself (emu/cuda/), built from this .cu file the
 // way the emulated build builds cuda/*.cu. Each check computes a result that a
 // GPU would give and compares it with a formula; the program prints one line
 // per check and exits 1 if any differs.

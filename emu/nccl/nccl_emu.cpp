@@ -1,7 +1,8 @@
 // NCCL for the CUDA emulator (libnccl_emu.so, built with MOE_EP_CUDA=EMULATE):
-// the functions cpp/comm/nccl_api.h loads, so that the NCCL process group and
-// the layer's NCCL path run on emulated devices, one rank per process as on
-// GPUs. Point MOE_EP_NCCL_LIBRARY at it (the cuda-emulated jest project does).
+// the functions of NCCL's C API that moe-ep's loader opens (nccl.h beside this
+// file declares them as NCCL does), so that the NCCL process group and the
+// layer's NCCL path run on emulated devices, one rank per process as on GPUs. Point MOE_EP_NCCL_LIBRARY at it (the
+// cuda-emulated jest project does).
 //
 // Transport: Unix domain sockets, a full mesh. ncclGetUniqueId makes a private
 // directory and names it in the id; at init every rank listens there, connects
@@ -43,32 +44,28 @@
 #include <type_traits>
 #include <vector>
 
-#include "../../cpp/comm/nccl_api.h"
+#include "nccl.h"
 
 namespace {
-
-// The ABI, as the loader declares it (what this library stands in for).
-using namespace moe::comm::nccl;
-using Config = ConfigV21400;
 
 constexpr const char* kIdTag = "moe-ep-nccl-emu:";
 constexpr auto kStall = std::chrono::seconds(60);
 
 size_t type_bytes(int type) {
   switch (type) {
-    case kInt8:
-    case kUint8:
+    case ncclInt8:
+    case ncclUint8:
       return 1;
-    case kFloat16:
-    case kBfloat16:
+    case ncclFloat16:
+    case ncclBfloat16:
       return 2;
-    case kInt32:
-    case kUint32:
-    case kFloat32:
+    case ncclInt32:
+    case ncclUint32:
+    case ncclFloat32:
       return 4;
-    case kInt64:
-    case kUint64:
-    case kFloat64:
+    case ncclInt64:
+    case ncclUint64:
+    case ncclFloat64:
       return 8;
     default:
       return 0;
@@ -82,42 +79,47 @@ struct Transfer {
   size_t bytes;
 };
 
-struct Communicator {
+}  // namespace
+
+// The communicator behind ncclComm_t.
+struct ncclComm {
   int rank = 0;
   int size = 1;
   std::vector<int> fds;  // per peer; -1 for this rank
   bool non_blocking = false;
-  std::atomic<int> async{kSuccess};  // a Result: kInProgress while the worker runs
+  std::atomic<int> async{ncclSuccess};  // an ncclResult_t: ncclInProgress while the worker runs
   std::atomic<bool> aborting{false};
   std::thread worker;
   std::string last_error;
   std::vector<Transfer> group;  // the open group's sends and receives
 };
 
+namespace {
+
 // Runs `work` inline (blocking communicators) or on the communicator's worker
-// thread, reporting kInProgress until it is done (non-blocking ones).
-Result start(Communicator* c, std::function<Result()> work) {
+// thread, reporting ncclInProgress until it is done (non-blocking ones).
+ncclResult_t start(ncclComm* c, std::function<ncclResult_t()> work) {
   if (!c->non_blocking) {
-    const Result r = work();
-    if (r != kSuccess) c->async = r;
+    const ncclResult_t r = work();
+    if (r != ncclSuccess) c->async = r;
     return r;
   }
   if (c->worker.joinable()) c->worker.join();  // the caller settled the previous operation
-  c->async = kInProgress;
+  c->async = ncclInProgress;
   c->worker = std::thread([c, work] { c->async = work(); });
-  return kInProgress;
+  return ncclInProgress;
 }
 
 thread_local int group_depth = 0;
-thread_local std::vector<Communicator*> group_comms;
+thread_local std::vector<ncclComm*> group_comms;
 
-Result refuse(Communicator* c, Result r, const std::string& why) {
+ncclResult_t refuse(ncclComm* c, ncclResult_t r, const std::string& why) {
   if (c) c->last_error = why;
   return r;
 }
 
-Result check_type(Communicator* c, int type) {
-  return type_bytes(type) ? kSuccess : refuse(c, kInvalidArgument, "unknown data type " + std::to_string(type));
+ncclResult_t check_type(ncclComm* c, int type) {
+  return type_bytes(type) ? ncclSuccess : refuse(c, ncclInvalidArgument, "unknown data type " + std::to_string(type));
 }
 
 // ---- the mesh ----------------------------------------------------------------------
@@ -156,57 +158,57 @@ bool read_all(int fd, void* p, size_t n) {
   return true;
 }
 
-Result connect_mesh(Communicator* c, const std::string& dir) {
+ncclResult_t connect_mesh(ncclComm* c, const std::string& dir) {
   const int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un a;
   const std::string mine = socket_path(dir, c->rank);
   if (listener < 0 || !fill_address(a, mine) || bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
       listen(listener, c->size) != 0) {
     if (listener >= 0) close(listener);
-    return refuse(c, kSystemError, "cannot listen at " + mine + ": " + strerror(errno));
+    return refuse(c, ncclSystemError, "cannot listen at " + mine + ": " + strerror(errno));
   }
-  Result result = kSuccess;
+  ncclResult_t result = ncclSuccess;
   const auto deadline = std::chrono::steady_clock::now() + kStall;
-  for (int p = 0; p < c->rank && result == kSuccess; ++p) {
+  for (int p = 0; p < c->rank && result == ncclSuccess; ++p) {
     const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     fill_address(a, socket_path(dir, p));
     while (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
       if (c->aborting) {
-        result = refuse(c, kSystemError, "aborted");
+        result = refuse(c, ncclSystemError, "aborted");
         break;
       }
       if (std::chrono::steady_clock::now() > deadline) {
-        result = refuse(c, kSystemError, "rank " + std::to_string(p) + " did not listen within a minute");
+        result = refuse(c, ncclSystemError, "rank " + std::to_string(p) + " did not listen within a minute");
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    if (result == kSuccess && !write_all(fd, &c->rank, sizeof c->rank))
-      result = refuse(c, kRemoteError, "rank " + std::to_string(p) + " closed its connection");
-    if (result == kSuccess)
+    if (result == ncclSuccess && !write_all(fd, &c->rank, sizeof c->rank))
+      result = refuse(c, ncclRemoteError, "rank " + std::to_string(p) + " closed its connection");
+    if (result == ncclSuccess)
       c->fds[size_t(p)] = fd;
     else
       close(fd);
   }
-  for (int n = c->rank + 1; n < c->size && result == kSuccess; ++n) {
+  for (int n = c->rank + 1; n < c->size && result == ncclSuccess; ++n) {
     pollfd w{listener, POLLIN, 0};
     while (poll(&w, 1, 100) != 1) {
       if (c->aborting) {
-        result = refuse(c, kSystemError, "aborted");
+        result = refuse(c, ncclSystemError, "aborted");
         break;
       }
       if (std::chrono::steady_clock::now() > deadline) {
-        result = refuse(c, kSystemError, "a higher rank did not connect within a minute");
+        result = refuse(c, ncclSystemError, "a higher rank did not connect within a minute");
         break;
       }
     }
-    if (result != kSuccess) break;
+    if (result != ncclSuccess) break;
     const int fd = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     int peer = -1;
     if (fd < 0 || !read_all(fd, &peer, sizeof peer) || peer <= c->rank || peer >= c->size ||
         c->fds[size_t(peer)] >= 0) {
       if (fd >= 0) close(fd);
-      result = refuse(c, kInternalError, "a connection that is not a higher rank of this communicator");
+      result = refuse(c, ncclInternalError, "a connection that is not a higher rank of this communicator");
       break;
     }
     c->fds[size_t(peer)] = fd;
@@ -217,7 +219,7 @@ Result connect_mesh(Communicator* c, const std::string& dir) {
   return result;
 }
 
-void close_mesh(Communicator* c) {
+void close_mesh(ncclComm* c) {
   for (int& fd : c->fds)
     if (fd >= 0) close(fd), fd = -1;
 }
@@ -226,17 +228,17 @@ void close_mesh(Communicator* c) {
 
 // Runs the transfers: this rank's own in call order (each send with the next
 // receive), and every peer's bytes in call order, all peers at once.
-Result run_transfers(Communicator* c, const std::vector<Transfer>& ts) {
+ncclResult_t run_transfers(ncclComm* c, const std::vector<Transfer>& ts) {
   std::vector<const Transfer*> self_sends, self_recvs;
   for (const Transfer& t : ts)
     if (t.peer == c->rank) (t.send ? self_sends : self_recvs).push_back(&t);
   if (self_sends.size() != self_recvs.size())
-    return refuse(c, kInvalidUsage,
+    return refuse(c, ncclInvalidUsage,
                   "a group with " + std::to_string(self_sends.size()) + " sends to this rank and " +
                       std::to_string(self_recvs.size()) + " receives from it");
   for (size_t i = 0; i < self_sends.size(); ++i) {
     if (self_sends[i]->bytes != self_recvs[i]->bytes)
-      return refuse(c, kInvalidUsage, "a send to this rank and its receive differ in size");
+      return refuse(c, ncclInvalidUsage, "a send to this rank and its receive differ in size");
     if (self_sends[i]->bytes) memmove(self_recvs[i]->data, self_sends[i]->data, self_sends[i]->bytes);
   }
   struct Stream {
@@ -260,21 +262,21 @@ Result run_transfers(Communicator* c, const std::vector<Transfer>& ts) {
         peers.push_back(p);
       }
     }
-    if (fds.empty()) return kSuccess;
+    if (fds.empty()) return ncclSuccess;
     if (poll(fds.data(), fds.size(), 100) < 0 && errno != EINTR)
-      return refuse(c, kSystemError, std::string("poll: ") + strerror(errno));
+      return refuse(c, ncclSystemError, std::string("poll: ") + strerror(errno));
     bool moved = false;
     for (size_t i = 0; i < fds.size(); ++i) {
       const pollfd& f = fds[i];
       const int p = peers[i];
       if (f.revents & (POLLERR | POLLNVAL))
-        return refuse(c, kRemoteError, "the connection to rank " + std::to_string(p) + " failed");
+        return refuse(c, ncclRemoteError, "the connection to rank " + std::to_string(p) + " failed");
       if ((f.revents & POLLOUT) && !out[size_t(p)].done()) {
         Stream& s = out[size_t(p)];
         const Transfer* t = s.items[s.item];
         const ssize_t w = send(f.fd, t->data + s.offset, t->bytes - s.offset, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w < 0 && errno != EAGAIN && errno != EINTR)
-          return refuse(c, kRemoteError, "rank " + std::to_string(p) + " went away (" + strerror(errno) + ")");
+          return refuse(c, ncclRemoteError, "rank " + std::to_string(p) + " went away (" + strerror(errno) + ")");
         if (w > 0) {
           moved = true;
           if ((s.offset += size_t(w)) == t->bytes) ++s.item, s.offset = 0;
@@ -284,35 +286,36 @@ Result run_transfers(Communicator* c, const std::vector<Transfer>& ts) {
         Stream& s = in[size_t(p)];
         const Transfer* t = s.items[s.item];
         const ssize_t r = recv(f.fd, t->data + s.offset, t->bytes - s.offset, MSG_DONTWAIT);
-        if (r == 0) return refuse(c, kRemoteError, "rank " + std::to_string(p) + " closed its connection");
+        if (r == 0) return refuse(c, ncclRemoteError, "rank " + std::to_string(p) + " closed its connection");
         if (r < 0 && errno != EAGAIN && errno != EINTR)
-          return refuse(c, kRemoteError, "rank " + std::to_string(p) + " went away (" + strerror(errno) + ")");
+          return refuse(c, ncclRemoteError, "rank " + std::to_string(p) + " went away (" + strerror(errno) + ")");
         if (r > 0) {
           moved = true;
           if ((s.offset += size_t(r)) == t->bytes) ++s.item, s.offset = 0;
         }
       }
     }
-    if (c->aborting) return refuse(c, kSystemError, "aborted");
+    if (c->aborting) return refuse(c, ncclSystemError, "aborted");
     const auto now = std::chrono::steady_clock::now();
     if (moved) last_progress = now;
-    if (now - last_progress > kStall) return refuse(c, kSystemError, "no data moved for a minute");
+    if (now - last_progress > kStall) return refuse(c, ncclSystemError, "no data moved for a minute");
   }
 }
 
 // Queues a send or a receive; outside a group it is a group of its own.
-Result queue(Communicator* c, Transfer t, int type, size_t count) {
-  if (!c) return kInvalidArgument;
+ncclResult_t queue(ncclComm* c, Transfer t, int type, size_t count) {
+  if (!c) return ncclInvalidArgument;
   if (t.peer < 0 || t.peer >= c->size)
-    return refuse(c, kInvalidArgument, "peer " + std::to_string(t.peer) + " of " + std::to_string(c->size) + " ranks");
-  if (const Result r = check_type(c, type)) return r;
+    return refuse(c, ncclInvalidArgument,
+                  "peer " + std::to_string(t.peer) + " of " + std::to_string(c->size) + " ranks");
+  if (const ncclResult_t r = check_type(c, type)) return r;
   t.bytes = count * type_bytes(type);
   c->group.push_back(t);
   if (group_depth > 0) {
     bool listed = false;
-    for (Communicator* g : group_comms) listed |= g == c;
+    for (ncclComm* g : group_comms) listed |= g == c;
     if (!listed) group_comms.push_back(c);
-    return kSuccess;
+    return ncclSuccess;
   }
   std::vector<Transfer> ts;
   ts.swap(c->group);
@@ -358,122 +361,130 @@ void reduce(char* out, const std::vector<const char*>& parts, size_t count, int 
       for (size_t r = 1; r < parts.size(); ++r) {
         T v;
         memcpy(&v, parts[r] + i * sizeof(T), sizeof(T));
-        acc = op == kProd  ? T(acc * v)
-              : op == kMax ? (v > acc ? v : acc)
-              : op == kMin ? (v < acc ? v : acc)
-                           : T(acc + v);
+        acc = op == ncclProd  ? T(acc * v)
+              : op == ncclMax ? (v > acc ? v : acc)
+              : op == ncclMin ? (v < acc ? v : acc)
+                              : T(acc + v);
       }
-      if (op == kAvg) acc = T(acc / T(parts.size()));
+      if (op == ncclAvg) acc = T(acc / T(parts.size()));
       memcpy(out + i * sizeof(T), &acc, sizeof(T));
     } else {
       double acc = load<T>(parts[0], i);
       for (size_t r = 1; r < parts.size(); ++r) {
         const double v = load<T>(parts[r], i);
-        acc = op == kProd ? acc * v : op == kMax ? (v > acc ? v : acc) : op == kMin ? (v < acc ? v : acc) : acc + v;
+        acc = op == ncclProd  ? acc * v
+              : op == ncclMax ? (v > acc ? v : acc)
+              : op == ncclMin ? (v < acc ? v : acc)
+                              : acc + v;
         store<T>(out, i, acc);
         acc = load<T>(out, i);
       }
-      if (op == kAvg) acc = acc / static_cast<double>(parts.size());
+      if (op == ncclAvg) acc = acc / static_cast<double>(parts.size());
       store<T>(out, i, acc);
     }
   }
 }
 
-Result reduce_typed(int type, char* out, const std::vector<const char*>& parts, size_t count, int op) {
+ncclResult_t reduce_typed(int type, char* out, const std::vector<const char*>& parts, size_t count, int op) {
   switch (type) {
-    case kInt8:
+    case ncclInt8:
       reduce<int8_t>(out, parts, count, op);
       break;
-    case kUint8:
+    case ncclUint8:
       reduce<uint8_t>(out, parts, count, op);
       break;
-    case kInt32:
+    case ncclInt32:
       reduce<int32_t>(out, parts, count, op);
       break;
-    case kUint32:
+    case ncclUint32:
       reduce<uint32_t>(out, parts, count, op);
       break;
-    case kInt64:
+    case ncclInt64:
       reduce<int64_t>(out, parts, count, op);
       break;
-    case kUint64:
+    case ncclUint64:
       reduce<uint64_t>(out, parts, count, op);
       break;
-    case kFloat16:
+    case ncclFloat16:
       reduce<__half>(out, parts, count, op);
       break;
-    case kFloat32:
+    case ncclFloat32:
       reduce<float>(out, parts, count, op);
       break;
-    case kFloat64:
+    case ncclFloat64:
       reduce<double>(out, parts, count, op);
       break;
-    case kBfloat16:
+    case ncclBfloat16:
       reduce<__nv_bfloat16>(out, parts, count, op);
       break;
     default:
-      return kInvalidArgument;
+      return ncclInvalidArgument;
   }
-  return kSuccess;
+  return ncclSuccess;
 }
 
 }  // namespace
 
 extern "C" {
 
-Result ncclGetVersion(int* version) {
-  if (!version) return kInvalidArgument;
-  *version = 21805;  // 2.18.5: the ABI of cpp/comm/nccl_api.h, non-blocking communicators included
-  return kSuccess;
+ncclResult_t ncclGetVersion(int* version) {
+  if (!version) return ncclInvalidArgument;
+  *version = 21805;  // 2.18.5: the API of nccl.h here, non-blocking communicators included
+  return ncclSuccess;
 }
 
-const char* ncclGetErrorString(Result r) {
+const char* ncclGetErrorString(ncclResult_t r) {
   switch (r) {
-    case kSuccess:
+    case ncclSuccess:
       return "no error";
-    case kSystemError:
+    case ncclSystemError:
       return "unhandled system error";
-    case kInvalidArgument:
+    case ncclInvalidArgument:
       return "invalid argument";
-    case kInvalidUsage:
+    case ncclInvalidUsage:
       return "invalid usage";
-    case kRemoteError:
+    case ncclRemoteError:
       return "remote process exited or there was a network error";
-    case kInProgress:
+    case ncclInProgress:
       return "NCCL operation in progress";
     default:
       return "internal error";
   }
 }
 
-const char* ncclGetLastError(Communicator* comm) { return comm ? comm->last_error.c_str() : ""; }
+const char* ncclGetLastError(ncclComm_t comm) { return comm ? comm->last_error.c_str() : ""; }
 
-Result ncclGetUniqueId(UniqueId* id) {
-  if (!id) return kInvalidArgument;
+ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
+  if (!id) return ncclInvalidArgument;
   char dir[] = "/tmp/moe-nccl-emu-XXXXXX";
-  if (!mkdtemp(dir)) return kSystemError;
+  if (!mkdtemp(dir)) return ncclSystemError;
   memset(id, 0, sizeof *id);
   snprintf(id->internal, sizeof id->internal, "%s%s", kIdTag, dir);
-  return kSuccess;
+  return ncclSuccess;
 }
 
-Result ncclCommInitRankConfig(Communicator** comm, int nranks, UniqueId id, int rank, Config* config) {
-  if (!comm) return kInvalidArgument;
+ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank, ncclConfig_t* config) {
+  if (!comm) return ncclInvalidArgument;
   *comm = nullptr;
-  if (nranks < 1 || rank < 0 || rank >= nranks) return kInvalidArgument;
+  if (nranks < 1 || rank < 0 || rank >= nranks) return ncclInvalidArgument;
   id.internal[sizeof id.internal - 1] = 0;
-  if (strncmp(id.internal, kIdTag, strlen(kIdTag)) != 0) return kInvalidArgument;
-  Communicator* c = new Communicator;
+  if (strncmp(id.internal, kIdTag, strlen(kIdTag)) != 0) return ncclInvalidArgument;
+  // As NCCL reads a config: the magic marks one made from NCCL_CONFIG_INITIALIZER,
+  // and a field counts only where the caller's `size` covers it.
+  if (config && config->magic != NCCL_CONFIG_MAGIC) return ncclInvalidArgument;
+  const bool non_blocking =
+      config && config->size >= offsetof(ncclConfig_t, blocking) + sizeof config->blocking && config->blocking == 0;
+  ncclComm* c = new ncclComm;
   c->rank = rank;
   c->size = nranks;
   c->fds.assign(size_t(nranks), -1);
-  c->non_blocking = config && config->blocking == 0;
+  c->non_blocking = non_blocking;
   const std::string dir = id.internal + strlen(kIdTag);
-  const Result r = start(c, [c, dir] {
-    if (c->size == 1) return rmdir(dir.c_str()), kSuccess;
+  const ncclResult_t r = start(c, [c, dir] {
+    if (c->size == 1) return rmdir(dir.c_str()), ncclSuccess;
     return connect_mesh(c, dir);
   });
-  if (r != kSuccess && r != kInProgress) {
+  if (r != ncclSuccess && r != ncclInProgress) {
     close_mesh(c);
     delete c;
     return r;
@@ -482,63 +493,64 @@ Result ncclCommInitRankConfig(Communicator** comm, int nranks, UniqueId id, int 
   return r;
 }
 
-Result ncclCommInitRank(Communicator** comm, int nranks, UniqueId id, int rank) {
+ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank) {
   return ncclCommInitRankConfig(comm, nranks, id, rank, nullptr);
 }
 
-Result ncclCommGetAsyncError(Communicator* comm, Result* error) {
-  if (!comm || !error) return kInvalidArgument;
-  *error = static_cast<Result>(comm->async.load());
-  return kSuccess;
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
+  if (!comm || !error) return ncclInvalidArgument;
+  *error = static_cast<ncclResult_t>(comm->async.load());
+  return ncclSuccess;
 }
 
-Result ncclCommAbort(Communicator* comm) {
-  if (!comm) return kSuccess;
+ncclResult_t ncclCommAbort(ncclComm_t comm) {
+  if (!comm) return ncclSuccess;
   comm->aborting = true;
   if (comm->worker.joinable()) comm->worker.join();
   close_mesh(comm);
   delete comm;
-  return kSuccess;
+  return ncclSuccess;
 }
 
-Result ncclCommDestroy(Communicator* comm) {
-  if (comm && !comm->group.empty()) return kInvalidUsage;
+ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+  if (comm && !comm->group.empty()) return ncclInvalidUsage;
   if (comm && comm->worker.joinable()) comm->worker.join();
   return ncclCommAbort(comm);
 }
 
-Result ncclGroupStart() {
+ncclResult_t ncclGroupStart(void) {
   ++group_depth;
-  return kSuccess;
+  return ncclSuccess;
 }
 
-Result ncclGroupEnd() {
-  if (group_depth == 0) return kInvalidUsage;
-  if (--group_depth > 0) return kSuccess;
-  Result first = kSuccess;
-  std::vector<Communicator*> comms;
+ncclResult_t ncclGroupEnd(void) {
+  if (group_depth == 0) return ncclInvalidUsage;
+  if (--group_depth > 0) return ncclSuccess;
+  ncclResult_t first = ncclSuccess;
+  std::vector<ncclComm*> comms;
   comms.swap(group_comms);
-  for (Communicator* c : comms) {
+  for (ncclComm* c : comms) {
     std::vector<Transfer> ts;
     ts.swap(c->group);
-    const Result r = start(c, [c, ts] { return run_transfers(c, ts); });
-    if (first == kSuccess) first = r;
+    const ncclResult_t r = start(c, [c, ts] { return run_transfers(c, ts); });
+    if (first == ncclSuccess) first = r;
   }
   return first;
 }
 
-Result ncclSend(const void* buf, size_t count, int type, int peer, Communicator* comm, void*) {
+ncclResult_t ncclSend(const void* buf, size_t count, ncclDataType_t type, int peer, ncclComm_t comm, cudaStream_t) {
   return queue(comm, Transfer{peer, true, const_cast<char*>(static_cast<const char*>(buf)), 0}, type, count);
 }
 
-Result ncclRecv(void* buf, size_t count, int type, int peer, Communicator* comm, void*) {
+ncclResult_t ncclRecv(void* buf, size_t count, ncclDataType_t type, int peer, ncclComm_t comm, cudaStream_t) {
   return queue(comm, Transfer{peer, false, static_cast<char*>(buf), 0}, type, count);
 }
 
-Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Communicator* comm, void*) {
-  if (!comm) return kInvalidArgument;
-  if (op < kSum || op > kAvg) return refuse(comm, kInvalidArgument, "unknown reduction " + std::to_string(op));
-  if (const Result r = check_type(comm, type)) return r;
+ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
+                           ncclComm_t comm, cudaStream_t) {
+  if (!comm) return ncclInvalidArgument;
+  if (op < ncclSum || op > ncclAvg) return refuse(comm, ncclInvalidArgument, "unknown reduction " + std::to_string(op));
+  if (const ncclResult_t r = check_type(comm, type)) return r;
   return start(comm, [=] {
     const size_t bytes = count * type_bytes(type);
     std::vector<std::vector<char>> theirs(size_t(comm->size));
@@ -549,8 +561,8 @@ Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int o
       ts.push_back(Transfer{p, true, const_cast<char*>(static_cast<const char*>(send)), bytes});
       ts.push_back(Transfer{p, false, theirs[size_t(p)].data(), bytes});
     }
-    const Result r = run_transfers(comm, ts);
-    if (r != kSuccess) return r;
+    const ncclResult_t r = run_transfers(comm, ts);
+    if (r != ncclSuccess) return r;
     std::vector<char> mine(static_cast<const char*>(send), static_cast<const char*>(send) + bytes);
     std::vector<const char*> parts;
     for (int p = 0; p < comm->size; ++p) parts.push_back(p == comm->rank ? mine.data() : theirs[size_t(p)].data());
@@ -558,10 +570,11 @@ Result ncclAllReduce(const void* send, void* recv, size_t count, int type, int o
   });
 }
 
-Result ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Communicator* comm, void*) {
-  if (!comm) return kInvalidArgument;
-  if (root < 0 || root >= comm->size) return refuse(comm, kInvalidArgument, "root " + std::to_string(root));
-  if (const Result r = check_type(comm, type)) return r;
+ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type, int root, ncclComm_t comm,
+                           cudaStream_t) {
+  if (!comm) return ncclInvalidArgument;
+  if (root < 0 || root >= comm->size) return refuse(comm, ncclInvalidArgument, "root " + std::to_string(root));
+  if (const ncclResult_t r = check_type(comm, type)) return r;
   return start(comm, [=] {
     const size_t bytes = count * type_bytes(type);
     std::vector<Transfer> ts;

@@ -1,6 +1,6 @@
-// The PTX of the mma.sync grouped GEMM (cuda/grouped_gemm_sm80.cu, "PTX
-// wrappers") for the CUDA emulator: the same functions with the semantics the
-// PTX ISA gives them, so that the emulated build runs that kernel itself.
+// The emulator's ptx_sm80.cuh: it stands in for cuda/ptx_sm80.cuh (this
+// folder comes first on the emulated build's include path, as for cub/), with
+// the same functions and the semantics the PTX ISA gives their instructions:
 //   cp.async     a copy queued by the issuing thread and made when that thread
 //                waits for its group (cp.async.wait_group N leaves the N newest
 //                committed groups in flight), so data read before the wait and
@@ -11,9 +11,14 @@
 //                of each (with .trans: column l/4, rows 2(l%4) and 2(l%4)+1).
 //   mma.m16n8k16 row.col, float32 accumulators, fragments as the PTX ISA
 //                lays them out (groupID = lane/4, threadID_in_group = lane%4).
-// Included inside namespace moe_cuda by grouped_gemm_sm80.cu when
-// MOE_CUDA_EMULATED is defined; shared addresses are offsets into the block's
-// dynamic shared memory.
+// Shared addresses are offsets into the block's dynamic shared memory.
+#pragma once
+#include <stdint.h>
+#include <string.h>
+
+#include "common.cuh"
+
+namespace moe_cuda {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return ::emu::shared_offset(p); }
 
@@ -103,3 +108,5 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
       d[2 * h + c] = s;
     }
 }
+
+}  // namespace moe_cuda

@@ -1,4 +1,4 @@
-// cub::DeviceScan for the CUDA emulator (cuda/emu/cuda_emu.h): the same calls
+// cub::DeviceScan for the CUDA emulator (emu/cuda/cuda_emu.h): the same calls
 // and temporary-storage protocol, computed in index order on the host, which
 // is the result CUB's scans give for integer sums.
 #pragma once

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Turns a .cu file into C++ that the CPU emulator (cuda/emu/cuda_emu.h) runs.
+// Turns a .cu file into C++ that the CPU emulator (emu/cuda/cuda_emu.h) runs.
 // Two constructs of CUDA C++ are not C++ and are rewritten here; everything
 // else is left to the macros and functions of cuda_emu.h:
 //   callee<<<grid, block, smem, stream>>>(args)  ->  ::emu::launch(callee, grid, block, smem, stream)(args)

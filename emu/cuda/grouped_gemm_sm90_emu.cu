@@ -1,7 +1,7 @@
 // The emulated build's side of the Hopper grouped GEMM (grouped_gemm_sm90.cu):
 // its wgmma, TMA and mbarrier PTX has no emulation, and the emulated device
 // reports compute capability 8.0, so the launchers choose the mma.sync kernel
-// (grouped_gemm_sm80.cu, whose PTX cuda/emu/ptx_sm80.h emulates) and never this.
+// (grouped_gemm_sm80.cu, whose PTX emu/cuda/include/ptx_sm80.cuh emulates) and never this.
 #include <cuda_runtime.h>
 
 #include "common.cuh"

@@ -1,20 +1,20 @@
 // The CPU emulator of moe-ep's CUDA kernels: what a .cu file of cuda/ needs,
-// after cuda/emu/translate.js, to compile as C++ and run on the host.
+// after emu/cuda/translate.js, to compile as C++ and run on the host.
 //
-// Each CUDA thread is a fiber (cuda/emu/scheduler.cpp); the threads of a block
+// Each CUDA thread is a fiber (emu/cuda/scheduler.cpp); the threads of a block
 // run one at a time and switch only at barriers (__syncthreads, __syncwarp and
 // every warp collective), so shared memory is an ordinary static variable,
 // atomics are plain read-modify-writes, and a block's result is what any legal
 // schedule of the GPU could give. Blocks run one after another; launches are
 // serialised process-wide and finish before the launch call returns, so every
 // stream is trivially ordered. Device memory is host memory
-// (cuda/emu/runtime.cpp).
+// (emu/cuda/runtime.cpp).
 //
 // What it checks: indexing, bounds, the barrier structure (a barrier that not
 // every live thread of the block reaches is reported as a deadlock), launch
 // configurations, and the results against the CPU ops. What it cannot check:
 // timing, the memory model beyond barriers, and the Hopper GEMM kernel (wgmma,
-// TMA and mbarrier PTX). The mma.sync GEMM's PTX is emulated by ptx_sm80.h.
+// TMA and mbarrier PTX). The mma.sync GEMM's PTX is emulated by include/ptx_sm80.cuh.
 #pragma once
 
 #include <cuda_bf16.h>
