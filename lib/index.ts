@@ -28,6 +28,7 @@ export {
   INDEX_FILE,
 } from "./checkpoint/checkpoint";
 export type { CheckpointOptions, CheckpointIndex, CheckpointLayer } from "./checkpoint/checkpoint";
+export { checkpointFilesDir } from "./checkpoint/layout";
 export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
 export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";
 export * from "./comm";

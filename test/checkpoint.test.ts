@@ -7,7 +7,16 @@
 import { execFileSync } from "child_process";
 import * as fs from "fs";
 import * as path from "path";
-import { AdamW, INDEX_FILE, MoELayer, Tensor, loadCheckpoint, saveCheckpoint, shardFileName } from "../lib";
+import {
+  AdamW,
+  INDEX_FILE,
+  MoELayer,
+  Tensor,
+  checkpointFilesDir,
+  loadCheckpoint,
+  saveCheckpoint,
+  shardFileName,
+} from "../lib";
 import type { MoELayerOptions } from "../lib/layer/config";
 import { fakeWorld } from "./fake-group";
 import { randomizeBiases } from "./layer-helpers";
@@ -79,11 +88,15 @@ describe("safetensors checkpoints", () => {
     const world = fakeWorld(2);
     const runs = await Promise.all(world.map((g) => trained({ ...options, epSize: 2, name: "layers.0" }, g)));
     await Promise.all(runs.map((r) => r.layer.save(dir)));
-    expect(fs.readdirSync(dir).sort()).toEqual([INDEX_FILE, shardFileName(0, 2), shardFileName(1, 2)].sort());
+    expect(fs.readdirSync(dir).sort()).toEqual(["latest", "v-000001"]);
+    expect(fs.readlinkSync(path.join(dir, "latest"))).toBe("v-000001");
+    const files = checkpointFilesDir(dir);
+    expect(files).toBe(path.join(dir, "v-000001"));
+    expect(fs.readdirSync(files).sort()).toEqual([INDEX_FILE, shardFileName(0, 2), shardFileName(1, 2)].sort());
     expect(shardFileName(1, 2)).toBe("model-ep00001-of-00002.safetensors");
-    const index = JSON.parse(fs.readFileSync(path.join(dir, INDEX_FILE), "utf8"));
-    const f0 = readByHand(path.join(dir, shardFileName(0, 2)));
-    const f1 = readByHand(path.join(dir, shardFileName(1, 2)));
+    const index = JSON.parse(fs.readFileSync(path.join(files, INDEX_FILE), "utf8"));
+    const f0 = readByHand(path.join(files, shardFileName(0, 2)));
+    const f1 = readByHand(path.join(files, shardFileName(1, 2)));
     expect(f0.meta.format).toBe("pt");
     expect(Object.keys(f1.tensors).sort()).toEqual([
       "layers.0.experts.2.b1",
@@ -145,7 +158,7 @@ for name, e in h.items():
     out[name] = {"dtype": e["dtype"], "shape": e["shape"], "sum": float(np.asarray(a, np.float64).sum()), "n": int(a.size)}
 print(json.dumps(out))`;
     const got = JSON.parse(
-      execFileSync("python3", ["-c", py, path.join(dir, shardFileName(0, 1))], { encoding: "utf8" }),
+      execFileSync("python3", ["-c", py, path.join(dir, "latest", shardFileName(0, 1))], { encoding: "utf8" }),
     );
     expect(layer.parameters()[1].param.dtype).toBe("bfloat16");
     for (const p of layer.parameters()) {
@@ -269,9 +282,9 @@ print(json.dumps(out))`;
     const more = await MoELayer.create({ ...options, numExperts: 8 });
     await expect(more.load(dir)).rejects.toMatchObject({
       code: "ERR_MOE_VALUE",
-      message: expect.stringMatching(/experts\.\d\.w1/),
+      message: expect.stringMatching(/with 8 experts but the checkpoint .* has 4/),
     });
-    const file = path.join(dir, shardFileName(0, 1));
+    const file = path.join(checkpointFilesDir(dir), shardFileName(0, 1));
     const whole = fs.readFileSync(file);
     fs.writeFileSync(file, whole.subarray(0, whole.length - 3));
     await expect(layer.load(dir)).rejects.toMatchObject({

@@ -8,6 +8,9 @@
  * global index, a checkpoint loads into any epSize: each rank reads the
  * experts it holds from whichever files have them. AdamW's moments, when
  * given, are saved beside each parameter (`<name>.exp_avg`, `<name>.exp_avg_sq`).
+ * The files of one save sit in a version directory that `dir/latest` points to
+ * (see layout.ts), so a save replaces the checkpoint whole; a load checks every
+ * file, name, dtype, shape and the metadata before it changes any tensor.
  */
 import * as fs from "fs";
 import * as os from "os";
@@ -18,6 +21,7 @@ import { Tensor, type DType } from "../tensor";
 import type { CollectiveGroup } from "../layer/group";
 import type { AdamW, OptimizerParam } from "../optim/adamw";
 import { encodeSafetensors, readSafetensors, writeFileAtomic, type SafetensorsTensor } from "./safetensors";
+import { checkedFile, checkpointFilesDir, currentVersion, nextVersion, removeLitter, switchLatest } from "./layout";
 
 export const INDEX_FILE = "model.safetensors.index.json";
 
@@ -159,6 +163,14 @@ export async function saveCheckpoint(
   const edpRank = Math.floor(first.worldRank / P);
   const all = pieces(layers, options.optimizer);
   fs.mkdirSync(dir, { recursive: true });
+  // Every rank names the same next version: the pointer moves only after the barrier below.
+  const version = nextVersion(dir);
+  const versionDir = path.join(dir, version);
+  if (first.worldRank === 0) {
+    removeLitter(dir, currentVersion(dir) ?? "", false);
+    fs.mkdirSync(versionDir, { recursive: true });
+  }
+  await worldBarrier(first);
   if (edpRank === 0) {
     const out: SafetensorsTensor[] = [];
     for (const p of all) {
@@ -180,7 +192,7 @@ export async function saveCheckpoint(
       }
     }
     writeFileAtomic(
-      path.join(dir, shardFileName(first.epRank, P)),
+      path.join(versionDir, shardFileName(first.epRank, P)),
       encodeSafetensors(out, { format: "pt", producer: "moe-ep" }),
     );
   }
@@ -208,17 +220,25 @@ export async function saveCheckpoint(
         index.weight_map[expertTensorName(p.name, e)] = shardFileName(Math.floor(e / L), P);
       index.metadata.total_size += (bytes / L) * layer.config.numExperts;
     }
-    writeFileAtomic(path.join(dir, INDEX_FILE), JSON.stringify(index, null, 2) + "\n");
+    writeFileAtomic(path.join(versionDir, INDEX_FILE), JSON.stringify(index, null, 2) + "\n");
+  }
+  // Once every rank's files are complete, one rename makes them the checkpoint.
+  await worldBarrier(first);
+  if (first.worldRank === 0) {
+    switchLatest(dir, version);
+    removeLitter(dir, version, true);
   }
   await worldBarrier(first);
 }
 
-/** Reads the index of a checkpoint directory. */
+/** Reads the index of a checkpoint directory (of the version `latest` names, when it has one). */
 export function readCheckpointIndex(dir: string): CheckpointIndex {
-  const file = path.join(dir, INDEX_FILE);
+  let file = path.join(dir, INDEX_FILE);
   let index: CheckpointIndex;
   try {
-    index = JSON.parse(fs.readFileSync(file, "utf8"));
+    const root = checkpointFilesDir(dir);
+    file = path.join(root, INDEX_FILE);
+    index = JSON.parse(fs.readFileSync(checkedFile(root, INDEX_FILE, "its index"), "utf8"));
   } catch (e) {
     throw new MoEError(`Expected a checkpoint index at ${file} but ${(e as Error).message}`, "ERR_MOE_VALUE");
   }
@@ -243,10 +263,60 @@ function hostArray(dtype: DType, bytes: Uint8Array): Float32Array | Uint16Array 
   }
 }
 
+function checkMetadata(dir: string, index: CheckpointIndex, layers: readonly CheckpointLayer[], opt?: AdamW): void {
+  const meta = index.metadata;
+  if (meta === undefined) return;
+  if (meta === null || typeof meta !== "object")
+    throw new MoEError(`Expected the metadata of the checkpoint at ${dir} to be an object`, "ERR_MOE_VALUE");
+  if (meta.layers !== undefined) {
+    if (!Array.isArray(meta.layers))
+      throw new MoEError(`Expected metadata.layers of the checkpoint at ${dir} to be an array`, "ERR_MOE_VALUE");
+    for (const l of layers) {
+      const saved = meta.layers.find((e) => e?.name === l.config.name)?.config as { numExperts?: unknown } | undefined;
+      if (saved && saved.numExperts !== undefined && saved.numExperts !== l.config.numExperts)
+        throw new MoEError(
+          `Expected the layer ${l.config.name} with ${l.config.numExperts} experts but the checkpoint at ${dir} has ${String(saved.numExperts)}`,
+          "ERR_MOE_VALUE",
+        );
+    }
+  }
+  const step = meta.optimizer_step;
+  if (opt && step !== undefined && (typeof step !== "number" || !Number.isSafeInteger(step) || step < 0))
+    throw new MoEError(
+      `Expected metadata.optimizer_step of the checkpoint at ${dir} to be an integer >= 0 but received ${JSON.stringify(step)}`,
+      "ERR_MOE_VALUE",
+    );
+}
+
+/** The piece's tensor rebuilt from its stored parts, after checking their shapes and dtypes. */
+function checkedSource(piece: Piece, parts: SafetensorsTensor[]): Tensor {
+  const shape = piece.expert ? piece.tensor.shape.slice(1) : piece.tensor.shape;
+  for (const t of parts) {
+    if (t.shape.join() !== shape.join()) {
+      throw new MoEError(
+        `Expected ${t.name} of shape [${shape.join(", ")}] in the checkpoint but received [${t.shape.join(", ")}]`,
+        "ERR_MOE_SHAPE",
+      );
+    }
+    if (t.dtype !== parts[0].dtype)
+      throw new MoEError(`Expected the experts of ${piece.name} in one dtype`, "ERR_MOE_DTYPE");
+  }
+  const dtype = parts[0].dtype;
+  if ((dtype === "int32" || dtype === "int64") !== (piece.tensor.dtype === "int32" || piece.tensor.dtype === "int64")) {
+    throw new MoEError(
+      `Expected ${piece.name} as ${piece.tensor.dtype} in the checkpoint but received ${dtype}`,
+      "ERR_MOE_DTYPE",
+    );
+  }
+  const joined = parts.length === 1 ? parts[0].data : Buffer.concat(parts.map((t) => t.data));
+  return Tensor.from(hostArray(dtype, joined), piece.tensor.shape, { dtype });
+}
+
 /**
  * Loads the layers (and the optimizer's moments, when the checkpoint has them) from dir, whatever
  * epSize wrote it: each rank reads its own experts by global index. Float tensors are converted to
- * the layers' dtypes; shapes must match.
+ * the layers' dtypes; shapes must match. Everything is read and checked first (files present and
+ * inside the checkpoint, names, shapes, dtypes, metadata), so a failed load changes nothing.
  */
 export async function loadCheckpoint(
   dir: string,
@@ -257,7 +327,9 @@ export async function loadCheckpoint(
   checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
   const index = readCheckpointIndex(dir);
+  const root = checkpointFilesDir(dir);
   const opt = options.optimizer;
+  checkMetadata(dir, index, layers, opt);
   const all = pieces(layers, opt);
   // What to read: for each piece, its stored tensors (one per local expert for sharded ones).
   const wanted = new Map<string, string[]>();
@@ -270,8 +342,6 @@ export async function loadCheckpoint(
         "ERR_MOE_VALUE",
       );
     }
-    if (path.basename(file) !== file)
-      throw new MoEError(`Expected a file name in the index for ${name} but received ${file}`, "ERR_MOE_VALUE");
     wanted.set(file, [...(wanted.get(file) ?? []), name]);
     return true;
   };
@@ -284,34 +354,26 @@ export async function loadCheckpoint(
       : [p.name];
     const present = names.map((n) => need(n, isMoment(p.name)));
     if (present.every(Boolean)) plan.push({ piece: p, names });
+    else if (present.some(Boolean))
+      throw new MoEError(`Expected every expert's ${p.name} in the checkpoint at ${dir} or none`, "ERR_MOE_VALUE");
   }
+  const files = [...wanted.keys()].map((file) => checkedFile(root, file, `listed for ${wanted.get(file)![0]}`));
   const data = new Map<string, SafetensorsTensor>();
-  for (const [file, names] of wanted) for (const [n, t] of readSafetensors(path.join(dir, file), names)) data.set(n, t);
-  for (const { piece, names } of plan) {
-    const parts = names.map((n) => data.get(n)!);
-    const shape = piece.expert ? piece.tensor.shape.slice(1) : piece.tensor.shape;
-    for (const t of parts) {
-      if (t.shape.join() !== shape.join()) {
-        throw new MoEError(
-          `Expected ${t.name} of shape [${shape.join(", ")}] in the checkpoint but received [${t.shape.join(", ")}]`,
-          "ERR_MOE_SHAPE",
-        );
-      }
-      if (t.dtype !== parts[0].dtype)
-        throw new MoEError(`Expected the experts of ${piece.name} in one dtype`, "ERR_MOE_DTYPE");
-    }
-    const dtype = parts[0].dtype;
-    if (
-      (dtype === "int32" || dtype === "int64") !== (piece.tensor.dtype === "int32" || piece.tensor.dtype === "int64")
-    ) {
-      throw new MoEError(
-        `Expected ${piece.name} as ${piece.tensor.dtype} in the checkpoint but received ${dtype}`,
-        "ERR_MOE_DTYPE",
+  [...wanted.values()].forEach((names, i) => {
+    for (const [n, t] of readSafetensors(files[i], names)) data.set(n, t);
+  });
+  const sources: Tensor[] = [];
+  try {
+    for (const { piece, names } of plan)
+      sources.push(
+        checkedSource(
+          piece,
+          names.map((n) => data.get(n)!),
+        ),
       );
-    }
-    const joined = parts.length === 1 ? parts[0].data : Buffer.concat(parts.map((t) => t.data));
-    using src = Tensor.from(hostArray(dtype, joined), piece.tensor.shape, { dtype });
-    await copyInto(piece.tensor, src);
+    for (let i = 0; i < plan.length; i++) await copyInto(plan[i].piece.tensor, sources[i]);
+  } finally {
+    sources.forEach((t) => t.dispose());
   }
   if (opt && index.metadata?.optimizer_step !== undefined) opt.setStepCount(index.metadata.optimizer_step);
 }
