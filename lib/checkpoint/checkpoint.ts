@@ -12,7 +12,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { MoEError, invalid } from "../errors";
+import { MoEError, checkInteger, invalid } from "../errors";
 import { copyInto } from "../ops/elementwise";
 import { Tensor, type DType } from "../tensor";
 import type { MoELayer } from "../layer/moe-layer";
@@ -44,14 +44,17 @@ function pad5(n: number): string {
 }
 
 export function shardFileName(epRank: number, epSize: number): string {
+  checkInteger("epSize", epSize, 1);
+  checkInteger("epRank", epRank, 0, epSize - 1);
   return `model-ep${pad5(epRank)}-of-${pad5(epSize)}.safetensors`;
 }
 
 /** "layers.0.experts.w1" and global expert 5 -> "layers.0.experts.5.w1". */
 export function expertTensorName(name: string, expert: number): string {
+  if (typeof name !== "string") throw invalid("an expert parameter name (…experts.NAME)", "name", name);
+  checkInteger("expert", expert, 0);
   const m = /^(.*?)(^|\.)experts\.([^.]+)(\.exp_avg|\.exp_avg_sq)?$/.exec(name);
-  if (!m)
-    throw new MoEError(`Expected an expert parameter name (…experts.NAME) but received ${name}`, "ERR_MOE_INTERNAL");
+  if (!m) throw new MoEError(`Expected an expert parameter name (…experts.NAME) but received ${name}`, "ERR_MOE_VALUE");
   return `${m[1]}${m[2]}experts.${expert}.${m[3]}${m[4] ?? ""}`;
 }
 
@@ -84,8 +87,21 @@ function pieces(layers: readonly MoELayer[], optimizer?: AdamW): Piece[] {
   return out;
 }
 
+function checkOptions(options: unknown): CheckpointOptions {
+  if (options === null || typeof options !== "object" || Array.isArray(options))
+    throw invalid("an options object ({ optimizer })", "checkpoint options", options);
+  const o = options as CheckpointOptions;
+  if (o.optimizer !== undefined && (o.optimizer === null || typeof o.optimizer.state !== "function"))
+    throw invalid("an AdamW", "optimizer", o.optimizer);
+  return o;
+}
+
 function checkLayers(layers: readonly MoELayer[], what: string): MoELayer {
   if (!Array.isArray(layers) || layers.length === 0) throw invalid("a non-empty array of MoE layers", what, layers);
+  layers.forEach((l, i) => {
+    if (l === null || typeof l !== "object" || typeof (l as MoELayer).parameters !== "function")
+      throw invalid("a MoELayer", `${what}[${i}]`, l);
+  });
   if (os.endianness() !== "LE")
     throw new MoEError("safetensors checkpoints need a little-endian host", "ERR_MOE_UNSUPPORTED");
   const first = layers[0];
@@ -133,6 +149,7 @@ export async function saveCheckpoint(
   options: CheckpointOptions = {},
 ): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
+  options = checkOptions(options);
   const first = checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
   const P = first.epSize;
@@ -195,12 +212,20 @@ export async function saveCheckpoint(
 
 /** Reads the index of a checkpoint directory. */
 export function readCheckpointIndex(dir: string): CheckpointIndex {
+  if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
   const file = path.join(dir, INDEX_FILE);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? "it does not exist" : "it cannot be read";
+    throw new MoEError(`Expected a checkpoint index at ${file} but ${why}`, "ERR_MOE_VALUE", { cause: e });
+  }
   let index: CheckpointIndex;
   try {
-    index = JSON.parse(fs.readFileSync(file, "utf8"));
+    index = JSON.parse(text);
   } catch (e) {
-    throw new MoEError(`Expected a checkpoint index at ${file} but ${(e as Error).message}`, "ERR_MOE_VALUE");
+    throw new MoEError(`Expected a checkpoint index at ${file} but it is not JSON`, "ERR_MOE_VALUE", { cause: e });
   }
   if (!index || typeof index.weight_map !== "object" || index.weight_map === null) {
     throw new MoEError(`Expected a weight_map in ${file}`, "ERR_MOE_VALUE");
@@ -234,6 +259,7 @@ export async function loadCheckpoint(
   options: CheckpointOptions = {},
 ): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
+  options = checkOptions(options);
   checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
   const index = readCheckpointIndex(dir);
