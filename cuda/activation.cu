@@ -26,8 +26,8 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-
 // act(x) for the elementwise kinds and the gate of the gated ones.
 __device__ __forceinline__ float act(int kind, float x) {
   switch (kind) {
-    case kRelu:
-      return x > 0.0f ? x : 0.0f;
+    case kRelu:  // a NaN passes through, as on the CPU
+      return x > 0.0f || isnan(x) ? x : 0.0f;
     case kGelu:
       return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
     case kSilu:
@@ -43,7 +43,7 @@ __device__ __forceinline__ float act(int kind, float x) {
 __device__ __forceinline__ float act_grad(int kind, float x) {
   switch (kind) {
     case kRelu:
-      return x > 0.0f ? 1.0f : 0.0f;  // 0 at x = 0, as PyTorch
+      return x > 0.0f ? 1.0f : x <= 0.0f ? 0.0f : x;  // 0 at x = 0, as PyTorch; NaN at NaN
     case kGelu:
       return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
     case kSilu:

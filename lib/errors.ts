@@ -15,21 +15,40 @@ export type MoEErrorCode =
   | "ERR_MOE_NCCL_UNAVAILABLE"
   | "ERR_MOE_LOAD";
 
-/** The one error class of moe-ep; native errors arrive as instances of it. */
+/**
+ * The one error class of moe-ep; native errors arrive as instances of it. A failure of
+ * another library (fs, Gloo) is wrapped in one, the original kept as `cause`.
+ */
 export class MoEError extends Error {
   readonly code: MoEErrorCode;
-  constructor(message: string, code: MoEErrorCode) {
-    super(message);
+  constructor(message: string, code: MoEErrorCode, options?: { cause?: unknown }) {
+    super(message, options);
     this.name = "MoEError";
     this.code = code;
   }
 }
 
-function describe(value: unknown): string {
+/** A value as a message shows it: short, whatever it is (long strings and arrays are cut). */
+function describe(value: unknown, nested = false): string {
   if (value === null) return "null";
-  if (Array.isArray(value)) return `[${value.map(describe).join(", ")}] of type array`;
-  if (typeof value === "object") return `${(value as object).constructor?.name ?? "object"} of type object`;
-  return `${String(value)} of type ${typeof value}`;
+  if (Array.isArray(value)) {
+    if (nested) return `an array of ${value.length}`;
+    const shown = value.slice(0, 8).map((v) => describe(v, true));
+    if (value.length > 8) shown.push(`… ${value.length - 8} more`);
+    return `[${shown.join(", ")}] of type array`;
+  }
+  if (typeof value === "object") {
+    let name = "object";
+    try {
+      name = (value as object).constructor?.name ?? "object";
+    } catch {
+      // a revoked proxy or a throwing getter: the type is enough
+    }
+    return `${name} of type object`;
+  }
+  if (typeof value === "function") return `a function of type function`;
+  const text = String(value);
+  return `${text.length > 80 ? text.slice(0, 80) + "…" : text} of type ${typeof value}`;
 }
 
 /** "Expected X for Y but received Z of type T". */
@@ -42,17 +61,36 @@ export function invalid(
   return new MoEError(`Expected ${expected} for ${name} but received ${describe(value)}`, code);
 }
 
+/**
+ * An option's value, or its default when it is absent (undefined). null is not absent: it is
+ * passed on to the option's check, which refuses it, so that null never means "the default".
+ */
+export function orDefault<T>(value: T | undefined, fallback: T): T {
+  return value === undefined ? fallback : value;
+}
+
+/** "[min, max]", with the largest safe integer written 2^53 - 1. */
+export function rangeText(min: number, max: number): string {
+  const bound = (v: number) =>
+    v === Number.MAX_SAFE_INTEGER ? "2^53 - 1" : v === -Number.MAX_SAFE_INTEGER ? "-(2^53 - 1)" : String(v);
+  return `[${bound(min)}, ${bound(max)}]`;
+}
+
+/** An integer in [min, max]; max defaults to the largest integer a number holds exactly, 2^53 - 1. */
 export function checkInteger(name: string, value: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`;
-    throw invalid(range, name, value);
+    throw invalid(`an integer in ${rangeText(min, max)}`, name, value);
   }
   return value;
 }
 
 /** An integer of any sign (ranges are checked where they are owned, usually by the core). */
 export function checkSafeInteger(name: string, value: unknown): number {
-  if (typeof value !== "number" || !Number.isSafeInteger(value)) throw invalid("an integer", name, value);
+  if (typeof value !== "number" || !Number.isSafeInteger(value)) {
+    // An integer too large to hold exactly is told the limit it passed.
+    const range = Number.isInteger(value) ? ` in ${rangeText(-Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER)}` : "";
+    throw invalid(`an integer${range}`, name, value);
+  }
   return value;
 }
 

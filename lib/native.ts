@@ -56,7 +56,7 @@ export function loadNative(): Addon {
     }
   }
   throw new MoEError(
-    "moe-ep: could not load the native addon. Tried:\n" +
+    "Could not load the native addon of moe-ep. Tried:\n" +
       failures.join("\n") +
       "\nBuild it with `npm rebuild moe-ep` (needs cmake, a C++17 compiler and, on Debian, " +
       "libopenblas-dev and libgloo-dev), or set MOE_EP_ADDON to a built moe_ep.node.",

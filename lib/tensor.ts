@@ -5,7 +5,7 @@
  */
 import "./polyfill";
 import { AsyncLocalStorage } from "async_hooks";
-import { MoEError, invalid } from "./errors";
+import { MoEError, invalid, rangeText } from "./errors";
 import { loadNative } from "./native";
 import type { NativeMemoryStats, NativeTensorHandle } from "./addon";
 
@@ -21,13 +21,37 @@ export interface TensorOptions {
   device?: DeviceName;
 }
 
-/** The element type a host array carries, as the native side names it. */
-function hostDtype(data: HostArray, target: DType): { view: ArrayBufferView; dtype: DType } {
-  if (Array.isArray(data)) {
-    return target === "int32" || target === "int64"
-      ? { view: Int32Array.from(data), dtype: "int32" }
-      : { view: Float32Array.from(data), dtype: "float32" };
+const INT32_MIN = -(2 ** 31);
+const INT32_MAX = 2 ** 31 - 1;
+
+/**
+ * A number[] as a typed array for a tensor of `target`: any numbers for float dtypes (NaN and
+ * ±Infinity included), integers in [-2^31, 2^31 - 1] for int32 and in [-(2^53 - 1), 2^53 - 1]
+ * (exact in a number) for int64. Anything else is refused, never converted.
+ */
+function fromNumbers(data: unknown[], target: DType): { view: ArrayBufferView; dtype: DType } {
+  const integer = target === "int32" || target === "int64";
+  const [min, max] = target === "int32" ? [INT32_MIN, INT32_MAX] : [-Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER];
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i];
+    if (typeof v !== "number") throw invalid("a number", `data[${i}]`, v);
+    if (integer && !(Number.isInteger(v) && v >= min && v <= max)) {
+      const why = target === "int32" ? "int32" : "int64 from a number[]; beyond it, a BigInt64Array";
+      throw invalid(`an integer in ${rangeText(min, max)} (${why})`, `data[${i}]`, v);
+    }
   }
+  if (target === "int32") return { view: Int32Array.from(data as number[]), dtype: "int32" };
+  if (target === "int64") return { view: BigInt64Array.from(data as number[], BigInt), dtype: "int64" };
+  return { view: Float32Array.from(data as number[]), dtype: "float32" };
+}
+
+/**
+ * The element type a host array carries, as the native side names it. Integer arrays go to
+ * integer tensors (int64 values outside int32 are refused for int32 tensors by the core) and
+ * float arrays to float tensors; the core refuses the other pairings (ERR_MOE_DTYPE).
+ */
+function hostDtype(data: unknown, target: DType): { view: ArrayBufferView; dtype: DType } {
+  if (Array.isArray(data)) return fromNumbers(data, target);
   if (data instanceof Float32Array) return { view: data, dtype: "float32" };
   if (data instanceof Float64Array) return { view: Float32Array.from(data), dtype: "float32" };
   if (data instanceof Int32Array) return { view: data, dtype: "int32" };
@@ -41,11 +65,23 @@ function hostDtype(data: HostArray, target: DType): { view: ArrayBufferView; dty
   throw invalid("a Float32Array, Float64Array, Int32Array, BigInt64Array, Uint16Array or number[]", "data", data);
 }
 
-function checkShape(shape: unknown): number[] {
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw invalid("an array of non-negative integers", "shape", shape, "ERR_MOE_SHAPE");
+/** A copy of a shape: an array of integers in [0, 2^53 - 1], else ERR_MOE_SHAPE. */
+export function checkShape(shape: unknown): number[] {
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw invalid("an array of integers in [0, 2^53 - 1]", "shape", shape, "ERR_MOE_SHAPE");
   }
-  return shape as number[];
+  return [...shape] as number[];
+}
+
+/** The options of a factory; an absent dtype or device is the default, null is refused. */
+function factoryOptions(options: unknown, fallback: DType): { dtype: DType; device: DeviceName } {
+  if (options === null || typeof options !== "object" || Array.isArray(options))
+    throw invalid("an options object ({ dtype, device })", "options", options);
+  const o = options as TensorOptions;
+  return {
+    dtype: o.dtype === undefined ? fallback : checkDtype(o.dtype),
+    device: o.device === undefined ? "cpu" : checkDevice(o.device),
+  };
 }
 
 /** "cpu", "cuda" or "cuda:N" (N a non-negative integer), else ERR_MOE_DEVICE. */
@@ -81,31 +117,25 @@ export class Tensor implements Disposable {
   }
 
   static from(data: HostArray, shape: readonly number[], options: TensorOptions = {}): Tensor {
-    const dtype = checkDtype(options.dtype ?? defaultDtype(data));
-    const { view, dtype: src } = hostDtype(data, dtype);
+    const dims = checkShape(shape);
+    const o = factoryOptions(options, defaultDtype(data));
+    const { view, dtype: src } = hostDtype(data, o.dtype);
     const N = loadNative().NativeTensor;
-    return new Tensor(new N(dtype, checkShape([...shape]), options.device ?? "cpu", view, src));
+    return new Tensor(new N(o.dtype, dims, o.device, view, src));
   }
 
   static zeros(shape: readonly number[], options: TensorOptions = {}): Tensor {
+    const dims = checkShape(shape);
+    const o = factoryOptions(options, "float32");
     const N = loadNative().NativeTensor;
-    return new Tensor(
-      new N(
-        checkDtype(options.dtype ?? "float32"),
-        checkShape([...shape]),
-        options.device ?? "cpu",
-        null,
-        undefined,
-        true,
-      ),
-    );
+    return new Tensor(new N(o.dtype, dims, o.device, null, undefined, true));
   }
 
   static empty(shape: readonly number[], options: TensorOptions = {}): Tensor {
+    const dims = checkShape(shape);
+    const o = factoryOptions(options, "float32");
     const N = loadNative().NativeTensor;
-    return new Tensor(
-      new N(checkDtype(options.dtype ?? "float32"), checkShape([...shape]), options.device ?? "cpu", null),
-    );
+    return new Tensor(new N(o.dtype, dims, o.device, null));
   }
 
   get dtype(): DType {
@@ -126,6 +156,7 @@ export class Tensor implements Disposable {
 
   /** A copy of the elements: Float32Array for float dtypes, Int32Array / BigInt64Array for integers. */
   toArray(): ReadArray<DType> {
+    this.live("toArray()");
     const dt = this.dtype;
     if (dt === "int32") return new Int32Array(this.handle.read("int32"));
     if (dt === "int64") return new BigInt64Array(this.handle.read("int64"));
@@ -134,14 +165,15 @@ export class Tensor implements Disposable {
 
   /** The elements as float32 (bfloat16 / float16 widened exactly). */
   toFloat32(): Float32Array {
-    if (this.dtype === "int32" || this.dtype === "int64") {
-      return Float32Array.from(this.toInt32());
-    }
+    this.live("toFloat32()");
+    if (this.dtype === "int32") return Float32Array.from(this.toInt32());
+    if (this.dtype === "int64") return Float32Array.from(this.toArray() as BigInt64Array, Number);
     return new Float32Array(this.handle.read("float32"));
   }
 
   /** The elements of an integer tensor as int32. */
   toInt32(): Int32Array {
+    this.live("toInt32()");
     if (this.dtype !== "int32" && this.dtype !== "int64") {
       throw new MoEError(`Expected an int32 or int64 tensor for toInt32 but received ${this.dtype}`, "ERR_MOE_DTYPE");
     }
@@ -150,6 +182,7 @@ export class Tensor implements Disposable {
 
   /** The raw bits of a bfloat16 / float16 tensor. */
   toBits(): Uint16Array {
+    this.live("toBits()");
     if (this.dtype !== "bfloat16" && this.dtype !== "float16") {
       throw new MoEError(
         `Expected a bfloat16 or float16 tensor for toBits but received ${this.dtype}`,
@@ -161,6 +194,7 @@ export class Tensor implements Disposable {
 
   /** A scalar's value (a tensor of one element). */
   item(): number {
+    this.live("item()");
     if (this.numel !== 1)
       throw new MoEError(
         `Expected a tensor of one element for item() but received shape [${this.shape.join(", ")}]`,
@@ -179,15 +213,19 @@ export class Tensor implements Disposable {
    * with ERR_MOE_CUDA_UNAVAILABLE and the reason.
    */
   async to(device: DeviceName): Promise<Tensor> {
+    this.live("to()");
     const target = checkDevice(device);
-    if (this.disposed) throw new MoEError("Expected a live tensor for to() but it was disposed", "ERR_MOE_DISPOSED");
     return new Tensor(await loadNative().toDevice(this.handle, target));
   }
 
   /** A copy on the same device (a device-to-device copy on the GPU). */
   async clone(): Promise<Tensor> {
-    if (this.disposed) throw new MoEError("Expected a live tensor for clone() but it was disposed", "ERR_MOE_DISPOSED");
+    this.live("clone()");
     return new Tensor(await loadNative().clone(this.handle));
+  }
+
+  private live(what: string): void {
+    if (this.disposed) throw new MoEError(`Expected a live tensor for ${what} but it was disposed`, "ERR_MOE_DISPOSED");
   }
 
   dispose(): void {
@@ -204,7 +242,7 @@ export class Tensor implements Disposable {
   }
 }
 
-function defaultDtype(data: HostArray): DType {
+function defaultDtype(data: unknown): DType {
   if (data instanceof Int32Array) return "int32";
   if (data instanceof BigInt64Array) return "int64";
   return "float32";
@@ -225,6 +263,7 @@ function collect(value: unknown, out: Set<Tensor>, depth = 0): void {
  * ops it awaits) except those in its return value.
  */
 export async function scope<T>(fn: () => Promise<T> | T): Promise<T> {
+  if (typeof fn !== "function") throw invalid("a function", "fn", fn);
   const made = new Set<Tensor>();
   const outer = scopes.getStore();
   let result: T;
@@ -263,7 +302,7 @@ export function memoryStats(device: DeviceName = "cpu", options: MemoryStatsOpti
   if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
     throw invalid("a non-negative integer (an earlier memoryStats().made)", "madeSince", since);
   }
-  return loadNative().memoryStats(device, since);
+  return loadNative().memoryStats(checkDevice(device), since);
 }
 
 /** Returns the host allocator's cached blocks to the system, and every used GPU's pooled memory to the driver. */

@@ -1,7 +1,7 @@
 import { Tensor, ops, scope } from "../lib";
 import { loadNative } from "../lib/native";
 import { activationRef, activationBackwardRef, isGatedKind, Kind } from "./reference/activation";
-import { f32, normal, relErr, sameBits, tensor, values, TOL, leakCheck } from "./util";
+import { f32, normal, relErr, relErrNaN, sameBits, tensor, values, TOL, leakCheck } from "./util";
 
 /** Runs a test body in a scope: every tensor it makes is disposed when it ends, so no test leaves garbage behind. */
 const scoped =
@@ -110,6 +110,38 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
       const dx = await ops.activationBackward(DH, X, kind);
       expect(dx.dtype).toBe("bfloat16");
       expect(relErr(values(dx), activationBackwardRef(values(DH), xb, 96, kind))).toBeLessThan(TOL.bfloat16);
+    }),
+  );
+
+  test.each(KINDS)(
+    "%s propagates NaN forward and backward, as the float64 reference does",
+    scoped(async (kind) => {
+      // NaN in the gate half, the up half, at 0 and among negatives; dh NaN where x is negative or 0 too.
+      const width = 8;
+      const x = f32(normal(4 * width, 21, 2));
+      for (const i of [0, 5, 9, 14, 18]) x[i] = NaN;
+      x[1] = 0;
+      x[2] = -3;
+      const X = tensor(x, [4, width]);
+      const h = await ops.activation(X, kind);
+      const ref = activationRef(x, width, kind);
+      expect(ref.some(Number.isNaN)).toBe(true);
+      expect(relErrNaN(values(h), ref)).toBeLessThan(TOL.float32);
+      const dh = f32(normal(h.numel, 22));
+      dh[1] = NaN;
+      dh[2] = NaN;
+      const dx = await ops.activationBackward(tensor(dh, h.shape), X, kind);
+      expect(relErrNaN(values(dx), activationBackwardRef(dh, x, width, kind))).toBeLessThan(TOL.float32);
+    }),
+  );
+
+  test(
+    "relu keeps NaN as NaN: forward NaN, and a NaN input gives a NaN gradient",
+    scoped(async () => {
+      const X = tensor([NaN, -1, 0, 2], [4]);
+      expect(Array.from(values(await ops.activation(X, "relu")))).toEqual([NaN, 0, 0, 2]);
+      const dx = await ops.activationBackward(tensor([1, 1, 1, 1], [4]), X, "relu");
+      expect(Array.from(values(dx))).toEqual([NaN, 0, 0, 1]);
     }),
   );
 

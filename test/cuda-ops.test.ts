@@ -35,6 +35,7 @@ import {
   normal,
   onDevice,
   relErr,
+  relErrNaN,
   sameBits,
   tensor,
   values,
@@ -212,6 +213,25 @@ describe("activations and AdamW on every backend", () => {
       expect(relErr(values(h), activationRef(x, width, kind))).toBeLessThan(TOLERANCE);
       const dx = await ops.activationBackward(await put(dev, dh, [rows, out], "bfloat16"), X, kind);
       expect(relErr(values(dx), activationBackwardRef(dh, x, width, kind))).toBeLessThan(TOLERANCE);
+    });
+  }
+
+  for (const kind of kinds) {
+    eachBackend(`${kind} propagates NaN forward and backward as the float64 reference does`, async (dev) => {
+      const [rows, width] = [6, 16];
+      const x = bf16(normal(rows * width, 53, 2));
+      for (const i of [0, 3, 11, 20, 37, 64]) x[i] = NaN;
+      x[1] = 0;
+      x[2] = -2;
+      const out = isGatedKind(kind) ? width / 2 : width;
+      const dh = bf16(normal(rows * out, 54));
+      dh[1] = NaN;
+      dh[2] = NaN;
+      const X = await put(dev, x, [rows, width], "bfloat16");
+      const h = await ops.activation(X, kind);
+      expect(relErrNaN(values(h), activationRef(x, width, kind))).toBeLessThan(TOLERANCE);
+      const dx = await ops.activationBackward(await put(dev, dh, [rows, out], "bfloat16"), X, kind);
+      expect(relErrNaN(values(dx), activationBackwardRef(dh, x, width, kind))).toBeLessThan(TOLERANCE);
     });
   }
 

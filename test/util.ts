@@ -22,6 +22,24 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-6)
   return num / den;
 }
 
+/**
+ * relErr over the positions where the reference is a number, after checking that a is NaN
+ * exactly where the reference is: Infinity when the NaNs differ.
+ */
+export function relErrNaN(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-6): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  const keepA: number[] = [];
+  const keepB: number[] = [];
+  for (let i = 0; i < a.length; i++) {
+    if (Number.isNaN(a[i]) !== Number.isNaN(b[i])) return Infinity;
+    if (!Number.isNaN(b[i])) {
+      keepA.push(a[i]);
+      keepB.push(b[i]);
+    }
+  }
+  return relErr(keepA, keepB, floor);
+}
+
 export const TOL = { float32: 1e-5, bfloat16: 2e-2, float16: 2e-2 } as const;
 
 /** A float tensor from float64 data. */

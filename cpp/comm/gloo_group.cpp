@@ -316,9 +316,12 @@ Task<Unit> GlooGroup::connect() {
           gloo::transport::tcp::attr attr;
           attr.hostname = address;
           device = gloo::transport::tcp::CreateDevice(attr);
-        } catch (const std::exception& e) {
+        } catch (const std::exception&) {
+          // Gloo's text here is an internal assertion (file, line, condition): it says nothing
+          // the user can act on beyond what this message does. The handler below adds `op`.
           fail(Code::Value, "could not use the address " + address + " (hostname " + describe_key(g.options_.hostname) +
-                                ") for Gloo's sockets: " + gloo_text(e.what()));
+                                ") for Gloo's sockets: expected an address of this machine (or a name that " +
+                                "resolves to one) that a socket can bind to");
         }
         std::lock_guard<std::mutex> lock(I.mu);
         I.device = device;

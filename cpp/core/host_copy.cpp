@@ -1,6 +1,8 @@
 #include "host_copy.h"
 
+#include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cuda_device.h"
@@ -31,7 +33,14 @@ void convert(const void* src, DType sd, void* dst, DType dd, int64_t n, const ch
     return;
   }
   if (sd == DType::I64 && dd == DType::I32) {
-    for (int64_t i = 0; i < n; ++i) static_cast<int32_t*>(dst)[i] = int32_t(static_cast<const int64_t*>(src)[i]);
+    // Narrowing never wraps: a value int32 cannot hold is refused, naming the first one.
+    const int64_t* in = static_cast<const int64_t*>(src);
+    for (int64_t i = 0; i < n; ++i) {
+      if (in[i] < INT32_MIN || in[i] > INT32_MAX)
+        fail(Code::Value, std::string(what) + ": expected int64 values in [-2147483648, 2147483647] for int32 but " +
+                              "element " + std::to_string(i) + " is " + std::to_string(in[i]));
+    }
+    for (int64_t i = 0; i < n; ++i) static_cast<int32_t*>(dst)[i] = int32_t(in[i]);
     return;
   }
   fail(Code::Dtype, std::string(what) + ": expected data of a type convertible to " + dtype_name(dd) +

@@ -20,9 +20,10 @@ constexpr float kGeluCoef = 0.044715f;
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
-// relu: x > 0 ? x : 0; its derivative is taken as 0 at x = 0 (as PyTorch does).
-inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
-inline float relu_grad(float x) { return x > 0.0f ? 1.0f : 0.0f; }
+// relu: max(x, 0); its derivative is taken as 0 at x = 0 (as PyTorch does). A NaN is
+// neither above nor below 0: it passes through both, so a NaN input is never hidden as 0.
+inline float relu(float x) { return x > 0.0f || std::isnan(x) ? x : 0.0f; }
+inline float relu_grad(float x) { return x > 0.0f ? 1.0f : x <= 0.0f ? 0.0f : x; }
 
 // gelu, exact: x Φ(x), Φ(x) = (1 + erf(x/√2)) / 2; d/dx = Φ(x) + x φ(x).
 inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); }

@@ -15,7 +15,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { MoEError, invalid } from "../errors";
+import { MoEError, checkInteger, invalid } from "../errors";
 import { copyInto } from "../ops/elementwise";
 import { Tensor, type DType } from "../tensor";
 import type { CollectiveGroup } from "../layer/group";
@@ -68,14 +68,17 @@ function pad5(n: number): string {
 }
 
 export function shardFileName(epRank: number, epSize: number): string {
+  checkInteger("epSize", epSize, 1);
+  checkInteger("epRank", epRank, 0, epSize - 1);
   return `model-ep${pad5(epRank)}-of-${pad5(epSize)}.safetensors`;
 }
 
 /** "layers.0.experts.w1" and global expert 5 -> "layers.0.experts.5.w1". */
 export function expertTensorName(name: string, expert: number): string {
+  if (typeof name !== "string") throw invalid("an expert parameter name (…experts.NAME)", "name", name);
+  checkInteger("expert", expert, 0);
   const m = /^(.*?)(^|\.)experts\.([^.]+)(\.exp_avg|\.exp_avg_sq)?$/.exec(name);
-  if (!m)
-    throw new MoEError(`Expected an expert parameter name (…experts.NAME) but received ${name}`, "ERR_MOE_INTERNAL");
+  if (!m) throw new MoEError(`Expected an expert parameter name (…experts.NAME) but received ${name}`, "ERR_MOE_VALUE");
   return `${m[1]}${m[2]}experts.${expert}.${m[3]}${m[4] ?? ""}`;
 }
 
@@ -108,8 +111,21 @@ function pieces(layers: readonly CheckpointLayer[], optimizer?: AdamW): Piece[] 
   return out;
 }
 
+function checkOptions(options: unknown): CheckpointOptions {
+  if (options === null || typeof options !== "object" || Array.isArray(options))
+    throw invalid("an options object ({ optimizer })", "checkpoint options", options);
+  const o = options as CheckpointOptions;
+  if (o.optimizer !== undefined && (o.optimizer === null || typeof o.optimizer.state !== "function"))
+    throw invalid("an AdamW", "optimizer", o.optimizer);
+  return o;
+}
+
 function checkLayers(layers: readonly CheckpointLayer[], what: string): CheckpointLayer {
   if (!Array.isArray(layers) || layers.length === 0) throw invalid("a non-empty array of MoE layers", what, layers);
+  layers.forEach((l, i) => {
+    if (l === null || typeof l !== "object" || typeof (l as CheckpointLayer).parameters !== "function")
+      throw invalid("a MoELayer", `${what}[${i}]`, l);
+  });
   if (os.endianness() !== "LE")
     throw new MoEError("safetensors checkpoints need a little-endian host", "ERR_MOE_UNSUPPORTED");
   const first = layers[0];
@@ -157,6 +173,7 @@ export async function saveCheckpoint(
   options: CheckpointOptions = {},
 ): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
+  options = checkOptions(options);
   const first = checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
   const P = first.epSize;
@@ -233,6 +250,7 @@ export async function saveCheckpoint(
 
 /** Reads the index of a checkpoint directory (of the version `latest` names, when it has one). */
 export function readCheckpointIndex(dir: string): CheckpointIndex {
+  if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
   let file = path.join(dir, INDEX_FILE);
   let index: CheckpointIndex;
   try {
@@ -240,7 +258,7 @@ export function readCheckpointIndex(dir: string): CheckpointIndex {
     file = path.join(root, INDEX_FILE);
     index = JSON.parse(fs.readFileSync(checkedFile(root, INDEX_FILE, "its index"), "utf8"));
   } catch (e) {
-    throw new MoEError(`Expected a checkpoint index at ${file} but ${(e as Error).message}`, "ERR_MOE_VALUE");
+    throw new MoEError(`Expected a checkpoint index at ${file} but it is not JSON`, "ERR_MOE_VALUE", { cause: e });
   }
   if (!index || typeof index.weight_map !== "object" || index.weight_map === null) {
     throw new MoEError(`Expected a weight_map in ${file}`, "ERR_MOE_VALUE");
@@ -324,6 +342,7 @@ export async function loadCheckpoint(
   options: CheckpointOptions = {},
 ): Promise<void> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
+  options = checkOptions(options);
   checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
   const index = readCheckpointIndex(dir);

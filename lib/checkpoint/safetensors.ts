@@ -7,7 +7,7 @@
  * little-endian bytes. The header is padded with spaces to a multiple of 8.
  */
 import * as fs from "fs";
-import { MoEError } from "../errors";
+import { MoEError, invalid } from "../errors";
 import type { DType } from "../tensor";
 
 export type SafetensorsDType = "F32" | "BF16" | "F16" | "I32" | "I64";
@@ -54,8 +54,29 @@ function bad(file: string, why: string): MoEError {
   return new MoEError(`Expected a safetensors file at ${file} but ${why}`, "ERR_MOE_VALUE");
 }
 
+function checkEntry(value: unknown, i: number): void {
+  const t = value as Partial<SafetensorsTensor> | null;
+  const ok =
+    t !== null &&
+    typeof t === "object" &&
+    typeof t.name === "string" &&
+    typeof t.dtype === "string" &&
+    t.dtype in TO_FILE &&
+    Array.isArray(t.shape) &&
+    t.shape.every((d) => Number.isSafeInteger(d) && d >= 0) &&
+    t.data instanceof Uint8Array;
+  if (!ok) throw invalid("{ name: string, dtype, shape: number[], data: Uint8Array }", `tensors[${i}]`, value);
+}
+
 /** Serialises tensors (in the order given) and string metadata into one file's bytes. */
 export function encodeSafetensors(tensors: readonly SafetensorsTensor[], metadata?: Record<string, string>): Buffer {
+  if (!Array.isArray(tensors as unknown)) throw invalid("an array of { name, dtype, shape, data }", "tensors", tensors);
+  (tensors as readonly unknown[]).forEach(checkEntry);
+  if (
+    metadata !== undefined &&
+    (metadata === null || typeof metadata !== "object" || Object.values(metadata).some((v) => typeof v !== "string"))
+  )
+    throw invalid("a map of strings", "metadata", metadata);
   const header: Record<string, unknown> = {};
   if (metadata) header.__metadata__ = metadata;
   let offset = 0;
@@ -64,8 +85,8 @@ export function encodeSafetensors(tensors: readonly SafetensorsTensor[], metadat
     const bytes = t.shape.reduce((a, b) => a * b, 1) * SIZE[dt];
     if (bytes !== t.data.byteLength)
       throw new MoEError(
-        `safetensors: ${t.name} holds ${t.data.byteLength} bytes for ${bytes} expected`,
-        "ERR_MOE_INTERNAL",
+        `Expected ${bytes} bytes of data for ${t.name} (${t.dtype} [${t.shape.join(", ")}]) but received ${t.data.byteLength}`,
+        "ERR_MOE_SHAPE",
       );
     if (t.name in header) throw new MoEError(`safetensors: the name ${t.name} appears twice`, "ERR_MOE_VALUE");
     header[t.name] = { dtype: dt, shape: t.shape, data_offsets: [offset, offset + bytes] };
@@ -104,14 +125,27 @@ export function writeFileAtomic(file: string, data: Buffer | string): void {
   }
 }
 
+/** A file opened for reading; a path that cannot be opened is ERR_MOE_VALUE naming it, the fs error as cause. */
+function openForReading(file: unknown): number {
+  if (typeof file !== "string" || file === "") throw invalid("a file path", "file", file);
+  try {
+    return fs.openSync(file, "r");
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? "it does not exist" : "it cannot be opened";
+    throw new MoEError(`Expected a safetensors file at ${file} but ${why}`, "ERR_MOE_VALUE", { cause: e });
+  }
+}
+
 /** Reads and checks a file's header: the tensors' dtypes, shapes and byte ranges, and the metadata. */
 export function readSafetensorsHeader(file: string): {
   tensors: Map<string, SafetensorsInfo>;
   metadata: Record<string, string>;
 } {
-  const fd = fs.openSync(file, "r");
+  const fd = openForReading(file);
   try {
-    const size = fs.fstatSync(fd).size;
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw bad(file, "it is not a regular file");
+    const size = stat.size;
     if (size < 8) throw bad(file, `it holds only ${size} bytes`);
     const head = Buffer.alloc(8);
     fs.readSync(fd, head, 0, 8, 0);
@@ -179,9 +213,11 @@ export function readSafetensorsHeader(file: string): {
 
 /** The bytes of the named tensors of a file (all of them when names is absent). */
 export function readSafetensors(file: string, names?: readonly string[]): Map<string, SafetensorsTensor> {
+  if (names !== undefined && (!Array.isArray(names) || names.some((n) => typeof n !== "string")))
+    throw invalid("an array of tensor names", "names", names);
   const { tensors } = readSafetensorsHeader(file);
   const out = new Map<string, SafetensorsTensor>();
-  const fd = fs.openSync(file, "r");
+  const fd = openForReading(file);
   try {
     for (const name of names ?? [...tensors.keys()]) {
       const info = tensors.get(name);

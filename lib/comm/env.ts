@@ -4,7 +4,7 @@
  * WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (and MOE_EP_RUN_ID for a
  * file store), as torchrun's scripts expect.
  */
-import { MoEError, invalid } from "../errors";
+import { MoEError, invalid, rangeText } from "../errors";
 import { openStore, type Store } from "./store";
 
 export interface Rendezvous {
@@ -43,14 +43,14 @@ function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, 
   }
   const value = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
   if (!Number.isSafeInteger(value) || value < min || value > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`;
-    throw invalid(range, `the environment variable ${name}`, text);
+    throw invalid(`an integer in ${rangeText(min, max)}`, `the environment variable ${name}`, text);
   }
   return value;
 }
 
 /** Reads and checks the rendezvous variables; each problem is an ERR_MOE_VALUE naming its variable. */
 export function rendezvousFromEnv(env: NodeJS.ProcessEnv = process.env): Rendezvous {
+  if (env === null || typeof env !== "object") throw invalid("an environment object", "env", env);
   const worldSize = intVar(env, "WORLD_SIZE", 1, Number.MAX_SAFE_INTEGER, true);
   const rank = intVar(env, "RANK", 0, worldSize - 1, true);
   const localWorldSize = intVar(env, "LOCAL_WORLD_SIZE", 1, Number.MAX_SAFE_INTEGER, false);
@@ -93,6 +93,7 @@ export function rendezvousFromEnv(env: NodeJS.ProcessEnv = process.env): Rendezv
 
 /** Opens the store the environment names, as this rank. */
 export function openStoreFromEnv(options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Store {
+  if (options === null || typeof options !== "object") throw invalid("an options object", "options", options);
   const r = rendezvousFromEnv(options.env ?? process.env);
   return openStore(r.storeUrl, { rank: r.rank, worldSize: r.worldSize, runId: r.runId, timeoutMs: options.timeoutMs });
 }

@@ -14,7 +14,7 @@
 import "../polyfill";
 import { ncclStatus } from "./nccl";
 import { createNcclGroup, defaultNcclDevice } from "./nccl-group";
-import { MoEError, checkInteger, checkOneOf, invalid } from "../errors";
+import { MoEError, checkInteger, checkOneOf, invalid, orDefault } from "../errors";
 import type { NativeProcessGroupHandle } from "../addon";
 import { loadNative } from "../native";
 import { handle, wrap } from "../ops/common";
@@ -218,6 +218,7 @@ export class ProcessGroup implements Disposable {
    * counts are exchanged first, then the rows. Any dtype.
    */
   async allToAllV(x: Tensor, sendCounts: Counts, options?: AllToAllVOptions): Promise<AllToAllVResult> {
+    this.live("allToAllV");
     const o = optionsObject<AllToAllVOptions>(options, "allToAllV options");
     const send = checkCounts("sendCounts", sendCounts);
     const expected = o.recvCounts === undefined ? undefined : checkCounts("recvCounts", o.recvCounts);
@@ -231,23 +232,27 @@ export class ProcessGroup implements Disposable {
    * ([size] int32) and any dtype.
    */
   async allToAll(x: Tensor): Promise<Tensor> {
+    this.live("allToAll");
     return wrap(await this.handle.allToAll(handle(x, "x")));
   }
 
   /** Reduces t across the group in place: "sum" (default), "avg" (float dtypes) or "max". bfloat16 / float16 reduce in float32. */
   async allReduce(t: Tensor, op: ReduceOp = "sum"): Promise<void> {
+    this.live("allReduce");
     const h = handle(t, "t");
     await this.handle.allReduce(h, checkOneOf("op", op, REDUCE_OPS));
   }
 
   /** Copies root's t into t on every rank, in place (root is a rank of this group). */
   async broadcast(t: Tensor, root = 0): Promise<void> {
+    this.live("broadcast");
     const h = handle(t, "t");
     await this.handle.broadcast(h, checkInteger("root", root, 0, this.size - 1));
   }
 
   /** Resolves once every rank of the group has called it. */
   async barrier(): Promise<void> {
+    this.live("barrier");
     await this.handle.barrier();
   }
 
@@ -258,6 +263,7 @@ export class ProcessGroup implements Disposable {
    * store, which must stay open until every member has connected.
    */
   async newGroup(ranks: number[], options?: NewGroupOptions): Promise<ProcessGroup> {
+    this.live("newGroup");
     const o = optionsObject<NewGroupOptions>(options, "newGroup options");
     const members = checkRanks("ranks", ranks);
     const timeoutMs = checkTimeout(o.timeoutMs);
@@ -270,6 +276,7 @@ export class ProcessGroup implements Disposable {
    * this group calls it.
    */
   async split(options: SplitOptions): Promise<ExpertParallelGroups> {
+    this.live("split");
     const o = optionsObject<SplitOptions>(options, "split options");
     const epSize = checkInteger("epSize", o.epSize, 1, this.size);
     const timeoutMs = checkTimeout(o.timeoutMs);
@@ -305,6 +312,12 @@ export class ProcessGroup implements Disposable {
     return `ProcessGroup(${this.backend} ${this.name}, rank ${this.rank} of ${this.size}${this.destroyed ? ", destroyed" : ""})`;
   }
 
+  /** A destroyed group refuses every call with ERR_MOE_DISPOSED before its arguments are looked at. */
+  private live(op: string): void {
+    if (this.handle.destroyed)
+      throw new MoEError(`${op}: expected a live process group but ${this.name} was destroyed`, "ERR_MOE_DISPOSED");
+  }
+
   private adopt(h: NativeProcessGroupHandle): ProcessGroup {
     const child = new ProcessGroup(h, () => this.children.delete(child), this.backend);
     this.children.add(child);
@@ -329,16 +342,16 @@ function nextPrefix(counter: () => number): string {
  */
 export async function initProcessGroup(options?: ProcessGroupOptions): Promise<ProcessGroup> {
   const o = optionsObject<ProcessGroupOptions>(options, "initProcessGroup options");
-  const backend = checkOneOf("backend", o.backend ?? "gloo", BACKENDS);
+  const backend = checkOneOf("backend", orDefault(o.backend, "gloo"), BACKENDS);
   // The device's form is checked first (no NCCL needed), then whether NCCL is usable.
-  const device = backend === "nccl" ? checkDevice(o.device ?? defaultNcclDevice()) : undefined;
+  const device = backend === "nccl" ? checkDevice(o.device === undefined ? defaultNcclDevice() : o.device) : undefined;
   const connectNccl = backend === "nccl" ? ncclBackend() : undefined;
   const timeoutMs = checkTimeout(o.timeoutMs);
   const storeMaxBytes =
     o.storeMaxBytes === undefined
       ? undefined
       : checkInteger("storeMaxBytes", o.storeMaxBytes, STORE_LIMITS.minMaxBytes);
-  const hostname = o.hostname ?? process.env.MOE_EP_GLOO_HOSTNAME ?? "127.0.0.1";
+  const hostname = o.hostname === undefined ? (process.env.MOE_EP_GLOO_HOSTNAME ?? "127.0.0.1") : o.hostname;
   if (typeof hostname !== "string" || !/^[A-Za-z0-9._:-]+$/.test(hostname)) {
     throw invalid("a host name or IP address", "hostname", hostname);
   }
@@ -347,8 +360,8 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   }
   const env =
     o.rank === undefined || o.worldSize === undefined || o.store === undefined ? rendezvousFromEnv() : undefined;
-  const worldSize = checkInteger("worldSize", o.worldSize ?? env!.worldSize, 1);
-  const rank = checkInteger("rank", o.rank ?? env!.rank, 0, worldSize - 1);
+  const worldSize = checkInteger("worldSize", o.worldSize === undefined ? env!.worldSize : o.worldSize, 1);
+  const rank = checkInteger("rank", o.rank === undefined ? env!.rank : o.rank, 0, worldSize - 1);
 
   let store: Store;
   let prefix: string;

@@ -12,7 +12,7 @@
  */
 import "../polyfill";
 import type { NativeStoreHandle } from "../addon";
-import { checkInteger, invalid } from "../errors";
+import { MoEError, checkInteger, invalid, orDefault } from "../errors";
 import { loadNative } from "../native";
 
 export type { NativeStoreHandle };
@@ -102,7 +102,8 @@ export class Store {
   }
 
   /** Sets key to value (bytes, or a string stored as UTF-8). */
-  set(key: string, value: Uint8Array | string): Promise<void> {
+  async set(key: string, value: Uint8Array | string): Promise<void> {
+    this.live("set");
     checkKey(key);
     if (typeof value !== "string" && !(value instanceof Uint8Array))
       throw invalid("a Uint8Array or a string", "value", value);
@@ -110,7 +111,8 @@ export class Store {
   }
 
   /** The value of key, waiting up to timeoutMs (default: the store's) for it to be set. */
-  get(key: string, timeoutMs?: number): Promise<Uint8Array> {
+  async get(key: string, timeoutMs?: number): Promise<Uint8Array> {
+    this.live("get");
     return this.handle.get(checkKey(key), checkTimeout(timeoutMs));
   }
 
@@ -120,12 +122,14 @@ export class Store {
   }
 
   /** Waits until every key is set. */
-  wait(keys: string[], timeoutMs?: number): Promise<void> {
+  async wait(keys: string[], timeoutMs?: number): Promise<void> {
+    this.live("wait");
     return this.handle.wait(checkKeys(keys), checkTimeout(timeoutMs));
   }
 
   /** Are all the keys set now? */
-  check(keys: string[]): Promise<boolean> {
+  async check(keys: string[]): Promise<boolean> {
+    this.live("check");
     return this.handle.check(checkKeys(keys));
   }
 
@@ -134,10 +138,16 @@ export class Store {
    * every rank, and returns the new value. The counter is kept as decimal
    * text, so get(key) reads e.g. "3".
    */
-  add(key: string, delta: number): Promise<number> {
+  async add(key: string, delta: number): Promise<number> {
+    this.live("add");
     checkKey(key);
     if (typeof delta !== "number" || !Number.isSafeInteger(delta)) throw invalid("a safe integer", "delta", delta);
     return this.handle.add(key, delta);
+  }
+
+  private live(op: string): void {
+    if (this.handle.closed)
+      throw new MoEError(`store ${op}: expected an open store but ${this.url} was closed`, "ERR_MOE_DISPOSED");
   }
 
   /**
@@ -165,9 +175,9 @@ export class Store {
 export function openStore(url: string, options: StoreOptions = {}): Store {
   if (typeof url !== "string") throw invalid('a store url ("file:///abs/dir" or "tcp://host:port")', "url", url);
   if (typeof options !== "object" || options === null) throw invalid("an options object", "options", options);
-  const worldSize = checkInteger("worldSize", options.worldSize ?? 1, 1);
-  const rank = checkInteger("rank", options.rank ?? 0, 0, worldSize - 1);
-  const runId = options.runId ?? process.env.MOE_EP_RUN_ID ?? "";
+  const worldSize = checkInteger("worldSize", orDefault(options.worldSize, 1), 1);
+  const rank = checkInteger("rank", orDefault(options.rank, 0), 0, worldSize - 1);
+  const runId = options.runId === undefined ? (process.env.MOE_EP_RUN_ID ?? "") : options.runId;
   if (typeof runId !== "string") throw invalid("a string", "runId", runId);
   const timeoutMs = checkTimeout(options.timeoutMs);
   const maxBytes = checkInteger("maxBytes", options.maxBytes ?? defaultMaxBytes(), STORE_LIMITS.minMaxBytes);

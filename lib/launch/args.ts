@@ -1,5 +1,6 @@
 /** `moe-ep launch`'s arguments and the environment variables that stand in for them. */
 import * as path from "path";
+import { MoEError, invalid } from "../errors";
 
 export const USAGE = `usage: moe-ep launch --nproc-per-node N [options] script.js [script args]
 
@@ -16,7 +17,13 @@ export const USAGE = `usage: moe-ep launch --nproc-per-node N [options] script.j
   --store URL             file://DIR: rendezvous through files in DIR (MOE_EP_STORE);
                           tcp (default): rank 0 serves the store on A:P`;
 
-export class UsageError extends Error {}
+/** A bad argument of `moe-ep launch` (ERR_MOE_VALUE); the CLI prints it with the usage. */
+export class UsageError extends MoEError {
+  constructor(message: string) {
+    super(message, "ERR_MOE_VALUE");
+    this.name = "UsageError";
+  }
+}
 
 export interface Plan {
   /** Hosts in the run. */
@@ -91,6 +98,9 @@ const ENV: Record<string, string> = {
 
 /** Reads the flags (before the script), falling back on the environment. */
 export function parse(args: string[], env: NodeJS.ProcessEnv = process.env): Plan | "help" {
+  if (!Array.isArray(args) || args.some((a) => typeof a !== "string"))
+    throw invalid("an array of strings", "launch arguments", args);
+  if (env === null || typeof env !== "object") throw invalid("an environment object", "env", env);
   const given: Record<string, { name: string; text: string | undefined }> = {};
   let i = 0;
   for (; i < args.length; ++i) {

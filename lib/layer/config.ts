@@ -4,7 +4,7 @@
  * translation of Megatron-Core / DeepSpeed shaped config objects
  * ({ hidden_size, moe: { num_experts, top_k, ... } }) into them.
  */
-import { MoEError, checkInteger, checkNumber, checkOneOf, invalid } from "../errors";
+import { MoEError, checkInteger, checkNumber, checkOneOf, invalid, orDefault } from "../errors";
 import { ACTIVATION_KINDS, type ActivationKind } from "../ops/activation";
 import { DROP_POLICIES, type DropPolicy } from "../ops/permute";
 import { SCORE_FUNCTIONS, checkRouteOptions, type ScoreFunction } from "../ops/route";
@@ -158,8 +158,8 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
   const dModel = checkInteger("dModel", o.dModel, 1);
   const dFF = checkInteger("dFF", o.dFF, 1);
   const numExperts = checkInteger("numExperts", o.numExperts, 1);
-  const topK = o.topK ?? Math.min(2, numExperts);
-  const epSize = checkInteger("epSize", o.epSize ?? 1, 1, numExperts);
+  const topK = orDefault(o.topK, Math.min(2, numExperts));
+  const epSize = checkInteger("epSize", orDefault(o.epSize, 1), 1, numExperts);
   if (numExperts % epSize !== 0) {
     throw new MoEError(`Expected epSize to divide numExperts (${numExperts}) but received ${epSize}`, "ERR_MOE_VALUE");
   }
@@ -178,8 +178,8 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
       "ERR_MOE_VALUE",
     );
   }
-  const initStd = checkNumber("initStd", o.initStd ?? 0.02, nonNegative, "a finite number >= 0");
-  const device = o.device ?? "cpu";
+  const initStd = checkNumber("initStd", orDefault(o.initStd, 0.02), nonNegative, "a finite number >= 0");
+  const device = orDefault(o.device, "cpu");
   if (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device))
     throw invalid('"cpu" or "cuda:N"', "device", device, "ERR_MOE_DEVICE");
   return {
@@ -193,7 +193,7 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     expertBias: bool("expertBias", o.expertBias, false),
     expertBiasUpdateRate: checkNumber(
       "expertBiasUpdateRate",
-      o.expertBiasUpdateRate ?? 1e-3,
+      orDefault(o.expertBiasUpdateRate, 1e-3),
       nonNegative,
       "a finite number >= 0",
     ),
@@ -202,17 +202,22 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     capacityFactor,
     dropPolicy: o.dropPolicy === undefined ? "probs" : checkOneOf("dropPolicy", o.dropPolicy, DROP_POLICIES),
     padToCapacity,
-    auxLossCoef: checkNumber("auxLossCoef", o.auxLossCoef ?? 0, nonNegative, "a finite number >= 0"),
-    zLossCoef: checkNumber("zLossCoef", o.zLossCoef ?? 0, nonNegative, "a finite number >= 0"),
-    jitter: checkNumber("jitter", o.jitter ?? 0, (v) => v >= 0 && v < 1, "a number in [0, 1)"),
+    auxLossCoef: checkNumber("auxLossCoef", orDefault(o.auxLossCoef, 0), nonNegative, "a finite number >= 0"),
+    zLossCoef: checkNumber("zLossCoef", orDefault(o.zLossCoef, 0), nonNegative, "a finite number >= 0"),
+    jitter: checkNumber("jitter", orDefault(o.jitter, 0), (v) => v >= 0 && v < 1, "a number in [0, 1)"),
     activation: o.activation === undefined ? "gelu" : checkOneOf("activation", o.activation, ACTIVATION_KINDS),
     bias: bool("bias", o.bias, false),
-    sharedExpertFF: checkInteger("sharedExpertFF", o.sharedExpertFF ?? 0, 0),
+    sharedExpertFF: checkInteger("sharedExpertFF", orDefault(o.sharedExpertFF, 0), 0),
     dtype: o.dtype === undefined ? "float32" : checkOneOf("dtype", o.dtype, PARAM_DTYPES),
     device: device as DeviceName,
-    seed: checkInteger("seed", o.seed ?? 1234, 0),
+    seed: checkInteger("seed", orDefault(o.seed, 1234), 0),
     initStd,
-    outputInitStd: checkNumber("outputInitStd", o.outputInitStd ?? initStd, nonNegative, "a finite number >= 0"),
+    outputInitStd: checkNumber(
+      "outputInitStd",
+      orDefault(o.outputInitStd, initStd),
+      nonNegative,
+      "a finite number >= 0",
+    ),
     name: nameOf(o.name),
   };
 }
@@ -249,6 +254,8 @@ function pick(dicts: Dict[], names: string[]): { key: string; value: unknown } |
  * init_method_std. Other keys (optimizer, data parallel size, ...) are left to their owners.
  */
 export function fromForeignConfig(config: Dict): MoELayerOptions {
+  if (config === null || typeof config !== "object" || Array.isArray(config))
+    throw invalid("a config object", "config", config);
   const moe = config.moe;
   if (moe !== undefined && (moe === null || typeof moe !== "object" || Array.isArray(moe)))
     throw invalid("an object", "moe", moe);

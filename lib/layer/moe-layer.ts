@@ -176,17 +176,20 @@ export class MoELayer {
 
   /** Clips this layer's gradients by their global norm across ranks; resolves with the norm before clipping. */
   async clipGradNorm(maxNorm: number): Promise<number> {
+    this.check();
     await this.ready;
     return clipGradNorm(this.parameters(), maxNorm);
   }
 
   /** Saves the layer (and an optimizer's moments) as safetensors shards plus an index (see saveCheckpoint). */
   async save(dir: string, options: CheckpointOptions = {}): Promise<void> {
+    this.check();
     return saveCheckpoint(dir, [this], options);
   }
 
   /** Loads a checkpoint written with any epSize (see loadCheckpoint). */
   async load(dir: string, options: CheckpointOptions = {}): Promise<void> {
+    this.check();
     return loadCheckpoint(dir, [this], options);
   }
 
@@ -202,16 +205,19 @@ export class MoELayer {
 
   /** Trainable parameters with their gradients, by name (router, experts, shared experts). */
   parameters(): ParameterEntry[] {
+    this.check();
     return [...this.params.all];
   }
 
   /** State that is not trained by the optimizer: router.expert_bias when aux-loss-free balancing is on. */
   buffers(): BufferEntry[] {
+    this.check();
     return this.router.buffers();
   }
 
   /** Sets every gradient to zero. */
   async zeroGrad(): Promise<void> {
+    this.check();
     await this.ready;
     // Every zeroing is queued (in order, on the stream) before anything else runs, so a
     // zeroGrad() that is not awaited still comes before the next backward's accumulation.
@@ -240,7 +246,7 @@ export class MoELayer {
       );
     }
     if (options === null || typeof options !== "object") throw invalid("an options object", "forward options", options);
-    const training = options.training ?? this.training;
+    const training = options.training === undefined ? this.training : options.training;
     if (typeof training !== "boolean") throw invalid("a boolean", "training", training);
     const groups = this.groups!;
     const T = x.shape[0];
@@ -372,6 +378,9 @@ export class MoELayer {
     await this.ready;
     if (options === null || typeof options !== "object")
       throw invalid("an options object", "backward options", options);
+    if (!(gradOutput instanceof Tensor)) throw invalid("a Tensor", "gradOutput", gradOutput);
+    if (gradOutput.disposed)
+      throw new MoEError("Expected gradOutput to be a live tensor but it was disposed", "ERR_MOE_DISPOSED");
     const ctx = options.result ? this.contextOf.get(options.result) : this.contexts[this.contexts.length - 1];
     if (!ctx || !this.contexts.includes(ctx)) {
       throw new MoEError(
@@ -379,7 +388,15 @@ export class MoELayer {
         "ERR_MOE_VALUE",
       );
     }
-    if (!(gradOutput instanceof Tensor)) throw invalid("a Tensor", "gradOutput", gradOutput);
+    if ([...ctx.own].some((t) => t.disposed)) {
+      // Freed from outside (a scope() around forward disposes what it made): unusable, so dropped.
+      this.contexts.splice(this.contexts.indexOf(ctx), 1);
+      this.release(ctx);
+      throw new MoEError(
+        "MoELayer.backward: expected the saved forward's tensors to be live but they were disposed (a scope() ending after forward frees them)",
+        "ERR_MOE_DISPOSED",
+      );
+    }
     if (
       gradOutput.shape.length !== 2 ||
       gradOutput.shape[0] !== ctx.x.shape[0] ||
@@ -390,7 +407,7 @@ export class MoELayer {
         "ERR_MOE_SHAPE",
       );
     }
-    const scale = options.lossScale ?? 1;
+    const scale = options.lossScale === undefined ? 1 : options.lossScale;
     if (typeof scale !== "number" || !Number.isFinite(scale)) throw invalid("a finite number", "lossScale", scale);
     this.contexts.splice(this.contexts.indexOf(ctx), 1);
     const c = this.config;

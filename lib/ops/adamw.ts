@@ -4,7 +4,7 @@
  *   p -= lr·wd·p;  m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²;
  *   p -= lr · (m / (1 − β1^step)) / (√(v / (1 − β2^step)) + eps)
  */
-import { checkInteger, checkNumber, invalid } from "../errors";
+import { checkInteger, checkNumber, invalid, orDefault } from "../errors";
 import type { Tensor } from "../tensor";
 import { handle, native } from "./common";
 
@@ -38,10 +38,10 @@ export async function adamw(
   const beta = (v: number) => v >= 0 && v < 1;
   const o = {
     lr: checkNumber("lr", opts.lr, (v) => v >= 0, "a finite number >= 0"),
-    beta1: checkNumber("beta1", opts.beta1 ?? 0.9, beta, "a number in [0, 1)"),
-    beta2: checkNumber("beta2", opts.beta2 ?? 0.999, beta, "a number in [0, 1)"),
-    eps: checkNumber("eps", opts.eps ?? 1e-8, (v) => v >= 0, "a finite number >= 0"),
-    weightDecay: checkNumber("weightDecay", opts.weightDecay ?? 0.01, (v) => v >= 0, "a finite number >= 0"),
+    beta1: checkNumber("beta1", orDefault(opts.beta1, 0.9), beta, "a number in [0, 1)"),
+    beta2: checkNumber("beta2", orDefault(opts.beta2, 0.999), beta, "a number in [0, 1)"),
+    eps: checkNumber("eps", orDefault(opts.eps, 1e-8), (v) => v >= 0, "a finite number >= 0"),
+    weightDecay: checkNumber("weightDecay", orDefault(opts.weightDecay, 0.01), (v) => v >= 0, "a finite number >= 0"),
     step: checkInteger("step", opts.step, 1),
   };
   await native().adamw(

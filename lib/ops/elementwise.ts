@@ -29,23 +29,25 @@ export async function axpby(y: Tensor, x: Tensor | null, options: AxpbyOptions =
   await native().axpby(handle(y, "y"), optionalHandle(x, "x"), { alpha, beta });
 }
 
-/** In place: y += x. */
-export function addInPlace(y: Tensor, x: Tensor): Promise<void> {
+/** In place: y += x (x a tensor: null is not "nothing to add"). */
+export async function addInPlace(y: Tensor, x: Tensor): Promise<void> {
+  handle(x, "x");
   return axpby(y, x, { alpha: 1, beta: 1 });
 }
 
 /** In place: y *= s. */
-export function scaleInPlace(y: Tensor, s: number): Promise<void> {
+export async function scaleInPlace(y: Tensor, s: number): Promise<void> {
   return axpby(y, null, { alpha: s, beta: 0 });
 }
 
-/** In place: y = x (converted to y's dtype). */
-export function copyInto(y: Tensor, x: Tensor): Promise<void> {
+/** In place: y = x (converted to y's dtype; x a tensor: null is not zero). */
+export async function copyInto(y: Tensor, x: Tensor): Promise<void> {
+  handle(x, "x");
   return axpby(y, x, { alpha: 0, beta: 1 });
 }
 
 /** In place: y = 0. */
-export function zeroInPlace(y: Tensor): Promise<void> {
+export async function zeroInPlace(y: Tensor): Promise<void> {
   return axpby(y, null, { alpha: 0, beta: 0 });
 }
 

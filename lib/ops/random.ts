@@ -4,7 +4,7 @@
  * so expert e's initial weights are the same whatever the EP size, and the
  * router's jitter is reproducible.
  */
-import { checkInteger, checkNumber, checkOneOf, invalid } from "../errors";
+import { checkInteger, checkNumber, checkOneOf, invalid, orDefault } from "../errors";
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
@@ -37,11 +37,12 @@ export interface FillRandomOptions extends RandomStreamOptions {
 }
 
 function stream(o: RandomStreamOptions): { seed: number; key: number } {
-  return { seed: checkInteger("seed", o.seed, 0), key: checkInteger("key", o.key ?? 0, 0, MAX_U32) };
+  return { seed: checkInteger("seed", o.seed, 0), key: checkInteger("key", orDefault(o.key, 0), 0, MAX_U32) };
 }
 
 /** FNV-1a (32 bits) of a name's UTF-8 bytes: the stream key of a named parameter. */
 export function hashName(name: string): number {
+  if (typeof name !== "string") throw invalid("a string", "name", name);
   let h = 0x811c9dc5;
   for (const byte of Buffer.from(name, "utf8")) {
     h ^= byte;
@@ -60,19 +61,19 @@ export async function fillRandom(t: Tensor, options: FillRandomOptions): Promise
   let a: number;
   let b: number;
   if (distribution === "normal") {
-    a = checkNumber("mean", options.mean ?? 0, finite, "a finite number");
-    b = checkNumber("std", options.std ?? 1, (v) => v >= 0, "a finite number >= 0");
+    a = checkNumber("mean", orDefault(options.mean, 0), finite, "a finite number");
+    b = checkNumber("std", orDefault(options.std, 1), (v) => v >= 0, "a finite number >= 0");
   } else {
-    a = checkNumber("low", options.low ?? 0, finite, "a finite number");
-    b = checkNumber("high", options.high ?? 1, (v) => v >= a, `a finite number >= low (${a})`);
+    a = checkNumber("low", orDefault(options.low, 0), finite, "a finite number");
+    b = checkNumber("high", orDefault(options.high, 1), (v) => v >= a, `a finite number >= low (${a})`);
   }
   const o = {
     ...stream(options),
     distribution,
     a,
     b,
-    sliceSize: checkInteger("sliceSize", options.sliceSize ?? 0, 0),
-    firstSlice: checkInteger("firstSlice", options.firstSlice ?? 0, 0, MAX_U32),
+    sliceSize: checkInteger("sliceSize", orDefault(options.sliceSize, 0), 0),
+    firstSlice: checkInteger("firstSlice", orDefault(options.firstSlice, 0), 0, MAX_U32),
   };
   await native().fillRandom(handle(t, "t"), o);
 }
@@ -95,7 +96,7 @@ export async function jitter(x: Tensor, options: JitterOptions): Promise<Tensor>
   const o = {
     eps: checkNumber("eps", options.eps, (v) => v >= 0 && v < 1, "a number in [0, 1)"),
     ...stream(options),
-    slice: checkInteger("slice", options.slice ?? 0, 0, MAX_U32),
+    slice: checkInteger("slice", orDefault(options.slice, 0), 0, MAX_U32),
   };
   return wrap(await native().jitter(handle(x, "x"), o));
 }

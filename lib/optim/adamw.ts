@@ -3,7 +3,7 @@
  * semantics): state is created at the first step, float32, one pair of moments
  * per parameter; parameters marked weightDecay: false (biases) are not decayed.
  */
-import { checkInteger, checkNumber, invalid } from "../errors";
+import { MoEError, checkInteger, checkNumber, invalid, orDefault } from "../errors";
 import { adamw } from "../ops/adamw";
 import { zeroInPlace } from "../ops/elementwise";
 import { Tensor } from "../tensor";
@@ -47,6 +47,7 @@ export class AdamW {
   /** Steps taken so far. */
   stepCount = 0;
   private readonly states = new Map<OptimizerParam, AdamWState>();
+  private disposed = false;
 
   constructor(params: Iterable<OptimizerParam>, options: AdamWOptions) {
     if (params === null || typeof (params as Iterable<OptimizerParam>)?.[Symbol.iterator] !== "function") {
@@ -61,16 +62,23 @@ export class AdamW {
     if (options === null || typeof options !== "object")
       throw invalid("an options object with lr", "AdamW options", options);
     this.lr = checkNumber("lr", options.lr, nonNegative, "a finite number >= 0");
-    this.beta1 = checkNumber("beta1", options.beta1 ?? 0.9, beta, "a number in [0, 1)");
-    this.beta2 = checkNumber("beta2", options.beta2 ?? 0.999, beta, "a number in [0, 1)");
-    this.eps = checkNumber("eps", options.eps ?? 1e-8, nonNegative, "a finite number >= 0");
-    this.weightDecay = checkNumber("weightDecay", options.weightDecay ?? 0.01, nonNegative, "a finite number >= 0");
+    this.beta1 = checkNumber("beta1", orDefault(options.beta1, 0.9), beta, "a number in [0, 1)");
+    this.beta2 = checkNumber("beta2", orDefault(options.beta2, 0.999), beta, "a number in [0, 1)");
+    this.eps = checkNumber("eps", orDefault(options.eps, 1e-8), nonNegative, "a finite number >= 0");
+    this.weightDecay = checkNumber(
+      "weightDecay",
+      orDefault(options.weightDecay, 0.01),
+      nonNegative,
+      "a finite number >= 0",
+    );
   }
 
   /** The moments of a parameter (created zero on first use). */
   state(p: OptimizerParam): AdamWState {
+    this.check();
     let s = this.states.get(p);
     if (!s) {
+      live(p, this.params.indexOf(p));
       const opts = { device: p.param.device as "cpu" };
       s = { expAvg: Tensor.zeros(p.param.shape, opts), expAvgSq: Tensor.zeros(p.param.shape, opts) };
       this.states.set(p, s);
@@ -85,11 +93,14 @@ export class AdamW {
 
   /** Restores the step count (after loading the moments into state(p)). */
   setStepCount(n: number): void {
+    this.check();
     this.stepCount = checkInteger("stepCount", n, 0);
   }
 
   /** One AdamW step over every parameter from its gradient. */
   async step(): Promise<void> {
+    this.check();
+    this.params.forEach(live);
     const step = this.stepCount + 1;
     await Promise.all(
       this.params.map((p) => {
@@ -109,15 +120,35 @@ export class AdamW {
 
   /** Sets every parameter's gradient to zero. */
   async zeroGrad(): Promise<void> {
+    this.check();
+    this.params.forEach(live);
     await Promise.all(this.params.map((p) => zeroInPlace(p.grad)));
   }
 
-  /** Frees the moments. */
+  /** Frees the moments; later calls reject with ERR_MOE_DISPOSED. */
   dispose(): void {
+    this.disposed = true;
     for (const s of this.states.values()) {
       s.expAvg.dispose();
       s.expAvgSq.dispose();
     }
     this.states.clear();
+  }
+
+  private check(): void {
+    if (this.disposed) throw new MoEError("Expected a live AdamW but it was disposed", "ERR_MOE_DISPOSED");
+  }
+}
+
+/** A parameter whose tensors were freed (its layer disposed) is refused before any step begins. */
+function live(p: OptimizerParam, i: number): void {
+  for (const [key, t] of [
+    ["param", p.param],
+    ["grad", p.grad],
+  ] as const) {
+    if (t.disposed) {
+      const name = p.name ? `${p.name} (params[${i}])` : `params[${i}]`;
+      throw new MoEError(`Expected the ${key} of ${name} to be a live tensor but it was disposed`, "ERR_MOE_DISPOSED");
+    }
   }
 }

@@ -37,7 +37,8 @@ export const fns: Record<
   "relu" | "gelu" | "silu" | "geluTanh",
   { f: (x: number) => number; df: (x: number) => number }
 > = {
-  relu: { f: (x) => (x > 0 ? x : 0), df: (x) => (x > 0 ? 1 : 0) },
+  // NaN passes through relu and its derivative (neither branch holds for it).
+  relu: { f: (x) => (x > 0 || Number.isNaN(x) ? x : 0), df: (x) => (x > 0 ? 1 : x <= 0 ? 0 : NaN) },
   gelu: {
     f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
     df: (x) => 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / Math.sqrt(2 * Math.PI),
