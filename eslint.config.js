@@ -10,6 +10,8 @@ module.exports = tseslint.config(
       "dist/",
       "build/",
       "build-emu/",
+      "build-asan/",
+      "build-fuzz/",
       "prebuilds/",
       "device-results/",
       ".device/",

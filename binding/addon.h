@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <functional>
+#include <new>
 #include <string>
 
 #include "../cpp/core/error.h"
@@ -35,6 +36,8 @@ Napi::Value guard(Napi::Env env, F&& body) {
     throw make_error(env, e.code(), e.what());
   } catch (const Napi::Error&) {
     throw;
+  } catch (const std::bad_alloc&) {
+    throw make_error(env, Code::Value, "out of host memory");
   } catch (const std::exception& e) {
     throw make_error(env, Code::Internal, e.what());
   }

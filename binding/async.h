@@ -8,6 +8,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <new>
 #include <optional>
 
 #include "../cpp/core/stream.h"
@@ -42,6 +43,9 @@ Napi::Value settle_async(Napi::Env env, const char* name, const Executor& submit
     } catch (const Error& e) {
       call->code = e.code();
       call->message = e.what();
+    } catch (const std::bad_alloc&) {
+      call->code = Code::Value;
+      call->message = "out of host memory";
     } catch (const std::exception& e) {
       call->message = e.what();
     }

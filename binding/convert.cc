@@ -1,8 +1,21 @@
 #include "convert.h"
 
+#include <cmath>
+
+#include "../cpp/core/check.h"
+#include "../cpp/core/size.h"
 #include "addon.h"
 
 namespace moe::binding {
+namespace {
+
+// A number as JavaScript would show an integer: 4611686018427387904, not 4.61169e+18.
+std::string number_str(double x) {
+  if (std::floor(x) == x && std::fabs(x) < 9.2e18) return std::to_string(int64_t(x));
+  return num_str(x);
+}
+
+}  // namespace
 
 std::string to_string(Napi::Value v, const char* what) {
   if (!v.IsString()) throw make_error(v.Env(), Code::Value, std::string("expected ") + what + " to be a string");
@@ -16,9 +29,16 @@ Shape to_shape(Napi::Value v, const char* what) {
   Shape s;
   for (uint32_t i = 0; i < a.Length(); ++i) {
     Napi::Value d = a.Get(i);
-    if (!d.IsNumber()) throw make_error(v.Env(), Code::Shape, std::string("expected ") + what + " to hold integers");
-    s.push_back(d.As<Napi::Number>().Int64Value());
+    // Exact integers only: a double past 2^53 - 1 (or NaN) would not convert to the dimension it claims.
+    const double x = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : NAN;
+    if (!(x >= 0 && x <= double(kMaxElements) && std::floor(x) == x))
+      throw make_error(v.Env(), Code::Shape,
+                       std::string("expected ") + what + " to hold integers in [0, " + kMaxElementsText +
+                           "] but element " + std::to_string(i) + " is " +
+                           (d.IsNumber() ? number_str(x) : std::string("not a number")));
+    s.push_back(int64_t(x));
   }
+  checked_numel(s);
   return s;
 }
 

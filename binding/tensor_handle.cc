@@ -1,6 +1,7 @@
 #include "tensor_handle.h"
 
 #include "../cpp/core/host_copy.h"
+#include "../cpp/core/size.h"
 #include "addon.h"
 #include "convert.h"
 
@@ -104,7 +105,7 @@ Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
   return guard(env, [&]() -> Napi::Value {
     if (!tensor_.defined()) throw make_error(env, Code::Disposed, "read: the tensor was disposed");
     DType as = parse_dtype(to_string(info[0], "dtype"));
-    Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, size_t(tensor_.numel()) * dtype_size(as));
+    Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, checked_bytes(tensor_.numel(), as));
     to_host(tensor_, buf.Data(), as);
     return buf;
   });

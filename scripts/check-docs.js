@@ -14,7 +14,18 @@
 const fs = require("fs");
 const path = require("path");
 
-const SKIP_DIRS = new Set([".git", "node_modules", "build", "build-emu", "dist", "prebuilds", ".device", "coverage"]);
+const SKIP_DIRS = new Set([
+  ".git",
+  "node_modules",
+  "build",
+  "build-emu",
+  "build-asan",
+  "build-fuzz",
+  "dist",
+  "prebuilds",
+  ".device",
+  "coverage",
+]);
 const TEXT = /\.(md|ts|js|cjs|mjs|cc|cpp|c|h|cu|cuh|sh|json|txt|cmake)$|^CMakeLists\.txt$/;
 const SKIP_FILES = new Set(["package-lock.json"]);
 const OLD_SPEC = new RegExp(["\\.\\./shared/[\\w./-]*\\.md", "\\b(?:MATH|DESIGN)\\.md\\b"].join("|"), "g");

@@ -7,6 +7,7 @@
 
 #include "../core/error.h"
 #include "../core/host_copy.h"
+#include "../core/size.h"
 #include "../core/tensor.h"
 #include "../ops/gate.h"
 #include "capi_ops.h"
@@ -114,7 +115,7 @@ moe_status moe_tensor_read(moe_tensor t, moe_dtype as, void* dst, size_t dst_byt
   return guarded([&] {
     const Tensor& x = in(t, "t");
     DType dt = dtype_of(as);
-    size_t need = size_t(x.numel()) * dtype_size(dt);
+    const size_t need = checked_bytes(x.numel(), dt);
     if (!dst || dst_bytes < need)
       fail(Code::Shape, "moe_tensor_read: expected a buffer of " + std::to_string(need) + " bytes but received " +
                             std::to_string(dst ? dst_bytes : 0));

@@ -1,6 +1,7 @@
 // Shared pieces of the C ABI's implementation files.
 #pragma once
 #include <exception>
+#include <new>
 #include <string>
 
 #include "../core/error.h"
@@ -26,6 +27,9 @@ moe_status guarded(F&& body) {
   } catch (const Error& e) {
     last_error = e.what();
     return status_of(e.code());
+  } catch (const std::bad_alloc&) {
+    last_error = "out of host memory";
+    return MOE_ERR_VALUE;
   } catch (const std::exception& e) {
     last_error = e.what();
     return MOE_ERR_INTERNAL;

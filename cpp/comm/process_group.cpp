@@ -75,10 +75,11 @@ void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<
   };
   check_counts(send_counts, "sendCounts");
   int64_t total = 0;
-  for (int64_t c : send_counts) total += c;
-  if (total != x.dim(0)) {
+  bool over = false;
+  for (int64_t c : send_counts) over = over || __builtin_add_overflow(total, c, &total);
+  if (over || total != x.dim(0)) {
     fail(Code::Value, std::string(op) + ": expected sendCounts to sum to the rows of x (" + std::to_string(x.dim(0)) +
-                          ") but they sum to " + std::to_string(total));
+                          ") but they sum to " + (over ? "more than 2^63-1" : std::to_string(total)));
   }
   if (expected) check_counts(*expected, "recvCounts");
 }

@@ -9,6 +9,7 @@
 #include "cuda_device.h"
 #include "error.h"
 #include "host_allocator.h"
+#include "size.h"
 
 namespace moe {
 namespace {
@@ -97,26 +98,18 @@ std::string shape_str(const Shape& shape) {
   return s + "]";
 }
 
-int64_t shape_numel(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
+int64_t shape_numel(const Shape& shape) { return checked_numel(shape); }
 
 std::string Tensor::describe() const {
   return std::string(dtype_name(dtype)) + " " + shape_str(shape) + " on " + device().str();
 }
 
 Tensor empty(DType dtype, const Shape& shape, Device device) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d < 0) fail(Code::Shape, "expected non-negative dimensions but received shape " + shape_str(shape));
-    n *= d;
-  }
+  const size_t bytes = checked_bytes(checked_numel(shape), dtype);
   Tensor t;
   t.dtype = dtype;
   t.shape = shape;
-  t.storage = Storage::allocate(size_t(n) * dtype_size(dtype), device);
+  t.storage = Storage::allocate(bytes, device);
   return t;
 }
 

@@ -46,6 +46,7 @@ class Storage {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);  // "[2, 3]"
+// The element count; refuses negative dimensions and counts past 2^53 - 1 (size.h).
 int64_t shape_numel(const Shape& shape);
 
 struct Tensor {

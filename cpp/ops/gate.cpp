@@ -4,6 +4,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "../core/size.h"
 #include "cuda_ops.h"
 
 namespace moe::ops {
@@ -15,6 +16,11 @@ void check_gate_args(const char* op, const Tensor& x, const Tensor& wg) {
   check_dtype(op, "wg", wg, {DType::F32});
   check_shape(op, "wg", wg, {x.dim(1), -1}, "[dModel, numExperts]");
   check_same_device(op, {{"x", &x}, {"wg", &wg}});
+  // The BLAS takes int sizes.
+  checked_int(op, "tokens", x.dim(0));
+  checked_int(op, "dModel", x.dim(1));
+  checked_int(op, "numExperts", wg.dim(1));
+  checked_mul(op, "logits [tokens, numExperts] elements", x.dim(0), wg.dim(1));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "../core/size.h"
 #include "cuda_ops.h"
 
 namespace moe::ops {
@@ -36,6 +37,7 @@ Dims check_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& 
   check_fits_int(op, "R", d.rows);
   check_fits_int(op, "K", d.k);
   check_fits_int(op, "N", d.n);
+  checked_mul(op, "y [R, N] elements", d.rows, d.n);
   return d;
 }
 
@@ -49,15 +51,20 @@ std::vector<int64_t> expert_offsets(const char* op, const Tensor& counts, int64_
     if (c < 0)
       fail(Code::Value, std::string(op) + ": expected rowsPerExpert >= 0 but expert " + std::to_string(e) + " has " +
                             std::to_string(c));
+    if (c > rows - off[size_t(e)]) {  // reported below, before any sum can overflow
+      off[size_t(experts)] = -1;
+      break;
+    }
     off[size_t(e) + 1] = off[size_t(e)] + c;
-    if (off[size_t(e) + 1] > rows) break;  // reported below, before any sum can overflow
   }
   if (off[size_t(experts)] != rows) {
     int64_t sum = 0;
-    for (int64_t e = 0; e < experts; ++e)
-      sum += counts.dtype == DType::I32 ? int64_t(counts.data<int32_t>()[e]) : counts.data<int64_t>()[e];
+    bool over = false;
+    for (int64_t e = 0; e < experts && !over; ++e)
+      over = __builtin_add_overflow(
+          sum, counts.dtype == DType::I32 ? int64_t(counts.data<int32_t>()[e]) : counts.data<int64_t>()[e], &sum);
     fail(Code::Value, std::string(op) + ": expected rowsPerExpert to sum to the rows of x (" + std::to_string(rows) +
-                          ") but they sum to " + std::to_string(sum));
+                          ") but they sum to " + (over ? "more than 2^63-1" : std::to_string(sum)));
   }
   return off;
 }

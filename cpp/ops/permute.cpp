@@ -9,6 +9,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "../core/size.h"
 #include "cuda_ops.h"
 
 namespace moe::ops {
@@ -21,6 +22,9 @@ constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();  // row maps 
 int64_t row_grain(int64_t row_bytes) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, row_bytes));
 }
+
+// Rows per chunk when each row moves `factors` multiplied together bytes (saturating: an estimate).
+int64_t row_grain(int64_t a, int64_t b, int64_t c) { return row_grain(saturating_mul(saturating_mul(a, b), c)); }
 
 void check_permute_args(const Tensor& x, const Tensor& indices, const Tensor& weights, const PermuteOptions& o) {
   const char* op = "permute";
@@ -182,18 +186,20 @@ Task<Tensor> permute_backward(const Tensor& d_rows, const Tensor& pair_to_row) {
   check_dtype(op, "pairToRow", pair_to_row, {DType::I32});
   check_shape(op, "pairToRow", pair_to_row, {-1, -1}, "[tokens, topK]");
   check_same_device(op, {{"dRows", &d_rows}, {"pairToRow", &pair_to_row}});
+  checked_mul(op, "dx [tokens, dModel] elements", pair_to_row.dim(0), d_rows.dim(1));
   if (d_rows.device().kind == Device::CUDA) return cuda_path::permute_backward(d_rows, pair_to_row);
   return [d_rows, pair_to_row] {
     const int64_t R = d_rows.dim(0), D = d_rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
     const int32_t* p2r = pair_to_row.data<int32_t>();
     check_row_map("permuteBackward", p2r, T * k, R);
+    if (D == 0) return empty(d_rows.dtype, {T, 0});  // no work, however many tokens the shape claims
     F32Read g(d_rows);
     Tensor dx = empty(d_rows.dtype, {T, D});
     F32Write out(dx);
     const float* gp = g.data();
     float* op_ = out.data();
     // Each token sums its own kept rows in choice order: no two chunks write the same row.
-    parallel_for(T, row_grain(D * k * 4), [&](int64_t b, int64_t end) {
+    parallel_for(T, row_grain(D, k, 4), [&](int64_t b, int64_t end) {
       for (int64_t t = b; t < end; ++t) {
         float* o = op_ + t * D;
         bool any = false;

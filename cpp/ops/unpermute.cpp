@@ -6,6 +6,7 @@
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
+#include "../core/size.h"
 #include "cuda_ops.h"
 #include "permute.h"
 
@@ -17,6 +18,7 @@ namespace {
 int64_t grain_for(int64_t bytes_per_item) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, bytes_per_item));
 }
+int64_t grain_for(int64_t a, int64_t b, int64_t c) { return grain_for(saturating_mul(saturating_mul(a, b), c)); }
 
 void check_unpermute_args(const char* op, const Tensor& rows, const Tensor& pair_to_row, const Tensor& weights) {
   check_float(op, "rows", rows);
@@ -43,19 +45,21 @@ float dot(const float* a, const float* b, int64_t n) {
 Task<Tensor> unpermute(const Tensor& rows, const Tensor& pair_to_row, const Tensor& weights) {
   check_unpermute_args("unpermute", rows, pair_to_row, weights);
   check_same_device("unpermute", {{"rows", &rows}, {"pairToRow", &pair_to_row}, {"weights", &weights}});
+  checked_mul("unpermute", "y [tokens, dModel] elements", pair_to_row.dim(0), rows.dim(1));
   if (rows.device().kind == Device::CUDA) return cuda_path::unpermute(rows, pair_to_row, weights);
   return [rows, pair_to_row, weights] {
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
     const int32_t* p2r = pair_to_row.data<int32_t>();
     check_row_map("unpermute", p2r, T * k, R);
+    Tensor y = empty(rows.dtype, {T, D});
+    if (D == 0) return y;  // no work, however many tokens the shape claims
     const float* w = weights.data<float>();
     F32Read in(rows);
-    Tensor y = empty(rows.dtype, {T, D});
     F32Write out(y);
     const float* src = in.data();
     float* dst = out.data();
     // One token per index: its output row is summed in choice order by one thread.
-    parallel_for(T, grain_for(D * k * 4), [&](int64_t b, int64_t end) {
+    parallel_for(T, grain_for(D, k, 4), [&](int64_t b, int64_t end) {
       for (int64_t t = b; t < end; ++t) {
         float* o = dst + t * D;
         bool any = false;
@@ -90,6 +94,8 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1), N = T * k;
     const int32_t* p2r = pair_to_row.data<int32_t>();
     check_row_map("unpermuteBackward", p2r, N, R);
+    // No work and no scratch sized by R, however many rows the shape claims.
+    if (D == 0) return UnpermuteGrads{empty(rows.dtype, {R, 0}), zeros(DType::F32, {T, k})};
     const float* w = weights.data<float>();
 
     // The pairs that read each row, in flat order (a counting sort by row), so every
@@ -111,7 +117,7 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
     UnpermuteGrads out{empty(rows.dtype, {R, D}), empty(DType::F32, {T, k})};
     F32Write drows(out.d_rows);
     float* dr = drows.data();
-    parallel_for(R, grain_for(D * 4), [&](int64_t b, int64_t end) {
+    parallel_for(R, grain_for(D, 4, 1), [&](int64_t b, int64_t end) {
       for (int64_t r = b; r < end; ++r) {
         float* o = dr + r * D;
         if (first[r] == first[r + 1]) std::fill(o, o + D, 0.0f);
@@ -129,7 +135,7 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
     drows.commit();
 
     float* dw = out.d_weights.data<float>();
-    parallel_for(N, grain_for(D * 8), [&](int64_t b, int64_t end) {
+    parallel_for(N, grain_for(D, 8, 1), [&](int64_t b, int64_t end) {
       for (int64_t i = b; i < end; ++i) dw[i] = p2r[i] < 0 ? 0.0f : dot(gp + (i / k) * D, rp + int64_t(p2r[i]) * D, D);
     });
     return out;

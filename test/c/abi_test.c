@@ -137,6 +137,52 @@ int main(void) {
   CHECK(s == MOE_ERR_NONFINITE, "NaN logits gave %s", moe_status_name(s));
   CHECK(strcmp(moe_status_name(MOE_ERR_SHAPE), "ERR_MOE_SHAPE") == 0, "status name %s", moe_status_name(MOE_ERR_SHAPE));
 
+  /* ---- sizes past the limits are refused, naming them: no wrapped counts, no crash ---- */
+  {
+    const int64_t two62 = (int64_t)1 << 62, two31 = (int64_t)1 << 31, two32 = (int64_t)1 << 32;
+    int64_t wraps[3] = {two62, 4, 0}; /* 2^64 elements: 0 in 64 bits */
+    int64_t cube[3] = {two31, two31, 4};
+    int64_t hidden[3] = {two32, 0, two32}; /* a zero dimension does not hide the others */
+    int64_t negative[2] = {-1, -4};
+    int64_t past_bytes[2] = {(int64_t)1 << 26, (int64_t)1 << 26}; /* 2^52 elements, 2^54 bytes */
+    struct {
+      int ndim;
+      const int64_t* shape;
+      const void* data;
+      const char* says;
+    } refused[] = {
+        {2, wraps, NULL, "2^53-1"},  {2, wraps, logits, "2^53-1"},        {3, cube, NULL, "2^53-1"},
+        {3, hidden, NULL, "2^53-1"}, {2, negative, NULL, "non-negative"}, {2, past_bytes, NULL, "bytes"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+      moe_tensor t = NULL;
+      s = moe_tensor_create(MOE_FLOAT32, refused[i].ndim, refused[i].shape, refused[i].data, &t);
+      CHECK(s == MOE_ERR_SHAPE, "shape %zu gave %s (%s)", i, moe_status_name(s), moe_last_error());
+      CHECK(strstr(moe_last_error(), refused[i].says) != NULL, "shape %zu: message names the limit: %s", i,
+            moe_last_error());
+      CHECK(t == NULL, "shape %zu: no tensor on failure", i);
+    }
+    /* Zero-element tensors with large dimensions are legal; a GEMM whose output multiplies them past the limit
+       is refused. */
+    int64_t xs0[2] = {(int64_t)1 << 30, 0}, ws0[3] = {1, 0, (int64_t)1 << 30}, c1[1] = {1};
+    int rows0[1] = {1 << 30};
+    moe_tensor x0 = NULL, w0 = NULL, c0 = NULL, y0 = NULL;
+    OK(moe_tensor_create(MOE_FLOAT32, 2, xs0, NULL, &x0));
+    OK(moe_tensor_create(MOE_FLOAT32, 3, ws0, NULL, &w0));
+    OK(moe_tensor_create(MOE_INT32, 1, c1, rows0, &c0));
+    s = moe_grouped_gemm(x0, w0, c0, NULL, &y0);
+    CHECK(s == MOE_ERR_VALUE && strstr(moe_last_error(), "2^53-1") != NULL, "[2^30, 0] x [1, 0, 2^30] gave %s (%s)",
+          moe_status_name(s), moe_last_error());
+    CHECK(y0 == NULL, "no GEMM output on failure");
+    moe_route_options odd = {1, (moe_score_function)7, 0, NULL, 0, 0};
+    s = moe_route(tl, &odd, NULL, NULL, NULL, NULL, NULL);
+    CHECK(s == MOE_ERR_VALUE && strstr(moe_last_error(), "7") != NULL, "score function 7 gave %s (%s)",
+          moe_status_name(s), moe_last_error());
+    moe_tensor_free(x0);
+    moe_tensor_free(w0);
+    moe_tensor_free(c0);
+  }
+
   moe_tensor all[] = {tl, tidx, tw, tcount, tx, twt, tc, ty, tneg, tnan};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) moe_tensor_free(all[i]);
   printf("%s: %d failure(s)\n", failures ? "FAIL" : "ok", failures);
