@@ -1,4 +1,5 @@
 /** The capability report: what the core found and why anything is missing. */
+import { invalid } from "./errors";
 import { loadNative, nativeFile } from "./native";
 import type { NativeInfo } from "./addon";
 import { ncclStatus } from "./comm/nccl";
@@ -19,6 +20,8 @@ export function info(): Info {
 
 /** The report as text, one backend a line. */
 export function formatInfo(i: Info = info()): string {
+  if (i === null || typeof i !== "object" || typeof i.cuda !== "object" || typeof i.blas !== "object")
+    throw invalid("the object info() returns", "info", i);
   const lines = [`moe-ep ${i.version}`, `addon: ${i.addon}`, `cpu: ${i.threads} threads`];
   if (i.blas.loaded) {
     const how = i.blas.coretypeSetByMoeEp

@@ -171,7 +171,7 @@ export class Tensor implements Disposable {
     return new Float32Array(this.handle.read("float32"));
   }
 
-  /** The elements of an integer tensor as int32. */
+  /** The elements of an integer tensor as int32 (an int64 value int32 cannot hold is ERR_MOE_VALUE, not wrapped). */
   toInt32(): Int32Array {
     this.live("toInt32()");
     if (this.dtype !== "int32" && this.dtype !== "int64") {

@@ -18,6 +18,7 @@ import {
   encodeSafetensors,
   expertParallelLayout,
   expertTensorName,
+  formatInfo,
   fromForeignConfig,
   info,
   initProcessGroup,
@@ -124,7 +125,10 @@ const opRows: Row[] = [
   ...generate(
     "ops.checkRouteOptions",
     [
-      value("op", () => "test", []),
+      value("op", () => "test", [
+        ["a number", 5, "ERR_MOE_VALUE"],
+        ["null", null, "ERR_MOE_VALUE"],
+      ]),
       value("numExperts", () => 4, [
         ["a string", "4", "ERR_MOE_VALUE"],
         ["null", null, "ERR_MOE_VALUE"],
@@ -636,6 +640,22 @@ const layerRows: Row[] = [
     ],
     (x, o) => fx.layer.forward(asT(x), o as object),
   ),
+  {
+    name: "MoELayer.create: on a destroyed process group",
+    call: () => MoELayer.create({ ...LAYER, epSize: 1 }, fx.groupGone),
+    code: "ERR_MOE_DISPOSED",
+  },
+  {
+    name: "MoELayer.create: config null",
+    call: () => MoELayer.create(null as unknown as MoELayerOptions),
+    code: "ERR_MOE_VALUE",
+  },
+  {
+    name: "formatInfo: null",
+    call: () => formatInfo(null as unknown as ReturnType<typeof info>),
+    code: "ERR_MOE_VALUE",
+  },
+  { name: "formatInfo: an empty object", call: () => formatInfo({} as ReturnType<typeof info>), code: "ERR_MOE_VALUE" },
   { name: "MoELayer.forward: x of another width", call: () => fx.layer.forward(fx.t.a23), code: "ERR_MOE_SHAPE" },
   ...generate(
     "MoELayer.backward",

@@ -27,6 +27,21 @@ describe("Tensor", () => {
     expect(Array.from(l2.toArray() as BigInt64Array)).toEqual([5n, 6n]);
   });
 
+  test("plain arrays keep every value they are allowed to hold: the int32 and int64 limits, NaN and ±Infinity", () => {
+    const i = Tensor.from([-(2 ** 31), 2 ** 31 - 1, 0], [3], { dtype: "int32" });
+    expect(Array.from(i.toInt32())).toEqual([-(2 ** 31), 2 ** 31 - 1, 0]);
+    // int64 from numbers goes through 64 bits: values beyond int32 are not wrapped.
+    const big = [2 ** 40, -(2 ** 53 - 1), 2 ** 53 - 1];
+    const l = Tensor.from(big, [3], { dtype: "int64" });
+    expect(Array.from(l.toArray() as BigInt64Array)).toEqual(big.map(BigInt));
+    const f = Tensor.from([NaN, Infinity, -Infinity, -0], [4]);
+    expect(Array.from(f.toFloat32())).toEqual([NaN, Infinity, -Infinity, -0]);
+    // Reading an int64 tensor as int32 refuses values int32 cannot hold rather than wrapping them.
+    expect(() => l.toInt32()).toThrow(expect.objectContaining({ code: "ERR_MOE_VALUE" }));
+    expect(Array.from(Tensor.from([3, -4], [2], { dtype: "int64" }).toInt32())).toEqual([3, -4]);
+    for (const t of [i, l, f]) t.dispose();
+  });
+
   test("bfloat16 writes round to nearest even and reads back as float32", () => {
     const vals = [1, 1.00390625, 1.01171875, 3.14159265, -0.1, 1e-3, 65504, 1 + 1 / 256, 1 + 3 / 256];
     const t = Tensor.from(Float64Array.from(vals), [vals.length], { dtype: "bfloat16" });

@@ -315,7 +315,10 @@ export class ProcessGroup implements Disposable {
   /** A destroyed group refuses every call with ERR_MOE_DISPOSED before its arguments are looked at. */
   private live(op: string): void {
     if (this.handle.destroyed)
-      throw new MoEError(`${op}: expected a live process group but ${this.name} was destroyed`, "ERR_MOE_DISPOSED");
+      throw new MoEError(
+        `${op}: expected a live process group but the group ${this.name} was destroyed`,
+        "ERR_MOE_DISPOSED",
+      );
   }
 
   private adopt(h: NativeProcessGroupHandle): ProcessGroup {
