@@ -118,6 +118,14 @@ describe("op outputs sized from several inputs", () => {
     expect((await ops.groupedGemm(x, w, fine)).shape).toEqual([1, 2]);
   });
 
+  test("chunkTranspose: counts [0, 2^53-1] are no chunks, done at once (not 2^53 empty loop turns)", async () => {
+    const x = Tensor.zeros([0, 4]);
+    const counts = Tensor.zeros([0, 2 ** 53 - 1], { dtype: "int32" });
+    const started = Date.now();
+    expect((await ops.chunkTranspose(x, counts)).shape).toEqual([0, 4]);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
   test("permute: numExperts · capacity of padded rows", async () => {
     const x = Tensor.zeros([4, 2]);
     const indices = Tensor.from(new Int32Array([0, 1, 2, 3]), [4, 1]);

@@ -13,6 +13,7 @@ namespace moe {
 namespace {
 
 void convert(const void* src, DType sd, void* dst, DType dd, int64_t n, const char* what) {
+  if (n == 0) return;  // an empty JS array may have no buffer at all: src is then null
   if (sd == dd) {
     std::memcpy(dst, src, size_t(n) * dtype_size(sd));
     return;

@@ -42,7 +42,8 @@ Task<Tensor> chunk_transpose(const Tensor& x, const Tensor& counts) {
     // Destination chunks in b-major order, each a contiguous copy.
     std::vector<int64_t> dst_off(static_cast<size_t>(A * B)), order(static_cast<size_t>(A * B));
     int64_t d = 0, n = 0;
-    for (int64_t b = 0; b < B; ++b)
+    // A zero in [A, B] means no chunks, however large the other dimension claims to be.
+    for (int64_t b = 0; b < (A == 0 ? 0 : B); ++b)
       for (int64_t a = 0; a < A; ++a) {
         order[size_t(n++)] = a * B + b;
         dst_off[size_t(a * B + b)] = d;

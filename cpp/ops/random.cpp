@@ -51,7 +51,8 @@ Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o) {
   check_option(op, "sliceSize", o.slice_size >= 0 && (n == 0 || n % slice == 0),
                "0 (the whole tensor) or a divisor of the element count " + std::to_string(n),
                std::to_string(o.slice_size));
-  check_option(op, "firstSlice", o.first_slice >= 0 && o.first_slice + n / slice <= kMaxSlice,
+  check_option(op, "firstSlice",
+               o.first_slice >= 0 && o.first_slice <= kMaxSlice && n / slice <= kMaxSlice - o.first_slice,
                "an integer in [0, 2^32)", std::to_string(o.first_slice));
   if (o.distribution == Distribution::Normal)
     check_option(op, "std", std::isfinite(o.a) && std::isfinite(o.b) && o.b >= 0, "a finite mean and a std >= 0",
