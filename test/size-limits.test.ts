@@ -8,7 +8,8 @@
 import { MoEError, Tensor, ops } from "../lib";
 import { reshape } from "../lib/ops/view";
 
-const LIMIT = /2\^53-1/;
+// lib refuses a dimension past 2^53 - 1 itself; the core refuses a product past it
+const LIMIT = /2\^53 ?- ?1/;
 
 function refuses(fn: () => unknown, code: string, message: RegExp): void {
   let caught: unknown;
@@ -45,7 +46,7 @@ describe("tensor creation", () => {
 
   test("the message shows the shape received", () => {
     refuses(() => Tensor.zeros([2 ** 31, 2 ** 31, 4]), "ERR_MOE_SHAPE", /\[2147483648, 2147483648, 4\]/);
-    refuses(() => Tensor.zeros([2 ** 62, 4]), "ERR_MOE_SHAPE", /4611686018427387904/);
+    refuses(() => Tensor.zeros([2 ** 62, 4]), "ERR_MOE_SHAPE", new RegExp(String(2 ** 62)));
   });
 
   test("a count within 2^53-1 whose bytes are not is refused, naming the byte limit", () => {

@@ -319,8 +319,11 @@ Task<Unit> GlooGroup::connect() {
         } catch (const std::exception&) {
           // Gloo's text here is an internal assertion (file, line, condition): it says nothing
           // the user can act on beyond what this message does. The handler below adds `op`.
-          fail(Code::Value, "could not use the address " + address + " (hostname " + describe_key(g.options_.hostname) +
-                                ") for Gloo's sockets: expected an address of this machine (or a name that " +
+          const std::string what = address == g.options_.hostname
+                                       ? describe_key(address)
+                                       : address + " (hostname " + describe_key(g.options_.hostname) + ")";
+          fail(Code::Value, "could not use the address " + what +
+                                " for Gloo's sockets: expected an address of this machine (or a name that " +
                                 "resolves to one) that a socket can bind to");
         }
         std::lock_guard<std::mutex> lock(I.mu);

@@ -258,7 +258,8 @@ export function readCheckpointIndex(dir: string): CheckpointIndex {
     file = path.join(root, INDEX_FILE);
     index = JSON.parse(fs.readFileSync(checkedFile(root, INDEX_FILE, "its index"), "utf8"));
   } catch (e) {
-    throw new MoEError(`Expected a checkpoint index at ${file} but it is not JSON`, "ERR_MOE_VALUE", { cause: e });
+    const why = e instanceof MoEError ? e.message : "it is not JSON";
+    throw new MoEError(`Expected a checkpoint index at ${file} but ${why}`, "ERR_MOE_VALUE", { cause: e });
   }
   if (!index || typeof index.weight_map !== "object" || index.weight_map === null) {
     throw new MoEError(`Expected a weight_map in ${file}`, "ERR_MOE_VALUE");
