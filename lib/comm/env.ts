@@ -33,9 +33,22 @@ function missing(name: string, why = ""): MoEError {
   );
 }
 
-function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, required: true): number;
-function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, required: false): number | undefined;
-function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, required: boolean): number | undefined {
+/** An integer environment variable in [min, max]; unset or empty is `undefined`, or an error when required. */
+export function intVar(env: NodeJS.ProcessEnv, name: string, min: number, max: number, required: true): number;
+export function intVar(
+  env: NodeJS.ProcessEnv,
+  name: string,
+  min: number,
+  max: number,
+  required: false,
+): number | undefined;
+export function intVar(
+  env: NodeJS.ProcessEnv,
+  name: string,
+  min: number,
+  max: number,
+  required: boolean,
+): number | undefined {
   const text = env[name];
   if (text === undefined || text === "") {
     if (required) throw missing(name);

@@ -14,6 +14,7 @@ import "../polyfill";
 import type { NativeStoreHandle } from "../addon";
 import { MoEError, checkInteger, invalid, orDefault } from "../errors";
 import { loadNative } from "../native";
+import { intVar } from "./env";
 
 export type { NativeStoreHandle };
 
@@ -48,13 +49,8 @@ export const STORE_LIMITS = {
 
 /** MOE_EP_STORE_MAX_BYTES when set, else the default. */
 function defaultMaxBytes(): number {
-  const text = process.env.MOE_EP_STORE_MAX_BYTES;
-  if (text === undefined || text === "") return STORE_LIMITS.maxBytes;
-  const value = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(value) || value < STORE_LIMITS.minMaxBytes) {
-    throw invalid(`an integer >= ${STORE_LIMITS.minMaxBytes}`, "the environment variable MOE_EP_STORE_MAX_BYTES", text);
-  }
-  return value;
+  const max = Number.MAX_SAFE_INTEGER;
+  return intVar(process.env, "MOE_EP_STORE_MAX_BYTES", STORE_LIMITS.minMaxBytes, max, false) ?? STORE_LIMITS.maxBytes;
 }
 
 function checkKey(key: unknown, name = "key"): string {
