@@ -6,17 +6,42 @@ export type { DType, DeviceName, HostArray, TensorOptions, MemoryStats, MemorySt
 export { info, formatInfo } from "./info";
 export type { Info } from "./info";
 export * as ops from "./ops";
+// The ops' union types and option interfaces, also at the root (values stay under `ops`).
+export { ACTIVATION_KINDS } from "./ops/activation";
+export type { ActivationKind } from "./ops/activation";
+export { SCORE_FUNCTIONS } from "./ops/route";
+export type { ScoreFunction, RouteOptions, RouteResult, RouteBackwardOptions, ChoiceOptions } from "./ops/route";
+export { DROP_POLICIES } from "./ops/permute";
+export type { DropPolicy, PermuteOptions, Permuted, UnpermuteGrads } from "./ops/permute";
+export type { Distribution, RandomStreamOptions, FillRandomOptions, JitterOptions } from "./ops/random";
+export type {
+  GroupedGemmOptions,
+  GroupedGemmBackwardOptions,
+  GroupedGemmGrads,
+  GroupedGemmShape,
+} from "./ops/grouped-gemm";
+export type { AxpbyOptions } from "./ops/elementwise";
+export type { AdamWStepOptions } from "./ops/adamw";
+export type { GateGrads } from "./ops/gate";
 export { MoELayer } from "./layer/moe-layer";
 export type { MoEForwardResult, MoEForwardOptions, MoEBackwardOptions } from "./layer/moe-layer";
 export type { ParameterEntry, BufferEntry } from "./layer/parameters";
 export type { MoEStats } from "./layer/router";
 export { STAGES } from "./layer/stage-clock";
 export type { Stage, StageTimes } from "./layer/stage-clock";
-export { resolveConfig, fromForeignConfig } from "./layer/config";
+export { resolveConfig, PARAM_DTYPES } from "./layer/config";
 export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
-export type { CollectiveGroup, SplittableGroup, LayerGroups } from "./layer/group";
+export { parseForeignConfig } from "./layer/foreign-config";
+export type {
+  ForeignConfig,
+  ForeignConfigContext,
+  IgnoredConfigKey,
+  ParsedForeignConfig,
+} from "./layer/foreign-config";
+export type { CollectiveGroup, SplittableGroup, LayerGroups, MoELayerGroup } from "./layer/group";
 export { AdamW } from "./optim/adamw";
 export type { AdamWOptions, AdamWState, OptimizerParam } from "./optim/adamw";
+export type { OptimizerConfig } from "./optim/adamw-config";
 export { clipGradNorm } from "./optim/clip";
 export type { ClipParam } from "./optim/clip";
 export {

@@ -1,17 +1,19 @@
 /**
  * The MoE layer's configuration: the native TypeScript options, their
- * validation and defaults (Megatron-Core's where it has one), and the
- * translation of Megatron-Core / DeepSpeed shaped config objects
- * ({ hidden_size, moe: { num_experts, top_k, ... } }) into them.
+ * validation and defaults (Megatron-Core's where it has one). Megatron-Core /
+ * DeepSpeed shaped config objects are translated into these options by
+ * ./foreign-config.ts (MoELayer.fromForeignConfig), never taken here.
  */
 import { MoEError, checkInteger, checkNumber, checkOneOf, invalid, orDefault } from "../errors";
 import { ACTIVATION_KINDS, type ActivationKind } from "../ops/activation";
 import { DROP_POLICIES, type DropPolicy } from "../ops/permute";
 import { SCORE_FUNCTIONS, checkRouteOptions, type ScoreFunction } from "../ops/route";
 import type { DeviceName } from "../tensor";
+import { nearest } from "../suggest";
+import { nativeOptionOf } from "./foreign-keys";
 
 export type ParamDType = "float32" | "bfloat16" | "float16";
-const PARAM_DTYPES: readonly ParamDType[] = ["float32", "bfloat16", "float16"];
+export const PARAM_DTYPES: readonly ParamDType[] = ["float32", "bfloat16", "float16"];
 
 export interface MoELayerOptions {
   /** Model width D. */
@@ -24,6 +26,8 @@ export interface MoELayerOptions {
   topK?: number;
   /** EP ranks the experts are sharded over; must divide numExperts and the world size (default 1). */
   epSize?: number;
+  /** Expert tensor parallelism: ranks each expert's FFN is split over (default 1). */
+  etpSize?: number;
   /** Router scores (default "softmax"). */
   scoreFunction?: ScoreFunction;
   /** Renormalise the k weights of a token to sum to 1 (default: topK > 1). */
@@ -75,6 +79,7 @@ export interface ResolvedMoEConfig {
   numExperts: number;
   topK: number;
   epSize: number;
+  etpSize: number;
   scoreFunction: ScoreFunction;
   renormalize: boolean;
   expertBias: boolean;
@@ -104,6 +109,7 @@ const NATIVE_KEYS = new Set<string>([
   "numExperts",
   "topK",
   "epSize",
+  "etpSize",
   "scoreFunction",
   "renormalize",
   "expertBias",
@@ -142,18 +148,29 @@ function nameOf(v: unknown): string {
   return v;
 }
 
+/**
+ * An unknown native option, with the option it most likely means: for a snake_case key the
+ * camelCase option it translates to ("top_k" → "topK", "hidden_size" → "dModel"), otherwise the
+ * nearest option by edit distance ("numExpert" → "numExperts").
+ */
+function unknownOption(key: string): MoEError {
+  const camel = key.replace(/_+([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  const snake = key.includes("_");
+  const translated = snake ? (nativeOptionOf(key) ?? (NATIVE_KEYS.has(camel) ? camel : undefined)) : undefined;
+  const guess = translated ?? nearest(key, NATIVE_KEYS);
+  return new MoEError(
+    `Expected MoELayer options among ${[...NATIVE_KEYS].join(", ")} but received the unknown option "${key}"` +
+      (guess ? ` (did you mean "${guess}"?)` : "") +
+      (snake ? "; a Megatron-Core or DeepSpeed config (snake_case keys) goes through MoELayer.fromForeignConfig" : ""),
+    "ERR_MOE_VALUE",
+  );
+}
+
 /** Validates the native options (unknown keys included) and fills in the defaults. */
 export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
   if (options === null || typeof options !== "object" || Array.isArray(options))
     throw invalid("an options object", "MoELayer config", options);
-  for (const key of Object.keys(options)) {
-    if (!NATIVE_KEYS.has(key)) {
-      throw new MoEError(
-        `Expected MoELayer options among ${[...NATIVE_KEYS].join(", ")} but received the unknown option "${key}"`,
-        "ERR_MOE_VALUE",
-      );
-    }
-  }
+  for (const key of Object.keys(options)) if (!NATIVE_KEYS.has(key)) throw unknownOption(key);
   const o = options as MoELayerOptions;
   const dModel = checkInteger("dModel", o.dModel, 1);
   const dFF = checkInteger("dFF", o.dFF, 1);
@@ -163,6 +180,7 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
   if (numExperts % epSize !== 0) {
     throw new MoEError(`Expected epSize to divide numExperts (${numExperts}) but received ${epSize}`, "ERR_MOE_VALUE");
   }
+  const etpSize = checkInteger("etpSize", orDefault(o.etpSize, 1), 1);
   const scoreFunction =
     o.scoreFunction === undefined ? "softmax" : checkOneOf("scoreFunction", o.scoreFunction, SCORE_FUNCTIONS);
   const { numGroups, topkGroups } = o;
@@ -188,6 +206,7 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     numExperts,
     topK,
     epSize,
+    etpSize,
     scoreFunction,
     renormalize: bool("renormalize", o.renormalize, topK > 1),
     expertBias: bool("expertBias", o.expertBias, false),
@@ -220,142 +239,4 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     ),
     name: nameOf(o.name),
   };
-}
-
-// ---------------------------------------------------------------------------
-// Megatron-Core / DeepSpeed shaped configs
-
-type Dict = Record<string, unknown>;
-
-/** Whether a config object is Megatron / DeepSpeed shaped (snake_case keys or a `moe` section). */
-export function isForeignConfig(c: unknown): boolean {
-  if (c === null || typeof c !== "object" || Array.isArray(c)) return false;
-  const keys = Object.keys(c as Dict);
-  return keys.includes("moe") || keys.some((k) => k.includes("_")) || keys.includes("k");
-}
-
-/** The first key of `names` present in one of the dicts (section first), with the key it came from. */
-function pick(dicts: Dict[], names: string[]): { key: string; value: unknown } | undefined {
-  for (const d of dicts) for (const n of names) if (d[n] !== undefined) return { key: n, value: d[n] };
-  return undefined;
-}
-
-/**
- * Translates a Megatron-Core / DeepSpeed shaped config into MoELayerOptions. Keys are read from
- * its `moe` section first, then from the top level, with or without Megatron's `moe_` prefix:
- * hidden_size; ffn_hidden_size / moe_ffn_hidden_size; num_experts; top_k / k / router_topk;
- * expert_parallel_size / ep_size; capacity_factor; token_drop_policy ("probs" | "position", or
- * "dropless"); drop_tokens (false: dropless); pad_expert_input_to_capacity; load_balancing_loss_coef
- * / aux_loss_coeff; z_loss_coeff; router ("softmax" | "sigmoid") / router_score_function;
- * router_topk_renormalize; router_num_groups / router_group_topk; router_enable_expert_bias /
- * router_bias_update_rate; input_jitter_eps (or noisy_gate_policy "Jitter": ε 1e-2);
- * activation ("relu" | "gelu" | "silu" | "swiglu" | "geglu", or gated_linear_unit with it);
- * add_bias_linear; shared_expert_intermediate_size; bf16 / fp16 / params_dtype; seed;
- * init_method_std. Other keys (optimizer, data parallel size, ...) are left to their owners.
- */
-export function fromForeignConfig(config: Dict): MoELayerOptions {
-  if (config === null || typeof config !== "object" || Array.isArray(config))
-    throw invalid("a config object", "config", config);
-  const moe = config.moe;
-  if (moe !== undefined && (moe === null || typeof moe !== "object" || Array.isArray(moe)))
-    throw invalid("an object", "moe", moe);
-  const dicts = moe ? [moe as Dict, config] : [config];
-  const get = (...names: string[]) => {
-    const withPrefix = names.flatMap((n) => [n, `moe_${n}`]);
-    return pick(dicts, withPrefix);
-  };
-  const value = (...names: string[]) => get(...names)?.value;
-  const num = (name: string, ...names: string[]) => {
-    const p = get(name, ...names);
-    if (p === undefined) return undefined;
-    if (typeof p.value !== "number") throw invalid("a number", p.key, p.value);
-    return p.value;
-  };
-  const out: MoELayerOptions = {
-    dModel: num("hidden_size") as number,
-    dFF: (num("ffn_hidden_size", "intermediate_size") ?? num("hidden_size")! * 4) as number,
-    numExperts: num("num_experts", "num_local_experts") as number,
-  };
-  if (out.dModel === undefined) throw new MoEError("Expected hidden_size in the config", "ERR_MOE_VALUE");
-  if (out.numExperts === undefined)
-    throw new MoEError("Expected num_experts in the config (or moe.num_experts)", "ERR_MOE_VALUE");
-  const topK = num("top_k", "k", "router_topk", "num_experts_per_tok");
-  if (topK !== undefined) out.topK = topK;
-  const ep = num("expert_parallel_size", "expert_model_parallel_size", "ep_size");
-  if (ep !== undefined) out.epSize = ep;
-
-  const policy = get("token_drop_policy");
-  const dropTokens = get("drop_tokens");
-  const cf = num("capacity_factor", "expert_capacity_factor");
-  let dropless = cf === undefined || cf === null;
-  if (policy !== undefined) {
-    const p = checkOneOf(policy.key, policy.value, ["probs", "position", "dropless", "capacity"] as const);
-    if (p === "dropless") dropless = true;
-    else if (p !== "capacity") out.dropPolicy = p;
-  }
-  if (dropTokens !== undefined && bool(dropTokens.key, dropTokens.value, true) === false) dropless = true;
-  if (!dropless) out.capacityFactor = cf;
-  const pad = get("pad_expert_input_to_capacity");
-  if (pad !== undefined) out.padToCapacity = bool(pad.key, pad.value, false);
-
-  const aux = num("load_balancing_loss_coef", "aux_loss_coeff", "aux_loss_coef", "router_aux_loss_coef");
-  if (aux !== undefined) out.auxLossCoef = aux;
-  const z = num("z_loss_coeff", "z_loss_coef", "router_z_loss_coef");
-  if (z !== undefined) out.zLossCoef = z;
-  const score = value("router", "router_score_function", "score_function", "scoring_func");
-  if (score !== undefined) out.scoreFunction = checkOneOf("router", score, SCORE_FUNCTIONS);
-  const renorm = get("router_topk_renormalize", "norm_topk_prob");
-  if (renorm !== undefined) out.renormalize = bool(renorm.key, renorm.value, true);
-  const groups = num("router_num_groups", "n_group");
-  const groupTopk = num("router_group_topk", "topk_group");
-  if (groups !== undefined) out.numGroups = groups;
-  if (groupTopk !== undefined) out.topkGroups = groupTopk;
-  const bias = get("router_enable_expert_bias");
-  if (bias !== undefined) out.expertBias = bool(bias.key, bias.value, false);
-  const rate = num("router_bias_update_rate");
-  if (rate !== undefined) out.expertBiasUpdateRate = rate;
-  const jitter = num("input_jitter_eps");
-  if (jitter !== undefined) out.jitter = jitter;
-  else if (value("noisy_gate_policy") === "Jitter") out.jitter = 1e-2;
-
-  const act = value("activation", "activation_func", "hidden_act");
-  const gated = get("gated_linear_unit");
-  if (act !== undefined) {
-    const a = checkOneOf("activation", act, ACTIVATION_KINDS);
-    out.activation = gated && gated.value === true ? (a === "gelu" ? "geglu" : a === "silu" ? "swiglu" : a) : a;
-  } else if (gated && gated.value === true) {
-    out.activation = "swiglu";
-  }
-  const addBias = get("add_bias_linear");
-  if (addBias !== undefined) out.bias = bool(addBias.key, addBias.value, false);
-  const shared = num("shared_expert_intermediate_size");
-  if (shared !== undefined) out.sharedExpertFF = shared;
-
-  const dt = value("params_dtype", "dtype");
-  if (value("bf16") === true) out.dtype = "bfloat16";
-  else if (value("fp16") === true) out.dtype = "float16";
-  else if (dt !== undefined) {
-    const names: Record<string, ParamDType> = {
-      bf16: "bfloat16",
-      bfloat16: "bfloat16",
-      fp16: "float16",
-      float16: "float16",
-      fp32: "float32",
-      float32: "float32",
-    };
-    const d = typeof dt === "string" ? names[dt] : undefined;
-    if (!d) throw invalid("one of bf16, fp16, fp32 (or bfloat16, float16, float32)", "params_dtype", dt);
-    out.dtype = d;
-  }
-  const seed = num("seed");
-  if (seed !== undefined) out.seed = seed;
-  const std = num("init_method_std", "initializer_range");
-  if (std !== undefined) out.initStd = std;
-  return out;
-}
-
-/** Native options as they are, or a Megatron / DeepSpeed shaped config translated; then validated. */
-export function configOf(config: MoELayerOptions | Record<string, unknown>): ResolvedMoEConfig {
-  if (isForeignConfig(config)) return resolveConfig(fromForeignConfig(config as Dict));
-  return resolveConfig(config as MoELayerOptions);
 }

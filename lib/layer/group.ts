@@ -46,6 +46,9 @@ export interface LayerGroups {
   expertDataParallel: CollectiveGroup;
 }
 
+/** What a layer is built on: a world group (a ProcessGroup, say) or the three groups ready-made. */
+export type MoELayerGroup = CollectiveGroup | SplittableGroup | LayerGroups;
+
 /** A group of one rank: every collective is the identity (used when no group is given). */
 export class SingleRankGroup implements CollectiveGroup {
   readonly rank = 0;

@@ -20,11 +20,12 @@ import { addInPlace, add } from "../ops/elementwise";
 import { permute, permuteBackward, unpermute, unpermuteBackward } from "../ops/permute";
 import { reshape } from "../ops/view";
 import { Tensor } from "../tensor";
-import { configOf, type MoELayerOptions, type ResolvedMoEConfig } from "./config";
+import { resolveConfig, type MoELayerOptions, type ResolvedMoEConfig } from "./config";
+import { parseForeignConfig, type ForeignConfig, type IgnoredConfigKey } from "./foreign-config";
 import { checkDeviceSupport } from "./device-support";
 import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher";
 import { ffnBackward, ffnForward, type FFNSaved } from "./experts";
-import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroups } from "./group";
+import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroups, type MoELayerGroup } from "./group";
 import {
   ffnGradients,
   ffnWeights,
@@ -120,14 +121,26 @@ export class MoELayer {
   private readonly contextOf = new WeakMap<MoEForwardResult, Context>();
   private disposed = false;
 
+  /** What MoELayer.fromForeignConfig reported and did not apply (empty for native options). */
+  private ignoredKeys: readonly IgnoredConfigKey[] = [];
+
   /**
-   * config: the native options, or a Megatron-Core / DeepSpeed shaped config object (see
-   * fromForeignConfig). group: the world ProcessGroup (split into EP and expert-data-parallel
-   * groups for epSize), or { world, ep, expertDataParallel }, or nothing for one process.
+   * options: the native options (a Megatron-Core / DeepSpeed shaped config goes through
+   * MoELayer.fromForeignConfig). group: the world ProcessGroup (split into EP and
+   * expert-data-parallel groups for epSize), or { world, ep, expertDataParallel }, or nothing for
+   * one process.
    */
-  constructor(config: MoELayerOptions | Record<string, unknown>, group?: unknown) {
-    const c = configOf(config);
+  constructor(options: MoELayerOptions, group?: MoELayerGroup) {
+    const c = resolveConfig(options);
     this.config = c;
+    // Expert tensor parallelism (etpSize > 1) is not implemented by this layer.
+    if (c.etpSize > 1) {
+      throw new MoEError(
+        `Expected etpSize 1 but received ${c.etpSize}: expert tensor parallelism is not supported by this layer ` +
+          `(with a foreign config, expert_tensor_parallel_size or else tensor_parallel_size sets it)`,
+        "ERR_MOE_VALUE",
+      );
+    }
     checkDeviceSupport(c, group);
     const world = worldOf(group);
     const layout = layoutOf(world.rank, world.size, c.epSize);
@@ -145,14 +158,37 @@ export class MoELayer {
     this.ready.catch(() => undefined);
   }
 
+  /** The same as `new MoELayer(options, group)`: the native camelCase options. */
+  static fromConfig(options: MoELayerOptions, group?: MoELayerGroup): MoELayer {
+    return new MoELayer(options, group);
+  }
+
+  /**
+   * A layer from a Megatron-Core / DeepSpeed shaped config, read completely (parseForeignConfig,
+   * docs/config.md): the parallel sizes are checked against the group's world size, keys owned
+   * by something else are listed in `ignoredConfigKeys`, anything else not supported is an
+   * ERR_MOE_VALUE naming it. Await `ready` (or use the layer's methods, which do).
+   */
+  static fromForeignConfig(config: ForeignConfig, group?: MoELayerGroup): MoELayer {
+    const parsed = parseForeignConfig(config, { worldSize: worldOf(group).size });
+    const layer = new MoELayer(parsed.options, group);
+    layer.ignoredKeys = Object.freeze(parsed.ignored.map((k) => Object.freeze({ ...k })));
+    return layer;
+  }
+
   /** Builds a layer and waits until it is ready. */
-  static async create(config: MoELayerOptions | Record<string, unknown>, group?: unknown): Promise<MoELayer> {
-    const layer = new MoELayer(config, group);
+  static async create(options: MoELayerOptions, group?: MoELayerGroup): Promise<MoELayer> {
+    const layer = new MoELayer(options, group);
     await layer.ready;
     return layer;
   }
 
-  private async setUp(group: unknown): Promise<void> {
+  /** The keys of the foreign config this layer was built from that it reported and did not apply, with why. */
+  get ignoredConfigKeys(): readonly IgnoredConfigKey[] {
+    return this.ignoredKeys;
+  }
+
+  private async setUp(group: MoELayerGroup | undefined): Promise<void> {
     // The split starts now, in construction order (see resolveGroups), beside the initialisation.
     const [, groups] = await Promise.all([this.params.initialised, resolveGroups(group, this.config.epSize)]);
     this.groups = groups;

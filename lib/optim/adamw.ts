@@ -7,6 +7,7 @@ import { MoEError, checkInteger, checkNumber, invalid, orDefault } from "../erro
 import { adamw } from "../ops/adamw";
 import { zeroInPlace } from "../ops/elementwise";
 import { Tensor } from "../tensor";
+import { adamwOptionsFromConfig } from "./adamw-config";
 
 /** What the optimizer needs of a parameter (MoELayer.parameters() gives these). */
 export interface OptimizerParam {
@@ -71,6 +72,15 @@ export class AdamW {
       nonNegative,
       "a finite number >= 0",
     );
+  }
+
+  /**
+   * An AdamW from the `optimizer` section of a DeepSpeed shaped config ({ type: "AdamW", params:
+   * { lr, betas, eps, weight_decay } }, DeepSpeed's defaults: lr 1e-3, weight_decay 0); other
+   * optimizer types and unknown params are an ERR_MOE_VALUE naming them (docs/config.md).
+   */
+  static fromConfig(params: Iterable<OptimizerParam>, config: Readonly<Record<string, unknown>>): AdamW {
+    return new AdamW(params, adamwOptionsFromConfig(config));
   }
 
   /** The moments of a parameter (created zero on first use). */
