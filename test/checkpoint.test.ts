@@ -16,6 +16,7 @@ import {
   loadCheckpoint,
   saveCheckpoint,
   shardFileName,
+  type MoELayerGroup,
 } from "../lib";
 import type { MoELayerOptions } from "../lib/layer/config";
 import { fakeWorld } from "./fake-group";
@@ -70,7 +71,7 @@ const options: MoELayerOptions = {
   activation: "swiglu",
 };
 
-async function trained(opts: MoELayerOptions, group?: unknown): Promise<{ layer: MoELayer; opt: AdamW }> {
+async function trained(opts: MoELayerOptions, group?: MoELayerGroup): Promise<{ layer: MoELayer; opt: AdamW }> {
   const layer = await MoELayer.create(opts, group);
   await randomizeBiases(layer, 5);
   const opt = new AdamW(layer.parameters(), { lr: 1e-2 });

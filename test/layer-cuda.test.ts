@@ -11,7 +11,7 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { MoELayer, Tensor } from "../lib";
+import { MoELayer, Tensor, type MoELayerGroup } from "../lib";
 import { initProcessGroup, ncclStatus } from "../lib/comm";
 import type { MoELayerOptions } from "../lib/layer/config";
 import { add, axpby, sumSquares } from "../lib/ops/elementwise";
@@ -197,7 +197,7 @@ const layerOptions: MoELayerOptions = {
   device: "cuda:0",
 };
 
-async function layerParity(group?: unknown): Promise<void> {
+async function layerParity(group?: MoELayerGroup): Promise<void> {
   const layer = await MoELayer.create(layerOptions, group);
   try {
     const params: MoERefParams = readParams(layer);
@@ -273,12 +273,12 @@ describe("MoELayer on CUDA", () => {
         expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringMatching(message) }),
       );
     }
-    const gloo = { rank: 0, size: 1, backend: "gloo", allToAllV: () => undefined, allReduce: () => undefined };
-    expect(() => new MoELayer(layerOptions, gloo)).toThrow(
+    const gloo = { rank: 0, size: 1, backend: "gloo", allToAllV: async () => undefined, allReduce: async () => undefined };
+    expect(() => new MoELayer(layerOptions, gloo as unknown as MoELayerGroup)).toThrow(
       expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringMatching(/"nccl" process group/) }),
     );
     const ncclLike = { ...gloo, backend: "nccl" };
-    expect(() => new MoELayer({ ...layerOptions, device: "cpu" }, ncclLike)).toThrow(
+    expect(() => new MoELayer({ ...layerOptions, device: "cpu" }, ncclLike as unknown as MoELayerGroup)).toThrow(
       expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED" }),
     );
   });

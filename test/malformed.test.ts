@@ -19,7 +19,6 @@ import {
   expertParallelLayout,
   expertTensorName,
   formatInfo,
-  fromForeignConfig,
   info,
   initProcessGroup,
   launch,
@@ -38,6 +37,8 @@ import {
   saveCheckpoint,
   scope,
   shardFileName,
+  parseForeignConfig,
+  type MoELayerGroup,
   type MoELayerOptions,
 } from "../lib";
 import { parse as parseLaunchArgs } from "../lib/launch/args";
@@ -567,6 +568,7 @@ const layerRows: Row[] = [
         { key: "numExperts", type: "int", min: 1, required: true },
         { key: "topK", type: "int", min: 1 },
         { key: "epSize", type: "int", min: 1 },
+        { key: "etpSize", type: "int", min: 1 },
         { key: "scoreFunction", type: "oneOf" },
         { key: "renormalize", type: "bool" },
         { key: "expertBias", type: "bool" },
@@ -615,10 +617,10 @@ const layerRows: Row[] = [
     call: () => new MoELayer({ ...LAYER, name: "a b" }),
     code: "ERR_MOE_VALUE",
   },
-  { name: "new MoELayer: a group that is a number", call: () => new MoELayer(LAYER, 5), code: "ERR_MOE_VALUE" },
+  { name: "new MoELayer: a group that is a number", call: () => new MoELayer(LAYER, 5 as unknown as MoELayerGroup), code: "ERR_MOE_VALUE" },
   {
     name: "new MoELayer: a group without collectives",
-    call: () => new MoELayer(LAYER, { rank: 0, size: 1 }),
+    call: () => new MoELayer(LAYER, { rank: 0, size: 1 } as unknown as MoELayerGroup),
     code: "ERR_MOE_VALUE",
   },
   {
@@ -798,29 +800,29 @@ const layerRows: Row[] = [
   },
   { name: "resolveConfig: null", call: () => resolveConfig(null as unknown as MoELayerOptions), code: "ERR_MOE_VALUE" },
   {
-    name: "fromForeignConfig: null",
-    call: () => fromForeignConfig(null as unknown as object as Record<string, unknown>),
+    name: "parseForeignConfig: null",
+    call: () => parseForeignConfig(null as unknown as object as Record<string, unknown>),
     code: "ERR_MOE_VALUE",
   },
   {
-    name: "fromForeignConfig: a number",
-    call: () => fromForeignConfig(5 as unknown as Record<string, unknown>),
+    name: "parseForeignConfig: a number",
+    call: () => parseForeignConfig(5 as unknown as Record<string, unknown>),
     code: "ERR_MOE_VALUE",
   },
-  { name: "fromForeignConfig: moe not an object", call: () => fromForeignConfig({ moe: 5 }), code: "ERR_MOE_VALUE" },
+  { name: "parseForeignConfig: moe not an object", call: () => parseForeignConfig({ moe: 5 }), code: "ERR_MOE_VALUE" },
   {
-    name: "fromForeignConfig: hidden_size a string",
-    call: () => fromForeignConfig({ hidden_size: "8" }),
-    code: "ERR_MOE_VALUE",
-  },
-  {
-    name: "fromForeignConfig: no num_experts",
-    call: () => fromForeignConfig({ hidden_size: 8 }),
+    name: "parseForeignConfig: hidden_size a string",
+    call: () => parseForeignConfig({ hidden_size: "8" }),
     code: "ERR_MOE_VALUE",
   },
   {
-    name: "fromForeignConfig: an unknown params_dtype",
-    call: () => fromForeignConfig({ hidden_size: 8, num_experts: 4, params_dtype: "fp64" }),
+    name: "parseForeignConfig: no num_experts",
+    call: () => parseForeignConfig({ hidden_size: 8 }),
+    code: "ERR_MOE_VALUE",
+  },
+  {
+    name: "parseForeignConfig: an unknown params_dtype",
+    call: () => parseForeignConfig({ hidden_size: 8, num_experts: 4, params_dtype: "fp64" }),
     code: "ERR_MOE_VALUE",
   },
 ];

@@ -6,7 +6,8 @@
  * and 4 over an in-process world; finite differences; bitwise repeatability;
  * empty inputs and idle experts; modes; training pieces; errors; leaks.
  */
-import { AdamW, MoELayer, Tensor, clipGradNorm, fromForeignConfig, ops, resolveConfig } from "../lib";
+import { AdamW, MoELayer, Tensor, clipGradNorm, ops, parseForeignConfig, resolveConfig } from "../lib";
+import type { ForeignConfig } from "../lib";
 import type { MoELayerOptions } from "../lib/layer/config";
 import { fakeWorld } from "./fake-group";
 import { parityConfigs, randomizeBiases, readParams, refConfig, shortName } from "./layer-helpers";
@@ -668,14 +669,14 @@ describe("configuration", () => {
   });
 
   test("the founding configs translate as written: DeepSpeed's MoE(hidden_size=1024, num_experts=8, ep_size=2, k=1) and the bf16 64-expert training config", () => {
-    const ds = fromForeignConfig({
+    const ds = parseForeignConfig({
       hidden_size: 1024,
       ffn_hidden_size: 4096,
       num_experts: 8,
       ep_size: 2,
       k: 1,
       activation: "relu",
-    });
+    }).options;
     expect(resolveConfig(ds)).toMatchObject({
       dModel: 1024,
       dFF: 4096,
@@ -701,7 +702,7 @@ describe("configuration", () => {
         expert_parallel_size: 4,
       },
     };
-    expect(resolveConfig(fromForeignConfig(founding))).toMatchObject({
+    expect(resolveConfig(parseForeignConfig(founding).options)).toMatchObject({
       dtype: "bfloat16",
       numExperts: 64,
       topK: 2,
@@ -711,9 +712,12 @@ describe("configuration", () => {
       dropPolicy: "probs",
       epSize: 4,
     });
-    const dropless = fromForeignConfig({ ...founding, moe: { ...founding.moe, token_drop_policy: "dropless" } });
+    const dropless = parseForeignConfig({
+      ...founding,
+      moe: { ...founding.moe, capacity_factor: undefined, token_drop_policy: "dropless" },
+    }).options;
     expect(dropless.capacityFactor).toBeUndefined();
-    const megatron = fromForeignConfig({
+    const megatron = parseForeignConfig({
       hidden_size: 64,
       moe_ffn_hidden_size: 128,
       num_moe_experts: undefined,
@@ -731,7 +735,7 @@ describe("configuration", () => {
       gated_linear_unit: true,
       activation_func: "silu",
       add_bias_linear: false,
-    });
+    }).options;
     expect(resolveConfig(megatron)).toMatchObject({
       dFF: 128,
       scoreFunction: "sigmoid",
@@ -747,7 +751,7 @@ describe("configuration", () => {
   });
 
   test("a Megatron-shaped config builds a layer as it is", async () => {
-    const layer = await MoELayer.create({
+    const layer = MoELayer.fromForeignConfig({
       hidden_size: 8,
       ffn_hidden_size: 16,
       moe: {
@@ -759,6 +763,7 @@ describe("configuration", () => {
         token_drop_policy: "position",
       },
     });
+    await layer.ready;
     expect(layer.config).toMatchObject({
       dModel: 8,
       dFF: 16,
@@ -786,10 +791,17 @@ describe("configuration", () => {
     [{ dModel: 8, dFF: 8, numExperts: 8, jitter: 1 }, /jitter/],
     [{ dModel: 8, dFF: 8, numExperts: 8, dtype: "int32" }, /dtype/],
     [{ dModel: 8, dFF: 8, numExperts: 8, epSize: 2 }, /epSize \(2\) to divide the world size \(1\)/],
-    [{ hidden_size: 8, moe: { num_experts: 4, router: "tanh" } }, /router/],
-    [{ hidden_size: 8, moe: { top_k: 2 } }, /num_experts/],
-  ] as Array<[Record<string, unknown>, RegExp]>)("%j is an ERR_MOE_VALUE naming the problem", (cfg, message) => {
+  ] as Array<[MoELayerOptions, RegExp]>)("%j is an ERR_MOE_VALUE naming the problem", (cfg, message) => {
     expect(() => new MoELayer(cfg)).toThrow(
+      expect.objectContaining({ code: "ERR_MOE_VALUE", message: expect.stringMatching(message) }),
+    );
+  });
+
+  test.each([
+    [{ hidden_size: 8, moe: { num_experts: 4, router: "tanh" } }, /moe\.router/],
+    [{ hidden_size: 8, moe: { top_k: 2 } }, /num_experts/],
+  ] as Array<[ForeignConfig, RegExp]>)("foreign %j is an ERR_MOE_VALUE naming the problem", (cfg, message) => {
+    expect(() => MoELayer.fromForeignConfig(cfg)).toThrow(
       expect.objectContaining({ code: "ERR_MOE_VALUE", message: expect.stringMatching(message) }),
     );
   });

@@ -60,8 +60,7 @@ interface Entry {
   value: unknown;
 }
 
-const isObject = (v: unknown): v is Record<string, unknown> =>
-  v !== null && typeof v === "object" && !Array.isArray(v);
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
 
 function show(v: unknown): string {
   return typeof v === "string" ? `"${v}"` : (JSON.stringify(v) ?? String(v));
@@ -110,7 +109,9 @@ function suggestions(): Map<string, string> {
 
 function suggest(name: string, known: Map<string, string>): string {
   const n = nearest(name, known.keys());
-  return n === undefined ? "" : ` (did you mean "${known.get(n)}"?)`;
+  if (n === undefined) return "";
+  const canonical = known.get(n)!;
+  return n === canonical ? ` (did you mean "${n}"?)` : ` (did you mean "${n}", or "${canonical}"?)`;
 }
 
 /**
@@ -140,7 +141,12 @@ function classify(entries: Entry[]): IgnoredConfigKey[] {
       continue;
     }
     const names = precision
-      ? new Map([...PRECISION_READ, ...Object.keys(PRECISION_IGNORED), ...Object.keys(PRECISION_UNSUPPORTED)].map((n) => [n, n]))
+      ? new Map(
+          [...PRECISION_READ, ...Object.keys(PRECISION_IGNORED), ...Object.keys(PRECISION_UNSUPPORTED)].map((n) => [
+            n,
+            n,
+          ]),
+        )
       : known;
     problems.push(`${e.path} is not a key this layer knows${suggest(e.name, names)}`);
   }
@@ -386,7 +392,8 @@ export function parseForeignConfig(config: ForeignConfig, context: ForeignConfig
 
   const enabled = r.get("enabled");
   if (enabled !== undefined) {
-    if (enabled.value !== true) throw invalid("true (the config asks for no MoE layer otherwise)", enabled.path, enabled.value);
+    if (enabled.value !== true)
+      throw invalid("true (the config asks for no MoE layer otherwise)", enabled.path, enabled.value);
     ignored.push({ key: enabled.path, reason: "the model's switch for MoE layers: building this layer answers it" });
   }
   const dModel = r.num("dModel");

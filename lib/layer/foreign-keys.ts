@@ -50,7 +50,13 @@ export const READ = {
   dropTokens: { names: ["drop_tokens"], sections: MOE },
   padToCapacity: { names: ["moe_pad_expert_input_to_capacity", "pad_expert_input_to_capacity"], sections: MOE },
   auxLossCoef: {
-    names: ["moe_aux_loss_coeff", "aux_loss_coeff", "load_balancing_loss_coef", "aux_loss_coef", "router_aux_loss_coef"],
+    names: [
+      "moe_aux_loss_coeff",
+      "aux_loss_coeff",
+      "load_balancing_loss_coef",
+      "aux_loss_coef",
+      "router_aux_loss_coef",
+    ],
     sections: MOE,
   },
   loadBalancingType: { names: ["moe_router_load_balancing_type"], sections: MOE },
@@ -202,7 +208,10 @@ export const UNSUPPORTED: Readonly<Record<string, UnsupportedKey>> = {
   context_parallel_size: { accepts: [1, null], reason: "context parallelism is not supported" },
   sequence_parallel: { accepts: [false, null], reason: "each rank gives the layer its own whole token rows" },
   fp8: { accepts: [false, null], reason: "the expert GEMMs run in float32, bfloat16 or float16" },
-  amp: { accepts: [null, { enabled: false }], reason: "mixed precision is the expert weights' dtype (bf16 / fp16), not Apex AMP" },
+  amp: {
+    accepts: [null, { enabled: false }],
+    reason: "mixed precision is the expert weights' dtype (bf16 / fp16), not Apex AMP",
+  },
   communication_data_type: { accepts: ["fp32", null], reason: "gradients are reduced in float32" },
   use_residual: { accepts: [false, null], reason: "the residual MoE (PR-MoE) is not supported" },
   eval_capacity_factor: {

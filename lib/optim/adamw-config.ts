@@ -27,8 +27,7 @@ const FIXED: Readonly<Record<string, { value: boolean; meaning: string }>> = {
 };
 const READ = ["lr", "betas", "eps", "weight_decay"];
 
-const isObject = (v: unknown): v is Record<string, unknown> =>
-  v !== null && typeof v === "object" && !Array.isArray(v);
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
 
 /** AdamWOptions from config.optimizer; other optimizer types and unknown params are ERR_MOE_VALUE. */
 export function adamwOptionsFromConfig(config: Readonly<Record<string, unknown>>): AdamWOptions {
@@ -45,7 +44,10 @@ export function adamwOptionsFromConfig(config: Readonly<Record<string, unknown>>
   const type = section.type;
   if (typeof type !== "string") throw invalid("a string", "optimizer.type", type);
   if (type.toLowerCase() !== "adamw") {
-    throw new MoEError(`Expected optimizer.type "AdamW" but received "${type}": AdamW is the one optimizer here`, "ERR_MOE_VALUE");
+    throw new MoEError(
+      `Expected optimizer.type "AdamW" but received "${type}": AdamW is the one optimizer here`,
+      "ERR_MOE_VALUE",
+    );
   }
   const params = section.params ?? {};
   if (!isObject(params)) throw invalid("an object", "optimizer.params", params);
@@ -59,8 +61,7 @@ export function adamwOptionsFromConfig(config: Readonly<Record<string, unknown>>
         "ERR_MOE_VALUE",
       );
     }
-    if (value !== fixed.value)
-      throw invalid(`${fixed.value} (${fixed.meaning})`, `optimizer.params.${key}`, value);
+    if (value !== fixed.value) throw invalid(`${fixed.value} (${fixed.meaning})`, `optimizer.params.${key}`, value);
   }
   const num = (key: string, fallback: number): number => {
     const v = params[key];
