@@ -72,6 +72,48 @@ describe("package", () => {
     expect(JSON.parse(out)).toEqual({ same: true, v: [5] });
   });
 
+  test("TypeScript resolves ES module types for import and CommonJS types for require, with the root's union types", () => {
+    const tsc = require.resolve("typescript/bin/tsc");
+    fs.writeFileSync(
+      path.join(app, "esm.mts"),
+      `import moe, { MoELayer, type ActivationKind, type Backend, type MoELayerOptions } from "moe-ep";
+       const a: ActivationKind = "swiglu";
+       const b: Backend = "gloo";
+       const o: MoELayerOptions = { dModel: 8, dFF: 8, numExperts: 2, activation: a };
+       export const layers: MoELayer[] = [new moe.MoELayer(o), new MoELayer(o)];
+       export { b };
+       // @ts-expect-error not an ActivationKind
+       export const bad: ActivationKind = "reluu";\n`,
+    );
+    fs.writeFileSync(
+      path.join(app, "cjs.cts"),
+      `import moe = require("moe-ep");
+       import type { ReduceOp } from "moe-ep";
+       export const op: ReduceOp = "sum";
+       export const layer: moe.MoELayer = moe.MoELayer.fromForeignConfig({ hidden_size: 8, num_experts: 2 });\n`,
+    );
+    const listed = run(
+      [
+        tsc,
+        "--noEmit",
+        "--listFiles",
+        "--strict",
+        "--module",
+        "nodenext",
+        "--typeRoots",
+        path.join(root, "node_modules", "@types"),
+        "--types",
+        "node",
+        "esm.mts",
+        "cjs.cts",
+      ],
+      app,
+    );
+    const dist = path.join(pkg, "dist");
+    expect(listed).toContain(path.join(dist, "index.d.mts"));
+    expect(listed).toContain(path.join(dist, "index.d.ts"));
+  }, 180000);
+
   test("the install step uses a working prebuild instead of compiling", () => {
     const out = run([path.join(pkg, "scripts", "install.js")], pkg);
     expect(out).toMatch(/using prebuilt prebuilds\/.*moe-ep\.napi\.node/);
