@@ -273,7 +273,13 @@ describe("MoELayer on CUDA", () => {
         expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringMatching(message) }),
       );
     }
-    const gloo = { rank: 0, size: 1, backend: "gloo", allToAllV: async () => undefined, allReduce: async () => undefined };
+    const gloo = {
+      rank: 0,
+      size: 1,
+      backend: "gloo",
+      allToAllV: async () => undefined,
+      allReduce: async () => undefined,
+    };
     expect(() => new MoELayer(layerOptions, gloo as unknown as MoELayerGroup)).toThrow(
       expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringMatching(/"nccl" process group/) }),
     );

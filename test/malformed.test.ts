@@ -617,7 +617,11 @@ const layerRows: Row[] = [
     call: () => new MoELayer({ ...LAYER, name: "a b" }),
     code: "ERR_MOE_VALUE",
   },
-  { name: "new MoELayer: a group that is a number", call: () => new MoELayer(LAYER, 5 as unknown as MoELayerGroup), code: "ERR_MOE_VALUE" },
+  {
+    name: "new MoELayer: a group that is a number",
+    call: () => new MoELayer(LAYER, 5 as unknown as MoELayerGroup),
+    code: "ERR_MOE_VALUE",
+  },
   {
     name: "new MoELayer: a group without collectives",
     call: () => new MoELayer(LAYER, { rank: 0, size: 1 } as unknown as MoELayerGroup),
