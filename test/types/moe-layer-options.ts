@@ -4,7 +4,15 @@
  * an expectation that compiles fails the typecheck (TS2578, unused directive).
  * test/types.test.ts checks that both hold.
  */
-import { AdamW, MoELayer, type ForeignConfig, type MoELayerGroup, type MoELayerOptions } from "../../lib";
+import {
+  AdamW,
+  MoELayer,
+  type ForeignConfig,
+  type IgnoredConfigKey,
+  type MoELayerGroup,
+  type MoELayerOptions,
+  type ProcessGroup,
+} from "../../lib";
 
 export function options(group: MoELayerGroup): MoELayer[] {
   const base: MoELayerOptions = { dModel: 8, dFF: 16, numExperts: 4 };
@@ -22,6 +30,13 @@ export function options(group: MoELayerGroup): MoELayer[] {
     new MoELayer(base, { rank: 0, size: 1 }),
     MoELayer.fromForeignConfig({ hidden_size: 8, moe: { num_experts: 4 } }, group),
   ];
+}
+
+export function processGroup(pg: ProcessGroup): readonly IgnoredConfigKey[] {
+  const layer = MoELayer.fromForeignConfig({ hidden_size: 8, num_experts: 4 }, pg);
+  // @ts-expect-error the ignored keys are the layer's report, not settable
+  layer.ignoredConfigKeys = [];
+  return new MoELayer({ dModel: 8, dFF: 16, numExperts: 4 }, pg).ignoredConfigKeys;
 }
 
 export function foreign(config: ForeignConfig): AdamW {
