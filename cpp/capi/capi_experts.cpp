@@ -13,8 +13,8 @@ moe_status moe_grouped_gemm_backward(moe_tensor dy, moe_tensor x, moe_tensor w, 
   return guarded([&] {
     clear({dx, dw, dbias});
     ops::GroupedGemmNeeds needs{dx != nullptr, dw != nullptr, dbias != nullptr};
-    ops::GroupedGemmGrads g =
-        ops::grouped_gemm_backward(in(dy, "dy"), in(x, "x"), in(w, "w"), in(rows_per_expert, "rows_per_expert"), needs)();
+    ops::GroupedGemmGrads g = ops::grouped_gemm_backward(in(dy, "dy"), in(x, "x"), in(w, "w"),
+                                                         in(rows_per_expert, "rows_per_expert"), needs)();
     if (needs.dx) out(dx, g.dx);
     if (needs.dw) out(dw, g.dw);
     if (needs.dbias) out(dbias, g.dbias);

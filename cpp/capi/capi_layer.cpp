@@ -10,7 +10,8 @@ using namespace moe;
 using namespace moe::capi;
 
 namespace moe::capi {
-ops::PermuteOptions permute_options(const moe_permute_options& o, const char* op);
+ops::PermuteOptions permute_options(int64_t num_experts, double capacity_factor, const moe_drop_policy& drop_policy,
+                                    int pad_to_capacity, const char* op);
 }
 
 namespace {
@@ -29,8 +30,8 @@ layer::Config config_of(const moe_layer_config* p) {
   out.route.num_groups = c.num_groups;
   out.route.topk_groups = c.topk_groups;
   out.activation = activation_of(c.activation, "moe_layer");
-  moe_permute_options po{c.num_experts, c.capacity_factor, c.drop_policy, c.pad_to_capacity};
-  ops::PermuteOptions perm = permute_options(po, "moe_layer");
+  ops::PermuteOptions perm =
+      permute_options(c.num_experts, c.capacity_factor, c.drop_policy, c.pad_to_capacity, "moe_layer");
   out.capacity_factor = perm.capacity_factor;
   out.drop_policy = perm.drop_policy;
   out.pad_to_capacity = perm.pad_to_capacity;
@@ -54,8 +55,9 @@ layer::Weights weights_of(const moe_layer_weights* p) {
 }
 
 void clear_grads(moe_layer_grads* g) {
-  if (g) clear({&g->router_weight, &g->w1, &g->b1, &g->w2, &g->b2, &g->shared_w1, &g->shared_b1, &g->shared_w2,
-                &g->shared_b2});
+  if (g)
+    clear({&g->router_weight, &g->w1, &g->b1, &g->w2, &g->b2, &g->shared_w1, &g->shared_b1, &g->shared_w2,
+           &g->shared_b2});
 }
 
 void out_defined(moe_tensor* slot, const Tensor& t) {

@@ -9,16 +9,17 @@ using namespace moe::capi;
 
 namespace moe::capi {
 
-ops::PermuteOptions permute_options(const moe_permute_options& o, const char* op) {
+ops::PermuteOptions permute_options(int64_t num_experts, double capacity_factor, const moe_drop_policy& drop_policy,
+                                    int pad_to_capacity, const char* op) {
   ops::PermuteOptions p;
-  p.num_experts = o.num_experts;
-  if (o.capacity_factor != 0) p.capacity_factor = o.capacity_factor;
-  const int policy = enum_value(o.drop_policy);
+  p.num_experts = num_experts;
+  if (capacity_factor != 0) p.capacity_factor = capacity_factor;
+  const int policy = enum_value(drop_policy);
   if (policy != MOE_DROP_PROBS && policy != MOE_DROP_POSITION)
     fail(Code::Value, std::string(op) + ": expected drop_policy MOE_DROP_PROBS or MOE_DROP_POSITION but received " +
                           std::to_string(policy));
   p.drop_policy = policy == MOE_DROP_POSITION ? ops::DropPolicy::Position : ops::DropPolicy::Probs;
-  p.pad_to_capacity = o.pad_to_capacity != 0;
+  p.pad_to_capacity = pad_to_capacity != 0;
   return p;
 }
 
@@ -39,7 +40,9 @@ moe_status moe_permute(moe_tensor x, moe_tensor indices, moe_tensor weights, con
                        int64_t* dropped, int64_t* capacity) {
   return guarded([&] {
     clear({rows, rows_per_expert, pair_to_row, row_to_pair});
-    ops::PermuteOptions o = permute_options(options_in(options, "moe_permute"), "moe_permute");
+    const moe_permute_options& po = options_in(options, "moe_permute");
+    ops::PermuteOptions o =
+        permute_options(po.num_experts, po.capacity_factor, po.drop_policy, po.pad_to_capacity, "moe_permute");
     ops::Permuted p = ops::permute(in(x, "x"), in(indices, "indices"), in(weights, "weights"), o)();
     out(rows, p.rows);
     out(rows_per_expert, p.rows_per_expert);
@@ -68,8 +71,8 @@ moe_status moe_unpermute_backward(moe_tensor dy, moe_tensor rows, moe_tensor pai
                                   moe_tensor* d_rows, moe_tensor* d_weights) {
   return guarded([&] {
     clear({d_rows, d_weights});
-    ops::UnpermuteGrads g =
-        ops::unpermute_backward(in(dy, "dy"), in(rows, "rows"), in(pair_to_row, "pair_to_row"), in(weights, "weights"))();
+    ops::UnpermuteGrads g = ops::unpermute_backward(in(dy, "dy"), in(rows, "rows"), in(pair_to_row, "pair_to_row"),
+                                                    in(weights, "weights"))();
     out(d_rows, g.d_rows);
     out(d_weights, g.d_weights);
   });

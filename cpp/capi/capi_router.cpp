@@ -11,7 +11,8 @@ namespace {
 ops::ScoreFunction score_of(const moe_score_function& f, const char* op) {
   const int v = enum_value(f);
   if (v != MOE_SCORE_SOFTMAX && v != MOE_SCORE_SIGMOID)
-    fail(Code::Value, std::string(op) + ": expected score_function MOE_SCORE_SOFTMAX or MOE_SCORE_SIGMOID but received " +
+    fail(Code::Value, std::string(op) +
+                          ": expected score_function MOE_SCORE_SOFTMAX or MOE_SCORE_SIGMOID but received " +
                           std::to_string(v));
   return v == MOE_SCORE_SIGMOID ? ops::ScoreFunction::Sigmoid : ops::ScoreFunction::Softmax;
 }

@@ -95,7 +95,8 @@ void check(const Config& c, const Weights& w, const Tensor& x) {
     check_defined("layer", "shared_w2", w.shared_w2);
     const int64_t S = w.shared_w2.ndim() == 3 ? w.shared_w2.dim(1) : -1;
     expect(w.shared_w2, "shared_w2", {1, S, D}, "[1, sharedFF, dModel]");
-    expect(w.shared_w1, "shared_w1", {1, D, gated ? 2 * S : S}, gated ? "[1, dModel, 2·sharedFF]" : "[1, dModel, sharedFF]");
+    expect(w.shared_w1, "shared_w1", {1, D, gated ? 2 * S : S},
+           gated ? "[1, dModel, 2·sharedFF]" : "[1, dModel, sharedFF]");
     if (w.shared_b1.defined() != w.b1.defined() || w.shared_b2.defined() != w.b1.defined())
       fail(Code::Value, std::string("layer: expected the shared experts' biases ") +
                             (w.b1.defined() ? "present, as the experts' are," : "absent, as the experts' are,") +
@@ -136,9 +137,8 @@ Forward forward(const Config& c, const Weights& w, const Tensor& x, bool save) {
   f.z_loss = c.z_loss_coef * scalar(r.z_loss);
   f.dropped = p.dropped;
   if (save) {
-    f.saved = std::make_shared<Saved>(Saved{x, logits, r.indices, r.weights, r.tokens_per_expert, p.pair_to_row,
-                                            p.rows, p.rows_per_expert, ex.pre, ex.h, ex.y, shared_counts, sh.pre,
-                                            sh.h});
+    f.saved = std::make_shared<Saved>(Saved{x, logits, r.indices, r.weights, r.tokens_per_expert, p.pair_to_row, p.rows,
+                                            p.rows_per_expert, ex.pre, ex.h, ex.y, shared_counts, sh.pre, sh.h});
   }
   return f;
 }
@@ -147,8 +147,8 @@ Tensor backward(const Config& c, const Weights& w, const Saved& s, const Tensor&
   check(c, w, s.x);
   check_defined("layer backward", "dy", dy);
   if (dy.ndim() != 2 || dy.dim(0) != s.x.dim(0) || dy.dim(1) != s.x.dim(1))
-    fail(Code::Shape, "layer backward: expected dy of shape " + shape_str(s.x) + " (the forward's output) but received " +
-                          shape_str(dy));
+    fail(Code::Shape, "layer backward: expected dy of shape " + shape_str(s.x) +
+                          " (the forward's output) but received " + shape_str(dy));
   if (w.shared_w1.defined() != s.shared_pre.defined())
     fail(Code::Value, std::string("layer backward: expected the forward's weights, but the shared experts are ") +
                           (s.shared_pre.defined() ? "absent now and were present" : "present now and were absent"));
@@ -164,8 +164,7 @@ Tensor backward(const Config& c, const Weights& w, const Saved& s, const Tensor&
   g.router_weight = gg.dwg;
   FFNGrads sg;
   if (w.shared_w1.defined()) {
-    sg = ffn_backward(dy, s.x, s.shared_counts, s.shared_pre, s.shared_h, w.shared_w1, w.shared_w2, bias,
-                      c.activation);
+    sg = ffn_backward(dy, s.x, s.shared_counts, s.shared_pre, s.shared_h, w.shared_w1, w.shared_w2, bias, c.activation);
     g.shared_w1 = sg.dw1;
     g.shared_b1 = sg.db1;
     g.shared_w2 = sg.dw2;

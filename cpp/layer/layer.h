@@ -26,9 +26,9 @@ struct Config {
 
 // Undefined tensors for the absent optional ones.
 struct Weights {
-  Tensor router_weight;  // [D, E]
-  Tensor expert_bias;    // float32 [E]
-  Tensor w1, b1, w2, b2;  // [E, D, F1], [E, F1], [E, F, D], [E, D]
+  Tensor router_weight;                               // [D, E]
+  Tensor expert_bias;                                 // float32 [E]
+  Tensor w1, b1, w2, b2;                              // [E, D, F1], [E, F1], [E, F, D], [E, D]
   Tensor shared_w1, shared_b1, shared_w2, shared_b2;  // [1, D, S1], [1, S1], [1, S, D], [1, D]
 };
 

@@ -199,8 +199,8 @@ int main(void) {
   CHECK(s != MOE_OK && !a && !b, "unpermute_backward without weights gave %s", moe_status_name(s));
   a = sentinel;
   s = moe_grouped_gemm_backward(dy, rows, w.w1, rpe, &a, NULL, NULL);
-  CHECK(s == MOE_ERR_SHAPE && !a, "grouped GEMM backward with dy of the wrong width gave %s (%s)",
-        moe_status_name(s), moe_last_error());
+  CHECK(s == MOE_ERR_SHAPE && !a, "grouped GEMM backward with dy of the wrong width gave %s (%s)", moe_status_name(s),
+        moe_last_error());
 
   /* ---- devices ---- */
   char dev[16];
@@ -217,9 +217,9 @@ int main(void) {
           moe_last_error());
   }
 
-  moe_tensor all[] = {x,      dy,   y,     dx,     dx2,  logits, idx,  wts,  tpe,   rows, rpe,  p2r,  r2p,  pre,
-                      h,      eo,   yr,    scount, spre, sh,     sy,   ysum, d_rows, d_w, dlogits, dxg, dwg, sdx,
-                      sdw1,   sdw2, edx,   edw1,   edw2, dxr,    wrong};
+  moe_tensor all[] = {x,       dy,  y,   dx,  dx2,  logits, idx,  wts,  tpe,  rows, rpe,    p2r,
+                      r2p,     pre, h,   eo,  yr,   scount, spre, sh,   sy,   ysum, d_rows, d_w,
+                      dlogits, dxg, dwg, sdx, sdw1, sdw2,   edx,  edw1, edw2, dxr,  wrong};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) moe_tensor_free(all[i]);
   moe_tensor ws[] = {w.router_weight, w.w1, w.w2, w.shared_w1, w.shared_w2};
   for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) moe_tensor_free(ws[i]);
