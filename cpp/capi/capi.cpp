@@ -9,6 +9,8 @@
 #include "../core/host_copy.h"
 #include "../core/size.h"
 #include "../core/tensor.h"
+#include "../core/cuda_probe.h"
+#include "../ops/copy.h"
 #include "../ops/gate.h"
 #include "capi_ops.h"
 
@@ -65,6 +67,26 @@ void out(moe_tensor* slot, Tensor t) {
   if (slot) *slot = new moe_tensor_s{std::move(t)};
 }
 
+Device device_of(const char* name) { return name ? Device::parse(name) : Device{}; }
+
+ops::ActivationKind activation_of(const moe_activation& kind, const char* op) {
+  switch (enum_value(kind)) {
+    case MOE_ACT_RELU:
+      return ops::ActivationKind::Relu;
+    case MOE_ACT_GELU:
+      return ops::ActivationKind::Gelu;
+    case MOE_ACT_SILU:
+      return ops::ActivationKind::Silu;
+    case MOE_ACT_SWIGLU:
+      return ops::ActivationKind::Swiglu;
+    case MOE_ACT_GEGLU:
+      return ops::ActivationKind::Geglu;
+  }
+  fail(Code::Value, std::string(op) +
+                        ": expected an activation in [0, 4] (MOE_ACT_RELU ... MOE_ACT_GEGLU) but received " +
+                        std::to_string(enum_value(kind)));
+}
+
 }  // namespace moe::capi
 
 using namespace moe;
@@ -83,14 +105,21 @@ const char* moe_status_name(moe_status status) {
 }
 
 moe_status moe_tensor_create(moe_dtype dtype, int ndim, const int64_t* shape, const void* data, moe_tensor* out_t) {
+  return moe_tensor_create_on(dtype, ndim, shape, data, nullptr, out_t);
+}
+
+moe_status moe_tensor_create_on(moe_dtype dtype, int ndim, const int64_t* shape, const void* data, const char* device,
+                                moe_tensor* out_t) {
   return guarded([&] {
+    clear({out_t});
     if (!out_t) fail(Code::Value, "moe_tensor_create: expected an out pointer but received NULL");
     if (ndim < 0 || ndim > 8 || (ndim > 0 && !shape))
       fail(Code::Shape,
            "moe_tensor_create: expected 0 to 8 dimensions and a shape but received ndim " + std::to_string(ndim));
     Shape s(shape, shape + ndim);
     DType dt = dtype_of(dtype);
-    Tensor t = data ? from_host(dt, s, Device{}, data, dt, shape_numel(s)) : zeros(dt, s);
+    Device dev = device_of(device);
+    Tensor t = data ? from_host(dt, s, dev, data, dt, shape_numel(s)) : zeros(dt, s, dev);
     out(out_t, std::move(t));
   });
 }
@@ -111,6 +140,39 @@ moe_status moe_tensor_info(moe_tensor t, moe_dtype* dtype, int* ndim, int64_t* s
   });
 }
 
+moe_status moe_tensor_device(moe_tensor t, char* buf, size_t buf_size) {
+  return guarded([&] {
+    const std::string name = in(t, "t").device().str();
+    if (!buf || buf_size < name.size() + 1)
+      fail(Code::Value, "moe_tensor_device: expected a buffer of at least " + std::to_string(name.size() + 1) +
+                            " bytes but received " + std::to_string(buf ? buf_size : 0));
+    std::memcpy(buf, name.c_str(), name.size() + 1);
+  });
+}
+
+moe_status moe_tensor_to_device(moe_tensor t, const char* device, moe_tensor* out_t) {
+  return guarded([&] {
+    clear({out_t});
+    out(out_t, ops::to_device(in(t, "t"), device_of(device))());
+  });
+}
+
+moe_status moe_tensor_clone(moe_tensor t, moe_tensor* out_t) {
+  return guarded([&] {
+    clear({out_t});
+    out(out_t, ops::clone(in(t, "t"))());
+  });
+}
+
+int moe_cuda_device_count(void) {
+  try {
+    const CudaStatus& s = cuda_status();
+    return s.available ? s.device_count : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
 moe_status moe_tensor_read(moe_tensor t, moe_dtype as, void* dst, size_t dst_bytes) {
   return guarded([&] {
     const Tensor& x = in(t, "t");
@@ -124,7 +186,10 @@ moe_status moe_tensor_read(moe_tensor t, moe_dtype as, void* dst, size_t dst_byt
 }
 
 moe_status moe_gate(moe_tensor x, moe_tensor wg, moe_tensor* logits) {
-  return guarded([&] { out(logits, ops::gate(in(x, "x"), in(wg, "wg"))()); });
+  return guarded([&] {
+    clear({logits});
+    out(logits, ops::gate(in(x, "x"), in(wg, "wg"))());
+  });
 }
 
 }  // extern "C"

@@ -11,6 +11,7 @@ extern "C" moe_status moe_route(moe_tensor logits, const moe_route_options* opti
                                 moe_tensor* weights, moe_tensor* tokens_per_expert, float* aux_loss, float* z_loss) {
   static_assert(sizeof(moe_score_function) == sizeof(int), "a C enum is an int");
   return guarded([&] {
+    clear({indices, weights, tokens_per_expert});
     if (!options) fail(Code::Value, "moe_route: expected options but received NULL");
     // Read as the int a C caller stored: an enum object holding another value is undefined in C++.
     int score;

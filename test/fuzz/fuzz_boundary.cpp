@@ -183,7 +183,12 @@ void run_abi(Reader& r, moe_tensor* h) {
     return b % 8 == 7 ? nullptr : h[b % kPool];
   };
   moe_tensor out = nullptr, out2 = nullptr, out3 = nullptr;
-  switch (r.byte() % 5) {
+  // Expert counts are capped as in run_core: a legal but huge count sizes host scratch by itself.
+  auto experts = [&] {
+    int64_t e = r.dim();
+    return e > (int64_t(1) << 20) && e <= INT32_MAX ? int64_t(1) << 20 : e;
+  };
+  switch (r.byte() % 9) {
     case 0:
       expect_abi(moe_gate(any(), any(), &out), "moe_gate");
       break;
@@ -216,6 +221,63 @@ void run_abi(Reader& r, moe_tensor* h) {
       expect_abi(moe_tensor_read(any(), moe_dtype(r.byte() % 6), r.flag() ? buf : nullptr, bytes), "moe_tensor_read");
       break;
     }
+    case 5: {
+      moe_layer_config c{};
+      c.num_experts = experts();
+      c.top_k = int(r.dim());
+      c.activation = moe_activation(r.byte() % 6);
+      c.score_function = moe_score_function(r.byte() % 3);
+      c.renormalize = r.flag();
+      c.num_groups = r.flag() ? int(r.dim()) : 0;
+      c.topk_groups = c.num_groups ? int(r.dim()) : 0;
+      c.capacity_factor = r.flag() ? r.number() : 0;
+      c.drop_policy = moe_drop_policy(r.byte() % 3);
+      c.pad_to_capacity = r.flag();
+      c.aux_loss_coef = r.number();
+      moe_layer_weights w{};
+      for (moe_tensor* slot : {&w.router_weight, &w.w1, &w.w2}) *slot = any();
+      for (moe_tensor* slot : {&w.expert_bias, &w.b1, &w.b2, &w.shared_w1, &w.shared_b1, &w.shared_w2, &w.shared_b2})
+        *slot = r.flag() ? any() : nullptr;
+      moe_layer_saved saved = nullptr;
+      float aux, z;
+      moe_status s = moe_layer_forward(&c, &w, any(), &out, &aux, &z, r.flag() ? &saved : nullptr);
+      expect_abi(s, "moe_layer_forward");
+      if (saved) {
+        moe_layer_grads g{};
+        expect_abi(moe_layer_backward(&c, &w, saved, any(), r.number(), &out2, &g), "moe_layer_backward");
+        for (moe_tensor t :
+             {g.router_weight, g.w1, g.b1, g.w2, g.b2, g.shared_w1, g.shared_b1, g.shared_w2, g.shared_b2})
+          if (t) read_back(t);
+        moe_layer_grads_free(&g);
+        moe_layer_saved_free(saved);
+      }
+      break;
+    }
+    case 6: {
+      moe_permute_options o{experts(), r.flag() ? r.number() : 0, moe_drop_policy(r.byte() % 3), int(r.flag())};
+      moe_tensor rows = nullptr;
+      int64_t dropped, capacity;
+      expect_abi(
+          moe_permute(any(), any(), any(), r.flag() ? &o : nullptr, &out, &out2, &out3, &rows, &dropped, &capacity),
+          "moe_permute");
+      if (rows) {
+        read_back(rows);
+        moe_tensor_free(rows);
+      }
+      break;
+    }
+    case 7:
+      if (r.flag())
+        expect_abi(moe_activation_forward(any(), moe_activation(r.byte() % 6), &out), "moe_activation_forward");
+      else
+        expect_abi(moe_activation_backward(any(), any(), moe_activation(r.byte() % 6), &out),
+                   "moe_activation_backward");
+      break;
+    case 8:
+      expect_abi(moe_grouped_gemm_backward(any(), any(), any(), any(), r.flag() ? &out : nullptr,
+                                           r.flag() ? &out2 : nullptr, r.flag() ? &out3 : nullptr),
+                 "moe_grouped_gemm_backward");
+      break;
   }
   for (moe_tensor t : {out, out2, out3})
     if (t) {
