@@ -107,29 +107,22 @@ export function parseOptions(table: readonly Flag[], args: string[], options: { 
       parseOpts[f.name].short = f.short;
     }
   }
-  // The flags end where the first positional starts: find it without
-  // reading past it, so a script's own arguments are never looked at.
+  // With rest, the flags end where the first positional starts: find it
+  // without reading past it, so a script's own arguments are never looked at.
   let end = args.length;
   let restStart = args.length;
-  for (let i = 0; i < args.length; ++i) {
+  for (let i = 0; options.rest && i < args.length; ++i) {
     const a = args[i];
-    if (a === "--") {
+    if (a === "--" || !a.startsWith("-") || a === "-") {
       end = i;
-      restStart = i + 1;
+      restStart = a === "--" ? i + 1 : i;
       break;
     }
-    if (!a.startsWith("-") || a === "-") {
-      end = i;
-      restStart = i;
-      break;
-    }
-    const name = a.startsWith("--") ? a.slice(2).split("=")[0] : a.slice(1);
-    const f = byName.get(name);
+    const f = byName.get(a.startsWith("--") ? a.slice(2).split("=")[0] : a.slice(1));
     if (f && f.kind.type !== "boolean" && !a.includes("=")) ++i;
   }
   const head = args.slice(0, end);
   const rest = args.slice(restStart);
-  if (rest.length > 0 && !options.rest) throw new UsageError(`unexpected argument "${rest[0]}"`);
 
   // First pass, lenient: find --help, unknown flags and missing values, and name them as given.
   const { tokens } = parseArgs({ args: head, options: parseOpts, strict: false, allowPositionals: true, tokens: true });
@@ -141,6 +134,8 @@ export function parseOptions(table: readonly Flag[], args: string[], options: { 
     if (f.kind.type !== "boolean" && t.value === undefined) throw new UsageError(`${t.rawName} needs a value`);
     if (f.kind.type === "boolean" && t.inlineValue) throw new UsageError(`${t.rawName} takes no value`);
   }
+  const positional = (tokens ?? []).find((t) => t.kind === "positional");
+  if (positional) throw new UsageError(`unexpected argument "${positional.value}"`);
   // Second pass, strict, as parseArgs checks: it must agree.
   try {
     parseArgs({ args: head, options: parseOpts, strict: true, allowPositionals: false });

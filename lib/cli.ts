@@ -13,7 +13,6 @@
 import * as fs from "fs";
 import * as path from "path";
 import { commandHelp, runCommand, UsageError, type Command, type Flag } from "./cli-options";
-import { formatInfo, info } from "./info";
 
 const USAGE = `usage: moe-ep <command> [options]
 
@@ -34,7 +33,7 @@ options:
   --version                the package's version
 `;
 
-const printInfo = (): void => console.log(formatInfo());
+const printInfo = async (): Promise<void> => console.log((await import("./info")).formatInfo());
 
 function version(): string {
   const file = path.join(__dirname, "..", "package.json");
@@ -45,6 +44,7 @@ const INFO: Command = {
   usage: "moe-ep info [--json]",
   flags: [{ name: "json", kind: { type: "boolean" }, help: "print the report as JSON" }] satisfies Flag[],
   run: async ({ values }) => {
+    const { formatInfo, info } = await import("./info");
     console.log(values.json ? JSON.stringify(info(), null, 2) : formatInfo());
     return 0;
   },
@@ -78,7 +78,7 @@ async function benchCommand(kind: string): Promise<Command> {
         usage: "moe-ep bench [all] [alltoall's options]",
         flags: ALLTOALL_AND_LAUNCH_FLAGS,
         run: async (parsed) => {
-          printInfo();
+          await printInfo();
           await (await import("./bench/grouped-gemm")).benchGroupedGemm();
           await (await import("./bench/ops")).benchOps();
           await runAlltoall(parsed);

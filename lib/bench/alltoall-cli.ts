@@ -42,14 +42,14 @@ export async function runAlltoall(parsed: Parsed): Promise<void> {
   await benchAlltoall({ ...options, launchArgs });
 }
 
-export function benchAlltoallCommand(printInfo: () => void): Command {
+export function benchAlltoallCommand(printInfo: () => Promise<void>): Command {
   return {
     usage:
       "moe-ep bench alltoall [-n N] [options]\n" +
       "       on several hosts, on each: moe-ep bench alltoall -n N --nnodes K --node-rank I --master-addr A",
     flags: ALLTOALL_AND_LAUNCH_FLAGS,
     run: async (parsed) => {
-      printInfo();
+      await printInfo();
       await runAlltoall(parsed);
       return 0;
     },

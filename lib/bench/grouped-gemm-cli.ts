@@ -13,12 +13,12 @@ export const BENCH_GROUPED_GEMM_FLAGS: readonly Flag[] = [
   { name: "runs", kind: INT, value: "R", help: "timed rounds; medians are reported (default 5)" },
 ];
 
-export function benchGroupedGemmCommand(printInfo: () => void): Command {
+export function benchGroupedGemmCommand(printInfo: () => Promise<void>): Command {
   return {
     usage: "moe-ep bench grouped-gemm [options]",
     flags: BENCH_GROUPED_GEMM_FLAGS,
     run: async (parsed) => {
-      printInfo();
+      await printInfo();
       await benchGroupedGemm(parsed.values as BenchGroupedGemmOptions);
       return 0;
     },

@@ -39,7 +39,7 @@ export const BENCH_LAYER_FLAGS: readonly Flag[] = [
 ];
 
 /** The CLI's entry: as a launched rank (RANK set) it runs its share; otherwise it launches the ranks. */
-export function benchLayerCommand(printInfo: () => void): Command {
+export function benchLayerCommand(printInfo: () => Promise<void>): Command {
   return {
     usage: "moe-ep bench layer [options]",
     flags: BENCH_LAYER_FLAGS,
@@ -47,7 +47,7 @@ export function benchLayerCommand(printInfo: () => void): Command {
   };
 }
 
-async function run(parsed: Parsed, printInfo: () => void): Promise<number> {
+async function run(parsed: Parsed, printInfo: () => Promise<void>): Promise<number> {
   const { nproc: n, ...options } = parsed.values as BenchLayerOptions & { nproc?: number };
   const nproc = n ?? 2;
   if (process.env.RANK !== undefined && process.env.WORLD_SIZE !== undefined) {
@@ -60,7 +60,7 @@ async function run(parsed: Parsed, printInfo: () => void): Promise<number> {
     }
     return 0;
   }
-  printInfo();
+  await printInfo();
   if (nproc === 1) {
     await benchLayer(options);
     return 0;

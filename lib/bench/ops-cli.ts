@@ -13,12 +13,12 @@ export const BENCH_OPS_FLAGS: readonly Flag[] = [
   { name: "runs", kind: INT, value: "R", help: "timed calls of each op; the median is reported (default 7)" },
 ];
 
-export function benchOpsCommand(printInfo: () => void): Command {
+export function benchOpsCommand(printInfo: () => Promise<void>): Command {
   return {
     usage: "moe-ep bench ops [options]",
     flags: BENCH_OPS_FLAGS,
     run: async (parsed) => {
-      printInfo();
+      await printInfo();
       await benchOps(parsed.values as BenchOpsOptions);
       return 0;
     },
