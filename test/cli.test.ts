@@ -13,7 +13,7 @@ import { BENCH_LAYER_FLAGS } from "../lib/bench/layer-cli";
 import { BENCH_OPS_FLAGS } from "../lib/bench/ops-cli";
 import type { Flag } from "../lib/cli-options";
 import { LAUNCH_FLAGS } from "../lib/launch/args";
-import { buildDist, root, runNode, script, tempDir } from "./procs";
+import { buildDist, freePort, root, runNode, script, tempDir } from "./procs";
 
 const cli = path.join(root, "dist", "cli.js");
 const moeEp = (args: string[], env: NodeJS.ProcessEnv = {}) => runNode([cli, ...args], { env, limitMs: 20000 });
@@ -122,3 +122,22 @@ test("launch passes everything from the script on untouched, flags that look lik
     expect(JSON.parse(run.stdout.replace(/^\[rank 0\] /, ""))).toEqual(scriptArgs);
   }
 });
+
+test("bench alltoall passes its launcher flags on: 2 ranks on a given --master-port, sizes up to --max-bytes", async () => {
+  const port = await freePort();
+  const run = await runNode(
+    [cli, "bench", "alltoall", "-n", "2", "--max-bytes", "2048", "--master-port", String(port)],
+    {
+      limitMs: 60000,
+    },
+  );
+  expect(run.code).toBe(0);
+  const rows = run.stdout.split("\n").filter((l) => /^\s+\d+\s+\d+\s+float/.test(l));
+  // 1 KiB and 2 KiB per rank, float32: 256 and 512 elements, none wrong
+  expect(rows.map((l) => l.trim().split(/\s+/).slice(0, 2).map(Number))).toEqual([
+    [1024, 256],
+    [2048, 512],
+  ]);
+  for (const l of rows) expect(Number(l.trim().split(/\s+/)[6])).toBe(0);
+  expect(run.stdout).toMatch(/2 ranks on this machine/);
+}, 90000);
