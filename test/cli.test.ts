@@ -11,7 +11,7 @@ import { BENCH_ALLTOALL_FLAGS } from "../lib/bench/alltoall-cli";
 import { BENCH_GROUPED_GEMM_FLAGS } from "../lib/bench/grouped-gemm-cli";
 import { BENCH_LAYER_FLAGS } from "../lib/bench/layer-cli";
 import { BENCH_OPS_FLAGS } from "../lib/bench/ops-cli";
-import type { Flag } from "../lib/cli-options";
+import { parseOptions, UsageError, type Flag } from "../lib/cli-options";
 import { LAUNCH_FLAGS } from "../lib/launch/args";
 import { buildDist, freePort, root, runNode, script, tempDir } from "./procs";
 
@@ -141,3 +141,40 @@ test("bench alltoall passes its launcher flags on: 2 ranks on a given --master-p
   for (const l of rows) expect(Number(l.trim().split(/\s+/)[6])).toBe(0);
   expect(run.stdout).toMatch(/2 ranks on this machine/);
 }, 90000);
+
+describe("parseOptions: one table entry per flag", () => {
+  const table: Flag[] = [
+    { name: "floor", kind: { type: "number", min: 0, max: 1 }, value: "F", help: "" },
+    {
+      name: "size",
+      short: "s",
+      aliases: ["count"],
+      key: "n",
+      kind: { type: "int", min: 1, max: 8 },
+      value: "N",
+      help: "",
+    },
+    { name: "mode", kind: { type: "choice", choices: ["a", "b"] }, value: "M", help: "" },
+    { name: "dry", kind: { type: "boolean" }, help: "" },
+  ];
+
+  test("values are converted, aliases land on the key, the last one given wins", () => {
+    const p = parseOptions(table, ["--floor", "0.25", "-s", "3", "--count=5", "--mode", "b", "--dry"]);
+    expect(p.values).toEqual({ floor: 0.25, n: 5, mode: "b", dry: true });
+    expect(p.spelled.n).toBe("--count");
+    expect(p.help).toBe(false);
+  });
+
+  test.each([
+    [["--floor", "1.5"], /number in \[0, 1\] for --floor but received "1.5"/],
+    [["--floor", ""], /for --floor but received ""/],
+    [["-s", "9"], /integer in \[1, 8\] for -s but received "9"/],
+    [["--mode", "c"], /one of a, b for --mode but received "c"/],
+    [["--floor"], /--floor needs a value/],
+    [["--nope"], /unknown option --nope/],
+    [["x"], /unexpected argument "x"/],
+  ])("%p is a UsageError", (args, message) => {
+    expect(() => parseOptions(table, args)).toThrow(UsageError);
+    expect(() => parseOptions(table, args)).toThrow(message);
+  });
+});
