@@ -16,6 +16,7 @@ module.exports = tseslint.config(
       "device-results/",
       ".device/",
       "coverage/",
+      "docs/api/",
     ],
   },
   js.configs.recommended,

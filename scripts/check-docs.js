@@ -26,6 +26,8 @@ const SKIP_DIRS = new Set([
   ".device",
   "coverage",
 ]);
+// Generated: the API reference of `npm run docs:api`.
+const SKIP_PATHS = new Set([path.join("docs", "api")]);
 const TEXT = /\.(md|ts|js|cjs|mjs|cc|cpp|c|h|cu|cuh|sh|json|txt|cmake)$|^CMakeLists\.txt$/;
 const SKIP_FILES = new Set(["package-lock.json"]);
 const OLD_SPEC = new RegExp(["\\.\\./shared/[\\w./-]*\\.md", "\\b(?:MATH|DESIGN)\\.md\\b"].join("|"), "g");
@@ -36,7 +38,8 @@ const REPO_PATH = /`((?:lib|cpp|cuda|binding|test|scripts|docs|examples|device-r
 function walk(root, dir = root, out = []) {
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
     if (e.isDirectory()) {
-      if (!SKIP_DIRS.has(e.name)) walk(root, path.join(dir, e.name), out);
+      const rel = path.relative(root, path.join(dir, e.name));
+      if (!SKIP_DIRS.has(e.name) && !SKIP_PATHS.has(rel)) walk(root, path.join(dir, e.name), out);
     } else if (e.isFile() && TEXT.test(e.name) && !SKIP_FILES.has(e.name)) {
       out.push(path.relative(root, path.join(dir, e.name)));
     }

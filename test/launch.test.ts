@@ -108,6 +108,8 @@ describe("moe-ep launch", () => {
         masterPort: port,
         runId,
         storeUrl: `tcp://127.0.0.1:${port}`,
+        storePortFrom: "MASTER_PORT",
+        torchrun: false,
       });
       expect(rep.args).toEqual(["--flag", "value with space"]);
       expect(out.get(r)![1]).toBe("second line");
@@ -289,18 +291,36 @@ describe("moe-ep launch", () => {
       String(port),
       file,
     ];
+    // Host 1's launcher is killed once both ranks run (each has printed its pid).
     let bPid = 0;
+    let aStarted = false;
+    let bLauncher: { kill(signal: NodeJS.Signals): void } | undefined;
+    const killB = (): void => {
+      if (bPid && aStarted && bLauncher) {
+        bLauncher.kill("SIGKILL");
+        bLauncher = undefined;
+      }
+    };
     const b = launcher(args(1), {
       limitMs: 15000,
       onStdout: (text, child) => {
         const m = /\[rank 1\] pid (\d+)/.exec(text);
         if (m && !bPid) {
           bPid = Number(m[1]);
-          child.kill("SIGKILL");
+          bLauncher = child;
+          killB();
         }
       },
     });
-    const a = await launcher(args(0), { limitMs: 15000 });
+    const a = await launcher(args(0), {
+      limitMs: 15000,
+      onStdout: (text) => {
+        if (!aStarted && /\[rank 0\] pid \d+/.test(text)) {
+          aStarted = true;
+          killB();
+        }
+      },
+    });
     await b;
     if (bPid) process.kill(bPid, "SIGKILL"); // its launcher is gone: the orphan is the test's to end
     expect(a.code).toBe(1);
@@ -370,6 +390,8 @@ describe("rendezvousFromEnv", () => {
       masterPort: 29500,
       runId: "abc123",
       storeUrl: "tcp://10.0.0.2:29500",
+      storePortFrom: "MASTER_PORT",
+      torchrun: false,
     });
     expect(rendezvousFromEnv({ ...base, MOE_EP_STORE: "file:///tmp/s" }).storeUrl).toBe("file:///tmp/s");
     // Without MASTER_* when MOE_EP_STORE names the store.

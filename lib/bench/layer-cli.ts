@@ -3,55 +3,53 @@
  * through the launcher, each process with its share of the cores
  * (MOE_EP_NUM_THREADS = cores / N unless set), the experts sharded over them.
  *
- *   moe-ep bench layer [--nproc 2] [--tokens 2048] [--d-model 1024] [--d-ff 2048]
- *                      [--experts 8] [--top-k 2] [--ep-size N] [--runs 3] [--activation relu]
+ * `moe-ep bench layer --help` lists the options (BENCH_LAYER_FLAGS).
  */
 import * as os from "os";
 import * as path from "path";
-import { ACTIVATION_KINDS, type ActivationKind } from "../ops/activation";
+import { type Command, type Flag, type Parsed } from "../cli-options";
+import { ACTIVATION_KINDS } from "../ops/activation";
 import { initProcessGroup } from "../comm/process-group";
 import { benchLayer, type BenchLayerOptions } from "./layer";
 
-const FLAGS: Record<string, keyof BenchLayerOptions | "nproc"> = {
-  "--nproc": "nproc",
-  "--tokens": "tokens",
-  "--d-model": "dModel",
-  "--d-ff": "dFF",
-  "--experts": "numExperts",
-  "--top-k": "topK",
-  "--ep-size": "epSize",
-  "--runs": "runs",
-  "--activation": "activation",
-};
+const INT = { type: "int", min: 1 } as const;
 
-function parse(args: string[]): { nproc: number; options: BenchLayerOptions } {
-  const options: Record<string, unknown> = {};
-  let nproc = 2;
-  for (let i = 0; i < args.length; i += 2) {
-    const key = FLAGS[args[i]];
-    const value = args[i + 1];
-    if (!key || value === undefined)
-      throw new Error(
-        `moe-ep bench layer: unknown option or missing value at "${args[i]}" (options: ${Object.keys(FLAGS).join(", ")})`,
-      );
-    if (key === "activation") {
-      if (!(ACTIVATION_KINDS as readonly string[]).includes(value))
-        throw new Error(`moe-ep bench layer: --activation expects one of ${ACTIVATION_KINDS.join(", ")}`);
-      options.activation = value as ActivationKind;
-    } else {
-      const n = Number(value);
-      if (!Number.isInteger(n) || n < 1)
-        throw new Error(`moe-ep bench layer: ${args[i]} expects an integer >= 1 but received "${value}"`);
-      if (key === "nproc") nproc = n;
-      else options[key] = n;
-    }
-  }
-  return { nproc, options: options as BenchLayerOptions };
-}
+/** `bench layer`'s flags, one line each: the key is BenchLayerOptions' (nproc: the processes). */
+export const BENCH_LAYER_FLAGS: readonly Flag[] = [
+  { name: "nproc", kind: INT, value: "N", help: "processes, the experts sharded over them (default 2)" },
+  { name: "tokens", kind: INT, value: "T", help: "tokens per rank per step (default 2048)" },
+  { name: "d-model", key: "dModel", kind: INT, value: "D", help: "model width (default 1024)" },
+  { name: "d-ff", key: "dFF", kind: INT, value: "F", help: "expert FFN width (default 2048)" },
+  { name: "experts", key: "numExperts", kind: INT, value: "E", help: "experts (default 8)" },
+  { name: "top-k", key: "topK", kind: INT, value: "K", help: "experts per token (default 2)" },
+  {
+    name: "ep-size",
+    key: "epSize",
+    kind: INT,
+    value: "N",
+    help: "expert-parallel group size (default: every process)",
+  },
+  { name: "runs", kind: INT, value: "R", help: "timed rounds; medians are reported (default 7)" },
+  {
+    name: "activation",
+    kind: { type: "choice", choices: ACTIVATION_KINDS },
+    value: "KIND",
+    help: ACTIVATION_KINDS.join(" | ") + " (default relu)",
+  },
+];
 
 /** The CLI's entry: as a launched rank (RANK set) it runs its share; otherwise it launches the ranks. */
-export async function benchLayerCli(args: string[], printInfo: () => void): Promise<number> {
-  const { nproc, options } = parse(args);
+export function benchLayerCommand(printInfo: () => Promise<void>): Command {
+  return {
+    usage: "moe-ep bench layer [options]",
+    flags: BENCH_LAYER_FLAGS,
+    run: (parsed) => run(parsed, printInfo),
+  };
+}
+
+async function run(parsed: Parsed, printInfo: () => Promise<void>): Promise<number> {
+  const { nproc: n, ...options } = parsed.values as BenchLayerOptions & { nproc?: number };
+  const nproc = n ?? 2;
   if (process.env.RANK !== undefined && process.env.WORLD_SIZE !== undefined) {
     const world = Number(process.env.WORLD_SIZE);
     const group = world > 1 ? await initProcessGroup() : undefined;
@@ -62,7 +60,7 @@ export async function benchLayerCli(args: string[], printInfo: () => void): Prom
     }
     return 0;
   }
-  printInfo();
+  await printInfo();
   if (nproc === 1) {
     await benchLayer(options);
     return 0;
@@ -71,5 +69,5 @@ export async function benchLayerCli(args: string[], printInfo: () => void): Prom
     process.env.MOE_EP_NUM_THREADS = String(Math.max(1, Math.floor(os.cpus().length / nproc)));
   const cli = path.join(__dirname, "..", "cli.js");
   const { launch } = await import("../launch");
-  return launch(["-n", String(nproc), cli, "bench", "layer", ...args]);
+  return launch(["-n", String(nproc), cli, "bench", "layer", ...parsed.args]);
 }

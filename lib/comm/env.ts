@@ -3,9 +3,14 @@
  * `moe-ep launch` sets all of it; Slurm, mpirun or a scheduler must set RANK,
  * WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (and MOE_EP_RUN_ID for a
  * file store), as torchrun's scripts expect.
+ *
+ * Under torchrun (TORCHELASTIC_RUN_ID set) the agent already serves its own
+ * store on MASTER_PORT, so rank 0 serves ours on MASTER_PORT + 1: every rank
+ * derives the same port without talking. MOE_EP_STORE_PORT names another port
+ * (under any launcher); MOE_EP_STORE another store altogether.
  */
 import { MoEError, invalid, rangeText } from "../errors";
-import { openStore, type Store } from "./store";
+import { openStore, type Store, type StoreOptions } from "./store";
 
 export interface Rendezvous {
   rank: number;
@@ -18,8 +23,12 @@ export interface Rendezvous {
   masterPort?: number;
   /** The run's namespace in the store. */
   runId: string;
-  /** MOE_EP_STORE, else tcp://MASTER_ADDR:MASTER_PORT. */
+  /** MOE_EP_STORE, else tcp://MASTER_ADDR:port (see storePortFrom). */
   storeUrl: string;
+  /** Where a tcp store's port came from, when MOE_EP_STORE is unset: for errors. */
+  storePortFrom?: string;
+  /** Set by torchrun (TORCHELASTIC_RUN_ID): its agent holds MASTER_PORT. */
+  torchrun: boolean;
 }
 
 const VARIABLES = "RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT";
@@ -79,10 +88,35 @@ export function rendezvousFromEnv(env: NodeJS.ProcessEnv = process.env): Rendezv
   if (masterAddr !== undefined && !/^[A-Za-z0-9._-]+$/.test(masterAddr)) {
     throw invalid("a host name or IPv4 address", "the environment variable MASTER_ADDR", masterAddr);
   }
-  const masterPort = needMaster
-    ? intVar(env, "MASTER_PORT", 1, 65535, true)
-    : intVar(env, "MASTER_PORT", 1, 65535, false);
-  storeUrl ??= `tcp://${masterAddr}:${masterPort}`;
+  const storePort = intVar(env, "MOE_EP_STORE_PORT", 1, 65535, false);
+  const masterPort =
+    needMaster && storePort === undefined
+      ? intVar(env, "MASTER_PORT", 1, 65535, true)
+      : intVar(env, "MASTER_PORT", 1, 65535, false);
+  const torchrun = !!env.TORCHELASTIC_RUN_ID;
+  let storePortFrom: string | undefined;
+  if (storeUrl === undefined) {
+    let port: number;
+    if (storePort !== undefined) {
+      port = storePort;
+      storePortFrom = "MOE_EP_STORE_PORT";
+    } else if (torchrun) {
+      // torchrun's agent listens on MASTER_PORT; every rank takes the next one.
+      if (masterPort! >= 65535) {
+        throw new MoEError(
+          `Expected MASTER_PORT below 65535 under torchrun (the store takes MASTER_PORT + 1) but received ` +
+            `${masterPort}; set MOE_EP_STORE_PORT to a free port on ${masterAddr}, the same on every rank.`,
+          "ERR_MOE_VALUE",
+        );
+      }
+      port = masterPort! + 1;
+      storePortFrom = "MASTER_PORT + 1 (torchrun's agent holds MASTER_PORT)";
+    } else {
+      port = masterPort!;
+      storePortFrom = "MASTER_PORT";
+    }
+    storeUrl = `tcp://${masterAddr}:${port}`;
+  }
 
   let runId = env.MOE_EP_RUN_ID || undefined;
   if (runId !== undefined && !RUN_ID.test(runId)) {
@@ -101,12 +135,41 @@ export function rendezvousFromEnv(env: NodeJS.ProcessEnv = process.env): Rendezv
     const where = storeUrl.slice("tcp://".length).replace(/[^A-Za-z0-9_.-]/g, "-");
     runId = `tcp-${where}`.slice(0, 128);
   }
-  return { rank, worldSize, localRank, localWorldSize, masterAddr, masterPort, runId, storeUrl };
+  return {
+    rank,
+    worldSize,
+    localRank,
+    localWorldSize,
+    masterAddr,
+    masterPort,
+    runId,
+    storeUrl,
+    storePortFrom,
+    torchrun,
+  };
+}
+
+/**
+ * Opens the store of a rendezvous; when rank 0 cannot listen on a tcp store's
+ * port, the error says where the port came from and names MOE_EP_STORE_PORT.
+ */
+export function openRendezvousStore(r: Rendezvous, options: Omit<StoreOptions, "rank" | "worldSize">): Store {
+  try {
+    return openStore(r.storeUrl, { ...options, rank: r.rank, worldSize: r.worldSize });
+  } catch (e) {
+    if (!(e instanceof MoEError) || r.storePortFrom === undefined || !/cannot listen on/.test(e.message)) throw e;
+    throw new MoEError(
+      `${e.message}. The store's port is ${r.storePortFrom}; set MOE_EP_STORE_PORT to a free port ` +
+        `on ${r.masterAddr}, the same on every rank (or MOE_EP_STORE to another store).`,
+      e.code,
+      { cause: e },
+    );
+  }
 }
 
 /** Opens the store the environment names, as this rank. */
 export function openStoreFromEnv(options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Store {
   if (options === null || typeof options !== "object") throw invalid("an options object", "options", options);
   const r = rendezvousFromEnv(options.env ?? process.env);
-  return openStore(r.storeUrl, { rank: r.rank, worldSize: r.worldSize, runId: r.runId, timeoutMs: options.timeoutMs });
+  return openRendezvousStore(r, { runId: r.runId, timeoutMs: options.timeoutMs });
 }

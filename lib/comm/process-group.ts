@@ -19,7 +19,7 @@ import type { NativeProcessGroupHandle } from "../addon";
 import { loadNative } from "../native";
 import { handle, wrap } from "../ops/common";
 import { Tensor } from "../tensor";
-import { rendezvousFromEnv } from "./env";
+import { openRendezvousStore, rendezvousFromEnv } from "./env";
 import { expertParallelLayout } from "./layout";
 import { openStore, Store, STORE_LIMITS } from "./store";
 
@@ -379,7 +379,12 @@ export async function initProcessGroup(options?: ProcessGroupOptions): Promise<P
   } else {
     const url = o.store ?? env!.storeUrl;
     const runId = o.runId ?? (o.store === undefined ? env!.runId : undefined);
-    store = openStore(url, { rank, worldSize, runId, timeoutMs, maxBytes: storeMaxBytes });
+    const storeOptions = { rank, worldSize, runId, timeoutMs, maxBytes: storeMaxBytes };
+    // From the environment alone: an error on listening names MOE_EP_STORE_PORT.
+    store =
+      o.store === undefined && env!.rank === rank && env!.worldSize === worldSize
+        ? openRendezvousStore(env!, storeOptions)
+        : openStore(url, storeOptions);
     const key = `${store.url}#${runId ?? process.env.MOE_EP_RUN_ID ?? ""}`;
     prefix = nextPrefix(() => {
       const n = groupsByRun.get(key) ?? 0;

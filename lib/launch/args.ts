@@ -1,29 +1,9 @@
 /** `moe-ep launch`'s arguments and the environment variables that stand in for them. */
 import * as path from "path";
-import { MoEError, invalid } from "../errors";
+import { describeFlags, parseOptions, UsageError, type Flag } from "../cli-options";
+import { invalid } from "../errors";
 
-export const USAGE = `usage: moe-ep launch --nproc-per-node N [options] script.js [script args]
-
-  -n, --nproc-per-node N  ranks to start on this host (also --nproc; env NPROC_PER_NODE)
-  --nnodes K              hosts taking part, each running this launcher (env NNODES; default 1)
-  --node-rank I           this host's place among them, 0 to K-1 (env NODE_RANK; default 0);
-                          host I runs the ranks I*N to I*N+N-1
-  --master-addr A         host 0's address, which every host reaches (env MASTER_ADDR;
-                          default 127.0.0.1, required when K > 1)
-  --master-port P         rank 0's tcp store on A:P; with K > 1 the launchers meet on A:P+1
-                          (env MASTER_PORT; default a free port on one host, 29500 on several)
-  --local-addr B          this host's address for Gloo (env MOE_EP_GLOO_HOSTNAME; default with
-                          K > 1: the address of the interface that routes to A; else 127.0.0.1)
-  --store URL             file://DIR: rendezvous through files in DIR (MOE_EP_STORE);
-                          tcp (default): rank 0 serves the store on A:P`;
-
-/** A bad argument of `moe-ep launch` (ERR_MOE_VALUE); the CLI prints it with the usage. */
-export class UsageError extends MoEError {
-  constructor(message: string) {
-    super(message, "ERR_MOE_VALUE");
-    this.name = "UsageError";
-  }
-}
+export { UsageError };
 
 export interface Plan {
   /** Hosts in the run. */
@@ -74,17 +54,67 @@ function parseStore(text: string | undefined): string | undefined {
   throw new UsageError(`expected file://DIR or tcp for --store but received "${text}"`);
 }
 
-const FLAGS: Record<string, string> = {
-  "-n": "nproc",
-  "--nproc": "nproc",
-  "--nproc-per-node": "nproc",
-  "--nnodes": "nnodes",
-  "--node-rank": "nodeRank",
-  "--master-addr": "masterAddr",
-  "--master-port": "masterPort",
-  "--local-addr": "localAddr",
-  "--store": "store",
-};
+const STRING = { type: "string" } as const;
+
+/** launch's flags, one line each; parse reads their values, falling back on ENV. */
+export const LAUNCH_FLAGS: readonly Flag[] = [
+  {
+    name: "nproc-per-node",
+    short: "n",
+    aliases: ["nproc"],
+    key: "nproc",
+    kind: STRING,
+    value: "N",
+    help: "ranks to start on this host (env NPROC_PER_NODE)",
+  },
+  {
+    name: "nnodes",
+    kind: STRING,
+    value: "K",
+    help: "hosts taking part, each running this launcher (env NNODES; default 1)",
+  },
+  {
+    name: "node-rank",
+    key: "nodeRank",
+    kind: STRING,
+    value: "I",
+    help: "this host's place among them, 0 to K-1 (env NODE_RANK; default 0);\nhost I runs the ranks I*N to I*N+N-1",
+  },
+  {
+    name: "master-addr",
+    key: "masterAddr",
+    kind: STRING,
+    value: "A",
+    help: "host 0's address, which every host reaches (env MASTER_ADDR;\ndefault 127.0.0.1, required when K > 1)",
+  },
+  {
+    name: "master-port",
+    key: "masterPort",
+    kind: STRING,
+    value: "P",
+    help: "rank 0's tcp store on A:P; with K > 1 the launchers meet on A:P+1\n(env MASTER_PORT; default a free port on one host, 29500 on several)",
+  },
+  {
+    name: "local-addr",
+    key: "localAddr",
+    kind: STRING,
+    value: "B",
+    help: "this host's address for Gloo (env MOE_EP_GLOO_HOSTNAME; default with\nK > 1: the address of the interface that routes to A; else 127.0.0.1)",
+  },
+  {
+    name: "store",
+    kind: STRING,
+    value: "URL",
+    help: "file://DIR: rendezvous through files in DIR (MOE_EP_STORE);\ntcp (default): rank 0 serves the store on A:P",
+  },
+];
+
+export const USAGE = `usage: moe-ep launch --nproc-per-node N [options] script.js [script args]
+       moe-ep launch [options] -- script.js [script args]
+
+Everything from the script on is the script's own and passed on untouched.
+
+${describeFlags(LAUNCH_FLAGS)}`;
 
 /** The environment variable read when a flag is absent. */
 const ENV: Record<string, string> = {
@@ -101,22 +131,11 @@ export function parse(args: string[], env: NodeJS.ProcessEnv = process.env): Pla
   if (!Array.isArray(args) || args.some((a) => typeof a !== "string"))
     throw invalid("an array of strings", "launch arguments", args);
   if (env === null || typeof env !== "object") throw invalid("an environment object", "env", env);
+  const parsed = parseOptions(LAUNCH_FLAGS, args, { rest: true });
+  if (parsed.help) return "help";
   const given: Record<string, { name: string; text: string | undefined }> = {};
-  let i = 0;
-  for (; i < args.length; ++i) {
-    const arg = args[i];
-    if (arg === "--") {
-      ++i;
-      break;
-    }
-    if (!arg.startsWith("-") || arg === "-") break;
-    if (arg === "-h" || arg === "--help") return "help";
-    const eq = arg.indexOf("=");
-    const flag = arg.startsWith("--") && eq > 0 ? arg.slice(0, eq) : arg;
-    const key = FLAGS[flag];
-    if (!key) throw new UsageError(`unknown option ${arg}`);
-    given[key] = { name: flag, text: arg.startsWith("--") && eq > 0 ? arg.slice(eq + 1) : args[++i] };
-  }
+  for (const [key, text] of Object.entries(parsed.values))
+    given[key] = { name: parsed.spelled[key], text: String(text) };
   const read = (key: string): { name: string; text: string | undefined } | undefined => {
     if (given[key]) return given[key];
     const text = ENV[key] ? env[ENV[key]] : undefined;
@@ -140,7 +159,7 @@ export function parse(args: string[], env: NodeJS.ProcessEnv = process.env): Pla
   const local = read("localAddr");
   const localAddr = local && parseAddress(local.name, local.text);
   const store = given.store ? parseStore(given.store.text) : undefined;
-  if (i >= args.length) throw new UsageError("no script given");
+  if (parsed.rest.length === 0) throw new UsageError("no script given");
   return {
     nnodes,
     nodeRank,
@@ -149,7 +168,7 @@ export function parse(args: string[], env: NodeJS.ProcessEnv = process.env): Pla
     masterPort,
     localAddr,
     store,
-    script: args[i],
-    scriptArgs: args.slice(i + 1),
+    script: parsed.rest[0],
+    scriptArgs: parsed.rest.slice(1),
   };
 }
