@@ -22,24 +22,41 @@ commands:
                            the same on each of K hosts (launch --help for every option)
 `;
 
+/** Says so, with the factor measured now, when OpenBLAS runs a core older than the CPU supports. */
+async function printSlowCoreWarning(): Promise<void> {
+  const blas = info().blas;
+  if (!blas.loaded) return;
+  const warning = await (await import("./bench/blas-core")).slowCoreWarning(blas.core);
+  if (warning) console.log(warning);
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case "info":
-      console.log(rest.includes("--json") ? JSON.stringify(info(), null, 2) : formatInfo());
+      if (rest.includes("--json")) {
+        console.log(JSON.stringify(info(), null, 2));
+        return 0;
+      }
+      console.log(formatInfo());
+      await printSlowCoreWarning();
       return 0;
     case "launch":
       return (await import("./launch")).launch(rest);
     case "bench": {
       const what = rest[0] ?? "all";
       if (what === "layer")
-        return (await import("./bench/layer-cli")).benchLayerCli(rest.slice(1), () => console.log(formatInfo()));
+        return (await import("./bench/layer-cli")).benchLayerCli(rest.slice(1), async () => {
+          console.log(formatInfo());
+          await printSlowCoreWarning();
+        });
       const known = ["grouped-gemm", "ops", "alltoall", "layer", "all"];
       if (!known.includes(what)) {
         console.error(`moe-ep bench: expected one of ${known.join(", ")} but received "${what}"`);
         return 2;
       }
       console.log(formatInfo());
+      await printSlowCoreWarning();
       if (what === "grouped-gemm" || what === "all") await (await import("./bench/grouped-gemm")).benchGroupedGemm();
       if (what === "ops" || what === "all") await (await import("./bench/ops")).benchOps();
       if (what === "alltoall" || what === "all") {

@@ -41,6 +41,9 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
       const dx = await ops.activationBackward(tensor(dh, hs), X, kind);
       expect(dx.shape).toEqual(shape);
       expect(relErr(values(dx), activationBackwardRef(dh, x, width, kind))).toBeLessThan(TOL.float32);
+      // Written over dh (reuseDh): the same values bit for bit.
+      const over = await ops.activationBackward(tensor(dh, hs), X, kind, { reuseDh: true });
+      expect(sameBits(over, dx)).toBe(true);
     }),
   );
 

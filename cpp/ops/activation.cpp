@@ -25,7 +25,12 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 // relu: max(x, 0); its derivative is taken as 0 at x = 0 (as PyTorch does). A NaN is
 // neither above nor below 0: it passes through both, so a NaN input is never hidden as 0.
 inline float relu(float x) { return x > 0.0f || std::isnan(x) ? x : 0.0f; }
-inline float relu_grad(float x) { return x > 0.0f ? 1.0f : x <= 0.0f ? 0.0f : x; }
+// Written as selects rather than branches, so that the loops over it vectorise (random signs
+// mispredict a branch half the time): the same values.
+inline float relu_grad(float x) {
+  const float d = x > 0.0f ? 1.0f : 0.0f;
+  return x != x ? x : d;
+}
 
 // gelu, exact: x Φ(x), Φ(x) = (1 + erf(x/√2)) / 2; d/dx = Φ(x) + x φ(x).
 inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); }

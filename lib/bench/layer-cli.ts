@@ -5,6 +5,7 @@
  *
  *   moe-ep bench layer [--nproc 2] [--tokens 2048] [--d-model 1024] [--d-ff 2048]
  *                      [--experts 8] [--top-k 2] [--ep-size N] [--runs 3] [--activation relu]
+ *                      [--profile] [--forward-only]
  */
 import * as os from "os";
 import * as path from "path";
@@ -28,11 +29,16 @@ function parse(args: string[]): { nproc: number; options: BenchLayerOptions } {
   const options: Record<string, unknown> = {};
   let nproc = 2;
   for (let i = 0; i < args.length; i += 2) {
+    if (args[i] === "--profile" || args[i] === "--forward-only") {
+      options[args[i] === "--profile" ? "profile" : "forwardOnly"] = true;
+      i--;
+      continue;
+    }
     const key = FLAGS[args[i]];
     const value = args[i + 1];
     if (!key || value === undefined)
       throw new Error(
-        `moe-ep bench layer: unknown option or missing value at "${args[i]}" (options: ${Object.keys(FLAGS).join(", ")})`,
+        `moe-ep bench layer: unknown option or missing value at "${args[i]}" (options: ${Object.keys(FLAGS).join(", ")}, --profile, --forward-only)`,
       );
     if (key === "activation") {
       if (!(ACTIVATION_KINDS as readonly string[]).includes(value))
@@ -50,7 +56,7 @@ function parse(args: string[]): { nproc: number; options: BenchLayerOptions } {
 }
 
 /** The CLI's entry: as a launched rank (RANK set) it runs its share; otherwise it launches the ranks. */
-export async function benchLayerCli(args: string[], printInfo: () => void): Promise<number> {
+export async function benchLayerCli(args: string[], printInfo: () => void | Promise<void>): Promise<number> {
   const { nproc, options } = parse(args);
   if (process.env.RANK !== undefined && process.env.WORLD_SIZE !== undefined) {
     const world = Number(process.env.WORLD_SIZE);
@@ -62,7 +68,7 @@ export async function benchLayerCli(args: string[], printInfo: () => void): Prom
     }
     return 0;
   }
-  printInfo();
+  await printInfo();
   if (nproc === 1) {
     await benchLayer(options);
     return 0;

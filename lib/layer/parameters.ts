@@ -3,10 +3,10 @@
  * buffers, as the layer, the optimizer, clipping and checkpoints see them.
  */
 import { isGated, type ActivationKind } from "../ops/activation";
-import { addInPlace, zeroInPlace } from "../ops/elementwise";
+import { addInPlace } from "../ops/elementwise";
 import { fillRandom, hashName } from "../ops/random";
 import { reshape } from "../ops/view";
-import { Tensor } from "../tensor";
+import { Tensor, type TensorOptions } from "../tensor";
 import type { ResolvedMoEConfig } from "./config";
 import { ffnBackward, type FFNGrads, type FFNSaved, type FFNWeights, type GradTarget } from "./experts";
 import type { CollectiveGroup } from "./group";
@@ -47,7 +47,7 @@ export class Parameter implements ParameterEntry {
   private zero = true;
   /**
    * zeroGrad() asked for zeros that are not written yet: the next backward overwrites the buffer
-   * (beta = 0) instead, and reading `grad` first writes them.
+   * (beta = 0) instead, and reading `grad` first makes them.
    */
   private zeroPending = false;
 
@@ -77,9 +77,12 @@ export class Parameter implements ParameterEntry {
 
   get grad(): Tensor {
     if (this.zeroPending) {
+      // A zero tensor made now (the buffer may still be written by work in flight, and a read
+      // does not wait for queued ops): what zeroGrad() promised, when someone looks.
       this.zeroPending = false;
-      // Queued at once on the stream, before any read of the tensor the caller can make.
-      zeroInPlace(this.current).catch(() => undefined);
+      const zero = Tensor.zeros(this.current.shape, { device: this.current.device as TensorOptions["device"] });
+      this.current.dispose();
+      this.current = zero;
     }
     return this.current;
   }
