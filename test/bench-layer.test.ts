@@ -58,7 +58,16 @@ test("benchLayer with profile reports the native ops' time; forward only counts 
   expect(total).toBeLessThan(r.stepSeconds * 1000 * 1.05);
   expect(lines.join("\n")).toMatch(/groupedGemmBackward\.dw +[\d.]+ +[\d.]+% of the step/);
 
-  const f = await benchLayer({ dModel: 64, dFF: 128, numExperts: 4, topK: 2, tokens: 128, runs: 2, forwardOnly: true, log: null });
+  const f = await benchLayer({
+    dModel: 64,
+    dFF: 128,
+    numExperts: 4,
+    topK: 2,
+    tokens: 128,
+    runs: 2,
+    forwardOnly: true,
+    log: null,
+  });
   expect(f.forwardOnly).toBe(true);
   expect(f.gemmFlops).toBe(2 * 128 * 64 * 4 + 2 * 256 * 64 * 128 * 2);
   expect(f.backwardMs.experts).toBe(0);

@@ -27,8 +27,8 @@ class OpTimer {
  public:
   explicit OpTimer(const char* name) : name_(name), start_(std::chrono::steady_clock::now()) {}
   ~OpTimer() {
-    op_clock_add(name_,
-                 std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count());
+    op_clock_add(
+        name_, std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count());
   }
   OpTimer(const OpTimer&) = delete;
   OpTimer& operator=(const OpTimer&) = delete;

@@ -77,7 +77,14 @@ export function cpuFlags(cpuinfo = "/proc/cpuinfo"): Set<string> {
       .readFileSync(cpuinfo, "utf8")
       .split("\n")
       .find((l) => /^flags\s*:/.test(l));
-    return new Set(line ? line.replace(/^flags\s*:/, "").trim().split(/\s+/) : []);
+    return new Set(
+      line
+        ? line
+            .replace(/^flags\s*:/, "")
+            .trim()
+            .split(/\s+/)
+        : [],
+    );
   } catch {
     return new Set();
   }
