@@ -89,10 +89,15 @@ export class Parameter implements ParameterEntry {
 
   /**
    * Where backward may have a GEMM write this gradient itself (the buffer, and whether to add to
-   * what it holds), or undefined: for a view operand, or when ranks must sum the gradient first.
+   * what it holds), or undefined: for a view operand, when ranks must sum the gradient first, or
+   * off the CPU.
    */
   gradTarget(reduceGroupSize: number): GradTarget | undefined {
     if (reduceGroupSize > 1 || this.operand !== this.param) return undefined;
+    // The CUDA kernels write a fresh dW (landing it in a buffer is one more pass): taking it is cheaper.
+    if (this.current.device !== "cpu") return undefined;
+    // Should the backward fail halfway, a zero gradient still reads as zero.
+    if (this.zero) this.zeroPending = true;
     return { into: this.current, accumulate: !this.zero };
   }
 
@@ -268,7 +273,7 @@ export class LayerParameters {
     for (const p of this.all) if (p.expert) p.normGroup = ep;
   }
 
-  /** Every zeroing is queued (in order, on the stream) before this returns a promise. */
+  /** Every gradient is marked zero before this returns a promise (Parameter.zeroGrad: no sweep of zeros). */
   zeroGrad(): Promise<void> {
     return Promise.all(this.all.map((p) => p.zeroGrad())).then(() => undefined);
   }
