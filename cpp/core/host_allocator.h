@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 namespace moe {
 
@@ -30,11 +31,13 @@ HostCounters host_counters();
 // The core calls this wherever it fills memory with zeros.
 void note_zeroed(size_t bytes);
 
-// A scratch buffer from the host allocator, uninitialised (RAII).
+// A scratch buffer from the host allocator, uninitialised (RAII); none for n == 0.
 template <class T>
 class HostScratch {
  public:
-  explicit HostScratch(size_t n) : n_(n), p_(static_cast<T*>(host_alloc(n * sizeof(T)))) {}
+  explicit HostScratch(size_t n) : n_(n), p_(n ? static_cast<T*>(host_alloc(n * sizeof(T))) : nullptr) {
+    if (n && !p_) throw std::bad_alloc();
+  }
   ~HostScratch() { host_free(p_, n_ * sizeof(T)); }
   HostScratch(const HostScratch&) = delete;
   HostScratch& operator=(const HostScratch&) = delete;
