@@ -47,5 +47,10 @@ for core in SkylakeX Haswell; do
     zeroed=$(sed -E 's/.* ([0-9]+) bytes zeroed\/step.*/\1/' <<<"$line")
     ms=$(sed -E 's/.* ([0-9.]+) ms\/step.*/\1/' <<<"$line")
     printf '%-24s %-9s %12s %12s %16s %10s\n' "$name" "$core" "$pct" "$faults" "$zeroed" "$ms"
+    # Evaluation: the latency's split by stage (forward ms, rank 0).
+    if [ "$name" = "ep2-eval-128-tokens" ]; then
+      grep -E '^(\[rank 0\])? +(route|permute|dispatch|experts|combine|unpermute|shared|reduce) +[0-9.]+ ' <<<"$out" |
+        awk '{ if ($1 == "[rank") { s = $3; v = $4 } else { s = $1; v = $2 } printf "    %-12s %8s ms\n", s, v }'
+    fi
   done
 done
