@@ -15,7 +15,8 @@ commands:
   bench ops                route, permute, unpermute at 8192 tokens x 1024 x 64 experts, top-8, vs memcpy
   bench alltoall [-n N]    all-to-all-v over N local ranks (default 2), 1 KiB to 64 MiB per rank, as nccl-tests;
                            with launch's --nnodes, --node-rank, --master-addr ... on every host: N ranks on each
-  bench layer [--nproc 2]  MoE layer fwd + bwd on N processes (8 experts, top-2, 2048 tokens x 1024 x 2048 per rank) vs the GEMM roofline
+  bench layer [--nproc 2]  MoE layer fwd + bwd on N processes (8 experts, top-2, 2048 tokens x 1024 x 2048 per rank) vs the GEMM roofline,
+                           with page faults, bytes allocated and zeroed per step; --profile: native time per op; --forward-only
   bench all                every benchmark above but layer
   launch -n N script.js    run N local ranks of script.js (RANK, WORLD_SIZE, MASTER_ADDR/PORT set)
   launch --nnodes K --node-rank I --nproc-per-node N --master-addr A [--master-port P] script.js
