@@ -113,6 +113,9 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
       const dx = await ops.activationBackward(DH, X, kind);
       expect(dx.dtype).toBe("bfloat16");
       expect(relErr(values(dx), activationBackwardRef(values(DH), xb, 96, kind))).toBeLessThan(TOL.bfloat16);
+      // Written over dh where the kind allows: the same bits.
+      const over = await ops.activationBackward(tensor(dh, h.shape, "bfloat16"), X, kind, { reuseDh: true });
+      expect(sameBits(over, dx)).toBe(true);
     }),
   );
 
