@@ -20,14 +20,15 @@ Napi::Value activation(const Napi::CallbackInfo& info) {
   });
 }
 
-// activationBackward(dh, x, kind)
+// activationBackward(dh, x, kind, reuseDh?)
 Napi::Value activation_backward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     Tensor dh = NativeTensor::From(info[0], "dh");
     Tensor x = NativeTensor::From(info[1], "x");
-    auto task =
-        ops::activation_backward(dh, x, ops::parse_activation("activationBackward", to_string(info[2], "kind")));
+    const bool reuse_dh = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+    auto task = ops::activation_backward(dh, x, ops::parse_activation("activationBackward", to_string(info[2], "kind")),
+                                         reuse_dh);
     return run_async(env, task, adopt);
   });
 }

@@ -19,7 +19,7 @@ Napi::Value grouped_gemm(const Napi::CallbackInfo& info) {
   });
 }
 
-// groupedGemmBackward(dy, x, w, rowsPerExpert, { needDx, needDw, needDbias })
+// groupedGemmBackward(dy, x, w, rowsPerExpert, { needDx, needDw, needDbias, dwInto?, accumulate })
 Napi::Value grouped_gemm_backward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -28,6 +28,8 @@ Napi::Value grouped_gemm_backward(const Napi::CallbackInfo& info) {
     needs.dx = get_bool(o, "needDx", true);
     needs.dw = get_bool(o, "needDw", true);
     needs.dbias = get_bool(o, "needDbias", false);
+    needs.dw_into = NativeTensor::FromOptional(o.Get("dwInto"), "dwInto");
+    needs.accumulate = get_bool(o, "accumulate", false);
     auto task = ops::grouped_gemm_backward(NativeTensor::From(info[0], "dy"), NativeTensor::From(info[1], "x"),
                                            NativeTensor::From(info[2], "w"),
                                            NativeTensor::From(info[3], "rowsPerExpert"), needs);

@@ -4,6 +4,7 @@
 #include "../cpp/core/cuda_device.h"
 #include "../cpp/core/cuda_probe.h"
 #include "../cpp/core/host_allocator.h"
+#include "../cpp/core/op_clock.h"
 #include "../cpp/core/parallel.h"
 #include "addon.h"
 #include "async.h"
@@ -66,6 +67,35 @@ Napi::Value memory_stats(const Napi::CallbackInfo& cb) {
   });
 }
 
+// hostCounters(): the host allocator's running totals and the process's page faults.
+Napi::Value host_counters(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  const HostCounters h = moe::host_counters();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("allocatedBytes", double(h.allocated_bytes));
+  o.Set("systemBytes", double(h.system_bytes));
+  o.Set("zeroedBytes", double(h.zeroed_bytes));
+  o.Set("minorFaults", double(h.minor_faults));
+  o.Set("majorFaults", double(h.major_faults));
+  return o;
+}
+
+// opTimes(reset?): [{ name, calls, ms }] of the CPU ops since the last reset (then resets when asked).
+Napi::Value op_times(const Napi::CallbackInfo& cb) {
+  Napi::Env env = cb.Env();
+  const std::vector<OpTime> times = moe::op_times();
+  if (cb[0].IsBoolean() && cb[0].As<Napi::Boolean>().Value()) op_times_reset();
+  Napi::Array a = Napi::Array::New(env, times.size());
+  for (size_t i = 0; i < times.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", times[i].name);
+    o.Set("calls", double(times[i].calls));
+    o.Set("ms", double(times[i].nanoseconds) / 1e6);
+    a.Set(uint32_t(i), o);
+  }
+  return a;
+}
+
 // synchronize(): a Promise settled once all work queued so far has run, on
 // the CPU stream and on every CUDA device used; it rejects with the first
 // error a GPU kernel found since the last synchronisation, naming its op.
@@ -91,7 +121,9 @@ Napi::Value empty_cache(const Napi::CallbackInfo& cb) {
 
 Registration reg([](Napi::Env env, Napi::Object exports) {
   exports.Set("emptyCache", Napi::Function::New(env, empty_cache));
+  exports.Set("hostCounters", Napi::Function::New(env, host_counters));
   exports.Set("info", Napi::Function::New(env, info));
+  exports.Set("opTimes", Napi::Function::New(env, op_times));
   exports.Set("memoryStats", Napi::Function::New(env, memory_stats));
   exports.Set("synchronize", Napi::Function::New(env, synchronize));
 });

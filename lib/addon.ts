@@ -55,6 +55,25 @@ export interface NativeMemoryStats {
   made: number;
 }
 
+/** The host allocator's running totals since the process started, and its page faults (getrusage). */
+export interface NativeHostCounters {
+  /** Bytes handed out for CPU tensors and the ops' scratch (from the cache or the system). */
+  allocatedBytes: number;
+  /** Of which newly taken from the system: pages that fault (and are zeroed by the kernel) on first touch. */
+  systemBytes: number;
+  /** Bytes the core filled with zeros (zeros(), zeroInPlace, padding rows, empty experts' dW). */
+  zeroedBytes: number;
+  minorFaults: number;
+  majorFaults: number;
+}
+
+/** One CPU op's native time since the last reset (cpp/core/op_clock.h). */
+export interface NativeOpTime {
+  name: string;
+  calls: number;
+  ms: number;
+}
+
 /** A CUDA timing event (binding/device.cc): opaque, only passed back to eventElapsedMs. */
 export interface NativeEvent {
   readonly __nativeEvent: never;
@@ -313,6 +332,9 @@ export interface Addon {
   // binding/info.cc
   info(): NativeInfo;
   memoryStats(device: string, madeSince?: number): NativeMemoryStats;
+  hostCounters(): NativeHostCounters;
+  /** The CPU ops' native time since the last reset; reset: start the counters again afterwards. */
+  opTimes(reset?: boolean): NativeOpTime[];
   emptyCache(): void;
   synchronize(): Promise<void>;
 
@@ -343,7 +365,7 @@ export interface Addon {
     x: H,
     w: H,
     rowsPerExpert: H,
-    options: { needDx: boolean; needDw: boolean; needDbias: boolean },
+    options: { needDx: boolean; needDw: boolean; needDbias: boolean; dwInto?: H; accumulate?: boolean },
   ): Promise<{ dx?: H; dw?: H; dbias?: H }>;
   /** Whether the CUDA grouped GEMM takes these operands, and if not why (cuda/grouped_gemm_plan.h's rule). */
   groupedGemmCudaSupport(options: { dtype: DType; k: number; n: number; needDbias: boolean }): {
@@ -351,7 +373,7 @@ export interface Addon {
     reason: string;
   };
   activation(x: H, kind: ActivationKind): Promise<H>;
-  activationBackward(dh: H, x: H, kind: ActivationKind): Promise<H>;
+  activationBackward(dh: H, x: H, kind: ActivationKind, reuseDh?: boolean): Promise<H>;
 
   // binding/elementwise.cc, chunks.cc, random.cc, adamw.cc
   add(a: H, b: H): Promise<H>;
@@ -395,6 +417,8 @@ export const ADDON_KEYS = [
   "eventElapsedMs",
   "info",
   "memoryStats",
+  "hostCounters",
+  "opTimes",
   "emptyCache",
   "synchronize",
   "gate",

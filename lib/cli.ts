@@ -33,7 +33,18 @@ options:
   --version                the package's version
 `;
 
-const printInfo = async (): Promise<void> => console.log((await import("./info")).formatInfo());
+/** Says so, with the factor measured now, when OpenBLAS runs a core older than the CPU supports. */
+async function printSlowCoreWarning(): Promise<void> {
+  const blas = (await import("./info")).info().blas;
+  if (!blas.loaded) return;
+  const warning = await (await import("./bench/blas-core")).slowCoreWarning(blas.core);
+  if (warning) console.log(warning);
+}
+
+const printInfo = async (): Promise<void> => {
+  console.log((await import("./info")).formatInfo());
+  await printSlowCoreWarning();
+};
 
 function version(): string {
   const file = path.join(__dirname, "..", "package.json");
@@ -46,6 +57,7 @@ const INFO: Command = {
   run: async ({ values }) => {
     const { formatInfo, info } = await import("./info");
     console.log(values.json ? JSON.stringify(info(), null, 2) : formatInfo());
+    if (!values.json) await printSlowCoreWarning();
     return 0;
   },
 };

@@ -41,6 +41,9 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
       const dx = await ops.activationBackward(tensor(dh, hs), X, kind);
       expect(dx.shape).toEqual(shape);
       expect(relErr(values(dx), activationBackwardRef(dh, x, width, kind))).toBeLessThan(TOL.float32);
+      // Written over dh (reuseDh): the same values bit for bit.
+      const over = await ops.activationBackward(tensor(dh, hs), X, kind, { reuseDh: true });
+      expect(sameBits(over, dx)).toBe(true);
     }),
   );
 
@@ -110,6 +113,9 @@ describe("activation (relu, gelu erf form, silu; swiglu and geglu gate-then-up)"
       const dx = await ops.activationBackward(DH, X, kind);
       expect(dx.dtype).toBe("bfloat16");
       expect(relErr(values(dx), activationBackwardRef(values(DH), xb, 96, kind))).toBeLessThan(TOL.bfloat16);
+      // Written over dh where the kind allows: the same bits.
+      const over = await ops.activationBackward(tensor(dh, h.shape, "bfloat16"), X, kind, { reuseDh: true });
+      expect(sameBits(over, dx)).toBe(true);
     }),
   );
 

@@ -30,6 +30,49 @@ test("benchLayer in one process: figures that add up", async () => {
   expect(r.forwardMs.experts).toBeGreaterThan(0);
   expect(r.backwardMs.experts).toBeGreaterThan(0);
   expect(lines.join("\n")).toMatch(/the layer runs at [\d.]+% of the GEMM roofline/);
+  // Steady state: every buffer of a step comes from the host allocator's cache, and nothing the
+  // GEMMs overwrite is zeroed first (the router's 4 int32 expert counts are all that is).
+  expect(r.memory.allocatedBytes).toBeGreaterThan(256 * 128 * 4);
+  expect(r.memory.systemBytes).toBe(0);
+  expect(r.memory.zeroedBytes).toBeLessThanOrEqual(4 * 4);
+  expect(lines.join("\n")).toMatch(/summary: [\d.]+% of roofline, \d+ faults\/step, \d+ bytes zeroed\/step/);
+});
+
+test("benchLayer with profile reports the native ops' time; forward only counts the forward's GEMMs", async () => {
+  const lines: string[] = [];
+  const r = await benchLayer({
+    dModel: 64,
+    dFF: 128,
+    numExperts: 4,
+    topK: 2,
+    tokens: 128,
+    runs: 2,
+    warmup: 1,
+    profile: true,
+    log: (l) => lines.push(l),
+  });
+  for (const op of ["groupedGemm", "groupedGemmBackward.dx", "groupedGemmBackward.dw", "activation", "permute"])
+    expect(r.opMs![op]).toBeGreaterThan(0);
+  // The ops run inside the step.
+  const total = Object.values(r.opMs!).reduce((a, b) => a + b, 0);
+  expect(total).toBeLessThan(r.stepSeconds * 1000 * 1.05);
+  expect(lines.join("\n")).toMatch(/groupedGemmBackward\.dw +[\d.]+ +[\d.]+% of the step/);
+
+  const f = await benchLayer({
+    dModel: 64,
+    dFF: 128,
+    numExperts: 4,
+    topK: 2,
+    tokens: 128,
+    runs: 2,
+    forwardOnly: true,
+    log: null,
+  });
+  expect(f.forwardOnly).toBe(true);
+  expect(f.gemmFlops).toBe(2 * 128 * 64 * 4 + 2 * 256 * 64 * 128 * 2);
+  expect(f.backwardMs.experts).toBe(0);
+  expect(f.forwardMs.experts).toBeGreaterThan(0);
+  expect(f.opMs).toBeUndefined();
 });
 
 test("moe-ep bench layer --nproc 2 runs the experts sharded over two processes", async () => {

@@ -297,3 +297,59 @@ describe("groupedGemm (Y_e = X_e · W_e + b_e over contiguous expert rows)", () 
     }),
   );
 });
+
+describe("groupedGemmBackward into a gradient buffer (dwInto, accumulate)", () => {
+  test.each(cases)(
+    "dW written over garbage equals the fresh dW bit for bit; accumulate adds it to what was there: $name",
+    scoped(async (c) => {
+      const { d, x, w, dy } = data(c, 30);
+      const args = [
+        tensor(dy, [d.R, d.N]),
+        tensor(x, [d.R, d.K]),
+        tensor(w, [d.L, d.K, d.N]),
+        intTensor(c.counts, [d.L]),
+      ] as const;
+      const fresh = await ops.groupedGemmBackward(...args, { needDx: false });
+      const old = f32(normal(d.L * d.K * d.N, 31));
+      const into = tensor(old, [d.L, d.K, d.N]);
+      const over = await ops.groupedGemmBackward(...args, { needDx: false, dwInto: into });
+      expect(sameBits(over.dw!, fresh.dw!)).toBe(true);
+      expect(sameBits(into, fresh.dw!)).toBe(true);
+
+      const acc = tensor(old, [d.L, d.K, d.N]);
+      const g = await ops.groupedGemmBackward(...args, { needDx: false, dwInto: acc, accumulate: true });
+      const ref = groupedGemmBackwardRef(dy, x, w, c.counts, d).dw.map((v, i) => v + old[i]);
+      expect(relErr(values(g.dw!), ref)).toBeLessThan(TOL.float32);
+      // An expert with no rows leaves its slice exactly as it was.
+      const got = values(acc);
+      c.counts.forEach((n, e) => {
+        if (n > 0) return;
+        const s = e * d.K * d.N;
+        expect(Array.from(got.subarray(s, s + d.K * d.N))).toEqual(Array.from(old.subarray(s, s + d.K * d.N)));
+      });
+    }),
+  );
+
+  test(
+    "a dwInto of the wrong shape or dtype, or accumulate without one, is refused",
+    scoped(async () => {
+      const c = cases[0];
+      const { d, x, w, dy } = data(c, 40);
+      const args = [
+        tensor(dy, [d.R, d.N]),
+        tensor(x, [d.R, d.K]),
+        tensor(w, [d.L, d.K, d.N]),
+        intTensor(c.counts, [d.L]),
+      ] as const;
+      await expect(
+        ops.groupedGemmBackward(...args, { dwInto: Tensor.zeros([d.L, d.K, d.N + 1]) }),
+      ).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
+      await expect(
+        ops.groupedGemmBackward(...args, { dwInto: Tensor.zeros([d.L, d.K, d.N], { dtype: "bfloat16" }) }),
+      ).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
+      await expect(ops.groupedGemmBackward(...args, { accumulate: true })).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+      });
+    }),
+  );
+});

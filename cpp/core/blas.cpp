@@ -6,6 +6,7 @@
 #include <mutex>
 #include <vector>
 
+#include "host_allocator.h"
 #include "parallel.h"
 
 #ifndef MOE_EP_BLAS_LIBRARY
@@ -112,6 +113,8 @@ void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
            int ldb, float beta, float* c, int ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {  // BLAS leaves C alone only for beta == 1; make k == 0 mean "C = beta * C"
+    if (beta == 1.0f) return;
+    if (beta == 0.0f) note_zeroed(size_t(m) * size_t(n) * sizeof(float));
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < n; ++j) c[size_t(i) * ldc + j] = beta == 0.0f ? 0.0f : beta * c[size_t(i) * ldc + j];
     return;

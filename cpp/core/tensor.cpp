@@ -119,6 +119,7 @@ Tensor zeros(DType dtype, const Shape& shape, Device device) {
     cuda::memset_async(t.raw(), 0, t.bytes(), device);
   else
     std::memset(t.raw(), 0, t.bytes());
+  note_zeroed(t.bytes());
   return t;
 }
 

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <vector>
 
+#include "../core/op_clock.h"
 #include "../core/check.h"
+#include "../core/host_allocator.h"
 #include "../core/parallel.h"
 #include "cuda_ops.h"
 #include "float_span.h"
@@ -23,7 +25,12 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 // relu: max(x, 0); its derivative is taken as 0 at x = 0 (as PyTorch does). A NaN is
 // neither above nor below 0: it passes through both, so a NaN input is never hidden as 0.
 inline float relu(float x) { return x > 0.0f || std::isnan(x) ? x : 0.0f; }
-inline float relu_grad(float x) { return x > 0.0f ? 1.0f : x <= 0.0f ? 0.0f : x; }
+// Written as selects rather than branches, so that the loops over it vectorise (random signs
+// mispredict a branch half the time): the same values.
+inline float relu_grad(float x) {
+  const float d = x > 0.0f ? 1.0f : 0.0f;
+  return x != x ? x : d;
+}
 
 // gelu, exact: x Φ(x), Φ(x) = (1 + erf(x/√2)) / 2; d/dx = Φ(x) + x φ(x).
 inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); }
@@ -122,31 +129,37 @@ Task<Tensor> activation(const Tensor& x, ActivationKind kind) {
   Layout l = check_input("activation", x, kind);
   if (x.device().kind == Device::CUDA) return cuda_path::activation(x, kind, l.rows, l.width);
   return [x, kind, l] {
+    OpTimer timer("activation");
     Shape shape = x.shape;
     if (is_gated(kind)) shape.back() = l.out;
     Tensor h = empty(x.dtype, shape);
+    // float32 reads x and writes h where they lie; other dtypes go through uninitialised scratch.
+    const bool f32 = x.dtype == DType::F32;
     parallel_for(l.rows, grain_rows(l.width), [&](int64_t r0, int64_t r1) {
-      std::vector<float> in(size_t((r1 - r0) * l.width)), out(size_t((r1 - r0) * l.out));
-      load_f32(x, r0 * l.width, (r1 - r0) * l.width, in.data());
+      const int64_t n_in = (r1 - r0) * l.width, n_out = (r1 - r0) * l.out;
+      HostScratch<float> scratch(f32 ? 0 : size_t(n_in + n_out));
+      const float* in = f32 ? x.data<float>() + r0 * l.width : scratch.data();
+      float* out = f32 ? h.data<float>() + r0 * l.out : scratch.data() + n_in;
+      if (!f32) load_f32(x, r0 * l.width, n_in, scratch.data());
       for_kind(kind, [&](auto f, auto) {
         if (!is_gated(kind)) {
-          for (size_t i = 0; i < in.size(); ++i) out[i] = f(in[i]);
+          for (int64_t i = 0; i < n_in; ++i) out[i] = f(in[i]);
           return;
         }
         for (int64_t r = 0; r < r1 - r0; ++r) {
-          const float* gate = in.data() + r * l.width;
+          const float* gate = in + r * l.width;
           const float* up = gate + l.out;
-          float* o = out.data() + r * l.out;
+          float* o = out + r * l.out;
           for (int64_t j = 0; j < l.out; ++j) o[j] = f(gate[j]) * up[j];
         }
       });
-      store_f32(out.data(), (r1 - r0) * l.out, h, r0 * l.out);
+      if (!f32) store_f32(out, n_out, h, r0 * l.out);
     });
     return h;
   };
 }
 
-Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind) {
+Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind, bool reuse_dh) {
   const char* op = "activationBackward";
   Layout l = check_input(op, x, kind);
   check_float(op, "dh", dh);
@@ -156,23 +169,34 @@ Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKi
   check_shape(op, "dh", dh, hshape, pattern.c_str());
   check_same_device(op, {{"x", &x}, {"dh", &dh}});
   if (x.device().kind == Device::CUDA) return cuda_path::activation_backward(dh, x, kind, l.rows, l.width);
-  return [dh, x, kind, l] {
-    Tensor dx = empty(x.dtype, x.shape);
+  // dx may take dh's storage when the caller gives dh up (same shape and dtype; each element is
+  // read before it is written there).
+  const bool in_place = reuse_dh && !is_gated(kind) && dh.dtype == x.dtype;
+  return [dh, x, kind, l, in_place] {
+    OpTimer timer("activationBackward");
+    Tensor dx = in_place ? dh : empty(x.dtype, x.shape);
+    const bool f32 = x.dtype == DType::F32 && dh.dtype == DType::F32;
     parallel_for(l.rows, grain_rows(l.width), [&](int64_t r0, int64_t r1) {
-      std::vector<float> in(size_t((r1 - r0) * l.width)), g(size_t((r1 - r0) * l.out)), out(in.size());
-      load_f32(x, r0 * l.width, (r1 - r0) * l.width, in.data());
-      load_f32(dh, r0 * l.out, (r1 - r0) * l.out, g.data());
+      const int64_t n_in = (r1 - r0) * l.width, n_g = (r1 - r0) * l.out;
+      HostScratch<float> scratch(f32 ? 0 : size_t(2 * n_in + n_g));
+      const float* in = f32 ? x.data<float>() + r0 * l.width : scratch.data();
+      const float* g = f32 ? dh.data<float>() + r0 * l.out : scratch.data() + n_in;
+      float* out = f32 ? dx.data<float>() + r0 * l.width : scratch.data() + n_in + n_g;
+      if (!f32) {
+        load_f32(x, r0 * l.width, n_in, scratch.data());
+        load_f32(dh, r0 * l.out, n_g, scratch.data() + n_in);
+      }
       for_kind(kind, [&](auto f, auto df) {
         if (!is_gated(kind)) {
-          for (size_t i = 0; i < in.size(); ++i) out[i] = g[i] * df(in[i]);
+          for (int64_t i = 0; i < n_in; ++i) out[i] = g[i] * df(in[i]);
           return;
         }
         // h = act(gate) · up: d gate = dh · up · act'(gate), d up = dh · act(gate).
         for (int64_t r = 0; r < r1 - r0; ++r) {
-          const float* gate = in.data() + r * l.width;
+          const float* gate = in + r * l.width;
           const float* up = gate + l.out;
-          const float* gr = g.data() + r * l.out;
-          float* dgate = out.data() + r * l.width;
+          const float* gr = g + r * l.out;
+          float* dgate = out + r * l.width;
           float* dup = dgate + l.out;
           for (int64_t j = 0; j < l.out; ++j) {
             dgate[j] = gr[j] * up[j] * df(gate[j]);
@@ -180,7 +204,7 @@ Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKi
           }
         }
       });
-      store_f32(out.data(), (r1 - r0) * l.width, dx, r0 * l.width);
+      if (!f32) store_f32(out, n_in, dx, r0 * l.width);
     });
     return dx;
   };

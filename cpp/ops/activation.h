@@ -21,6 +21,8 @@ inline bool is_gated(ActivationKind k) { return k == ActivationKind::Swiglu || k
 Task<Tensor> activation(const Tensor& x, ActivationKind kind);
 
 // dh with h's shape (any float dtype), x the forward input -> dx with x's shape and dtype.
-Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind);
+// reuse_dh: the caller gives dh up, and dx may be written over it (one buffer fewer) where
+// the shapes and dtypes allow; dh's contents are then unspecified.
+Task<Tensor> activation_backward(const Tensor& dh, const Tensor& x, ActivationKind kind, bool reuse_dh = false);
 
 }  // namespace moe::ops

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <string>
 
+#include "../core/op_clock.h"
 #include "../core/check.h"
+#include "../core/host_allocator.h"
 #include "../core/parallel.h"
 #include "cuda_ops.h"
 #include "float_span.h"
@@ -23,13 +25,22 @@ Task<Tensor> add(const Tensor& a, const Tensor& b) {
   check_same_device(op, {{"a", &a}, {"b", &b}});
   if (a.device().kind == Device::CUDA) return cuda_path::add(a, b);
   return [a, b] {
+    OpTimer timer("add");
     Tensor out = empty(a.dtype, a.shape, a.device());
+    const bool f32 = a.dtype == DType::F32 && b.dtype == DType::F32;
     parallel_for(a.numel(), kBlock, [&](int64_t i0, int64_t i1) {
       const int64_t n = i1 - i0;
-      std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+      if (f32) {  // straight from the operands: no scratch, one sweep
+        const float *x = a.data<float>() + i0, *y = b.data<float>() + i0;
+        float* o = out.data<float>() + i0;
+        for (int64_t j = 0; j < n; ++j) o[j] = x[j] + y[j];
+        return;
+      }
+      HostScratch<float> x(size_t(n) * 2);
+      float* y = x.data() + n;
       load_f32(a, i0, n, x.data());
-      load_f32(b, i0, n, y.data());
-      for (int64_t j = 0; j < n; ++j) x[size_t(j)] += y[size_t(j)];
+      load_f32(b, i0, n, y);
+      for (int64_t j = 0; j < n; ++j) x.data()[j] += y[j];
       store_f32(x.data(), n, out, i0);
     });
     return out;
@@ -49,8 +60,26 @@ Task<bool> axpby(const Tensor& y, const Tensor& x, double alpha, double beta) {
   const float a = float(alpha), b = float(beta);
   if (y.device().kind == Device::CUDA) return cuda_path::axpby(y, x, a, b);
   return [y, x, a, b] {
+    OpTimer timer("axpby");
+    if (a == 0.0f && b == 0.0f) note_zeroed(y.bytes());
+    const bool f32 = y.dtype == DType::F32 && (!x.defined() || x.dtype == DType::F32);
     parallel_for(y.numel(), kBlock, [&](int64_t i0, int64_t i1) {
       const int64_t n = i1 - i0;
+      if (f32) {  // in place, no scratch; the same float operations as below
+        float* yp = y.data<float>() + i0;
+        if (x.defined()) {
+          const float* xp = x.data<float>() + i0;
+          if (a == 0.0f)
+            for (int64_t j = 0; j < n; ++j) yp[j] = 0.0f + b * xp[j];
+          else
+            for (int64_t j = 0; j < n; ++j) yp[j] = a * yp[j] + b * xp[j];
+        } else if (a == 0.0f) {
+          std::fill(yp, yp + n, 0.0f);
+        } else {
+          for (int64_t j = 0; j < n; ++j) yp[j] = a * yp[j];
+        }
+        return;
+      }
       std::vector<float> yv(static_cast<size_t>(n), 0.0f), xv;
       if (a != 0.0f) load_f32(y, i0, n, yv.data());
       if (x.defined()) {
@@ -78,6 +107,7 @@ Task<Tensor> sum_squares(const std::vector<Tensor>& tensors) {
   if (!tensors.empty() && tensors[0].device().kind == Device::CUDA)
     return cuda_path::sum_squares(tensors, tensors[0].device());
   return [tensors] {
+    OpTimer timer("sumSquares");
     double total = 0;
     for (const Tensor& t : tensors) {
       const int64_t n = t.numel();

@@ -1,5 +1,6 @@
 #include "gate.h"
 
+#include "../core/op_clock.h"
 #include "../core/blas.h"
 #include "../core/check.h"
 #include "../core/floats.h"
@@ -29,6 +30,7 @@ Task<Tensor> gate(const Tensor& x, const Tensor& wg) {
   check_gate_args("gate", x, wg);
   if (x.device().kind == Device::CUDA) return cuda_path::gate(x, wg);
   return [x, wg] {
+    OpTimer timer("gate");
     const int t = int(x.dim(0)), d = int(x.dim(1)), e = int(wg.dim(1));
     F32Read xf(x);
     check_finite("gate", "x (the router's input)", xf.data(), x.numel());
@@ -45,6 +47,7 @@ Task<GateGrads> gate_backward(const Tensor& x, const Tensor& wg, const Tensor& d
   check_same_device("gateBackward", {{"x", &x}, {"dlogits", &dlogits}});
   if (x.device().kind == Device::CUDA) return cuda_path::gate_backward(x, wg, dlogits);
   return [x, wg, dlogits] {
+    OpTimer timer("gateBackward");
     const int t = int(x.dim(0)), d = int(x.dim(1)), e = int(wg.dim(1));
     F32Read xf(x);
     GateGrads g{empty(x.dtype, x.shape), empty(DType::F32, wg.shape)};

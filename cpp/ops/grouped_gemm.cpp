@@ -4,6 +4,7 @@
 #include <climits>
 #include <vector>
 
+#include "../core/op_clock.h"
 #include "../core/blas.h"
 #include "../core/check.h"
 #include "../core/floats.h"
@@ -81,6 +82,7 @@ Task<Tensor> grouped_gemm(const Tensor& x, const Tensor& w, const Tensor& counts
   }
   if (x.device().kind == Device::CUDA) return cuda_path::grouped_gemm(x, w, counts, bias);
   return [x, w, counts, bias, d, op] {
+    OpTimer timer("groupedGemm");
     std::vector<int64_t> off = expert_offsets(op, counts, d.rows);
     const int k = int(d.k), n = int(d.n);
     Tensor y = empty(x.dtype, {d.rows, d.n});
@@ -117,13 +119,31 @@ Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, 
   check_float(op, "dy", dy);
   check_shape(op, "dy", dy, {d.rows, d.n}, "[R, N]");
   check_same_device(op, {{"x", &x}, {"dy", &dy}});
-  if (x.device().kind == Device::CUDA) return cuda_path::grouped_gemm_backward(dy, x, w, counts, needs);
+  if (needs.dw_into.defined()) {
+    check_dtype(op, "dwInto", needs.dw_into, {DType::F32});
+    check_shape(op, "dwInto", needs.dw_into, w.shape, "like w");
+    check_same_device(op, {{"x", &x}, {"dwInto", &needs.dw_into}});
+  } else if (needs.accumulate) {
+    fail(Code::Value, std::string(op) + ": expected dwInto with accumulate but received none");
+  }
+  if (x.device().kind == Device::CUDA) {
+    if (!needs.dw_into.defined() || !needs.dw) return cuda_path::grouped_gemm_backward(dy, x, w, counts, needs);
+    // The CUDA kernels write a fresh dW; it lands in dw_into on the same stream.
+    auto grads = cuda_path::grouped_gemm_backward(dy, x, w, counts, needs);
+    return [grads, needs] {
+      GroupedGemmGrads g = grads();
+      cuda_path::axpby(needs.dw_into, g.dw, needs.accumulate ? 1.0f : 0.0f, 1.0f)();
+      g.dw = needs.dw_into;
+      return g;
+    };
+  }
   return [dy, x, w, counts, d, needs, op] {
     std::vector<int64_t> off = expert_offsets(op, counts, d.rows);
     const int k = int(d.k), n = int(d.n);
     GroupedGemmGrads g;
     F32Read dyf(dy);
     if (needs.dx) {
+      OpTimer timer("groupedGemmBackward.dx");
       F32Read wf(w);
       g.dx = empty(x.dtype, x.shape);
       F32Write dx(g.dx);
@@ -136,17 +156,21 @@ Task<GroupedGemmGrads> grouped_gemm_backward(const Tensor& dy, const Tensor& x, 
       dx.commit();
     }
     if (needs.dw) {
+      OpTimer timer("groupedGemmBackward.dw");
       F32Read xf(x);
-      g.dw = empty(DType::F32, w.shape);
+      g.dw = needs.dw_into.defined() ? needs.dw_into : empty(DType::F32, w.shape);
       float* dw = g.dw.data<float>();
+      const float beta = needs.accumulate ? 1.0f : 0.0f;
       for (int64_t e = 0; e < d.experts; ++e) {
         const int64_t r0 = off[size_t(e)];
-        const int m = int(off[size_t(e) + 1] - r0);  // m == 0 writes zeros (moe::sgemm's k == 0 case)
-        sgemm(true, false, k, n, m, 1.0f, xf.data() + r0 * d.k, k, dyf.data() + r0 * d.n, n, 0.0f, dw + e * d.k * d.n,
+        // m == 0 writes zeros, or leaves the sum alone (moe::sgemm's k == 0 case)
+        const int m = int(off[size_t(e) + 1] - r0);
+        sgemm(true, false, k, n, m, 1.0f, xf.data() + r0 * d.k, k, dyf.data() + r0 * d.n, n, beta, dw + e * d.k * d.n,
               n);
       }
     }
     if (needs.dbias) {
+      OpTimer timer("groupedGemmBackward.dbias");
       g.dbias = empty(DType::F32, {d.experts, d.n});
       float* db = g.dbias.data<float>();
       const float* dyp = dyf.data();

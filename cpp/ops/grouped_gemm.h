@@ -18,11 +18,15 @@ struct GroupedGemmNeeds {
   bool dx = true;
   bool dw = true;
   bool dbias = false;
+  // Where dW goes (float32, w's shape; optional): the GEMM writes it there (beta = 0), or adds
+  // it there when accumulate (beta = 1: C + X_eᵀ · dY_e rounds inside the GEMM, docs/math.md#grouped-gemm).
+  Tensor dw_into;
+  bool accumulate = false;
 };
 
 struct GroupedGemmGrads {
   Tensor dx;     // [R, K], x's dtype (undefined unless asked for)
-  Tensor dw;     // [L, K, N], float32
+  Tensor dw;     // [L, K, N], float32 (needs.dw_into when given)
   Tensor dbias;  // [L, N], float32
 };
 

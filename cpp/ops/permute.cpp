@@ -6,7 +6,9 @@
 #include <limits>
 #include <vector>
 
+#include "../core/op_clock.h"
 #include "../core/check.h"
+#include "../core/host_allocator.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
 #include "../core/size.h"
@@ -98,6 +100,7 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
   }
   const PermuteOptions o = options;
   return [x, indices, weights, o, capacity] {
+    OpTimer timer("permute");
     const int64_t T = x.dim(0), D = x.dim(1), k = indices.dim(1), E = o.num_experts, N = T * k;
     const int32_t* idx = indices.data<int32_t>();
     const float* w = weights.data<float>();
@@ -167,6 +170,9 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
     const size_t row_bytes = size_t(D) * dtype_size(x.dtype);
     const char* src = static_cast<const char*>(x.raw());
     char* dst = static_cast<char*>(out.rows.raw());
+    int64_t padding = R;
+    for (int64_t e = 0; e < E; ++e) padding -= kept[e];
+    note_zeroed(size_t(padding) * row_bytes);
     parallel_for(R, row_grain(int64_t(row_bytes)), [&](int64_t b, int64_t end) {
       for (int64_t r = b; r < end; ++r) {
         if (r2p[r] < 0)
@@ -189,6 +195,7 @@ Task<Tensor> permute_backward(const Tensor& d_rows, const Tensor& pair_to_row) {
   checked_mul(op, "dx [tokens, dModel] elements", pair_to_row.dim(0), d_rows.dim(1));
   if (d_rows.device().kind == Device::CUDA) return cuda_path::permute_backward(d_rows, pair_to_row);
   return [d_rows, pair_to_row] {
+    OpTimer timer("permuteBackward");
     const int64_t R = d_rows.dim(0), D = d_rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
     const int32_t* p2r = pair_to_row.data<int32_t>();
     check_row_map("permuteBackward", p2r, T * k, R);

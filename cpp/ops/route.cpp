@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/op_clock.h"
 #include "../core/check.h"
 #include "../core/parallel.h"
 #include "cuda_ops.h"
@@ -250,6 +251,7 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
   }
 
   return [logits, expert_bias, o = options] {
+    OpTimer timer("route");
     const char* op = "route";
     const int64_t t = logits.dim(0), e = logits.dim(1), k = o.top_k;
     const bool has_bias = expert_bias.defined();
@@ -378,6 +380,7 @@ Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const T
   }
 
   return [logits, indices, tokens_per_expert, dweights, o = options] {
+    OpTimer timer("routeBackward");
     const char* op = "routeBackward";
     const int64_t t = logits.dim(0), e = logits.dim(1), k = indices.dim(1);
     Tensor dlogits = empty(DType::F32, {t, e});

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../core/op_clock.h"
 #include "../core/check.h"
 #include "../core/floats.h"
 #include "../core/parallel.h"
@@ -48,6 +49,7 @@ Task<Tensor> unpermute(const Tensor& rows, const Tensor& pair_to_row, const Tens
   checked_mul("unpermute", "y [tokens, dModel] elements", pair_to_row.dim(0), rows.dim(1));
   if (rows.device().kind == Device::CUDA) return cuda_path::unpermute(rows, pair_to_row, weights);
   return [rows, pair_to_row, weights] {
+    OpTimer timer("unpermute");
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1);
     const int32_t* p2r = pair_to_row.data<int32_t>();
     check_row_map("unpermute", p2r, T * k, R);
@@ -91,6 +93,7 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
   check_same_device(op, {{"dy", &dy}, {"rows", &rows}, {"pairToRow", &pair_to_row}, {"weights", &weights}});
   if (rows.device().kind == Device::CUDA) return cuda_path::unpermute_backward(dy, rows, pair_to_row, weights);
   return [dy, rows, pair_to_row, weights] {
+    OpTimer timer("unpermuteBackward");
     const int64_t R = rows.dim(0), D = rows.dim(1), T = pair_to_row.dim(0), k = pair_to_row.dim(1), N = T * k;
     const int32_t* p2r = pair_to_row.data<int32_t>();
     check_row_map("unpermuteBackward", p2r, N, R);

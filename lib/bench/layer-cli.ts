@@ -36,6 +36,17 @@ export const BENCH_LAYER_FLAGS: readonly Flag[] = [
     value: "KIND",
     help: ACTIVATION_KINDS.join(" | ") + " (default relu)",
   },
+  {
+    name: "profile",
+    kind: { type: "boolean" },
+    help: "add each native op's time per step to the stage table (the GEMM backward split into dX, dW, bias)",
+  },
+  {
+    name: "forward-only",
+    key: "forwardOnly",
+    kind: { type: "boolean" },
+    help: "time evaluation forwards only (no backward), with the split by stage",
+  },
 ];
 
 /** The CLI's entry: as a launched rank (RANK set) it runs its share; otherwise it launches the ranks. */

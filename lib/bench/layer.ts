@@ -33,6 +33,22 @@ export interface BenchLayerOptions {
   group?: CollectiveGroup & { barrier(): Promise<void> };
   /** Where rank 0's report goes (default console.log; null for none). */
   log?: ((line: string) => void) | null;
+  /** Also report each native op's time per step (cpp/core/op_clock.h). */
+  profile?: boolean;
+  /** Evaluation: forward only, no saved state for backward. */
+  forwardOnly?: boolean;
+}
+
+/** What one step asked of memory, from the host allocator's counters (mean over the ranks, median of the rounds). */
+export interface StepMemory {
+  /** Minor page faults of the process during the step: pages fresh from the system. */
+  minorFaults: number;
+  /** Bytes handed out by the host allocator (mostly from its cache). */
+  allocatedBytes: number;
+  /** Of which newly taken from the system. */
+  systemBytes: number;
+  /** Bytes the core filled with zeros. */
+  zeroedBytes: number;
 }
 
 export interface BenchLayerResult {
@@ -64,6 +80,11 @@ export interface BenchLayerResult {
   rooflineRange: [number, number];
   /** The same for this rank alone. */
   rankRoofline: number;
+  /** Per step, after the warm-up. */
+  memory: StepMemory;
+  /** With profile: this rank's native time per op and step (median ms), by op name. */
+  opMs?: Record<string, number>;
+  forwardOnly: boolean;
 }
 
 function median(a: number[]): number {
@@ -114,6 +135,11 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
   const runs = checkInteger("runs", options.runs ?? 7, 1, 1000);
   const warmup = checkInteger("warmup", options.warmup ?? 1, 0, 1000);
   const activation = options.activation ?? "relu";
+  const forwardOnly = options.forwardOnly ?? false;
+  const profile = options.profile ?? false;
+  if (typeof forwardOnly !== "boolean") throw invalid("a boolean", "forwardOnly", forwardOnly);
+  if (typeof profile !== "boolean") throw invalid("a boolean", "profile", profile);
+  const native = loadNative();
   const log =
     rank !== 0
       ? () => undefined
@@ -147,6 +173,13 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     >;
     let rows = 0;
     let gemmFlops = 0;
+    const memory: Record<keyof StepMemory, number[]> = {
+      minorFaults: [],
+      allocatedBytes: [],
+      systemBytes: [],
+      zeroedBytes: [],
+    };
+    const opMs = new Map<string, number[]>();
     let core = "";
     // The first step fixes the GEMM shape of the rate measurements (rows per local expert).
     const measureRate = async (): Promise<number> => {
@@ -162,15 +195,27 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       if (i >= warmup) before = before || (await measureRate());
       await group?.barrier();
       for (const s of STAGES) layer.timings.forward[s] = layer.timings.backward[s] = 0;
+      native.opTimes(true);
+      const c0 = native.hostCounters();
       const t0 = performance.now();
-      const r = await layer.forward(x);
-      const dx = await layer.backward(dy);
+      const r = await layer.forward(x, { training: !forwardOnly });
+      const dx = forwardOnly ? undefined : await layer.backward(dy);
       const ms = performance.now() - t0;
       rows = r.stats.rowsReceived;
       r.output.dispose();
-      dx.dispose();
-      await layer.zeroGrad();
+      dx?.dispose();
+      if (!forwardOnly) await layer.zeroGrad();
+      const c1 = native.hostCounters();
+      const ops = native.opTimes(true);
       if (i < warmup) continue;
+      memory.minorFaults.push((await groupSum(group, c1.minorFaults - c0.minorFaults)) / ranks);
+      memory.allocatedBytes.push((await groupSum(group, c1.allocatedBytes - c0.allocatedBytes)) / ranks);
+      memory.systemBytes.push((await groupSum(group, c1.systemBytes - c0.systemBytes)) / ranks);
+      memory.zeroedBytes.push((await groupSum(group, c1.zeroedBytes - c0.zeroedBytes)) / ranks);
+      for (const o of ops) {
+        if (!opMs.has(o.name)) opMs.set(o.name, []);
+        opMs.get(o.name)!.push(o.ms);
+      }
       const step = await groupMax(group, ms / 1000);
       steps.push(step);
       for (const s of STAGES) {
@@ -179,7 +224,8 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       }
       // GEMM FLOPs of the step on this rank: router gate (x·Wg; backward dx and dWg) and the two
       // expert GEMMs (forward; backward dX and dW of each) over the rows its experts received.
-      gemmFlops = 3 * (2 * T * D * E) + 3 * (2 * rows * D * F1 + 2 * rows * F * D);
+      // Forward only: one of the three of each.
+      gemmFlops = (forwardOnly ? 1 : 3) * (2 * T * D * E + 2 * rows * D * F1 + 2 * rows * F * D);
       const after = await measureRate();
       const rate = (before + after) / 2;
       before = after;
@@ -207,16 +253,24 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       roofline,
       rooflineRange: [Math.min(...ratios), Math.max(...ratios)],
       rankRoofline: median(mine),
+      memory: {
+        minorFaults: median(memory.minorFaults),
+        allocatedBytes: median(memory.allocatedBytes),
+        systemBytes: median(memory.systemBytes),
+        zeroedBytes: median(memory.zeroedBytes),
+      },
+      forwardOnly,
     };
+    if (profile) result.opMs = Object.fromEntries([...opMs].map(([name, v]) => [name, median(v)]));
     const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
     log(
-      `\nMoE layer, forward + backward: dModel ${D}, dFF ${F}, ${E} experts, top-${k}, ${T} tokens per rank, ` +
+      `\nMoE layer, ${forwardOnly ? "forward only (evaluation)" : "forward + backward"}: dModel ${D}, dFF ${F}, ${E} experts, top-${k}, ${T} tokens per rank, ` +
         `epSize ${P} on ${ranks} process(es), ${info.threads} thread(s) each, ${activation}`,
     );
     log(
       `  step ${(step * 1000).toFixed(1)} ms (median of ${runs}, slowest rank)   ${result.tokensPerSecond.toFixed(0)} tokens/s over all ranks`,
     );
-    log(`  stage         forward ms   backward ms`);
+    log(`  stage         forward ms   backward ms${forwardOnly ? " (forward only)" : ""}`);
     for (const s of STAGES)
       log(
         `  ${s.padEnd(12)} ${result.forwardMs[s].toFixed(1).padStart(10)}   ${result.backwardMs[s].toFixed(1).padStart(11)}`,
@@ -226,9 +280,25 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
         `(${m} x ${F1} x ${D}, ${core || "reference"}, measured before and after each step by every rank at once, same threads) = ` +
         `${((gemmFlops / (rateMedian * 1e9)) * 1000).toFixed(1)} ms, ${pct(result.rankRoofline)} of the step`,
     );
+    const mb = (v: number) => `${(v / 2 ** 20).toFixed(1)} MiB`;
+    log(
+      `  memory per step (mean of the ranks): ${result.memory.minorFaults.toFixed(0)} minor page faults, ` +
+        `${mb(result.memory.allocatedBytes)} allocated, ${mb(result.memory.systemBytes)} new from the system, ` +
+        `${mb(result.memory.zeroedBytes)} zeroed`,
+    );
+    if (result.opMs) {
+      const stepMs = step * 1000;
+      log(`  native ops on rank 0 (ms per step, median; the ops' own wall time on the CPU stream):`);
+      for (const [name, v] of Object.entries(result.opMs).sort((a, b) => b[1] - a[1]))
+        log(`    ${name.padEnd(26)} ${v.toFixed(1).padStart(8)}   ${pct(v / stepMs).padStart(6)} of the step`);
+    }
     log(
       `  the layer runs at ${pct(roofline)} of the GEMM roofline (all ranks; median of ${runs} rounds, ` +
         `from ${pct(result.rooflineRange[0])} to ${pct(result.rooflineRange[1])})`,
+    );
+    log(
+      `  summary: ${pct(roofline)} of roofline, ${result.memory.minorFaults.toFixed(0)} faults/step, ` +
+        `${result.memory.zeroedBytes.toFixed(0)} bytes zeroed/step, ${(step * 1000).toFixed(1)} ms/step, core ${core || "reference"}`,
     );
     return result;
   } finally {

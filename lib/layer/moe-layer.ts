@@ -27,6 +27,7 @@ import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher
 import { ffnBackward, ffnForward, type FFNSaved } from "./experts";
 import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroups, type MoELayerGroup } from "./group";
 import {
+  ffnBackwardIntoGrads,
   ffnGradients,
   ffnWeights,
   LayerParameters,
@@ -481,8 +482,10 @@ export class MoELayer {
         }),
       ] as const);
 
+      // Expert weight gradients land in their buffers straight from the GEMMs where no sum over ranks comes first.
+      const edpSize = this.params.experts.w1.reduceGroup(groups).size;
       const ge = await clock.timed("experts", () =>
-        ffnBackward(dExpertOut, ctx.experts, ffnWeights(this.params.experts), c.activation),
+        ffnBackwardIntoGrads(this.params.experts, edpSize, dExpertOut, ctx.experts, c.activation),
       );
       for (const t of [ge.dx, ge.dw1, ge.dw2, ge.db1, ge.db2]) tmp(t);
       grads.push(...ffnGradients(this.params.experts, ge));

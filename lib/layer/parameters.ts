@@ -2,13 +2,13 @@
  * The layer's trainable parameters (router, experts, shared experts) and
  * buffers, as the layer, the optimizer, clipping and checkpoints see them.
  */
-import { isGated } from "../ops/activation";
-import { addInPlace, zeroInPlace } from "../ops/elementwise";
+import { isGated, type ActivationKind } from "../ops/activation";
+import { addInPlace } from "../ops/elementwise";
 import { fillRandom, hashName } from "../ops/random";
 import { reshape } from "../ops/view";
-import { Tensor } from "../tensor";
+import { Tensor, type TensorOptions } from "../tensor";
 import type { ResolvedMoEConfig } from "./config";
-import type { FFNGrads, FFNWeights } from "./experts";
+import { ffnBackward, type FFNGrads, type FFNSaved, type FFNWeights, type GradTarget } from "./experts";
 import type { CollectiveGroup } from "./group";
 
 /**
@@ -45,6 +45,11 @@ export class Parameter implements ParameterEntry {
   normGroup?: CollectiveGroup;
   /** Whether the gradient is known to be zero (accumulate may then take a gradient rather than add). */
   private zero = true;
+  /**
+   * zeroGrad() asked for zeros that are not written yet: the next backward overwrites the buffer
+   * (beta = 0) instead, and reading `grad` first makes them.
+   */
+  private zeroPending = false;
 
   /**
    * operand: the tensor the layer's ops take, the parameter itself or, for the shared experts (a
@@ -71,7 +76,35 @@ export class Parameter implements ParameterEntry {
   }
 
   get grad(): Tensor {
+    if (this.zeroPending) {
+      // A zero tensor made now (the buffer may still be written by work in flight, and a read
+      // does not wait for queued ops): what zeroGrad() promised, when someone looks.
+      this.zeroPending = false;
+      const zero = Tensor.zeros(this.current.shape, { device: this.current.device as TensorOptions["device"] });
+      this.current.dispose();
+      this.current = zero;
+    }
     return this.current;
+  }
+
+  /**
+   * Where backward may have a GEMM write this gradient itself (the buffer, and whether to add to
+   * what it holds), or undefined: for a view operand, when ranks must sum the gradient first, or
+   * off the CPU.
+   */
+  gradTarget(reduceGroupSize: number): GradTarget | undefined {
+    if (reduceGroupSize > 1 || this.operand !== this.param) return undefined;
+    // The CUDA kernels write a fresh dW (landing it in a buffer is one more pass): taking it is cheaper.
+    if (this.current.device !== "cpu") return undefined;
+    // Should the backward fail halfway, a zero gradient still reads as zero.
+    if (this.zero) this.zeroPending = true;
+    return { into: this.current, accumulate: !this.zero };
+  }
+
+  /** Backward wrote the gradient through gradTarget(). */
+  wroteGrad(): void {
+    this.zero = false;
+    this.zeroPending = false;
   }
 
   /** The group over which ranks add up this parameter's gradient (the world for replicated ones). */
@@ -94,6 +127,7 @@ export class Parameter implements ParameterEntry {
         this.current.dispose();
         this.current = held;
         this.zero = false;
+        this.zeroPending = false;
         held = undefined;
       } else {
         await addInPlace(this.current, held);
@@ -103,10 +137,14 @@ export class Parameter implements ParameterEntry {
     }
   }
 
-  /** Queues the zeroing of the gradient. */
+  /**
+   * Sets the gradient to zero: lazily, as the next backward overwrites it anyway (no sweep of zeros
+   * the GEMM then writes over); reading `grad` before that writes the zeros.
+   */
   zeroGrad(): Promise<void> {
     this.zero = true;
-    return zeroInPlace(this.current);
+    this.zeroPending = true;
+    return Promise.resolve();
   }
 
   dispose(): void {
@@ -127,6 +165,25 @@ export interface FFNParameters {
 /** The tensors the FFN ops take. */
 export function ffnWeights(p: FFNParameters): FFNWeights {
   return { w1: p.w1.operand, w2: p.w2.operand, b1: p.b1?.operand, b2: p.b2?.operand };
+}
+
+/**
+ * The FFN's backward with the weight gradients written by their GEMMs into the parameters' own
+ * gradient buffers (beta = 0 after zeroGrad, beta = 1 to accumulate) where no sum over ranks
+ * comes first (reduceGroupSize 1); the other gradients come back as usual.
+ */
+export async function ffnBackwardIntoGrads(
+  p: FFNParameters,
+  reduceGroupSize: number,
+  dy: Tensor,
+  saved: FFNSaved,
+  kind: ActivationKind,
+): Promise<FFNGrads> {
+  const targets = { dw1: p.w1.gradTarget(reduceGroupSize), dw2: p.w2.gradTarget(reduceGroupSize) };
+  const g = await ffnBackward(dy, saved, ffnWeights(p), kind, targets);
+  if (targets.dw1) p.w1.wroteGrad();
+  if (targets.dw2) p.w2.wroteGrad();
+  return g;
 }
 
 /** The FFN's weight gradients, each beside its parameter. */
@@ -216,7 +273,7 @@ export class LayerParameters {
     for (const p of this.all) if (p.expert) p.normGroup = ep;
   }
 
-  /** Every zeroing is queued (in order, on the stream) before this returns a promise. */
+  /** Every gradient is marked zero before this returns a promise (Parameter.zeroGrad: no sweep of zeros). */
   zeroGrad(): Promise<void> {
     return Promise.all(this.all.map((p) => p.zeroGrad())).then(() => undefined);
   }

@@ -3,7 +3,7 @@
  * erf(x/√2))), silu, and the gated swiglu (silu) and geglu (tanh-form gelu),
  * whose input holds the gate half first, then the up half: h = act(gate) ⊙ up.
  */
-import { checkOneOf } from "../errors";
+import { checkOneOf, invalid } from "../errors";
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
@@ -21,8 +21,20 @@ export async function activation(x: Tensor, kind: ActivationKind): Promise<Tenso
   return wrap(await native().activation(handle(x, "x"), k));
 }
 
-/** dh with h's shape (any float dtype), x the forward input -> dx with x's shape and dtype. */
-export async function activationBackward(dh: Tensor, x: Tensor, kind: ActivationKind): Promise<Tensor> {
+/**
+ * dh with h's shape (any float dtype), x the forward input -> dx with x's shape and dtype.
+ * reuseDh: the caller gives dh up, and dx may be written over dh's storage (one buffer fewer) where
+ * the shapes and dtypes allow; dh's contents are unspecified afterwards.
+ */
+export async function activationBackward(
+  dh: Tensor,
+  x: Tensor,
+  kind: ActivationKind,
+  options: { reuseDh?: boolean } = {},
+): Promise<Tensor> {
   const k = checkOneOf("kind", kind, ACTIVATION_KINDS);
-  return wrap(await native().activationBackward(handle(dh, "dh"), handle(x, "x"), k));
+  if (options === null || typeof options !== "object") throw invalid("an options object", "options", options);
+  const reuse = options.reuseDh ?? false;
+  if (typeof reuse !== "boolean") throw invalid("a boolean", "reuseDh", reuse);
+  return wrap(await native().activationBackward(handle(dh, "dh"), handle(x, "x"), k, reuse));
 }

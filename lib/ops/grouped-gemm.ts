@@ -55,6 +55,13 @@ export interface GroupedGemmBackwardOptions {
   needDw?: boolean;
   /** Compute dbias (default false). */
   needDbias?: boolean;
+  /**
+   * float32 [L, K, N] (w's shape): dW is written there instead of into a new tensor (the GEMM's
+   * own output, beta = 0), and returned as `dw`.
+   */
+  dwInto?: Tensor;
+  /** With dwInto: add dW to what it holds, inside the GEMM (beta = 1; docs/math.md#grouped-gemm). Default false. */
+  accumulate?: boolean;
 }
 
 export interface GroupedGemmGrads {
@@ -79,6 +86,8 @@ export async function groupedGemmBackward(
     needDx: flag(o, "needDx", true),
     needDw: flag(o, "needDw", true),
     needDbias: flag(o, "needDbias", false),
+    dwInto: optionalHandle(o.dwInto, "dwInto"),
+    accumulate: flag(o, "accumulate", false),
   };
   const g = await native().groupedGemmBackward(
     handle(dy, "dy"),

@@ -132,7 +132,13 @@ export class AdamW {
   async zeroGrad(): Promise<void> {
     this.check();
     this.params.forEach(live);
-    await Promise.all(this.params.map((p) => zeroInPlace(p.grad)));
+    // A layer's parameter zeroes its own gradient (lazily: its next backward overwrites it).
+    await Promise.all(
+      this.params.map((p) => {
+        const own = p as { zeroGrad?: () => Promise<void> };
+        return typeof own.zeroGrad === "function" ? own.zeroGrad() : zeroInPlace(p.grad);
+      }),
+    );
   }
 
   /** Frees the moments; later calls reject with ERR_MOE_DISPOSED. */
