@@ -324,9 +324,36 @@ describe("options", () => {
         [2, 6],
         [3, 7],
       ],
+      etp: [[0], [1], [2], [3], [4], [5], [6], [7]],
     });
     expect(expertParallelLayout(16, 4).expertDataParallel[1]).toEqual([1, 5, 9, 13]);
-    expect(expertParallelLayout(4, 4)).toEqual({ ep: [[0, 1, 2, 3]], expertDataParallel: [[0], [1], [2], [3]] });
+    expect(expertParallelLayout(4, 4)).toEqual({
+      ep: [[0, 1, 2, 3]],
+      expertDataParallel: [[0], [1], [2], [3]],
+      etp: [[0], [1], [2], [3]],
+    });
+    // Expert tensor parallelism innermost, then EP, then expert data parallelism (Megatron-Core's expert side).
+    expect(expertParallelLayout(8, 2, 2)).toEqual({
+      ep: [
+        [0, 2],
+        [1, 3],
+        [4, 6],
+        [5, 7],
+      ],
+      expertDataParallel: [
+        [0, 4],
+        [1, 5],
+        [2, 6],
+        [3, 7],
+      ],
+      etp: [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+        [6, 7],
+      ],
+    });
+    expect(() => expertParallelLayout(6, 2, 2)).toThrow(/epSize × etpSize \(2 × 2 = 4\) to divide the world size \(6\)/);
     expect(() => expertParallelLayout(6, 4)).toThrow(/divide/);
   });
 });

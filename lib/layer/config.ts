@@ -24,6 +24,11 @@ export interface MoELayerOptions {
   topK?: number;
   /** EP ranks the experts are sharded over; must divide numExperts and the world size (default 1). */
   epSize?: number;
+  /**
+   * Expert tensor parallelism (Megatron-Core's expert_tensor_parallel_size): ranks each expert's FFN
+   * is split over along dFF, which it must divide; with epSize it must divide the world size (default 1).
+   */
+  etpSize?: number;
   /** Router scores (default "softmax"). */
   scoreFunction?: ScoreFunction;
   /** Renormalise the k weights of a token to sum to 1 (default: topK > 1). */
@@ -75,6 +80,7 @@ export interface ResolvedMoEConfig {
   numExperts: number;
   topK: number;
   epSize: number;
+  etpSize: number;
   scoreFunction: ScoreFunction;
   renormalize: boolean;
   expertBias: boolean;
@@ -104,6 +110,7 @@ const NATIVE_KEYS = new Set<string>([
   "numExperts",
   "topK",
   "epSize",
+  "etpSize",
   "scoreFunction",
   "renormalize",
   "expertBias",
@@ -163,6 +170,10 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
   if (numExperts % epSize !== 0) {
     throw new MoEError(`Expected epSize to divide numExperts (${numExperts}) but received ${epSize}`, "ERR_MOE_VALUE");
   }
+  const etpSize = checkInteger("etpSize", orDefault(o.etpSize, 1), 1);
+  if (dFF % etpSize !== 0) {
+    throw new MoEError(`Expected etpSize to divide dFF (${dFF}) but received ${etpSize}`, "ERR_MOE_VALUE");
+  }
   const scoreFunction =
     o.scoreFunction === undefined ? "softmax" : checkOneOf("scoreFunction", o.scoreFunction, SCORE_FUNCTIONS);
   const { numGroups, topkGroups } = o;
@@ -188,6 +199,7 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     numExperts,
     topK,
     epSize,
+    etpSize,
     scoreFunction,
     renormalize: bool("renormalize", o.renormalize, topK > 1),
     expertBias: bool("expertBias", o.expertBias, false),
