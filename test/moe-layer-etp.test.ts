@@ -302,3 +302,105 @@ describe("MoELayer with expert tensor parallelism (Gloo, world 8) matches the fl
     120000,
   );
 });
+
+const CKPT = `
+const fs = require("fs");
+const { MoELayer, Tensor, ops, initProcessGroup } = require(${JSON.stringify(path.join(root, "dist"))});
+const sliceHost = ${sliceHost.toString()};
+const [mode, dir, epSize, etpSize, out] = process.argv.slice(2);
+(async () => {
+  const world = await initProcessGroup({ timeoutMs: 60000 });
+  const options = { dModel: 4, dFF: 4, numExperts: 4, activation: "swiglu", bias: true, name: "moe", epSize: Number(epSize), etpSize: Number(etpSize) };
+  const layer = await MoELayer.create({ ...options, seed: mode === "first" ? 5 : 6 }, world);
+  if (mode === "first") {
+    // Biases are zero at first: give b1 and b2 the whole pattern 0.01 · (100 e + j), this rank's slice of it.
+    const L = layer.numLocalExperts;
+    for (const p of layer.parameters()) {
+      const m = /experts\\.(b1|b2)$/.exec(p.name);
+      if (!m) continue;
+      const width = m[1] === "b1" ? 2 * options.dFF : options.dModel;
+      let v = [];
+      for (let l = 0; l < L; l++) for (let j = 0; j < width; j++) v.push(0.01 * (100 * (layer.firstExpert + l) + j));
+      if (m[1] === "b1") v = sliceHost(v, "b1", [L, width], options.etpSize, layer.etpRank, true);
+      const t = Tensor.from(Float32Array.from(v), p.param.shape);
+      await ops.copyInto(p.param, t);
+      t.dispose();
+    }
+  } else {
+    await layer.load(dir + "/" + mode);
+  }
+  await layer.save(dir + "/" + (mode === "first" ? "a" : mode === "a" ? "b" : "c"));
+  const params = Object.fromEntries(layer.parameters().map((p) => [p.name, Array.from(p.param.toFloat32())]));
+  fs.writeFileSync(out + "." + world.rank + ".json", JSON.stringify({ first: layer.firstExpert, etpRank: layer.etpRank, params }));
+  layer.dispose();
+  world.destroy();
+})().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
+`;
+
+test("checkpoints hold experts whole: saved at (ep 2, etp 2), loaded at (4, 1), saved again and loaded at (1, 2), every slice where it belongs", async () => {
+  const file = script(work, "ckpt.js", CKPT);
+  const dir = path.join(work, "ckpt");
+  const steps: Array<[string, number, number, number]> = [
+    ["first", 4, 2, 2],
+    ["a", 4, 4, 1],
+    ["b", 2, 1, 2],
+  ];
+  const dumps: Array<Array<{ first: number; etpRank: number; params: Record<string, number[]> }>> = [];
+  for (const [mode, W, ep, etp] of steps) {
+    const run = await launcher(["-n", String(W), file, mode, dir, String(ep), String(etp), path.join(work, mode)], 60000);
+    expect([mode, run.code, run.stderr]).toEqual([mode, 0, ""]);
+    dumps.push(
+      Array.from({ length: W }, (_, r) => JSON.parse(fs.readFileSync(path.join(work, `${mode}.${r}.json`), "utf8"))),
+    );
+  }
+  // The whole experts from the first layout: each expert's slices joined in ETP order (the inverse of sliceHost).
+  const E = 4;
+  const wholeOf = (name: string): number[][] => {
+    const kind = /experts\.(w1|b1|w2)$/.exec(name)?.[1];
+    const experts: number[][] = Array.from({ length: E }, () => []);
+    const ranks = dumps[0];
+    for (const rank of ranks.filter((d) => d.etpRank === 0)) {
+      const L = E / 2;
+      const parts = ranks.filter((d) => d.first === rank.first).sort((a, b) => a.etpRank - b.etpRank);
+      for (let l = 0; l < L; l++) {
+        const per = (p: number[]) => p.length / L;
+        const pieces = parts.map((d) => d.params[name].slice(l * per(d.params[name]), (l + 1) * per(d.params[name])));
+        let joined: number[] = [];
+        if (!kind) joined = pieces[0];
+        else if (kind === "w2") joined = pieces.flat();
+        else {
+          // Rows of [gate slice | up slice] per rank -> [gate of every rank | up of every rank].
+          const rows = kind === "w1" ? 4 : 1;
+          const half = pieces[0].length / rows / 2;
+          for (let o = 0; o < rows; o++)
+            for (let h = 0; h < 2; h++)
+              for (const p of pieces) joined.push(...p.slice(o * 2 * half + h * half, o * 2 * half + (h + 1) * half));
+        }
+        experts[rank.first + l] = joined;
+      }
+    }
+    return experts;
+  };
+  for (const name of Object.keys(dumps[0][0].params).filter((n) => n.includes(".experts."))) {
+    const whole = wholeOf(name);
+    // b1 / b2: the pattern written at first, so the join itself is checked too.
+    const bias = /experts\.(b1|b2)$/.exec(name)?.[1];
+    if (bias)
+      expect(whole.flat()).toEqual(
+        whole.flatMap((row, e) => row.map((_, j) => Math.fround(0.01 * (100 * e + j)))),
+      );
+    // (4, 1): one whole expert per rank.
+    dumps[1].forEach((d, r) => expect([name, r, d.params[name]]).toEqual([name, r, whole[d.first]]));
+    // (1, 2): every expert, rank t's slice of each.
+    const kind = /experts\.(w1|b1|w2)$/.exec(name)?.[1];
+    dumps[2].forEach((d, r) => {
+      const all = whole.flat();
+      const shape = kind === "w1" ? [E, 4, 8] : kind === "b1" ? [E, 8] : [E, 4, 4];
+      const want = kind ? sliceHost(all, kind, shape, 2, d.etpRank, true) : all;
+      expect([name, r, d.params[name]]).toEqual([name, r, want]);
+    });
+  }
+  // Replicated tensors are the first layout's everywhere.
+  for (const name of Object.keys(dumps[0][0].params).filter((n) => !n.includes(".experts.")))
+    for (const d of [...dumps[1], ...dumps[2]]) expect([name, d.params[name]]).toEqual([name, dumps[0][0].params[name]]);
+}, 120000);
