@@ -4,7 +4,8 @@
  * (MOE_EP_NUM_THREADS = cores / N unless set), the experts sharded over them.
  *
  *   moe-ep bench layer [--nproc 2] [--tokens 2048] [--d-model 1024] [--d-ff 2048]
- *                      [--experts 8] [--top-k 2] [--ep-size N] [--runs 3] [--activation relu]
+ *                      [--experts 8] [--top-k 2] [--ep-size N] [--etp-size 1] [--runs 3]
+ *                      [--activation relu]
  */
 import * as os from "os";
 import * as path from "path";
@@ -20,6 +21,7 @@ const FLAGS: Record<string, keyof BenchLayerOptions | "nproc"> = {
   "--experts": "numExperts",
   "--top-k": "topK",
   "--ep-size": "epSize",
+  "--etp-size": "etpSize",
   "--runs": "runs",
   "--activation": "activation",
 };
