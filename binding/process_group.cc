@@ -153,7 +153,8 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
         Napi::Object o = Napi::Object::New(env);
         o.Set("output", NativeTensor::Adopt(env, r.output));
         Napi::Array counts = Napi::Array::New(env, r.counts.size());
-        for (size_t i = 0; i < r.counts.size(); ++i) counts.Set(uint32_t(i), Napi::Number::New(env, double(r.counts[i])));
+        for (size_t i = 0; i < r.counts.size(); ++i)
+          counts.Set(uint32_t(i), Napi::Number::New(env, double(r.counts[i])));
         o.Set("counts", counts);
         return o;
       });

@@ -252,18 +252,22 @@ const rank = Number(process.env.RANK);
 `;
 
 describe("allGatherV and reduceScatterV over real processes (Gloo)", () => {
-  test.each([2, 3])("world size %i: rank-encoded rows (zero counts included) arrive exact, in three dtypes; disagreeing counts fail with ERR_MOE_COUNT_MISMATCH on every rank", async (W) => {
-    const file = script(work, "collectives.js", COLLECTIVES);
-    const run = await launcher(["-n", String(W), file], 40000);
-    expect([run.code, run.stderr]).toEqual([0, ""]);
-    const results = run.stdout
-      .split("\n")
-      .map((l) => /^\[rank (\d+)\] (\{"result".*)$/.exec(l))
-      .filter((m): m is RegExpExecArray => m !== null)
-      .map((m) => JSON.parse(m[2]).result);
-    expect(results).toHaveLength(W);
-    for (const r of results) expect([r.rank, r.wrong, r.mismatch]).toEqual([r.rank, [], "ERR_MOE_COUNT_MISMATCH"]);
-  }, 45000);
+  test.each([2, 3])(
+    "world size %i: rank-encoded rows (zero counts included) arrive exact, in three dtypes; disagreeing counts fail with ERR_MOE_COUNT_MISMATCH on every rank",
+    async (W) => {
+      const file = script(work, "collectives.js", COLLECTIVES);
+      const run = await launcher(["-n", String(W), file], 40000);
+      expect([run.code, run.stderr]).toEqual([0, ""]);
+      const results = run.stdout
+        .split("\n")
+        .map((l) => /^\[rank (\d+)\] (\{"result".*)$/.exec(l))
+        .filter((m): m is RegExpExecArray => m !== null)
+        .map((m) => JSON.parse(m[2]).result);
+      expect(results).toHaveLength(W);
+      for (const r of results) expect([r.rank, r.wrong, r.mismatch]).toEqual([r.rank, [], "ERR_MOE_COUNT_MISMATCH"]);
+    },
+    45000,
+  );
 });
 
 describe("MoELayer with expert tensor parallelism (Gloo, world 8) matches the float64 reference", () => {
@@ -347,7 +351,10 @@ test("checkpoints hold experts whole: saved at (ep 2, etp 2), loaded at (4, 1), 
   ];
   const dumps: Array<Array<{ first: number; etpRank: number; params: Record<string, number[]> }>> = [];
   for (const [mode, W, ep, etp] of steps) {
-    const run = await launcher(["-n", String(W), file, mode, dir, String(ep), String(etp), path.join(work, mode)], 60000);
+    const run = await launcher(
+      ["-n", String(W), file, mode, dir, String(ep), String(etp), path.join(work, mode)],
+      60000,
+    );
     expect([mode, run.code, run.stderr]).toEqual([mode, 0, ""]);
     dumps.push(
       Array.from({ length: W }, (_, r) => JSON.parse(fs.readFileSync(path.join(work, `${mode}.${r}.json`), "utf8"))),
@@ -386,9 +393,7 @@ test("checkpoints hold experts whole: saved at (ep 2, etp 2), loaded at (4, 1), 
     // b1 / b2: the pattern written at first, so the join itself is checked too.
     const bias = /experts\.(b1|b2)$/.exec(name)?.[1];
     if (bias)
-      expect(whole.flat()).toEqual(
-        whole.flatMap((row, e) => row.map((_, j) => Math.fround(0.01 * (100 * e + j)))),
-      );
+      expect(whole.flat()).toEqual(whole.flatMap((row, e) => row.map((_, j) => Math.fround(0.01 * (100 * e + j)))));
     // (4, 1): one whole expert per rank.
     dumps[1].forEach((d, r) => expect([name, r, d.params[name]]).toEqual([name, r, whole[d.first]]));
     // (1, 2): every expert, rank t's slice of each.
@@ -402,5 +407,6 @@ test("checkpoints hold experts whole: saved at (ep 2, etp 2), loaded at (4, 1), 
   }
   // Replicated tensors are the first layout's everywhere.
   for (const name of Object.keys(dumps[0][0].params).filter((n) => !n.includes(".experts.")))
-    for (const d of [...dumps[1], ...dumps[2]]) expect([name, d.params[name]]).toEqual([name, dumps[0][0].params[name]]);
+    for (const d of [...dumps[1], ...dumps[2]])
+      expect([name, d.params[name]]).toEqual([name, dumps[0][0].params[name]]);
 }, 120000);

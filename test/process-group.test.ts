@@ -353,7 +353,9 @@ describe("options", () => {
         [6, 7],
       ],
     });
-    expect(() => expertParallelLayout(6, 2, 2)).toThrow(/epSize × etpSize \(2 × 2 = 4\) to divide the world size \(6\)/);
+    expect(() => expertParallelLayout(6, 2, 2)).toThrow(
+      /epSize × etpSize \(2 × 2 = 4\) to divide the world size \(6\)/,
+    );
     expect(() => expertParallelLayout(6, 4)).toThrow(/divide/);
   });
 });

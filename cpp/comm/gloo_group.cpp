@@ -629,7 +629,7 @@ Task<AllGatherVResult> GlooGroup::all_gather_v(const Tensor& x) {
       const size_t row_bytes = size_t(row_elems) * dtype_size(x.dtype);
       // 1. Every rank's descriptor and row count.
       constexpr int kFields = 7;  // magic, seq, op, dtype, row elements, row shape hash, rows
-      int64_t mine[kFields] = {kMagic, c.seq(), kAllGatherV, int64_t(x.dtype), row_elems, shape_hash(x.shape, 1),
+      int64_t mine[kFields] = {kMagic,  c.seq(), kAllGatherV, int64_t(x.dtype), row_elems, shape_hash(x.shape, 1),
                                x.dim(0)};
       std::vector<int64_t> in(static_cast<size_t>(n * kFields));
       if (n > 1) {
@@ -691,8 +691,8 @@ Task<Tensor> GlooGroup::reduce_scatter_v(const Tensor& x, std::vector<int64_t> c
       const int64_t row_bytes = row_elems * int64_t(dtype_size(x.dtype));
       // 1. Every rank's descriptor and counts: they must agree before data moves.
       const int kFields = 6 + n;
-      std::vector<int64_t> mine = {kMagic, c.seq(), kReduceScatterV, int64_t(x.dtype), row_elems,
-                                   counts_hash(counts, x.shape)};
+      std::vector<int64_t> mine = {kMagic,           c.seq(),   kReduceScatterV,
+                                   int64_t(x.dtype), row_elems, counts_hash(counts, x.shape)};
       mine.insert(mine.end(), counts.begin(), counts.end());
       std::vector<int64_t> in(static_cast<size_t>(n * kFields));
       if (n > 1) {
@@ -711,8 +711,8 @@ Task<Tensor> GlooGroup::reduce_scatter_v(const Tensor& x, std::vector<int64_t> c
       }
       c.check_agreement(all, Code::CountMismatch, [&](int r) {
         const int64_t* b = &in[size_t(r * kFields)];
-        std::string s = std::string(dtype_name(DType(b[3]))) + " rows of " + std::to_string(b[4]) +
-                        " elements cut by counts [";
+        std::string s =
+            std::string(dtype_name(DType(b[3]))) + " rows of " + std::to_string(b[4]) + " elements cut by counts [";
         for (int p = 0; p < n; ++p) s += (p ? ", " : "") + std::to_string(b[6 + p]);
         return s + "]";
       });
@@ -726,7 +726,8 @@ Task<Tensor> GlooGroup::reduce_scatter_v(const Tensor& x, std::vector<int64_t> c
         return out;
       }
       std::vector<char> parts(static_cast<size_t>(int64_t(n) * mine_rows * row_bytes));
-      std::vector<int64_t> send_bytes(static_cast<size_t>(n)), recv_bytes(static_cast<size_t>(n), mine_rows * row_bytes);
+      std::vector<int64_t> send_bytes(static_cast<size_t>(n)),
+          recv_bytes(static_cast<size_t>(n), mine_rows * row_bytes);
       for (int p = 0; p < n; ++p) send_bytes[size_t(p)] = counts[size_t(p)] * row_bytes;
       static char dummy[1];
       gloo::AlltoallvOptions o(c.ctx());

@@ -404,8 +404,8 @@ Task<AllGatherVResult> NcclGroup::all_gather_v(const Tensor& x) {
       after_cpu_stream();
       cuda::Scope sc(dev);
       // 1. magic, seq, op, dtype, row elements, row shape hash, rows.
-      const std::vector<int64_t> mine = {kMagic, seq, kOpAllGatherV, int64_t(x.dtype), row_elems, shape_hash(x.shape, 1),
-                                         x.dim(0)};
+      const std::vector<int64_t> mine = {
+          kMagic, seq, kOpAllGatherV, int64_t(x.dtype), row_elems, shape_hash(x.shape, 1), x.dim(0)};
       const int64_t W = int64_t(mine.size());
       const std::vector<int64_t> table = g.gather_descriptors(c, mine);
       g.check_heads("allGatherV", table, W, Code::Shape, [&](int r) {
@@ -465,15 +465,15 @@ Task<Tensor> NcclGroup::reduce_scatter_v(const Tensor& x, std::vector<int64_t> c
       after_cpu_stream();
       cuda::Scope sc(dev);
       // 1. magic, seq, op, dtype, row elements, counts and row shape hash; then the counts.
-      std::vector<int64_t> mine = {kMagic, seq, kOpReduceScatterV, int64_t(x.dtype), row_elems,
-                                   counts_hash(counts, x.shape)};
+      std::vector<int64_t> mine = {kMagic,           seq,       kOpReduceScatterV,
+                                   int64_t(x.dtype), row_elems, counts_hash(counts, x.shape)};
       mine.insert(mine.end(), counts.begin(), counts.end());
       const int64_t W = int64_t(mine.size());
       const std::vector<int64_t> table = g.gather_descriptors(c, mine);
       g.check_heads("reduceScatterV", table, W, Code::CountMismatch, [&](int r) {
         const int64_t* b = &table[size_t(int64_t(r) * W)];
-        std::string s = std::string(dtype_name(DType(b[3]))) + " rows of " + std::to_string(b[4]) +
-                        " elements cut by counts [";
+        std::string s =
+            std::string(dtype_name(DType(b[3]))) + " rows of " + std::to_string(b[4]) + " elements cut by counts [";
         for (int p = 0; p < n; ++p) s += (p ? ", " : "") + std::to_string(b[6 + p]);
         return s + "]";
       });

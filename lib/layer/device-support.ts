@@ -37,7 +37,8 @@ function layerGemms(c: ResolvedMoEConfig): Array<{ what: string; k: Width; n: Wi
     ];
   };
   // With expert tensor parallelism each rank's experts are dFF / etpSize wide.
-  const gemms = c.etpSize > 1 ? ffn("the experts'", "dFF/etpSize", c.dFF / c.etpSize) : ffn("the experts'", "dFF", c.dFF);
+  const gemms =
+    c.etpSize > 1 ? ffn("the experts'", "dFF/etpSize", c.dFF / c.etpSize) : ffn("the experts'", "dFF", c.dFF);
   if (c.sharedExpertFF > 0) gemms.push(...ffn("the shared experts'", "sharedExpertFF", c.sharedExpertFF));
   return gemms;
 }

@@ -134,7 +134,10 @@ function slicing(layer: unknown): { etp: CollectiveGroup; rank: number; activati
 
 /** Whether this rank writes its EP rank's shard: expert-data-parallel rank 0 and ETP rank 0. */
 export function writesExpertShard(layer: { worldRank: number; epSize: number; etpSize?: number }): boolean {
-  return Math.floor(layer.worldRank / (layer.epSize * (layer.etpSize ?? 1))) === 0 && (layer.worldRank % (layer.etpSize ?? 1)) === 0;
+  return (
+    Math.floor(layer.worldRank / (layer.epSize * (layer.etpSize ?? 1))) === 0 &&
+    layer.worldRank % (layer.etpSize ?? 1) === 0
+  );
 }
 
 /**

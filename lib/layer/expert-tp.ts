@@ -91,6 +91,9 @@ export class ExpertModelParallelGroup implements CollectiveGroup {
     await this.etp.allReduce(t, op);
   }
   allToAllV(): never {
-    throw new MoEError("Expected allReduce on the expert model-parallel group; it offers nothing else", "ERR_MOE_UNSUPPORTED");
+    throw new MoEError(
+      "Expected allReduce on the expert model-parallel group; it offers nothing else",
+      "ERR_MOE_UNSUPPORTED",
+    );
   }
 }

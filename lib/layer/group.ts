@@ -125,9 +125,7 @@ function splitOnce(group: SplittableGroup, epSize: number, etpSize: number): Pro
   if (!s) {
     // After the previous split of this group, so that every rank issues them in one order.
     const previous = [...byEp.values()].pop() ?? Promise.resolve();
-    s = previous
-      .catch(() => undefined)
-      .then(() => group.split(etpSize === 1 ? { epSize } : { epSize, etpSize }));
+    s = previous.catch(() => undefined).then(() => group.split(etpSize === 1 ? { epSize } : { epSize, etpSize }));
     byEp.set(key, s);
   }
   return s;

@@ -163,7 +163,10 @@ describe("expert tensor parallelism on NCCL across processes on emulated devices
         let ranks: MoERefRank[] = [];
         let ref = moeLayerRef(cfg, params, ranks);
         for (let s = 1; ; s += 1000) {
-          ranks = tokens.map((T, r) => ({ x: bf16(normal(T * 16, s + 10 * r)), dy: bf16(normal(T * 16, s + 10 * r + 1)) }));
+          ranks = tokens.map((T, r) => ({
+            x: bf16(normal(T * 16, s + 10 * r)),
+            dy: bf16(normal(T * 16, s + 10 * r + 1)),
+          }));
           ref = moeLayerRef(cfg, params, ranks);
           if (ref.margin > 1e-3) break;
         }
