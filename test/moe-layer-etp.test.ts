@@ -251,6 +251,30 @@ const rank = Number(process.env.RANK);
 })().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
 `;
 
+test("etpSize is checked: a positive integer dividing dFF, with epSize dividing the world, else ERR_MOE_VALUE saying what was expected and received", () => {
+  const base = { dModel: 4, dFF: 4, numExperts: 4 };
+  const refused = (f: () => unknown): { code?: string; message: string } => {
+    try {
+      f();
+    } catch (e) {
+      return e as { code?: string; message: string };
+    }
+    throw new Error("expected a refusal");
+  };
+  for (const etpSize of [0, -1, 1.5, "2"]) {
+    const e = refused(() => new MoELayer({ ...base, etpSize } as unknown as MoELayerOptions));
+    expect([etpSize, e.code, e.message]).toEqual([etpSize, "ERR_MOE_VALUE", expect.stringMatching(/etpSize/)]);
+  }
+  const e = refused(() => new MoELayer({ ...base, etpSize: 3 }));
+  expect([e.code, e.message]).toEqual(["ERR_MOE_VALUE", "Expected etpSize to divide dFF (4) but received 3"]);
+  const world = { rank: 0, size: 6, allToAllV: async () => undefined, allReduce: async () => undefined };
+  const w = refused(() => new MoELayer({ ...base, epSize: 2, etpSize: 2 }, world));
+  expect([w.code, w.message]).toEqual([
+    "ERR_MOE_VALUE",
+    "Expected epSize × etpSize (2 × 2 = 4) to divide the world size (6)",
+  ]);
+});
+
 describe("allGatherV and reduceScatterV over real processes (Gloo)", () => {
   test.each([2, 3])(
     "world size %i: rank-encoded rows (zero counts included) arrive exact, in three dtypes; disagreeing counts fail with ERR_MOE_COUNT_MISMATCH on every rank",
