@@ -98,7 +98,7 @@ describe("collectives between processes", () => {
     for (const [r, res] of results.entries()) {
       const myEp = ep[Math.floor(r / 2)];
       const myEdp = edp[r % 2];
-      expect(res.layout).toEqual({ ep, expertDataParallel: edp });
+      expect(res.layout).toEqual({ ep, expertDataParallel: edp, etp: [[0], [1], [2], [3]] });
       expect(res.ep).toEqual({
         ranks: myEp,
         rank: myEp.indexOf(r),
