@@ -101,6 +101,8 @@ const b64 = (t) => Buffer.from(t.handle.read(t.dtype)).toString("base64");
         epRank: layer.epRank,
         etpRank: layer.etpRank,
       });
+      // The global gradient norm (a maxNorm no gradient reaches: nothing is scaled).
+      runs[runs.length - 1].norm = await layer.clipGradNorm(1e30);
       for (const t of [x, dy, r.output, dx]) t.dispose();
       layer.dispose();
     }
@@ -165,6 +167,9 @@ function check(c: Case, results: Array<Record<string, unknown>>): void {
       true,
     ]);
     expect([where, "dx", relErr(res.dx as number[], ref.dx[r]) < TOL.float32]).toEqual([where, "dx", true]);
+    // clipGradNorm: every whole gradient counted once (sliced experts over EP and ETP, b2 over EP).
+    const norm = Math.sqrt(Object.values(ref.grads).reduce((a, g) => a + g.reduce((b, v) => b + v * v, 0), 0));
+    expect([where, "norm", Math.abs((res.norm as number) - norm) <= TOL.float32 * norm]).toEqual([where, "norm", true]);
     for (const [name, got] of Object.entries(res.grads as Record<string, number[]>)) {
       const full = ref.grads[name];
       const E = c.options.numExperts;
