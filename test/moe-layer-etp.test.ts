@@ -54,7 +54,7 @@ function sliceHost(full: ArrayLike<number>, kind: string, shape: number[], etp: 
 
 const RANK = `
 const fs = require("fs");
-const { MoELayer, Tensor, ops, initProcessGroup } = require(${JSON.stringify(path.join(root, "dist"))});
+const { MoELayer, Tensor, ops, initProcessGroup, memoryStats, synchronize } = require(${JSON.stringify(path.join(root, "dist"))});
 const sliceHost = ${sliceHost.toString()};
 const input = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const rank = Number(process.env.RANK);
@@ -68,6 +68,8 @@ const b64 = (t) => Buffer.from(t.handle.read(t.dtype)).toString("base64");
     const key = epSize + "x" + etpSize;
     if (!splits[key]) splits[key] = { world, ...(await world.split({ epSize, etpSize })) };
     const runs = [];
+    await synchronize();
+    const made = memoryStats("cpu").made;
     for (let repeat = 0; repeat < 2; repeat++) {
       const layer = await MoELayer.create(c.options, splits[key]);
       const gated = layer.config.activation === "swiglu";
@@ -106,7 +108,10 @@ const b64 = (t) => Buffer.from(t.handle.read(t.dtype)).toString("base64");
       for (const t of [x, dy, r.output, dx]) t.dispose();
       layer.dispose();
     }
-    out.push({ ...runs[0], repeatSame: runs[0].bits === runs[1].bits });
+    await synchronize();
+    // Tensors made by the two runs and still alive once every one they handed out is disposed.
+    const left = memoryStats("cpu", { madeSince: made }).tensors;
+    out.push({ ...runs[0], repeatSame: runs[0].bits === runs[1].bits, left });
   }
   fs.writeFileSync(process.argv[3] + "." + rank + ".json", JSON.stringify(out));
   world.destroy();
@@ -159,7 +164,7 @@ function check(c: Case, results: Array<Record<string, unknown>>): void {
   const gated = c.options.activation === "swiglu";
   results.forEach((res, r) => {
     const where = `${c.name}, ep ${P}, etp ${Q}, rank ${r}`;
-    expect([where, res.repeatSame]).toEqual([where, true]);
+    expect([where, res.repeatSame, "tensors left", res.left]).toEqual([where, true, "tensors left", 0]);
     expect([where, res.epRank, res.etpRank]).toEqual([where, Math.floor(r / Q) % P, r % Q]);
     expect([where, "output", relErr(res.output as number[], ref.outputs[r]) < TOL.float32]).toEqual([
       where,
