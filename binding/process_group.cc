@@ -75,6 +75,8 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
                        {
                            InstanceMethod<&NativeProcessGroup::AllToAllV>("allToAllV"),
                            InstanceMethod<&NativeProcessGroup::AllToAll>("allToAll"),
+                           InstanceMethod<&NativeProcessGroup::AllGatherV>("allGatherV"),
+                           InstanceMethod<&NativeProcessGroup::ReduceScatterV>("reduceScatterV"),
                            InstanceMethod<&NativeProcessGroup::AllReduce>("allReduce"),
                            InstanceMethod<&NativeProcessGroup::Broadcast>("broadcast"),
                            InstanceMethod<&NativeProcessGroup::Barrier>("barrier"),
@@ -139,6 +141,32 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     return guard(env, [&] {
       auto task = group_->all_to_all(NativeTensor::From(info[0], "x"));
       return run(env, "moe-ep allToAll", task,
+                 [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
+    });
+  }
+
+  Napi::Value AllGatherV(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&] {
+      auto task = group_->all_gather_v(NativeTensor::From(info[0], "x"));
+      return run(env, "moe-ep allGatherV", task, [](Napi::Env env, comm::AllGatherVResult& r) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("output", NativeTensor::Adopt(env, r.output));
+        Napi::Array counts = Napi::Array::New(env, r.counts.size());
+        for (size_t i = 0; i < r.counts.size(); ++i)
+          counts.Set(uint32_t(i), Napi::Number::New(env, double(r.counts[i])));
+        o.Set("counts", counts);
+        return o;
+      });
+    });
+  }
+
+  Napi::Value ReduceScatterV(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&] {
+      Tensor x = NativeTensor::From(info[0], "x");
+      std::vector<int64_t> counts = counts_arg(info[1], "counts");
+      return run(env, "moe-ep reduceScatterV", group_->reduce_scatter_v(x, std::move(counts)),
                  [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
     });
   }

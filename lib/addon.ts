@@ -260,6 +260,8 @@ export interface NativeProcessGroupHandle {
   readonly fault: { code: string; message: string } | null;
   allToAllV(x: H, sendCounts: number[], recvCounts?: number[]): Promise<{ output: H; recvCounts: number[] }>;
   allToAll(x: H): Promise<H>;
+  allGatherV(x: H): Promise<{ output: H; counts: number[] }>;
+  reduceScatterV(x: H, counts: number[]): Promise<H>;
   allReduce(t: H, op: ReduceOp): Promise<void>;
   broadcast(t: H, root: number): Promise<void>;
   barrier(): Promise<void>;

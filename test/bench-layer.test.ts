@@ -19,7 +19,16 @@ test("benchLayer in one process: figures that add up", async () => {
     warmup: 1,
     log: (l) => lines.push(l),
   });
-  expect(r.shape).toEqual({ dModel: 64, dFF: 128, numExperts: 4, topK: 2, tokens: 256, epSize: 1, ranks: 1 });
+  expect(r.shape).toEqual({
+    dModel: 64,
+    dFF: 128,
+    numExperts: 4,
+    topK: 2,
+    tokens: 256,
+    epSize: 1,
+    etpSize: 1,
+    ranks: 1,
+  });
   expect(r.stepSeconds).toBeGreaterThan(0);
   expect(r.tokensPerSecond).toBeCloseTo(256 / r.stepSeconds, 6);
   // Rows: every token's two choices (dropless, one rank).
@@ -107,4 +116,19 @@ test("moe-ep bench layer --nproc 2 runs the experts sharded over two processes",
   const bad = await runNode([path.join(root, "dist", "cli.js"), "bench", "layer", "--tokens", "x"], { limitMs: 20000 });
   expect(bad.code).toBe(2); // a usage error
   expect(bad.stderr).toMatch(/expected an integer in \[1, \d+\] for --tokens but received "x"/);
+}, 60000);
+
+test("moe-ep bench layer --nproc 2 --etp-size 2 splits the experts over both processes and times the ETP gather and reduce-scatter", async () => {
+  buildDist();
+  const args = ["--nproc", "2", "--etp-size", "2", "--tokens", "64", "--d-model", "32", "--d-ff", "64", "--runs", "2"];
+  const run = await runNode([path.join(root, "dist", "cli.js"), "bench", "layer", ...args], { limitMs: 60000 });
+  expect(run.stderr).toBe("");
+  expect(run.code).toBe(0);
+  expect(run.stdout).toMatch(/64 tokens per rank, epSize 1, etpSize 2 on 2 process\(es\)/);
+  for (const s of ["etpGather", "etpScatter"]) {
+    const m = new RegExp(`\\[rank 0\\]   ${s} +([\\d.]+) +([\\d.]+)`).exec(run.stdout);
+    expect([s, m !== null]).toEqual([s, true]);
+    // Timed in both passes (the forward gathers rows, the backward their gradients).
+    expect([s, Number(m![1]) + Number(m![2]) > 0]).toEqual([s, true]);
+  }
 }, 60000);

@@ -64,13 +64,19 @@ describe("foreign configs", () => {
     expect(ignored[0].reason).toMatch(/AdamW\.fromConfig/);
   });
 
-  test("the layer refuses etpSize > 1 at construction, naming it", () => {
-    const world = fakeWorld(8);
-    expect(() => MoELayer.fromForeignConfig(EXAMPLE, world[0])).toThrow(valueError(/etpSize 1 but received 2/));
-    expect(() => new MoELayer({ dModel: 8, dFF: 8, numExperts: 4, etpSize: 2 })).toThrow(
-      valueError(/expert tensor parallelism/),
-    );
+  test("the example config builds layers with expert tensor parallelism (etpSize 2 × epSize 4) in a world of 8", () => {
+    // The layout is known at construction; the groups are split when the layer gets ready.
+    const layers = fakeWorld(8).map((g) => MoELayer.fromForeignConfig(EXAMPLE, g));
+    try {
+      for (const [r, l] of layers.entries()) {
+        expect([l.etpSize, l.etpRank, l.epSize, l.epRank]).toEqual([2, r % 2, 4, Math.floor(r / 2) % 4]);
+        expect(l.config.dtype).toBe("bfloat16");
+      }
+    } finally {
+      for (const l of layers) l.dispose();
+    }
     expect(() => resolveConfig({ dModel: 8, dFF: 8, numExperts: 4, etpSize: 0 })).toThrow(valueError(/etpSize/));
+    expect(() => resolveConfig({ dModel: 8, dFF: 8, numExperts: 4, etpSize: 3 })).toThrow(valueError(/divide dFF/));
   });
 
   test("with tensor_parallel_size 1 the example builds a layer per rank of a world of 4, each reporting what it ignored", async () => {

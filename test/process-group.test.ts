@@ -98,7 +98,7 @@ describe("collectives between processes", () => {
     for (const [r, res] of results.entries()) {
       const myEp = ep[Math.floor(r / 2)];
       const myEdp = edp[r % 2];
-      expect(res.layout).toEqual({ ep, expertDataParallel: edp });
+      expect(res.layout).toEqual({ ep, expertDataParallel: edp, etp: [[0], [1], [2], [3]] });
       expect(res.ep).toEqual({
         ranks: myEp,
         rank: myEp.indexOf(r),
@@ -324,9 +324,38 @@ describe("options", () => {
         [2, 6],
         [3, 7],
       ],
+      etp: [[0], [1], [2], [3], [4], [5], [6], [7]],
     });
     expect(expertParallelLayout(16, 4).expertDataParallel[1]).toEqual([1, 5, 9, 13]);
-    expect(expertParallelLayout(4, 4)).toEqual({ ep: [[0, 1, 2, 3]], expertDataParallel: [[0], [1], [2], [3]] });
+    expect(expertParallelLayout(4, 4)).toEqual({
+      ep: [[0, 1, 2, 3]],
+      expertDataParallel: [[0], [1], [2], [3]],
+      etp: [[0], [1], [2], [3]],
+    });
+    // Expert tensor parallelism innermost, then EP, then expert data parallelism (Megatron-Core's expert side).
+    expect(expertParallelLayout(8, 2, 2)).toEqual({
+      ep: [
+        [0, 2],
+        [1, 3],
+        [4, 6],
+        [5, 7],
+      ],
+      expertDataParallel: [
+        [0, 4],
+        [1, 5],
+        [2, 6],
+        [3, 7],
+      ],
+      etp: [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+        [6, 7],
+      ],
+    });
+    expect(() => expertParallelLayout(6, 2, 2)).toThrow(
+      /epSize × etpSize \(2 × 2 = 4\) to divide the world size \(6\)/,
+    );
     expect(() => expertParallelLayout(6, 4)).toThrow(/divide/);
   });
 });

@@ -10,6 +10,7 @@
 
 #ifdef MOE_EP_WITH_GLOO
 #include <gloo/allgather.h>
+#include <gloo/allgatherv.h>
 #include <gloo/allreduce.h>
 #include <gloo/alltoall.h>
 #include <gloo/alltoallv.h>
@@ -53,7 +54,7 @@ using gloo::rendezvous::Context;
 // hanging or exchanging garbage. Every rank sees every rank's descriptor and
 // compares it with rank 0's, so all of them report the same disagreement.
 constexpr int64_t kMagic = 0x6d6f6565702d6731;  // "moeep-g1"
-enum OpKind : int64_t { kAllReduce = 1, kBroadcast, kAllToAll, kAllToAllV };
+enum OpKind : int64_t { kAllReduce = 1, kBroadcast, kAllToAll, kAllToAllV, kAllGatherV, kReduceScatterV };
 
 const char* op_kind_name(int64_t k) {
   switch (k) {
@@ -65,6 +66,10 @@ const char* op_kind_name(int64_t k) {
       return "allToAll";
     case kAllToAllV:
       return "allToAllV";
+    case kAllGatherV:
+      return "allGatherV";
+    case kReduceScatterV:
+      return "reduceScatterV";
   }
   return "an unknown collective";
 }
@@ -95,6 +100,39 @@ void allreduce_raw(const std::shared_ptr<Context>& ctx, T* data, size_t n, Reduc
   o.setReduceFunction(reduce_fn<T>(op));
   o.setTimeout(timeout);
   gloo::allreduce(o);
+}
+
+// out[i] = sum over p of parts[p][i], p ascending; half dtypes accumulate in float32.
+template <class T>
+void sum_parts(T* out, const T* in, int parts, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T acc = in[i];
+    for (int p = 1; p < parts; ++p) acc += in[int64_t(p) * n + i];
+    out[i] = acc;
+  }
+}
+
+void sum_chunks(const Tensor& out, const void* in, int parts) {
+  const int64_t n = out.numel();
+  switch (out.dtype) {
+    case DType::F32:
+      sum_parts(out.data<float>(), static_cast<const float*>(in), parts, n);
+      break;
+    case DType::I32:
+      sum_parts(out.data<int32_t>(), static_cast<const int32_t*>(in), parts, n);
+      break;
+    case DType::I64:
+      sum_parts(out.data<int64_t>(), static_cast<const int64_t*>(in), parts, n);
+      break;
+    case DType::BF16:
+    case DType::F16: {
+      std::vector<float> f(static_cast<size_t>(n * parts)), acc(static_cast<size_t>(n));
+      to_f32(in, out.dtype, f.data(), n * parts);
+      sum_parts(acc.data(), f.data(), parts, n);
+      from_f32(acc.data(), out.raw(), out.dtype, n);
+      break;
+    }
+  }
 }
 
 }  // namespace
@@ -577,6 +615,132 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
   };
 }
 
+Task<AllGatherVResult> GlooGroup::all_gather_v(const Tensor& x) {
+  const char* op = "allGatherV";
+  check_cpu(op, "x", x);
+  if (x.ndim() < 1) fail(Code::Shape, std::string(op) + ": expected x [rows, ...] but received a scalar");
+  return [self = shared_from_this(), x]() {
+    GlooGroup& g = *self;
+    Collective c(g, *g.impl_, "allGatherV");
+    return c.run([&]() -> AllGatherVResult {
+      const int n = g.size();
+      int64_t row_elems = 1;
+      for (int d = 1; d < x.ndim(); ++d) row_elems *= x.dim(d);
+      const size_t row_bytes = size_t(row_elems) * dtype_size(x.dtype);
+      // 1. Every rank's descriptor and row count.
+      constexpr int kFields = 7;  // magic, seq, op, dtype, row elements, row shape hash, rows
+      int64_t mine[kFields] = {kMagic,  c.seq(), kAllGatherV, int64_t(x.dtype), row_elems, shape_hash(x.shape, 1),
+                               x.dim(0)};
+      std::vector<int64_t> in(static_cast<size_t>(n * kFields));
+      if (n > 1) {
+        gloo::AllgatherOptions o(c.ctx());
+        o.setInput<int64_t>(mine, kFields);
+        o.setOutput<int64_t>(in.data(), in.size());
+        o.setTimeout(c.left());
+        gloo::allgather(o);
+      } else {
+        std::copy(mine, mine + kFields, in.begin());
+      }
+      std::vector<Descriptor> all(static_cast<size_t>(n));
+      std::vector<int64_t> counts(static_cast<size_t>(n));
+      for (int p = 0; p < n; ++p) {
+        const int64_t* b = &in[size_t(p * kFields)];
+        all[size_t(p)] = Descriptor{b[0], b[1], b[2], b[3], b[4], b[5]};
+        counts[size_t(p)] = b[6];
+      }
+      c.check_agreement(all, Code::Shape, [&](int r) {
+        const Descriptor& d = all[size_t(r)];
+        return std::string(dtype_name(DType(d.dtype))) + " rows of " + std::to_string(d.numel) + " elements" +
+               (d.param == all[0].param || d.numel != all[0].numel ? "" : " in another shape");
+      });
+      int64_t rows = 0;
+      for (int64_t r : counts) rows += r;
+      // 2. The rows.
+      Shape shape = x.shape;
+      shape[0] = rows;
+      AllGatherVResult result{empty(x.dtype, shape), counts};
+      if (n == 1 || rows == 0) {
+        if (x.bytes()) std::memcpy(result.output.raw(), x.raw(), x.bytes());
+        return result;
+      }
+      std::vector<size_t> bytes(static_cast<size_t>(n));
+      for (int p = 0; p < n; ++p) bytes[size_t(p)] = size_t(counts[size_t(p)]) * row_bytes;
+      static char dummy[1];
+      gloo::AllgathervOptions o(c.ctx());
+      o.setInput<char>(x.bytes() ? static_cast<char*>(x.raw()) : dummy, x.bytes());
+      o.setOutput<char>(static_cast<char*>(result.output.raw()), bytes);
+      o.setTimeout(c.left());
+      gloo::allgatherv(o);
+      return result;
+    });
+  };
+}
+
+Task<Tensor> GlooGroup::reduce_scatter_v(const Tensor& x, std::vector<int64_t> counts) {
+  const char* op = "reduceScatterV";
+  check_cpu(op, "x", x);
+  check_reduce_scatter_v_args(op, x, counts, size());
+  return [self = shared_from_this(), x, counts = std::move(counts)]() {
+    GlooGroup& g = *self;
+    Collective c(g, *g.impl_, "reduceScatterV");
+    return c.run([&]() -> Tensor {
+      const int n = g.size();
+      const int me = g.rank();
+      int64_t row_elems = 1;
+      for (int d = 1; d < x.ndim(); ++d) row_elems *= x.dim(d);
+      const int64_t row_bytes = row_elems * int64_t(dtype_size(x.dtype));
+      // 1. Every rank's descriptor and counts: they must agree before data moves.
+      const int kFields = 6 + n;
+      std::vector<int64_t> mine = {kMagic,           c.seq(),   kReduceScatterV,
+                                   int64_t(x.dtype), row_elems, counts_hash(counts, x.shape)};
+      mine.insert(mine.end(), counts.begin(), counts.end());
+      std::vector<int64_t> in(static_cast<size_t>(n * kFields));
+      if (n > 1) {
+        gloo::AllgatherOptions o(c.ctx());
+        o.setInput<int64_t>(mine.data(), mine.size());
+        o.setOutput<int64_t>(in.data(), in.size());
+        o.setTimeout(c.left());
+        gloo::allgather(o);
+      } else {
+        in = mine;
+      }
+      std::vector<Descriptor> all(static_cast<size_t>(n));
+      for (int p = 0; p < n; ++p) {
+        const int64_t* b = &in[size_t(p * kFields)];
+        all[size_t(p)] = Descriptor{b[0], b[1], b[2], b[3], b[4], b[5]};
+      }
+      c.check_agreement(all, Code::CountMismatch, [&](int r) {
+        const int64_t* b = &in[size_t(r * kFields)];
+        std::string s =
+            std::string(dtype_name(DType(b[3]))) + " rows of " + std::to_string(b[4]) + " elements cut by counts [";
+        for (int p = 0; p < n; ++p) s += (p ? ", " : "") + std::to_string(b[6 + p]);
+        return s + "]";
+      });
+      // 2. Chunk p to rank p, then the sum of what arrived, in rank order.
+      const int64_t mine_rows = counts[size_t(me)];
+      Shape shape = x.shape;
+      shape[0] = mine_rows;
+      Tensor out = empty(x.dtype, shape);
+      if (n == 1) {
+        if (x.bytes()) std::memcpy(out.raw(), x.raw(), x.bytes());
+        return out;
+      }
+      std::vector<char> parts(static_cast<size_t>(int64_t(n) * mine_rows * row_bytes));
+      std::vector<int64_t> send_bytes(static_cast<size_t>(n)),
+          recv_bytes(static_cast<size_t>(n), mine_rows * row_bytes);
+      for (int p = 0; p < n; ++p) send_bytes[size_t(p)] = counts[size_t(p)] * row_bytes;
+      static char dummy[1];
+      gloo::AlltoallvOptions o(c.ctx());
+      o.setInput<char>(x.bytes() ? static_cast<char*>(x.raw()) : dummy, send_bytes);
+      o.setOutput<char>(parts.empty() ? dummy : parts.data(), recv_bytes);
+      o.setTimeout(c.left());
+      gloo::alltoallv(o);
+      if (out.numel()) sum_chunks(out, parts.data(), n);
+      return out;
+    });
+  };
+}
+
 Task<Tensor> GlooGroup::all_to_all(const Tensor& x) {
   const char* op = "allToAll";
   check_cpu(op, "x", x);
@@ -731,6 +895,12 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor&, std::vector<int64_t
   fail(Code::Unsupported, "process group: built without Gloo");
 }
 Task<Tensor> GlooGroup::all_to_all(const Tensor&) { fail(Code::Unsupported, "process group: built without Gloo"); }
+Task<AllGatherVResult> GlooGroup::all_gather_v(const Tensor&) {
+  fail(Code::Unsupported, "process group: built without Gloo");
+}
+Task<Tensor> GlooGroup::reduce_scatter_v(const Tensor&, std::vector<int64_t>) {
+  fail(Code::Unsupported, "process group: built without Gloo");
+}
 Task<Unit> GlooGroup::all_reduce(const Tensor&, ReduceOp) {
   fail(Code::Unsupported, "process group: built without Gloo");
 }

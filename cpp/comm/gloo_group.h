@@ -92,6 +92,11 @@ class GlooGroup : public ProcessGroup, public std::enable_shared_from_this<GlooG
                                      std::optional<std::vector<int64_t>> expected) override;
   // x [size, ...]: block p goes to rank p; the output holds block r of rank p at p.
   Task<Tensor> all_to_all(const Tensor& x) override;
+  // Every rank's x [rows_p, ...] to every rank, in rank order (Gloo's allgatherv after the counts).
+  Task<AllGatherVResult> all_gather_v(const Tensor& x) override;
+  // Chunk p of every rank's x to rank p (an all-to-all-v), summed there in rank order (half
+  // dtypes in float32), so every run adds in the same order.
+  Task<Tensor> reduce_scatter_v(const Tensor& x, std::vector<int64_t> counts) override;
   // In place; float32, bfloat16 / float16 (reduced in float32), int32, int64 (not avg).
   Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
   // In place, from the group rank `root`.

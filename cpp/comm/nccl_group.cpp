@@ -18,6 +18,8 @@ constexpr int64_t kMagic = 0x6d6f6565702d6e31;  // "moeep-n1"
 // hash, has_expected; then the send counts (one per rank) and the expected
 // receive counts (-1 where not given).
 constexpr int kHead = 6;
+// The op field of the descriptors of allGatherV and reduceScatterV (allToAllV's has none).
+constexpr int64_t kOpAllGatherV = 1, kOpReduceScatterV = 2;
 
 int64_t row_elements(const Tensor& x) {
   int64_t n = 1;
@@ -335,6 +337,162 @@ Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<int64
       c.comm->all_to_all_v(rows, x.dtype, sc.comm_stream());
       cuda::compute_waits_for_comm(dev);
       return result;
+    });
+  };
+}
+
+std::vector<int64_t> NcclGroup::gather_descriptors(Op& c, const std::vector<int64_t>& mine) {
+  const int n = size();
+  const int64_t W = int64_t(mine.size());
+  cuda::Scope sc(device_);
+  Tensor desc = empty(DType::I64, {W}, device_);
+  Tensor table_dev = empty(DType::I64, {int64_t(n) * W}, device_);
+  cuda::upload(desc.raw(), mine.data(), size_t(W) * sizeof(int64_t), device_);
+  NcclAllToAllV a;
+  a.send = desc.raw();
+  a.send_elements = W;
+  a.send_counts.assign(size_t(n), W);
+  a.send_offsets.assign(size_t(n), 0);
+  a.recv = table_dev.raw();
+  a.recv_elements = int64_t(n) * W;
+  a.recv_counts.assign(size_t(n), W);
+  for (int p = 0; p < n; ++p) a.recv_offsets.push_back(int64_t(p) * W);
+  cuda::comm_waits_for_compute(device_);
+  c.comm->all_to_all_v(a, DType::I64, sc.comm_stream());
+  cuda::compute_waits_for_comm(device_);
+  std::vector<int64_t> table(static_cast<size_t>(int64_t(n) * W));
+  cuda::download(table.data(), table_dev.raw(), table.size() * sizeof(int64_t), device_);
+  c.comm_ok();
+  return table;
+}
+
+template <class Describe>
+void NcclGroup::check_heads(const char* op, const std::vector<int64_t>& table, int64_t width, Code param_code,
+                            Describe describe) const {
+  auto at = [&](int r, int64_t i) { return table[size_t(int64_t(r) * width + i)]; };
+  for (int r = 1; r < size(); ++r) {
+    if (at(r, 0) != kMagic || at(r, 1) != at(0, 1) || at(r, 2) != at(0, 2)) {
+      fail(Code::Value, std::string(op) + ": the ranks are not calling the same collective: " + who(0) + " calls #" +
+                            std::to_string(at(0, 1)) + " of the group but " + who(r) + " sent descriptor #" +
+                            std::to_string(at(r, 1)));
+    }
+    if (at(r, 3) != at(0, 3) || at(r, 4) != at(0, 4) || at(r, 5) != at(0, 5)) {
+      const Code code = at(r, 3) != at(0, 3) ? Code::Dtype : at(r, 4) != at(0, 4) ? Code::Shape : param_code;
+      fail(code, std::string(op) + ": the ranks disagree: " + who(0) + " passed " + describe(0) + " but " + who(r) +
+                     " passed " + describe(r));
+    }
+  }
+}
+
+Task<AllGatherVResult> NcclGroup::all_gather_v(const Tensor& x) {
+  const char* op = "allGatherV";
+  if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
+  check_tensor(op, "x", x);
+  if (x.ndim() < 1) fail(Code::Shape, std::string(op) + ": expected x [rows, ...] but received a scalar");
+  return [self = shared_from_this(), x]() {
+    NcclGroup& g = *self;
+    Op c(g, "allGatherV");
+    int64_t seq;
+    {
+      std::lock_guard<std::mutex> lock(g.mu_);
+      seq = ++g.seq_;
+    }
+    return c.run([&]() -> AllGatherVResult {
+      const int n = g.size();
+      const Device dev = g.device_;
+      const int64_t row_elems = row_elements(x);
+      after_cpu_stream();
+      cuda::Scope sc(dev);
+      // 1. magic, seq, op, dtype, row elements, row shape hash, rows.
+      const std::vector<int64_t> mine = {
+          kMagic, seq, kOpAllGatherV, int64_t(x.dtype), row_elems, shape_hash(x.shape, 1), x.dim(0)};
+      const int64_t W = int64_t(mine.size());
+      const std::vector<int64_t> table = g.gather_descriptors(c, mine);
+      g.check_heads("allGatherV", table, W, Code::Shape, [&](int r) {
+        const int64_t* b = &table[size_t(int64_t(r) * W)];
+        return std::string(dtype_name(DType(b[3]))) + " rows of " + std::to_string(b[4]) + " elements" +
+               (b[5] == table[5] || b[4] != table[4] ? "" : " in another shape");
+      });
+      std::vector<int64_t> counts(static_cast<size_t>(n));
+      int64_t rows = 0;
+      for (int p = 0; p < n; ++p) {
+        counts[size_t(p)] = table[size_t(int64_t(p) * W + 6)];
+        rows += counts[size_t(p)];
+      }
+      // 2. x to every rank.
+      Shape shape = x.shape;
+      shape[0] = rows;
+      AllGatherVResult result{empty(x.dtype, shape, dev), counts};
+      NcclAllToAllV a;
+      a.send = x.raw();
+      a.send_elements = x.numel();
+      a.recv = result.output.raw();
+      a.recv_elements = result.output.numel();
+      int64_t ro = 0;
+      for (int p = 0; p < n; ++p) {
+        a.send_counts.push_back(x.numel());
+        a.send_offsets.push_back(0);
+        a.recv_counts.push_back(counts[size_t(p)] * row_elems);
+        a.recv_offsets.push_back(ro);
+        ro += counts[size_t(p)] * row_elems;
+      }
+      cuda::comm_waits_for_compute(dev);
+      c.comm->all_to_all_v(a, x.dtype, sc.comm_stream());
+      cuda::compute_waits_for_comm(dev);
+      return result;
+    });
+  };
+}
+
+Task<Tensor> NcclGroup::reduce_scatter_v(const Tensor& x, std::vector<int64_t> counts) {
+  const char* op = "reduceScatterV";
+  if (destroyed()) fail(Code::Disposed, std::string(op) + ": the process group was destroyed");
+  check_tensor(op, "x", x);
+  check_reduce_scatter_v_args(op, x, counts, size());
+  return [self = shared_from_this(), x, counts = std::move(counts)]() {
+    NcclGroup& g = *self;
+    Op c(g, "reduceScatterV");
+    int64_t seq;
+    {
+      std::lock_guard<std::mutex> lock(g.mu_);
+      seq = ++g.seq_;
+    }
+    return c.run([&]() -> Tensor {
+      const int n = g.size();
+      const int me = g.rank();
+      const Device dev = g.device_;
+      const int64_t row_elems = row_elements(x);
+      after_cpu_stream();
+      cuda::Scope sc(dev);
+      // 1. magic, seq, op, dtype, row elements, counts and row shape hash; then the counts.
+      std::vector<int64_t> mine = {kMagic,           seq,       kOpReduceScatterV,
+                                   int64_t(x.dtype), row_elems, counts_hash(counts, x.shape)};
+      mine.insert(mine.end(), counts.begin(), counts.end());
+      const int64_t W = int64_t(mine.size());
+      const std::vector<int64_t> table = g.gather_descriptors(c, mine);
+      g.check_heads("reduceScatterV", table, W, Code::CountMismatch, [&](int r) {
+        const int64_t* b = &table[size_t(int64_t(r) * W)];
+        std::string s =
+            std::string(dtype_name(DType(b[3]))) + " rows of " + std::to_string(b[4]) + " elements cut by counts [";
+        for (int p = 0; p < n; ++p) s += (p ? ", " : "") + std::to_string(b[6 + p]);
+        return s + "]";
+      });
+      // 2. The sum of every rank's x, of which this rank keeps its chunk.
+      int64_t first = 0;
+      for (int p = 0; p < me; ++p) first += counts[size_t(p)];
+      Shape shape = x.shape;
+      shape[0] = counts[size_t(me)];
+      Tensor out = empty(x.dtype, shape, dev);
+      Tensor sum = empty(x.dtype, x.shape, dev);
+      cuda::comm_waits_for_compute(dev);
+      c.comm->all_reduce(x.raw(), sum.raw(), x.numel(), x.dtype, NcclReduceOp::Sum, sc.comm_stream());
+      cuda::compute_waits_for_comm(dev);
+      const size_t elem = dtype_size(x.dtype);
+      if (out.numel()) {
+        cuda::copy_async(out.raw(), static_cast<const char*>(sum.raw()) + size_t(first * row_elems) * elem,
+                         size_t(out.numel()) * elem, dev);
+      }
+      return out;
     });
   };
 }

@@ -104,6 +104,14 @@ class NcclGroup : public ProcessGroup, public std::enable_shared_from_this<NcclG
   Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
                                      std::optional<std::vector<int64_t>> expected) override;
   Task<Tensor> all_to_all(const Tensor& x) override;
+  // The counts travel with a descriptor (one host synchronisation), then x goes
+  // to every rank as grouped send / recv.
+  Task<AllGatherVResult> all_gather_v(const Tensor& x) override;
+  // After a descriptor check (one host synchronisation): an all-reduce of x
+  // into a buffer of its own, of which this rank keeps its chunk. NCCL's
+  // reduce-scatter takes equal chunks only; this moves twice the bytes of one,
+  // and needs nothing beyond the all-reduce from the library.
+  Task<Tensor> reduce_scatter_v(const Tensor& x, std::vector<int64_t> counts) override;
   Task<Unit> all_reduce(const Tensor& t, ReduceOp op) override;
   Task<Unit> broadcast(const Tensor& t, int root) override;
   // An all-reduce of one element, waited for on the host.
@@ -120,6 +128,13 @@ class NcclGroup : public ProcessGroup, public std::enable_shared_from_this<NcclG
             NcclGroupOptions options);
   void check_tensor(const char* op, const char* what, const Tensor& t) const;
   std::string who(int group_rank) const;
+  // Every rank's `mine` (the same length everywhere), read back on the host: [size][mine.size()].
+  std::vector<int64_t> gather_descriptors(Op& c, const std::vector<int64_t>& mine);
+  // The first rank whose descriptor head (magic, seq, op, dtype, row elements, param) differs from
+  // rank 0's, as the error every rank throws alike; `describe(r)` says what rank r passed.
+  template <class Describe>
+  void check_heads(const char* op, const std::vector<int64_t>& table, int64_t width, Code param_code,
+                   Describe describe) const;
 
   std::shared_ptr<Store> store_;
   std::string prefix_;
@@ -133,7 +148,7 @@ class NcclGroup : public ProcessGroup, public std::enable_shared_from_this<NcclG
   std::shared_ptr<NcclComm> comm_;  // set by connect()
   std::optional<std::pair<Code, std::string>> fault_;
   bool busy_ = false;
-  int64_t seq_ = 0;  // allToAllV calls so far (ranks out of step are named)
+  int64_t seq_ = 0;  // collectives with a descriptor so far (ranks out of step are named)
   std::map<std::string, int> subgroups_;
 
   SerialQueue queue_;

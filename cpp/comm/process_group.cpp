@@ -84,4 +84,31 @@ void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<
   if (expected) check_counts(*expected, "recvCounts");
 }
 
+void check_reduce_scatter_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& counts, int size) {
+  if (x.ndim() < 1) fail(Code::Shape, std::string(op) + ": expected x [rows, ...] but received a scalar");
+  if (int(counts.size()) != size) {
+    fail(Code::Value, std::string(op) + ": expected counts to hold one count per rank (" + std::to_string(size) +
+                          ") but received " + std::to_string(counts.size()));
+  }
+  int64_t total = 0;
+  bool over = false;
+  for (int64_t c : counts) {
+    if (c < 0) fail(Code::Value, std::string(op) + ": expected counts >= 0 but received " + std::to_string(c));
+    over = over || __builtin_add_overflow(total, c, &total);
+  }
+  if (over || total != x.dim(0)) {
+    fail(Code::Value, std::string(op) + ": expected counts to sum to the rows of x (" + std::to_string(x.dim(0)) +
+                          ") but they sum to " + (over ? "more than 2^63-1" : std::to_string(total)));
+  }
+}
+
+int64_t counts_hash(const std::vector<int64_t>& counts, const Shape& shape) {
+  uint64_t h = uint64_t(shape_hash(shape, 1));
+  for (int64_t c : counts) {
+    h ^= uint64_t(c);
+    h *= 1099511628211ull;
+  }
+  return int64_t(h & 0x7fffffffffffffffull);
+}
+
 }  // namespace moe::comm

@@ -28,6 +28,11 @@ struct AllToAllVResult {
 
 struct Unit {};
 
+struct AllGatherVResult {
+  Tensor output;
+  std::vector<int64_t> counts;  // the rows each rank contributed, in rank order
+};
+
 // "0, 2, 3": ranks as messages show them.
 std::string join(const std::vector<int>& ranks);
 // A stable hash of shape[from:], so ranks can compare row shapes in a fixed-size descriptor.
@@ -40,6 +45,11 @@ int check_members(const char* op, const std::vector<int>& members, int size, int
 // non-negative count per rank summing to rows, and the same shape for `expected`.
 void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& send_counts,
                              const std::optional<std::vector<int64_t>>& expected, const std::vector<int>& world_ranks);
+
+// reduceScatterV's argument checks: one non-negative count per rank, summing to x's rows.
+void check_reduce_scatter_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& counts, int size);
+// A stable hash of the counts and x's row shape, so ranks can compare them in one descriptor field.
+int64_t counts_hash(const std::vector<int64_t>& counts, const Shape& shape);
 
 class ProcessGroup {
  public:
@@ -72,6 +82,13 @@ class ProcessGroup {
   virtual Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
                                              std::optional<std::vector<int64_t>> expected) = 0;
   virtual Task<Tensor> all_to_all(const Tensor& x) = 0;
+  // x [rows, ...] from every rank (rows may differ): the counts are exchanged first, then every
+  // rank receives every rank's rows, concatenated in rank order.
+  virtual Task<AllGatherVResult> all_gather_v(const Tensor& x) = 0;
+  // x [sum(counts), ...] on every rank, cut by counts (the same on every rank): rank p receives the
+  // sum over ranks of their chunk p, [counts[p], ...]. Float and integer dtypes; ranks that
+  // disagree on the counts fail with ERR_MOE_COUNT_MISMATCH before data moves.
+  virtual Task<Tensor> reduce_scatter_v(const Tensor& x, std::vector<int64_t> counts) = 0;
   virtual Task<Unit> all_reduce(const Tensor& t, ReduceOp op) = 0;  // in place
   virtual Task<Unit> broadcast(const Tensor& t, int root) = 0;      // in place
   virtual Task<Unit> barrier() = 0;

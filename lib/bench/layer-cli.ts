@@ -29,6 +29,13 @@ export const BENCH_LAYER_FLAGS: readonly Flag[] = [
     value: "N",
     help: "expert-parallel group size (default: every process)",
   },
+  {
+    name: "etp-size",
+    key: "etpSize",
+    kind: INT,
+    value: "N",
+    help: "expert tensor parallel size: ranks each expert's FFN is split over along dFF (default 1)",
+  },
   { name: "runs", kind: INT, value: "R", help: "timed rounds; medians are reported (default 7)" },
   {
     name: "activation",

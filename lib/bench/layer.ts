@@ -1,6 +1,7 @@
 /**
  * MoE layer benchmark: forward + backward tokens/s, the time of each stage
- * (route, permute, dispatch, experts, combine, unpermute), and the whole
+ * (route, permute, dispatch, the expert-tensor-parallel gather and
+ * reduce-scatter, experts, combine, unpermute), and the whole
  * against the GEMM roofline: the layer's GEMM FLOPs at the sgemm rate measured
  * in the same run, by the same processes at the same time, on the same
  * threads. With a process group, every rank runs it (see `moe-ep bench layer`).
@@ -22,8 +23,10 @@ export interface BenchLayerOptions {
   topK?: number;
   /** Tokens per rank per step (default 2048). */
   tokens?: number;
-  /** Default: the group's size (every rank holds different experts). */
+  /** Default: the group's size over etpSize (every rank, or ETP group, holds different experts). */
   epSize?: number;
+  /** Expert tensor parallelism: ranks each expert is split over along dFF (default 1). */
+  etpSize?: number;
   activation?: "relu" | "gelu" | "silu" | "swiglu" | "geglu";
   /** Timed rounds (default 7; each a step between two measurements of the sgemm rate); medians are reported. */
   runs?: number;
@@ -59,6 +62,7 @@ export interface BenchLayerResult {
     topK: number;
     tokens: number;
     epSize: number;
+    etpSize: number;
     ranks: number;
   };
   threads: number;
@@ -131,7 +135,8 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
   const E = checkInteger("numExperts", options.numExperts ?? 8, 1);
   const k = checkSafeInteger("topK", options.topK ?? 2); // its range: the layer's
   const T = checkInteger("tokens", options.tokens ?? 2048, 1);
-  const P = checkInteger("epSize", options.epSize ?? ranks, 1, ranks);
+  const Q = checkInteger("etpSize", options.etpSize ?? 1, 1, ranks);
+  const P = checkInteger("epSize", options.epSize ?? Math.max(1, Math.floor(ranks / Q)), 1, ranks);
   const runs = checkInteger("runs", options.runs ?? 7, 1, 1000);
   const warmup = checkInteger("warmup", options.warmup ?? 1, 0, 1000);
   const activation = options.activation ?? "relu";
@@ -148,7 +153,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
         : (options.log ?? (() => undefined));
 
   const layer = await MoELayer.create(
-    { dModel: D, dFF: F, numExperts: E, topK: k, epSize: P, activation, seed: 1, initStd: 0.02 },
+    { dModel: D, dFF: F, numExperts: E, topK: k, epSize: P, etpSize: Q, activation, seed: 1, initStd: 0.02 },
     group,
   );
   const x = Tensor.empty([T, D]);
@@ -158,7 +163,9 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     await fillRandom(dy, { seed: 200 + rank, key: 2, std: 1e-3 });
     layer.profile = true;
     const L = E / P;
-    const F1 = isGated(activation) ? 2 * F : F;
+    // Each rank's slice of the experts (the whole of them without expert tensor parallelism).
+    const Fs = F / Q;
+    const F1 = isGated(activation) ? 2 * Fs : Fs;
     const steps: number[] = [];
     const rates: number[] = [];
     const ratios: number[] = [];
@@ -201,7 +208,8 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       const r = await layer.forward(x, { training: !forwardOnly });
       const dx = forwardOnly ? undefined : await layer.backward(dy);
       const ms = performance.now() - t0;
-      rows = r.stats.rowsReceived;
+      // The rows this rank's experts computed: with expert tensor parallelism, its ETP group's.
+      rows = Q > 1 ? await groupSum(layer.etpGroup, r.stats.rowsReceived) : r.stats.rowsReceived;
       r.output.dispose();
       dx?.dispose();
       if (!forwardOnly) await layer.zeroGrad();
@@ -224,8 +232,8 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       }
       // GEMM FLOPs of the step on this rank: router gate (x·Wg; backward dx and dWg) and the two
       // expert GEMMs (forward; backward dX and dW of each) over the rows its experts received.
-      // Forward only: one of the three of each.
-      gemmFlops = (forwardOnly ? 1 : 3) * (2 * T * D * E + 2 * rows * D * F1 + 2 * rows * F * D);
+      // Forward only: one of the three of each. With expert tensor parallelism, F1 and Fs are this rank's slice.
+      gemmFlops = (forwardOnly ? 1 : 3) * (2 * T * D * E + 2 * rows * D * F1 + 2 * rows * Fs * D);
       const after = await measureRate();
       const rate = (before + after) / 2;
       before = after;
@@ -241,7 +249,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     const rateMedian = median(rates);
     const info = loadNative().info();
     const result: BenchLayerResult = {
-      shape: { dModel: D, dFF: F, numExperts: E, topK: k, tokens: T, epSize: P, ranks },
+      shape: { dModel: D, dFF: F, numExperts: E, topK: k, tokens: T, epSize: P, etpSize: Q, ranks },
       threads: info.threads,
       blasCore: info.blas.core,
       stepSeconds: step,
@@ -265,7 +273,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
     log(
       `\nMoE layer, ${forwardOnly ? "forward only (evaluation)" : "forward + backward"}: dModel ${D}, dFF ${F}, ${E} experts, top-${k}, ${T} tokens per rank, ` +
-        `epSize ${P} on ${ranks} process(es), ${info.threads} thread(s) each, ${activation}`,
+        `epSize ${P}${Q > 1 ? `, etpSize ${Q}` : ""} on ${ranks} process(es), ${info.threads} thread(s) each, ${activation}`,
     );
     log(
       `  step ${(step * 1000).toFixed(1)} ms (median of ${runs}, slowest rank)   ${result.tokensPerSecond.toFixed(0)} tokens/s over all ranks`,

@@ -19,6 +19,7 @@ import { MoEError, checkInteger, invalid } from "../errors";
 import { copyInto } from "../ops/elementwise";
 import { Tensor, type DType } from "../tensor";
 import type { CollectiveGroup } from "../layer/group";
+import { wholeExperts, writesExpertShard } from "../layer/expert-slices";
 import type { AdamW, OptimizerParam } from "../optim/adamw";
 import { encodeSafetensors, readSafetensors, writeFileAtomic, type SafetensorsTensor } from "./safetensors";
 import { checkedFile, checkpointFilesDir, currentVersion, nextVersion, removeLitter, switchLatest } from "./layout";
@@ -177,8 +178,9 @@ export async function saveCheckpoint(
   const first = checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
   const P = first.epSize;
-  const edpRank = Math.floor(first.worldRank / P);
-  const all = pieces(layers, options.optimizer);
+  // Experts sliced by expert tensor parallelism are saved whole (lib/layer/expert-slices.ts).
+  const whole = await wholeExperts(pieces(layers, options.optimizer), "save");
+  const all = whole.pieces;
   fs.mkdirSync(dir, { recursive: true });
   // Every rank names the same next version: the pointer moves only after the barrier below.
   const version = nextVersion(dir);
@@ -188,7 +190,7 @@ export async function saveCheckpoint(
     fs.mkdirSync(versionDir, { recursive: true });
   }
   await worldBarrier(first);
-  if (edpRank === 0) {
+  if (writesExpertShard(first)) {
     const out: SafetensorsTensor[] = [];
     for (const p of all) {
       if (!p.expert) {
@@ -239,6 +241,7 @@ export async function saveCheckpoint(
     }
     writeFileAtomic(path.join(versionDir, INDEX_FILE), JSON.stringify(index, null, 2) + "\n");
   }
+  whole.release();
   // Once every rank's files are complete, one rename makes them the checkpoint.
   await worldBarrier(first);
   if (first.worldRank === 0) {
@@ -350,7 +353,8 @@ export async function loadCheckpoint(
   const root = checkpointFilesDir(dir);
   const opt = options.optimizer;
   checkMetadata(dir, index, layers, opt);
-  const all = pieces(layers, opt);
+  const whole = await wholeExperts(pieces(layers, opt), "load");
+  const all = whole.pieces;
   // What to read: for each piece, its stored tensors (one per local expert for sharded ones).
   const wanted = new Map<string, string[]>();
   const need = (name: string, optional: boolean): boolean => {
@@ -392,8 +396,10 @@ export async function loadCheckpoint(
         ),
       );
     for (let i = 0; i < plan.length; i++) await copyInto(plan[i].piece.tensor, sources[i]);
+    await whole.finish();
   } finally {
     sources.forEach((t) => t.dispose());
+    whole.release();
   }
   if (opt && index.metadata?.optimizer_step !== undefined) opt.setStepCount(index.metadata.optimizer_step);
 }

@@ -14,6 +14,7 @@ export type {
   ProcessGroupOptions,
   AllToAllVOptions,
   AllToAllVResult,
+  AllGatherVResult,
   NewGroupOptions,
   SplitOptions,
   ExpertParallelGroups,

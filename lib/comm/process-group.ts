@@ -85,21 +85,32 @@ export interface AllToAllVResult {
   recvCounts: number[];
 }
 
+export interface AllGatherVResult {
+  /** [sum(counts), ...x.shape.slice(1)]: every rank's rows, in rank order. */
+  output: Tensor;
+  /** The rows that came from each rank. */
+  counts: number[];
+}
+
 export interface NewGroupOptions {
   /** Default: the parent group's timeout. */
   timeoutMs?: number;
 }
 
 export interface SplitOptions extends NewGroupOptions {
-  /** Ranks per expert-parallel group; must divide the group's size. */
+  /** Ranks per expert-parallel group; epSize × etpSize must divide the group's size. */
   epSize: number;
+  /** Ranks per expert-tensor-parallel group (default 1). */
+  etpSize?: number;
 }
 
 export interface ExpertParallelGroups {
   /** This rank's EP group: consecutive blocks of epSize ranks. */
   ep: ProcessGroup;
-  /** This rank's expert-data-parallel group: the ranks holding the same experts. */
+  /** This rank's expert-data-parallel group: the ranks holding the same expert slices. */
   expertDataParallel: ProcessGroup;
+  /** This rank's expert-tensor-parallel group (consecutive blocks of etpSize ranks); only when etpSize > 1. */
+  etp?: ProcessGroup;
 }
 
 /**
@@ -236,6 +247,31 @@ export class ProcessGroup implements Disposable {
     return wrap(await this.handle.allToAll(handle(x, "x")));
   }
 
+  /**
+   * Variable all-gather of rows: x [rows, ...] (rows may differ between
+   * ranks, zero allowed); the counts are exchanged first, then every rank
+   * receives every rank's rows, concatenated in rank order. Any dtype.
+   */
+  async allGatherV(x: Tensor): Promise<AllGatherVResult> {
+    this.live("allGatherV");
+    const r = await this.handle.allGatherV(handle(x, "x"));
+    return { output: wrap(r.output), counts: r.counts };
+  }
+
+  /**
+   * Variable reduce-scatter of rows (sum): x [sum(counts), ...] is cut by
+   * counts (rows for each rank, in rank order; the same counts on every
+   * rank), and rank p receives the sum over the ranks of their chunk p,
+   * [counts[p], ...]. Ranks that pass other counts all fail with
+   * ERR_MOE_COUNT_MISMATCH before data moves. Float and integer dtypes; Gloo
+   * adds in rank order (bfloat16 / float16 in float32).
+   */
+  async reduceScatterV(x: Tensor, counts: Counts): Promise<Tensor> {
+    this.live("reduceScatterV");
+    const c = checkCounts("counts", counts);
+    return wrap(await this.handle.reduceScatterV(handle(x, "x"), c));
+  }
+
   /** Reduces t across the group in place: "sum" (default), "avg" (float dtypes) or "max". bfloat16 / float16 reduce in float32. */
   async allReduce(t: Tensor, op: ReduceOp = "sum"): Promise<void> {
     this.live("allReduce");
@@ -271,24 +307,26 @@ export class ProcessGroup implements Disposable {
   }
 
   /**
-   * This rank's expert-parallel group and expert-data-parallel group, laid out
-   * as Megatron-Core and DeepSpeed do (see expertParallelLayout). Every rank of
-   * this group calls it.
+   * This rank's expert-parallel group and expert-data-parallel group (and, for
+   * etpSize > 1, its expert-tensor-parallel group), laid out as Megatron-Core
+   * does (see expertParallelLayout). Every rank of this group calls it.
    */
   async split(options: SplitOptions): Promise<ExpertParallelGroups> {
     this.live("split");
     const o = optionsObject<SplitOptions>(options, "split options");
     const epSize = checkInteger("epSize", o.epSize, 1, this.size);
+    const etpSize = checkInteger("etpSize", o.etpSize ?? 1, 1, this.size);
     const timeoutMs = checkTimeout(o.timeoutMs);
-    const layout = expertParallelLayout(this.size, epSize);
+    const layout = expertParallelLayout(this.size, epSize, etpSize);
     const mine = (groups: number[][]): number[] => groups.find((g) => g.includes(this.rank))!;
-    const [ep, expertDataParallel] = await Promise.all([
+    const [ep, expertDataParallel, etp] = await Promise.all([
       this.newGroup(mine(layout.ep), { timeoutMs }),
       this.newGroup(mine(layout.expertDataParallel), { timeoutMs }),
+      etpSize > 1 ? this.newGroup(mine(layout.etp), { timeoutMs }) : undefined,
     ]);
-    // Every rank has connected both its groups: the store is no longer needed for them.
+    // Every rank has connected its groups: the store is no longer needed for them.
     await this.barrier();
-    return { ep, expertDataParallel };
+    return etp ? { ep, expertDataParallel, etp } : { ep, expertDataParallel };
   }
 
   /**

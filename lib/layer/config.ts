@@ -26,7 +26,10 @@ export interface MoELayerOptions {
   topK?: number;
   /** EP ranks the experts are sharded over; must divide numExperts and the world size (default 1). */
   epSize?: number;
-  /** Expert tensor parallelism: ranks each expert's FFN is split over (default 1). */
+  /**
+   * Expert tensor parallelism (Megatron-Core's expert_tensor_parallel_size): ranks each expert's FFN
+   * is split over along dFF, which it must divide; with epSize it must divide the world size (default 1).
+   */
   etpSize?: number;
   /** Router scores (default "softmax"). */
   scoreFunction?: ScoreFunction;
@@ -181,6 +184,9 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     throw new MoEError(`Expected epSize to divide numExperts (${numExperts}) but received ${epSize}`, "ERR_MOE_VALUE");
   }
   const etpSize = checkInteger("etpSize", orDefault(o.etpSize, 1), 1);
+  if (dFF % etpSize !== 0) {
+    throw new MoEError(`Expected etpSize to divide dFF (${dFF}) but received ${etpSize}`, "ERR_MOE_VALUE");
+  }
   const scoreFunction =
     o.scoreFunction === undefined ? "softmax" : checkOneOf("scoreFunction", o.scoreFunction, SCORE_FUNCTIONS);
   const { numGroups, topkGroups } = o;

@@ -36,7 +36,9 @@ function layerGemms(c: ResolvedMoEConfig): Array<{ what: string; k: Width; n: Wi
       { what: `${what} W2`, k: hidden, n: dModel },
     ];
   };
-  const gemms = ffn("the experts'", "dFF", c.dFF);
+  // With expert tensor parallelism each rank's experts are dFF / etpSize wide.
+  const gemms =
+    c.etpSize > 1 ? ffn("the experts'", "dFF/etpSize", c.dFF / c.etpSize) : ffn("the experts'", "dFF", c.dFF);
   if (c.sharedExpertFF > 0) gemms.push(...ffn("the shared experts'", "sharedExpertFF", c.sharedExpertFF));
   return gemms;
 }

@@ -28,22 +28,30 @@ export interface CollectiveGroup {
   /** In place. */
   allReduce(t: Tensor, op?: ReduceOp): Promise<void>;
   barrier?(): Promise<void>;
+  /** Every rank's rows [rows_p, ...], concatenated in rank order (needed by an ETP group). */
+  allGatherV?(x: Tensor): Promise<{ output: Tensor; counts: ArrayLike<number> }>;
+  /** x [sum(counts), ...]: chunk p summed over the ranks lands on rank p (needed by an ETP group). */
+  reduceScatterV?(x: Tensor, counts: readonly number[]): Promise<Tensor>;
 }
 
-/** A world group that can split itself into the EP and expert-data-parallel groups. */
+type Split = { ep: CollectiveGroup; expertDataParallel: CollectiveGroup; etp?: CollectiveGroup };
+
+/** A world group that can split itself into the EP, ETP and expert-data-parallel groups. */
 export interface SplittableGroup extends CollectiveGroup {
-  split(options: {
-    epSize: number;
-  }):
-    | { ep: CollectiveGroup; expertDataParallel: CollectiveGroup }
-    | Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>;
+  split(options: { epSize: number; etpSize?: number }): Split | Promise<Split>;
 }
 
-/** The three groups of a layer, when the caller has them already. */
+/** The groups of a layer, when the caller has them already (etp: needed when etpSize > 1). */
 export interface LayerGroups {
   world: CollectiveGroup;
   ep: CollectiveGroup;
   expertDataParallel: CollectiveGroup;
+  etp?: CollectiveGroup;
+}
+
+/** The groups of a layer once resolved: etp is a group of one when etpSize is 1. */
+export interface ResolvedGroups extends LayerGroups {
+  etp: CollectiveGroup;
 }
 
 /** What a layer is built on: a world group (a ProcessGroup, say) or the three groups ready-made. */
@@ -67,6 +75,12 @@ export class SingleRankGroup implements CollectiveGroup {
   }
   async allReduce(): Promise<void> {}
   async barrier(): Promise<void> {}
+  async allGatherV(x: Tensor): Promise<{ output: Tensor; counts: ArrayLike<number> }> {
+    return { output: x, counts: [x.shape[0]] };
+  }
+  async reduceScatterV(x: Tensor): Promise<Tensor> {
+    return x;
+  }
 }
 
 export const SINGLE_RANK: CollectiveGroup = new SingleRankGroup();
@@ -101,74 +115,77 @@ export function worldOf(groups: unknown): { rank: number; size: number } {
 }
 
 /**
- * Splits of each world group, by epSize: layers built on one group share its sub-groups, and the
- * splits (collective calls) happen once each, in the order the layers were built on every rank.
+ * Splits of each world group, by epSize and etpSize: layers built on one group share its sub-groups,
+ * and the splits (collective calls) happen once each, in the order the layers were built on every rank.
  */
-const splits = new WeakMap<
-  object,
-  Map<number, Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }>>
->();
+const splits = new WeakMap<object, Map<string, Promise<Split>>>();
 
-function splitOnce(
-  group: SplittableGroup,
-  epSize: number,
-): Promise<{ ep: CollectiveGroup; expertDataParallel: CollectiveGroup }> {
+function splitOnce(group: SplittableGroup, epSize: number, etpSize: number): Promise<Split> {
   let byEp = splits.get(group);
   if (!byEp) splits.set(group, (byEp = new Map()));
-  let s = byEp.get(epSize);
+  const key = `${epSize}x${etpSize}`;
+  let s = byEp.get(key);
   if (!s) {
     // After the previous split of this group, so that every rank issues them in one order.
     const previous = [...byEp.values()].pop() ?? Promise.resolve();
-    s = previous.catch(() => undefined).then(() => group.split({ epSize }));
-    byEp.set(epSize, s);
+    s = previous.catch(() => undefined).then(() => group.split(etpSize === 1 ? { epSize } : { epSize, etpSize }));
+    byEp.set(key, s);
   }
   return s;
 }
 
 /**
- * The world, EP and expert-data-parallel groups for epSize: split from a world
- * group (its split() when it has one; once per group and epSize), taken as
- * given, or single-rank ones.
+ * The world, EP, ETP and expert-data-parallel groups for epSize and etpSize: split from a world
+ * group (its split() when it has one; once per group and sizes), taken as given, or single-rank ones.
  */
-export async function resolveGroups(groups: unknown, epSize: number): Promise<LayerGroups> {
+export async function resolveGroups(groups: unknown, epSize: number, etpSize = 1): Promise<ResolvedGroups> {
   const world = worldOf(groups);
-  const want = layoutOf(world.rank, world.size, epSize);
+  const want = layoutOf(world.rank, world.size, epSize, etpSize);
   let out: LayerGroups;
   if (groups === undefined || groups === null) {
     out = { world: SINGLE_RANK, ep: SINGLE_RANK, expertDataParallel: SINGLE_RANK };
   } else if (isGroup(groups)) {
     if (typeof (groups as Partial<SplittableGroup>).split === "function") {
-      const s = await splitOnce(groups as SplittableGroup, epSize);
-      out = { world: groups, ep: s.ep, expertDataParallel: s.expertDataParallel };
-    } else if (epSize === groups.size) {
+      const s = await splitOnce(groups as SplittableGroup, epSize, etpSize);
+      out = { world: groups, ep: s.ep, expertDataParallel: s.expertDataParallel, etp: s.etp };
+    } else if (etpSize === 1 && epSize === groups.size) {
       out = { world: groups, ep: groups, expertDataParallel: SINGLE_RANK };
-    } else if (epSize === 1) {
+    } else if (etpSize === 1 && epSize === 1) {
       out = { world: groups, ep: SINGLE_RANK, expertDataParallel: groups };
     } else {
       throw new MoEError(
-        `Expected a group with split({ epSize }) for epSize ${epSize} inside a world of ${groups.size} ranks, or epSize 1 or ${groups.size}`,
+        `Expected a group with split({ epSize, etpSize }) for epSize ${epSize}, etpSize ${etpSize} inside a world of ${groups.size} ranks, or epSize 1 or ${groups.size} with etpSize 1`,
         "ERR_MOE_VALUE",
       );
     }
   } else {
     const g = groups as LayerGroups;
-    if (!isGroup(g.ep) || !isGroup(g.expertDataParallel)) {
-      throw invalid("groups for ep and expertDataParallel", "group", groups);
+    if (!isGroup(g.ep) || !isGroup(g.expertDataParallel) || (g.etp !== undefined && !isGroup(g.etp))) {
+      throw invalid("groups for ep and expertDataParallel (and etp)", "group", groups);
     }
-    out = { world: g.world, ep: g.ep, expertDataParallel: g.expertDataParallel };
+    out = { world: g.world, ep: g.ep, expertDataParallel: g.expertDataParallel, etp: g.etp };
   }
+  const etp = out.etp ?? (etpSize === 1 ? SINGLE_RANK : undefined);
   if (
     out.ep.size !== epSize ||
     out.ep.rank !== want.epRank ||
     out.expertDataParallel.size !== want.edpSize ||
-    out.expertDataParallel.rank !== want.edpRank
+    out.expertDataParallel.rank !== want.edpRank ||
+    !etp ||
+    etp.size !== etpSize ||
+    etp.rank !== want.etpRank
   ) {
+    const etpText = etpSize === 1 ? "" : ` and an ETP group of ${etpSize} at ${want.etpRank}`;
+    const etpGot = etpSize === 1 ? "" : etp ? `, ETP rank ${etp.rank} of ${etp.size}` : ", no ETP group";
     throw new MoEError(
-      `Expected an EP group of ${epSize} ranks with this rank at ${want.epRank} and an expert-data-parallel group of ${want.edpSize} ` +
-        `at ${want.edpRank} (world rank ${world.rank} of ${world.size}) but received EP rank ${out.ep.rank} of ${out.ep.size}, ` +
-        `expert-data-parallel rank ${out.expertDataParallel.rank} of ${out.expertDataParallel.size}`,
+      `Expected an EP group of ${epSize} ranks with this rank at ${want.epRank}, an expert-data-parallel group of ${want.edpSize} ` +
+        `at ${want.edpRank}${etpText} (world rank ${world.rank} of ${world.size}) but received EP rank ${out.ep.rank} of ${out.ep.size}, ` +
+        `expert-data-parallel rank ${out.expertDataParallel.rank} of ${out.expertDataParallel.size}${etpGot}`,
       "ERR_MOE_VALUE",
     );
   }
-  return out;
+  if (etpSize > 1 && (typeof etp.allGatherV !== "function" || typeof etp.reduceScatterV !== "function")) {
+    throw invalid("an ETP group with allGatherV and reduceScatterV", "group.etp", etp);
+  }
+  return { ...out, etp };
 }

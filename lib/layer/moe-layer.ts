@@ -14,6 +14,11 @@
  * nothing from the all-to-all runs on the CPU stream while the rows travel:
  * the shared experts during the dispatch, the router's and shared experts'
  * backward during the gradients' exchange.
+ *
+ * With expert tensor parallelism (etpSize > 1) each expert's FFN is split along dFF over an ETP group:
+ * after the dispatch the group all-gathers its members' rows, each member computes its slice for all
+ * of them, and a reduce-scatter sums the partial outputs back to the member owning the rows
+ * (lib/layer/expert-tp.ts).
  */
 import { MoEError, invalid } from "../errors";
 import { addInPlace, add } from "../ops/elementwise";
@@ -25,7 +30,15 @@ import { parseForeignConfig, type ForeignConfig, type IgnoredConfigKey } from ".
 import { checkDeviceSupport } from "./device-support";
 import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher";
 import { ffnBackward, ffnForward, type FFNSaved } from "./experts";
-import { layoutOf, resolveGroups, worldOf, type CollectiveGroup, type LayerGroups, type MoELayerGroup } from "./group";
+import {
+  layoutOf,
+  resolveGroups,
+  worldOf,
+  type CollectiveGroup,
+  type MoELayerGroup,
+  type ResolvedGroups,
+} from "./group";
+import { gatherRows, planGather, scatterRows, type EtpPlan } from "./expert-tp";
 import {
   ffnBackwardIntoGrads,
   ffnGradients,
@@ -73,6 +86,7 @@ interface Context {
   tokensPerExpert: Tensor;
   pairToRow: Tensor;
   plan: DispatchPlan;
+  etpPlan?: EtpPlan;
   rowsPerExpert: Tensor;
   experts: FFNSaved;
   expertOut: Tensor;
@@ -100,6 +114,9 @@ export class MoELayer {
   readonly worldSize: number;
   readonly epRank: number;
   readonly epSize: number;
+  /** Expert tensor parallelism: this rank's place in its ETP group, and the group's size. */
+  readonly etpRank: number;
+  readonly etpSize: number;
   readonly numLocalExperts: number;
   /** The global index of this rank's first expert. */
   readonly firstExpert: number;
@@ -115,7 +132,7 @@ export class MoELayer {
     calls: 0,
   };
 
-  private groups?: LayerGroups;
+  private groups?: ResolvedGroups;
   private readonly params: LayerParameters;
   private readonly router: Router;
   private readonly contexts: Context[] = [];
@@ -134,25 +151,19 @@ export class MoELayer {
   constructor(options: MoELayerOptions, group?: MoELayerGroup) {
     const c = resolveConfig(options);
     this.config = c;
-    // Expert tensor parallelism (etpSize > 1) is not implemented by this layer.
-    if (c.etpSize > 1) {
-      throw new MoEError(
-        `Expected etpSize 1 but received ${c.etpSize}: expert tensor parallelism is not supported by this layer ` +
-          `(with a foreign config, expert_tensor_parallel_size or else tensor_parallel_size sets it)`,
-        "ERR_MOE_VALUE",
-      );
-    }
     checkDeviceSupport(c, group);
     const world = worldOf(group);
-    const layout = layoutOf(world.rank, world.size, c.epSize);
+    const layout = layoutOf(world.rank, world.size, c.epSize, c.etpSize);
     this.worldRank = world.rank;
     this.worldSize = world.size;
     this.epRank = layout.epRank;
     this.epSize = c.epSize;
+    this.etpRank = layout.etpRank;
+    this.etpSize = c.etpSize;
     this.numLocalExperts = c.numExperts / c.epSize;
     this.firstExpert = this.epRank * this.numLocalExperts;
 
-    this.params = new LayerParameters(c, this.firstExpert, this.numLocalExperts);
+    this.params = new LayerParameters(c, this.firstExpert, this.numLocalExperts, this.etpRank);
     this.router = new Router(c, this.worldRank);
     this.ready = this.setUp(group);
     // Surfaced by every method that awaits `ready`; not an unhandled rejection meanwhile.
@@ -191,9 +202,23 @@ export class MoELayer {
 
   private async setUp(group: MoELayerGroup | undefined): Promise<void> {
     // The split starts now, in construction order (see resolveGroups), beside the initialisation.
-    const [, groups] = await Promise.all([this.params.initialised, resolveGroups(group, this.config.epSize)]);
+    const [, groups] = await Promise.all([
+      this.params.initialised,
+      resolveGroups(group, this.config.epSize, this.config.etpSize),
+    ]);
     this.groups = groups;
-    this.params.setNormGroup(groups.ep);
+    this.params.setNormGroup(groups.ep, groups.etp);
+  }
+
+  /** The expert-tensor-parallel group (a group of one when etpSize is 1), once ready. */
+  get etpGroup(): CollectiveGroup | undefined {
+    return this.groups?.etp;
+  }
+
+  /** The experts' weights as this rank computes with them: ETP ranks other than 0 leave b2 out (added once). */
+  private expertWeights() {
+    const w = ffnWeights(this.params.experts);
+    return this.etpRank === 0 ? w : { ...w, b2: undefined };
   }
 
   /** The EP group, once ready. */
@@ -335,12 +360,25 @@ export class MoELayer {
         return [pl, keep(await dispatch(p.rows, pl, groups.ep))] as const;
       });
 
+      // Expert tensor parallelism: every member's rows, for this rank's slice of each expert.
+      let etpPlan: EtpPlan | undefined;
+      let ffnRows = expertRows;
+      if (this.etpSize > 1) {
+        [etpPlan, ffnRows] = await clock.timed("etpGather", async () => {
+          const ep = await planGather(plan.localCounts, groups.etp);
+          for (const t of [ep.byMember, ep.byExpert, ep.localCounts]) keep(t);
+          return [ep, keep(await gatherRows(expertRows, ep, groups.etp))] as const;
+        });
+      }
       const ex = await clock.timed("experts", () =>
-        ffnForward(expertRows, plan.localCounts, ffnWeights(this.params.experts), c.activation),
+        ffnForward(ffnRows, etpPlan ? etpPlan.localCounts : plan.localCounts, this.expertWeights(), c.activation),
       );
       keep(ex.saved.pre);
       keep(ex.saved.h);
-      const expertOut = keep(ex.y);
+      keep(ex.y);
+      const expertOut = etpPlan
+        ? keep(await clock.timed("etpScatter", () => scatterRows(ex.y, etpPlan!, groups.etp)))
+        : ex.y;
 
       const rowsBack = keep(await clock.timed("combine", () => combine(expertOut, plan, groups.ep)));
 
@@ -388,6 +426,7 @@ export class MoELayer {
           tokensPerExpert: r.tokensPerExpert,
           pairToRow: p.pairToRow,
           plan,
+          etpPlan,
           rowsPerExpert: p.rowsPerExpert,
           experts: ex.saved,
           expertOut,
@@ -482,15 +521,23 @@ export class MoELayer {
         }),
       ] as const);
 
-      // Expert weight gradients land in their buffers straight from the GEMMs where no sum over ranks comes first.
+      const etpPlan = ctx.etpPlan;
+      const dFfnOut = etpPlan
+        ? tmp(await clock.timed("etpGather", () => gatherRows(dExpertOut, etpPlan, groups.etp)))
+        : dExpertOut;
+      // Expert weight gradients land in their buffers straight from the GEMMs where no sum over ranks
+      // comes first. (The backward reads no b2, so ETP ranks other than 0 need no weights of their own.)
       const edpSize = this.params.experts.w1.reduceGroup(groups).size;
       const ge = await clock.timed("experts", () =>
-        ffnBackwardIntoGrads(this.params.experts, edpSize, dExpertOut, ctx.experts, c.activation),
+        ffnBackwardIntoGrads(this.params.experts, edpSize, dFfnOut, ctx.experts, c.activation),
       );
       for (const t of [ge.dx, ge.dw1, ge.dw2, ge.db1, ge.db2]) tmp(t);
       grads.push(...ffnGradients(this.params.experts, ge));
+      const dExpertRows = etpPlan
+        ? tmp(await clock.timed("etpScatter", () => scatterRows(ge.dx, etpPlan, groups.etp)))
+        : ge.dx;
 
-      const dRows = tmp(await clock.timed("dispatch", () => combine(ge.dx, ctx.plan, groups.ep)));
+      const dRows = tmp(await clock.timed("dispatch", () => combine(dExpertRows, ctx.plan, groups.ep)));
 
       dx = await clock.timed("permute", async () => {
         const d = await permuteBackward(dRows, ctx.pairToRow);

@@ -3,13 +3,15 @@
  * buffers, as the layer, the optimizer, clipping and checkpoints see them.
  */
 import { isGated, type ActivationKind } from "../ops/activation";
-import { addInPlace } from "../ops/elementwise";
+import { addInPlace, copyInto } from "../ops/elementwise";
 import { fillRandom, hashName } from "../ops/random";
 import { reshape } from "../ops/view";
 import { Tensor, type TensorOptions } from "../tensor";
 import type { ResolvedMoEConfig } from "./config";
 import { ffnBackward, type FFNGrads, type FFNSaved, type FFNWeights, type GradTarget } from "./experts";
 import type { CollectiveGroup } from "./group";
+import { ExpertModelParallelGroup } from "./expert-tp";
+import { sliceOf, sliceShape, type SliceKind } from "./expert-slices";
 
 /**
  * A trainable parameter, its gradient (float32, accumulated by backward) and how it is sharded.
@@ -211,7 +213,8 @@ export class LayerParameters {
   /** Resolves once every initial value is written. */
   readonly initialised: Promise<void>;
 
-  constructor(c: ResolvedMoEConfig, firstExpert: number, numLocalExperts: number) {
+  /** etpRank: this rank's place in its ETP group (expert w1, b1, w2 hold its slice of dFF). */
+  constructor(c: ResolvedMoEConfig, firstExpert: number, numLocalExperts: number, etpRank = 0) {
     const { dModel: D, dFF: F, numExperts: E, sharedExpertFF: S } = c;
     const L = numLocalExperts;
     const F1 = isGated(c.activation) ? 2 * F : F;
@@ -222,24 +225,38 @@ export class LayerParameters {
       name: string,
       shape: number[],
       dtype: "float32" | ResolvedMoEConfig["dtype"],
-      how: { std?: number; slices?: number; groupView?: boolean },
+      how: { std?: number; slices?: number; groupView?: boolean; etp?: SliceKind },
       expert: boolean,
       weightDecay: boolean,
     ): Parameter => {
       const full = prefixed(c.name, name);
-      const param = Tensor.zeros(shape, { dtype, device: c.device });
-      const grad = Tensor.zeros(shape, { device: c.device });
+      // With expert tensor parallelism, a slice of the whole expert tensor (sliceOf).
+      const sliced = how.etp && c.etpSize > 1 ? sliceShape(how.etp, shape, c.etpSize) : shape;
+      const param = Tensor.zeros(sliced, { dtype, device: c.device });
+      const grad = Tensor.zeros(sliced, { device: c.device });
       if (how.std !== undefined) {
         const numel = shape.reduce((a, b) => a * b, 1);
-        inits.push(
-          fillRandom(param, {
+        const fill = (t: Tensor) =>
+          fillRandom(t, {
             seed: c.seed,
             key: hashName(full),
             std: how.std,
             sliceSize: how.slices ? numel / how.slices : 0,
             firstSlice: how.slices ? firstExpert : 0,
-          }),
-        );
+          });
+        if (sliced === shape) inits.push(fill(param));
+        else {
+          // The values the whole tensor has on one rank, then this rank's slice of them.
+          const kind = how.etp!;
+          inits.push(
+            (async () => {
+              using whole = Tensor.zeros(shape, { dtype, device: c.device });
+              await fill(whole);
+              using cut = await sliceOf(whole, kind, c.etpSize, etpRank, c.activation);
+              await copyInto(param, cut);
+            })(),
+          );
+        }
       }
       const p = Parameter.create(full, param, grad, { expert, weightDecay, groupView: how.groupView ?? false });
       all.push(p);
@@ -247,11 +264,11 @@ export class LayerParameters {
     };
     this.router = make("router.weight", [D, E], "float32", { std: c.initStd }, false, true);
     this.experts = {
-      w1: make("experts.w1", [L, D, F1], c.dtype, { std: c.initStd, slices: L }, true, true),
-      w2: make("experts.w2", [L, F, D], c.dtype, { std: c.outputInitStd, slices: L }, true, true),
+      w1: make("experts.w1", [L, D, F1], c.dtype, { std: c.initStd, slices: L, etp: "w1" }, true, true),
+      w2: make("experts.w2", [L, F, D], c.dtype, { std: c.outputInitStd, slices: L, etp: "w2" }, true, true),
     };
     if (c.bias) {
-      this.experts.b1 = make("experts.b1", [L, F1], c.dtype, {}, true, false);
+      this.experts.b1 = make("experts.b1", [L, F1], c.dtype, { etp: "b1" }, true, false);
       this.experts.b2 = make("experts.b2", [L, D], c.dtype, {}, true, false);
     }
     if (S > 0) {
@@ -268,9 +285,14 @@ export class LayerParameters {
     this.initialised = Promise.all(inits).then(() => undefined);
   }
 
-  /** Expert weights' global norms add up over the EP group. */
-  setNormGroup(ep: CollectiveGroup): void {
-    for (const p of this.all) if (p.expert) p.normGroup = ep;
+  /**
+   * Expert weights' global norms add up over the EP group; those sliced by expert tensor parallelism
+   * (w1, b1, w2) over the EP and ETP groups both.
+   */
+  setNormGroup(ep: CollectiveGroup, etp?: CollectiveGroup): void {
+    const both = etp && etp.size > 1 ? new ExpertModelParallelGroup(ep, etp) : ep;
+    const e = this.experts;
+    for (const p of this.all) if (p.expert) p.normGroup = p === e.b2 ? ep : both;
   }
 
   /** Every gradient is marked zero before this returns a promise (Parameter.zeroGrad: no sweep of zeros). */

@@ -4,12 +4,25 @@
  */
 import { performance } from "perf_hooks";
 
-export type Stage = "route" | "permute" | "dispatch" | "experts" | "combine" | "unpermute" | "shared" | "reduce";
+export type Stage =
+  | "route"
+  | "permute"
+  | "dispatch"
+  | "etpGather"
+  | "experts"
+  | "etpScatter"
+  | "combine"
+  | "unpermute"
+  | "shared"
+  | "reduce";
+/** etpGather / etpScatter: expert tensor parallelism's all-gather and reduce-scatter (zero without it). */
 export const STAGES: readonly Stage[] = [
   "route",
   "permute",
   "dispatch",
+  "etpGather",
   "experts",
+  "etpScatter",
   "combine",
   "unpermute",
   "shared",
