@@ -1,6 +1,9 @@
 # The portable build of the prebuilt addon (MOE_EP_PORTABLE), for x86-64 Linux
 # with glibc >= 2.28 and nothing else installed:
-# - libstdc++ and libgcc are linked in (-static-libstdc++ -static-libgcc);
+# - libstdc++ is linked in (-static-libstdc++); libgcc's unwinder stays the
+#   shared libgcc_s.so.1 that every glibc system and node itself have (GCC_3.0
+#   to GCC_4.2 symbol versions), so that an exception thrown in the Gloo plugin
+#   is unwound by the same unwinder in the addon's frames;
 # - every glibc function newer than 2.28 that the objects (ours and the static
 #   libstdc++'s) call goes through a wrapper of portable/glibc_compat.c
 #   (ld --wrap), which calls the function's old version or an equivalent;
@@ -15,16 +18,16 @@ set(MOE_EP_GLIBC_WRAPS
     pthread_create pthread_join pthread_detach pthread_once pthread_key_create __pthread_key_create
     pthread_key_delete pthread_getspecific pthread_setspecific pthread_mutex_trylock pthread_rwlock_rdlock
     pthread_rwlock_wrlock pthread_rwlock_unlock pthread_sigmask pthread_attr_setstacksize pthread_getattr_np
-    pthread_cond_clockwait exp exp2 log log2 pow stat lstat fstat stat64 lstat64 fstat64 arc4random _dl_find_object)
+    pthread_cond_clockwait exp exp2 log log2 pow stat lstat fstat stat64 lstat64 fstat64 arc4random)
 
 if(MOE_EP_PORTABLE)
   if(NOT CMAKE_SYSTEM_NAME STREQUAL "Linux" OR NOT CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
     message(FATAL_ERROR "moe-ep: MOE_EP_PORTABLE is for x86-64 Linux")
   endif()
-  set(CMAKE_C_VISIBILITY_PRESET hidden)
-  set(CMAKE_CXX_VISIBILITY_PRESET hidden)
-  set(CMAKE_CUDA_VISIBILITY_PRESET hidden)
-  set(CMAKE_VISIBILITY_INLINES_HIDDEN ON)
+  # Flags, not CMake's visibility presets: a source's own -fvisibility=default
+  # (below) must come after them on the command line.
+  add_compile_options($<$<COMPILE_LANGUAGE:C,CXX>:-fvisibility=hidden> $<$<COMPILE_LANGUAGE:CXX>:-fvisibility-inlines-hidden>
+                      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-fvisibility=hidden>)
   # The C ABI keeps default visibility: the version script picks what it exports.
   file(GLOB MOE_CAPI_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/cpp/capi/*.cpp)
   set_source_files_properties(${MOE_CAPI_SOURCES} PROPERTIES COMPILE_OPTIONS "-fvisibility=default")
@@ -39,8 +42,8 @@ function(moe_ep_portable_link target map)
   target_sources(${target} PRIVATE ${CMAKE_SOURCE_DIR}/cmake/portable/glibc_compat.c)
   # libpthread and libdl named too: on glibc < 2.34 their functions' old
   # versions live there, not in libc.
-  target_link_options(${target} PRIVATE -static-libstdc++ -static-libgcc -Wl,--version-script=${map}
-                      -Wl,--exclude-libs,ALL -Wl,--no-as-needed -l:libpthread.so.0 -l:libdl.so.2 -Wl,--as-needed)
+  target_link_options(${target} PRIVATE -static-libstdc++ -Wl,--version-script=${map}
+                      -Wl,--no-as-needed -l:libpthread.so.0 -l:libdl.so.2 -Wl,--as-needed)
   foreach(fn ${MOE_EP_GLIBC_WRAPS})
     target_link_options(${target} PRIVATE -Wl,--wrap=${fn})
   endforeach()

@@ -1,12 +1,11 @@
 // Linked into each library of the portable build (cmake/portable.cmake), with
 // `ld --wrap=NAME` for every NAME wrapped here: calls to glibc functions newer
-// than 2.28, from our objects and from the static libstdc++ and libgcc, land
+// than 2.28, from our objects and from the static libstdc++, land
 // on __wrap_NAME, which calls the function's version of glibc 2.2.5 (x86-64's
 // first) or does the same with older calls. scripts/check-portable.js checks
 // that no newer version is left.
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <link.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -92,45 +91,4 @@ HIDDEN uint32_t __wrap_arc4random(void) {
   while (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) {
   }
   return v;
-}
-
-// _dl_find_object (2.35): the static libgcc's unwinder asks it for the
-// .eh_frame_hdr of the object holding a code address, and finds no frames
-// when it fails; dl_iterate_phdr (2.2.5) answers the same.
-struct find {
-  uintptr_t pc;
-  struct dl_find_object* out;
-  int found;
-};
-
-static int find_object(struct dl_phdr_info* info, size_t size, void* data) {
-  struct find* f = data;
-  uintptr_t lo = UINTPTR_MAX, hi = 0;
-  const void* eh = NULL;
-  int inside = 0;
-  for (int i = 0; i < info->dlpi_phnum; i++) {
-    const ElfW(Phdr)* p = &info->dlpi_phdr[i];
-    uintptr_t start = info->dlpi_addr + p->p_vaddr;
-    if (p->p_type == PT_LOAD) {
-      if (start < lo) lo = start;
-      if (start + p->p_memsz > hi) hi = start + p->p_memsz;
-      if (f->pc >= start && f->pc < start + p->p_memsz) inside = 1;
-    } else if (p->p_type == PT_GNU_EH_FRAME) {
-      eh = (const void*)start;
-    }
-  }
-  if (!inside) return 0;
-  f->out->dlfo_flags = 0;
-  f->out->dlfo_map_start = (void*)lo;
-  f->out->dlfo_map_end = (void*)hi;
-  f->out->dlfo_link_map = NULL;
-  f->out->dlfo_eh_frame = (void*)eh;
-  f->found = 1;
-  return 1;
-}
-
-HIDDEN int __wrap__dl_find_object(void* pc, struct dl_find_object* out) {
-  struct find f = {(uintptr_t)pc, out, 0};
-  dl_iterate_phdr(find_object, &f);
-  return f.found ? 0 : -1;
 }
