@@ -25,7 +25,11 @@ export function info(): Info {
 export function formatInfo(i: Info = info()): string {
   if (i === null || typeof i !== "object" || typeof i.cuda !== "object" || typeof i.blas !== "object")
     throw invalid("the object info() returns", "info", i);
-  const lines = [`moe-ep ${i.version}`, `addon: ${i.addon}${i.addonSource ? ` (${i.addonSource})` : ""}`, `cpu: ${i.threads} threads`];
+  const lines = [
+    `moe-ep ${i.version}`,
+    `addon: ${i.addon}${i.addonSource ? ` (${i.addonSource})` : ""}`,
+    `cpu: ${i.threads} threads`,
+  ];
   if (i.blas.loaded) {
     const how = i.blas.coretypeSetByMoeEp
       ? `OPENBLAS_CORETYPE=${i.blas.coretype} set by moe-ep from the CPU's features`

@@ -33,7 +33,8 @@ function rules(file) {
       needs: [],
     };
   if (name === "libmoe_ep.so") return { exports: /^moe_[a-z0-9_]+$/, entry: "moe_abi_version", needs: [] };
-  if (name === "moe_ep_gloo.so") return { exports: /^moe_ep_gloo_entry$/, entry: "moe_ep_gloo_entry", needs: ["libgloo.so.0"] };
+  if (name === "moe_ep_gloo.so")
+    return { exports: /^moe_ep_gloo_entry$/, entry: "moe_ep_gloo_entry", needs: ["libgloo.so.0"] };
   return { exports: /^$/, entry: "", needs: [] };
 }
 

@@ -9,8 +9,11 @@
 // and CMake errors, with the apt-get command for a missing tool or library).
 // MOE_EP_VERBOSE_BUILD=1 streams everything, ptxas's kernel report included.
 // MOE_EP_BUILD_FROM_SOURCE=1 skips the prebuilds; MOE_EP_CUDA=ON|OFF|AUTO picks
-// the CUDA part of a source build. Installed as a dependency (not a git
-// checkout), a successful build keeps only the libraries the package loads.
+// the CUDA part of a source build, MOE_EP_CMAKE_ARGS adds cmake-js arguments
+// ("--CDNAME=VALUE"). A git checkout builds from source (its prebuilds are
+// what it makes, not what it uses) unless MOE_EP_USE_PREBUILD=1, and keeps its
+// build folder; installed as a dependency, a successful build keeps only the
+// libraries the package loads.
 const { spawnSync } = require("child_process");
 const fs = require("fs");
 const path = require("path");
@@ -18,7 +21,9 @@ const { explainFailure } = require("./build-errors");
 
 const root = path.join(__dirname, "..");
 const platform = `${process.platform}-${process.arch}`;
-const verbose = /^(1|true|yes|on)$/i.test(process.env.MOE_EP_VERBOSE_BUILD || "");
+const yes = (v) => /^(1|true|yes|on)$/i.test(v || "");
+const verbose = yes(process.env.MOE_EP_VERBOSE_BUILD);
+const checkout = fs.existsSync(path.join(root, ".git"));
 
 // The prebuilt addons that may serve this machine, best first.
 function prebuilds() {
@@ -42,10 +47,7 @@ function loadError(file) {
   // (the require site) and its "    at" frames.
   const lines = String(r.stderr || r.error || "").split("\n");
   const message = lines.filter((l) => /^(Error|[A-Za-z]*Error):/.test(l) || /\.so|GLIBC|version/.test(l));
-  return (message.length ? message : lines.filter((l) => l.trim() && !/^\s+at /.test(l)))
-    .slice(0, 3)
-    .join(" ")
-    .trim();
+  return (message.length ? message : lines.filter((l) => l.trim() && !/^\s+at /.test(l))).slice(0, 3).join(" ").trim();
 }
 
 function usePrebuild() {
@@ -108,13 +110,14 @@ function buildFromSource() {
     return false;
   }
   for (const l of output.split("\n")) if (/moe-ep: |CMake Warning/.test(l)) console.log(l.replace(/^-- /, ""));
-  if (!fs.existsSync(path.join(root, ".git"))) tidy(build);
+  if (!checkout) tidy(build);
   console.log("moe-ep: built build/Release/moe_ep.node");
   return true;
 }
 
 if (require.main === module) {
-  if (!process.env.MOE_EP_BUILD_FROM_SOURCE && usePrebuild()) process.exit(0);
+  const fromSource = yes(process.env.MOE_EP_BUILD_FROM_SOURCE) || (checkout && !yes(process.env.MOE_EP_USE_PREBUILD));
+  if (!fromSource && usePrebuild()) process.exit(0);
   process.exit(buildFromSource() ? 0 : 1);
 }
 

@@ -48,7 +48,9 @@ describe("install step", () => {
     const r = install({ MOE_EP_CMAKE_ARGS: "--CDCMAKE_CXX_COMPILER=/nonexistent/g++" });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/the source build of the addon failed/);
-    expect(r.stderr).toMatch(/CMake Error at CMakeLists\.txt:\d+ \(project\):[\s\S]*\/nonexistent\/g\+\+[\s\S]*is not a full path/);
+    expect(r.stderr).toMatch(
+      /CMake Error at CMakeLists\.txt:\d+ \(project\):[\s\S]*\/nonexistent\/g\+\+[\s\S]*is not a full path/,
+    );
     expect(r.stderr).toContain("a C++17 compiler: sudo apt-get install -y g++");
     expect(r.stderr).not.toMatch(/node:internal|\n\s+at /);
     // the compiler's chatter went to the log, not to the terminal

@@ -1,7 +1,8 @@
 /**
  * The npm packages as published: `npm pack` of moe-ep (with the CPU prebuild)
  * and of the CUDA package packages/linux-x64-cuda, installed into a new
- * project from the tarballs alone (--offline: dependencies from npm's cache).
+ * project from the tarballs with `npm ci --offline` (moe-ep's dependencies
+ * from npm's cache, pinned by a lockfile made from this repository's).
  * The CPU tarball stays small; with the CUDA package installed, the loader
  * and the install step pick its addon. The CUDA package carries the CUDA
  * prebuild when `npm run prebuild:cuda` has built it, else (to test the
@@ -31,6 +32,41 @@ function packJson(dir: string, dest: string): { filename: string; size: number; 
   return JSON.parse(sh(npm, ["pack", "--json", "--ignore-scripts", "--pack-destination", dest], dir))[0];
 }
 
+type Entry = { version?: string; dev?: boolean; devOptional?: boolean; dependencies?: Record<string, string> };
+
+/**
+ * A project depending on the given tarballs (name -> file in work/), with a
+ * lockfile holding them and moe-ep's dependencies as this repository's
+ * lockfile pins them, so npm installs from its cache alone.
+ */
+function makeApp(app: string, tarballs: Record<string, string>): void {
+  fs.rmSync(app, { recursive: true, force: true });
+  fs.mkdirSync(app);
+  const repo = JSON.parse(fs.readFileSync(path.join(root, "package-lock.json"), "utf8")) as {
+    packages: Record<string, Entry>;
+  };
+  const dependencies = Object.fromEntries(Object.entries(tarballs).map(([n, f]) => [n, `file:../${f}`]));
+  const packages: Record<string, object> = { "": { name: "app", version: "1.0.0", dependencies } };
+  for (const [key, entry] of Object.entries(repo.packages)) {
+    if (key && !entry.dev && !entry.devOptional) packages[key] = entry;
+  }
+  for (const [name, file] of Object.entries(tarballs)) {
+    const own = name === "moe-ep" ? repo.packages[""] : { version: "0.1.0" };
+    packages[`node_modules/${name}`] = {
+      version: own.version,
+      resolved: `file:../${file}`,
+      dependencies: own.dependencies,
+      hasInstallScript: name === "moe-ep" ? true : undefined,
+      os: ["linux"],
+    };
+  }
+  fs.writeFileSync(path.join(app, "package.json"), JSON.stringify({ name: "app", version: "1.0.0", dependencies }));
+  fs.writeFileSync(
+    path.join(app, "package-lock.json"),
+    JSON.stringify({ name: "app", version: "1.0.0", lockfileVersion: 3, requires: true, packages }),
+  );
+}
+
 (linuxX64 ? describe : describe.skip)("npm pack", () => {
   let work: string;
   let app: string;
@@ -54,8 +90,6 @@ function packJson(dir: string, dest: string): { filename: string; size: number; 
     }
     cuda = packJson(staged, work);
     app = path.join(work, "app");
-    fs.mkdirSync(app);
-    fs.writeFileSync(path.join(app, "package.json"), JSON.stringify({ name: "app", version: "1.0.0", private: true }));
   }, 30 * 60_000);
 
   afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -82,19 +116,24 @@ function packJson(dir: string, dest: string): { filename: string; size: number; 
   });
 
   test("installed from the tarball offline, the install step and the loader take the CPU prebuild", () => {
-    const log = sh(npm, ["install", "--offline", "--foreground-scripts", path.join(work, main.filename)], app);
+    makeApp(app, { "moe-ep": main.filename });
+    const log = sh(npm, ["ci", "--offline", "--foreground-scripts"], app);
     expect(log).toMatch(/using the prebuilt addon prebuilds\/linux-x64\/moe_ep\.node/);
-    const out = sh(process.execPath, ["-e", 'const i = require("moe-ep").info(); console.log(JSON.stringify([i.addon, i.addonSource]))'], app);
-    expect(JSON.parse(out)).toEqual([path.join(app, "node_modules", "moe-ep", "prebuilds", "linux-x64", "moe_ep.node"), "CPU prebuild"]);
+    const out = sh(
+      process.execPath,
+      ["-e", 'const i = require("moe-ep").info(); console.log(JSON.stringify([i.addon, i.addonSource]))'],
+      app,
+    );
+    expect(JSON.parse(out)).toEqual([
+      path.join(app, "node_modules", "moe-ep", "prebuilds", "linux-x64", "moe_ep.node"),
+      "CPU prebuild",
+    ]);
     expect(fs.existsSync(path.join(app, "node_modules", "moe-ep", "build"))).toBe(false);
   });
 
   test("with the CUDA package installed too, both pick its addon; `moe-ep info` names it", () => {
-    const log = sh(
-      npm,
-      ["install", "--offline", "--foreground-scripts", path.join(work, main.filename), path.join(work, cuda.filename)],
-      app,
-    );
+    makeApp(app, { "moe-ep": main.filename, "@moe-ep/linux-x64-cuda": cuda.filename });
+    const log = sh(npm, ["ci", "--offline", "--foreground-scripts"], app);
     const addon = path.join(app, "node_modules", "@moe-ep", "linux-x64-cuda", "moe_ep.node");
     expect(log).toContain("using the prebuilt addon ../@moe-ep/linux-x64-cuda/moe_ep.node");
     const out = sh(

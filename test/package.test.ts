@@ -30,7 +30,6 @@ describe("package", () => {
     fs.mkdirSync(pkg, { recursive: true });
     for (const f of ["package.json", "dist", "prebuilds", "scripts"])
       fs.cpSync(path.join(root, f), path.join(pkg, f), { recursive: true });
-
   }, 30 * 60_000);
 
   afterAll(() => fs.rmSync(app, { recursive: true, force: true }));

@@ -22,7 +22,9 @@ const hasGloo = fs.existsSync("/usr/include/gloo/config.h");
 
 // The C ABI's functions, from the header's declarations.
 function headerFunctions(): string[] {
-  const header = fs.readFileSync(path.join(root, "cpp", "include", "moe_ep.h"), "utf8").replace(/\/\*[\s\S]*?\*\//g, "");
+  const header = fs
+    .readFileSync(path.join(root, "cpp", "include", "moe_ep.h"), "utf8")
+    .replace(/\/\*[\s\S]*?\*\//g, "");
   return [...new Set([...header.matchAll(/\b(moe_[a-z0-9_]+)\s*\(/g)].map((m) => m[1]))].sort();
 }
 
@@ -121,14 +123,16 @@ d("the CPU prebuild", () => {
     },
   );
 
-  (hasGloo ? test : test.skip)("runs a Gloo group of world 1 through the plugin, errors crossing it as MoEErrors", () => {
-    const store = fs.mkdtempSync(path.join(os.tmpdir(), "moe-ep-gloo-"));
-    try {
-      const out = execFileSync(
-        process.execPath,
-        [
-          "-e",
-          `const m = require(${JSON.stringify(root)});
+  (hasGloo ? test : test.skip)(
+    "runs a Gloo group of world 1 through the plugin, errors crossing it as MoEErrors",
+    () => {
+      const store = fs.mkdtempSync(path.join(os.tmpdir(), "moe-ep-gloo-"));
+      try {
+        const out = execFileSync(
+          process.execPath,
+          [
+            "-e",
+            `const m = require(${JSON.stringify(root)});
            (async () => {
              const g = await m.initProcessGroup({ rank: 0, worldSize: 1, store: "file://${store}/s", runId: "r" });
              const t = m.Tensor.from([1, 2, 3], [3]);
@@ -140,21 +144,22 @@ d("the CPU prebuild", () => {
              g.destroy();
              console.log(JSON.stringify({ addon: m.info().addon, t: Array.from(t.toFloat32()), a: Array.from(a.toFloat32()), err }));
            })();`,
-        ],
-        { encoding: "utf8", env: { ...process.env, MOE_EP_ADDON: libs[0] }, timeout: 60_000 },
-      );
-      const r = JSON.parse(out);
-      expect(r.addon).toBe(libs[0]);
-      expect(r.t).toEqual([1, 2, 3]);
-      expect(r.a).toEqual([4, 5]);
-      // raised by the plugin's GlooGroup::all_reduce, caught by the addon's binding
-      expect(r.err).toEqual({
-        code: "ERR_MOE_DTYPE",
-        name: "MoEError",
-        message: 'allReduce: op "avg" needs a float tensor but received int32 [2] on cpu',
-      });
-    } finally {
-      fs.rmSync(store, { recursive: true, force: true });
-    }
-  });
+          ],
+          { encoding: "utf8", env: { ...process.env, MOE_EP_ADDON: libs[0] }, timeout: 60_000 },
+        );
+        const r = JSON.parse(out);
+        expect(r.addon).toBe(libs[0]);
+        expect(r.t).toEqual([1, 2, 3]);
+        expect(r.a).toEqual([4, 5]);
+        // raised by the plugin's GlooGroup::all_reduce, caught by the addon's binding
+        expect(r.err).toEqual({
+          code: "ERR_MOE_DTYPE",
+          name: "MoEError",
+          message: 'allReduce: op "avg" needs a float tensor but received int32 [2] on cpu',
+        });
+      } finally {
+        fs.rmSync(store, { recursive: true, force: true });
+      }
+    },
+  );
 });

@@ -22,8 +22,8 @@
 HIDDEN char __libc_single_threaded = 0;
 
 // __wrap_NAME calls NAME@GLIBC_2.2.5.
-#define OLD(ret, name, params, args)                          \
-  extern ret name##_glibc_2_2_5 params;                       \
+#define OLD(ret, name, params, args)                              \
+  extern ret name##_glibc_2_2_5 params;                           \
   __asm__(".symver " #name "_glibc_2_2_5," #name "@GLIBC_2.2.5"); \
   HIDDEN ret __wrap_##name params { return name##_glibc_2_2_5 args; }
 
@@ -58,9 +58,9 @@ OLD(double, log2, (double x), (x))
 OLD(double, pow, (double x, double y), (x, y))
 
 // stat and friends became functions in 2.33; before, the header called __xstat.
-#define XSTAT(name, old, arg_t)                                       \
-  extern int old##_glibc_2_2_5(int ver, arg_t a, struct stat* s);    \
-  __asm__(".symver " #old "_glibc_2_2_5," #old "@GLIBC_2.2.5");      \
+#define XSTAT(name, old, arg_t)                                   \
+  extern int old##_glibc_2_2_5(int ver, arg_t a, struct stat* s); \
+  __asm__(".symver " #old "_glibc_2_2_5," #old "@GLIBC_2.2.5");   \
   HIDDEN int __wrap_##name(arg_t a, struct stat* s) { return old##_glibc_2_2_5(1, a, s); }
 XSTAT(stat, __xstat, const char*)
 XSTAT(lstat, __lxstat, const char*)

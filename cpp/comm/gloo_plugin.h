@@ -9,7 +9,7 @@
 namespace moe::comm {
 
 using GlooCreate = std::shared_ptr<GlooGroup> (*)(std::shared_ptr<Store>, std::string, int, std::vector<int>,
-                                                 GroupOptions);
+                                                  GroupOptions);
 
 }  // namespace moe::comm
 
