@@ -18,7 +18,8 @@ set(MOE_EP_GLIBC_WRAPS
     pthread_create pthread_join pthread_detach pthread_once pthread_key_create __pthread_key_create
     pthread_key_delete pthread_getspecific pthread_setspecific pthread_mutex_trylock pthread_rwlock_rdlock
     pthread_rwlock_wrlock pthread_rwlock_unlock pthread_sigmask pthread_attr_setstacksize pthread_getattr_np
-    pthread_cond_clockwait exp exp2 log log2 pow stat lstat fstat stat64 lstat64 fstat64 arc4random)
+    pthread_cond_clockwait exp exp2 log log2 pow stat lstat fstat stat64 lstat64 fstat64 arc4random
+    __isoc23_strtol __isoc23_strtoul __isoc23_strtoll __isoc23_strtoull)
 
 if(MOE_EP_PORTABLE)
   if(NOT CMAKE_SYSTEM_NAME STREQUAL "Linux" OR NOT CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")

@@ -79,7 +79,8 @@ export function loadNative(): Addon {
   throw new MoEError(
     "Could not load the native addon of moe-ep. Tried:\n" +
       failures.join("\n") +
-      "\nBuild it with `npm rebuild moe-ep` (needs cmake, a C++17 compiler and, on Debian, " +
+      "\nReinstall moe-ep (its prebuilt addon needs x86-64 Linux with glibc >= 2.28), build it from source with " +
+      "`MOE_EP_BUILD_FROM_SOURCE=1 npm rebuild moe-ep` (needs cmake, a C++17 compiler and, on Debian, " +
       "libopenblas-dev and libgloo-dev), or set MOE_EP_ADDON to a built moe_ep.node.",
     "ERR_MOE_LOAD",
   );

@@ -57,6 +57,16 @@ OLD(double, log, (double x), (x))
 OLD(double, log2, (double x), (x))
 OLD(double, pow, (double x, double y), (x, y))
 
+// glibc >= 2.38 headers send strto* to C23's __isoc23_strto* (0b prefixes);
+// the classic ones read everything else alike.
+#define ISOC23(ret, name)                               \
+  extern ret name(const char* s, char** end, int base); \
+  HIDDEN ret __wrap___isoc23_##name(const char* s, char** end, int base) { return name(s, end, base); }
+ISOC23(long, strtol)
+ISOC23(unsigned long, strtoul)
+ISOC23(long long, strtoll)
+ISOC23(unsigned long long, strtoull)
+
 // stat and friends became functions in 2.33; before, the header called __xstat.
 #define XSTAT(name, old, arg_t)                                   \
   extern int old##_glibc_2_2_5(int ver, arg_t a, struct stat* s); \

@@ -26,8 +26,8 @@ GlooCreate load(std::string& error) {
     const char* why = dlerror();
     error = std::string("process group: Gloo process groups need libgloo.so.0 (Gloo 0.0~git20220518, as Debian 12 ") +
             "ships it: `sudo apt-get install libgloo0`), or a build from source against the system's Gloo " +
-            "(`sudo apt-get install libgloo-dev` then `npm rebuild moe-ep --build-from-source`); opening " + path +
-            " failed: " + (why ? why : "unknown error");
+            "(`sudo apt-get install libgloo-dev` then `MOE_EP_BUILD_FROM_SOURCE=1 npm rebuild moe-ep`); opening " +
+            path + " failed: " + (why ? why : "unknown error");
     return nullptr;
   }
   auto entry = reinterpret_cast<decltype(&moe_ep_gloo_entry)>(dlsym(handle, "moe_ep_gloo_entry"));
