@@ -41,6 +41,8 @@ if (!process.argv.includes("--no-build")) {
 const release = path.join(build, "Release");
 const built = LIBRARIES.map((f) => path.join(release, f)).filter((f) => fs.existsSync(f));
 if (!built.some((f) => f.endsWith(".node"))) fail(`${release}/moe_ep.node not found: build it first`);
+if (!built.some((f) => f.endsWith("moe_ep_gloo.so")))
+  fail("the build found no Gloo, so it has no Gloo plugin (Debian: sudo apt-get install libgloo-dev)");
 
 const problems = built.map(check).filter((r) => r.problems.length);
 for (const r of problems) console.error(`${r.file} is not portable:\n  ${r.problems.join("\n  ")}`);

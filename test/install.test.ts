@@ -10,6 +10,8 @@ import * as os from "os";
 import * as path from "path";
 
 const root = path.resolve(__dirname, "..");
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { tidy } = require("../scripts/install.js") as { tidy(build: string): void };
 
 describe("install step", () => {
   let pkg: string;
@@ -73,4 +75,38 @@ describe("install step", () => {
       fs.rmSync(bad);
     }
   }, 600_000);
+
+  test("installed as a dependency, a successful build keeps only the libraries it loads", () => {
+    const build = fs.mkdtempSync(path.join(os.tmpdir(), "moe-ep-tidy-"));
+    const files = [
+      "Release/moe_ep.node",
+      "Release/libmoe_ep.so",
+      "Release/moe_ep_gloo.so",
+      "Release/x.a",
+      "CMakeFiles/a.o",
+    ];
+    for (const f of [...files, "build.log", "libmoe_ep_cuda.a"]) {
+      fs.mkdirSync(path.dirname(path.join(build, f)), { recursive: true });
+      fs.writeFileSync(path.join(build, f), f);
+    }
+    tidy(build);
+    const left = fs.readdirSync(build, { recursive: true }).map(String).sort();
+    fs.rmSync(build, { recursive: true, force: true });
+    expect(left).toEqual(["Release", "Release/libmoe_ep.so", "Release/moe_ep.node", "Release/moe_ep_gloo.so"]);
+  });
+
+  test("the CUDA build asks ptxas for its per-kernel report only when MOE_EP_VERBOSE_BUILD is set", () => {
+    // the CUDA builds there are (none where nvcc is missing)
+    for (const dir of ["build", "build-prebuild-cuda"]) {
+      const ninja = path.join(root, dir, "build.ninja");
+      if (!fs.existsSync(ninja) || !/\.cu\.o\b/.test(fs.readFileSync(ninja, "utf8"))) continue;
+      const verbose = /^MOE_EP_VERBOSE_BUILD:BOOL=ON$/m.test(
+        fs.readFileSync(path.join(root, dir, "CMakeCache.txt"), "utf8"),
+      );
+      expect({ dir, ptxasReport: fs.readFileSync(ninja, "utf8").includes("-Xptxas=-v") }).toEqual({
+        dir,
+        ptxasReport: verbose,
+      });
+    }
+  });
 });
