@@ -19,7 +19,13 @@ set(MOE_EP_GLIBC_WRAPS
     pthread_key_delete pthread_getspecific pthread_setspecific pthread_mutex_trylock pthread_rwlock_rdlock
     pthread_rwlock_wrlock pthread_rwlock_unlock pthread_sigmask pthread_attr_setstacksize pthread_getattr_np
     pthread_cond_clockwait exp exp2 log log2 pow stat lstat fstat stat64 lstat64 fstat64 arc4random
-    __isoc23_strtol __isoc23_strtoul __isoc23_strtoll __isoc23_strtoull)
+    __isoc23_strtol __isoc23_strtoul __isoc23_strtoll __isoc23_strtoull
+    pthread_kill pthread_mutexattr_init pthread_mutexattr_destroy pthread_mutexattr_settype
+    pthread_mutexattr_setpshared pthread_condattr_setpshared pthread_rwlock_init pthread_rwlock_destroy
+    pthread_rwlock_tryrdlock pthread_rwlock_trywrlock pthread_rwlock_timedrdlock pthread_rwlock_timedwrlock
+    pthread_rwlockattr_init pthread_rwlockattr_destroy pthread_rwlockattr_setpshared pthread_spin_init
+    pthread_spin_destroy pthread_spin_lock pthread_spin_trylock pthread_spin_unlock sem_init sem_destroy
+    sem_wait sem_trywait sem_timedwait sem_post shm_open shm_unlink dlvsym dlmopen)
 
 if(MOE_EP_PORTABLE)
   if(NOT CMAKE_SYSTEM_NAME STREQUAL "Linux" OR NOT CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
@@ -41,10 +47,10 @@ function(moe_ep_portable_link target map)
     return()
   endif()
   target_sources(${target} PRIVATE ${CMAKE_SOURCE_DIR}/cmake/portable/glibc_compat.c)
-  # libpthread and libdl named too: on glibc < 2.34 their functions' old
-  # versions live there, not in libc.
+  # libpthread, libdl and librt named too: on glibc < 2.34 their functions'
+  # old versions live there, not in libc.
   target_link_options(${target} PRIVATE -static-libstdc++ -Wl,--version-script=${map}
-                      -Wl,--no-as-needed -l:libpthread.so.0 -l:libdl.so.2 -Wl,--as-needed)
+                      -Wl,--no-as-needed -l:libpthread.so.0 -l:libdl.so.2 -l:librt.so.1 -Wl,--as-needed)
   foreach(fn ${MOE_EP_GLIBC_WRAPS})
     target_link_options(${target} PRIVATE -Wl,--wrap=${fn})
   endforeach()

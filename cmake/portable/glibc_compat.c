@@ -7,9 +7,11 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/random.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -49,6 +51,40 @@ OLD(int, pthread_rwlock_unlock, (pthread_rwlock_t * l), (l))
 OLD(int, pthread_sigmask, (int h, const sigset_t* s, sigset_t* o), (h, s, o))
 OLD(int, pthread_attr_setstacksize, (pthread_attr_t * a, size_t s), (a, s))
 OLD(int, pthread_getattr_np, (pthread_t t, pthread_attr_t* a), (t, a))
+
+// What the static CUDA runtime (the CUDA prebuild) calls besides.
+OLD(int, pthread_kill, (pthread_t t, int sig), (t, sig))
+OLD(int, pthread_mutexattr_init, (pthread_mutexattr_t * a), (a))
+OLD(int, pthread_mutexattr_destroy, (pthread_mutexattr_t * a), (a))
+OLD(int, pthread_mutexattr_settype, (pthread_mutexattr_t * a, int t), (a, t))
+OLD(int, pthread_mutexattr_setpshared, (pthread_mutexattr_t * a, int p), (a, p))
+OLD(int, pthread_condattr_setpshared, (pthread_condattr_t * a, int p), (a, p))
+OLD(int, pthread_rwlock_init, (pthread_rwlock_t * l, const pthread_rwlockattr_t* a), (l, a))
+OLD(int, pthread_rwlock_destroy, (pthread_rwlock_t * l), (l))
+OLD(int, pthread_rwlock_tryrdlock, (pthread_rwlock_t * l), (l))
+OLD(int, pthread_rwlock_trywrlock, (pthread_rwlock_t * l), (l))
+OLD(int, pthread_rwlock_timedrdlock, (pthread_rwlock_t * l, const struct timespec* t), (l, t))
+OLD(int, pthread_rwlock_timedwrlock, (pthread_rwlock_t * l, const struct timespec* t), (l, t))
+OLD(int, pthread_rwlockattr_init, (pthread_rwlockattr_t * a), (a))
+OLD(int, pthread_rwlockattr_destroy, (pthread_rwlockattr_t * a), (a))
+OLD(int, pthread_rwlockattr_setpshared, (pthread_rwlockattr_t * a, int p), (a, p))
+OLD(int, pthread_spin_init, (pthread_spinlock_t * l, int p), (l, p))
+OLD(int, pthread_spin_destroy, (pthread_spinlock_t * l), (l))
+OLD(int, pthread_spin_lock, (pthread_spinlock_t * l), (l))
+OLD(int, pthread_spin_trylock, (pthread_spinlock_t * l), (l))
+OLD(int, pthread_spin_unlock, (pthread_spinlock_t * l), (l))
+OLD(int, sem_init, (sem_t * s, int p, unsigned v), (s, p, v))
+OLD(int, sem_destroy, (sem_t * s), (s))
+OLD(int, sem_wait, (sem_t * s), (s))
+OLD(int, sem_trywait, (sem_t * s), (s))
+OLD(int, sem_timedwait, (sem_t * s, const struct timespec* t), (s, t))
+OLD(int, sem_post, (sem_t * s), (s))
+OLD(int, shm_open, (const char* n, int f, mode_t m), (n, f, m))
+OLD(int, shm_unlink, (const char* n), (n))
+OLD(void*, dlvsym, (void* h, const char* s, const char* v), (h, s, v))
+extern void* dlmopen_glibc_2_3_4(Lmid_t ns, const char* f, int m);
+__asm__(".symver dlmopen_glibc_2_3_4,dlmopen@GLIBC_2.3.4");
+HIDDEN void* __wrap_dlmopen(Lmid_t ns, const char* f, int m) { return dlmopen_glibc_2_3_4(ns, f, m); }
 
 // libm's versions of 2.29 only dropped the errno wrappers: the old ones compute the same.
 OLD(double, exp, (double x), (x))
