@@ -1,6 +1,7 @@
 /** The capability report: what the core found and why anything is missing. */
 import { invalid } from "./errors";
-import { loadNative, nativeFile } from "./native";
+import { loadNative, nativeFile, nativeSource } from "./native";
+import type { AddonSource } from "./native";
 import type { NativeInfo } from "./addon";
 import { ncclStatus } from "./comm/nccl";
 import type { NcclStatus } from "./comm/nccl";
@@ -8,6 +9,8 @@ import type { NcclStatus } from "./comm/nccl";
 export interface Info extends NativeInfo {
   version: string;
   addon: string;
+  /** Which candidate of lib/native.ts the addon came from. */
+  addonSource: AddonSource;
   nccl: NcclStatus;
 }
 
@@ -15,14 +18,18 @@ export function info(): Info {
   const n = loadNative().info();
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const version = (require("../package.json") as { version: string }).version;
-  return { version, addon: nativeFile(), ...n, nccl: ncclStatus() };
+  return { version, addon: nativeFile(), addonSource: nativeSource(), ...n, nccl: ncclStatus() };
 }
 
 /** The report as text, one backend a line. */
 export function formatInfo(i: Info = info()): string {
   if (i === null || typeof i !== "object" || typeof i.cuda !== "object" || typeof i.blas !== "object")
     throw invalid("the object info() returns", "info", i);
-  const lines = [`moe-ep ${i.version}`, `addon: ${i.addon}`, `cpu: ${i.threads} threads`];
+  const lines = [
+    `moe-ep ${i.version}`,
+    `addon: ${i.addon}${i.addonSource ? ` (${i.addonSource})` : ""}`,
+    `cpu: ${i.threads} threads`,
+  ];
   if (i.blas.loaded) {
     const how = i.blas.coretypeSetByMoeEp
       ? `OPENBLAS_CORETYPE=${i.blas.coretype} set by moe-ep from the CPU's features`

@@ -21,6 +21,8 @@ const SKIP_DIRS = new Set([
   "build-emu",
   "build-asan",
   "build-fuzz",
+  "build-prebuild",
+  "build-prebuild-cuda",
   "dist",
   "prebuilds",
   ".device",

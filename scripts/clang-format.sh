@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v clang-format >/dev/null || { echo "clang-format not found (Debian: apt-get install clang-format)" >&2; exit 1; }
-mapfile -t files < <(git ls-files 'cpp/*' 'binding/*' 'cuda/*' 'emu/*' 'test/c/*' 'test/emulated/*' 'test/fuzz/*' | grep -E '\.(c|cc|cpp|h|hpp|cu|cuh)$')
+mapfile -t files < <(git ls-files 'cpp/*' 'cmake/*' 'binding/*' 'cuda/*' 'emu/*' 'test/c/*' 'test/emulated/*' 'test/fuzz/*' | grep -E '\.(c|cc|cpp|h|hpp|cu|cuh)$')
 if [ "${1:-}" = "--write" ]; then
   clang-format -i "${files[@]}"
 else

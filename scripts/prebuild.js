@@ -1,17 +1,60 @@
 #!/usr/bin/env node
-// Copies the built addon to prebuilds/<platform>-<arch>/moe-ep.napi.node, the
-// layout node-gyp-build (and lib/native.ts) look in. Run after a build.
+// Builds the prebuilt addons that ship in the npm packages (docs/architecture.md,
+// "The prebuilt addon"):
+//   node scripts/prebuild.js          the CPU prebuild (MOE_EP_CUDA=OFF) into
+//                                     prebuilds/<platform>-<arch>/ of moe-ep
+//   node scripts/prebuild.js --cuda   the CUDA prebuild into packages/<platform>-<arch>-cuda/,
+//                                     the optional package @moe-ep/<platform>-<arch>-cuda
+// Each is a portable build (MOE_EP_PORTABLE: libstdc++ linked in, glibc >= 2.28,
+// only the entry points exported; build-prebuild/ or build-prebuild-cuda/),
+// checked with scripts/check-portable.js before it is copied: the addon
+// moe_ep.node, the C ABI libmoe_ep.so with its header include/moe_ep.h, and
+// the Gloo plugin moe_ep_gloo.so when Gloo was found.
+// --no-build copies what the build folder already holds.
+const { spawnSync } = require("child_process");
 const fs = require("fs");
 const path = require("path");
+const { check } = require("./check-portable");
 
 const root = path.join(__dirname, "..");
-const built = path.join(root, "build", "Release", "moe_ep.node");
-if (!fs.existsSync(built)) {
-  console.error(`moe-ep prebuild: ${built} not found; run \`npm run build:native\` first`);
+const platform = `${process.platform}-${process.arch}`;
+const cuda = process.argv.includes("--cuda");
+const build = path.join(root, cuda ? "build-prebuild-cuda" : "build-prebuild");
+const out = cuda ? path.join(root, "packages", `${platform}-cuda`) : path.join(root, "prebuilds", platform);
+const LIBRARIES = ["moe_ep.node", "libmoe_ep.so", "moe_ep_gloo.so"];
+
+function fail(message) {
+  console.error(`moe-ep prebuild: ${message}`);
   process.exit(1);
 }
-const dir = path.join(root, "prebuilds", `${process.platform}-${process.arch}`);
-fs.mkdirSync(dir, { recursive: true });
-const out = path.join(dir, "moe-ep.napi.node");
-fs.copyFileSync(built, out);
-console.log(`moe-ep prebuild: ${path.relative(root, out)} (${fs.statSync(out).size} bytes)`);
+
+if (platform !== "linux-x64") fail(`prebuilds are made for linux-x64 only, not ${platform}`);
+
+if (!process.argv.includes("--no-build")) {
+  const cmakeJs = require.resolve("cmake-js/bin/cmake-js");
+  const args = [cmakeJs, "compile", "-O", path.relative(root, build), "--CDMOE_EP_PORTABLE=ON"];
+  args.push(`--CDMOE_EP_CUDA=${cuda ? "ON" : "OFF"}`);
+  const r = spawnSync(process.execPath, args, { cwd: root, stdio: "inherit" });
+  if (r.status !== 0) fail(`the build in ${path.relative(root, build)} failed`);
+}
+
+const release = path.join(build, "Release");
+const built = LIBRARIES.map((f) => path.join(release, f)).filter((f) => fs.existsSync(f));
+if (!built.some((f) => f.endsWith(".node"))) fail(`${release}/moe_ep.node not found: build it first`);
+if (!built.some((f) => f.endsWith("moe_ep_gloo.so")))
+  fail("the build found no Gloo, so it has no Gloo plugin (Debian: sudo apt-get install libgloo-dev)");
+
+const problems = built.map(check).filter((r) => r.problems.length);
+for (const r of problems) console.error(`${r.file} is not portable:\n  ${r.problems.join("\n  ")}`);
+if (problems.length) fail("see above (scripts/check-portable.js)");
+
+fs.mkdirSync(path.join(out, "include"), { recursive: true });
+for (const f of LIBRARIES) fs.rmSync(path.join(out, f), { force: true });
+for (const f of built) {
+  const dest = path.join(out, path.basename(f));
+  fs.copyFileSync(f, dest);
+  // Debug information and the static symbol table: not needed to load or link.
+  spawnSync("strip", ["--strip-unneeded", dest], { stdio: "inherit" });
+  console.log(`moe-ep prebuild: ${path.relative(root, dest)} (${fs.statSync(dest).size} bytes)`);
+}
+fs.copyFileSync(path.join(root, "cpp", "include", "moe_ep.h"), path.join(out, "include", "moe_ep.h"));
