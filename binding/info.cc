@@ -44,6 +44,11 @@ Napi::Value info(const Napi::CallbackInfo& cb) {
   Napi::Object gloo = Napi::Object::New(env);
 #ifdef MOE_EP_WITH_GLOO
   gloo.Set("built", true);
+#ifdef MOE_EP_GLOO_PLUGIN
+  gloo.Set("plugin", true);
+#else
+  gloo.Set("plugin", false);
+#endif
 #else
   gloo.Set("built", false);
 #endif

@@ -103,7 +103,8 @@ export interface NativeInfo {
     archs: string;
     reason: string;
   };
-  gloo: { built: boolean };
+  /** plugin: Gloo lives in moe_ep_gloo.so, opened with the first CPU process group (the prebuilt addon). */
+  gloo: { built: boolean; plugin?: boolean };
 }
 
 export interface NcclStatus {

@@ -49,7 +49,15 @@ export function formatInfo(i: Info = info()): string {
   } else {
     lines.push(`cuda: unavailable: ${i.cuda.reason}${i.cuda.built ? ` (built for ${i.cuda.archs})` : ""}`);
   }
-  lines.push(`gloo: ${i.gloo.built ? "built in (CPU process groups)" : "not built (install libgloo-dev and rebuild)"}`);
+  lines.push(
+    `gloo: ${
+      !i.gloo.built
+        ? "not built (install libgloo-dev and rebuild)"
+        : i.gloo.plugin
+          ? "a plugin loaded with the first CPU process group (moe_ep_gloo.so; needs libgloo.so.0)"
+          : "built in (CPU process groups)"
+    }`,
+  );
   const n = i.nccl;
   lines.push(
     n.available
