@@ -36,7 +36,13 @@ import {
 import { Router, type MoEStats } from "./router";
 import { stageClock, zeroTimes, type Stage, type StageTimes } from "./stage-clock";
 import { clipGradNorm } from "../optim/clip";
-import { loadCheckpoint, saveCheckpoint, type CheckpointOptions } from "../checkpoint/checkpoint";
+import {
+  loadCheckpoint,
+  saveCheckpoint,
+  type CheckpointLoadReport,
+  type CheckpointOptions,
+} from "../checkpoint/checkpoint";
+import { loadStateDict, stateDict, type LoadReport, type LoadStateDictOptions } from "./state-dict";
 
 export interface MoEForwardResult {
   /** [tokens, dModel] in x's dtype. */
@@ -188,9 +194,27 @@ export class MoELayer {
   }
 
   /** Loads a checkpoint written with any epSize (see loadCheckpoint). */
-  async load(dir: string, options: CheckpointOptions = {}): Promise<void> {
+  async load(dir: string, options: CheckpointOptions = {}): Promise<CheckpointLoadReport> {
     this.check();
     return loadCheckpoint(dir, [this], options);
+  }
+
+  /**
+   * Every parameter and buffer by name (docs/architecture.md#state-dicts), this rank's experts under
+   * their global index (experts.<e>.w1): new tensors that the caller disposes.
+   */
+  async stateDict(): Promise<Map<string, Tensor>> {
+    this.check();
+    return stateDict(this);
+  }
+
+  /** Copies a state dict (Map or object of name -> Tensor) into the layer, checked first (see loadStateDict). */
+  async loadStateDict(
+    dict: Map<string, Tensor> | Record<string, Tensor>,
+    options: LoadStateDictOptions = {},
+  ): Promise<LoadReport> {
+    this.check();
+    return loadStateDict(this, dict, options);
   }
 
   train(): this {
