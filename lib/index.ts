@@ -36,6 +36,15 @@ export type {
   CheckpointLoadReport,
 } from "./checkpoint/checkpoint";
 export { stateDict, loadStateDict } from "./layer/state-dict";
+export { importHuggingFace, exportHuggingFace, saveHuggingFace } from "./checkpoint/huggingface";
+export type {
+  HuggingFaceFormat,
+  HuggingFaceOptions,
+  HuggingFaceImportOptions,
+  HuggingFaceImportReport,
+  HuggingFaceLayer,
+  HuggingFaceSource,
+} from "./checkpoint/huggingface";
 export type {
   StateDictLayer,
   StateParam,
