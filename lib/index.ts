@@ -45,13 +45,7 @@ export type {
   HuggingFaceLayer,
   HuggingFaceSource,
 } from "./checkpoint/huggingface";
-export type {
-  StateDictLayer,
-  StateParam,
-  ExpertGather,
-  LoadReport,
-  LoadStateDictOptions,
-} from "./layer/state-dict";
+export type { StateDictLayer, StateParam, ExpertGather, LoadReport, LoadStateDictOptions } from "./layer/state-dict";
 export { checkpointFilesDir } from "./checkpoint/layout";
 export {
   encodeSafetensors,
