@@ -334,6 +334,18 @@ describe("importHuggingFace", () => {
     await expect(importHuggingFace(layer, file("ok", good), { format: "gpt" as never })).rejects.toMatchObject({
       code: "ERR_MOE_VALUE",
     });
+    for (const [l, src, o] of [
+      [null, good, { format: "mixtral" }],
+      [layer, good, null],
+      [layer, good, { format: "mixtral", prefix: 5 }],
+      [layer, good, { format: "mixtral", dtypes: "loose" }],
+      [layer, 5, { format: "mixtral" }],
+      [layer, path.join(work, "nowhere"), { format: "mixtral" }],
+    ] as Array<[unknown, unknown, unknown]>)
+      await expect(importHuggingFace(l as never, src as never, o as never)).rejects.toMatchObject({
+        code: "ERR_MOE_VALUE",
+      });
+    await expect(saveHuggingFace("", layer, { format: "mixtral" })).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
     const noBias = await MoELayer.create({ ...deepseek, expertBias: false });
     const ds = handFile("deepseek-v3", randomBlock("deepseek-v3", 8, 6, 8, 4, 6), "");
     await expect(importHuggingFace(noBias, file("ds", ds), { format: "deepseek-v3" })).rejects.toMatchObject({

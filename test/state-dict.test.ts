@@ -166,6 +166,11 @@ describe("stateDict", () => {
       expect(snapshot(layer)).toEqual(before);
     }
     await expect(layer.loadStateDict(null as never)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    await expect(stateDict(null as never)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    await expect(loadStateDict({} as never, half)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
+    await expect(layer.loadStateDict(half, { strict: "yes" as never })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+    });
     await expect(layer.loadStateDict({ "router.weight": 5 } as never)).rejects.toMatchObject({ code: "ERR_MOE_VALUE" });
     // Not strict: what matches loads, and the report names the rest.
     const partial = new Map([

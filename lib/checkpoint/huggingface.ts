@@ -17,6 +17,7 @@ import { reshape } from "../ops/view";
 import { Tensor, type DType } from "../tensor";
 import {
   allKeys,
+  checkStateLayer,
   planLoad,
   runLoadStep,
   stateTensors,
@@ -121,8 +122,7 @@ function checkFormat(options: unknown, what: string): { format: HuggingFaceForma
 
 /** The layer's tensors beside their rules (undefined: the format has none) and the block's full names. */
 function mapping(layer: HuggingFaceLayer, format: HuggingFaceFormat, prefix: string) {
-  if (layer === null || typeof layer !== "object" || typeof layer.parameters !== "function")
-    throw invalid("a MoELayer", "layer", layer);
+  checkStateLayer(layer);
   const fmt = FORMATS[format];
   const own = layer.config.name ? `${layer.config.name}.` : "";
   const block = `${prefix}${fmt.block}`;
@@ -276,6 +276,7 @@ export async function importHuggingFace(
   source: HuggingFaceSource,
   options: HuggingFaceImportOptions,
 ): Promise<HuggingFaceImportReport> {
+  checkStateLayer(layer);
   const { format, prefix } = checkFormat(options, "importHuggingFace options");
   const strict = options.strict ?? true;
   if (typeof strict !== "boolean") throw invalid("a boolean", "strict", strict);

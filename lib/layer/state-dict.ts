@@ -248,8 +248,23 @@ async function convertBytes(
   return tensorBytes(b);
 }
 
+/** Throws ERR_MOE_VALUE unless layer looks like an MoELayer. */
+export function checkStateLayer(layer: unknown, what = "layer"): StateDictLayer {
+  const l = layer as StateDictLayer | null;
+  if (
+    l === null ||
+    typeof l !== "object" ||
+    typeof l.parameters !== "function" ||
+    typeof l.buffers !== "function" ||
+    typeof l.config !== "object"
+  )
+    throw invalid("a MoELayer", what, layer);
+  return l;
+}
+
 /** The state dict of a layer: every parameter and buffer by key, as new tensors the caller owns. */
 export async function stateDict(layer: StateDictLayer): Promise<Map<string, Tensor>> {
+  checkStateLayer(layer);
   await layer.ready;
   const out = new Map<string, Tensor>();
   try {
@@ -313,6 +328,7 @@ export async function loadStateDict(
   dict: Map<string, Tensor> | Record<string, Tensor>,
   options: LoadStateDictOptions = {},
 ): Promise<LoadReport> {
+  checkStateLayer(layer);
   if (options === null || typeof options !== "object")
     throw invalid("an options object ({ strict })", "options", options);
   const strict = options.strict ?? true;
