@@ -27,7 +27,8 @@ import {
   type TensorSource,
 } from "../layer/state-dict";
 import { DTYPE_BYTES, numelOf, tensorBytes, tensorFromBytes } from "./bytes";
-import { SafetensorsFile, writeSafetensors, type SafetensorsEntry, type SafetensorsReadOptions } from "./safetensors";
+import { Input, type HuggingFaceSource } from "./huggingface-input";
+import { writeSafetensors, type SafetensorsEntry, type SafetensorsReadOptions } from "./safetensors";
 
 export type HuggingFaceFormat = "mixtral" | "deepseek-v3";
 
@@ -106,8 +107,7 @@ export interface HuggingFaceImportReport {
   skipped: Array<{ name: string; dtype: string; file: string }>;
 }
 
-/** Where Hugging Face tensors come from: a safetensors file, a directory of them, or tensors by name. */
-export type HuggingFaceSource = string | readonly string[] | Map<string, Tensor> | Record<string, Tensor>;
+export type { HuggingFaceSource } from "./huggingface-input";
 
 function checkFormat(options: unknown, what: string): { format: HuggingFaceFormat; prefix: string } {
   if (options === null || typeof options !== "object" || Array.isArray(options))
@@ -158,109 +158,6 @@ async function transposed(x: Tensor): Promise<Tensor> {
   return reshape(t, [C, R]);
 }
 
-/** One Hugging Face tensor of the input. */
-interface HFTensor {
-  shape: readonly number[];
-  dtype: DType;
-  read(into: Uint8Array): void;
-}
-
-/** The input's tensors under the block, opened by name; closes what it opened. */
-class Input {
-  readonly names = new Set<string>();
-  readonly skipped: HuggingFaceImportReport["skipped"] = [];
-  private readonly byName = new Map<string, HFTensor>();
-  private readonly open: SafetensorsFile[] = [];
-
-  constructor(source: HuggingFaceSource, block: string, dtypes: SafetensorsReadOptions["dtypes"]) {
-    if (typeof source === "string" || Array.isArray(source)) {
-      try {
-        for (const file of filesOf(source as string | string[], block)) this.addFile(file, block, dtypes);
-      } catch (e) {
-        this.close();
-        throw e;
-      }
-      return;
-    }
-    let entries: Array<[string, unknown]>;
-    if (source instanceof Map) entries = [...source];
-    else if (source !== null && typeof source === "object") entries = Object.entries(source);
-    else throw invalid("a safetensors file, a directory, or a Map of name -> Tensor", "source", source);
-    for (const [name, t] of entries) {
-      if (!(t instanceof Tensor) || t.disposed) throw invalid("a live Tensor", `the source's ${name}`, t);
-      if (!name.startsWith(block)) continue;
-      this.names.add(name);
-      this.byName.set(name, { shape: t.shape, dtype: t.dtype, read: (into) => into.set(tensorBytes(t)) });
-    }
-  }
-
-  private addFile(file: string, block: string, dtypes: SafetensorsReadOptions["dtypes"]): void {
-    const f = SafetensorsFile.open(file, { dtypes });
-    this.open.push(f);
-    for (const [name, info] of f.tensors) {
-      if (!name.startsWith(block)) continue;
-      this.names.add(name);
-      this.byName.set(name, { shape: info.shape, dtype: info.dtype, read: (into) => void f.read(name, into) });
-    }
-    for (const s of f.skipped) if (s.name.startsWith(block)) this.skipped.push({ name: s.name, dtype: s.dtype, file });
-  }
-
-  get(name: string): HFTensor | undefined {
-    return this.byName.get(name);
-  }
-
-  close(): void {
-    for (const f of this.open) f.close();
-  }
-}
-
-/** The safetensors files to read: the file itself, the files a directory's index names for the block, or all. */
-function filesOf(source: string | string[], block: string): string[] {
-  if (Array.isArray(source)) {
-    source.forEach((f, i) => {
-      if (typeof f !== "string" || f === "") throw invalid("a file path", `source[${i}]`, f);
-    });
-    return source;
-  }
-  if (source === "") throw invalid("a file or directory path", "source", source);
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(source);
-  } catch (e) {
-    throw new MoEError(`Expected safetensors files at ${source} but it does not exist`, "ERR_MOE_VALUE", { cause: e });
-  }
-  if (!st.isDirectory()) return [source];
-  const indexFile = path.join(source, "model.safetensors.index.json");
-  if (fs.existsSync(indexFile)) {
-    let map: Record<string, string>;
-    try {
-      map = JSON.parse(fs.readFileSync(indexFile, "utf8")).weight_map;
-    } catch (e) {
-      throw new MoEError(`Expected a JSON index at ${indexFile}`, "ERR_MOE_VALUE", { cause: e });
-    }
-    if (map === null || typeof map !== "object")
-      throw new MoEError(`Expected a weight_map in ${indexFile}`, "ERR_MOE_VALUE");
-    const files = new Set<string>();
-    for (const [name, file] of Object.entries(map)) {
-      if (!name.startsWith(block)) continue;
-      if (typeof file !== "string" || path.basename(file) !== file)
-        throw new MoEError(
-          `Expected a file name in ${indexFile} for ${name} but received ${String(file)}`,
-          "ERR_MOE_VALUE",
-        );
-      files.add(file);
-    }
-    return [...files].sort().map((f) => path.join(source, f));
-  }
-  const files = fs
-    .readdirSync(source)
-    .filter((f) => f.endsWith(".safetensors"))
-    .sort();
-  if (files.length === 0)
-    throw new MoEError(`Expected safetensors files in the directory ${source} but it has none`, "ERR_MOE_VALUE");
-  return files.map((f) => path.join(source, f));
-}
-
 function listed(names: string[]): string {
   return names.length > 6 ? `${names.slice(0, 6).join(", ")}, … (${names.length} in all)` : names.join(", ");
 }
@@ -297,11 +194,12 @@ export async function importHuggingFace(
       if (rule) allKeys(s).forEach((_, e) => names(rule, e).forEach((n) => wanted.add(n)));
     }
     const unused = [...input.names].filter((n) => !wanted.has(n));
+    const owner = new Map<string, [StateTensor, number]>();
+    for (const t of rules.keys()) t.keys.forEach((key, i) => owner.set(key, [t, i]));
     const plan = planLoad([...rules.keys()], (key) => {
-      const s = [...rules.keys()].find((t) => t.keys.includes(key))!;
+      const [s, i] = owner.get(key)!;
       const rule = rules.get(s)!;
-      const e = s.expert ? s.layer.firstExpert + s.keys.indexOf(key) : 0;
-      return sourceOf(s, rule, names(rule, e), input, missing);
+      return sourceOf(s, rule, names(rule, s.expert ? s.layer.firstExpert + i : 0), input, missing);
     });
     const skippedNames = new Set(input.skipped.map((k) => k.name));
     if (strict && (missing.length > 0 || unused.length > 0 || unmapped.length > 0)) {
