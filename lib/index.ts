@@ -50,10 +50,41 @@ export {
   readCheckpointIndex,
   shardFileName,
   expertTensorName,
+  optimizerShardFileName,
   INDEX_FILE,
+  OPTIMIZER_INDEX_FILE,
 } from "./checkpoint/checkpoint";
-export type { CheckpointOptions, CheckpointIndex, CheckpointLayer } from "./checkpoint/checkpoint";
+export type {
+  CheckpointOptions,
+  CheckpointIndex,
+  CheckpointLayer,
+  CheckpointLoadReport,
+} from "./checkpoint/checkpoint";
+export { stateDict, loadStateDict } from "./layer/state-dict";
+export { importHuggingFace, exportHuggingFace, saveHuggingFace } from "./checkpoint/huggingface";
+export type {
+  HuggingFaceFormat,
+  HuggingFaceOptions,
+  HuggingFaceImportOptions,
+  HuggingFaceImportReport,
+  HuggingFaceLayer,
+  HuggingFaceSource,
+} from "./checkpoint/huggingface";
+export type { StateDictLayer, StateParam, ExpertGather, LoadReport, LoadStateDictOptions } from "./layer/state-dict";
 export { checkpointFilesDir } from "./checkpoint/layout";
-export { encodeSafetensors, readSafetensors, readSafetensorsHeader } from "./checkpoint/safetensors";
-export type { SafetensorsTensor, SafetensorsInfo, SafetensorsDType } from "./checkpoint/safetensors";
+export {
+  encodeSafetensors,
+  writeSafetensors,
+  readSafetensors,
+  readSafetensorsHeader,
+  SafetensorsFile,
+} from "./checkpoint/safetensors";
+export type {
+  SafetensorsTensor,
+  SafetensorsEntry,
+  SafetensorsInfo,
+  SafetensorsDType,
+  SafetensorsSkipped,
+  SafetensorsReadOptions,
+} from "./checkpoint/safetensors";
 export * from "./comm";

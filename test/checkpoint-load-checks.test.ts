@@ -7,7 +7,16 @@
  */
 import * as fs from "fs";
 import * as path from "path";
-import { AdamW, INDEX_FILE, MoELayer, checkpointFilesDir, saveCheckpoint, shardFileName } from "../lib";
+import {
+  AdamW,
+  INDEX_FILE,
+  MoELayer,
+  OPTIMIZER_INDEX_FILE,
+  checkpointFilesDir,
+  optimizerShardFileName,
+  saveCheckpoint,
+  shardFileName,
+} from "../lib";
 import type { MoELayerOptions } from "../lib/layer/config";
 import { randomizeBiases } from "./layer-helpers";
 import { tempDir } from "./procs";
@@ -201,7 +210,7 @@ describe("the versioned layout", () => {
     expect(snapshot(a.layer, a.opt)).toEqual(want);
     const flat = path.join(work, "flat");
     fs.mkdirSync(flat);
-    for (const f of [INDEX_FILE, shardFileName(0, 1)])
+    for (const f of [INDEX_FILE, shardFileName(0, 1), OPTIMIZER_INDEX_FILE, optimizerShardFileName(0, 1)])
       fs.copyFileSync(path.join(checkpointFilesDir(dir), f), path.join(flat, f));
     const b = await trained(23);
     await b.layer.load(flat, { optimizer: b.opt });

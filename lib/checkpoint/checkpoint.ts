@@ -1,54 +1,79 @@
 /**
  * Checkpoints of MoE layers in the safetensors format, sharded by EP rank the
  * way Hugging Face shards models: `model-ep00001-of-00004.safetensors` holds
- * the experts of EP rank 1 (one tensor per global expert, e.g.
- * `experts.5.w1` [D, F]), the first file also the replicated tensors (router,
- * shared experts, expert bias), and `model.safetensors.index.json` maps every
- * tensor name to its file. Because experts are stored one by one under their
- * global index, a checkpoint loads into any epSize: each rank reads the
- * experts it holds from whichever files have them. AdamW's moments, when
- * given, are saved beside each parameter (`<name>.exp_avg`, `<name>.exp_avg_sq`).
- * The files of one save sit in a version directory that `dir/latest` points to
- * (see layout.ts), so a save replaces the checkpoint whole; a load checks every
- * file, name, dtype, shape and the metadata before it changes any tensor.
+ * the state dict (lib/layer/state-dict.ts) of EP rank 1's experts (one tensor
+ * per global expert, e.g. `experts.5.w1` [D, F]), the first file also the
+ * replicated tensors (router, shared experts, expert bias), and
+ * `model.safetensors.index.json` maps every tensor name to its file. Because
+ * experts are stored one by one under their global index, a checkpoint loads
+ * into any epSize: each rank reads the experts it holds from whichever files
+ * have them. AdamW's moments, when given, go to files of their own beside
+ * them (`optimizer-ep00001-of-00004.safetensors`, `<name>.exp_avg` and
+ * `<name>.exp_avg_sq`, mapped by `optimizer.safetensors.index.json`), so the
+ * model files hold plain weights; moments inside the model files (as older
+ * checkpoints have them) load too. Files are written and read tensor by
+ * tensor. The files of one save sit in a version directory that `dir/latest`
+ * points to (see layout.ts), so a save replaces the checkpoint whole; a load
+ * checks every file, name, dtype, shape and the metadata before it changes any
+ * tensor.
  */
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { MoEError, checkInteger, invalid } from "../errors";
-import { copyInto } from "../ops/elementwise";
-import { Tensor, type DType } from "../tensor";
+import { Tensor } from "../tensor";
 import type { CollectiveGroup } from "../layer/group";
-import { wholeExperts, writesExpertShard } from "../layer/expert-slices";
+import {
+  allKeys,
+  planLoad,
+  runLoadStep,
+  stateTensor,
+  stateTensors,
+  wholeExperts,
+  type LoadStep,
+  type StateDictLayer,
+  type StateTensor,
+  type TensorSource,
+} from "../layer/state-dict";
 import type { AdamW, OptimizerParam } from "../optim/adamw";
-import { encodeSafetensors, readSafetensors, writeFileAtomic, type SafetensorsTensor } from "./safetensors";
+import { DTYPE_BYTES, numelOf } from "./bytes";
+import {
+  SafetensorsFile,
+  writeFileAtomic,
+  writeSafetensors,
+  type SafetensorsEntry,
+  type SafetensorsReadOptions,
+} from "./safetensors";
 import { checkedFile, checkpointFilesDir, currentVersion, nextVersion, removeLitter, switchLatest } from "./layout";
 
+export { expertTensorName } from "../layer/state-dict";
+
 export const INDEX_FILE = "model.safetensors.index.json";
+export const OPTIMIZER_INDEX_FILE = "optimizer.safetensors.index.json";
 
 export interface CheckpointOptions {
   /** Also save (or load) this optimizer's moments and step count. */
   optimizer?: AdamW;
+  /**
+   * Loading: tensors of dtypes moe-ep does not read (F64, F8_*, I8, ...) in the files are skipped and
+   * reported ("skip", the default) or refused with ERR_MOE_DTYPE ("strict"). A needed tensor in such
+   * a dtype is refused either way.
+   */
+  dtypes?: SafetensorsReadOptions["dtypes"];
 }
 
 /** What a checkpoint needs of a layer (an MoELayer is one). */
-export interface CheckpointLayer {
-  /** Resolves once the tensors hold their values and the groups exist. */
-  readonly ready: Promise<void>;
+export interface CheckpointLayer extends StateDictLayer {
   /** The layer's name and expert count; the index keeps the whole object. */
   readonly config: { readonly name: string; readonly numExperts: number };
   /** Where this rank is: world rank, EP rank and size, the experts it holds. */
   readonly worldRank: number;
   readonly epRank: number;
   readonly epSize: number;
-  readonly firstExpert: number;
-  readonly numLocalExperts: number;
+  /** Expert tensor parallelism's group size (absent: 1); expert tensors then come whole through expertGather. */
+  readonly etpSize?: number;
   /** For the closing barrier; absent (or of size 1) for one process. */
   readonly worldGroup?: CollectiveGroup;
-  /** Trainable tensors; expert ones are [numLocalExperts, ...], one slice per local expert. */
-  parameters(): ReadonlyArray<{ readonly name: string; readonly param: Tensor; readonly expert: boolean }>;
-  /** Other replicated state (e.g. the expert bias). */
-  buffers(): ReadonlyArray<{ readonly name: string; readonly tensor: Tensor }>;
 }
 
 export interface CheckpointIndex {
@@ -57,12 +82,15 @@ export interface CheckpointIndex {
     format: "moe-ep";
     ep_size: number;
     optimizer_step?: number;
-    layers: Array<{ name: string; config: unknown }>;
+    layers?: Array<{ name: string; config: unknown }>;
   };
   weight_map: Record<string, string>;
 }
 
-const BYTES: Record<DType, number> = { float32: 4, bfloat16: 2, float16: 2, int32: 4, int64: 8 };
+/** What a load skipped: tensors of the files it read whose dtypes moe-ep does not read. */
+export interface CheckpointLoadReport {
+  skipped: Array<{ name: string; dtype: string; file: string }>;
+}
 
 function pad5(n: number): string {
   return String(n).padStart(5, "0");
@@ -74,50 +102,37 @@ export function shardFileName(epRank: number, epSize: number): string {
   return `model-ep${pad5(epRank)}-of-${pad5(epSize)}.safetensors`;
 }
 
-/** "layers.0.experts.w1" and global expert 5 -> "layers.0.experts.5.w1". */
-export function expertTensorName(name: string, expert: number): string {
-  if (typeof name !== "string") throw invalid("an expert parameter name (…experts.NAME)", "name", name);
-  checkInteger("expert", expert, 0);
-  const m = /^(.*?)(^|\.)experts\.([^.]+)(\.exp_avg|\.exp_avg_sq)?$/.exec(name);
-  if (!m) throw new MoEError(`Expected an expert parameter name (…experts.NAME) but received ${name}`, "ERR_MOE_VALUE");
-  return `${m[1]}${m[2]}experts.${expert}.${m[3]}${m[4] ?? ""}`;
+/** The file of EP rank epRank's optimizer moments. */
+export function optimizerShardFileName(epRank: number, epSize: number): string {
+  return shardFileName(epRank, epSize).replace(/^model-/, "optimizer-");
 }
 
-/** One logical tensor of the checkpoint: replicated, or [L, ...] sharded by expert. */
-interface Piece {
-  name: string;
-  tensor: Tensor;
-  expert: boolean;
-  layer: CheckpointLayer;
-}
-
-function pieces(layers: readonly CheckpointLayer[], optimizer?: AdamW): Piece[] {
-  const out: Piece[] = [];
+/** The optimizer's moments of the layers' parameters, sliced as their parameters. */
+function momentTensors(layers: readonly CheckpointLayer[], optimizer: AdamW): StateTensor[] {
+  const out: StateTensor[] = [];
   const optParams = new Map<Tensor, OptimizerParam>();
-  for (const p of optimizer?.params ?? []) optParams.set(p.param, p);
-  for (const layer of layers) {
-    for (const e of layer.parameters()) {
-      out.push({ name: e.name, tensor: e.param, expert: e.expert, layer });
-      const op = optParams.get(e.param);
-      if (optimizer && op) {
-        const s = optimizer.state(op);
-        out.push(
-          { name: `${e.name}.exp_avg`, tensor: s.expAvg, expert: e.expert, layer },
-          { name: `${e.name}.exp_avg_sq`, tensor: s.expAvgSq, expert: e.expert, layer },
-        );
-      }
+  for (const p of optimizer.params) optParams.set(p.param, p);
+  for (const layer of layers)
+    for (const p of layer.parameters()) {
+      const op = optParams.get(p.param);
+      if (!op) continue;
+      const s = optimizer.state(op);
+      out.push(
+        stateTensor(layer, `${p.name}.exp_avg`, s.expAvg, p),
+        stateTensor(layer, `${p.name}.exp_avg_sq`, s.expAvgSq, p),
+      );
     }
-    for (const b of layer.buffers()) out.push({ name: b.name, tensor: b.tensor, expert: false, layer });
-  }
   return out;
 }
 
 function checkOptions(options: unknown): CheckpointOptions {
   if (options === null || typeof options !== "object" || Array.isArray(options))
-    throw invalid("an options object ({ optimizer })", "checkpoint options", options);
+    throw invalid("an options object ({ optimizer, dtypes })", "checkpoint options", options);
   const o = options as CheckpointOptions;
   if (o.optimizer !== undefined && (o.optimizer === null || typeof o.optimizer.state !== "function"))
     throw invalid("an AdamW", "optimizer", o.optimizer);
+  if (o.dtypes !== undefined && o.dtypes !== "skip" && o.dtypes !== "strict")
+    throw invalid('"skip" or "strict"', "dtypes", o.dtypes);
   return o;
 }
 
@@ -151,10 +166,6 @@ function checkLayers(layers: readonly CheckpointLayer[], what: string): Checkpoi
   return first;
 }
 
-function bytesOf(t: Tensor): Uint8Array {
-  return new Uint8Array(t.handle.read(t.dtype));
-}
-
 async function worldBarrier(layer: CheckpointLayer): Promise<void> {
   const world = layer.worldGroup;
   if (!world || world.size === 1) return;
@@ -164,9 +175,56 @@ async function worldBarrier(layer: CheckpointLayer): Promise<void> {
 }
 
 /**
- * Writes the layers (and the optimizer's moments) to dir: one safetensors file per EP rank,
- * written by the first expert-data-parallel replica, and the index, written by world rank 0.
- * Every rank of the world calls it; it resolves once every file is complete.
+ * The tensors of EP rank epRank's file, each read when the writer reaches it: an expert tensor's
+ * bytes are read once, at its first expert, and dropped after its last, so the writer holds one
+ * layer tensor at a time.
+ */
+function shardEntries(tensors: readonly StateTensor[], epRank: number): SafetensorsEntry[] {
+  const out: SafetensorsEntry[] = [];
+  for (const s of tensors) {
+    if (!s.expert && epRank !== 0) continue;
+    const per = numelOf(s.shape) * DTYPE_BYTES[s.dtype];
+    let whole: Promise<Uint8Array> | undefined;
+    s.keys.forEach((key, i) =>
+      out.push({
+        name: key,
+        dtype: s.dtype,
+        shape: s.shape,
+        data: async () => {
+          whole ??= wholeExperts(s);
+          const bytes = (await whole).subarray(i * per, (i + 1) * per);
+          if (i === s.keys.length - 1) whole = undefined;
+          return bytes;
+        },
+      }),
+    );
+  }
+  return out;
+}
+
+/** The index of tensors over every EP rank's file (fileOf names a rank's file). */
+function indexOf(
+  tensors: readonly StateTensor[],
+  epSize: number,
+  fileOf: (epRank: number, epSize: number) => string,
+): { weight_map: Record<string, string>; total_size: number } {
+  const weight_map: Record<string, string> = {};
+  let total_size = 0;
+  for (const s of tensors) {
+    const bytes = numelOf(s.shape) * DTYPE_BYTES[s.dtype];
+    const keys = allKeys(s);
+    const L = s.layer.numLocalExperts;
+    keys.forEach((key, e) => (weight_map[key] = fileOf(s.expert ? Math.floor(e / L) : 0, epSize)));
+    total_size += bytes * keys.length;
+  }
+  return { weight_map, total_size };
+}
+
+/**
+ * Writes the layers (and the optimizer's moments, in files of their own) to dir: one safetensors
+ * file per EP rank, written tensor by tensor by the first expert-data-parallel replica, and the
+ * index, written by world rank 0. Every rank of the world calls it; it resolves once every file is
+ * complete.
  */
 export async function saveCheckpoint(
   dir: string,
@@ -178,9 +236,14 @@ export async function saveCheckpoint(
   const first = checkLayers(layers, "layers");
   for (const l of layers) await l.ready;
   const P = first.epSize;
-  // Experts sliced by expert tensor parallelism are saved whole (lib/layer/expert-slices.ts).
-  const whole = await wholeExperts(pieces(layers, options.optimizer), "save");
-  const all = whole.pieces;
+  // With expert tensor parallelism (ETP innermost in the layout), expert-data-parallel rank 0's ETP rank 0
+  // writes the files, its ETP peers join each expert tensor's gather (lib/layer/expert-slices.ts).
+  const Q = first.etpSize ?? 1;
+  const edpRank = Math.floor(first.worldRank / (P * Q));
+  const etpRank = first.worldRank % Q;
+  const opt = options.optimizer;
+  const model = layers.flatMap(stateTensors);
+  const moments = opt ? momentTensors(layers, opt) : [];
   fs.mkdirSync(dir, { recursive: true });
   // Every rank names the same next version: the pointer moves only after the barrier below.
   const version = nextVersion(dir);
@@ -190,58 +253,41 @@ export async function saveCheckpoint(
     fs.mkdirSync(versionDir, { recursive: true });
   }
   await worldBarrier(first);
-  if (writesExpertShard(first)) {
-    const out: SafetensorsTensor[] = [];
-    for (const p of all) {
-      if (!p.expert) {
-        if (first.epRank === 0)
-          out.push({ name: p.name, dtype: p.tensor.dtype, shape: p.tensor.shape, data: bytesOf(p.tensor) });
-        continue;
-      }
-      const [L, ...rest] = p.tensor.shape;
-      const data = bytesOf(p.tensor);
-      const per = data.byteLength / L;
-      for (let l = 0; l < L; l++) {
-        out.push({
-          name: expertTensorName(p.name, first.firstExpert + l),
-          dtype: p.tensor.dtype,
-          shape: rest,
-          data: data.subarray(l * per, (l + 1) * per),
-        });
-      }
-    }
-    writeFileAtomic(
+  const meta = { format: "pt", producer: "moe-ep" };
+  if (edpRank === 0 && etpRank !== 0) {
+    // The writer (ETP rank 0) gathers each expert tensor in this order: the model's, then the moments'.
+    for (const t of [...model, ...moments]) if (t.expert && t.layer.expertGather) await wholeExperts(t);
+  } else if (edpRank === 0) {
+    await writeSafetensors(
       path.join(versionDir, shardFileName(first.epRank, P)),
-      encodeSafetensors(out, { format: "pt", producer: "moe-ep" }),
+      shardEntries(model, first.epRank),
+      meta,
     );
+    if (opt)
+      await writeSafetensors(
+        path.join(versionDir, optimizerShardFileName(first.epRank, P)),
+        shardEntries(moments, first.epRank),
+        meta,
+      );
   }
   if (first.worldRank === 0) {
+    const layerMeta = layers.map((l) => ({ name: l.config.name, config: (l as { config: unknown }).config }));
+    const m = indexOf(model, P, shardFileName);
     const index: CheckpointIndex = {
-      metadata: {
-        total_size: 0,
-        format: "moe-ep",
-        ep_size: P,
-        layers: layers.map((l) => ({ name: l.config.name, config: l.config })),
-      },
-      weight_map: {},
+      metadata: { total_size: m.total_size, format: "moe-ep", ep_size: P, layers: layerMeta },
+      weight_map: m.weight_map,
     };
-    if (options.optimizer) index.metadata.optimizer_step = options.optimizer.stepCount;
-    for (const p of all) {
-      const bytes = p.tensor.numel * BYTES[p.tensor.dtype];
-      if (!p.expert) {
-        index.weight_map[p.name] = shardFileName(0, P);
-        index.metadata.total_size += bytes;
-        continue;
-      }
-      const layer = p.layer;
-      const L = layer.numLocalExperts;
-      for (let e = 0; e < layer.config.numExperts; e++)
-        index.weight_map[expertTensorName(p.name, e)] = shardFileName(Math.floor(e / L), P);
-      index.metadata.total_size += (bytes / L) * layer.config.numExperts;
-    }
+    if (opt) index.metadata.optimizer_step = opt.stepCount;
     writeFileAtomic(path.join(versionDir, INDEX_FILE), JSON.stringify(index, null, 2) + "\n");
+    if (opt) {
+      const o = indexOf(moments, P, optimizerShardFileName);
+      const optIndex: CheckpointIndex = {
+        metadata: { total_size: o.total_size, format: "moe-ep", ep_size: P, optimizer_step: opt.stepCount },
+        weight_map: o.weight_map,
+      };
+      writeFileAtomic(path.join(versionDir, OPTIMIZER_INDEX_FILE), JSON.stringify(optIndex, null, 2) + "\n");
+    }
   }
-  whole.release();
   // Once every rank's files are complete, one rename makes them the checkpoint.
   await worldBarrier(first);
   if (first.worldRank === 0) {
@@ -251,15 +297,11 @@ export async function saveCheckpoint(
   await worldBarrier(first);
 }
 
-/** Reads the index of a checkpoint directory (of the version `latest` names, when it has one). */
-export function readCheckpointIndex(dir: string): CheckpointIndex {
-  if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
-  let file = path.join(dir, INDEX_FILE);
+function parseIndex(root: string, name: string, what: string): CheckpointIndex {
+  const file = path.join(root, name);
   let index: CheckpointIndex;
   try {
-    const root = checkpointFilesDir(dir);
-    file = path.join(root, INDEX_FILE);
-    index = JSON.parse(fs.readFileSync(checkedFile(root, INDEX_FILE, "its index"), "utf8"));
+    index = JSON.parse(fs.readFileSync(checkedFile(root, name, what), "utf8"));
   } catch (e) {
     const why = e instanceof MoEError ? e.message : "it is not JSON";
     throw new MoEError(`Expected a checkpoint index at ${file} but ${why}`, "ERR_MOE_VALUE", { cause: e });
@@ -270,19 +312,30 @@ export function readCheckpointIndex(dir: string): CheckpointIndex {
   return index;
 }
 
-function hostArray(dtype: DType, bytes: Uint8Array): Float32Array | Uint16Array | Int32Array | BigInt64Array {
-  const buf = bytes.byteOffset % 8 === 0 ? bytes : bytes.slice();
-  switch (dtype) {
-    case "float32":
-      return new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
-    case "bfloat16":
-    case "float16":
-      return new Uint16Array(buf.buffer, buf.byteOffset, buf.byteLength / 2);
-    case "int32":
-      return new Int32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
-    case "int64":
-      return new BigInt64Array(buf.buffer, buf.byteOffset, buf.byteLength / 8);
+/** Reads the index of a checkpoint directory (of the version `latest` names, when it has one). */
+export function readCheckpointIndex(dir: string): CheckpointIndex {
+  if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
+  let root: string;
+  try {
+    root = checkpointFilesDir(dir);
+  } catch (e) {
+    throw new MoEError(
+      `Expected a checkpoint index at ${path.join(dir, INDEX_FILE)} but ${(e as Error).message}`,
+      "ERR_MOE_VALUE",
+      {
+        cause: e,
+      },
+    );
   }
+  return parseIndex(root, INDEX_FILE, "its index");
+}
+
+function checkStep(dir: string, step: unknown, file: string): void {
+  if (step !== undefined && (typeof step !== "number" || !Number.isSafeInteger(step) || step < 0))
+    throw new MoEError(
+      `Expected metadata.optimizer_step of the checkpoint at ${dir} (${file}) to be an integer >= 0 but received ${JSON.stringify(step)}`,
+      "ERR_MOE_VALUE",
+    );
 }
 
 function checkMetadata(dir: string, index: CheckpointIndex, layers: readonly CheckpointLayer[], opt?: AdamW): void {
@@ -302,49 +355,67 @@ function checkMetadata(dir: string, index: CheckpointIndex, layers: readonly Che
         );
     }
   }
-  const step = meta.optimizer_step;
-  if (opt && step !== undefined && (typeof step !== "number" || !Number.isSafeInteger(step) || step < 0))
-    throw new MoEError(
-      `Expected metadata.optimizer_step of the checkpoint at ${dir} to be an integer >= 0 but received ${JSON.stringify(step)}`,
-      "ERR_MOE_VALUE",
-    );
+  if (opt) checkStep(dir, meta.optimizer_step, INDEX_FILE);
 }
 
-/** The piece's tensor rebuilt from its stored parts, after checking their shapes and dtypes. */
-function checkedSource(piece: Piece, parts: SafetensorsTensor[]): Tensor {
-  const shape = piece.expert ? piece.tensor.shape.slice(1) : piece.tensor.shape;
-  for (const t of parts) {
-    if (t.shape.join() !== shape.join()) {
-      throw new MoEError(
-        `Expected ${t.name} of shape [${shape.join(", ")}] in the checkpoint but received [${t.shape.join(", ")}]`,
-        "ERR_MOE_SHAPE",
-      );
+/** The checkpoint's files, opened on first use (each checked to be a regular file inside root). */
+class Files {
+  private readonly open = new Map<string, SafetensorsFile>();
+  constructor(
+    private readonly dir: string,
+    private readonly root: string,
+    private readonly dtypes: SafetensorsReadOptions["dtypes"],
+  ) {}
+
+  /** The source of key in the file the map names, or undefined when the map does not list it. */
+  source(map: Record<string, string>, key: string): TensorSource | undefined {
+    if (!Object.prototype.hasOwnProperty.call(map, key)) return undefined;
+    const name = map[key];
+    let f = this.open.get(name);
+    if (!f) {
+      f = SafetensorsFile.open(checkedFile(this.root, name, `listed for ${key}`), { dtypes: this.dtypes });
+      this.open.set(name, f);
     }
-    if (t.dtype !== parts[0].dtype)
-      throw new MoEError(`Expected the experts of ${piece.name} in one dtype`, "ERR_MOE_DTYPE");
+    const info = f.info(key);
+    const file = f;
+    return {
+      shape: info.shape,
+      dtype: info.dtype,
+      where: "in the checkpoint",
+      read: (into) => void file.read(key, into),
+    };
   }
-  const dtype = parts[0].dtype;
-  if ((dtype === "int32" || dtype === "int64") !== (piece.tensor.dtype === "int32" || piece.tensor.dtype === "int64")) {
-    throw new MoEError(
-      `Expected ${piece.name} as ${piece.tensor.dtype} in the checkpoint but received ${dtype}`,
-      "ERR_MOE_DTYPE",
+
+  skipped(): CheckpointLoadReport["skipped"] {
+    return [...this.open.entries()].flatMap(([file, f]) =>
+      f.skipped.map((s) => ({ name: s.name, dtype: s.dtype, file })),
     );
   }
-  const joined = parts.length === 1 ? parts[0].data : Buffer.concat(parts.map((t) => t.data));
-  return Tensor.from(hostArray(dtype, joined), piece.tensor.shape, { dtype });
+
+  close(): void {
+    for (const f of this.open.values()) f.close();
+  }
+
+  missing(key: string): MoEError {
+    return new MoEError(
+      `Expected the tensor ${key} in the checkpoint at ${this.dir} but its index does not list it`,
+      "ERR_MOE_VALUE",
+    );
+  }
 }
 
 /**
  * Loads the layers (and the optimizer's moments, when the checkpoint has them) from dir, whatever
- * epSize wrote it: each rank reads its own experts by global index. Float tensors are converted to
- * the layers' dtypes; shapes must match. Everything is read and checked first (files present and
- * inside the checkpoint, names, shapes, dtypes, metadata), so a failed load changes nothing.
+ * epSize wrote it: each rank reads its own experts by global index, tensor by tensor. Float tensors
+ * are converted to the layers' dtypes; shapes must match. Everything is checked first (files present
+ * and inside the checkpoint, names, shapes, dtypes, metadata), so a failed load changes nothing.
+ * Resolves with the tensors of other dtypes that the files held and the load skipped.
  */
 export async function loadCheckpoint(
   dir: string,
   layers: readonly CheckpointLayer[],
   options: CheckpointOptions = {},
-): Promise<void> {
+): Promise<CheckpointLoadReport> {
   if (typeof dir !== "string" || dir === "") throw invalid("a directory path", "dir", dir);
   options = checkOptions(options);
   checkLayers(layers, "layers");
@@ -353,53 +424,35 @@ export async function loadCheckpoint(
   const root = checkpointFilesDir(dir);
   const opt = options.optimizer;
   checkMetadata(dir, index, layers, opt);
-  const whole = await wholeExperts(pieces(layers, opt), "load");
-  const all = whole.pieces;
-  // What to read: for each piece, its stored tensors (one per local expert for sharded ones).
-  const wanted = new Map<string, string[]>();
-  const need = (name: string, optional: boolean): boolean => {
-    const file = index.weight_map[name];
-    if (file === undefined) {
-      if (optional) return false;
-      throw new MoEError(
-        `Expected the tensor ${name} in the checkpoint at ${dir} but its index does not list it`,
-        "ERR_MOE_VALUE",
-      );
-    }
-    wanted.set(file, [...(wanted.get(file) ?? []), name]);
-    return true;
-  };
-  const isMoment = (n: string) => n.endsWith(".exp_avg") || n.endsWith(".exp_avg_sq");
-  const plan: Array<{ piece: Piece; names: string[] }> = [];
-  for (const p of all) {
-    const layer = p.layer;
-    const names = p.expert
-      ? Array.from({ length: layer.numLocalExperts }, (_, l) => expertTensorName(p.name, layer.firstExpert + l))
-      : [p.name];
-    const present = names.map((n) => need(n, isMoment(p.name)));
-    if (present.every(Boolean)) plan.push({ piece: p, names });
-    else if (present.some(Boolean))
-      throw new MoEError(`Expected every expert's ${p.name} in the checkpoint at ${dir} or none`, "ERR_MOE_VALUE");
+  // Older checkpoints keep the moments in the model files, listed by the model index.
+  let momentMap = index.weight_map;
+  let step = index.metadata?.optimizer_step;
+  if (opt && fs.existsSync(path.join(root, OPTIMIZER_INDEX_FILE))) {
+    const optIndex = parseIndex(root, OPTIMIZER_INDEX_FILE, "its optimizer index");
+    checkStep(dir, optIndex.metadata?.optimizer_step, OPTIMIZER_INDEX_FILE);
+    momentMap = optIndex.weight_map;
+    step = optIndex.metadata?.optimizer_step ?? step;
   }
-  const files = [...wanted.keys()].map((file) => checkedFile(root, file, `listed for ${wanted.get(file)![0]}`));
-  const data = new Map<string, SafetensorsTensor>();
-  [...wanted.values()].forEach((names, i) => {
-    for (const [n, t] of readSafetensors(files[i], names)) data.set(n, t);
-  });
-  const sources: Tensor[] = [];
+  const files = new Files(dir, root, options.dtypes);
   try {
-    for (const { piece, names } of plan)
-      sources.push(
-        checkedSource(
-          piece,
-          names.map((n) => data.get(n)!),
-        ),
-      );
-    for (let i = 0; i < plan.length; i++) await copyInto(plan[i].piece.tensor, sources[i]);
-    await whole.finish();
+    const model = planLoad(layers.flatMap(stateTensors), (key) => files.source(index.weight_map, key));
+    if (model.missing.length > 0) throw files.missing(model.missing[0]);
+    const steps: LoadStep[] = [...model.steps];
+    if (opt) {
+      const moments = planLoad(momentTensors(layers, opt), (key) => files.source(momentMap, key));
+      for (const s of moments.steps) {
+        if (s.sources.some((src) => src === undefined))
+          throw new MoEError(
+            `Expected every expert's ${s.target.name} in the checkpoint at ${dir} or none`,
+            "ERR_MOE_VALUE",
+          );
+      }
+      steps.push(...moments.steps);
+    }
+    for (const s of steps) await runLoadStep(s);
+    if (opt && step !== undefined) opt.setStepCount(step);
+    return { skipped: files.skipped() };
   } finally {
-    sources.forEach((t) => t.dispose());
-    whole.release();
+    files.close();
   }
-  if (opt && index.metadata?.optimizer_step !== undefined) opt.setStepCount(index.metadata.optimizer_step);
 }

@@ -18,8 +18,8 @@ const VERSION = /^v-(\d{6,})$/;
 const OWNED = [
   VERSION,
   /^latest\.tmp-/,
-  /^model\.safetensors\.index\.json(\.tmp-.*)?$/,
-  /^model-ep\d+-of-\d+\.safetensors(\.tmp-.*)?$/,
+  /^(model|optimizer)\.safetensors\.index\.json(\.tmp-.*)?$/,
+  /^(model|optimizer)-ep\d+-of-\d+\.safetensors(\.tmp-.*)?$/,
 ];
 
 function code(e: unknown): string | undefined {

@@ -20,6 +20,7 @@ import { copyInto } from "../ops/elementwise";
 import { reshape } from "../ops/view";
 import { Tensor, type DType, type DeviceName } from "../tensor";
 import type { CollectiveGroup } from "./group";
+import type { ExpertGather } from "./state-dict";
 
 export type SliceKind = "w1" | "b1" | "w2";
 
@@ -118,71 +119,32 @@ export async function wholeOf(
   }
 }
 
-/** What the checkpoint hook needs of a layer with ETP. */
-export interface SlicedLayer {
-  readonly etpSize?: number;
-  readonly etpRank?: number;
-  readonly etpGroup?: CollectiveGroup;
-  readonly config: { readonly activation?: ActivationKind };
-}
-
-function slicing(layer: unknown): { etp: CollectiveGroup; rank: number; activation: ActivationKind } | undefined {
-  const l = layer as SlicedLayer;
-  if (!l.etpSize || l.etpSize === 1 || !l.etpGroup) return undefined;
-  return { etp: l.etpGroup, rank: l.etpRank ?? 0, activation: l.config.activation ?? "relu" };
-}
-
-/** Whether this rank writes its EP rank's shard: expert-data-parallel rank 0 and ETP rank 0. */
-export function writesExpertShard(layer: { worldRank: number; epSize: number; etpSize?: number }): boolean {
-  return (
-    Math.floor(layer.worldRank / (layer.epSize * (layer.etpSize ?? 1))) === 0 &&
-    layer.worldRank % (layer.etpSize ?? 1) === 0
-  );
-}
-
 /**
- * Checkpoint pieces with the sliced expert tensors made whole: for "save", gathered over the ETP group
- * (every rank calls it); for "load", zero tensors of the whole shape, which `finish()` then cuts into
- * the layer's slices. release() frees what this made.
+ * The ExpertGather (lib/layer/state-dict.ts) of a layer whose experts are sliced over an ETP group:
+ * state dicts, checkpoints and Hugging Face exports see every expert tensor whole. gather() is a
+ * collective over the ETP group for w1, b1 and w2 (every member calls it, in the same order);
+ * scatter() cuts this rank's slice locally.
  */
-export async function wholeExperts<P extends { name: string; tensor: Tensor; expert: boolean; layer: unknown }>(
-  pieces: P[],
-  mode: "save" | "load",
-): Promise<{ pieces: P[]; finish(): Promise<void>; release(): void }> {
-  const made: Array<{ whole: Tensor; slice: Tensor; kind: SliceKind; s: NonNullable<ReturnType<typeof slicing>> }> = [];
-  const out: P[] = [];
-  try {
-    for (const p of pieces) {
-      const s = p.expert ? slicing(p.layer) : undefined;
-      const kind = s ? sliceKind(p.name) : undefined;
-      if (!s || !kind) {
-        out.push(p);
-        continue;
-      }
-      const whole =
-        mode === "save"
-          ? await wholeOf(p.tensor, kind, s.etp, s.activation)
-          : Tensor.zeros(wholeShape(kind, p.tensor.shape, s.etp.size), {
-              dtype: p.tensor.dtype,
-              device: p.tensor.device as DeviceName,
-            });
-      made.push({ whole, slice: p.tensor, kind, s });
-      out.push({ ...p, tensor: whole });
-    }
-  } catch (e) {
-    for (const m of made) m.whole.dispose();
-    throw e;
-  }
+export function etpExpertGather(
+  etp: () => CollectiveGroup,
+  etpSize: number,
+  etpRank: number,
+  activation: ActivationKind,
+): ExpertGather {
   return {
-    pieces: out,
-    async finish() {
-      for (const m of made) {
-        using cut = await sliceOf(m.whole, m.kind, m.s.etp.size, m.s.rank, m.s.activation);
-        await copyInto(m.slice, cut);
-      }
+    wholeShape(p, tensor) {
+      const kind = sliceKind(p.name);
+      return kind ? wholeShape(kind, tensor.shape, etpSize) : tensor.shape;
     },
-    release() {
-      for (const m of made) m.whole.dispose();
+    async gather(p, tensor) {
+      const kind = sliceKind(p.name);
+      return kind ? wholeOf(tensor, kind, etp(), activation) : tensor;
+    },
+    async scatter(p, tensor, whole) {
+      const kind = sliceKind(p.name);
+      if (!kind) return copyInto(tensor, whole);
+      using cut = await sliceOf(whole, kind, etpSize, etpRank, activation);
+      await copyInto(tensor, cut);
     },
   };
 }

@@ -51,7 +51,14 @@ import {
 import { Router, type MoEStats } from "./router";
 import { stageClock, zeroTimes, type Stage, type StageTimes } from "./stage-clock";
 import { clipGradNorm } from "../optim/clip";
-import { loadCheckpoint, saveCheckpoint, type CheckpointOptions } from "../checkpoint/checkpoint";
+import {
+  loadCheckpoint,
+  saveCheckpoint,
+  type CheckpointLoadReport,
+  type CheckpointOptions,
+} from "../checkpoint/checkpoint";
+import { loadStateDict, stateDict, type ExpertGather, type LoadReport, type LoadStateDictOptions } from "./state-dict";
+import { etpExpertGather } from "./expert-slices";
 
 export interface MoEForwardResult {
   /** [tokens, dModel] in x's dtype. */
@@ -210,6 +217,15 @@ export class MoELayer {
     this.params.setNormGroup(groups.ep, groups.etp);
   }
 
+  /**
+   * With expert tensor parallelism, how state dicts, checkpoints and exports see the sliced expert
+   * tensors whole (lib/layer/expert-slices.ts); absent when etpSize is 1.
+   */
+  get expertGather(): ExpertGather | undefined {
+    if (this.etpSize === 1) return undefined;
+    return etpExpertGather(() => this.groups!.etp!, this.etpSize, this.etpRank, this.config.activation);
+  }
+
   /** The expert-tensor-parallel group (a group of one when etpSize is 1), once ready. */
   get etpGroup(): CollectiveGroup | undefined {
     return this.groups?.etp;
@@ -250,9 +266,27 @@ export class MoELayer {
   }
 
   /** Loads a checkpoint written with any epSize (see loadCheckpoint). */
-  async load(dir: string, options: CheckpointOptions = {}): Promise<void> {
+  async load(dir: string, options: CheckpointOptions = {}): Promise<CheckpointLoadReport> {
     this.check();
     return loadCheckpoint(dir, [this], options);
+  }
+
+  /**
+   * Every parameter and buffer by name (docs/architecture.md#state-dicts), this rank's experts under
+   * their global index (experts.<e>.w1): new tensors that the caller disposes.
+   */
+  async stateDict(): Promise<Map<string, Tensor>> {
+    this.check();
+    return stateDict(this);
+  }
+
+  /** Copies a state dict (Map or object of name -> Tensor) into the layer, checked first (see loadStateDict). */
+  async loadStateDict(
+    dict: Map<string, Tensor> | Record<string, Tensor>,
+    options: LoadStateDictOptions = {},
+  ): Promise<LoadReport> {
+    this.check();
+    return loadStateDict(this, dict, options);
   }
 
   train(): this {
