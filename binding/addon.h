@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../cpp/core/error.h"
+#include "../cpp/core/tensor.h"
 #include "completions.h"
 
 namespace moe::comm {
@@ -26,6 +27,7 @@ namespace moe::binding {
 struct AddonData {
   Napi::FunctionReference error_class;  // lib/errors.ts's MoEError, handed over at start-up
   Napi::FunctionReference tensor_class;
+  Tensor* adopting = nullptr;  // the tensor NativeTensor::Adopt hands to the constructor
   std::shared_ptr<Mailbox> mailbox;
   std::unordered_set<JsSide*> pending;  // JS values of the calls not yet settled
   std::vector<std::weak_ptr<comm::ProcessGroup>> groups;
