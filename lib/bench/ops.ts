@@ -131,3 +131,18 @@ export async function benchOps(options: BenchOpsOptions = {}): Promise<BenchOpsR
   }
   return { shape: { tokens: T, dModel: D, experts: E, topK: K }, memcpyGbps: mem.gbps, ops: out };
 }
+
+/**
+ * `moe-ep bench ops [--floor]`: the routing and permutation rates, or with
+ * --floor the per-op floor (lib/bench/floor.ts). Returns the exit code.
+ */
+export async function benchOpsCli(args: readonly string[]): Promise<number> {
+  const unknown = args.filter((a) => a !== "--floor");
+  if (unknown.length > 0) {
+    console.error(`moe-ep bench ops: expected no option or --floor but received ${unknown.join(" ")}`);
+    return 2;
+  }
+  if (args.includes("--floor")) await (await import("./floor")).benchFloor();
+  else await benchOps();
+  return 0;
+}
