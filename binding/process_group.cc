@@ -106,11 +106,10 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   static Napi::Value Connect(Napi::Env env, GroupPtr group, CtorRef ctor) {
     data(env).adopt_group(group);  // destroyed with the environment, which wakes a rendezvous or collective
     auto submit = [group](std::function<void()> w) { group->submit(std::move(w)); };
-    return run_queued_async(env, submit, group->connect(),
-                            [group, ctor](Napi::Env env, comm::Unit&) -> Napi::Value {
-                              Init init{group, ctor};
-                              return ctor->New({Napi::External<Init>::New(env, &init)});
-                            });
+    return run_queued_async(env, submit, group->connect(), [group, ctor](Napi::Env env, comm::Unit&) -> Napi::Value {
+      Init init{group, ctor};
+      return ctor->New({Napi::External<Init>::New(env, &init)});
+    });
   }
 
  private:
@@ -139,8 +138,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     Napi::Env env = info.Env();
     return guard(env, [&] {
       auto task = group_->all_to_all(NativeTensor::From(info[0], "x"));
-      return run(env, task,
-                 [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
+      return run(env, task, [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
     });
   }
 

@@ -109,8 +109,7 @@ Napi::Value NativeStore::Set(const Napi::CallbackInfo& info) {
       store->set(key, value);
       return Unit{};
     };
-    return run_blocking_async(env, work,
-                              [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
+    return run_blocking_async(env, work, [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
   });
 }
 
@@ -140,8 +139,7 @@ Napi::Value NativeStore::Wait(const Napi::CallbackInfo& info) {
       store->wait(keys, timeout);
       return Unit{};
     };
-    return run_blocking_async(env, work,
-                              [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
+    return run_blocking_async(env, work, [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
   });
 }
 
@@ -164,9 +162,8 @@ Napi::Value NativeStore::Add(const Napi::CallbackInfo& info) {
     if (!info[1].IsNumber()) throw make_error(env, Code::Value, "store add: expected delta to be an integer");
     int64_t delta = info[1].As<Napi::Number>().Int64Value();
     Task<int64_t> work = [store, key, delta] { return store->add(key, delta); };
-    return run_blocking_async(env, work, [](Napi::Env env, int64_t& v) -> Napi::Value {
-      return Napi::Number::New(env, double(v));
-    });
+    return run_blocking_async(
+        env, work, [](Napi::Env env, int64_t& v) -> Napi::Value { return Napi::Number::New(env, double(v)); });
   });
 }
 

@@ -113,7 +113,7 @@ void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
            int ldb, float beta, float* c, int ldc) {
   if (m == 0 || n == 0) return;
   if (work_cancelled()) return;  // nobody will read C (cpp/core/cancel.h)
-  if (k == 0) {  // BLAS leaves C alone only for beta == 1; make k == 0 mean "C = beta * C"
+  if (k == 0) {                  // BLAS leaves C alone only for beta == 1; make k == 0 mean "C = beta * C"
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < n; ++j) c[size_t(i) * ldc + j] = beta == 0.0f ? 0.0f : beta * c[size_t(i) * ldc + j];
     return;

@@ -1,7 +1,5 @@
 #include "parallel.h"
 
-#include "cancel.h"
-
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -10,6 +8,8 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "cancel.h"
 
 namespace moe {
 namespace {

@@ -53,7 +53,8 @@ async function floorOf(op: string, calls: number, fn: () => Promise<unknown>): P
 }
 
 export async function benchFloor(options: BenchFloorOptions = {}): Promise<BenchFloorResult> {
-  if (options === null || typeof options !== "object") throw invalid("an options object", "benchFloor options", options);
+  if (options === null || typeof options !== "object")
+    throw invalid("an options object", "benchFloor options", options);
   const calls = checkInteger("calls", options.calls ?? 5000, 1, 1e7);
   const log = options.log === undefined ? console.log : options.log;
 
