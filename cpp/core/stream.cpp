@@ -129,11 +129,14 @@ class Worker {
   std::thread thread_;
 };
 
+std::atomic<Worker*> started{nullptr};
+
 // Never destroyed: the thread lives as long as the process, and exiting with
 // work queued must not run destructors under a running worker.
 Worker& worker() {
   static Worker* w = [] {
     Worker* created = new Worker();
+    started.store(created);
     std::atexit(cpu_stream_shutdown);
     return created;
   }();
@@ -158,8 +161,12 @@ void cpu_stream_submit(Work work, StreamOwner owner) { worker().submit(std::move
 bool cpu_stream_run_inline(int64_t cost, const Work& work) {
   return cost <= cpu_stream_inline_limit() && worker().run_inline(work);
 }
-void cpu_stream_cancel(StreamOwner owner) { worker().cancel(owner); }
+void cpu_stream_cancel(StreamOwner owner) {
+  if (Worker* w = started.load()) w->cancel(owner);  // nothing to cancel on a stream never started
+}
 void cpu_stream_synchronize() { worker().synchronize(); }
-void cpu_stream_shutdown() { worker().shutdown(); }
+void cpu_stream_shutdown() {
+  if (Worker* w = started.load()) w->shutdown();
+}
 
 }  // namespace moe
