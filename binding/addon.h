@@ -4,16 +4,34 @@
 #include <napi.h>
 
 #include <functional>
+#include <memory>
 #include <new>
 #include <string>
+#include <unordered_set>
+#include <vector>
 
 #include "../cpp/core/error.h"
+#include "../cpp/core/tensor.h"
+#include "completions.h"
+
+namespace moe::comm {
+class ProcessGroup;
+}
 
 namespace moe::binding {
 
+// One per environment (the main thread's, each worker's). At the
+// environment's cleanup (addon.cc) its Mailbox closes, its work queued on the
+// CPU stream is dropped and its running work waited for, its process groups
+// are destroyed and the JS values of unsettled calls are freed.
 struct AddonData {
   Napi::FunctionReference error_class;  // lib/errors.ts's MoEError, handed over at start-up
   Napi::FunctionReference tensor_class;
+  Tensor* adopting = nullptr;  // the tensor NativeTensor::Adopt hands to the constructor
+  std::shared_ptr<Mailbox> mailbox;
+  std::unordered_set<JsSide*> pending;  // JS values of the calls not yet settled
+  std::vector<std::weak_ptr<comm::ProcessGroup>> groups;
+  void adopt_group(const std::shared_ptr<comm::ProcessGroup>& g);
 };
 AddonData& data(Napi::Env env);
 

@@ -9,8 +9,8 @@
 namespace moe::binding {
 
 template <class R, class ToJs>
-Napi::Value run_blocking_async(Napi::Env env, const char* name, std::function<R()> work, ToJs to_js) {
-  return settle_async<R>(env, name, comm::run_blocking, std::move(work), std::move(to_js));
+Napi::Value run_blocking_async(Napi::Env env, Task<R> work, ToJs to_js) {
+  return settle_async<R>(env, comm::run_blocking, std::move(work), std::move(to_js));
 }
 
 }  // namespace moe::binding

@@ -106,12 +106,12 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
 
   // A Promise of a new handle once `group` has connected.
   static Napi::Value Connect(Napi::Env env, GroupPtr group, CtorRef ctor) {
+    data(env).adopt_group(group);  // destroyed with the environment, which wakes a rendezvous or collective
     auto submit = [group](std::function<void()> w) { group->submit(std::move(w)); };
-    return run_queued_async(env, "moe-ep process group", submit, group->connect(),
-                            [group, ctor](Napi::Env env, comm::Unit&) -> Napi::Value {
-                              Init init{group, ctor};
-                              return ctor->New({Napi::External<Init>::New(env, &init)});
-                            });
+    return run_queued_async(env, submit, group->connect(), [group, ctor](Napi::Env env, comm::Unit&) -> Napi::Value {
+      Init init{group, ctor};
+      return ctor->New({Napi::External<Init>::New(env, &init)});
+    });
   }
 
  private:
@@ -124,7 +124,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
       if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull())
         expected = counts_arg(info[2], "recvCounts");
       auto task = group_->all_to_all_v(x, std::move(send), std::move(expected));
-      return run(env, "moe-ep allToAllV", task, [](Napi::Env env, comm::AllToAllVResult& r) -> Napi::Value {
+      return run(env, task, [](Napi::Env env, comm::AllToAllVResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("output", NativeTensor::Adopt(env, r.output));
         Napi::Array counts = Napi::Array::New(env, r.recv_counts.size());
@@ -140,8 +140,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     Napi::Env env = info.Env();
     return guard(env, [&] {
       auto task = group_->all_to_all(NativeTensor::From(info[0], "x"));
-      return run(env, "moe-ep allToAll", task,
-                 [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
+      return run(env, task, [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
     });
   }
 
@@ -176,7 +175,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     return guard(env, [&] {
       Tensor t = NativeTensor::From(info[0], "t");
       comm::ReduceOp op = comm::parse_reduce_op(info[1].IsUndefined() ? "sum" : to_string(info[1], "op"));
-      return run(env, "moe-ep allReduce", group_->all_reduce(t, op), undefined);
+      return run(env, group_->all_reduce(t, op), undefined);
     });
   }
 
@@ -189,13 +188,13 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
       if (root != std::floor(root) || !(root >= 0 && root <= INT32_MAX)) {
         throw make_error(env, Code::Value, "broadcast: expected root to be a rank");
       }
-      return run(env, "moe-ep broadcast", group_->broadcast(t, int(root)), undefined);
+      return run(env, group_->broadcast(t, int(root)), undefined);
     });
   }
 
   Napi::Value Barrier(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    return guard(env, [&] { return run(env, "moe-ep barrier", group_->barrier(), undefined); });
+    return guard(env, [&] { return run(env, group_->barrier(), undefined); });
   }
 
   // newGroup(members, { timeoutMs? }): members are ranks of this group.
@@ -252,10 +251,10 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   static Napi::Value undefined(Napi::Env env, comm::Unit&) { return env.Undefined(); }
 
   template <class R, class ToJs>
-  Napi::Value run(Napi::Env env, const char* name, Task<R> task, ToJs to_js) {
+  Napi::Value run(Napi::Env env, Task<R> task, ToJs to_js) {
     GroupPtr g = group_;
     return run_queued_async(
-        env, name, [g](std::function<void()> w) { g->submit(std::move(w)); }, std::move(task), to_js);
+        env, [g](std::function<void()> w) { g->submit(std::move(w)); }, std::move(task), to_js);
   }
 
   GroupPtr group_;

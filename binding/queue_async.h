@@ -9,8 +9,8 @@ namespace moe::binding {
 using Submit = Executor;
 
 template <class R, class ToJs>
-Napi::Value run_queued_async(Napi::Env env, const char* name, const Submit& submit, Task<R> task, ToJs to_js) {
-  return settle_async<R>(env, name, submit, std::move(task), std::move(to_js));
+Napi::Value run_queued_async(Napi::Env env, const Submit& submit, Task<R> task, ToJs to_js) {
+  return settle_async<R>(env, submit, std::move(task), std::move(to_js));
 }
 
 }  // namespace moe::binding

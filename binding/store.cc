@@ -105,12 +105,11 @@ Napi::Value NativeStore::Set(const Napi::CallbackInfo& info) {
     auto store = live(env, "set");
     std::string key = key_arg(info, 0);
     comm::Bytes value = value_arg(info[1]);
-    std::function<Unit()> work = [store, key, value = std::move(value)] {
+    Task<Unit> work = [store, key, value = std::move(value)] {
       store->set(key, value);
       return Unit{};
     };
-    return run_blocking_async(env, "moe-ep store set", work,
-                              [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
+    return run_blocking_async(env, work, [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
   });
 }
 
@@ -120,8 +119,8 @@ Napi::Value NativeStore::Get(const Napi::CallbackInfo& info) {
     auto store = live(env, "get");
     std::string key = key_arg(info, 0);
     comm::Millis timeout = timeout_arg(info, 1, store->timeout());
-    std::function<comm::Bytes()> work = [store, key, timeout] { return store->get(key, timeout); };
-    return run_blocking_async(env, "moe-ep store get", work, [](Napi::Env env, comm::Bytes& v) -> Napi::Value {
+    Task<comm::Bytes> work = [store, key, timeout] { return store->get(key, timeout); };
+    return run_blocking_async(env, work, [](Napi::Env env, comm::Bytes& v) -> Napi::Value {
       // Copied into a V8-owned buffer (external buffers are refused under Electron's memory cage).
       Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, v.size());
       if (!v.empty()) std::memcpy(ab.Data(), v.data(), v.size());
@@ -136,12 +135,11 @@ Napi::Value NativeStore::Wait(const Napi::CallbackInfo& info) {
     auto store = live(env, "wait");
     std::vector<std::string> keys = keys_arg(info[0]);
     comm::Millis timeout = timeout_arg(info, 1, store->timeout());
-    std::function<Unit()> work = [store, keys, timeout] {
+    Task<Unit> work = [store, keys, timeout] {
       store->wait(keys, timeout);
       return Unit{};
     };
-    return run_blocking_async(env, "moe-ep store wait", work,
-                              [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
+    return run_blocking_async(env, work, [](Napi::Env env, Unit&) -> Napi::Value { return env.Undefined(); });
   });
 }
 
@@ -150,8 +148,8 @@ Napi::Value NativeStore::Check(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     auto store = live(env, "check");
     std::vector<std::string> keys = keys_arg(info[0]);
-    std::function<bool()> work = [store, keys] { return store->check(keys); };
-    return run_blocking_async(env, "moe-ep store check", work,
+    Task<bool> work = [store, keys] { return store->check(keys); };
+    return run_blocking_async(env, work,
                               [](Napi::Env env, bool& v) -> Napi::Value { return Napi::Boolean::New(env, v); });
   });
 }
@@ -163,10 +161,9 @@ Napi::Value NativeStore::Add(const Napi::CallbackInfo& info) {
     std::string key = key_arg(info, 0);
     if (!info[1].IsNumber()) throw make_error(env, Code::Value, "store add: expected delta to be an integer");
     int64_t delta = info[1].As<Napi::Number>().Int64Value();
-    std::function<int64_t()> work = [store, key, delta] { return store->add(key, delta); };
-    return run_blocking_async(env, "moe-ep store add", work, [](Napi::Env env, int64_t& v) -> Napi::Value {
-      return Napi::Number::New(env, double(v));
-    });
+    Task<int64_t> work = [store, key, delta] { return store->add(key, delta); };
+    return run_blocking_async(
+        env, work, [](Napi::Env env, int64_t& v) -> Napi::Value { return Napi::Number::New(env, double(v)); });
   });
 }
 

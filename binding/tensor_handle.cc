@@ -22,12 +22,14 @@ void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
 }
 
 // new NativeTensor(dtype, shape, device, data?, dataDtype?, zero?)
-// With an External as the only argument it adopts a core tensor (see Adopt).
+// With no arguments, inside Adopt, it takes the core tensor Adopt hands over.
 NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
   Napi::Env env = info.Env();
   guard(env, [&]() -> Napi::Value {
-    if (info.Length() == 1 && info[0].IsExternal()) {
-      tensor_ = *info[0].As<Napi::External<Tensor>>().Data();
+    AddonData& d = data(env);
+    if (info.Length() == 0 && d.adopting) {
+      tensor_ = std::move(*d.adopting);
+      d.adopting = nullptr;
     } else {
       DType dtype = parse_dtype(to_string(info[0], "dtype"));
       Shape shape = to_shape(info[1], "shape");
@@ -66,8 +68,16 @@ void NativeTensor::Release(Napi::Env env) {
 }
 
 Napi::Object NativeTensor::Adopt(Napi::Env env, Tensor t) {
-  Napi::External<Tensor> ext = Napi::External<Tensor>::New(env, &t);
-  return data(env).tensor_class.New({ext});
+  AddonData& d = data(env);
+  d.adopting = &t;  // the constructor takes it: cheaper than an External, which the GC must finalize
+  try {
+    Napi::Object o = d.tensor_class.New({});
+    d.adopting = nullptr;
+    return o;
+  } catch (...) {
+    d.adopting = nullptr;
+    throw;
+  }
 }
 
 Tensor NativeTensor::From(Napi::Value v, const char* what) {

@@ -22,6 +22,7 @@ struct BlasInfo {
 const BlasInfo& blas_info();
 
 // C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, leading dimensions as in CBLAS.
+// Cancelled work (cpp/core/cancel.h) returns at once and leaves C unspecified.
 void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
            int ldb, float beta, float* c, int ldc);
 

@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "cancel.h"
+
 namespace moe {
 namespace {
 
@@ -16,6 +18,7 @@ namespace {
 // that wakes late can never touch the next region's state.
 struct Job {
   const std::function<void(int64_t, int64_t)>* fn;
+  const std::atomic<bool>* cancel = current_cancel_flag();  // the submitting thread's, for the helpers
   int64_t n, chunk;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> pending;
@@ -67,6 +70,7 @@ class Pool {
         seen = generation_;
         job = job_;
       }
+      CancelScope scope(job->cancel);
       work(*job);
     }
   }

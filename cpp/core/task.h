@@ -3,11 +3,24 @@
 // (or at once, from C). Process groups and the benchmarks hand back their
 // collectives and measurements the same way, to run on their own threads.
 #pragma once
+#include <cstdint>
 #include <functional>
 
 namespace moe {
 
+// A Task's cost when nobody estimated it: such work always runs on the stream's thread.
+constexpr int64_t kUnknownCost = INT64_MAX;
+
 template <class T>
-using Task = std::function<T()>;
+class Task : public std::function<T()> {
+ public:
+  using std::function<T()>::function;
+  Task() = default;
+
+  // Estimated work in elementary steps (about a nanosecond each on one core).
+  // The CPU stream runs small enough work at once on the caller's thread
+  // (cpp/core/stream.h); work of unknown size always goes to its thread.
+  int64_t cost = kUnknownCost;
+};
 
 }  // namespace moe

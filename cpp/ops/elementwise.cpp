@@ -15,6 +15,12 @@ namespace moe::ops {
 namespace {
 constexpr int64_t kBlock = 1 << 14;  // elements per parallel chunk (and per partial sum)
 
+int64_t total_numel(const std::vector<Tensor>& tensors) {
+  int64_t n = 0;
+  for (const Tensor& t : tensors) n += t.numel();
+  return n;
+}
+
 }  // namespace
 
 Task<Tensor> add(const Tensor& a, const Tensor& b) {
@@ -24,7 +30,7 @@ Task<Tensor> add(const Tensor& a, const Tensor& b) {
   check_shape(op, "b", b, a.shape, "like a");
   check_same_device(op, {{"a", &a}, {"b", &b}});
   if (a.device().kind == Device::CUDA) return cuda_path::add(a, b);
-  return [a, b] {
+  Task<Tensor> task = [a, b] {
     OpTimer timer("add");
     Tensor out = empty(a.dtype, a.shape, a.device());
     const bool f32 = a.dtype == DType::F32 && b.dtype == DType::F32;
@@ -45,6 +51,8 @@ Task<Tensor> add(const Tensor& a, const Tensor& b) {
     });
     return out;
   };
+  task.cost = a.numel();  // steps: about one an element
+  return task;
 }
 
 Task<bool> axpby(const Tensor& y, const Tensor& x, double alpha, double beta) {
@@ -59,7 +67,7 @@ Task<bool> axpby(const Tensor& y, const Tensor& x, double alpha, double beta) {
   check_option(op, "beta", std::isfinite(beta), "a finite number", num_str(beta));
   const float a = float(alpha), b = float(beta);
   if (y.device().kind == Device::CUDA) return cuda_path::axpby(y, x, a, b);
-  return [y, x, a, b] {
+  Task<bool> task = [y, x, a, b] {
     OpTimer timer("axpby");
     if (a == 0.0f && b == 0.0f) note_zeroed(y.bytes());
     const bool f32 = y.dtype == DType::F32 && (!x.defined() || x.dtype == DType::F32);
@@ -93,6 +101,8 @@ Task<bool> axpby(const Tensor& y, const Tensor& x, double alpha, double beta) {
     });
     return true;
   };
+  task.cost = y.numel();
+  return task;
 }
 
 Task<Tensor> sum_squares(const std::vector<Tensor>& tensors) {
@@ -106,7 +116,7 @@ Task<Tensor> sum_squares(const std::vector<Tensor>& tensors) {
   }
   if (!tensors.empty() && tensors[0].device().kind == Device::CUDA)
     return cuda_path::sum_squares(tensors, tensors[0].device());
-  return [tensors] {
+  Task<Tensor> task = [tensors] {
     OpTimer timer("sumSquares");
     double total = 0;
     for (const Tensor& t : tensors) {
@@ -127,6 +137,8 @@ Task<Tensor> sum_squares(const std::vector<Tensor>& tensors) {
     }
     return scalar_f32(float(total));
   };
+  task.cost = total_numel(tensors);
+  return task;
 }
 
 }  // namespace moe::ops

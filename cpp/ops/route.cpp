@@ -250,7 +250,7 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
     return cuda_path::route(logits, expert_bias, options);
   }
 
-  return [logits, expert_bias, o = options] {
+  Task<RouteResult> task = [logits, expert_bias, o = options] {
     OpTimer timer("route");
     const char* op = "route";
     const int64_t t = logits.dim(0), e = logits.dim(1), k = o.top_k;
@@ -347,6 +347,8 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
     *r.z_loss.data<float>() = float(z / double(t));
     return r;
   };
+  task.cost = 8 * logits.numel();  // steps: about 8 an expert score (exp, sums, top-k)
+  return task;
 }
 
 Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const Tensor& tokens_per_expert,
@@ -379,7 +381,7 @@ Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const T
     return cuda_path::route_backward(logits, indices, tokens_per_expert, dweights, options);
   }
 
-  return [logits, indices, tokens_per_expert, dweights, o = options] {
+  Task<Tensor> task = [logits, indices, tokens_per_expert, dweights, o = options] {
     OpTimer timer("routeBackward");
     const char* op = "routeBackward";
     const int64_t t = logits.dim(0), e = logits.dim(1), k = indices.dim(1);
@@ -493,6 +495,8 @@ Task<Tensor> route_backward(const Tensor& logits, const Tensor& indices, const T
     }
     return dlogits;
   };
+  task.cost = 8 * logits.numel();
+  return task;
 }
 
 }  // namespace moe::ops

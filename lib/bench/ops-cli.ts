@@ -11,6 +11,11 @@ export const BENCH_OPS_FLAGS: readonly Flag[] = [
   { name: "experts", kind: INT, value: "E", help: "experts (default 64)" },
   { name: "top-k", key: "topK", kind: INT, value: "K", help: "experts per token (default 8)" },
   { name: "runs", kind: INT, value: "R", help: "timed calls of each op; the median is reported (default 7)" },
+  {
+    name: "floor",
+    kind: { type: "boolean" },
+    help: "instead: the per-op floor, awaited add on 1 element and route on 64 x 8, top-2 (median, p90 in µs)",
+  },
 ];
 
 export function benchOpsCommand(printInfo: () => Promise<void>): Command {
@@ -19,7 +24,9 @@ export function benchOpsCommand(printInfo: () => Promise<void>): Command {
     flags: BENCH_OPS_FLAGS,
     run: async (parsed) => {
       await printInfo();
-      await benchOps(parsed.values as BenchOpsOptions);
+      const { floor, ...options } = parsed.values as BenchOpsOptions & { floor?: boolean };
+      if (floor) await (await import("./floor")).benchFloor();
+      else await benchOps(options);
       return 0;
     },
   };
