@@ -148,7 +148,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     Napi::Env env = info.Env();
     return guard(env, [&] {
       auto task = group_->all_gather_v(NativeTensor::From(info[0], "x"));
-      return run(env, "moe-ep allGatherV", task, [](Napi::Env env, comm::AllGatherVResult& r) -> Napi::Value {
+      return run(env, task, [](Napi::Env env, comm::AllGatherVResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("output", NativeTensor::Adopt(env, r.output));
         Napi::Array counts = Napi::Array::New(env, r.counts.size());
@@ -165,7 +165,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
     return guard(env, [&] {
       Tensor x = NativeTensor::From(info[0], "x");
       std::vector<int64_t> counts = counts_arg(info[1], "counts");
-      return run(env, "moe-ep reduceScatterV", group_->reduce_scatter_v(x, std::move(counts)),
+      return run(env, group_->reduce_scatter_v(x, std::move(counts)),
                  [](Napi::Env env, Tensor& out) -> Napi::Value { return NativeTensor::Adopt(env, out); });
     });
   }
