@@ -144,6 +144,8 @@ export interface NativePermuteOptions {
   numExperts: number;
   /** Absent: dropless. */
   capacityFactor?: number;
+  /** C is at least this (default 0). */
+  minCapacity?: number;
   dropPolicy: DropPolicy;
   padToCapacity: boolean;
 }
@@ -336,6 +338,16 @@ export interface Addon {
   unpermute(rows: H, pairToRow: H, weights: H): Promise<H>;
   unpermuteBackward(dy: H, rows: H, pairToRow: H, weights: H): Promise<{ dRows: H; dWeights: H }>;
 
+  // binding/residual.cc
+  residualMix(moe: H, mlp: H, logits: H, bias: H): Promise<H>;
+  residualMixBackward(
+    dy: H,
+    moe: H,
+    mlp: H,
+    logits: H,
+    bias: H,
+  ): Promise<{ dMoe: H; dMlp: H; dLogits: H; dBias: H }>;
+
   // binding/grouped_gemm.cc, activation.cc
   groupedGemm(x: H, w: H, rowsPerExpert: H, bias?: H): Promise<H>;
   groupedGemmBackward(
@@ -406,6 +418,8 @@ export const ADDON_KEYS = [
   "permuteBackward",
   "unpermute",
   "unpermuteBackward",
+  "residualMix",
+  "residualMixBackward",
   "groupedGemm",
   "groupedGemmBackward",
   "groupedGemmCudaSupport",

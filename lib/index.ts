@@ -13,6 +13,8 @@ export type { MoEStats } from "./layer/router";
 export { STAGES } from "./layer/stage-clock";
 export type { Stage, StageTimes } from "./layer/stage-clock";
 export { resolveConfig, fromForeignConfig } from "./layer/config";
+export { deepSpeedOptions, DEEPSPEED_DEFAULTS } from "./layer/deepspeed";
+export type { DeepSpeedMoEKwargs, NoisyGatePolicy } from "./layer/deepspeed";
 export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
 export type { CollectiveGroup, SplittableGroup, LayerGroups } from "./layer/group";
 export { AdamW } from "./optim/adamw";

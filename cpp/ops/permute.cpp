@@ -43,6 +43,8 @@ void check_permute_args(const Tensor& x, const Tensor& indices, const Tensor& we
   if (o.capacity_factor)
     check_option(op, "capacityFactor", std::isfinite(*o.capacity_factor) && *o.capacity_factor > 0,
                  "a finite number > 0", num_str(*o.capacity_factor));
+  check_option(op, "minCapacity", o.min_capacity >= 0 && o.min_capacity <= kMaxIndex, "an integer in [0, 2147483647]",
+               std::to_string(o.min_capacity));
   check_option(op, "padToCapacity", !o.pad_to_capacity || o.capacity_factor.has_value(),
                "false when no capacityFactor is given (padding needs a capacity)", "true");
   const int64_t pairs = x.dim(0) * indices.dim(1);
@@ -69,8 +71,10 @@ DropPolicy parse_drop_policy(const std::string& name) {
   fail(Code::Value, "permute: expected dropPolicy \"probs\" or \"position\" but received \"" + name + "\"");
 }
 
-int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor) {
-  double c = std::ceil((double(tokens) * double(top_k) / double(num_experts)) * capacity_factor);
+int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor,
+                        int64_t min_capacity) {
+  double c = std::max(std::ceil((double(tokens) * double(top_k) / double(num_experts)) * capacity_factor),
+                      double(min_capacity));
   if (!(c <= double(kMaxIndex)))
     fail(Code::Value, "permute: expected a capacity of at most 2147483647 rows per expert but capacityFactor " +
                           num_str(capacity_factor) + " gives " + num_str(c));
@@ -87,7 +91,8 @@ void check_row_map(const char* op, const int32_t* pair_to_row, int64_t pairs, in
 Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& weights, const PermuteOptions& options) {
   check_permute_args(x, indices, weights, options);
   const int64_t capacity =
-      options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts, *options.capacity_factor)
+      options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts, *options.capacity_factor,
+                                                options.min_capacity)
                               : -1;
   if (options.pad_to_capacity && capacity * options.num_experts > kMaxIndex)
     fail(Code::Value, "permute: expected numExperts * capacity <= 2147483647 padded rows but received " +

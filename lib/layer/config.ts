@@ -38,6 +38,10 @@ export interface MoELayerOptions {
   topkGroups?: number;
   /** Capacity per expert C = ceil(T·k/E · capacityFactor); absent or null: dropless. */
   capacityFactor?: number | null;
+  /** With capacityFactor: C = max(ceil(T·k/E · factor), minCapacity) (default 0; DeepSpeed's min_capacity). */
+  minCapacity?: number;
+  /** The capacity factor of evaluation-mode forwards (needs capacityFactor; default capacityFactor). */
+  evalCapacityFactor?: number;
   /** Which choices an over-full expert keeps (default "probs"). */
   dropPolicy?: DropPolicy;
   /** Every expert receives exactly C rows (needs capacityFactor; default false). */
@@ -54,6 +58,11 @@ export interface MoELayerOptions {
   bias?: boolean;
   /** Width of the shared experts' FFN, applied to every token (DeepSeekMoE); 0 or absent: none. */
   sharedExpertFF?: number;
+  /**
+   * Residual MoE (PR-MoE, DeepSpeed's use_residual): the shared experts' output is mixed with the routed
+   * output by a learned per-token two-way softmax instead of added (needs sharedExpertFF; default false).
+   */
+  residual?: boolean;
   /** dtype of the expert weights (the router is float32 always) (default "float32"). */
   dtype?: ParamDType;
   /** Default "cpu". */
@@ -82,6 +91,8 @@ export interface ResolvedMoEConfig {
   numGroups?: number;
   topkGroups?: number;
   capacityFactor?: number;
+  minCapacity: number;
+  evalCapacityFactor?: number;
   dropPolicy: DropPolicy;
   padToCapacity: boolean;
   auxLossCoef: number;
@@ -90,6 +101,7 @@ export interface ResolvedMoEConfig {
   activation: ActivationKind;
   bias: boolean;
   sharedExpertFF: number;
+  residual: boolean;
   dtype: ParamDType;
   device: DeviceName;
   seed: number;
@@ -111,6 +123,8 @@ const NATIVE_KEYS = new Set<string>([
   "numGroups",
   "topkGroups",
   "capacityFactor",
+  "minCapacity",
+  "evalCapacityFactor",
   "dropPolicy",
   "padToCapacity",
   "auxLossCoef",
@@ -119,6 +133,7 @@ const NATIVE_KEYS = new Set<string>([
   "activation",
   "bias",
   "sharedExpertFF",
+  "residual",
   "dtype",
   "device",
   "seed",
@@ -178,6 +193,24 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
       "ERR_MOE_VALUE",
     );
   }
+  const evalCapacityFactor =
+    o.evalCapacityFactor === undefined
+      ? capacityFactor
+      : checkNumber("evalCapacityFactor", o.evalCapacityFactor, (v) => v > 0, "a finite number > 0");
+  if (capacityFactor === undefined && o.evalCapacityFactor !== undefined) {
+    throw new MoEError(
+      "Expected capacityFactor with evalCapacityFactor (a dropless layer has no capacity in either mode)",
+      "ERR_MOE_VALUE",
+    );
+  }
+  const sharedExpertFF = checkInteger("sharedExpertFF", orDefault(o.sharedExpertFF, 0), 0);
+  const residual = bool("residual", o.residual, false);
+  if (residual && sharedExpertFF === 0) {
+    throw new MoEError(
+      "Expected sharedExpertFF > 0 with residual (the residual MoE mixes in the shared experts' MLP) but received 0",
+      "ERR_MOE_VALUE",
+    );
+  }
   const initStd = checkNumber("initStd", orDefault(o.initStd, 0.02), nonNegative, "a finite number >= 0");
   const device = orDefault(o.device, "cpu");
   if (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device))
@@ -200,6 +233,8 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     numGroups,
     topkGroups,
     capacityFactor,
+    minCapacity: checkInteger("minCapacity", orDefault(o.minCapacity, 0), 0, 2147483647),
+    evalCapacityFactor,
     dropPolicy: o.dropPolicy === undefined ? "probs" : checkOneOf("dropPolicy", o.dropPolicy, DROP_POLICIES),
     padToCapacity,
     auxLossCoef: checkNumber("auxLossCoef", orDefault(o.auxLossCoef, 0), nonNegative, "a finite number >= 0"),
@@ -207,7 +242,8 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     jitter: checkNumber("jitter", orDefault(o.jitter, 0), (v) => v >= 0 && v < 1, "a number in [0, 1)"),
     activation: o.activation === undefined ? "gelu" : checkOneOf("activation", o.activation, ACTIVATION_KINDS),
     bias: bool("bias", o.bias, false),
-    sharedExpertFF: checkInteger("sharedExpertFF", orDefault(o.sharedExpertFF, 0), 0),
+    sharedExpertFF,
+    residual,
     dtype: o.dtype === undefined ? "float32" : checkOneOf("dtype", o.dtype, PARAM_DTYPES),
     device: device as DeviceName,
     seed: checkInteger("seed", orDefault(o.seed, 1234), 0),

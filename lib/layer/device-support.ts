@@ -55,6 +55,7 @@ export function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
       throw unsupported('expected a "gloo" process group for CPU tensors but received an "nccl" group');
     return;
   }
+  if (c.residual) throw unsupported("the residual mix (residual: true) has no CUDA kernel; run it on the CPU");
   for (const g of layerGemms(c)) {
     const answer = groupedGemmCudaSupport({ dtype: c.dtype, k: g.k.value, n: g.n.value, needDbias: c.bias });
     if (!answer.supported) {

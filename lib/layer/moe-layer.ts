@@ -21,6 +21,7 @@ import { permute, permuteBackward, unpermute, unpermuteBackward } from "../ops/p
 import { reshape } from "../ops/view";
 import { Tensor } from "../tensor";
 import { configOf, type MoELayerOptions, type ResolvedMoEConfig } from "./config";
+import { deepSpeedOptions, type DeepSpeedMoEKwargs } from "./deepspeed";
 import { checkDeviceSupport } from "./device-support";
 import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher";
 import { ffnBackward, ffnForward, type FFNSaved } from "./experts";
@@ -33,6 +34,7 @@ import {
   type Parameter,
   type ParameterEntry,
 } from "./parameters";
+import { residualBackward, residualForward, type ResidualSaved } from "./residual";
 import { Router, type MoEStats } from "./router";
 import { stageClock, zeroTimes, type Stage, type StageTimes } from "./stage-clock";
 import { clipGradNorm } from "../optim/clip";
@@ -76,6 +78,7 @@ interface Context {
   expertOut: Tensor;
   rowsBack: Tensor;
   shared?: FFNSaved;
+  residual?: ResidualSaved;
   own: Set<Tensor>;
 }
 
@@ -150,6 +153,14 @@ export class MoELayer {
     const layer = new MoELayer(config, group);
     await layer.ready;
     return layer;
+  }
+
+  /**
+   * A layer from DeepSpeed's MoE(...) keywords, with DeepSpeed's defaults and semantics (see
+   * deepSpeedOptions and docs/deepspeed.md); group as for the constructor.
+   */
+  static fromDeepSpeed(kwargs: DeepSpeedMoEKwargs | Record<string, unknown>, group?: unknown): MoELayer {
+    return new MoELayer(deepSpeedOptions(kwargs), group);
   }
 
   private async setUp(group: unknown): Promise<void> {
@@ -272,7 +283,8 @@ export class MoELayer {
 
       const p = await permute(x, r.indices, r.weights, {
         numExperts: c.numExperts,
-        capacityFactor: c.capacityFactor,
+        capacityFactor: training ? c.capacityFactor : c.evalCapacityFactor,
+        minCapacity: c.minCapacity,
         dropPolicy: c.dropPolicy,
         padToCapacity: c.padToCapacity,
       });
@@ -310,13 +322,24 @@ export class MoELayer {
       let output = keep(await clock.timed("unpermute", () => unpermute(rowsBack, p.pairToRow, r.weights)));
 
       let shared: FFNSaved | undefined;
+      let residual: ResidualSaved | undefined;
       if (sharedRun) {
         await sharedRun;
         sharedRun = undefined;
-        const sum = keep(await clock.timed("shared", () => add(output, sharedOut!.y)));
-        own.delete(output);
-        output.dispose();
-        output = sum;
+        if (this.params.coefficient) {
+          // Residual MoE: a learned mix instead of the sum; both outputs stay for the backward.
+          const moeOut = output;
+          const mix = await clock.timed("shared", () =>
+            residualForward(x, moeOut, sharedOut!.y, this.params.coefficient!, keep),
+          );
+          output = mix.y;
+          residual = mix.saved;
+        } else {
+          const sum = keep(await clock.timed("shared", () => add(output, sharedOut!.y)));
+          own.delete(output);
+          output.dispose();
+          output = sum;
+        }
         shared = sharedOut!.saved;
       }
 
@@ -356,6 +379,7 @@ export class MoELayer {
           expertOut,
           rowsBack,
           shared,
+          residual,
           own,
         };
         this.contexts.push(ctx);
@@ -421,8 +445,16 @@ export class MoELayer {
     const grads: Array<[Parameter, Tensor | undefined]> = [];
     let dx: Tensor | undefined;
     try {
+      // Residual MoE: the mix's backward splits dy between the routed path and the MLP.
+      const mix = ctx.residual
+        ? await clock.timed("shared", () =>
+            residualBackward(gradOutput, ctx.x, ctx.residual!, this.params.coefficient!, tmp),
+          )
+        : undefined;
+      if (mix) grads.push(...mix.grads);
+      const dyRouted = mix ? mix.dMoe : gradOutput;
       const u = await clock.timed("unpermute", () =>
-        unpermuteBackward(gradOutput, ctx.rowsBack, ctx.pairToRow, ctx.weights),
+        unpermuteBackward(dyRouted, ctx.rowsBack, ctx.pairToRow, ctx.weights),
       );
       tmp(u.dRows);
       const dWeights = tmp(u.dWeights);
@@ -438,7 +470,7 @@ export class MoELayer {
         }),
         clock.timed("shared", async () => {
           if (!ctx.shared) return undefined;
-          const gs = await ffnBackward(gradOutput, ctx.shared, ffnWeights(this.params.shared!), c.activation);
+          const gs = await ffnBackward(mix ? mix.dMlp : gradOutput, ctx.shared, ffnWeights(this.params.shared!), c.activation);
           for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
           grads.push(...ffnGradients(this.params.shared!, gs));
           return gs.dx;
@@ -457,6 +489,7 @@ export class MoELayer {
         const d = await permuteBackward(dRows, ctx.pairToRow);
         await addInPlace(d, dGate);
         if (dShared) await addInPlace(d, dShared);
+        if (mix) await addInPlace(d, mix.dx);
         return d;
       });
 

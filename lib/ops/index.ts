@@ -8,4 +8,5 @@ export * from "./elementwise";
 export * from "./random";
 export * from "./chunks";
 export * from "./expert-bias";
+export * from "./residual";
 export * from "./view";
