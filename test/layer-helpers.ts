@@ -18,6 +18,7 @@ export function refConfig(layer: MoELayer, expertBias?: ArrayLike<number>): MoER
     numGroups: c.numGroups,
     topkGroups: c.topkGroups,
     capacityFactor: c.capacityFactor,
+    minCapacity: c.minCapacity,
     dropPolicy: c.dropPolicy,
     padToCapacity: c.padToCapacity,
     auxLossCoef: c.auxLossCoef,
@@ -25,6 +26,7 @@ export function refConfig(layer: MoELayer, expertBias?: ArrayLike<number>): MoER
     activation: c.activation,
     bias: c.bias,
     sharedExpertFF: c.sharedExpertFF,
+    residual: c.residual,
   };
 }
 

@@ -470,7 +470,12 @@ export class MoELayer {
         }),
         clock.timed("shared", async () => {
           if (!ctx.shared) return undefined;
-          const gs = await ffnBackward(mix ? mix.dMlp : gradOutput, ctx.shared, ffnWeights(this.params.shared!), c.activation);
+          const gs = await ffnBackward(
+            mix ? mix.dMlp : gradOutput,
+            ctx.shared,
+            ffnWeights(this.params.shared!),
+            c.activation,
+          );
           for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
           grads.push(...ffnGradients(this.params.shared!, gs));
           return gs.dx;

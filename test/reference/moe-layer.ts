@@ -10,6 +10,7 @@ import { activationBackwardRef, activationRef, isGatedKind, type Kind } from "./
 import { gateBackwardRef, gateRef } from "./gate";
 import { groupedGemmBackwardRef, groupedGemmRef } from "./grouped-gemm";
 import { permuteBackwardRef, permuteRef, unpermuteBackwardRef, unpermuteRef } from "./permute";
+import { residualCoefBackwardRef, residualCoefRef, residualMixBackwardRef, residualMixRef } from "./residual";
 import { routeBackwardRef, routeRef, type ScoreFunction } from "./route";
 
 export interface MoERefConfig {
@@ -23,6 +24,8 @@ export interface MoERefConfig {
   numGroups?: number;
   topkGroups?: number;
   capacityFactor?: number;
+  /** C = max(ceil(…), minCapacity) (default 0). */
+  minCapacity?: number;
   dropPolicy: "probs" | "position";
   padToCapacity: boolean;
   auxLossCoef: number;
@@ -30,6 +33,8 @@ export interface MoERefConfig {
   activation: Kind;
   bias: boolean;
   sharedExpertFF: number;
+  /** Residual MoE: the shared experts' output mixed in by softmax(x · coefficient.weight + coefficient.bias). */
+  residual?: boolean;
 }
 
 /** Full (unsharded) parameters, row-major, as the layer names them without their prefix. */
@@ -118,6 +123,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
     const pm = permuteRef(rank.x, rt.indices, rt.weights, T, D, k, {
       numExperts: E,
       capacityFactor: c.capacityFactor,
+      minCapacity: c.minCapacity,
       dropPolicy: c.dropPolicy,
       padToCapacity: c.padToCapacity,
     });
@@ -139,9 +145,10 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       { R, K: F, N: D, L: E },
       c.bias ? params["experts.b2"] : undefined,
     );
-    const y = unpermuteRef(ye, pm.pairToRow, rt.weights, T, k, D);
+    let y = unpermuteRef(ye, pm.pairToRow, rt.weights, T, k, D);
 
     let shared: { pre: Float64Array; h: Float64Array } | undefined;
+    let mix: { moe: Float64Array; mlp: Float64Array; coef: Float64Array } | undefined;
     if (S > 0) {
       const spre = groupedGemmRef(
         rank.x,
@@ -151,16 +158,20 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
         c.bias ? params["shared_experts.b1"] : undefined,
       );
       const sh = activationRef(spre, S1, c.activation);
-      addInto(
-        y,
-        groupedGemmRef(
-          sh,
-          params["shared_experts.w2"],
-          [T],
-          { R: T, K: S, N: D, L: 1 },
-          c.bias ? params["shared_experts.b2"] : undefined,
-        ),
+      const sy = groupedGemmRef(
+        sh,
+        params["shared_experts.w2"],
+        [T],
+        { R: T, K: S, N: D, L: 1 },
+        c.bias ? params["shared_experts.b2"] : undefined,
       );
+      if (c.residual) {
+        const coef = residualCoefRef(rank.x, params["coefficient.weight"], params["coefficient.bias"], T, D);
+        mix = { moe: y, mlp: sy, coef };
+        y = residualMixRef(y, sy, coef, T, D);
+      } else {
+        addInto(y, sy);
+      }
       shared = { pre: spre, h: sh };
     }
     out.outputs.push(y);
@@ -173,7 +184,13 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
     out.dropped.push(pm.dropped);
 
     // Backward.
-    const ub = unpermuteBackwardRef(rank.dy, ye, pm.pairToRow, rt.weights, T, k, D, R);
+    const mb = mix ? residualMixBackwardRef(rank.dy, mix.moe, mix.mlp, mix.coef, T, D) : undefined;
+    const cb = mb ? residualCoefBackwardRef(mb.dl, rank.x, params["coefficient.weight"], T, D) : undefined;
+    if (mb && cb) {
+      addInto(grads["coefficient.weight"], cb.dwc);
+      addInto(grads["coefficient.bias"], mb.dbc);
+    }
+    const ub = unpermuteBackwardRef(mb ? mb.dMoe : rank.dy, ye, pm.pairToRow, rt.weights, T, k, D, R);
     const g2 = groupedGemmBackwardRef(ub.dRows, h, params["experts.w2"], counts, { R, K: F, N: D, L: E });
     const dpre = activationBackwardRef(g2.dx, pre, F1, c.activation);
     const g1 = groupedGemmBackwardRef(dpre, pm.rows, params["experts.w1"], counts, { R, K: D, N: F1, L: E });
@@ -194,7 +211,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
     addInto(grads["router.weight"], gg.dwg);
     addInto(dx, rank.noise ? gg.dx.map((v, i) => v * rank.noise![i]) : gg.dx);
     if (shared) {
-      const s2 = groupedGemmBackwardRef(rank.dy, shared.h, params["shared_experts.w2"], [T], {
+      const s2 = groupedGemmBackwardRef(mb ? mb.dMlp : rank.dy, shared.h, params["shared_experts.w2"], [T], {
         R: T,
         K: S,
         N: D,
@@ -210,6 +227,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
         addInto(grads["shared_experts.b2"], s2.dbias);
       }
     }
+    if (cb) addInto(dx, cb.dx);
     out.dx.push(dx);
   }
   return out;

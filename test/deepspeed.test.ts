@@ -1,0 +1,394 @@
+/**
+ * DeepSpeed's MoE(...) keywords (MoELayer.fromDeepSpeed): the mapping and its
+ * defaults; min_capacity and eval_capacity_factor against the float64
+ * reference; the residual MoE (use_residual) forward, dx and every gradient
+ * against the reference in one process and over an in-process world of 2,
+ * the residualMix op against its reference, and the coefficient path's
+ * reference gradients against finite differences.
+ */
+import { MoELayer, Tensor, deepSpeedOptions, ops } from "../lib";
+import { fakeWorld } from "./fake-group";
+import { randomizeBiases, readParams, refConfig, shortName } from "./layer-helpers";
+import { moeLayerRef, moeLossRef, type MoERefParams, type MoERefRank } from "./reference/moe-layer";
+import { residualCoefRef, residualMixBackwardRef, residualMixRef } from "./reference/residual";
+import { bf16, f32, normal, relErr, tensor, values, TOL } from "./util";
+
+function expectClose(got: Tensor | ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string): void {
+  const g = got instanceof Tensor ? values(got) : got;
+  const e = relErr(g, want);
+  if (!(e < tol)) throw new Error(`${what}: relative error ${e} >= ${tol}`);
+}
+
+/** Random coefficient bias (zero at initialisation), so that its path in the forward is exercised. */
+async function randomizeCoefficientBias(layer: MoELayer, seed: number): Promise<void> {
+  const p = layer.parameters().find((q) => q.name.endsWith("coefficient.bias"));
+  if (!p) return;
+  using t = Tensor.from(Float32Array.from(f32(normal(2, seed, 0.5))), [2]);
+  await ops.copyInto(p.param, t);
+}
+
+/** Inputs per rank whose routing and drops float32 decides as float64 does. */
+function inputs(cfg: Parameters<typeof moeLayerRef>[0], params: MoERefParams, Ts: number[], D: number, seed: number) {
+  for (let s = seed; ; s += 1000) {
+    const ranks: MoERefRank[] = Ts.map((T, r) => ({
+      x: f32(normal(T * D, s + 10 * r)),
+      dy: f32(normal(T * D, s + 10 * r + 1)),
+    }));
+    const ref = moeLayerRef(cfg, params, ranks);
+    if (ref.margin > 1e-4) return { ranks, ref };
+  }
+}
+
+/**
+ * W layers from the same DeepSpeed keywords over an in-process world of W ranks (no group for 1): every
+ * rank's output, losses, counts, dx and gradients against the reference.
+ */
+async function worldParity(kwargs: Record<string, unknown>, W: number, Ts: number[], seed: number) {
+  const world = W > 1 ? fakeWorld(W) : [undefined];
+  const layers = world.map((g) => MoELayer.fromDeepSpeed(kwargs, g));
+  try {
+    await Promise.all(layers.map((l) => l.ready));
+    for (const l of layers) {
+      await randomizeBiases(l, seed + 100);
+      await randomizeCoefficientBias(l, seed + 200);
+    }
+    const P = layers[0].epSize;
+    const E = layers[0].config.numExperts;
+    const params: MoERefParams = {};
+    for (const p of layers[0].parameters()) {
+      const name = shortName(layers[0], p.name);
+      params[name] = p.expert
+        ? Float64Array.from(
+            layers.slice(0, P).flatMap((l) => Array.from(values(l.parameters().find((q) => q.name === p.name)!.param))),
+          )
+        : values(p.param);
+    }
+    const D = layers[0].config.dModel;
+    const { ranks, ref } = inputs(refConfig(layers[0]), params, Ts, D, seed);
+    const results = await Promise.all(layers.map((l, r) => l.forward(tensor(ranks[r].x, [Ts[r], D]))));
+    const dxs = await Promise.all(layers.map((l, r) => l.backward(tensor(ranks[r].dy, [Ts[r], D]))));
+    layers.forEach((l, r) => {
+      expectClose(results[r].output, ref.outputs[r], TOL.float32, `output of rank ${r}`);
+      expect(Math.abs(results[r].auxLoss - ref.aux[r])).toBeLessThanOrEqual(TOL.float32 * ref.aux[r] + 1e-12);
+      expect(results[r].stats.tokensPerExpert).toEqual(ref.tokensPerExpert);
+      expect(results[r].stats.dropped).toBe(ref.dropped.reduce((a, b) => a + b, 0));
+      expectClose(dxs[r], ref.dx[r], TOL.float32, `dx of rank ${r}`);
+      for (const p of l.parameters()) {
+        const name = shortName(l, p.name);
+        const full = ref.grads[name];
+        const per = full.length / E;
+        const want = p.expert ? full.subarray(l.firstExpert * per, (l.firstExpert + l.numLocalExperts) * per) : full;
+        expectClose(p.grad, want, TOL.float32, `grad of ${name} on rank ${r}`);
+        expect(values(p.grad).some((v) => v !== 0)).toBe(true);
+      }
+    });
+    for (const r of results) r.output.dispose();
+    for (const d of dxs) d.dispose();
+    return { ref, stats: results.map((r) => r.stats) };
+  } finally {
+    for (const l of layers) l.dispose();
+  }
+}
+
+describe("DeepSpeed's MoE(...) keywords", () => {
+  test("the defaults are DeepSpeed's: top-1 unnormalised, capacity 1.0 (eval 1.0), min_capacity 4, tokens dropped", () => {
+    const layer = MoELayer.fromDeepSpeed({ hidden_size: 16, num_experts: 4 });
+    try {
+      const c = layer.config;
+      expect(c).toMatchObject({
+        dModel: 16,
+        dFF: 64,
+        numExperts: 4,
+        topK: 1,
+        epSize: 1,
+        renormalize: false,
+        capacityFactor: 1,
+        evalCapacityFactor: 1,
+        minCapacity: 4,
+        dropPolicy: "position",
+        jitter: 0,
+        residual: false,
+        sharedExpertFF: 0,
+        scoreFunction: "softmax",
+      });
+    } finally {
+      layer.dispose();
+    }
+  });
+
+  test("each keyword maps to its option", () => {
+    expect(
+      deepSpeedOptions({
+        hidden_size: 8,
+        num_experts: 8,
+        ep_size: 2,
+        k: 2,
+        capacity_factor: 1.25,
+        eval_capacity_factor: 2,
+        min_capacity: 0,
+        noisy_gate_policy: "Jitter",
+        use_residual: true,
+        ffn_hidden_size: 12,
+        activation: "relu",
+        bias: true,
+        aux_loss_coef: 0.01,
+      }),
+    ).toEqual({
+      dModel: 8,
+      dFF: 12,
+      numExperts: 8,
+      topK: 2,
+      epSize: 2,
+      renormalize: true,
+      dropPolicy: "position",
+      capacityFactor: 1.25,
+      evalCapacityFactor: 2,
+      minCapacity: 0,
+      jitter: 0.01,
+      residual: true,
+      sharedExpertFF: 12,
+      activation: "relu",
+      bias: true,
+      auxLossCoef: 0.01,
+    });
+    // drop_tokens false: dropless, whatever the capacity keywords say.
+    const dropless = deepSpeedOptions({ hidden_size: 8, num_experts: 4, drop_tokens: false, capacity_factor: 0.5 });
+    expect(dropless.capacityFactor).toBeUndefined();
+    expect(dropless.evalCapacityFactor).toBeUndefined();
+    expect(deepSpeedOptions({ hidden_size: 8, intermediate_size: 5 }).dFF).toBe(5);
+    expect(deepSpeedOptions({ hidden_size: 8, k: 3, num_experts: 4 }).dropPolicy).toBe("probs");
+    expect(deepSpeedOptions({ hidden_size: 8, noisy_gate_policy: "None" }).jitter).toBeUndefined();
+  });
+
+  test.each([
+    [{ hidden_size: 8, expert: {} }, "ERR_MOE_VALUE", /unknown keyword "expert".*ffn_hidden_size/],
+    [{ hidden_size: 8, top_k: 2 }, "ERR_MOE_VALUE", /unknown keyword "top_k"/],
+    [{ num_experts: 2 }, "ERR_MOE_VALUE", /hidden_size/],
+    [{ hidden_size: 8, noisy_gate_policy: "RSample" }, "ERR_MOE_UNSUPPORTED", /RSample/],
+    [{ hidden_size: 8, noisy_gate_policy: "Gumbel" }, "ERR_MOE_VALUE", /noisy_gate_policy/],
+    [{ hidden_size: 8, enable_expert_tensor_parallelism: true }, "ERR_MOE_UNSUPPORTED", /enable_expert_tensor_parallelism/],
+    [{ hidden_size: 8, ffn_hidden_size: 4, intermediate_size: 4 }, "ERR_MOE_VALUE", /both/],
+    [{ hidden_size: 8, min_capacity: -1 }, "ERR_MOE_VALUE", /min_capacity/],
+    [{ hidden_size: 8, eval_capacity_factor: 0 }, "ERR_MOE_VALUE", /eval_capacity_factor/],
+    [{ hidden_size: 8, drop_tokens: "no" }, "ERR_MOE_VALUE", /drop_tokens/],
+    [{ hidden_size: 8, num_experts: 6, ep_size: 4 }, "ERR_MOE_VALUE", /epSize/],
+  ])("%j is refused with %s", (kwargs, code, message) => {
+    let err: unknown;
+    try {
+      MoELayer.fromDeepSpeed(kwargs).dispose();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ code });
+    expect(String((err as Error).message)).toMatch(message);
+  });
+
+  test("native options: residual needs the shared experts, evalCapacityFactor needs a capacity", () => {
+    expect(() => new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, residual: true })).toThrow(/sharedExpertFF/);
+    expect(() => new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, evalCapacityFactor: 2 })).toThrow(
+      /capacityFactor with evalCapacityFactor/,
+    );
+    expect(() => new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, minCapacity: 1.5 })).toThrow(/minCapacity/);
+  });
+});
+
+describe("capacity: min_capacity and eval_capacity_factor", () => {
+  test("top-1, C = max(ceil(T/E · 0.25), min_capacity 3) = 3: output, drops and gradients match the reference", async () => {
+    const { ref, stats } = await worldParity(
+      {
+        hidden_size: 12,
+        num_experts: 8,
+        k: 1,
+        capacity_factor: 0.25,
+        min_capacity: 3,
+        ffn_hidden_size: 10,
+        activation: "relu",
+        bias: true,
+        aux_loss_coef: 0.01,
+        seed: 3,
+        init_std: 0.3,
+      },
+      1,
+      [24],
+      1,
+    );
+    expect(stats[0].capacity).toBe(3);
+    expect(ref.dropped[0]).toBeGreaterThan(0);
+  });
+
+  test("top-2 (weights renormalised over the two), C = max(ceil(T/E · 2 · 0.5), 4) = 4", async () => {
+    const { ref, stats } = await worldParity(
+      { hidden_size: 12, num_experts: 8, k: 2, capacity_factor: 0.5, ffn_hidden_size: 10, seed: 4, init_std: 0.3 },
+      1,
+      [20],
+      2,
+    );
+    expect(stats[0].capacity).toBe(4);
+    expect(ref.dropped[0]).toBeGreaterThan(0);
+  });
+
+  test("evaluation forwards use eval_capacity_factor, training forwards capacity_factor", async () => {
+    const layer = MoELayer.fromDeepSpeed({
+      hidden_size: 8,
+      num_experts: 4,
+      k: 1,
+      capacity_factor: 0.5,
+      eval_capacity_factor: 1.5,
+      min_capacity: 0,
+      ffn_hidden_size: 6,
+      seed: 9,
+      init_std: 0.4,
+    });
+    try {
+      await layer.ready;
+      const params = readParams(layer);
+      const T = 32;
+      for (const [training, factor] of [
+        [false, 1.5],
+        [true, 0.5],
+      ] as const) {
+        const cfg = { ...refConfig(layer), capacityFactor: factor };
+        const { ranks, ref } = inputs(cfg, params, [T], 8, 40);
+        using x = tensor(ranks[0].x, [T, 8]);
+        const res = await layer.forward(x, { training });
+        using out = res.output;
+        expect(res.stats.capacity).toBe(Math.ceil((T / 4) * factor));
+        expect(res.stats.dropped).toBe(ref.dropped[0]);
+        expectClose(out, ref.outputs[0], TOL.float32, `output (training: ${training})`);
+        if (training) (await layer.backward(tensor(ranks[0].dy, [T, 8]))).dispose();
+      }
+    } finally {
+      layer.dispose();
+    }
+  });
+});
+
+describe("residual MoE (use_residual)", () => {
+  const kwargs = {
+    hidden_size: 12,
+    num_experts: 8,
+    ffn_hidden_size: 10,
+    use_residual: true,
+    activation: "gelu",
+    aux_loss_coef: 0.02,
+    seed: 5,
+    init_std: 0.3,
+  };
+
+  test.each([
+    ["top-1 with capacity", { k: 1 }],
+    ["top-2 dropless, bias terms, relu", { k: 2, drop_tokens: false, bias: true, activation: "relu" }],
+  ])("one process, %s: output, dx and every gradient (coefficient included) match the reference", async (_n, extra) => {
+    await worldParity({ ...kwargs, ...extra }, 1, [40], 7);
+  });
+
+  test("an in-process world of 2 ranks, ep_size 2: every rank matches the reference", async () => {
+    await worldParity({ ...kwargs, k: 2, ep_size: 2, bias: true }, 2, [20, 28], 11);
+  });
+
+  test("the reference's coefficient gradients equal finite differences of its loss", () => {
+    const cfg = {
+      dModel: 5,
+      dFF: 4,
+      numExperts: 4,
+      topK: 2,
+      scoreFunction: "softmax" as const,
+      renormalize: true,
+      dropPolicy: "position" as const,
+      padToCapacity: false,
+      auxLossCoef: 0,
+      zLossCoef: 0,
+      activation: "gelu" as const,
+      bias: false,
+      sharedExpertFF: 4,
+      residual: true,
+    };
+    const D = 5;
+    const sizes: Record<string, number> = {
+      "router.weight": D * 4,
+      "experts.w1": 4 * D * 4,
+      "experts.w2": 4 * 4 * D,
+      "shared_experts.w1": D * 4,
+      "shared_experts.w2": 4 * D,
+      "coefficient.weight": D * 2,
+      "coefficient.bias": 2,
+    };
+    const params: MoERefParams = {};
+    let s = 50;
+    for (const [n, len] of Object.entries(sizes)) params[n] = normal(len, s++, 0.5);
+    const T = 6;
+    const ranks = [{ x: normal(T * D, 60), dy: normal(T * D, 61) }];
+    const ref = moeLayerRef(cfg, params, ranks);
+    const h = 1e-6;
+    for (const name of ["coefficient.weight", "coefficient.bias"]) {
+      const fd = params[name].map((_, i) => {
+        const p = params[name];
+        const keep = p[i];
+        p[i] = keep + h;
+        const up = moeLossRef(cfg, params, ranks);
+        p[i] = keep - h;
+        const down = moeLossRef(cfg, params, ranks);
+        p[i] = keep;
+        return (up - down) / (2 * h);
+      });
+      expect(relErr(ref.grads[name], fd)).toBeLessThan(1e-6);
+    }
+    const fdx = ranks[0].x.map((_, i) => {
+      const keep = ranks[0].x[i];
+      ranks[0].x[i] = keep + h;
+      const up = moeLossRef(cfg, params, ranks);
+      ranks[0].x[i] = keep - h;
+      const down = moeLossRef(cfg, params, ranks);
+      ranks[0].x[i] = keep;
+      return (up - down) / (2 * h);
+    });
+    expect(relErr(ref.dx[0], fdx)).toBeLessThan(1e-6);
+  });
+});
+
+describe("residualMix op", () => {
+  const T = 9;
+  const D = 7;
+  const moe = f32(normal(T * D, 1));
+  const mlp = f32(normal(T * D, 2));
+  const logits = f32(normal(T * 2, 3, 2));
+  const bias = f32(normal(2, 4));
+  const dy = f32(normal(T * D, 5));
+  // The reference takes x · Wc + bc: with x = the logits and Wc = I it sees the logits themselves.
+  const c = residualCoefRef(logits, [1, 0, 0, 1], bias, T, 2);
+
+  test.each(["float32", "bfloat16"] as const)("%s: forward and backward against the reference", async (dtype) => {
+    const round = dtype === "bfloat16" ? bf16 : (a: Float64Array) => a;
+    const [m, p, g] = [round(moe), round(mlp), round(dy)];
+    const tol = dtype === "bfloat16" ? TOL.bfloat16 : TOL.float32;
+    using tm = tensor(m, [T, D], dtype);
+    using tp = tensor(p, [T, D], dtype);
+    using tl = tensor(logits, [T, 2]);
+    using tb = tensor(bias, [2]);
+    using y = await ops.residualMix(tm, tp, tl, tb);
+    expect(y.dtype).toBe(dtype);
+    expectClose(y, residualMixRef(m, p, c, T, D), tol, "y");
+    using tg = tensor(g, [T, D], dtype);
+    const grads = await ops.residualMixBackward(tg, tm, tp, tl, tb);
+    const ref = residualMixBackwardRef(g, m, p, c, T, D);
+    expectClose(grads.dLogits, ref.dl, tol, "dLogits");
+    expectClose(grads.dMoe, ref.dMoe, tol, "dMoe");
+    expectClose(grads.dMlp, ref.dMlp, tol, "dMlp");
+    expectClose(grads.dBias, ref.dbc, tol, "dBias");
+    for (const t of Object.values(grads)) t.dispose();
+  });
+
+  test("bad arguments are typed errors naming what was expected", async () => {
+    using tm = tensor(moe, [T, D]);
+    using tb16 = tensor(mlp, [T, D], "bfloat16");
+    using tl = tensor(logits, [T, 2]);
+    using tb = tensor(bias, [2]);
+    using wrong = tensor(logits, [2, T]);
+    await expect(ops.residualMix(tm, tb16, tl, tb)).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
+    await expect(ops.residualMix(tm, tm, wrong, tb)).rejects.toMatchObject({
+      code: "ERR_MOE_SHAPE",
+      message: expect.stringMatching(/\[tokens, 2\]/),
+    });
+    await expect(ops.residualMix(tm, tm, tl, tl)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
+  });
+});
