@@ -26,6 +26,7 @@
 #include "../../cpp/ops/grouped_gemm.h"
 #include "../../cpp/ops/permute.h"
 #include "../../cpp/ops/random.h"
+#include "../../cpp/ops/residual.h"
 #include "../../cpp/ops/route.h"
 #include "../../cpp/ops/unpermute.h"
 #include "moe_ep.h"
@@ -235,6 +236,7 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       // ASan aborts instead of throwing std::bad_alloc; such counts are tried at 2^20, the refused ones as drawn.
       if (o.num_experts > (int64_t(1) << 20) && o.num_experts <= INT32_MAX) o.num_experts = int64_t(1) << 20;
       if (r.flag()) o.capacity_factor = r.number();
+      if (r.flag()) o.min_capacity = r.dim();
       o.drop_policy = r.flag() ? ops::DropPolicy::Probs : ops::DropPolicy::Position;
       o.pad_to_capacity = r.flag();
       core("permute", [&] { ops::permute(t(), t(), t(), o)(); });
@@ -245,6 +247,8 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       break;
     case 2:
       core("unpermute", [&] { ops::unpermute(t(), t(), t())(); });
+      core("residualMix", [&] { ops::residual_mix(t(), t(), t(), t())(); });
+      core("residualMixBackward", [&] { ops::residual_mix_backward(t(), t(), t(), t(), t())(); });
       break;
     case 3:
       core("unpermuteBackward", [&] { ops::unpermute_backward(t(), t(), t(), t())(); });
