@@ -340,13 +340,7 @@ export interface Addon {
 
   // binding/residual.cc
   residualMix(moe: H, mlp: H, logits: H, bias: H): Promise<H>;
-  residualMixBackward(
-    dy: H,
-    moe: H,
-    mlp: H,
-    logits: H,
-    bias: H,
-  ): Promise<{ dMoe: H; dMlp: H; dLogits: H; dBias: H }>;
+  residualMixBackward(dy: H, moe: H, mlp: H, logits: H, bias: H): Promise<{ dMoe: H; dMlp: H; dLogits: H; dBias: H }>;
 
   // binding/grouped_gemm.cc, activation.cc
   groupedGemm(x: H, w: H, rowsPerExpert: H, bias?: H): Promise<H>;

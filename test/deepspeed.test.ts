@@ -166,7 +166,11 @@ describe("DeepSpeed's MoE(...) keywords", () => {
     [{ num_experts: 2 }, "ERR_MOE_VALUE", /hidden_size/],
     [{ hidden_size: 8, noisy_gate_policy: "RSample" }, "ERR_MOE_UNSUPPORTED", /RSample/],
     [{ hidden_size: 8, noisy_gate_policy: "Gumbel" }, "ERR_MOE_VALUE", /noisy_gate_policy/],
-    [{ hidden_size: 8, enable_expert_tensor_parallelism: true }, "ERR_MOE_UNSUPPORTED", /enable_expert_tensor_parallelism/],
+    [
+      { hidden_size: 8, enable_expert_tensor_parallelism: true },
+      "ERR_MOE_UNSUPPORTED",
+      /enable_expert_tensor_parallelism/,
+    ],
     [{ hidden_size: 8, ffn_hidden_size: 4, intermediate_size: 4 }, "ERR_MOE_VALUE", /both/],
     [{ hidden_size: 8, min_capacity: -1 }, "ERR_MOE_VALUE", /min_capacity/],
     [{ hidden_size: 8, eval_capacity_factor: 0 }, "ERR_MOE_VALUE", /eval_capacity_factor/],

@@ -90,10 +90,9 @@ void check_row_map(const char* op, const int32_t* pair_to_row, int64_t pairs, in
 
 Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& weights, const PermuteOptions& options) {
   check_permute_args(x, indices, weights, options);
-  const int64_t capacity =
-      options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts, *options.capacity_factor,
-                                                options.min_capacity)
-                              : -1;
+  const int64_t capacity = options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts,
+                                                                     *options.capacity_factor, options.min_capacity)
+                                                   : -1;
   if (options.pad_to_capacity && capacity * options.num_experts > kMaxIndex)
     fail(Code::Value, "permute: expected numExperts * capacity <= 2147483647 padded rows but received " +
                           std::to_string(options.num_experts) + " * " + std::to_string(capacity));

@@ -12,10 +12,10 @@ namespace moe::ops {
 Task<Tensor> residual_mix(const Tensor& moe, const Tensor& mlp, const Tensor& logits, const Tensor& bias);
 
 struct ResidualMixGrads {
-  Tensor d_moe;    // [tokens, dModel], moe's dtype: c0 · dy
-  Tensor d_mlp;    // [tokens, dModel], moe's dtype: c1 · dy
-  Tensor d_logits; // float32 [tokens, 2]
-  Tensor d_bias;   // float32 [2]
+  Tensor d_moe;     // [tokens, dModel], moe's dtype: c0 · dy
+  Tensor d_mlp;     // [tokens, dModel], moe's dtype: c1 · dy
+  Tensor d_logits;  // float32 [tokens, 2]
+  Tensor d_bias;    // float32 [2]
 };
 Task<ResidualMixGrads> residual_mix_backward(const Tensor& dy, const Tensor& moe, const Tensor& mlp,
                                              const Tensor& logits, const Tensor& bias);
