@@ -1,3 +1,4 @@
+#include "../cpp/ops/kept_weights.h"
 #include "../cpp/ops/residual.h"
 
 #include "addon.h"
@@ -33,9 +34,29 @@ Napi::Value residual_mix_backward(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value renormalize_kept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    auto task = ops::renormalize_kept(NativeTensor::From(info[0], "weights"), NativeTensor::From(info[1], "pairToRow"));
+    return run_async(env, task, [](Napi::Env env, Tensor& w) -> Napi::Value { return NativeTensor::Adopt(env, w); });
+  });
+}
+
+Napi::Value renormalize_kept_backward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    auto task =
+        ops::renormalize_kept_backward(NativeTensor::From(info[0], "weights"), NativeTensor::From(info[1], "pairToRow"),
+                                       NativeTensor::From(info[2], "dKept"));
+    return run_async(env, task, [](Napi::Env env, Tensor& d) -> Napi::Value { return NativeTensor::Adopt(env, d); });
+  });
+}
+
 Registration reg([](Napi::Env env, Napi::Object exports) {
   exports.Set("residualMix", Napi::Function::New(env, residual_mix));
   exports.Set("residualMixBackward", Napi::Function::New(env, residual_mix_backward));
+  exports.Set("renormalizeKept", Napi::Function::New(env, renormalize_kept));
+  exports.Set("renormalizeKeptBackward", Napi::Function::New(env, renormalize_kept_backward));
 });
 
 }  // namespace

@@ -339,6 +339,8 @@ export interface Addon {
   unpermuteBackward(dy: H, rows: H, pairToRow: H, weights: H): Promise<{ dRows: H; dWeights: H }>;
 
   // binding/residual.cc
+  renormalizeKept(weights: H, pairToRow: H): Promise<H>;
+  renormalizeKeptBackward(weights: H, pairToRow: H, dKept: H): Promise<H>;
   residualMix(moe: H, mlp: H, logits: H, bias: H): Promise<H>;
   residualMixBackward(dy: H, moe: H, mlp: H, logits: H, bias: H): Promise<{ dMoe: H; dMlp: H; dLogits: H; dBias: H }>;
 
@@ -414,6 +416,8 @@ export const ADDON_KEYS = [
   "unpermuteBackward",
   "residualMix",
   "residualMixBackward",
+  "renormalizeKept",
+  "renormalizeKeptBackward",
   "groupedGemm",
   "groupedGemmBackward",
   "groupedGemmCudaSupport",

@@ -10,6 +10,7 @@ import { MoELayer, Tensor, deepSpeedOptions, ops } from "../lib";
 import { fakeWorld } from "./fake-group";
 import { randomizeBiases, readParams, refConfig, shortName } from "./layer-helpers";
 import { moeLayerRef, moeLossRef, type MoERefParams, type MoERefRank } from "./reference/moe-layer";
+import { renormalizeKeptBackwardRef, renormalizeKeptRef } from "./reference/kept-weights";
 import { residualCoefRef, residualMixBackwardRef, residualMixRef } from "./reference/residual";
 import { bf16, f32, normal, relErr, tensor, values, TOL } from "./util";
 
@@ -102,6 +103,7 @@ describe("DeepSpeed's MoE(...) keywords", () => {
         topK: 1,
         epSize: 1,
         renormalize: false,
+        renormalizeKept: false,
         capacityFactor: 1,
         evalCapacityFactor: 1,
         minCapacity: 4,
@@ -139,7 +141,8 @@ describe("DeepSpeed's MoE(...) keywords", () => {
       numExperts: 8,
       topK: 2,
       epSize: 2,
-      renormalize: true,
+      renormalize: false,
+      renormalizeKept: true,
       dropPolicy: "position",
       capacityFactor: 1.25,
       evalCapacityFactor: 2,
@@ -193,6 +196,12 @@ describe("DeepSpeed's MoE(...) keywords", () => {
       /capacityFactor with evalCapacityFactor/,
     );
     expect(() => new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, minCapacity: 1.5 })).toThrow(/minCapacity/);
+    expect(() => new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, renormalizeKept: true, renormalize: true })).toThrow(
+      /renormalize false with renormalizeKept/,
+    );
+    const kept = new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, renormalizeKept: true });
+    expect(kept.config.renormalize).toBe(false);
+    kept.dispose();
   });
 });
 
@@ -220,7 +229,7 @@ describe("capacity: min_capacity and eval_capacity_factor", () => {
     expect(ref.dropped[0]).toBeGreaterThan(0);
   });
 
-  test("top-2 (weights renormalised over the two), C = max(ceil(T/E · 2 · 0.5), 4) = 4", async () => {
+  test("top-2, C = max(ceil(T/E · 2 · 0.5), 4) = 4, weights renormalised over the kept choices", async () => {
     const { ref, stats } = await worldParity(
       { hidden_size: 12, num_experts: 8, k: 2, capacity_factor: 0.5, ffn_hidden_size: 10, seed: 4, init_std: 0.3 },
       1,
@@ -394,5 +403,86 @@ describe("residualMix op", () => {
       message: expect.stringMatching(/\[tokens, 2\]/),
     });
     await expect(ops.residualMix(tm, tm, tl, tl)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
+  });
+});
+
+describe("top-k weights renormalised over the kept choices", () => {
+  test("renormalizeKept and its backward against the reference: kept, partly dropped, all dropped, clamped", async () => {
+    const T = 5;
+    const k = 3;
+    const w = f32([0.5, 0.3, 0.1, 0.2, 0.2, 0.05, 0.6, 0.1, 0.1, 0.3, 0.3, 0.3, 1e-8, 2e-8, 0.5]);
+    const p = [0, 1, 2, -1, 3, 4, -1, -1, -1, 5, -1, 6, 7, 8, -1];
+    const g = f32(normal(T * k, 3));
+    using tw = tensor(w, [T, k]);
+    using tp = Tensor.from(Int32Array.from(p), [T, k], { dtype: "int32" });
+    using tg = tensor(g, [T, k]);
+    using out = await ops.renormalizeKept(tw, tp);
+    expectClose(out, renormalizeKeptRef(w, p, T, k), TOL.float32, "renormalizeKept");
+    const v = values(out);
+    expect(v[1 * k + 0]).toBe(0);
+    expect(v.subarray(2 * k, 3 * k)).toEqual(new Float64Array(3));
+    expect(v[0] + v[1] + v[2]).toBeCloseTo(1, 6);
+    using d = await ops.renormalizeKeptBackward(tw, tp, tg);
+    expectClose(d, renormalizeKeptBackwardRef(w, p, g, T, k), TOL.float32, "renormalizeKeptBackward");
+    // The reference's Jacobian against finite differences, where S is above the clamp.
+    const h = 1e-7;
+    const dRef = renormalizeKeptBackwardRef(w, p, g, T, k);
+    const loss = (ww: Float64Array) => renormalizeKeptRef(ww, p, T, k).reduce((a, x, i) => a + x * g[i], 0);
+    for (let i = 0; i < 3 * k; i++) {
+      const up = Float64Array.from(w);
+      const down = Float64Array.from(w);
+      up[i] += h;
+      down[i] -= h;
+      expect(Math.abs((loss(up) - loss(down)) / (2 * h) - dRef[i])).toBeLessThan(1e-6);
+    }
+  });
+
+  test("bad arguments are typed errors", async () => {
+    using tw = tensor([0.5, 0.5], [1, 2]);
+    using tp = Tensor.from(Int32Array.of(0, 1), [1, 2], { dtype: "int32" });
+    using wrong = Tensor.from(Int32Array.of(0, 1, 2), [1, 3], { dtype: "int32" });
+    await expect(ops.renormalizeKept(tw, wrong)).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
+    await expect(ops.renormalizeKept(tp, tp)).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
+    await expect(ops.renormalizeKeptBackward(tw, tp, tp)).rejects.toMatchObject({ code: "ERR_MOE_DTYPE" });
+  });
+
+  test("the reference layer's router gradient with drops and kept renormalisation equals finite differences", () => {
+    const cfg = {
+      dModel: 5,
+      dFF: 4,
+      numExperts: 4,
+      topK: 2,
+      scoreFunction: "softmax" as const,
+      renormalize: false,
+      renormalizeKept: true,
+      capacityFactor: 0.5,
+      dropPolicy: "position" as const,
+      padToCapacity: false,
+      auxLossCoef: 0.01,
+      zLossCoef: 0,
+      activation: "gelu" as const,
+      bias: false,
+      sharedExpertFF: 0,
+    };
+    const params: MoERefParams = {
+      "router.weight": normal(20, 70, 0.5),
+      "experts.w1": normal(80, 71, 0.5),
+      "experts.w2": normal(80, 72, 0.5),
+    };
+    const ranks = [{ x: normal(40, 73), dy: normal(40, 74) }];
+    const ref = moeLayerRef(cfg, params, ranks);
+    expect(ref.dropped[0]).toBeGreaterThan(0);
+    const h = 1e-6;
+    const p = params["router.weight"];
+    const fd = p.map((_, i) => {
+      const keep = p[i];
+      p[i] = keep + h;
+      const up = moeLossRef(cfg, params, ranks);
+      p[i] = keep - h;
+      const down = moeLossRef(cfg, params, ranks);
+      p[i] = keep;
+      return (up - down) / (2 * h);
+    });
+    expect(relErr(ref.grads["router.weight"], fd)).toBeLessThan(1e-6);
   });
 });

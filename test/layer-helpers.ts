@@ -14,6 +14,7 @@ export function refConfig(layer: MoELayer, expertBias?: ArrayLike<number>): MoER
     topK: c.topK,
     scoreFunction: c.scoreFunction,
     renormalize: c.renormalize,
+    renormalizeKept: c.renormalizeKept,
     expertBias,
     numGroups: c.numGroups,
     topkGroups: c.topkGroups,

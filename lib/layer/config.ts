@@ -26,8 +26,10 @@ export interface MoELayerOptions {
   epSize?: number;
   /** Router scores (default "softmax"). */
   scoreFunction?: ScoreFunction;
-  /** Renormalise the k weights of a token to sum to 1 (default: topK > 1). */
+  /** Renormalise the k weights of a token to sum to 1 (default: topK > 1, false with renormalizeKept). */
   renormalize?: boolean;
+  /** Renormalise the weights over the choices that survive capacity, after dropping (DeepSpeed; default false). */
+  renormalizeKept?: boolean;
   /** Aux-loss-free balancing (DeepSeek-V3): a bias b[E] added to the scores for the choice only (default false). */
   expertBias?: boolean;
   /** The bias's step: b_e += rate · sign(mean load − load_e) per updateExpertBias() (default 1e-3). */
@@ -86,6 +88,7 @@ export interface ResolvedMoEConfig {
   epSize: number;
   scoreFunction: ScoreFunction;
   renormalize: boolean;
+  renormalizeKept: boolean;
   expertBias: boolean;
   expertBiasUpdateRate: number;
   numGroups?: number;
@@ -118,6 +121,7 @@ const NATIVE_KEYS = new Set<string>([
   "epSize",
   "scoreFunction",
   "renormalize",
+  "renormalizeKept",
   "expertBias",
   "expertBiasUpdateRate",
   "numGroups",
@@ -211,6 +215,14 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
       "ERR_MOE_VALUE",
     );
   }
+  const renormalizeKept = bool("renormalizeKept", o.renormalizeKept, false);
+  const renormalize = bool("renormalize", o.renormalize, topK > 1 && !renormalizeKept);
+  if (renormalizeKept && renormalize) {
+    throw new MoEError(
+      "Expected renormalize false with renormalizeKept (the weights are renormalised after capacity instead) but received true",
+      "ERR_MOE_VALUE",
+    );
+  }
   const initStd = checkNumber("initStd", orDefault(o.initStd, 0.02), nonNegative, "a finite number >= 0");
   const device = orDefault(o.device, "cpu");
   if (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device))
@@ -222,7 +234,8 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     topK,
     epSize,
     scoreFunction,
-    renormalize: bool("renormalize", o.renormalize, topK > 1),
+    renormalize,
+    renormalizeKept,
     expertBias: bool("expertBias", o.expertBias, false),
     expertBiasUpdateRate: checkNumber(
       "expertBiasUpdateRate",

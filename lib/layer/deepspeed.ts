@@ -178,12 +178,14 @@ export function deepSpeedOptions(kwargs: DeepSpeedMoEKwargs | Record<string, unk
     numExperts,
     topK,
     epSize,
-    // Top-1: the weight is the chosen expert's softmax probability; k >= 2: the k weights sum to 1.
-    renormalize: topK > 1,
+    // Top-1: the weight is the chosen expert's softmax probability; k >= 2: the kept weights of a
+    // token sum to 1, renormalised after capacity (top2gating, topkgating).
+    renormalize: false,
     // DeepSpeed keeps the first tokens in order for k <= 2 (top1gating without random token
     // selection, top2gating's locations) and the most probable for k > 2 (topkgating's "probs").
     dropPolicy: topK <= 2 ? "position" : "probs",
   };
+  if (topK > 1) out.renormalizeKept = true;
   if (dropTokens) {
     out.capacityFactor = capacityFactor;
     out.evalCapacityFactor = evalCapacityFactor;

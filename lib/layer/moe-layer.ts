@@ -17,6 +17,7 @@
  */
 import { MoEError, invalid } from "../errors";
 import { addInPlace, add } from "../ops/elementwise";
+import { renormalizeKept, renormalizeKeptBackward } from "../ops/kept-weights";
 import { permute, permuteBackward, unpermute, unpermuteBackward } from "../ops/permute";
 import { reshape } from "../ops/view";
 import { Tensor } from "../tensor";
@@ -69,7 +70,9 @@ interface Context {
   jitterSlice: number;
   logits: Tensor;
   indices: Tensor;
+  /** The weights unpermute takes, and route's own (the same tensor unless renormalizeKept). */
   weights: Tensor;
+  routeWeights: Tensor;
   tokensPerExpert: Tensor;
   pairToRow: Tensor;
   plan: DispatchPlan;
@@ -289,6 +292,7 @@ export class MoELayer {
         padToCapacity: c.padToCapacity,
       });
       for (const t of [p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair]) keep(t);
+      const weights = c.renormalizeKept ? keep(await renormalizeKept(r.weights, p.pairToRow)) : r.weights;
       tick("permute");
 
       // The shared experts need only x: they run on the CPU stream while the rows travel.
@@ -319,7 +323,7 @@ export class MoELayer {
 
       const rowsBack = keep(await clock.timed("combine", () => combine(expertOut, plan, groups.ep)));
 
-      let output = keep(await clock.timed("unpermute", () => unpermute(rowsBack, p.pairToRow, r.weights)));
+      let output = keep(await clock.timed("unpermute", () => unpermute(rowsBack, p.pairToRow, weights)));
 
       let shared: FFNSaved | undefined;
       let residual: ResidualSaved | undefined;
@@ -370,7 +374,8 @@ export class MoELayer {
           jitterSlice,
           logits,
           indices: r.indices,
-          weights: r.weights,
+          weights,
+          routeWeights: r.weights,
           tokensPerExpert: r.tokensPerExpert,
           pairToRow: p.pairToRow,
           plan,
@@ -457,7 +462,11 @@ export class MoELayer {
         unpermuteBackward(dyRouted, ctx.rowsBack, ctx.pairToRow, ctx.weights),
       );
       tmp(u.dRows);
-      const dWeights = tmp(u.dWeights);
+      tmp(u.dWeights);
+      const dWeights =
+        ctx.weights === ctx.routeWeights
+          ? u.dWeights
+          : tmp(await renormalizeKeptBackward(ctx.routeWeights, ctx.pairToRow, u.dWeights));
 
       // The combine's gradient travels the dispatch's way; meanwhile the CPU stream runs the
       // router's and the shared experts' backward, which need nothing from the experts.

@@ -9,4 +9,5 @@ export * from "./random";
 export * from "./chunks";
 export * from "./expert-bias";
 export * from "./residual";
+export * from "./kept-weights";
 export * from "./view";

@@ -9,6 +9,7 @@
 import { activationBackwardRef, activationRef, isGatedKind, type Kind } from "./activation";
 import { gateBackwardRef, gateRef } from "./gate";
 import { groupedGemmBackwardRef, groupedGemmRef } from "./grouped-gemm";
+import { renormalizeKeptBackwardRef, renormalizeKeptRef } from "./kept-weights";
 import { permuteBackwardRef, permuteRef, unpermuteBackwardRef, unpermuteRef } from "./permute";
 import { residualCoefBackwardRef, residualCoefRef, residualMixBackwardRef, residualMixRef } from "./residual";
 import { routeBackwardRef, routeRef, type ScoreFunction } from "./route";
@@ -20,6 +21,8 @@ export interface MoERefConfig {
   topK: number;
   scoreFunction: ScoreFunction;
   renormalize: boolean;
+  /** Renormalise the weights over the kept choices, after capacity. */
+  renormalizeKept?: boolean;
   expertBias?: ArrayLike<number>;
   numGroups?: number;
   topkGroups?: number;
@@ -145,7 +148,8 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       { R, K: F, N: D, L: E },
       c.bias ? params["experts.b2"] : undefined,
     );
-    let y = unpermuteRef(ye, pm.pairToRow, rt.weights, T, k, D);
+    const weights = c.renormalizeKept ? renormalizeKeptRef(rt.weights, pm.pairToRow, T, k) : rt.weights;
+    let y = unpermuteRef(ye, pm.pairToRow, weights, T, k, D);
 
     let shared: { pre: Float64Array; h: Float64Array } | undefined;
     let mix: { moe: Float64Array; mlp: Float64Array; coef: Float64Array } | undefined;
@@ -190,7 +194,10 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       addInto(grads["coefficient.weight"], cb.dwc);
       addInto(grads["coefficient.bias"], mb.dbc);
     }
-    const ub = unpermuteBackwardRef(mb ? mb.dMoe : rank.dy, ye, pm.pairToRow, rt.weights, T, k, D, R);
+    const ub = unpermuteBackwardRef(mb ? mb.dMoe : rank.dy, ye, pm.pairToRow, weights, T, k, D, R);
+    const dWeights = c.renormalizeKept
+      ? renormalizeKeptBackwardRef(rt.weights, pm.pairToRow, ub.dWeights, T, k)
+      : ub.dWeights;
     const g2 = groupedGemmBackwardRef(ub.dRows, h, params["experts.w2"], counts, { R, K: F, N: D, L: E });
     const dpre = activationBackwardRef(g2.dx, pre, F1, c.activation);
     const g1 = groupedGemmBackwardRef(dpre, pm.rows, params["experts.w1"], counts, { R, K: D, N: F1, L: E });
@@ -201,7 +208,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       addInto(grads["experts.b2"], g2.dbias);
     }
     const dx = permuteBackwardRef(g1.dx, pm.pairToRow, T, k, D);
-    const dl = routeBackwardRef(logits, T, E, rt.indices, rt.tokensPerExpert, ub.dWeights, {
+    const dl = routeBackwardRef(logits, T, E, rt.indices, rt.tokensPerExpert, dWeights, {
       scoreFunction: c.scoreFunction,
       renormalize: c.renormalize,
       auxLossGrad: c.auxLossCoef * lossScale,
