@@ -207,6 +207,23 @@ const opRows: Row[] = [
     (d, m, p, l, b) => ops.residualMixBackward(asT(d), asT(m), asT(p), asT(l), asT(b)),
   ),
   ...generate(
+    "ops.renormalizeKept",
+    [
+      T("weights", "weights", { wrongDtype: "int32", fixedRank: true }),
+      T("pairToRow", "pairToRow", { wrongDtype: "float32", fixedRank: true }),
+    ],
+    (w, p) => ops.renormalizeKept(asT(w), asT(p)),
+  ),
+  ...generate(
+    "ops.renormalizeKeptBackward",
+    [
+      T("weights", "weights", { wrongDtype: "int32", fixedRank: true }),
+      T("pairToRow", "pairToRow", { wrongDtype: "float32", fixedRank: true }),
+      T("dKept", "weights", { wrongDtype: "int32", fixedRank: true }),
+    ],
+    (w, p, d) => ops.renormalizeKeptBackward(asT(w), asT(p), asT(d)),
+  ),
+  ...generate(
     "ops.groupedGemm",
     [
       T("x", "gx", { wrongDtype: "int32", fixedRank: true }),

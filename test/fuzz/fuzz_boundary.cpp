@@ -24,6 +24,7 @@
 #include "../../cpp/ops/elementwise.h"
 #include "../../cpp/ops/gate.h"
 #include "../../cpp/ops/grouped_gemm.h"
+#include "../../cpp/ops/kept_weights.h"
 #include "../../cpp/ops/permute.h"
 #include "../../cpp/ops/random.h"
 #include "../../cpp/ops/residual.h"
@@ -249,6 +250,8 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       core("unpermute", [&] { ops::unpermute(t(), t(), t())(); });
       core("residualMix", [&] { ops::residual_mix(t(), t(), t(), t())(); });
       core("residualMixBackward", [&] { ops::residual_mix_backward(t(), t(), t(), t(), t())(); });
+      core("renormalizeKept", [&] { ops::renormalize_kept(t(), t())(); });
+      core("renormalizeKeptBackward", [&] { ops::renormalize_kept_backward(t(), t(), t())(); });
       break;
     case 3:
       core("unpermuteBackward", [&] { ops::unpermute_backward(t(), t(), t(), t())(); });
