@@ -122,6 +122,7 @@ export interface NativeChoiceOptions {
 export interface NativeRouteOptions extends NativeChoiceOptions {
   scoreFunction: ScoreFunction;
   renormalize: boolean;
+  selectionNoise?: H;
 }
 
 export interface NativeRouteResult {

@@ -12,6 +12,8 @@ import { randomizeBiases, readParams, refConfig, shortName } from "./layer-helpe
 import { moeLayerRef, moeLossRef, type MoERefParams, type MoERefRank } from "./reference/moe-layer";
 import { renormalizeKeptBackwardRef, renormalizeKeptRef } from "./reference/kept-weights";
 import { residualCoefRef, residualMixBackwardRef, residualMixRef } from "./reference/residual";
+import { fillRandomRef, fnv1a } from "./reference/random";
+import { routeRef } from "./reference/route";
 import { bf16, f32, normal, relErr, tensor, values, TOL } from "./util";
 
 function expectClose(got: Tensor | ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string): void {
@@ -161,13 +163,17 @@ describe("DeepSpeed's MoE(...) keywords", () => {
     expect(deepSpeedOptions({ hidden_size: 8, intermediate_size: 5 }).dFF).toBe(5);
     expect(deepSpeedOptions({ hidden_size: 8, k: 3, num_experts: 4 }).dropPolicy).toBe("probs");
     expect(deepSpeedOptions({ hidden_size: 8, noisy_gate_policy: "None" }).jitter).toBeUndefined();
+    // RSample acts on top-1 only, as in DeepSpeed's top1gating.
+    expect(deepSpeedOptions({ hidden_size: 8, noisy_gate_policy: "RSample" }).rsample).toBe(true);
+    expect(deepSpeedOptions({ hidden_size: 8, num_experts: 4, k: 2, noisy_gate_policy: "RSample" }).rsample).toBe(
+      undefined,
+    );
   });
 
   test.each([
     [{ hidden_size: 8, expert: {} }, "ERR_MOE_VALUE", /unknown keyword "expert".*ffn_hidden_size/],
     [{ hidden_size: 8, top_k: 2 }, "ERR_MOE_VALUE", /unknown keyword "top_k"/],
     [{ num_experts: 2 }, "ERR_MOE_VALUE", /hidden_size/],
-    [{ hidden_size: 8, noisy_gate_policy: "RSample" }, "ERR_MOE_UNSUPPORTED", /RSample/],
     [{ hidden_size: 8, noisy_gate_policy: "Gumbel" }, "ERR_MOE_VALUE", /noisy_gate_policy/],
     [
       { hidden_size: 8, enable_expert_tensor_parallelism: true },
@@ -484,5 +490,96 @@ describe("top-k weights renormalised over the kept choices", () => {
       return (up - down) / (2 * h);
     });
     expect(relErr(ref.grads["router.weight"], fd)).toBeLessThan(1e-6);
+  });
+});
+
+describe("RSample: Gumbel noise on the logits for the top-1 choice, training only", () => {
+  test("fillRandom's gumbel distribution is the seeded stream's −ln(−ln u)", async () => {
+    using t = Tensor.zeros([3, 50]);
+    await ops.fillRandom(t, { seed: 5, key: 77, distribution: "gumbel", firstSlice: 2, sliceSize: 50 });
+    const want = fillRandomRef(150, {
+      seed: 5,
+      key: 77,
+      distribution: "gumbel",
+      a: 0,
+      b: 1,
+      sliceSize: 50,
+      firstSlice: 2,
+    });
+    expectClose(t, want, TOL.float32, "gumbel");
+    const mean = want.reduce((a, b) => a + b, 0) / want.length;
+    expect(Math.abs(mean - 0.5772)).toBeLessThan(0.3); // the Euler–Mascheroni constant
+  });
+
+  test("route's selectionNoise changes the choice, never the weights or losses", async () => {
+    const T = 30;
+    const E = 6;
+    const logits = f32(normal(T * E, 8));
+    const noise = f32(normal(T * E, 9, 2));
+    using tl = tensor(logits, [T, E]);
+    using tn = tensor(noise, [T, E]);
+    const r = await ops.route(tl, { topK: 1, selectionNoise: tn });
+    const ref = routeRef(logits, T, E, { topK: 1, selectionNoise: noise });
+    expect(Array.from(r.indices.toInt32())).toEqual(Array.from(ref.indices));
+    expectClose(r.weights, ref.weights, TOL.float32, "weights");
+    expect(Math.abs(r.auxLoss.item() - ref.aux)).toBeLessThan(1e-5 * ref.aux);
+    const clean = routeRef(logits, T, E, { topK: 1 });
+    expect(Array.from(ref.indices)).not.toEqual(Array.from(clean.indices));
+    for (const t of Object.values(r)) t.dispose();
+    using bad = tensor(noise.subarray(0, E), [1, E]);
+    await expect(ops.route(tl, { topK: 1, selectionNoise: bad })).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
+  });
+
+  test("a top-1 layer with noisy_gate_policy 'RSample' matches the reference with the stream's noise; eval has none", async () => {
+    const layer = MoELayer.fromDeepSpeed({
+      hidden_size: 8,
+      num_experts: 4,
+      k: 1,
+      noisy_gate_policy: "RSample",
+      ffn_hidden_size: 6,
+      aux_loss_coef: 0.01,
+      seed: 13,
+      init_std: 0.5,
+    });
+    try {
+      await layer.ready;
+      expect(layer.config.rsample).toBe(true);
+      const params = readParams(layer);
+      const cfg = refConfig(layer);
+      const T = 24;
+      const key = fnv1a("router.rsample/0");
+      for (const slice of [0, 1]) {
+        const noise = f32(
+          fillRandomRef(T * 4, { seed: 13, key, distribution: "gumbel", a: 0, b: 1, firstSlice: slice }),
+        );
+        let ranks: MoERefRank[] = [];
+        let ref: ReturnType<typeof moeLayerRef> | undefined;
+        for (let s = 30 + slice; ; s += 1000) {
+          ranks = [{ x: f32(normal(T * 8, s)), dy: f32(normal(T * 8, s + 1)), selectionNoise: noise }];
+          ref = moeLayerRef(cfg, params, ranks);
+          if (ref.margin > 1e-4) break;
+        }
+        const clean = moeLayerRef(cfg, params, [{ x: ranks[0].x, dy: ranks[0].dy }]);
+        expect(ref.localTokensPerExpert[0]).not.toEqual(clean.localTokensPerExpert[0]);
+        using x = tensor(ranks[0].x, [T, 8]);
+        const res = await layer.forward(x);
+        using out = res.output;
+        expectClose(out, ref.outputs[0], TOL.float32, `output, draw ${slice}`);
+        expect(res.stats.localTokensPerExpert).toEqual(ref.localTokensPerExpert[0]);
+        using dy = tensor(ranks[0].dy, [T, 8]);
+        using dx = await layer.backward(dy);
+        expectClose(dx, ref.dx[0], TOL.float32, `dx, draw ${slice}`);
+        for (const p of layer.parameters()) expectClose(p.grad, ref.grads[p.name], TOL.float32, `grad of ${p.name}`);
+        await layer.zeroGrad();
+      }
+      // Evaluation: no noise.
+      const { ranks, ref } = inputs(cfg, params, [T], 8, 90);
+      using x = tensor(ranks[0].x, [T, 8]);
+      const res = await layer.forward(x, { training: false });
+      using out = res.output;
+      expectClose(out, ref.outputs[0], TOL.float32, "eval output");
+    } finally {
+      layer.dispose();
+    }
   });
 });

@@ -17,7 +17,8 @@ void check_kept_args(const char* op, const Tensor& weights, const Tensor& pair_t
   check_shape(op, "pairToRow", pair_to_row, {weights.dim(0), weights.dim(1)}, "[tokens, topK] (weights' shape)");
   check_same_device(op, {{"weights", &weights}, {"pairToRow", &pair_to_row}});
   if (weights.device().kind == Device::CUDA)
-    fail(Code::Unsupported, std::string(op) + ": expected CPU tensors (renormalising the kept weights has no CUDA kernel)");
+    fail(Code::Unsupported,
+         std::string(op) + ": expected CPU tensors (renormalising the kept weights has no CUDA kernel)");
 }
 
 // S_t over the kept choices of token t, in double.

@@ -17,6 +17,9 @@ struct RouteOptions {
   // Group-limited choice (DeepSeek-V3): both 0 (off) or both set.
   int64_t num_groups = 0;
   int64_t topk_groups = 0;
+  // float32 [tokens, numExperts] or undefined: the choice takes the keys logits + noise (+ the
+  // expert bias) instead of the scores (+ bias); weights and losses keep the scores (CPU only).
+  Tensor selection_noise;
 };
 
 struct RouteResult {

@@ -54,6 +54,8 @@ export interface MoELayerOptions {
   zLossCoef?: number;
   /** Router input jitter ε, training only: x ⊙ U(1 − ε, 1 + ε) before the gate (default 0). */
   jitter?: number;
+  /** Training only: the choice takes logits + Gumbel noise, the weights stay the scores (DeepSpeed's RSample; default false). */
+  rsample?: boolean;
   /** Expert activation (default "gelu"). */
   activation?: ActivationKind;
   /** Bias terms b1, b2 in the experts (and shared experts) (default false). */
@@ -101,6 +103,7 @@ export interface ResolvedMoEConfig {
   auxLossCoef: number;
   zLossCoef: number;
   jitter: number;
+  rsample: boolean;
   activation: ActivationKind;
   bias: boolean;
   sharedExpertFF: number;
@@ -134,6 +137,7 @@ const NATIVE_KEYS = new Set<string>([
   "auxLossCoef",
   "zLossCoef",
   "jitter",
+  "rsample",
   "activation",
   "bias",
   "sharedExpertFF",
@@ -253,6 +257,7 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     auxLossCoef: checkNumber("auxLossCoef", orDefault(o.auxLossCoef, 0), nonNegative, "a finite number >= 0"),
     zLossCoef: checkNumber("zLossCoef", orDefault(o.zLossCoef, 0), nonNegative, "a finite number >= 0"),
     jitter: checkNumber("jitter", orDefault(o.jitter, 0), (v) => v >= 0 && v < 1, "a number in [0, 1)"),
+    rsample: bool("rsample", o.rsample, false),
     activation: o.activation === undefined ? "gelu" : checkOneOf("activation", o.activation, ACTIVATION_KINDS),
     bias: bool("bias", o.bias, false),
     sharedExpertFF,

@@ -31,7 +31,7 @@ export interface DeepSpeedMoEKwargs {
   min_capacity?: number;
   /** Residual MoE: a dense MLP beside the experts, mixed by a learned coefficient (default false). */
   use_residual?: boolean;
-  /** None, "None", "Jitter" (default None). "RSample" is refused (see docs/deepspeed.md). */
+  /** None, "None", "Jitter" or "RSample" (default None). */
   noisy_gate_policy?: NoisyGatePolicy | null;
   /** false: no token is dropped (default true). */
   drop_tokens?: boolean;
@@ -165,12 +165,6 @@ export function deepSpeedOptions(kwargs: DeepSpeedMoEKwargs | Record<string, unk
     kw.noisy_gate_policy === undefined || kw.noisy_gate_policy === null
       ? "None"
       : checkOneOf("noisy_gate_policy", kw.noisy_gate_policy, NOISY_GATE_POLICIES);
-  if (policy === "RSample") {
-    throw new MoEError(
-      "Expected noisy_gate_policy None, 'None' or 'Jitter' but received 'RSample' (Gumbel-noised selection is not implemented)",
-      "ERR_MOE_UNSUPPORTED",
-    );
-  }
 
   const out: MoELayerOptions = {
     dModel,
@@ -192,6 +186,8 @@ export function deepSpeedOptions(kwargs: DeepSpeedMoEKwargs | Record<string, unk
     out.minCapacity = minCapacity;
   }
   if (policy === "Jitter") out.jitter = DEEPSPEED_JITTER_EPS;
+  // RSample acts in top1gating only; top2gating and topkgating ignore it.
+  if (policy === "RSample" && topK === 1) out.rsample = true;
   if (residual) {
     out.residual = true;
     out.sharedExpertFF = dFF;

@@ -24,6 +24,11 @@ export interface RouteOptions {
   numGroups?: number;
   /** Only experts in the topkGroups best groups may be chosen (with numGroups). */
   topkGroups?: number;
+  /**
+   * float32 [tokens, numExperts]: the choice takes the keys logits + noise (+ expertBias) instead of the
+   * scores; weights and losses keep the scores (DeepSpeed's RSample with Gumbel noise). CPU only.
+   */
+  selectionNoise?: Tensor;
 }
 
 export interface RouteResult {
@@ -100,6 +105,7 @@ export async function route(logits: Tensor, options: RouteOptions): Promise<Rout
     ...choiceOptions(o),
     scoreFunction: scoreFunctionOf(o.scoreFunction),
     renormalize: optionalBoolean("renormalize", o.renormalize),
+    selectionNoise: optionalHandle(o.selectionNoise, "selectionNoise"),
   };
   const r = await native().route(handle(logits, "logits"), optionalHandle(o.expertBias, "expertBias"), opts);
   return {

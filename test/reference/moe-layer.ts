@@ -48,6 +48,8 @@ export interface MoERefRank {
   dy: Float64Array; // [T, D]
   /** Jitter factors multiplying the gate's input, [T, D]; absent: none. */
   noise?: Float64Array;
+  /** Noise added to the logits for the choice only, [T, E] (rsample); absent: none. */
+  selectionNoise?: Float64Array;
 }
 
 export interface MoERefResult {
@@ -122,6 +124,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       expertBias: c.expertBias,
       numGroups: c.numGroups,
       topkGroups: c.topkGroups,
+      selectionNoise: rank.selectionNoise,
     });
     const pm = permuteRef(rank.x, rt.indices, rt.weights, T, D, k, {
       numExperts: E,

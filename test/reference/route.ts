@@ -13,6 +13,8 @@ export interface RouteRefOptions {
   expertBias?: ArrayLike<number>;
   numGroups?: number;
   topkGroups?: number;
+  /** [T, E]: the choice takes the keys logits + noise (+ bias) instead of the scores (+ bias). */
+  selectionNoise?: ArrayLike<number>;
 }
 
 export interface RouteRef {
@@ -110,7 +112,11 @@ export function routeRef(logits: ArrayLike<number>, t: number, e: number, o: Rou
     r.z += (lse * lse) / t;
     const q = s.reduce((a, b) => a + b, 0);
     for (let i = 0; i < e; i++) P[i] += (f === "softmax" ? s[i] : s[i] / q) / t;
-    const key = Float64Array.from(s, (v, i) => v + (o.expertBias ? o.expertBias[i] : 0));
+    const noise = o.selectionNoise;
+    const key = Float64Array.from(
+      s,
+      (v, i) => (noise ? row[i] + noise[ti * e + i] : v) + (o.expertBias ? o.expertBias[i] : 0),
+    );
     const { chosen, margin } = choose(key, e, o);
     r.margin = Math.min(r.margin, margin);
     const denom = o.renormalize ? chosen.reduce((a, i) => a + s[i], 0) + (f === "sigmoid" ? SIGMOID_EPS : 0) : 1;
