@@ -205,6 +205,17 @@ describe("DeepSpeed's MoE(...) keywords", () => {
     expect(() => new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, renormalizeKept: true, renormalize: true })).toThrow(
       /renormalize false with renormalizeKept/,
     );
+    // The CPU-only semantics are refused on CUDA when the layer is made, naming the option.
+    const cuda = { dModel: 8, dFF: 8, numExperts: 2, device: "cuda:0", dtype: "bfloat16" } as const;
+    for (const [extra, name] of [
+      [{ residual: true, sharedExpertFF: 8 }, "residual"],
+      [{ renormalizeKept: true }, "renormalizeKept"],
+      [{ rsample: true }, "rsample"],
+    ] as const) {
+      expect(() => new MoELayer({ ...cuda, ...extra })).toThrow(
+        expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringContaining(name) }),
+      );
+    }
     const kept = new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, renormalizeKept: true });
     expect(kept.config.renormalize).toBe(false);
     kept.dispose();

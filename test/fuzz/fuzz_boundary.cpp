@@ -266,6 +266,7 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       o.renormalize = r.flag();
       o.num_groups = r.flag() ? r.dim() : 0;
       o.topk_groups = r.flag() ? r.dim() : 0;
+      if (r.flag()) o.selection_noise = t();
       core("route", [&] { ops::route(t(), t(), o)(); });
       core("checkRouteOptions", [&] { ops::check_route_options("fuzz", r.dim(), o); });
       break;
@@ -299,7 +300,7 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       o.stream.seed = uint64_t(r.dim());
       o.slice_size = r.dim();
       o.first_slice = r.dim();
-      o.distribution = r.flag() ? ops::Distribution::Uniform : ops::Distribution::Normal;
+      o.distribution = ops::Distribution(r.byte() % 3);
       core("fillRandom", [&] { ops::fill_random(t(), o)(); });
       core("jitter", [&] { ops::jitter(t(), r.number(), o.stream, r.dim())(); });
       break;
