@@ -1,7 +1,8 @@
 /**
  * MoELayer.fromDeepSpeed across 2 real processes (moe-ep launch, Gloo),
- * ep_size 2: top-1 with DeepSpeed's capacity (min_capacity) and the residual
- * MoE at top-2; every rank's output, dx and gradients (the coefficient's
+ * ep_size 2: top-1 with DeepSpeed's capacity (min_capacity), the residual
+ * MoE at top-2 (weights renormalised after capacity) and top-1 with RSample's
+ * Gumbel noise (each rank its own stream); every rank's output, dx and gradients (the coefficient's
  * included) equal the single-process float64 reference.
  */
 import * as fs from "fs";
@@ -10,6 +11,7 @@ import { MoELayer, Tensor, deepSpeedOptions, ops } from "../lib";
 import { randomizeBiases, readParams, refConfig } from "./layer-helpers";
 import { buildDist, root, runNode, script, tempDir } from "./procs";
 import { moeLayerRef, type MoERefRank } from "./reference/moe-layer";
+import { fillRandomRef, fnv1a } from "./reference/random";
 import { f32, normal, relErr, TOL } from "./util";
 
 let work: string;
@@ -60,6 +62,20 @@ const rank = Number(process.env.RANK);
 `;
 
 async function makeCase(kwargs: Record<string, unknown>, tokens: number[], seed: number) {
+  const E = kwargs.num_experts as number;
+  // RSample: each rank's first training forward draws slice 0 of its own stream.
+  const noise = (T: number, r: number) =>
+    kwargs.noisy_gate_policy === "RSample"
+      ? f32(
+          fillRandomRef(T * E, {
+            seed: kwargs.seed as number,
+            key: fnv1a(`router.rsample/${r}`),
+            distribution: "gumbel",
+            a: 0,
+            b: 1,
+          }),
+        )
+      : undefined;
   // The full parameters: the layer's own initialisation (the same for any ep_size), biases randomised.
   const layer = await MoELayer.create({ ...deepSpeedOptions(kwargs), epSize: 1 });
   try {
@@ -75,6 +91,7 @@ async function makeCase(kwargs: Record<string, unknown>, tokens: number[], seed:
       const ranks: MoERefRank[] = tokens.map((T, r) => ({
         x: f32(normal(T * D, s + 10 * r)),
         dy: f32(normal(T * D, s + 10 * r + 1)),
+        selectionNoise: noise(T, r),
       }));
       const ref = moeLayerRef(refConfig(layer), params, ranks);
       if (ref.margin <= 1e-4) continue;
@@ -92,7 +109,7 @@ async function makeCase(kwargs: Record<string, unknown>, tokens: number[], seed:
   }
 }
 
-test("2 processes, ep_size 2: top-1 with min_capacity, and the residual MoE at top-2, match the reference", async () => {
+test("2 processes, ep_size 2: top-1 with min_capacity, the residual MoE at top-2, and RSample match the reference", async () => {
   const base = { hidden_size: 12, num_experts: 8, ep_size: 2, ffn_hidden_size: 10, seed: 7, init_std: 0.3 };
   const cases = [
     await makeCase(
@@ -101,6 +118,7 @@ test("2 processes, ep_size 2: top-1 with min_capacity, and the residual MoE at t
       1,
     ),
     await makeCase({ ...base, k: 2, use_residual: true, aux_loss_coef: 0.01 }, [16, 22], 2),
+    await makeCase({ ...base, k: 1, noisy_gate_policy: "RSample", aux_loss_coef: 0.01 }, [18, 14], 3),
   ];
   const file = path.join(work, "input.json");
   fs.writeFileSync(file, JSON.stringify({ cases: cases.map(({ ref: _r, ...c }) => c) }));
