@@ -123,6 +123,7 @@ export interface NativeRouteOptions extends NativeChoiceOptions {
   scoreFunction: ScoreFunction;
   renormalize: boolean;
   selectionNoise?: H;
+  noiseFrom?: number;
 }
 
 export interface NativeRouteResult {

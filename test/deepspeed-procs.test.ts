@@ -1,7 +1,7 @@
 /**
  * MoELayer.fromDeepSpeed across 2 real processes (moe-ep launch, Gloo),
  * ep_size 2: top-1 with DeepSpeed's capacity (min_capacity), the residual
- * MoE at top-2 (weights renormalised after capacity) and top-1 with RSample's
+ * MoE at top-2 (second expert sampled, weights renormalised after capacity) and top-1 with RSample's
  * Gumbel noise (each rank its own stream); every rank's output, dx and gradients (the coefficient's
  * included) equal the single-process float64 reference.
  */
@@ -63,19 +63,24 @@ const rank = Number(process.env.RANK);
 
 async function makeCase(kwargs: Record<string, unknown>, tokens: number[], seed: number) {
   const E = kwargs.num_experts as number;
-  // RSample: each rank's first training forward draws slice 0 of its own stream.
+  // RSample (top-1) and the second-expert sampling (top-2, DeepSpeed's default): each rank's first
+  // forward draws slice 0 of its own stream.
+  const stream = kwargs.noisy_gate_policy === "RSample" ? "rsample" : kwargs.k === 2 ? "sample2" : undefined;
   const noise = (T: number, r: number) =>
-    kwargs.noisy_gate_policy === "RSample"
-      ? f32(
-          fillRandomRef(T * E, {
-            seed: kwargs.seed as number,
-            key: fnv1a(`router.rsample/${r}`),
-            distribution: "gumbel",
-            a: 0,
-            b: 1,
-          }),
-        )
-      : undefined;
+    stream
+      ? {
+          selectionNoise: f32(
+            fillRandomRef(T * E, {
+              seed: kwargs.seed as number,
+              key: fnv1a(`router.${stream}/${r}`),
+              distribution: "gumbel",
+              a: 0,
+              b: 1,
+            }),
+          ),
+          noiseFrom: stream === "sample2" ? 1 : 0,
+        }
+      : {};
   // The full parameters: the layer's own initialisation (the same for any ep_size), biases randomised.
   const layer = await MoELayer.create({ ...deepSpeedOptions(kwargs), epSize: 1 });
   try {
@@ -91,7 +96,7 @@ async function makeCase(kwargs: Record<string, unknown>, tokens: number[], seed:
       const ranks: MoERefRank[] = tokens.map((T, r) => ({
         x: f32(normal(T * D, s + 10 * r)),
         dy: f32(normal(T * D, s + 10 * r + 1)),
-        selectionNoise: noise(T, r),
+        ...noise(T, r),
       }));
       const ref = moeLayerRef(refConfig(layer), params, ranks);
       if (ref.margin <= 1e-4) continue;

@@ -30,12 +30,29 @@ async function randomizeCoefficientBias(layer: MoELayer, seed: number): Promise<
   await ops.copyInto(p.param, t);
 }
 
+/** The selection noise of rank r's first forward (rsample or second-expert sampling), as the reference takes it. */
+function selectionNoiseOf(layer: MoELayer, T: number, r: number): Pick<MoERefRank, "selectionNoise" | "noiseFrom"> {
+  const c = layer.config;
+  if (!c.rsample && !c.secondExpertSampling) return {};
+  const key = fnv1a(`router.${c.rsample ? "rsample" : "sample2"}/${r}`);
+  const noise = fillRandomRef(T * c.numExperts, { seed: c.seed, key, distribution: "gumbel", a: 0, b: 1 });
+  return { selectionNoise: f32(noise), noiseFrom: c.secondExpertSampling ? 1 : 0 };
+}
+
 /** Inputs per rank whose routing and drops float32 decides as float64 does. */
-function inputs(cfg: Parameters<typeof moeLayerRef>[0], params: MoERefParams, Ts: number[], D: number, seed: number) {
+function inputs(
+  cfg: Parameters<typeof moeLayerRef>[0],
+  params: MoERefParams,
+  Ts: number[],
+  D: number,
+  seed: number,
+  layer?: MoELayer,
+) {
   for (let s = seed; ; s += 1000) {
     const ranks: MoERefRank[] = Ts.map((T, r) => ({
       x: f32(normal(T * D, s + 10 * r)),
       dy: f32(normal(T * D, s + 10 * r + 1)),
+      ...(layer ? selectionNoiseOf(layer, T, r) : {}),
     }));
     const ref = moeLayerRef(cfg, params, ranks);
     if (ref.margin > 1e-4) return { ranks, ref };
@@ -67,7 +84,7 @@ async function worldParity(kwargs: Record<string, unknown>, W: number, Ts: numbe
         : values(p.param);
     }
     const D = layers[0].config.dModel;
-    const { ranks, ref } = inputs(refConfig(layers[0]), params, Ts, D, seed);
+    const { ranks, ref } = inputs(refConfig(layers[0]), params, Ts, D, seed, layers[0]);
     const results = await Promise.all(layers.map((l, r) => l.forward(tensor(ranks[r].x, [Ts[r], D]))));
     const dxs = await Promise.all(layers.map((l, r) => l.backward(tensor(ranks[r].dy, [Ts[r], D]))));
     layers.forEach((l, r) => {
@@ -145,6 +162,7 @@ describe("DeepSpeed's MoE(...) keywords", () => {
       epSize: 2,
       renormalize: false,
       renormalizeKept: true,
+      secondExpertSampling: true,
       dropPolicy: "position",
       capacityFactor: 1.25,
       evalCapacityFactor: 2,
@@ -163,6 +181,13 @@ describe("DeepSpeed's MoE(...) keywords", () => {
     expect(deepSpeedOptions({ hidden_size: 8, intermediate_size: 5 }).dFF).toBe(5);
     expect(deepSpeedOptions({ hidden_size: 8, k: 3, num_experts: 4 }).dropPolicy).toBe("probs");
     expect(deepSpeedOptions({ hidden_size: 8, noisy_gate_policy: "None" }).jitter).toBeUndefined();
+    expect(
+      deepSpeedOptions({ hidden_size: 8, num_experts: 4, k: 2, top2_2nd_expert_sampling: false }).secondExpertSampling,
+    ).toBeUndefined();
+    expect(deepSpeedOptions({ hidden_size: 8, num_experts: 4, k: 3 }).secondExpertSampling).toBeUndefined();
+    expect(() => new MoELayer({ dModel: 4, dFF: 4, numExperts: 2, topK: 1, secondExpertSampling: true })).toThrow(
+      /topK >= 2/,
+    );
     // RSample acts on top-1 only, as in DeepSpeed's top1gating.
     expect(deepSpeedOptions({ hidden_size: 8, noisy_gate_policy: "RSample" }).rsample).toBe(true);
     expect(deepSpeedOptions({ hidden_size: 8, num_experts: 4, k: 2, noisy_gate_policy: "RSample" }).rsample).toBe(
@@ -211,6 +236,7 @@ describe("DeepSpeed's MoE(...) keywords", () => {
       [{ residual: true, sharedExpertFF: 8 }, "residual"],
       [{ renormalizeKept: true }, "renormalizeKept"],
       [{ rsample: true }, "rsample"],
+      [{ secondExpertSampling: true, topK: 2 }, "secondExpertSampling"],
     ] as const) {
       expect(() => new MoELayer({ ...cuda, ...extra })).toThrow(
         expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringContaining(name) }),
@@ -539,6 +565,43 @@ describe("RSample: Gumbel noise on the logits for the top-1 choice, training onl
     for (const t of Object.values(r)) t.dispose();
     using bad = tensor(noise.subarray(0, E), [1, E]);
     await expect(ops.route(tl, { topK: 1, selectionNoise: bad })).rejects.toMatchObject({ code: "ERR_MOE_SHAPE" });
+  });
+
+  test("route's noiseFrom 1: the first choice by the scores, the second by the noisy logits among the rest", async () => {
+    const T = 30;
+    const E = 6;
+    const logits = f32(normal(T * E, 18));
+    const noise = f32(normal(T * E, 19, 2));
+    using tl = tensor(logits, [T, E]);
+    using tn = tensor(noise, [T, E]);
+    const r = await ops.route(tl, { topK: 2, selectionNoise: tn, noiseFrom: 1 });
+    const ref = routeRef(logits, T, E, { topK: 2, selectionNoise: noise, noiseFrom: 1 });
+    const clean = routeRef(logits, T, E, { topK: 2 });
+    const idx = Array.from(r.indices.toInt32());
+    expect(idx).toEqual(Array.from(ref.indices));
+    expect(idx.filter((_, i) => i % 2 === 0)).toEqual(Array.from(clean.indices).filter((_, i) => i % 2 === 0));
+    expect(idx).not.toEqual(Array.from(clean.indices));
+    expectClose(r.weights, ref.weights, TOL.float32, "weights");
+    for (const t of Object.values(r)) t.dispose();
+    await expect(ops.route(tl, { topK: 2, selectionNoise: tn, noiseFrom: 3 })).rejects.toMatchObject({
+      code: "ERR_MOE_VALUE",
+    });
+  });
+
+  test("top-2 second-expert sampling draws in evaluation too, as DeepSpeed's top2gating does", async () => {
+    const layer = MoELayer.fromDeepSpeed({ hidden_size: 8, num_experts: 4, k: 2, ffn_hidden_size: 6, seed: 3 });
+    try {
+      await layer.ready;
+      const T = 40;
+      using x = tensor(f32(normal(T * 8, 5)), [T, 8]);
+      const a = await layer.forward(x, { training: false });
+      const b = await layer.forward(x, { training: false });
+      expect(a.stats.localTokensPerExpert).not.toEqual(b.stats.localTokensPerExpert);
+      a.output.dispose();
+      b.output.dispose();
+    } finally {
+      layer.dispose();
+    }
   });
 
   test("a top-1 layer with noisy_gate_policy 'RSample' matches the reference with the stream's noise; eval has none", async () => {

@@ -56,6 +56,11 @@ export interface MoELayerOptions {
   jitter?: number;
   /** Training only: the choice takes logits + Gumbel noise, the weights stay the scores (DeepSpeed's RSample; default false). */
   rsample?: boolean;
+  /**
+   * Gumbel noise on the logits for the choices after the first, in training and evaluation (DeepSpeed's
+   * top2_2nd_expert_sampling; needs topK >= 2, no groups, not with rsample; default false).
+   */
+  secondExpertSampling?: boolean;
   /** Expert activation (default "gelu"). */
   activation?: ActivationKind;
   /** Bias terms b1, b2 in the experts (and shared experts) (default false). */
@@ -104,6 +109,7 @@ export interface ResolvedMoEConfig {
   zLossCoef: number;
   jitter: number;
   rsample: boolean;
+  secondExpertSampling: boolean;
   activation: ActivationKind;
   bias: boolean;
   sharedExpertFF: number;
@@ -138,6 +144,7 @@ const NATIVE_KEYS = new Set<string>([
   "zLossCoef",
   "jitter",
   "rsample",
+  "secondExpertSampling",
   "activation",
   "bias",
   "sharedExpertFF",
@@ -227,6 +234,15 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
       "ERR_MOE_VALUE",
     );
   }
+  const rsample = bool("rsample", o.rsample, false);
+  const secondExpertSampling = bool("secondExpertSampling", o.secondExpertSampling, false);
+  if (secondExpertSampling && (topK < 2 || numGroups !== undefined || rsample)) {
+    throw new MoEError(
+      `Expected topK >= 2, no numGroups and no rsample with secondExpertSampling but received topK ${topK}` +
+        `${numGroups !== undefined ? ", numGroups" : ""}${rsample ? ", rsample" : ""}`,
+      "ERR_MOE_VALUE",
+    );
+  }
   const initStd = checkNumber("initStd", orDefault(o.initStd, 0.02), nonNegative, "a finite number >= 0");
   const device = orDefault(o.device, "cpu");
   if (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device))
@@ -257,7 +273,8 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     auxLossCoef: checkNumber("auxLossCoef", orDefault(o.auxLossCoef, 0), nonNegative, "a finite number >= 0"),
     zLossCoef: checkNumber("zLossCoef", orDefault(o.zLossCoef, 0), nonNegative, "a finite number >= 0"),
     jitter: checkNumber("jitter", orDefault(o.jitter, 0), (v) => v >= 0 && v < 1, "a number in [0, 1)"),
-    rsample: bool("rsample", o.rsample, false),
+    rsample,
+    secondExpertSampling,
     activation: o.activation === undefined ? "gelu" : checkOneOf("activation", o.activation, ACTIVATION_KINDS),
     bias: bool("bias", o.bias, false),
     sharedExpertFF,

@@ -37,6 +37,8 @@ export interface DeepSpeedMoEKwargs {
   drop_tokens?: boolean;
   /** Random token selection (default true); accepted, the kept tokens are the first in token order. */
   use_rts?: boolean;
+  /** k = 2: the second expert chosen with Gumbel noise on the logits, in training and evaluation (default true). */
+  top2_2nd_expert_sampling?: boolean;
   /** Tutel kernels (default false); accepted, no effect on the math. */
   use_tutel?: boolean;
   /** Expert tensor parallelism: only false (default false). */
@@ -72,6 +74,7 @@ const KEYS = [
   "use_rts",
   "use_tutel",
   "enable_expert_tensor_parallelism",
+  "top2_2nd_expert_sampling",
   "ffn_hidden_size",
   "intermediate_size",
   "activation",
@@ -98,6 +101,7 @@ export const DEEPSPEED_DEFAULTS = {
   use_rts: true,
   use_tutel: false,
   enable_expert_tensor_parallelism: false,
+  top2_2nd_expert_sampling: true,
 } as const;
 
 /** DeepSpeed's multiplicative jitter ε (multiplicative_jitter's epsilon). */
@@ -188,6 +192,8 @@ export function deepSpeedOptions(kwargs: DeepSpeedMoEKwargs | Record<string, unk
   if (policy === "Jitter") out.jitter = DEEPSPEED_JITTER_EPS;
   // RSample acts in top1gating only; top2gating and topkgating ignore it.
   if (policy === "RSample" && topK === 1) out.rsample = true;
+  // top2gating samples its second expert; topkgating (k > 2) does not.
+  if (flag(kw, "top2_2nd_expert_sampling", D.top2_2nd_expert_sampling) && topK === 2) out.secondExpertSampling = true;
   if (residual) {
     out.residual = true;
     out.sharedExpertFF = dFF;

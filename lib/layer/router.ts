@@ -58,6 +58,7 @@ export class Router {
   readonly expertBias?: Tensor;
   private jitterCalls = 0;
   private rsampleCalls = 0;
+  private sampleCalls = 0;
   private readonly loadSinceUpdate: Float64Array;
 
   constructor(
@@ -91,6 +92,16 @@ export class Router {
         firstSlice: this.rsampleCalls % 2 ** 32,
       });
       this.rsampleCalls++;
+    } else if (c.secondExpertSampling) {
+      // Gumbel noise for the choices after the first (docs/math.md#rsample), every forward.
+      selectionNoise = keep(Tensor.zeros([x.shape[0], c.numExperts], { device: c.device }));
+      await fillRandom(selectionNoise, {
+        seed: c.seed,
+        key: hashName(prefixed(c.name, `router.sample2/${this.worldRank}`)),
+        distribution: "gumbel",
+        firstSlice: this.sampleCalls % 2 ** 32,
+      });
+      this.sampleCalls++;
     }
     const r = await route(logits, {
       topK: c.topK,
@@ -100,6 +111,7 @@ export class Router {
       numGroups: c.numGroups,
       topkGroups: c.topkGroups,
       selectionNoise,
+      noiseFrom: selectionNoise && c.secondExpertSampling ? 1 : 0,
     });
     for (const t of [r.indices, r.weights, r.scores, r.tokensPerExpert, r.auxLoss, r.zLoss]) keep(t);
     return { gateInput, jitterSlice, logits, route: r };

@@ -267,6 +267,7 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       o.num_groups = r.flag() ? r.dim() : 0;
       o.topk_groups = r.flag() ? r.dim() : 0;
       if (r.flag()) o.selection_noise = t();
+      if (r.flag()) o.noise_from = r.dim();
       core("route", [&] { ops::route(t(), t(), o)(); });
       core("checkRouteOptions", [&] { ops::check_route_options("fuzz", r.dim(), o); });
       break;

@@ -50,6 +50,8 @@ export interface MoERefRank {
   noise?: Float64Array;
   /** Noise added to the logits for the choice only, [T, E] (rsample); absent: none. */
   selectionNoise?: Float64Array;
+  /** The first noiseFrom choices take the noiseless keys (top-2 second-expert sampling: 1). */
+  noiseFrom?: number;
 }
 
 export interface MoERefResult {
@@ -125,6 +127,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       numGroups: c.numGroups,
       topkGroups: c.topkGroups,
       selectionNoise: rank.selectionNoise,
+      noiseFrom: rank.noiseFrom,
     });
     const pm = permuteRef(rank.x, rt.indices, rt.weights, T, D, k, {
       numExperts: E,
