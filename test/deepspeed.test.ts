@@ -11,6 +11,7 @@ import { fakeWorld } from "./fake-group";
 import { randomizeBiases, readParams, refConfig, shortName } from "./layer-helpers";
 import { moeLayerRef, moeLossRef, type MoERefParams, type MoERefRank } from "./reference/moe-layer";
 import { renormalizeKeptBackwardRef, renormalizeKeptRef } from "./reference/kept-weights";
+import { permuteRef } from "./reference/permute";
 import { residualCoefRef, residualMixBackwardRef, residualMixRef } from "./reference/residual";
 import { fillRandomRef, fnv1a } from "./reference/random";
 import { routeRef } from "./reference/route";
@@ -163,7 +164,7 @@ describe("DeepSpeed's MoE(...) keywords", () => {
       renormalize: false,
       renormalizeKept: true,
       secondExpertSampling: true,
-      dropPolicy: "position",
+      dropPolicy: "choice",
       capacityFactor: 1.25,
       evalCapacityFactor: 2,
       minCapacity: 0,
@@ -237,6 +238,7 @@ describe("DeepSpeed's MoE(...) keywords", () => {
       [{ renormalizeKept: true }, "renormalizeKept"],
       [{ rsample: true }, "rsample"],
       [{ secondExpertSampling: true, topK: 2 }, "secondExpertSampling"],
+      [{ dropPolicy: "choice", capacityFactor: 1 }, "choice"],
     ] as const) {
       expect(() => new MoELayer({ ...cuda, ...extra })).toThrow(
         expect.objectContaining({ code: "ERR_MOE_UNSUPPORTED", message: expect.stringContaining(name) }),
@@ -316,6 +318,38 @@ describe("capacity: min_capacity and eval_capacity_factor", () => {
     } finally {
       layer.dispose();
     }
+  });
+});
+
+describe('the "choice" drop policy (top2gating\'s order: every first choice before any second)', () => {
+  test.each([2, 3])("permute with k = %i against the reference", async (k) => {
+    const T = 40;
+    const D = 3;
+    const E = 4;
+    const idx: number[] = [];
+    for (let t = 0; t < T; t++) {
+      const perm = [0, 1, 2, 3].sort(
+        (a, b) => ((a * 7 + t * 3 + (t % 5) * b) % 11) - ((b * 7 + t * 3 + (t % 5) * a) % 11),
+      );
+      idx.push(...perm.slice(0, k));
+    }
+    const w = f32(normal(T * k, 4));
+    const x = f32(normal(T * D, 5));
+    using tx = tensor(x, [T, D]);
+    using ti = Tensor.from(Int32Array.from(idx), [T, k], { dtype: "int32" });
+    using tw = tensor(w, [T, k]);
+    const opts = { numExperts: E, capacityFactor: 0.5, minCapacity: 2, dropPolicy: "choice" as const };
+    const p = await ops.permute(tx, ti, tw, opts);
+    const ref = permuteRef(x, idx, w, T, D, k, opts);
+    expect(p.capacity).toBe(ref.capacity);
+    expect(p.dropped).toBe(ref.dropped);
+    expect(p.dropped).toBeGreaterThan(0);
+    expect(Array.from(p.pairToRow.toInt32())).toEqual(ref.pairToRow);
+    expectClose(p.rows, ref.rows, TOL.float32, "rows");
+    // Not the position policy: some expert keeps a later token's first choice over an earlier second one.
+    const pos = permuteRef(x, idx, w, T, D, k, { ...opts, dropPolicy: "position" });
+    expect(pos.pairToRow).not.toEqual(ref.pairToRow);
+    for (const t of [p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair]) t.dispose();
   });
 });
 

@@ -63,12 +63,22 @@ void keep_largest(int32_t* seg, int64_t count, int64_t capacity, const float* w)
   std::copy(order.begin(), order.begin() + capacity, seg);
 }
 
+// The kept choices of one over-full expert under "choice": the first C in (choice, token) order,
+// kept in flat order.
+void keep_by_choice(int32_t* seg, int64_t count, int64_t capacity, int64_t k) {
+  std::vector<int32_t> order(seg, seg + count);
+  std::stable_sort(order.begin(), order.end(), [k](int32_t a, int32_t b) { return a % k < b % k; });
+  std::sort(order.begin(), order.begin() + capacity);
+  std::copy(order.begin(), order.begin() + capacity, seg);
+}
+
 }  // namespace
 
 DropPolicy parse_drop_policy(const std::string& name) {
   if (name == "probs") return DropPolicy::Probs;
   if (name == "position") return DropPolicy::Position;
-  fail(Code::Value, "permute: expected dropPolicy \"probs\" or \"position\" but received \"" + name + "\"");
+  if (name == "choice") return DropPolicy::Choice;
+  fail(Code::Value, "permute: expected dropPolicy \"probs\", \"position\" or \"choice\" but received \"" + name + "\"");
 }
 
 int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor,
@@ -97,6 +107,9 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
     fail(Code::Value, "permute: expected numExperts * capacity <= 2147483647 padded rows but received " +
                           std::to_string(options.num_experts) + " * " + std::to_string(capacity));
   if (x.device().kind == Device::CUDA) {
+    if (options.drop_policy == DropPolicy::Choice && capacity >= 0)
+      fail(Code::Unsupported,
+           "permute: expected dropPolicy \"probs\" or \"position\" on CUDA (\"choice\" is CPU only)");
     cuda_path::check_permute_supported(options.num_experts);
     return cuda_path::permute(x, indices, weights, options, capacity);
   }
@@ -135,6 +148,13 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
         for (int64_t e = b; e < end; ++e) {
           int64_t count = start[e + 1] - start[e];
           if (count > kept[e]) keep_largest(sorted.data() + start[e], count, kept[e], w);
+        }
+      });
+    if (capacity >= 0 && o.drop_policy == DropPolicy::Choice)
+      parallel_for(E, 1, [&](int64_t b, int64_t end) {
+        for (int64_t e = b; e < end; ++e) {
+          int64_t count = start[e + 1] - start[e];
+          if (count > kept[e]) keep_by_choice(sorted.data() + start[e], count, kept[e], k);
         }
       });
 

@@ -13,8 +13,10 @@ namespace moe::ops {
 enum class DropPolicy {
   Probs,     // the C with the largest weight (ties: lower token, then lower choice)
   Position,  // the first C in (token, choice) order
+  Choice,    // the first C in (choice, token) order: every first choice before any second (CPU only)
 };
-DropPolicy parse_drop_policy(const std::string& name);  // "probs" | "position"; throws ERR_MOE_VALUE
+// "probs" | "position" | "choice"; throws ERR_MOE_VALUE
+DropPolicy parse_drop_policy(const std::string& name);
 
 struct PermuteOptions {
   int64_t num_experts = 0;

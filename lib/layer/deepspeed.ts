@@ -179,9 +179,10 @@ export function deepSpeedOptions(kwargs: DeepSpeedMoEKwargs | Record<string, unk
     // Top-1: the weight is the chosen expert's softmax probability; k >= 2: the kept weights of a
     // token sum to 1, renormalised after capacity (top2gating, topkgating).
     renormalize: false,
-    // DeepSpeed keeps the first tokens in order for k <= 2 (top1gating without random token
-    // selection, top2gating's locations) and the most probable for k > 2 (topkgating's "probs").
-    dropPolicy: topK <= 2 ? "position" : "probs",
+    // DeepSpeed keeps the first tokens in order for k = 1 (top1gating without random token
+    // selection), every first choice before any second for k = 2 (top2gating's locations), and the
+    // most probable for k > 2 (topkgating's "probs").
+    dropPolicy: topK === 1 ? "position" : topK === 2 ? "choice" : "probs",
   };
   if (topK > 1) out.renormalizeKept = true;
   if (dropTokens) {

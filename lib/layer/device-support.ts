@@ -56,6 +56,8 @@ export function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
     return;
   }
   if (c.residual) throw unsupported("the residual mix (residual: true) has no CUDA kernel; run it on the CPU");
+  if (c.dropPolicy === "choice" && c.capacityFactor !== undefined)
+    throw unsupported('the "choice" drop policy has no CUDA kernel; run it on the CPU');
   if (c.secondExpertSampling)
     throw unsupported("the second-expert sampling (secondExpertSampling: true) has no CUDA kernel; run it on the CPU");
   if (c.rsample) throw unsupported("the Gumbel selection noise (rsample: true) has no CUDA kernel; run it on the CPU");

@@ -7,8 +7,8 @@ import type { NativePermuteOptions } from "../addon";
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
-export type DropPolicy = "probs" | "position";
-export const DROP_POLICIES: readonly DropPolicy[] = ["probs", "position"];
+export type DropPolicy = "probs" | "position" | "choice";
+export const DROP_POLICIES: readonly DropPolicy[] = ["probs", "position", "choice"];
 
 export interface PermuteOptions {
   /** E, the number of experts; indices must lie in [0, E). */

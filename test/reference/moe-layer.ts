@@ -29,7 +29,7 @@ export interface MoERefConfig {
   capacityFactor?: number;
   /** C = max(ceil(…), minCapacity) (default 0). */
   minCapacity?: number;
-  dropPolicy: "probs" | "position";
+  dropPolicy: "probs" | "position" | "choice";
   padToCapacity: boolean;
   auxLossCoef: number;
   zLossCoef: number;

@@ -4,7 +4,7 @@
  * docs/math.md#unpermute), written from the definitions: each expert's pairs
  * found by scanning, capacity applied by sorting, sums in float64.
  */
-export type DropPolicyRef = "probs" | "position";
+export type DropPolicyRef = "probs" | "position" | "choice";
 
 export interface PermuteRefOptions {
   numExperts: number;
@@ -48,6 +48,12 @@ export function keptPairsRef(
     if (capacity >= 0 && mine.length > capacity) {
       if ((opts.dropPolicy ?? "probs") === "position") {
         keep = mine.slice(0, capacity);
+      } else if (opts.dropPolicy === "choice") {
+        // Choice by choice (every first choice before any second), token order within a choice.
+        keep = [...mine]
+          .sort((a, b) => (a % k) - (b % k) || a - b)
+          .slice(0, capacity)
+          .sort((a, b) => a - b);
       } else {
         // Largest weight first; ties to the lower token, then the lower choice (= the lower flat index).
         keep = [...mine]
