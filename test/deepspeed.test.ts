@@ -1,10 +1,12 @@
 /**
  * DeepSpeed's MoE(...) keywords (MoELayer.fromDeepSpeed): the mapping and its
  * defaults; min_capacity and eval_capacity_factor against the float64
- * reference; the residual MoE (use_residual) forward, dx and every gradient
- * against the reference in one process and over an in-process world of 2,
- * the residualMix op against its reference, and the coefficient path's
- * reference gradients against finite differences.
+ * reference; the "choice" drop order; the residual MoE (use_residual)
+ * forward, dx and every gradient against the reference in one process and
+ * over an in-process world of 2, the residualMix op against its reference and
+ * the coefficient path's reference gradients against finite differences; the
+ * weights renormalised after capacity; RSample and the top-2 second-expert
+ * sampling with the seeded Gumbel stream.
  */
 import { MoELayer, Tensor, deepSpeedOptions, ops } from "../lib";
 import { fakeWorld } from "./fake-group";

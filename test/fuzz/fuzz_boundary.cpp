@@ -238,7 +238,7 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       if (o.num_experts > (int64_t(1) << 20) && o.num_experts <= INT32_MAX) o.num_experts = int64_t(1) << 20;
       if (r.flag()) o.capacity_factor = r.number();
       if (r.flag()) o.min_capacity = r.dim();
-      o.drop_policy = r.flag() ? ops::DropPolicy::Probs : ops::DropPolicy::Position;
+      o.drop_policy = ops::DropPolicy(r.byte() % 3);
       o.pad_to_capacity = r.flag();
       core("permute", [&] { ops::permute(t(), t(), t(), o)(); });
       break;
