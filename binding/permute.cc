@@ -18,6 +18,10 @@ ops::PermuteOptions permute_options(const Napi::CallbackInfo& info, size_t index
     throw make_error(info.Env(), Code::Value, "expected option numExperts to be an integer");
   p.num_experts = int64_t(experts);
   p.capacity_factor = get_optional_number(o, "capacityFactor");
+  double min_capacity = get_number(o, "minCapacity", 0);
+  if (!(std::floor(min_capacity) == min_capacity) || std::fabs(min_capacity) > 9.0e15)
+    throw make_error(info.Env(), Code::Value, "expected option minCapacity to be an integer");
+  p.min_capacity = int64_t(min_capacity);
   p.drop_policy = ops::parse_drop_policy(get_string(o, "dropPolicy", "probs"));
   p.pad_to_capacity = get_bool(o, "padToCapacity", false);
   return p;

@@ -42,6 +42,8 @@ Napi::Value route(const Napi::CallbackInfo& info) {
     ops::RouteOptions o = choice_options(opts);
     o.score = get_score_function(opts);
     o.renormalize = get_bool(opts, "renormalize", false);
+    o.selection_noise = NativeTensor::FromOptional(opts.Get("selectionNoise"), "selectionNoise");
+    o.noise_from = get_int(opts, "noiseFrom");
     auto task = ops::route(NativeTensor::From(info[0], "logits"), NativeTensor::FromOptional(info[1], "expertBias"), o);
     return run_async(env, task, [](Napi::Env env, ops::RouteResult& r) -> Napi::Value {
       Napi::Object out = Napi::Object::New(env);

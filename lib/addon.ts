@@ -142,6 +142,8 @@ export interface NativeChoiceOptions {
 export interface NativeRouteOptions extends NativeChoiceOptions {
   scoreFunction: ScoreFunction;
   renormalize: boolean;
+  selectionNoise?: H;
+  noiseFrom?: number;
 }
 
 export interface NativeRouteResult {
@@ -164,6 +166,8 @@ export interface NativePermuteOptions {
   numExperts: number;
   /** Absent: dropless. */
   capacityFactor?: number;
+  /** C is at least this (default 0). */
+  minCapacity?: number;
   dropPolicy: DropPolicy;
   padToCapacity: boolean;
 }
@@ -361,6 +365,12 @@ export interface Addon {
   unpermute(rows: H, pairToRow: H, weights: H): Promise<H>;
   unpermuteBackward(dy: H, rows: H, pairToRow: H, weights: H): Promise<{ dRows: H; dWeights: H }>;
 
+  // binding/residual.cc
+  renormalizeKept(weights: H, pairToRow: H): Promise<H>;
+  renormalizeKeptBackward(weights: H, pairToRow: H, dKept: H): Promise<H>;
+  residualMix(moe: H, mlp: H, logits: H, bias: H): Promise<H>;
+  residualMixBackward(dy: H, moe: H, mlp: H, logits: H, bias: H): Promise<{ dMoe: H; dMlp: H; dLogits: H; dBias: H }>;
+
   // binding/grouped_gemm.cc, activation.cc
   groupedGemm(x: H, w: H, rowsPerExpert: H, bias?: H): Promise<H>;
   groupedGemmBackward(
@@ -433,6 +443,10 @@ export const ADDON_KEYS = [
   "permuteBackward",
   "unpermute",
   "unpermuteBackward",
+  "residualMix",
+  "residualMixBackward",
+  "renormalizeKept",
+  "renormalizeKeptBackward",
   "groupedGemm",
   "groupedGemmBackward",
   "groupedGemmCudaSupport",

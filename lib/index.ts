@@ -30,6 +30,8 @@ export type { MoEStats } from "./layer/router";
 export { STAGES } from "./layer/stage-clock";
 export type { Stage, StageTimes } from "./layer/stage-clock";
 export { resolveConfig, PARAM_DTYPES } from "./layer/config";
+export { deepSpeedOptions, DEEPSPEED_DEFAULTS } from "./layer/deepspeed";
+export type { DeepSpeedMoEKwargs, NoisyGatePolicy } from "./layer/deepspeed";
 export type { MoELayerOptions, ResolvedMoEConfig, ParamDType } from "./layer/config";
 export { parseForeignConfig } from "./layer/foreign-config";
 export type {

@@ -1,7 +1,7 @@
 /** The README's example runs as written and prints what it promises. */
 import { execFileSync } from "child_process";
 import * as path from "path";
-import { buildDist } from "./procs";
+import { buildDist, runNode } from "./procs";
 
 const root = path.resolve(__dirname, "..");
 
@@ -23,3 +23,40 @@ test("examples/quickstart.js routes tokens and runs the experts", () => {
   expect(out).toMatch(/output Tensor\(float32 \[512, 256\] on cpu\)/);
   expect(out).toMatch(/live tensors after the layer: 4 /);
 });
+
+test("examples/deepspeed/train.js on 2 ranks (moe-ep launch -n 2), at width 32: DeepSpeed's layer trains with AdamW", async () => {
+  buildDist();
+  const run = await runNode(
+    [
+      path.join(root, "dist", "cli.js"),
+      "launch",
+      "-n",
+      "2",
+      path.join(root, "examples", "deepspeed", "train.js"),
+      "--steps",
+      "8",
+    ],
+    { env: { MOE_EP_EXAMPLE_HIDDEN: "32" }, limitMs: 85000 },
+  );
+  expect(run.stderr).toBe("");
+  expect(run.code).toBe(0);
+  expect(run.stdout).toContain(
+    "DeepSpeed MoE: hidden 32 -> 128 -> 32 relu, 8 experts, ep_size 2 (4 per rank), k 1, capacity_factor 1, min_capacity 4, 2 ranks",
+  );
+  const steps = [
+    ...run.stdout.matchAll(
+      /step (\d+) loss ([\d.]+) aux [\d.]+ capacity (\d+) dropped (\d+) of 128 tokens per expert ([\d ]+)/g,
+    ),
+  ];
+  expect(steps.map((m) => Number(m[1]))).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+  for (const m of steps) {
+    // 64 tokens per rank, 8 experts, capacity factor 1.0: C = max(ceil(64 / 8), 4) = 8 on each rank.
+    expect(Number(m[3])).toBe(8);
+    const counts = m[5].trim().split(" ").map(Number);
+    expect(counts.reduce((a, b) => a + b, 0)).toBe(128);
+    // Top-1 drops: each expert keeps at most C per rank, so at least max(0, n - 2C) of its n overall.
+    expect(Number(m[4])).toBeGreaterThanOrEqual(counts.reduce((a, n) => a + Math.max(0, n - 16), 0));
+  }
+  const losses = steps.map((m) => Number(m[2]));
+  expect(losses[losses.length - 1]).toBeLessThan(losses[0] * 0.95);
+}, 90000);

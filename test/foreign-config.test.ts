@@ -97,6 +97,17 @@ describe("foreign configs", () => {
     }
   });
 
+  test("DeepSpeed's min_capacity, eval_capacity_factor and use_residual are read (the residual MLP of the experts' width)", () => {
+    const { options } = parseForeignConfig({
+      hidden_size: 8,
+      ffn_hidden_size: 16,
+      moe: { num_experts: 4, capacity_factor: 1, min_capacity: 3, eval_capacity_factor: 2, use_residual: true },
+    });
+    expect(options).toMatchObject({ minCapacity: 3, evalCapacityFactor: 2, residual: true, sharedExpertFF: 16 });
+    expect(resolveConfig(options)).toMatchObject({ minCapacity: 3, evalCapacityFactor: 2, residual: true });
+    expect(parseForeignConfig({ ...SMALL, use_residual: false }).options.residual).toBeUndefined();
+  });
+
   test("data, tensor and pipeline parallel sizes that do not make up the world are refused, naming each number", () => {
     expect(() => parseForeignConfig(EXAMPLE, { worldSize: 6 })).toThrow(
       valueError(

@@ -14,10 +14,12 @@ export function refConfig(layer: MoELayer, expertBias?: ArrayLike<number>): MoER
     topK: c.topK,
     scoreFunction: c.scoreFunction,
     renormalize: c.renormalize,
+    renormalizeKept: c.renormalizeKept,
     expertBias,
     numGroups: c.numGroups,
     topkGroups: c.topkGroups,
     capacityFactor: c.capacityFactor,
+    minCapacity: c.minCapacity,
     dropPolicy: c.dropPolicy,
     padToCapacity: c.padToCapacity,
     auxLossCoef: c.auxLossCoef,
@@ -25,6 +27,7 @@ export function refConfig(layer: MoELayer, expertBias?: ArrayLike<number>): MoER
     activation: c.activation,
     bias: c.bias,
     sharedExpertFF: c.sharedExpertFF,
+    residual: c.residual,
   };
 }
 

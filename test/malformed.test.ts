@@ -187,6 +187,44 @@ const opRows: Row[] = [
     (d, r, p, w) => ops.unpermuteBackward(asT(d), asT(r), asT(p), asT(w)),
   ),
   ...generate(
+    "ops.residualMix",
+    [
+      T("moe", "x", { wrongDtype: "int32", fixedRank: true }),
+      T("mlp", "mlp", { wrongDtype: "int32", fixedRank: true }),
+      T("logits", "clogits", { wrongDtype: "int32", fixedRank: true }),
+      T("bias", "cbias", { wrongDtype: "int32", fixedRank: true }),
+    ],
+    (m, p, l, b) => ops.residualMix(asT(m), asT(p), asT(l), asT(b)),
+  ),
+  ...generate(
+    "ops.residualMixBackward",
+    [
+      T("dy", "x", { wrongDtype: "int32", fixedRank: true }),
+      T("moe", "x", { wrongDtype: "int32", fixedRank: true }),
+      T("mlp", "mlp", { wrongDtype: "int32", fixedRank: true }),
+      T("logits", "clogits", { wrongDtype: "int32", fixedRank: true }),
+      T("bias", "cbias", { wrongDtype: "int32", fixedRank: true }),
+    ],
+    (d, m, p, l, b) => ops.residualMixBackward(asT(d), asT(m), asT(p), asT(l), asT(b)),
+  ),
+  ...generate(
+    "ops.renormalizeKept",
+    [
+      T("weights", "weights", { wrongDtype: "int32", fixedRank: true }),
+      T("pairToRow", "pairToRow", { wrongDtype: "float32", fixedRank: true }),
+    ],
+    (w, p) => ops.renormalizeKept(asT(w), asT(p)),
+  ),
+  ...generate(
+    "ops.renormalizeKeptBackward",
+    [
+      T("weights", "weights", { wrongDtype: "int32", fixedRank: true }),
+      T("pairToRow", "pairToRow", { wrongDtype: "float32", fixedRank: true }),
+      T("dKept", "weights", { wrongDtype: "int32", fixedRank: true }),
+    ],
+    (w, p, d) => ops.renormalizeKeptBackward(asT(w), asT(p), asT(d)),
+  ),
+  ...generate(
     "ops.groupedGemm",
     [
       T("x", "gx", { wrongDtype: "int32", fixedRank: true }),
@@ -1349,6 +1387,9 @@ beforeAll(async () => {
     r10: Tensor.zeros([10]),
     cx: float([6, 2], 14),
     ccounts: intTensor([1, 2, 0, 3], [2, 2]),
+    mlp: float([4, 8], 16),
+    clogits: float([4, 2], 17),
+    cbias: float([2], 18),
   };
   const r = await ops.route(t.logits, { topK: 2 });
   Object.assign(t, { indices: r.indices, weights: r.weights, tokensPerExpert: r.tokensPerExpert });

@@ -5,7 +5,7 @@ import type { RouteOptions, RouteResult } from "../lib/ops";
 import { routeRef, routeBackwardRef, routeLossGradFD, scoresRow, type RouteRefOptions } from "./reference/route";
 import { f32, intTensor, normal, relErr, sameBits, tensor, values, TOL, leakCheck } from "./util";
 
-type Opts = Omit<RouteRefOptions, "expertBias"> & { bias?: Float64Array };
+type Opts = Omit<RouteRefOptions, "expertBias" | "selectionNoise"> & { bias?: Float64Array };
 
 function nativeOptions(o: Opts): RouteOptions {
   const { bias, ...rest } = o;

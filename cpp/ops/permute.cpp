@@ -45,6 +45,8 @@ void check_permute_args(const Tensor& x, const Tensor& indices, const Tensor& we
   if (o.capacity_factor)
     check_option(op, "capacityFactor", std::isfinite(*o.capacity_factor) && *o.capacity_factor > 0,
                  "a finite number > 0", num_str(*o.capacity_factor));
+  check_option(op, "minCapacity", o.min_capacity >= 0 && o.min_capacity <= kMaxIndex, "an integer in [0, 2147483647]",
+               std::to_string(o.min_capacity));
   check_option(op, "padToCapacity", !o.pad_to_capacity || o.capacity_factor.has_value(),
                "false when no capacityFactor is given (padding needs a capacity)", "true");
   const int64_t pairs = x.dim(0) * indices.dim(1);
@@ -63,16 +65,28 @@ void keep_largest(int32_t* seg, int64_t count, int64_t capacity, const float* w)
   std::copy(order.begin(), order.begin() + capacity, seg);
 }
 
+// The kept choices of one over-full expert under "choice": the first C in (choice, token) order,
+// kept in flat order.
+void keep_by_choice(int32_t* seg, int64_t count, int64_t capacity, int64_t k) {
+  std::vector<int32_t> order(seg, seg + count);
+  std::stable_sort(order.begin(), order.end(), [k](int32_t a, int32_t b) { return a % k < b % k; });
+  std::sort(order.begin(), order.begin() + capacity);
+  std::copy(order.begin(), order.begin() + capacity, seg);
+}
+
 }  // namespace
 
 DropPolicy parse_drop_policy(const std::string& name) {
   if (name == "probs") return DropPolicy::Probs;
   if (name == "position") return DropPolicy::Position;
-  fail(Code::Value, "permute: expected dropPolicy \"probs\" or \"position\" but received \"" + name + "\"");
+  if (name == "choice") return DropPolicy::Choice;
+  fail(Code::Value, "permute: expected dropPolicy \"probs\", \"position\" or \"choice\" but received \"" + name + "\"");
 }
 
-int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor) {
-  double c = std::ceil((double(tokens) * double(top_k) / double(num_experts)) * capacity_factor);
+int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor,
+                        int64_t min_capacity) {
+  double c = std::max(std::ceil((double(tokens) * double(top_k) / double(num_experts)) * capacity_factor),
+                      double(min_capacity));
   if (!(c <= double(kMaxIndex)))
     fail(Code::Value, "permute: expected a capacity of at most 2147483647 rows per expert but capacityFactor " +
                           num_str(capacity_factor) + " gives " + num_str(c));
@@ -88,13 +102,16 @@ void check_row_map(const char* op, const int32_t* pair_to_row, int64_t pairs, in
 
 Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& weights, const PermuteOptions& options) {
   check_permute_args(x, indices, weights, options);
-  const int64_t capacity =
-      options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts, *options.capacity_factor)
-                              : -1;
+  const int64_t capacity = options.capacity_factor ? expert_capacity(x.dim(0), indices.dim(1), options.num_experts,
+                                                                     *options.capacity_factor, options.min_capacity)
+                                                   : -1;
   if (options.pad_to_capacity && capacity * options.num_experts > kMaxIndex)
     fail(Code::Value, "permute: expected numExperts * capacity <= 2147483647 padded rows but received " +
                           std::to_string(options.num_experts) + " * " + std::to_string(capacity));
   if (x.device().kind == Device::CUDA) {
+    if (options.drop_policy == DropPolicy::Choice && capacity >= 0)
+      fail(Code::Unsupported,
+           "permute: expected dropPolicy \"probs\" or \"position\" on CUDA (\"choice\" is CPU only)");
     cuda_path::check_permute_supported(options.num_experts);
     return cuda_path::permute(x, indices, weights, options, capacity);
   }
@@ -134,6 +151,13 @@ Task<Permuted> permute(const Tensor& x, const Tensor& indices, const Tensor& wei
         for (int64_t e = b; e < end; ++e) {
           int64_t count = start[e + 1] - start[e];
           if (count > kept[e]) keep_largest(sorted.data() + start[e], count, kept[e], w);
+        }
+      });
+    if (capacity >= 0 && o.drop_policy == DropPolicy::Choice)
+      parallel_for(E, 1, [&](int64_t b, int64_t end) {
+        for (int64_t e = b; e < end; ++e) {
+          int64_t count = start[e + 1] - start[e];
+          if (count > kept[e]) keep_by_choice(sorted.data() + start[e], count, kept[e], k);
         }
       });
 

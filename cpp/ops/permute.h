@@ -13,12 +13,15 @@ namespace moe::ops {
 enum class DropPolicy {
   Probs,     // the C with the largest weight (ties: lower token, then lower choice)
   Position,  // the first C in (token, choice) order
+  Choice,    // the first C in (choice, token) order: every first choice before any second (CPU only)
 };
-DropPolicy parse_drop_policy(const std::string& name);  // "probs" | "position"; throws ERR_MOE_VALUE
+// "probs" | "position" | "choice"; throws ERR_MOE_VALUE
+DropPolicy parse_drop_policy(const std::string& name);
 
 struct PermuteOptions {
   int64_t num_experts = 0;
   std::optional<double> capacity_factor;  // absent: dropless
+  int64_t min_capacity = 0;               // C is at least this (with capacity_factor)
   DropPolicy drop_policy = DropPolicy::Probs;
   bool pad_to_capacity = false;  // every expert gets exactly C rows (needs capacity_factor)
 };
@@ -32,8 +35,9 @@ struct Permuted {
   int64_t capacity = -1;   // C, or -1 when dropless
 };
 
-// C = ceil(T · k / E · capacityFactor), in double (docs/math.md#capacity-and-drop-policies).
-int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor);
+// C = max(ceil(T · k / E · capacityFactor), minCapacity), in double (docs/math.md#capacity-and-drop-policies).
+int64_t expert_capacity(int64_t tokens, int64_t top_k, int64_t num_experts, double capacity_factor,
+                        int64_t min_capacity = 0);
 
 // x [tokens, dModel] (any float dtype), indices int32 [tokens, topK] in [0, numExperts),
 // weights float32 [tokens, topK] (used by the "probs" drop policy).

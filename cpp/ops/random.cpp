@@ -35,12 +35,19 @@ inline double normal01(uint64_t state, uint64_t i) {
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
 }
 
+inline double gumbel01(uint64_t state, uint64_t i) {
+  const double u = (double(bits(state, i) >> 11) + 0.5) * 0x1p-53;
+  return -std::log(-std::log(u));
+}
+
 }  // namespace
 
 Distribution parse_distribution(const std::string& name) {
   if (name == "normal") return Distribution::Normal;
   if (name == "uniform") return Distribution::Uniform;
-  fail(Code::Value, "fillRandom: expected distribution \"normal\" or \"uniform\" but received \"" + name + "\"");
+  if (name == "gumbel") return Distribution::Gumbel;
+  fail(Code::Value,
+       "fillRandom: expected distribution \"normal\", \"uniform\" or \"gumbel\" but received \"" + name + "\"");
 }
 
 Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o) {
@@ -54,13 +61,17 @@ Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o) {
   check_option(op, "firstSlice",
                o.first_slice >= 0 && o.first_slice <= kMaxSlice && n / slice <= kMaxSlice - o.first_slice,
                "an integer in [0, 2^32)", std::to_string(o.first_slice));
-  if (o.distribution == Distribution::Normal)
+  if (o.distribution != Distribution::Uniform)
     check_option(op, "std", std::isfinite(o.a) && std::isfinite(o.b) && o.b >= 0, "a finite mean and a std >= 0",
                  num_str(o.a) + ", " + num_str(o.b));
   else
     check_option(op, "uniform bounds", std::isfinite(o.a) && std::isfinite(o.b) && o.a <= o.b, "finite low <= high",
                  num_str(o.a) + ", " + num_str(o.b));
-  if (t.device().kind == Device::CUDA) return cuda_path::fill_random(t, o, slice);
+  if (t.device().kind == Device::CUDA) {
+    if (o.distribution == Distribution::Gumbel)
+      fail(Code::Unsupported, "fillRandom: expected a CPU tensor for the gumbel distribution (it has no CUDA kernel)");
+    return cuda_path::fill_random(t, o, slice);
+  }
   return [t, o, n, slice] {
     parallel_for(n, kBlock, [&](int64_t i0, int64_t i1) {
       std::vector<float> v(static_cast<size_t>(i1 - i0));
@@ -72,8 +83,9 @@ Task<bool> fill_random(const Tensor& t, const FillRandomOptions& o) {
           state = slice_state(o.stream, uint64_t(o.first_slice + s));
         }
         const uint64_t j = uint64_t(i % slice);
-        const double r = o.distribution == Distribution::Normal ? o.a + o.b * normal01(state, j)
-                                                                : o.a + (o.b - o.a) * uniform01(state, j);
+        const double r = o.distribution == Distribution::Normal   ? o.a + o.b * normal01(state, j)
+                         : o.distribution == Distribution::Gumbel ? o.a + o.b * gumbel01(state, j)
+                                                                  : o.a + (o.b - o.a) * uniform01(state, j);
         v[size_t(i - i0)] = float(r);
       }
       store_f32(v.data(), i1 - i0, t, i0);

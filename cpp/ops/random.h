@@ -10,6 +10,7 @@
 //   bits(i)   = mix(state + (i + 1)·G)                      (all mod 2^64)
 //   uniform i = (bits(i) >> 40) · 2^-24                     in [0, 1), exact in float32
 //   normal i  = √(−2 ln u1) · cos(2π u2), u1 = ((bits(2i) >> 11) + 1) · 2^-53, u2 = (bits(2i+1) >> 11) · 2^-53
+//   gumbel i  = −ln(−ln u), u = ((bits(i) >> 11) + 1/2) · 2^-53   in (0, 1)
 // Values are formed in double and rounded once to the tensor's dtype.
 #pragma once
 #include <cstdint>
@@ -20,8 +21,9 @@
 
 namespace moe::ops {
 
-enum class Distribution { Normal, Uniform };
-Distribution parse_distribution(const std::string& name);  // "normal" | "uniform"; throws ERR_MOE_VALUE
+enum class Distribution { Normal, Uniform, Gumbel };
+// "normal" | "uniform" | "gumbel"; throws ERR_MOE_VALUE
+Distribution parse_distribution(const std::string& name);
 
 struct RandomStream {
   uint64_t seed = 0;
@@ -31,8 +33,8 @@ struct RandomStream {
 struct FillRandomOptions {
   RandomStream stream;
   Distribution distribution = Distribution::Normal;
-  double a = 0;  // normal: mean; uniform: low
-  double b = 1;  // normal: standard deviation; uniform: high
+  double a = 0;  // normal: mean; uniform: low; gumbel: location
+  double b = 1;  // normal: standard deviation; uniform: high; gumbel: scale (CPU only)
   // The tensor is a run of slices of slice_size elements each (the whole tensor when 0):
   // element j of slice s takes value index j of slice first_slice + s.
   int64_t slice_size = 0;

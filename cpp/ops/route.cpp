@@ -245,6 +245,17 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
   }
   check_route_options(op, e, options);
   check_count(op, logits.dim(0), options.top_k);
+  if (options.selection_noise.defined()) {
+    check_dtype(op, "selectionNoise", options.selection_noise, {DType::F32});
+    check_shape(op, "selectionNoise", options.selection_noise, {logits.dim(0), e}, "[tokens, numExperts]");
+    check_same_device(op, {{"logits", &logits}, {"selectionNoise", &options.selection_noise}});
+    if (logits.device().kind == Device::CUDA)
+      fail(Code::Unsupported, "route: expected CPU tensors with selectionNoise (it has no CUDA kernel)");
+  }
+  check_option(op, "noiseFrom", options.noise_from >= 0 && options.noise_from <= options.top_k,
+               "an integer in [0, topK]", std::to_string(options.noise_from));
+  check_option(op, "noiseFrom", options.noise_from == 0 || options.num_groups == 0, "0 with group-limited routing",
+               std::to_string(options.noise_from));
   if (logits.device().kind == Device::CUDA) {
     cuda_path::check_route_supported(op, logits.dim(0), e, options.top_k, options.num_groups, options.topk_groups);
     return cuda_path::route(logits, expert_bias, options);
@@ -256,6 +267,8 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
     const int64_t t = logits.dim(0), e = logits.dim(1), k = o.top_k;
     const bool has_bias = expert_bias.defined();
     if (has_bias) check_finite(op, "expertBias", expert_bias.data<float>(), e);
+    const float* noise = o.selection_noise.defined() ? o.selection_noise.data<float>() : nullptr;
+    if (noise) check_finite(op, "selectionNoise", noise, t * e);
 
     RouteResult r{empty(DType::I32, {t, k}),
                   empty(DType::F32, {t, k}),
@@ -301,12 +314,29 @@ Task<RouteResult> route(const Tensor& logits, const Tensor& expert_bias, const R
             for (int64_t i = 0; i < e; ++i) psum[i] += s[i] * inv_q;
           }
           const float* key = s;
-          if (bias) {
+          int32_t* idx = indices + ti * k;
+          if (noise && o.noise_from > 0) {
+            // The first noise_from choices by the noiseless keys, the rest by the noisy ones.
+            for (int64_t i = 0; i < e; ++i) w.keys[size_t(i)] = s[i] + (bias ? bias[i] : 0.0f);
+            RouteOptions first = o;
+            first.top_k = o.noise_from;
+            select_experts(w.keys.data(), e, first, w, idx);
+            const float* nz = noise + ti * e;
+            int64_t n = 0;
+            for (int64_t i = 0; i < e; ++i) {
+              if (std::find(idx, idx + o.noise_from, int32_t(i)) != idx + o.noise_from) continue;
+              push_top(l[i] + nz[i] + (bias ? bias[i] : 0.0f), int32_t(i), k - o.noise_from, n, w.top_vals.data(),
+                       idx + o.noise_from);
+            }
+          } else if (noise) {
+            const float* nz = noise + ti * e;
+            for (int64_t i = 0; i < e; ++i) w.keys[size_t(i)] = l[i] + nz[i] + (bias ? bias[i] : 0.0f);
+            key = w.keys.data();
+          } else if (bias) {
             for (int64_t i = 0; i < e; ++i) w.keys[size_t(i)] = s[i] + bias[i];
             key = w.keys.data();
           }
-          int32_t* idx = indices + ti * k;
-          select_experts(key, e, o, w, idx);
+          if (!(noise && o.noise_from > 0)) select_experts(key, e, o, w, idx);
           float* wt = weights + ti * k;
           float sum = 0;
           for (int64_t j = 0; j < k; ++j) {

@@ -17,6 +17,12 @@ struct RouteOptions {
   // Group-limited choice (DeepSeek-V3): both 0 (off) or both set.
   int64_t num_groups = 0;
   int64_t topk_groups = 0;
+  // float32 [tokens, numExperts] or undefined: the choice takes the keys logits + noise (+ the
+  // expert bias) instead of the scores (+ bias); weights and losses keep the scores (CPU only).
+  Tensor selection_noise;
+  // With selection_noise: the first noise_from choices take the noiseless keys, the others the
+  // noisy keys among the experts not yet chosen (DeepSpeed's top-2 second-expert sampling: 1).
+  int64_t noise_from = 0;
 };
 
 struct RouteResult {

@@ -33,8 +33,10 @@ export interface MoELayerOptions {
   etpSize?: number;
   /** Router scores (default "softmax"). */
   scoreFunction?: ScoreFunction;
-  /** Renormalise the k weights of a token to sum to 1 (default: topK > 1). */
+  /** Renormalise the k weights of a token to sum to 1 (default: topK > 1, false with renormalizeKept). */
   renormalize?: boolean;
+  /** Renormalise the weights over the choices that survive capacity, after dropping (DeepSpeed; default false). */
+  renormalizeKept?: boolean;
   /** Aux-loss-free balancing (DeepSeek-V3): a bias b[E] added to the scores for the choice only (default false). */
   expertBias?: boolean;
   /** The bias's step: b_e += rate · sign(mean load − load_e) per updateExpertBias() (default 1e-3). */
@@ -45,6 +47,10 @@ export interface MoELayerOptions {
   topkGroups?: number;
   /** Capacity per expert C = ceil(T·k/E · capacityFactor); absent or null: dropless. */
   capacityFactor?: number | null;
+  /** With capacityFactor: C = max(ceil(T·k/E · factor), minCapacity) (default 0; DeepSpeed's min_capacity). */
+  minCapacity?: number;
+  /** The capacity factor of evaluation-mode forwards (needs capacityFactor; default capacityFactor). */
+  evalCapacityFactor?: number;
   /** Which choices an over-full expert keeps (default "probs"). */
   dropPolicy?: DropPolicy;
   /** Every expert receives exactly C rows (needs capacityFactor; default false). */
@@ -55,12 +61,24 @@ export interface MoELayerOptions {
   zLossCoef?: number;
   /** Router input jitter ε, training only: x ⊙ U(1 − ε, 1 + ε) before the gate (default 0). */
   jitter?: number;
+  /** Training only: the choice takes logits + Gumbel noise, the weights stay the scores (DeepSpeed's RSample; default false). */
+  rsample?: boolean;
+  /**
+   * Gumbel noise on the logits for the choices after the first, in training and evaluation (DeepSpeed's
+   * top2_2nd_expert_sampling; needs topK >= 2, no groups, not with rsample; default false).
+   */
+  secondExpertSampling?: boolean;
   /** Expert activation (default "gelu"). */
   activation?: ActivationKind;
   /** Bias terms b1, b2 in the experts (and shared experts) (default false). */
   bias?: boolean;
   /** Width of the shared experts' FFN, applied to every token (DeepSeekMoE); 0 or absent: none. */
   sharedExpertFF?: number;
+  /**
+   * Residual MoE (PR-MoE, DeepSpeed's use_residual): the shared experts' output is mixed with the routed
+   * output by a learned per-token two-way softmax instead of added (needs sharedExpertFF; default false).
+   */
+  residual?: boolean;
   /** dtype of the expert weights (the router is float32 always) (default "float32"). */
   dtype?: ParamDType;
   /** Default "cpu". */
@@ -85,19 +103,25 @@ export interface ResolvedMoEConfig {
   etpSize: number;
   scoreFunction: ScoreFunction;
   renormalize: boolean;
+  renormalizeKept: boolean;
   expertBias: boolean;
   expertBiasUpdateRate: number;
   numGroups?: number;
   topkGroups?: number;
   capacityFactor?: number;
+  minCapacity: number;
+  evalCapacityFactor?: number;
   dropPolicy: DropPolicy;
   padToCapacity: boolean;
   auxLossCoef: number;
   zLossCoef: number;
   jitter: number;
+  rsample: boolean;
+  secondExpertSampling: boolean;
   activation: ActivationKind;
   bias: boolean;
   sharedExpertFF: number;
+  residual: boolean;
   dtype: ParamDType;
   device: DeviceName;
   seed: number;
@@ -115,19 +139,25 @@ const NATIVE_KEYS = new Set<string>([
   "etpSize",
   "scoreFunction",
   "renormalize",
+  "renormalizeKept",
   "expertBias",
   "expertBiasUpdateRate",
   "numGroups",
   "topkGroups",
   "capacityFactor",
+  "minCapacity",
+  "evalCapacityFactor",
   "dropPolicy",
   "padToCapacity",
   "auxLossCoef",
   "zLossCoef",
   "jitter",
+  "rsample",
+  "secondExpertSampling",
   "activation",
   "bias",
   "sharedExpertFF",
+  "residual",
   "dtype",
   "device",
   "seed",
@@ -202,6 +232,41 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
       "ERR_MOE_VALUE",
     );
   }
+  const evalCapacityFactor =
+    o.evalCapacityFactor === undefined
+      ? capacityFactor
+      : checkNumber("evalCapacityFactor", o.evalCapacityFactor, (v) => v > 0, "a finite number > 0");
+  if (capacityFactor === undefined && o.evalCapacityFactor !== undefined) {
+    throw new MoEError(
+      "Expected capacityFactor with evalCapacityFactor (a dropless layer has no capacity in either mode)",
+      "ERR_MOE_VALUE",
+    );
+  }
+  const sharedExpertFF = checkInteger("sharedExpertFF", orDefault(o.sharedExpertFF, 0), 0);
+  const residual = bool("residual", o.residual, false);
+  if (residual && sharedExpertFF === 0) {
+    throw new MoEError(
+      "Expected sharedExpertFF > 0 with residual (the residual MoE mixes in the shared experts' MLP) but received 0",
+      "ERR_MOE_VALUE",
+    );
+  }
+  const renormalizeKept = bool("renormalizeKept", o.renormalizeKept, false);
+  const renormalize = bool("renormalize", o.renormalize, topK > 1 && !renormalizeKept);
+  if (renormalizeKept && renormalize) {
+    throw new MoEError(
+      "Expected renormalize false with renormalizeKept (the weights are renormalised after capacity instead) but received true",
+      "ERR_MOE_VALUE",
+    );
+  }
+  const rsample = bool("rsample", o.rsample, false);
+  const secondExpertSampling = bool("secondExpertSampling", o.secondExpertSampling, false);
+  if (secondExpertSampling && (topK < 2 || numGroups !== undefined || rsample)) {
+    throw new MoEError(
+      `Expected topK >= 2, no numGroups and no rsample with secondExpertSampling but received topK ${topK}` +
+        `${numGroups !== undefined ? ", numGroups" : ""}${rsample ? ", rsample" : ""}`,
+      "ERR_MOE_VALUE",
+    );
+  }
   const initStd = checkNumber("initStd", orDefault(o.initStd, 0.02), nonNegative, "a finite number >= 0");
   const device = orDefault(o.device, "cpu");
   if (typeof device !== "string" || !/^(cpu|cuda(:\d+)?)$/.test(device))
@@ -214,7 +279,8 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     epSize,
     etpSize,
     scoreFunction,
-    renormalize: bool("renormalize", o.renormalize, topK > 1),
+    renormalize,
+    renormalizeKept,
     expertBias: bool("expertBias", o.expertBias, false),
     expertBiasUpdateRate: checkNumber(
       "expertBiasUpdateRate",
@@ -225,14 +291,19 @@ export function resolveConfig(options: MoELayerOptions): ResolvedMoEConfig {
     numGroups,
     topkGroups,
     capacityFactor,
+    minCapacity: checkInteger("minCapacity", orDefault(o.minCapacity, 0), 0, 2147483647),
+    evalCapacityFactor,
     dropPolicy: o.dropPolicy === undefined ? "probs" : checkOneOf("dropPolicy", o.dropPolicy, DROP_POLICIES),
     padToCapacity,
     auxLossCoef: checkNumber("auxLossCoef", orDefault(o.auxLossCoef, 0), nonNegative, "a finite number >= 0"),
     zLossCoef: checkNumber("zLossCoef", orDefault(o.zLossCoef, 0), nonNegative, "a finite number >= 0"),
     jitter: checkNumber("jitter", orDefault(o.jitter, 0), (v) => v >= 0 && v < 1, "a number in [0, 1)"),
+    rsample,
+    secondExpertSampling,
     activation: o.activation === undefined ? "gelu" : checkOneOf("activation", o.activation, ACTIVATION_KINDS),
     bias: bool("bias", o.bias, false),
-    sharedExpertFF: checkInteger("sharedExpertFF", orDefault(o.sharedExpertFF, 0), 0),
+    sharedExpertFF,
+    residual,
     dtype: o.dtype === undefined ? "float32" : checkOneOf("dtype", o.dtype, PARAM_DTYPES),
     device: device as DeviceName,
     seed: checkInteger("seed", orDefault(o.seed, 1234), 0),

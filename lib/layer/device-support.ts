@@ -57,6 +57,14 @@ export function checkDeviceSupport(c: ResolvedMoEConfig, group: unknown): void {
       throw unsupported('expected a "gloo" process group for CPU tensors but received an "nccl" group');
     return;
   }
+  if (c.residual) throw unsupported("the residual mix (residual: true) has no CUDA kernel; run it on the CPU");
+  if (c.dropPolicy === "choice" && c.capacityFactor !== undefined)
+    throw unsupported('the "choice" drop policy has no CUDA kernel; run it on the CPU');
+  if (c.secondExpertSampling)
+    throw unsupported("the second-expert sampling (secondExpertSampling: true) has no CUDA kernel; run it on the CPU");
+  if (c.rsample) throw unsupported("the Gumbel selection noise (rsample: true) has no CUDA kernel; run it on the CPU");
+  if (c.renormalizeKept)
+    throw unsupported("renormalising the kept weights (renormalizeKept: true) has no CUDA kernel; run it on the CPU");
   for (const g of layerGemms(c)) {
     const answer = groupedGemmCudaSupport({ dtype: c.dtype, k: g.k.value, n: g.n.value, needDbias: c.bias });
     if (!answer.supported) {

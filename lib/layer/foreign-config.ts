@@ -316,6 +316,10 @@ function capacity(r: Reader, out: MoELayerOptions): void {
   }
   if (r.bool("dropTokens") === false) dropless = true;
   if (!dropless) out.capacityFactor = cf;
+  const min = r.num("minCapacity");
+  if (min !== undefined) out.minCapacity = min;
+  const evalCf = r.num("evalCapacityFactor");
+  if (evalCf !== undefined) out.evalCapacityFactor = evalCf;
   const pad = r.bool("padToCapacity");
   if (pad !== undefined) out.padToCapacity = pad;
 }
@@ -376,6 +380,11 @@ function experts(r: Reader, out: MoELayerOptions): void {
   if (addBias !== undefined) out.bias = addBias;
   const shared = r.num("sharedExpertFF");
   if (shared !== undefined) out.sharedExpertFF = shared;
+  // The residual MoE (DeepSpeed's use_residual): a dense MLP of the experts' width beside them, mixed in.
+  if (r.bool("residual") === true) {
+    out.residual = true;
+    if (out.sharedExpertFF === undefined) out.sharedExpertFF = out.dFF;
+  }
 }
 
 /**

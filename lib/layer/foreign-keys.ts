@@ -48,6 +48,9 @@ export const READ = {
   },
   dropPolicy: { names: ["moe_token_drop_policy", "token_drop_policy"], sections: MOE },
   dropTokens: { names: ["drop_tokens"], sections: MOE },
+  minCapacity: { names: ["min_capacity"], sections: MOE },
+  evalCapacityFactor: { names: ["eval_capacity_factor"], sections: MOE },
+  residual: { names: ["use_residual"], sections: MOE },
   padToCapacity: { names: ["moe_pad_expert_input_to_capacity", "pad_expert_input_to_capacity"], sections: MOE },
   auxLossCoef: {
     names: [
@@ -213,12 +216,6 @@ export const UNSUPPORTED: Readonly<Record<string, UnsupportedKey>> = {
     reason: "mixed precision is the expert weights' dtype (bf16 / fp16), not Apex AMP",
   },
   communication_data_type: { accepts: ["fp32", null], reason: "gradients are reduced in float32" },
-  use_residual: { accepts: [false, null], reason: "the residual MoE (PR-MoE) is not supported" },
-  eval_capacity_factor: {
-    accepts: [],
-    reason: "a separate evaluation capacity factor is not supported: capacityFactor applies in both modes",
-  },
-  min_capacity: { accepts: [], reason: "a minimum expert capacity is not supported" },
 };
 
 /** Unsupported keys inside the `bf16` / `fp16` objects. */

@@ -22,11 +22,13 @@
  */
 import { MoEError, invalid } from "../errors";
 import { addInPlace, add } from "../ops/elementwise";
+import { renormalizeKept, renormalizeKeptBackward } from "../ops/kept-weights";
 import { permute, permuteBackward, unpermute, unpermuteBackward } from "../ops/permute";
 import { reshape } from "../ops/view";
 import { Tensor } from "../tensor";
 import { resolveConfig, type MoELayerOptions, type ResolvedMoEConfig } from "./config";
 import { parseForeignConfig, type ForeignConfig, type IgnoredConfigKey } from "./foreign-config";
+import { deepSpeedOptions, type DeepSpeedMoEKwargs } from "./deepspeed";
 import { checkDeviceSupport } from "./device-support";
 import { combine, dispatch, planDispatch, type DispatchPlan } from "./dispatcher";
 import { ffnBackward, ffnForward, type FFNSaved } from "./experts";
@@ -48,6 +50,7 @@ import {
   type Parameter,
   type ParameterEntry,
 } from "./parameters";
+import { residualBackward, residualForward, type ResidualSaved } from "./residual";
 import { Router, type MoEStats } from "./router";
 import { stageClock, zeroTimes, type Stage, type StageTimes } from "./stage-clock";
 import { clipGradNorm } from "../optim/clip";
@@ -89,7 +92,9 @@ interface Context {
   jitterSlice: number;
   logits: Tensor;
   indices: Tensor;
+  /** The weights unpermute takes, and route's own (the same tensor unless renormalizeKept). */
   weights: Tensor;
+  routeWeights: Tensor;
   tokensPerExpert: Tensor;
   pairToRow: Tensor;
   plan: DispatchPlan;
@@ -99,6 +104,7 @@ interface Context {
   expertOut: Tensor;
   rowsBack: Tensor;
   shared?: FFNSaved;
+  residual?: ResidualSaved;
   own: Set<Tensor>;
 }
 
@@ -200,6 +206,14 @@ export class MoELayer {
     const layer = new MoELayer(options, group);
     await layer.ready;
     return layer;
+  }
+
+  /**
+   * A layer from DeepSpeed's MoE(...) keywords, with DeepSpeed's defaults and semantics (see
+   * deepSpeedOptions and docs/deepspeed.md); group as for the constructor.
+   */
+  static fromDeepSpeed(kwargs: DeepSpeedMoEKwargs, group?: MoELayerGroup): MoELayer {
+    return new MoELayer(deepSpeedOptions(kwargs), group);
   }
 
   /** The keys of the foreign config this layer was built from that it reported and did not apply, with why. */
@@ -368,11 +382,13 @@ export class MoELayer {
 
       const p = await permute(x, r.indices, r.weights, {
         numExperts: c.numExperts,
-        capacityFactor: c.capacityFactor,
+        capacityFactor: training ? c.capacityFactor : c.evalCapacityFactor,
+        minCapacity: c.minCapacity,
         dropPolicy: c.dropPolicy,
         padToCapacity: c.padToCapacity,
       });
       for (const t of [p.rows, p.rowsPerExpert, p.pairToRow, p.rowToPair]) keep(t);
+      const weights = c.renormalizeKept ? keep(await renormalizeKept(r.weights, p.pairToRow)) : r.weights;
       tick("permute");
 
       // The shared experts need only x: they run on the CPU stream while the rows travel.
@@ -416,16 +432,27 @@ export class MoELayer {
 
       const rowsBack = keep(await clock.timed("combine", () => combine(expertOut, plan, groups.ep)));
 
-      let output = keep(await clock.timed("unpermute", () => unpermute(rowsBack, p.pairToRow, r.weights)));
+      let output = keep(await clock.timed("unpermute", () => unpermute(rowsBack, p.pairToRow, weights)));
 
       let shared: FFNSaved | undefined;
+      let residual: ResidualSaved | undefined;
       if (sharedRun) {
         await sharedRun;
         sharedRun = undefined;
-        const sum = keep(await clock.timed("shared", () => add(output, sharedOut!.y)));
-        own.delete(output);
-        output.dispose();
-        output = sum;
+        if (this.params.coefficient) {
+          // Residual MoE: a learned mix instead of the sum; both outputs stay for the backward.
+          const moeOut = output;
+          const mix = await clock.timed("shared", () =>
+            residualForward(x, moeOut, sharedOut!.y, this.params.coefficient!, keep),
+          );
+          output = mix.y;
+          residual = mix.saved;
+        } else {
+          const sum = keep(await clock.timed("shared", () => add(output, sharedOut!.y)));
+          own.delete(output);
+          output.dispose();
+          output = sum;
+        }
         shared = sharedOut!.saved;
       }
 
@@ -456,7 +483,8 @@ export class MoELayer {
           jitterSlice,
           logits,
           indices: r.indices,
-          weights: r.weights,
+          weights,
+          routeWeights: r.weights,
           tokensPerExpert: r.tokensPerExpert,
           pairToRow: p.pairToRow,
           plan,
@@ -466,6 +494,7 @@ export class MoELayer {
           expertOut,
           rowsBack,
           shared,
+          residual,
           own,
         };
         this.contexts.push(ctx);
@@ -531,11 +560,23 @@ export class MoELayer {
     const grads: Array<[Parameter, Tensor | undefined]> = [];
     let dx: Tensor | undefined;
     try {
+      // Residual MoE: the mix's backward splits dy between the routed path and the MLP.
+      const mix = ctx.residual
+        ? await clock.timed("shared", () =>
+            residualBackward(gradOutput, ctx.x, ctx.residual!, this.params.coefficient!, tmp),
+          )
+        : undefined;
+      if (mix) grads.push(...mix.grads);
+      const dyRouted = mix ? mix.dMoe : gradOutput;
       const u = await clock.timed("unpermute", () =>
-        unpermuteBackward(gradOutput, ctx.rowsBack, ctx.pairToRow, ctx.weights),
+        unpermuteBackward(dyRouted, ctx.rowsBack, ctx.pairToRow, ctx.weights),
       );
       tmp(u.dRows);
-      const dWeights = tmp(u.dWeights);
+      tmp(u.dWeights);
+      const dWeights =
+        ctx.weights === ctx.routeWeights
+          ? u.dWeights
+          : tmp(await renormalizeKeptBackward(ctx.routeWeights, ctx.pairToRow, u.dWeights));
 
       // The combine's gradient travels the dispatch's way; meanwhile the CPU stream runs the
       // router's and the shared experts' backward, which need nothing from the experts.
@@ -548,7 +589,12 @@ export class MoELayer {
         }),
         clock.timed("shared", async () => {
           if (!ctx.shared) return undefined;
-          const gs = await ffnBackward(gradOutput, ctx.shared, ffnWeights(this.params.shared!), c.activation);
+          const gs = await ffnBackward(
+            mix ? mix.dMlp : gradOutput,
+            ctx.shared,
+            ffnWeights(this.params.shared!),
+            c.activation,
+          );
           for (const t of [gs.dx, gs.dw1, gs.dw2, gs.db1, gs.db2]) tmp(t);
           grads.push(...ffnGradients(this.params.shared!, gs));
           return gs.dx;
@@ -577,6 +623,7 @@ export class MoELayer {
         const d = await permuteBackward(dRows, ctx.pairToRow);
         await addInPlace(d, dGate);
         if (dShared) await addInPlace(d, dShared);
+        if (mix) await addInPlace(d, mix.dx);
         return d;
       });
 

@@ -208,7 +208,9 @@ export class LayerParameters {
   readonly router: Parameter;
   readonly experts: FFNParameters;
   readonly shared?: FFNParameters;
-  /** In the order parameters() lists them: router, experts, shared experts (w1, w2, b1, b2 each). */
+  /** The residual MoE's mixing coefficient (x · weight + bias, weight [D, 2] float32), with residual. */
+  readonly coefficient?: { weight: Parameter; bias: Parameter };
+  /** In the order parameters() lists them: router, experts, shared experts (w1, w2, b1, b2 each), coefficient. */
   readonly all: readonly Parameter[];
   /** Resolves once every initial value is written. */
   readonly initialised: Promise<void>;
@@ -280,6 +282,12 @@ export class LayerParameters {
         this.shared.b1 = shared("b1", [S1], undefined, false);
         this.shared.b2 = shared("b2", [D], undefined, false);
       }
+    }
+    if (c.residual) {
+      this.coefficient = {
+        weight: make("coefficient.weight", [D, 2], "float32", { std: c.initStd }, false, true),
+        bias: make("coefficient.bias", [2], "float32", {}, false, false),
+      };
     }
     this.all = all;
     this.initialised = Promise.all(inits).then(() => undefined);

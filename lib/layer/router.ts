@@ -6,7 +6,7 @@
  */
 import { expertBiasUpdate } from "../ops/expert-bias";
 import { gate, gateBackward } from "../ops/gate";
-import { hashName, jitter } from "../ops/random";
+import { fillRandom, hashName, jitter } from "../ops/random";
 import { route, routeBackward, type RouteResult } from "../ops/route";
 import { Tensor } from "../tensor";
 import type { ResolvedMoEConfig } from "./config";
@@ -57,6 +57,8 @@ export class Router {
   /** The expert bias (aux-loss-free balancing), when the config asks for it. */
   readonly expertBias?: Tensor;
   private jitterCalls = 0;
+  private rsampleCalls = 0;
+  private sampleCalls = 0;
   private readonly loadSinceUpdate: Float64Array;
 
   constructor(
@@ -79,6 +81,28 @@ export class Router {
       this.jitterCalls++;
     }
     const logits = keep(await gate(gateInput, wg));
+    let selectionNoise: Tensor | undefined;
+    if (training && c.rsample) {
+      // Gumbel noise on the logits for the choice (docs/math.md#rsample), a new draw per forward.
+      selectionNoise = keep(Tensor.zeros([x.shape[0], c.numExperts], { device: c.device }));
+      await fillRandom(selectionNoise, {
+        seed: c.seed,
+        key: hashName(prefixed(c.name, `router.rsample/${this.worldRank}`)),
+        distribution: "gumbel",
+        firstSlice: this.rsampleCalls % 2 ** 32,
+      });
+      this.rsampleCalls++;
+    } else if (c.secondExpertSampling) {
+      // Gumbel noise for the choices after the first (docs/math.md#rsample), every forward.
+      selectionNoise = keep(Tensor.zeros([x.shape[0], c.numExperts], { device: c.device }));
+      await fillRandom(selectionNoise, {
+        seed: c.seed,
+        key: hashName(prefixed(c.name, `router.sample2/${this.worldRank}`)),
+        distribution: "gumbel",
+        firstSlice: this.sampleCalls % 2 ** 32,
+      });
+      this.sampleCalls++;
+    }
     const r = await route(logits, {
       topK: c.topK,
       scoreFunction: c.scoreFunction,
@@ -86,6 +110,8 @@ export class Router {
       expertBias: this.expertBias,
       numGroups: c.numGroups,
       topkGroups: c.topkGroups,
+      selectionNoise,
+      noiseFrom: selectionNoise && c.secondExpertSampling ? 1 : 0,
     });
     for (const t of [r.indices, r.weights, r.scores, r.tokensPerExpert, r.auxLoss, r.zLoss]) keep(t);
     return { gateInput, jitterSlice, logits, route: r };

@@ -8,4 +8,6 @@ export * from "./elementwise";
 export * from "./random";
 export * from "./chunks";
 export * from "./expert-bias";
+export * from "./residual";
+export * from "./kept-weights";
 export * from "./view";

@@ -7,14 +7,16 @@ import type { NativePermuteOptions } from "../addon";
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
-export type DropPolicy = "probs" | "position";
-export const DROP_POLICIES: readonly DropPolicy[] = ["probs", "position"];
+export type DropPolicy = "probs" | "position" | "choice";
+export const DROP_POLICIES: readonly DropPolicy[] = ["probs", "position", "choice"];
 
 export interface PermuteOptions {
   /** E, the number of experts; indices must lie in [0, E). */
   numExperts: number;
   /** When given (> 0): each expert keeps at most C = ceil(T·k/E · capacityFactor) choices. Absent: dropless. */
   capacityFactor?: number;
+  /** With capacityFactor: C = max(ceil(T·k/E · capacityFactor), minCapacity) (default 0, DeepSpeed's min_capacity). */
+  minCapacity?: number;
   /** Which choices an over-full expert keeps: the C largest weights ("probs", default) or the first C in token order ("position"). */
   dropPolicy?: DropPolicy;
   /** Every expert gets exactly C rows, zero rows appended to its segment (needs capacityFactor). */
@@ -51,10 +53,11 @@ function permuteOptions(options: unknown): NativePermuteOptions {
     o.capacityFactor === undefined
       ? undefined
       : checkNumber("capacityFactor", o.capacityFactor, (v) => v > 0, "a finite number > 0");
+  const minCapacity = o.minCapacity === undefined ? 0 : checkInteger("minCapacity", o.minCapacity, 0, 2147483647);
   const dropPolicy = o.dropPolicy === undefined ? "probs" : checkOneOf("dropPolicy", o.dropPolicy, DROP_POLICIES);
   if (o.padToCapacity !== undefined && typeof o.padToCapacity !== "boolean")
     throw invalid("a boolean", "padToCapacity", o.padToCapacity);
-  return { numExperts, capacityFactor, dropPolicy, padToCapacity: o.padToCapacity === true };
+  return { numExperts, capacityFactor, minCapacity, dropPolicy, padToCapacity: o.padToCapacity === true };
 }
 
 /**

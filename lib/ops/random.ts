@@ -8,8 +8,8 @@ import { checkInteger, checkNumber, checkOneOf, invalid, orDefault } from "../er
 import type { Tensor } from "../tensor";
 import { handle, native, wrap } from "./common";
 
-export type Distribution = "normal" | "uniform";
-const DISTRIBUTIONS: readonly Distribution[] = ["normal", "uniform"];
+export type Distribution = "normal" | "uniform" | "gumbel";
+const DISTRIBUTIONS: readonly Distribution[] = ["normal", "uniform", "gumbel"];
 const MAX_U32 = 0xffffffff;
 
 export interface RandomStreamOptions {
@@ -22,9 +22,9 @@ export interface RandomStreamOptions {
 export interface FillRandomOptions extends RandomStreamOptions {
   /** Default "normal". */
   distribution?: Distribution;
-  /** normal: the mean (default 0); uniform: the low end (default 0). */
+  /** normal: the mean (default 0); gumbel: the location (default 0). */
   mean?: number;
-  /** normal: the standard deviation (default 1). */
+  /** normal: the standard deviation (default 1); gumbel: the scale (default 1; gumbel is CPU only). */
   std?: number;
   /** uniform: the low end (default 0). */
   low?: number;
@@ -60,7 +60,7 @@ export async function fillRandom(t: Tensor, options: FillRandomOptions): Promise
   const finite = (v: number) => Number.isFinite(v);
   let a: number;
   let b: number;
-  if (distribution === "normal") {
+  if (distribution !== "uniform") {
     a = checkNumber("mean", orDefault(options.mean, 0), finite, "a finite number");
     b = checkNumber("std", orDefault(options.std, 1), (v) => v >= 0, "a finite number >= 0");
   } else {

@@ -3,7 +3,7 @@
  * softmax or sigmoid, top-k choice (optionally biased and group-limited),
  * gate weights, tokens per expert, and the load-balancing and z losses.
  */
-import { checkNumber, checkOneOf, checkSafeInteger, invalid } from "../errors";
+import { checkInteger, checkNumber, checkOneOf, checkSafeInteger, invalid } from "../errors";
 import type { NativeChoiceOptions } from "../addon";
 import type { Tensor } from "../tensor";
 import { handle, native, optionalHandle, wrap } from "./common";
@@ -24,6 +24,13 @@ export interface RouteOptions {
   numGroups?: number;
   /** Only experts in the topkGroups best groups may be chosen (with numGroups). */
   topkGroups?: number;
+  /**
+   * float32 [tokens, numExperts]: the choice takes the keys logits + noise (+ expertBias) instead of the
+   * scores; weights and losses keep the scores (DeepSpeed's RSample with Gumbel noise). CPU only.
+   */
+  selectionNoise?: Tensor;
+  /** With selectionNoise: the first noiseFrom choices take the noiseless keys (default 0; 1: DeepSpeed's top-2 sampling). */
+  noiseFrom?: number;
 }
 
 export interface RouteResult {
@@ -100,6 +107,8 @@ export async function route(logits: Tensor, options: RouteOptions): Promise<Rout
     ...choiceOptions(o),
     scoreFunction: scoreFunctionOf(o.scoreFunction),
     renormalize: optionalBoolean("renormalize", o.renormalize),
+    selectionNoise: optionalHandle(o.selectionNoise, "selectionNoise"),
+    noiseFrom: o.noiseFrom === undefined ? 0 : checkInteger("noiseFrom", o.noiseFrom, 0, 2147483647),
   };
   const r = await native().route(handle(logits, "logits"), optionalHandle(o.expertBias, "expertBias"), opts);
   return {

@@ -24,8 +24,10 @@
 #include "../../cpp/ops/elementwise.h"
 #include "../../cpp/ops/gate.h"
 #include "../../cpp/ops/grouped_gemm.h"
+#include "../../cpp/ops/kept_weights.h"
 #include "../../cpp/ops/permute.h"
 #include "../../cpp/ops/random.h"
+#include "../../cpp/ops/residual.h"
 #include "../../cpp/ops/route.h"
 #include "../../cpp/ops/unpermute.h"
 #include "moe_ep.h"
@@ -297,7 +299,8 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       // ASan aborts instead of throwing std::bad_alloc; such counts are tried at 2^20, the refused ones as drawn.
       if (o.num_experts > (int64_t(1) << 20) && o.num_experts <= INT32_MAX) o.num_experts = int64_t(1) << 20;
       if (r.flag()) o.capacity_factor = r.number();
-      o.drop_policy = r.flag() ? ops::DropPolicy::Probs : ops::DropPolicy::Position;
+      if (r.flag()) o.min_capacity = r.dim();
+      o.drop_policy = ops::DropPolicy(r.byte() % 3);
       o.pad_to_capacity = r.flag();
       core("permute", [&] { ops::permute(t(), t(), t(), o)(); });
       break;
@@ -307,6 +310,10 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       break;
     case 2:
       core("unpermute", [&] { ops::unpermute(t(), t(), t())(); });
+      core("residualMix", [&] { ops::residual_mix(t(), t(), t(), t())(); });
+      core("residualMixBackward", [&] { ops::residual_mix_backward(t(), t(), t(), t(), t())(); });
+      core("renormalizeKept", [&] { ops::renormalize_kept(t(), t())(); });
+      core("renormalizeKeptBackward", [&] { ops::renormalize_kept_backward(t(), t(), t())(); });
       break;
     case 3:
       core("unpermuteBackward", [&] { ops::unpermute_backward(t(), t(), t(), t())(); });
@@ -321,6 +328,8 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       o.renormalize = r.flag();
       o.num_groups = r.flag() ? r.dim() : 0;
       o.topk_groups = r.flag() ? r.dim() : 0;
+      if (r.flag()) o.selection_noise = t();
+      if (r.flag()) o.noise_from = r.dim();
       core("route", [&] { ops::route(t(), t(), o)(); });
       core("checkRouteOptions", [&] { ops::check_route_options("fuzz", r.dim(), o); });
       break;
@@ -354,7 +363,7 @@ void run_core(Reader& r, const std::vector<moe::Tensor>& pool) {
       o.stream.seed = uint64_t(r.dim());
       o.slice_size = r.dim();
       o.first_slice = r.dim();
-      o.distribution = r.flag() ? ops::Distribution::Uniform : ops::Distribution::Normal;
+      o.distribution = ops::Distribution(r.byte() % 3);
       core("fillRandom", [&] { ops::fill_random(t(), o)(); });
       core("jitter", [&] { ops::jitter(t(), r.number(), o.stream, r.dim())(); });
       break;

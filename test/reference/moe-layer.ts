@@ -9,7 +9,9 @@
 import { activationBackwardRef, activationRef, isGatedKind, type Kind } from "./activation";
 import { gateBackwardRef, gateRef } from "./gate";
 import { groupedGemmBackwardRef, groupedGemmRef } from "./grouped-gemm";
+import { renormalizeKeptBackwardRef, renormalizeKeptRef } from "./kept-weights";
 import { permuteBackwardRef, permuteRef, unpermuteBackwardRef, unpermuteRef } from "./permute";
+import { residualCoefBackwardRef, residualCoefRef, residualMixBackwardRef, residualMixRef } from "./residual";
 import { routeBackwardRef, routeRef, type ScoreFunction } from "./route";
 
 export interface MoERefConfig {
@@ -19,17 +21,23 @@ export interface MoERefConfig {
   topK: number;
   scoreFunction: ScoreFunction;
   renormalize: boolean;
+  /** Renormalise the weights over the kept choices, after capacity. */
+  renormalizeKept?: boolean;
   expertBias?: ArrayLike<number>;
   numGroups?: number;
   topkGroups?: number;
   capacityFactor?: number;
-  dropPolicy: "probs" | "position";
+  /** C = max(ceil(…), minCapacity) (default 0). */
+  minCapacity?: number;
+  dropPolicy: "probs" | "position" | "choice";
   padToCapacity: boolean;
   auxLossCoef: number;
   zLossCoef: number;
   activation: Kind;
   bias: boolean;
   sharedExpertFF: number;
+  /** Residual MoE: the shared experts' output mixed in by softmax(x · coefficient.weight + coefficient.bias). */
+  residual?: boolean;
 }
 
 /** Full (unsharded) parameters, row-major, as the layer names them without their prefix. */
@@ -40,6 +48,10 @@ export interface MoERefRank {
   dy: Float64Array; // [T, D]
   /** Jitter factors multiplying the gate's input, [T, D]; absent: none. */
   noise?: Float64Array;
+  /** Noise added to the logits for the choice only, [T, E] (rsample); absent: none. */
+  selectionNoise?: Float64Array;
+  /** The first noiseFrom choices take the noiseless keys (top-2 second-expert sampling: 1). */
+  noiseFrom?: number;
 }
 
 export interface MoERefResult {
@@ -114,10 +126,13 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       expertBias: c.expertBias,
       numGroups: c.numGroups,
       topkGroups: c.topkGroups,
+      selectionNoise: rank.selectionNoise,
+      noiseFrom: rank.noiseFrom,
     });
     const pm = permuteRef(rank.x, rt.indices, rt.weights, T, D, k, {
       numExperts: E,
       capacityFactor: c.capacityFactor,
+      minCapacity: c.minCapacity,
       dropPolicy: c.dropPolicy,
       padToCapacity: c.padToCapacity,
     });
@@ -139,9 +154,11 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       { R, K: F, N: D, L: E },
       c.bias ? params["experts.b2"] : undefined,
     );
-    const y = unpermuteRef(ye, pm.pairToRow, rt.weights, T, k, D);
+    const weights = c.renormalizeKept ? renormalizeKeptRef(rt.weights, pm.pairToRow, T, k) : rt.weights;
+    let y = unpermuteRef(ye, pm.pairToRow, weights, T, k, D);
 
     let shared: { pre: Float64Array; h: Float64Array } | undefined;
+    let mix: { moe: Float64Array; mlp: Float64Array; coef: Float64Array } | undefined;
     if (S > 0) {
       const spre = groupedGemmRef(
         rank.x,
@@ -151,16 +168,20 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
         c.bias ? params["shared_experts.b1"] : undefined,
       );
       const sh = activationRef(spre, S1, c.activation);
-      addInto(
-        y,
-        groupedGemmRef(
-          sh,
-          params["shared_experts.w2"],
-          [T],
-          { R: T, K: S, N: D, L: 1 },
-          c.bias ? params["shared_experts.b2"] : undefined,
-        ),
+      const sy = groupedGemmRef(
+        sh,
+        params["shared_experts.w2"],
+        [T],
+        { R: T, K: S, N: D, L: 1 },
+        c.bias ? params["shared_experts.b2"] : undefined,
       );
+      if (c.residual) {
+        const coef = residualCoefRef(rank.x, params["coefficient.weight"], params["coefficient.bias"], T, D);
+        mix = { moe: y, mlp: sy, coef };
+        y = residualMixRef(y, sy, coef, T, D);
+      } else {
+        addInto(y, sy);
+      }
       shared = { pre: spre, h: sh };
     }
     out.outputs.push(y);
@@ -173,7 +194,16 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
     out.dropped.push(pm.dropped);
 
     // Backward.
-    const ub = unpermuteBackwardRef(rank.dy, ye, pm.pairToRow, rt.weights, T, k, D, R);
+    const mb = mix ? residualMixBackwardRef(rank.dy, mix.moe, mix.mlp, mix.coef, T, D) : undefined;
+    const cb = mb ? residualCoefBackwardRef(mb.dl, rank.x, params["coefficient.weight"], T, D) : undefined;
+    if (mb && cb) {
+      addInto(grads["coefficient.weight"], cb.dwc);
+      addInto(grads["coefficient.bias"], mb.dbc);
+    }
+    const ub = unpermuteBackwardRef(mb ? mb.dMoe : rank.dy, ye, pm.pairToRow, weights, T, k, D, R);
+    const dWeights = c.renormalizeKept
+      ? renormalizeKeptBackwardRef(rt.weights, pm.pairToRow, ub.dWeights, T, k)
+      : ub.dWeights;
     const g2 = groupedGemmBackwardRef(ub.dRows, h, params["experts.w2"], counts, { R, K: F, N: D, L: E });
     const dpre = activationBackwardRef(g2.dx, pre, F1, c.activation);
     const g1 = groupedGemmBackwardRef(dpre, pm.rows, params["experts.w1"], counts, { R, K: D, N: F1, L: E });
@@ -184,7 +214,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
       addInto(grads["experts.b2"], g2.dbias);
     }
     const dx = permuteBackwardRef(g1.dx, pm.pairToRow, T, k, D);
-    const dl = routeBackwardRef(logits, T, E, rt.indices, rt.tokensPerExpert, ub.dWeights, {
+    const dl = routeBackwardRef(logits, T, E, rt.indices, rt.tokensPerExpert, dWeights, {
       scoreFunction: c.scoreFunction,
       renormalize: c.renormalize,
       auxLossGrad: c.auxLossCoef * lossScale,
@@ -194,7 +224,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
     addInto(grads["router.weight"], gg.dwg);
     addInto(dx, rank.noise ? gg.dx.map((v, i) => v * rank.noise![i]) : gg.dx);
     if (shared) {
-      const s2 = groupedGemmBackwardRef(rank.dy, shared.h, params["shared_experts.w2"], [T], {
+      const s2 = groupedGemmBackwardRef(mb ? mb.dMlp : rank.dy, shared.h, params["shared_experts.w2"], [T], {
         R: T,
         K: S,
         N: D,
@@ -210,6 +240,7 @@ export function moeLayerRef(c: MoERefConfig, params: MoERefParams, ranks: MoERef
         addInto(grads["shared_experts.b2"], s2.dbias);
       }
     }
+    if (cb) addInto(dx, cb.dx);
     out.dx.push(dx);
   }
   return out;

@@ -4,11 +4,12 @@
  * docs/math.md#unpermute), written from the definitions: each expert's pairs
  * found by scanning, capacity applied by sorting, sums in float64.
  */
-export type DropPolicyRef = "probs" | "position";
+export type DropPolicyRef = "probs" | "position" | "choice";
 
 export interface PermuteRefOptions {
   numExperts: number;
   capacityFactor?: number;
+  minCapacity?: number;
   dropPolicy?: DropPolicyRef;
   padToCapacity?: boolean;
 }
@@ -23,9 +24,9 @@ export interface PermuteRef {
   capacity: number; // -1 when dropless
 }
 
-/** C = ceil(T · k / E · capacityFactor). */
-export function capacityRef(t: number, k: number, e: number, capacityFactor: number): number {
-  return Math.ceil(((t * k) / e) * capacityFactor);
+/** C = max(ceil(T · k / E · capacityFactor), minCapacity). */
+export function capacityRef(t: number, k: number, e: number, capacityFactor: number, minCapacity = 0): number {
+  return Math.max(Math.ceil(((t * k) / e) * capacityFactor), minCapacity);
 }
 
 /** The flat indices t * k + j that each expert keeps, in (t, j) order. */
@@ -37,7 +38,7 @@ export function keptPairsRef(
   opts: PermuteRefOptions,
 ): { kept: number[][]; dropped: number; capacity: number } {
   const e = opts.numExperts;
-  const capacity = opts.capacityFactor === undefined ? -1 : capacityRef(t, k, e, opts.capacityFactor);
+  const capacity = opts.capacityFactor === undefined ? -1 : capacityRef(t, k, e, opts.capacityFactor, opts.minCapacity);
   const kept: number[][] = [];
   let dropped = 0;
   for (let ex = 0; ex < e; ex++) {
@@ -47,6 +48,12 @@ export function keptPairsRef(
     if (capacity >= 0 && mine.length > capacity) {
       if ((opts.dropPolicy ?? "probs") === "position") {
         keep = mine.slice(0, capacity);
+      } else if (opts.dropPolicy === "choice") {
+        // Choice by choice (every first choice before any second), token order within a choice.
+        keep = [...mine]
+          .sort((a, b) => (a % k) - (b % k) || a - b)
+          .slice(0, capacity)
+          .sort((a, b) => a - b);
       } else {
         // Largest weight first; ties to the lower token, then the lower choice (= the lower flat index).
         keep = [...mine]

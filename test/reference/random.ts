@@ -30,10 +30,16 @@ export function normalRef(state: bigint, i: number): number {
   return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
 }
 
+/** Gumbel(0, 1): −ln(−ln u), u = ((bits(i) >> 11) + 1/2) · 2⁻⁵³. */
+export function gumbelRef(state: bigint, i: number): number {
+  const u = (Number(bitsRef(state, i) >> 11n) + 0.5) * 2 ** -53;
+  return -Math.log(-Math.log(u));
+}
+
 export interface FillRef {
   seed: number;
   key: number;
-  distribution: "normal" | "uniform";
+  distribution: "normal" | "uniform" | "gumbel";
   a: number;
   b: number;
   sliceSize?: number;
@@ -48,7 +54,12 @@ export function fillRandomRef(n: number, o: FillRef): Float64Array {
   for (let i = 0; i < n; i++) {
     if (i % size === 0) state = sliceState(o.seed, o.key, (o.firstSlice ?? 0) + i / size);
     const j = i % size;
-    out[i] = o.distribution === "normal" ? o.a + o.b * normalRef(state, j) : o.a + (o.b - o.a) * uniformRef(state, j);
+    out[i] =
+      o.distribution === "normal"
+        ? o.a + o.b * normalRef(state, j)
+        : o.distribution === "gumbel"
+          ? o.a + o.b * gumbelRef(state, j)
+          : o.a + (o.b - o.a) * uniformRef(state, j);
   }
   return out;
 }

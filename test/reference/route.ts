@@ -13,6 +13,10 @@ export interface RouteRefOptions {
   expertBias?: ArrayLike<number>;
   numGroups?: number;
   topkGroups?: number;
+  /** [T, E]: the choice takes the keys logits + noise (+ bias) instead of the scores (+ bias). */
+  selectionNoise?: ArrayLike<number>;
+  /** With selectionNoise: the first noiseFrom choices take the noiseless keys, the rest the noisy ones. */
+  noiseFrom?: number;
 }
 
 export interface RouteRef {
@@ -110,9 +114,21 @@ export function routeRef(logits: ArrayLike<number>, t: number, e: number, o: Rou
     r.z += (lse * lse) / t;
     const q = s.reduce((a, b) => a + b, 0);
     for (let i = 0; i < e; i++) P[i] += (f === "softmax" ? s[i] : s[i] / q) / t;
-    const key = Float64Array.from(s, (v, i) => v + (o.expertBias ? o.expertBias[i] : 0));
-    const { chosen, margin } = choose(key, e, o);
-    r.margin = Math.min(r.margin, margin);
+    const noise = o.selectionNoise;
+    const bias = (i: number) => (o.expertBias ? o.expertBias[i] : 0);
+    const clean = Float64Array.from(s, (v, i) => v + bias(i));
+    const noisy = noise ? Float64Array.from(s, (_, i) => row[i] + noise[ti * e + i] + bias(i)) : clean;
+    const from = noise ? (o.noiseFrom ?? 0) : 0;
+    // The first `from` choices by the noiseless keys; the rest by the noisy keys, the chosen ones
+    // ranked last (a finite key, so that the margins stay numbers).
+    const first = from > 0 ? choose(clean, e, { ...o, topK: from }) : { chosen: [], margin: Infinity };
+    const rest = choose(
+      Float64Array.from(noisy, (v, i) => (first.chosen.includes(i) ? -1e300 : v)),
+      e,
+      { ...o, topK: k - from },
+    );
+    const chosen = [...first.chosen, ...rest.chosen];
+    r.margin = Math.min(r.margin, first.margin, from < k ? rest.margin : Infinity);
     const denom = o.renormalize ? chosen.reduce((a, i) => a + s[i], 0) + (f === "sigmoid" ? SIGMOID_EPS : 0) : 1;
     chosen.forEach((i, j) => {
       r.indices[ti * k + j] = i;
