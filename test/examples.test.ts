@@ -60,3 +60,34 @@ test("examples/deepspeed/train.js on 2 ranks (moe-ep launch -n 2), at width 32: 
   const losses = steps.map((m) => Number(m[2]));
   expect(losses[losses.length - 1]).toBeLessThan(losses[0] * 0.95);
 }, 90000);
+
+test("examples/config/train.js on 8 ranks: the illustrative Megatron/DeepSpeed config trains as epSize 4 × etpSize 2 in bfloat16, AdamW from its optimizer section", async () => {
+  buildDist();
+  const run = await runNode(
+    [
+      path.join(root, "dist", "cli.js"),
+      "launch",
+      "-n",
+      "8",
+      path.join(root, "examples", "config", "train.js"),
+      "--steps",
+      "4",
+      "--lr",
+      "1e-2",
+    ],
+    { limitMs: 170000 },
+  );
+  expect(run.stderr).toBe("");
+  expect(run.code).toBe(0);
+  expect(run.stdout).toContain(
+    "layer: hidden 64 -> 128 gelu bfloat16, 64 experts, top-2, capacity factor 1.25, epSize 4 x etpSize 2 on 8 ranks (16 experts per rank, each split over 2)",
+  );
+  for (const key of ["optimizer", "zero_optimization", "moe.enabled"]) expect(run.stdout).toContain(`ignored ${key}: `);
+  expect(run.stdout).toContain("optimizer: AdamW lr 0.01 weight decay 0");
+  const steps = [...run.stdout.matchAll(/step (\d+) loss ([\d.]+) aux [\d.]+ capacity (\d+) dropped (\d+)/g)];
+  expect(steps.map((m) => Number(m[1]))).toEqual([1, 2, 3, 4]);
+  // 32 tokens per rank, top-2 of 64 experts, capacity factor 1.25: C = ceil(32 · 2 / 64 · 1.25) = 2.
+  for (const m of steps) expect(Number(m[3])).toBe(Math.ceil(((32 * 2) / 64) * 1.25));
+  const losses = steps.map((m) => Number(m[2]));
+  expect(losses[3]).toBeLessThan(losses[0]);
+}, 180000);

@@ -77,7 +77,10 @@ async function main() {
       `ep_size ${c.epSize} (${moe.numLocalExperts} per rank), k ${c.topK}, capacity_factor ${c.capacityFactor}, ` +
       `min_capacity ${c.minCapacity}, ${worldSize} ranks`,
   );
-  const opt = new AdamW(moe.parameters(), { lr: 1e-3, weightDecay: 0.01 });
+  // The optimizer from the ds_config section DeepSpeed reads it from.
+  const opt = AdamW.fromConfig(moe.parameters(), {
+    optimizer: { type: "AdamW", params: { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01 } },
+  });
   const losses = [];
   for (let step = 1; step <= STEPS; step++) {
     // Every step sees the same batch, so that a few steps show the loss falling.
