@@ -49,7 +49,9 @@ for (const r of problems) console.error(`${r.file} is not portable:\n  ${r.probl
 if (problems.length) fail("see above (scripts/check-portable.js)");
 
 fs.mkdirSync(path.join(out, "include"), { recursive: true });
-for (const f of LIBRARIES) fs.rmSync(path.join(out, f), { force: true });
+// Only this build's files: an older prebuild's (another name) would be loaded too (lib/native.ts).
+for (const f of fs.readdirSync(out))
+  if (f !== "include") fs.rmSync(path.join(out, f), { force: true, recursive: true });
 for (const f of built) {
   const dest = path.join(out, path.basename(f));
   fs.copyFileSync(f, dest);

@@ -83,8 +83,10 @@ async function terminateRounds(scenario, rounds) {
 }
 
 function stopDuringGemm(how) {
-  const state = tracked(gemm(32, 256, 512, 512));
-  // From a timer callback, so that the throw is an uncaught exception (not a rejection).
+  // About 34 GFLOP: seconds of work on this machine's two cores, so that the stop below (from a timer
+  // callback, so that the throw is an uncaught exception, not a rejection) lands in it even when the
+  // machine is loaded and timers fire late.
+  const state = tracked(gemm(64, 512, 512, 1024));
   setTimeout(() => {
     if (state.settled) {
       console.log("the GEMM ended before the test could stop the process");
@@ -93,7 +95,7 @@ function stopDuringGemm(how) {
     console.log(`stopping ${Date.now()}`);
     if (how === "throw") throw new Error("uncaught during a GEMM");
     process.exit(3);
-  }, 150);
+  }, 50);
 }
 
 if (!isMainThread) {
