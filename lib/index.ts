@@ -5,6 +5,7 @@ export { DeviceEvent } from "./device";
 export type { DType, DeviceName, HostArray, TensorOptions, MemoryStats, MemoryStatsOptions } from "./tensor";
 export { info, formatInfo } from "./info";
 export type { Info } from "./info";
+export type { AddonSource } from "./native";
 export * as ops from "./ops";
 // The ops' union types and option interfaces, also at the root (values stay under `ops`).
 export { ACTIVATION_KINDS } from "./ops/activation";
@@ -40,7 +41,7 @@ export type {
   IgnoredConfigKey,
   ParsedForeignConfig,
 } from "./layer/foreign-config";
-export type { CollectiveGroup, SplittableGroup, LayerGroups, MoELayerGroup } from "./layer/group";
+export type { CollectiveGroup, SplittableGroup, LayerGroups, MoELayerGroup, Split } from "./layer/group";
 export { AdamW } from "./optim/adamw";
 export type { AdamWOptions, AdamWState, OptimizerParam } from "./optim/adamw";
 export type { OptimizerConfig } from "./optim/adamw-config";
@@ -88,5 +89,6 @@ export type {
   SafetensorsDType,
   SafetensorsSkipped,
   SafetensorsReadOptions,
+  SafetensorsHeader,
 } from "./checkpoint/safetensors";
 export * from "./comm";

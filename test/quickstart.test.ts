@@ -16,7 +16,9 @@ import { buildDist, root, runNode, tempDir } from "./procs";
 const bun = path.join(root, "node_modules", "@oven", "bun-linux-x64", "bin", "bun");
 const hasBun = fs.existsSync(bun);
 if (!hasBun)
-  console.log(`quickstart.test.ts: no Bun binary at ${bun} (npm install --no-save @oven/bun-linux-x64, as .ci/run does); Bun cases skipped`);
+  console.log(
+    `quickstart.test.ts: no Bun binary at ${bun} (npm install --no-save @oven/bun-linux-x64, as .ci/run does); Bun cases skipped`,
+  );
 const bunTest = hasBun ? test : test.skip;
 
 let app: string;

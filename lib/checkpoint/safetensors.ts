@@ -271,13 +271,14 @@ function readAt(fd: number, file: string, into: Uint8Array, position: number): v
   }
 }
 
-interface Header {
+/** A safetensors file's header: its tensors by name, its metadata, and the tensors of dtypes skipped. */
+export interface SafetensorsHeader {
   tensors: Map<string, SafetensorsInfo>;
   metadata: Record<string, string>;
   skipped: SafetensorsSkipped[];
 }
 
-function parseHeader(fd: number, file: string, dtypes: "skip" | "strict"): Header {
+function parseHeader(fd: number, file: string, dtypes: "skip" | "strict"): SafetensorsHeader {
   const stat = fs.fstatSync(fd);
   if (!stat.isFile()) throw bad(file, "it is not a regular file");
   const size = stat.size;
@@ -356,7 +357,7 @@ function parseHeader(fd: number, file: string, dtypes: "skip" | "strict"): Heade
  * Reads and checks a file's header: the tensors' dtypes, shapes and byte ranges, and the metadata.
  * Tensors of dtypes moe-ep does not read are listed in `skipped` (ERR_MOE_DTYPE with `dtypes: "strict"`).
  */
-export function readSafetensorsHeader(file: string, options: SafetensorsReadOptions = {}): Header {
+export function readSafetensorsHeader(file: string, options: SafetensorsReadOptions = {}): SafetensorsHeader {
   const dtypes = checkReadOptions(options);
   const fd = openForReading(file);
   try {
@@ -376,7 +377,7 @@ export class SafetensorsFile {
   private constructor(
     readonly file: string,
     fd: number,
-    header: Header,
+    header: SafetensorsHeader,
   ) {
     this.fd = fd;
     this.tensors = header.tensors;

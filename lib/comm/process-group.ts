@@ -86,7 +86,7 @@ export interface AllToAllVResult {
 }
 
 export interface AllGatherVResult {
-  /** [sum(counts), ...x.shape.slice(1)]: every rank's rows, in rank order. */
+  /** Every rank's rows, in rank order: shape `[sum(counts), ...x.shape.slice(1)]`. */
   output: Tensor;
   /** The rows that came from each rank. */
   counts: number[];

@@ -34,7 +34,8 @@ export interface CollectiveGroup {
   reduceScatterV?(x: Tensor, counts: readonly number[]): Promise<Tensor>;
 }
 
-type Split = { ep: CollectiveGroup; expertDataParallel: CollectiveGroup; etp?: CollectiveGroup };
+/** The groups a split makes: EP, expert-data-parallel and (with etpSize > 1) expert-tensor-parallel. */
+export type Split = { ep: CollectiveGroup; expertDataParallel: CollectiveGroup; etp?: CollectiveGroup };
 
 /** A world group that can split itself into the EP, ETP and expert-data-parallel groups. */
 export interface SplittableGroup extends CollectiveGroup {

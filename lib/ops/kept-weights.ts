@@ -7,7 +7,7 @@ import { handle, native, wrap } from "./common";
 
 /**
  * weights float32 [tokens, topK], pairToRow int32 [tokens, topK] (permute's; -1: dropped) -> float32
- * [tokens, topK]: w / max(S, FLT_EPSILON) for the kept choices, S their sum; 0 for the dropped. CPU only.
+ * `[tokens, topK]`, w / max(S, FLT_EPSILON) for the kept choices, S their sum; 0 for the dropped. CPU only.
  */
 export async function renormalizeKept(weights: Tensor, pairToRow: Tensor): Promise<Tensor> {
   return wrap(await native().renormalizeKept(handle(weights, "weights"), handle(pairToRow, "pairToRow")));
