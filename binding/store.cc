@@ -7,6 +7,7 @@
 #include "blocking.h"
 #include "convert.h"
 #include "store_handle.h"
+#include "../cpp/comm/net.h"
 
 namespace moe::binding {
 namespace {
@@ -185,6 +186,15 @@ Napi::Value NativeStore::GetClosed(const Napi::CallbackInfo& info) { return Napi
 namespace {
 
 Registration reg([](Napi::Env env, Napi::Object exports) {
+  // addressToward(host, port): the local address of the route to host (lib/launch/address.ts).
+  exports.Set("addressToward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                Napi::Env env = info.Env();
+                return guard(env, [&]() -> Napi::Value {
+                  std::string host = to_string(info[0], "host");
+                  double port = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -1;
+                  return Napi::String::New(env, comm::net::address_toward(host, int(port)));
+                });
+              }));
   auto ctor = std::make_shared<Napi::FunctionReference>(Napi::Persistent(NativeStore::Define(env)));
   exports.Set("openStore",
               Napi::Function::New(

@@ -403,6 +403,8 @@ export interface Addon {
   createGlooGroup(store: NativeStoreHandle, options: NativeGlooGroupOptions): Promise<NativeProcessGroupHandle>;
   createNcclGroup(store: NativeStoreHandle, options: NativeNcclGroupOptions): Promise<NativeProcessGroupHandle>;
   ncclStatus(): NcclStatus;
+  /** The local IPv4 address of the route to host:port (cpp/comm/net.h). */
+  addressToward(host: string, port: number): string;
 
   // binding/bench.cc
   fmaPeak(options: { threads: number; seconds: number }): Promise<FmaPeakResult>;
@@ -464,6 +466,7 @@ export const ADDON_KEYS = [
   "createGlooGroup",
   "createNcclGroup",
   "ncclStatus",
+  "addressToward",
   "fmaPeak",
   "memcpyBandwidth",
   "sgemmRate",

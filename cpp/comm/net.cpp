@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -56,6 +57,32 @@ std::string resolve_numeric(const std::string& host, const std::string& what) {
   ::freeaddrinfo(res);
   if (ni != 0) fail(Code::Value, "cannot resolve " + describe_key(host) + " (" + what + ") to an IPv4 or IPv6 address");
   return buf;
+}
+
+std::string address_toward(const std::string& host, int port) {
+  if (port < 1 || port > 65535)
+    fail(Code::Value,
+         "expected a port in [1, 65535] toward " + describe_key(host) + " but received " + std::to_string(port));
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(uint16_t(port));
+  const std::string numeric = resolve_numeric(host, "the host to find the route to");
+  if (::inet_pton(AF_INET, numeric.c_str(), &to.sin_addr) != 1)
+    fail(Code::Value,
+         "expected an IPv4 address for " + describe_key(host) + " (to find the route to it) but it is " + numeric);
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    fail(Code::Internal, std::string("socket() for the route to ") + describe_key(host) + ": " + std::strerror(errno));
+  sockaddr_in local{};
+  socklen_t len = sizeof local;
+  const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok)
+    fail(Code::Value,
+         "cannot find the route to " + describe_key(host) + ":" + std::to_string(port) + ": " + std::strerror(err));
+  return format_ipv4(local.sin_addr);
 }
 
 std::string format_ipv4(in_addr addr) {

@@ -20,6 +20,11 @@ std::string format_ipv4(in_addr addr);
 // Throws ERR_MOE_VALUE naming the host, and `what` it is, when it does not resolve.
 std::string resolve_numeric(const std::string& host, const std::string& what);
 
+// The local IPv4 address of the interface the kernel routes to host:port: the source address a UDP
+// socket's connect() picks (nothing is sent; the socket is bound by that connect, inside one system
+// call, so it is never seen listening on 0.0.0.0). Throws ERR_MOE_VALUE naming the host on failure.
+std::string address_toward(const std::string& host, int port);
+
 void set_nonblocking(int fd);
 
 // Milliseconds left until deadline, for poll(): 0 when passed, at most `cap`.
