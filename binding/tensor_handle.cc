@@ -23,6 +23,9 @@ void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
 
 // new NativeTensor(dtype, shape, device, data?, dataDtype?, zero?)
 // With no arguments, inside Adopt, it takes the core tensor Adopt hands over.
+// Host tensors from this size on are reported to V8 as external memory.
+constexpr size_t kReportedBytes = 4096;
+
 NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
   Napi::Env env = info.Env();
   guard(env, [&]() -> Napi::Value {
@@ -49,7 +52,10 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     // increase past its soft limit (64 MiB) starts a garbage collection there
     // and then, which for device tensors would cost every op that makes a
     // large output a collection without freeing any host memory.
-    reported_bytes_ = tensor_.device().kind == Device::CPU ? int64_t(tensor_.bytes()) : 0;
+    // Below a page the report costs more than an op on such a tensor (half of a small op's floor),
+    // and weighs nothing against the heap: those are not reported.
+    reported_bytes_ =
+        tensor_.device().kind == Device::CPU && tensor_.bytes() >= kReportedBytes ? int64_t(tensor_.bytes()) : 0;
     if (reported_bytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, reported_bytes_);
     return env.Undefined();
   });
