@@ -248,24 +248,7 @@ Task<AllToAllVResult> NcclGroup::all_to_all_v(const Tensor& x, std::vector<int64
         mine[size_t(kHead + p)] = send_counts[size_t(p)];
         if (expected) mine[size_t(kHead + n + p)] = (*expected)[size_t(p)];
       }
-      Tensor desc = empty(DType::I64, {W}, dev);
-      Tensor table_dev = empty(DType::I64, {int64_t(n) * W}, dev);
-      cuda::upload(desc.raw(), mine.data(), size_t(W) * sizeof(int64_t), dev);
-      NcclAllToAllV a;
-      a.send = desc.raw();
-      a.send_elements = W;
-      a.send_counts.assign(size_t(n), W);
-      a.send_offsets.assign(size_t(n), 0);
-      a.recv = table_dev.raw();
-      a.recv_elements = int64_t(n) * W;
-      a.recv_counts.assign(size_t(n), W);
-      for (int p = 0; p < n; ++p) a.recv_offsets.push_back(int64_t(p) * W);
-      cuda::comm_waits_for_compute(dev);
-      c.comm->all_to_all_v(a, DType::I64, sc.comm_stream());
-      cuda::compute_waits_for_comm(dev);
-      std::vector<int64_t> table(static_cast<size_t>(int64_t(n) * W));
-      cuda::download(table.data(), table_dev.raw(), table.size() * sizeof(int64_t), dev);
-      c.comm_ok();
+      const std::vector<int64_t> table = g.gather_descriptors(c, mine);
       auto at = [&](int r, int64_t i) { return table[size_t(int64_t(r) * W + i)]; };
 
       // 2. The same checks on every rank, from the same table.
