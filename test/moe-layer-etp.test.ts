@@ -16,6 +16,7 @@ import type { MoELayerGroup } from "../lib/layer/group";
 import { randomizeBiases, readParams, refConfig } from "./layer-helpers";
 import { buildDist, root, runNode, script, tempDir, type Run } from "./procs";
 import { moeLayerRef, type MoERefParams, type MoERefRank } from "./reference/moe-layer";
+import { sliceHost } from "./reference/expert-slices";
 import { f32, normal, relErr, TOL } from "./util";
 
 let work: string;
@@ -29,28 +30,6 @@ afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 function launcher(args: string[], limitMs: number): Promise<Run> {
   const entry = `require(${JSON.stringify(path.join(root, "dist", "launch"))}).launch(process.argv.slice(1)).then((c) => { process.exitCode = c; })`;
   return runNode(["-e", entry, "--", ...args], { limitMs });
-}
-
-/**
- * Rank t's slice of a whole expert tensor, on the host (the test's own cut, written apart from the
- * library's): w1 [L, D, F1] and b1 [L, F1] by columns of each half, w2 [L, F, D] by rows.
- */
-function sliceHost(full: ArrayLike<number>, kind: string, shape: number[], etp: number, t: number, gated: boolean) {
-  const out: number[] = [];
-  if (kind === "w2") {
-    const [L, F, D] = shape;
-    const Fs = F / etp;
-    for (let l = 0; l < L; l++)
-      for (let f = t * Fs; f < (t + 1) * Fs; f++) for (let d = 0; d < D; d++) out.push(full[(l * F + f) * D + d]);
-    return out;
-  }
-  const [outer, F1] = kind === "w1" ? [shape[0] * shape[1], shape[2]] : [shape[0], shape[1]];
-  const halves = gated ? 2 : 1;
-  const F = F1 / halves;
-  const Fs = F / etp;
-  for (let o = 0; o < outer; o++)
-    for (let h = 0; h < halves; h++) for (let f = t * Fs; f < (t + 1) * Fs; f++) out.push(full[o * F1 + h * F + f]);
-  return out;
 }
 
 const RANK = `

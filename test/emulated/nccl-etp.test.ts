@@ -16,6 +16,7 @@ import type { MoELayerOptions } from "../../lib/layer/config";
 import { readParams, refConfig, shortName } from "../layer-helpers";
 import { root, runNode, script, tempDir, type Run } from "../procs";
 import { moeLayerRef, type MoERefRank } from "../reference/moe-layer";
+import { sliceHost } from "../reference/expert-slices";
 import { bf16, normal, relErr, TOL } from "../util";
 
 const emulated = info().cuda.emulated && fs.existsSync(process.env.MOE_EP_NCCL_LIBRARY ?? "");
@@ -91,25 +92,6 @@ const rank = Number(process.env.RANK);
   world.destroy();
 })().catch((e) => { console.error(e.code, e.stack); process.exit(1); });
 `;
-
-/** Rank t's slice of whole experts, cut on the host apart from the library (see moe-layer-etp.test.ts). */
-function sliceHost(full: ArrayLike<number>, kind: string, shape: number[], etp: number, t: number, gated: boolean) {
-  const out: number[] = [];
-  if (kind === "w2") {
-    const [L, F, D] = shape;
-    const Fs = F / etp;
-    for (let l = 0; l < L; l++)
-      for (let f = t * Fs; f < (t + 1) * Fs; f++) for (let d = 0; d < D; d++) out.push(full[(l * F + f) * D + d]);
-    return out;
-  }
-  const [outer, F1] = kind === "w1" ? [shape[0] * shape[1], shape[2]] : [shape[0], shape[1]];
-  const halves = gated ? 2 : 1;
-  const F = F1 / halves;
-  const Fs = F / etp;
-  for (let o = 0; o < outer; o++)
-    for (let h = 0; h < halves; h++) for (let f = t * Fs; f < (t + 1) * Fs; f++) out.push(full[o * F1 + h * F + f]);
-  return out;
-}
 
 describe("expert tensor parallelism on NCCL across processes on emulated devices", () => {
   maybe(
