@@ -11,24 +11,7 @@
 
 #include "moe_ep.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    if (!(cond)) {                                \
-      failures++;                                 \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__);                        \
-      printf("\n");                               \
-    }                                             \
-  } while (0)
-#define OK(call)                                                                                              \
-  do {                                                                                                        \
-    moe_status s_ = (call);                                                                                   \
-    if (s_ != MOE_OK) {                                                                                       \
-      printf("FAIL %s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call, moe_status_name(s_), moe_last_error()); \
-      return 1;                                                                                               \
-    }                                                                                                         \
-  } while (0)
+#include "check.h"
 
 enum { T = 37, E = 8, K = 2, D = 24, N = 40 };
 

@@ -13,24 +13,7 @@
 
 #include "moe_ep.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    if (!(cond)) {                                \
-      failures++;                                 \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__);                        \
-      printf("\n");                               \
-    }                                             \
-  } while (0)
-#define OK(call)                                                                                              \
-  do {                                                                                                        \
-    moe_status s_ = (call);                                                                                   \
-    if (s_ != MOE_OK) {                                                                                       \
-      printf("FAIL %s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call, moe_status_name(s_), moe_last_error()); \
-      exit(1);                                                                                                \
-    }                                                                                                         \
-  } while (0)
+#include "check.h"
 
 enum { T = 19, D = 16, E = 4, K = 2, F = 24, S = 8, MAXN = 4096 };
 
