@@ -9,11 +9,6 @@ struct moe_layer_saved_s {
 using namespace moe;
 using namespace moe::capi;
 
-namespace moe::capi {
-ops::PermuteOptions permute_options(int64_t num_experts, double capacity_factor, const moe_drop_policy& drop_policy,
-                                    int pad_to_capacity, const char* op);
-}
-
 namespace {
 
 layer::Config config_of(const moe_layer_config* p) {

@@ -9,6 +9,7 @@
 #include "../core/error.h"
 #include "../core/tensor.h"
 #include "../ops/activation.h"
+#include "../ops/permute.h"
 #include "moe_ep.h"
 
 namespace moe::capi {
@@ -36,6 +37,9 @@ int enum_value(const E& field) {
   return v;
 }
 ops::ActivationKind activation_of(const moe_activation& kind, const char* op);
+// The permute options of a C caller's fields, the drop policy read as the int it stored (capi_permute.cpp).
+ops::PermuteOptions permute_options(int64_t num_experts, double capacity_factor, const moe_drop_policy& drop_policy,
+                                    int pad_to_capacity, const char* op);
 
 // Sets every tensor out-parameter to NULL before a call, so that a failure leaves none set.
 inline void clear(std::initializer_list<moe_tensor*> slots) {
