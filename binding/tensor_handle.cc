@@ -14,6 +14,7 @@ void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
                                        InstanceAccessor<&NativeTensor::GetShape>("shape"),
                                        InstanceAccessor<&NativeTensor::GetDevice>("device"),
                                        InstanceAccessor<&NativeTensor::GetDisposed>("disposed"),
+                                       InstanceAccessor<&NativeTensor::GetExternal>("external"),
                                        InstanceMethod<&NativeTensor::Read>("read"),
                                        InstanceMethod<&NativeTensor::Dispose>("dispose"),
                                    });
@@ -113,6 +114,13 @@ Napi::Value NativeTensor::GetDevice(const Napi::CallbackInfo& info) {
 
 Napi::Value NativeTensor::GetDisposed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !tensor_.defined());
+}
+
+// Whether the tensor counts toward V8's external memory: only then does a handle
+// collected without dispose() need Release (the facade's FinalizationRegistry) to
+// take its bytes back off that count. The storage itself goes with the handle.
+Napi::Value NativeTensor::GetExternal(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), reported_bytes_ != 0);
 }
 
 // read(dtype): a fresh V8-owned ArrayBuffer holding the elements as `dtype`.

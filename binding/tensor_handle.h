@@ -24,6 +24,7 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value GetShape(const Napi::CallbackInfo& info);
   Napi::Value GetDevice(const Napi::CallbackInfo& info);
   Napi::Value GetDisposed(const Napi::CallbackInfo& info);
+  Napi::Value GetExternal(const Napi::CallbackInfo& info);
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   void Release(Napi::Env env);

@@ -26,6 +26,12 @@ export interface NativeTensorHandle {
   /** "cpu", "cuda:N", or "none" once disposed. */
   readonly device: string;
   readonly disposed: boolean;
+  /**
+   * Counted in V8's external memory (host tensors from 4 KiB on): a handle collected without
+   * dispose() must be disposed by a FinalizationRegistry to take its bytes off that count.
+   * Other handles free their storage when collected and need nothing more.
+   */
+  readonly external: boolean;
   /** The elements converted to `dtype`, in a new buffer. */
   read(dtype: DType): ArrayBuffer;
   dispose(): void;

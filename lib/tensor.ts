@@ -99,7 +99,10 @@ function checkDtype(dtype: unknown): DType {
   return dtype as DType;
 }
 
-// Safety net only: a tensor dropped without dispose() is freed when collected.
+// Safety net only: a tensor dropped without dispose() is freed when collected. Its native handle
+// frees the storage by itself; the registry is for handles counted in V8's external memory
+// (handle.external), whose count only dispose() lowers. Registering costs about a microsecond a
+// tensor, as much as the small op that makes it, so small and device tensors are not registered.
 const finalizer = new FinalizationRegistry<NativeTensorHandle>((h) => h.dispose());
 
 // Tensors made inside scope() are disposed when it ends unless returned.
@@ -108,11 +111,15 @@ const scopes = new AsyncLocalStorage<Set<Tensor>>();
 export class Tensor implements Disposable {
   /** @internal */
   readonly handle: NativeTensorHandle;
+  private registered = false;
 
   /** @internal Wraps a native handle; use Tensor.from / zeros / empty. */
   constructor(handle: NativeTensorHandle) {
     this.handle = handle;
-    finalizer.register(this, handle, this);
+    if (handle.external) {
+      finalizer.register(this, handle, this);
+      this.registered = true;
+    }
     scopes.getStore()?.add(this);
   }
 
@@ -229,7 +236,10 @@ export class Tensor implements Disposable {
   }
 
   dispose(): void {
-    finalizer.unregister(this);
+    if (this.registered) {
+      finalizer.unregister(this);
+      this.registered = false;
+    }
     this.handle.dispose();
   }
 

@@ -1,5 +1,5 @@
 import { Tensor, memoryStats, emptyCache, scope, MoEError, info } from "../lib";
-import { leakCheck } from "./util";
+import { leakCheck, memoryAtRest } from "./util";
 
 /** bfloat16 of a float64 value, by the definition: round to nearest even on the top 16 bits of the float32. */
 function bf16Ref(v: number): number {
@@ -134,6 +134,26 @@ describe("Tensor", () => {
       }),
     ).rejects.toThrow("boom");
     expect(await leaks.left()).toEqual({ tensors: 0, bytes: 0 });
+  });
+
+  test("tensors dropped without dispose() are freed when collected, small and large", async () => {
+    const before = await memoryAtRest();
+    const small = Tensor.zeros([4]);
+    const large = Tensor.zeros([1 << 18]); // 1 MiB
+    // Only host tensors V8 counts as external memory need the facade's finalizer.
+    expect(small.handle.external).toBe(false);
+    expect(large.handle.external).toBe(true);
+    small.dispose();
+    large.dispose();
+    expect(large.handle.external).toBe(false);
+    ((): void => {
+      for (let i = 0; i < 200; i++) Tensor.from([i, i + 1], [2]);
+      for (let i = 0; i < 8; i++) Tensor.zeros([1 << 18]);
+    })();
+    expect(memoryStats().tensors).toBe(before.tensors + 208);
+    const after = await memoryAtRest();
+    expect(after.tensors).toBe(before.tensors);
+    expect(after.bytes).toBe(before.bytes);
   });
 
   test("freed large blocks are cached, reused for the same size, and released by emptyCache", () => {
