@@ -91,6 +91,7 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
                            InstanceAccessor<&NativeProcessGroup::GetDevice>("device"),
                            InstanceAccessor<&NativeProcessGroup::GetDestroyed>("destroyed"),
                            InstanceAccessor<&NativeProcessGroup::GetFault>("fault"),
+                           InstanceAccessor<&NativeProcessGroup::GetSharedMemory>("sharedMemory"),
                        });
   }
 
@@ -229,6 +230,9 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
   Napi::Value GetHostname(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), group_->address()); }
   Napi::Value GetDevice(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), group_->device().str());
+  }
+  Napi::Value GetSharedMemory(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), group_->shared_memory());
   }
   Napi::Value GetDestroyed(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), group_->destroyed());

@@ -269,6 +269,8 @@ export interface NativeProcessGroupHandle {
   readonly device: string;
   readonly destroyed: boolean;
   readonly fault: { code: string; message: string } | null;
+  /** Whether allToAllV moves its rows through shared memory (Gloo, ranks of one machine). */
+  readonly sharedMemory: boolean;
   allToAllV(x: H, sendCounts: number[], recvCounts?: number[]): Promise<{ output: H; recvCounts: number[] }>;
   allToAll(x: H): Promise<H>;
   allGatherV(x: H): Promise<{ output: H; counts: number[] }>;

@@ -121,6 +121,32 @@ describe("a peer that dies or hangs becomes a typed error on every surviving ran
     },
   );
 
+  test.each([
+    [2, 1],
+    [3, 0],
+  ])(
+    "world size %i, rank %i killed during allToAllVs through shared memory: every survivor gets ERR_MOE_PEER_LOST naming it, long before the timeout",
+    async (W, victim) => {
+      const timeoutMs = 20000;
+      const ranks = await startRanks(W, [...Array(W).keys()], ["shmFault", String(timeoutMs)]);
+      let shared = "";
+      const seen = ranks.children;
+      await ranks.ready;
+      const at = Date.now();
+      seen.get(victim)!.kill("SIGKILL");
+      const reports = await ranks.done;
+      shared = reports.map((r) => /ready \d+ (true|false)/.exec(r.stdout)?.[1] ?? "").join(",");
+      expect(shared).toBe(Array(W).fill("true").join(","));
+      const survivors = results(reports.filter((_, r) => r !== victim));
+      expect(survivors).toHaveLength(W - 1);
+      for (const s of survivors) {
+        expect(s.code).toBe("ERR_MOE_PEER_LOST");
+        expect(s.at - at).toBeLessThan(3000);
+      }
+      expect(survivors.some((s) => s.message.includes(`rank ${victim} `))).toBe(true);
+    },
+  );
+
   test("a rank that never arrives: the rendezvous fails with ERR_MOE_TIMEOUT after the timeout (or, once rank 0 has given up and gone, with the store lost)", async () => {
     const timeoutMs = 2000;
     const ranks = await startRanks(3, [0, 1], ["rendezvous", String(timeoutMs)]);

@@ -85,6 +85,32 @@ describe("collectives between processes", () => {
     },
   );
 
+  test.each([2, 3])(
+    "world size %i: allToAllV's rows go through shared memory from the second call on, exactly, and /dev/shm keeps nothing",
+    async (W) => {
+      const results = await launchRanks(W, ["shm"]);
+      for (const res of results) {
+        expect(res.before).toBe(false);
+        expect(res.after).toBe(true);
+        expect(res.random.wrong).toBe(0);
+        expect(res.random.firstWrong).toEqual([]);
+        expect(res.large.wrong).toBe(0);
+        expect(res.large.rows).toBeGreaterThan(1000);
+        // The segments' names go once every rank has mapped them.
+        expect(res.files).toEqual([]);
+      }
+    },
+  );
+
+  test("MOE_EP_SHM=0 on one rank keeps every rank on the sockets, with the same rows", async () => {
+    const results = await launchRanks(3, ["shm", "1"]);
+    for (const res of results) {
+      expect(res.after).toBe(false);
+      expect(res.random.wrong).toBe(0);
+      expect(res.large.wrong).toBe(0);
+    }
+  });
+
   test("sub-groups for W = 4, epSize = 2: EP groups [0, 1], [2, 3] and expert-data-parallel groups [0, 2], [1, 3] work on their own", async () => {
     const results = await launchRanks(4, ["subgroups", "2"]);
     const ep = [

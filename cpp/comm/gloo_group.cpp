@@ -25,6 +25,7 @@
 #include "gloo_faults.h"
 #include "gloo_store.h"
 #include "net.h"
+#include "shm_exchange.h"
 #include "socket_abort.h"
 #endif
 
@@ -160,6 +161,16 @@ struct GlooGroup::Impl {
     shutdown_connections(c);
   }
   std::map<std::string, int> subgroups;  // members -> sub-groups made of them so far
+
+  // allToAllV's rows through shared memory (shm_exchange.h): 0 until the first allToAllV sets it
+  // up, then 1 (in use, `shm` set) or -1 (sockets only: one rank, MOE_EP_SHM=0 on some rank, or a
+  // rank could not map the others' segments).
+  int shm_state = 0;
+  std::unique_ptr<ShmExchange> shm;  // set and used on the group thread; `mu` guards the pointer
+  void shm_failed() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (shm) shm->mark_failed();
+  }
 };
 
 namespace {
@@ -260,6 +271,8 @@ class Collective {
       std::lock_guard<std::mutex> lock(impl_.mu);
       if (!impl_.fault && code != Code::Disposed) impl_.fault.emplace(code, message);
     }
+    // Peers waiting for this rank's rows in shared memory stop waiting.
+    impl_.shm_failed();
     // Close every connection, so the other ranks learn at once instead of at their timeout.
     impl_.abort_connections();
     throw Error(code, message);
@@ -296,6 +309,94 @@ class Collective {
   int64_t seq_ = 0;
   Clock::time_point deadline_;
 };
+
+}  // namespace
+
+namespace {
+
+// The first allToAllV sets shared memory up, every rank at once, after its rows moved over the
+// sockets: each rank makes its segment, the names go round, each maps the others', and the
+// ranks agree whether all succeeded. The names are removed once everyone has mapped them.
+void shm_setup(Collective& c, GlooGroup& g, GlooGroup::Impl& I) {
+  const int n = g.size();
+  I.shm_state = -1;
+  if (n < 2) return;
+  constexpr size_t kName = 64;
+  std::string why;
+  std::unique_ptr<ShmExchange> s = shm_enabled() ? ShmExchange::create(g.rank(), n, &why) : nullptr;
+  std::vector<char> mine(kName, 0), names(kName * size_t(n), 0);
+  if (s) std::strncpy(mine.data(), s->name().c_str(), kName - 1);
+  {
+    gloo::AllgatherOptions o(c.ctx());
+    o.setInput<char>(mine.data(), kName);
+    o.setOutput<char>(names.data(), names.size());
+    o.setTimeout(c.left());
+    gloo::allgather(o);
+  }
+  std::vector<std::string> list;
+  bool ok = s != nullptr;
+  for (int p = 0; p < n; ++p) {
+    list.emplace_back(&names[kName * size_t(p)]);
+    ok = ok && !list.back().empty();
+  }
+  if (ok) ok = s->attach(list, &why);
+  std::vector<int64_t> flags(static_cast<size_t>(n));
+  int64_t flag = ok ? 1 : 0;
+  {
+    gloo::AllgatherOptions o(c.ctx());
+    o.setInput<int64_t>(&flag, 1);
+    o.setOutput<int64_t>(flags.data(), flags.size());
+    o.setTimeout(c.left());
+    gloo::allgather(o);
+  }
+  if (s) s->unlink();  // every rank has tried to map it by now
+  for (int64_t f : flags) ok = ok && f == 1;
+  if (!ok) return;
+  std::lock_guard<std::mutex> lock(I.mu);
+  I.shm = std::move(s);
+  I.shm_state = 1;
+}
+
+// The rows of an allToAllV through shared memory: this rank's own piece copied across, the
+// others posted, then each peer's piece copied out as soon as it is posted.
+void shm_rows(Collective& c, GlooGroup& g, ShmExchange& shm, const Tensor& x, const std::vector<int64_t>& send_bytes,
+              const std::vector<int64_t>& recv_bytes, const Tensor& output) {
+  const int n = g.size(), me = g.rank();
+  const char* src = static_cast<const char*>(x.raw());
+  char* dst = static_cast<char*>(output.raw());
+  const uint32_t seq = uint32_t(c.seq());
+  shm.post(seq, src, send_bytes);
+  std::vector<int64_t> recv_at(static_cast<size_t>(n) + 1, 0);
+  for (int p = 0; p < n; ++p) recv_at[size_t(p) + 1] = recv_at[size_t(p)] + recv_bytes[size_t(p)];
+  int64_t send_at = 0;
+  for (int p = 0; p < me; ++p) send_at += send_bytes[size_t(p)];
+  if (send_bytes[size_t(me)] > 0) std::memcpy(dst + recv_at[size_t(me)], src + send_at, size_t(send_bytes[size_t(me)]));
+
+  ShmExchange::Wait wait{std::chrono::steady_clock::now() + c.left(),
+                         [&g]() -> std::string { return g.destroyed() ? "destroyed" : ""; }};
+  const std::string where =
+      "group " + g.name() + ", rank " + std::to_string(me) + " of " + std::to_string(n) + ", shared memory";
+  for (int i = 1; i < n; ++i) {
+    const int p = (me + i) % n;  // each rank starts with a different peer
+    std::string detail;
+    switch (shm.receive(p, seq, dst + recv_at[size_t(p)], recv_bytes[size_t(p)], wait, &detail)) {
+      case ShmExchange::Outcome::Ok:
+        break;
+      case ShmExchange::Outcome::Timeout:
+        throw Error(Code::Timeout, "allToAllV: timed out after " + std::to_string(g.timeout().count()) +
+                                       " ms waiting for the rows of " + c.who(p) + " (" + where +
+                                       "): a rank is hung, stopped or too slow, or not calling the same collective");
+      case ShmExchange::Outcome::PeerGone:
+        throw Error(Code::PeerLost, "allToAllV: lost " + c.who(p) + " (" + where +
+                                        "): its process exited while this rank waited for its rows");
+      case ShmExchange::Outcome::PeerFailed:
+        throw Error(Code::PeerLost,
+                    "allToAllV: lost " + c.who(p) + " (" + where + "): its process group failed or was destroyed");
+      case ShmExchange::Outcome::Stopped:
+        throw Error(Code::Disposed, "allToAllV: the process group was destroyed while the collective ran");
+    }
+  }
+}
 
 }  // namespace
 
@@ -501,8 +602,14 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
       for (int d = 1; d < x.ndim(); ++d) row_elems *= x.dim(d);
       const size_t row_bytes = size_t(row_elems) * dtype_size(x.dtype);
 
+      // Shared memory for this call's rows, if set up and this rank's outgoing rows fit.
+      int64_t outgoing = 0;
+      for (int p = 0; p < n; ++p)
+        if (p != me) outgoing += send_counts[size_t(p)] * int64_t(row_bytes);
+      const bool shm_ready = g.impl_->shm_state == 1 && g.impl_->shm->reserve(outgoing);
+
       // 1. The counts, with every rank's descriptor: block p of the output is what rank p sends here.
-      constexpr int kFields = 7;  // magic, seq, count, has_expected, dtype, row elements, row shape hash
+      constexpr int kFields = 8;  // magic, seq, count, has_expected, dtype, row elements, row shape hash, shm ready
       std::vector<int64_t> out(static_cast<size_t>(n * kFields)), in(static_cast<size_t>(n * kFields));
       const int64_t row_hash = shape_hash(x.shape, 1);
       for (int p = 0; p < n; ++p) {
@@ -514,6 +621,7 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
         b[4] = int64_t(x.dtype);
         b[5] = row_elems;
         b[6] = row_hash;
+        b[7] = shm_ready ? 1 : 0;
       }
       if (n > 1) {
         gloo::AlltoallOptions o(c.ctx());
@@ -526,11 +634,12 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
       }
       std::vector<int64_t> recv(static_cast<size_t>(n));
       std::vector<Descriptor> all(static_cast<size_t>(n));
-      bool any_expected = false;
+      bool any_expected = false, all_shm = n > 1;
       for (int p = 0; p < n; ++p) {
         const int64_t* b = &in[size_t(p * kFields)];
         recv[size_t(p)] = b[2];
         any_expected = any_expected || b[3] != 0;
+        all_shm = all_shm && b[7] == 1;
         all[size_t(p)] = Descriptor{b[0], b[1], kAllToAllV, b[4], b[5], b[6]};
       }
       c.check_agreement(all, Code::Shape, [&](int r) {
@@ -603,6 +712,10 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
         send_bytes[size_t(p)] = send_counts[size_t(p)] * int64_t(row_bytes);
         recv_bytes[size_t(p)] = recv[size_t(p)] * int64_t(row_bytes);
       }
+      if (all_shm) {
+        shm_rows(c, g, *g.impl_->shm, x, send_bytes, recv_bytes, result.output);
+        return result;
+      }
       // Gloo sends every pair a message, empty ones too; an empty tensor still needs an address.
       static char dummy[1];
       gloo::AlltoallvOptions o(c.ctx());
@@ -610,9 +723,15 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
       o.setOutput<char>(result.output.bytes() ? static_cast<char*>(result.output.raw()) : dummy, recv_bytes);
       o.setTimeout(c.left());
       gloo::alltoallv(o);
+      if (g.impl_->shm_state == 0) shm_setup(c, g, *g.impl_);
       return result;
     });
   };
+}
+
+bool GlooGroup::shared_memory() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->shm != nullptr;
 }
 
 Task<AllGatherVResult> GlooGroup::all_gather_v(const Tensor& x) {
@@ -865,7 +984,9 @@ void GlooGroup::destroy() {
     busy = impl_->busy;
   }
   // A collective in progress holds its own reference; aborting wakes it. The
-  // connections close when the last reference goes.
+  // connections close when the last reference goes; peers waiting for rows in
+  // shared memory learn of it at once.
+  impl_->shm_failed();
   if (ctx && busy) impl_->abort_connections();
 }
 
@@ -886,6 +1007,7 @@ GlooGroup::GlooGroup(std::shared_ptr<Store> store, std::string prefix, int rank,
 GlooGroup::~GlooGroup() = default;
 std::optional<std::pair<Code, std::string>> GlooGroup::fault() const { return std::nullopt; }
 std::string GlooGroup::address() const { return options_.hostname; }
+bool GlooGroup::shared_memory() const { return false; }
 Task<Unit> GlooGroup::connect() { fail(Code::Unsupported, "process group: built without Gloo"); }
 std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>&, std::optional<Millis>) {
   fail(Code::Unsupported, "process group: built without Gloo");

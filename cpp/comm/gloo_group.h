@@ -88,8 +88,12 @@ class GlooGroup : public ProcessGroup, public std::enable_shared_from_this<GlooG
   // arrives against it and all ranks fail with ERR_MOE_COUNT_MISMATCH naming
   // the sender, the receiver and both counts before any row moves.
   // Output [sum(recv_counts), ...], rows ordered by source rank.
+  // On one machine the rows go through shared memory once the first call has set it up
+  // (shm_exchange.h); MOE_EP_SHM=0 on any rank keeps them on the sockets.
   Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
                                      std::optional<std::vector<int64_t>> expected) override;
+  // Whether allToAllV moves its rows through shared memory.
+  bool shared_memory() const override;
   // x [size, ...]: block p goes to rank p; the output holds block r of rank p at p.
   Task<Tensor> all_to_all(const Tensor& x) override;
   // Every rank's x [rows_p, ...] to every rank, in rank order (Gloo's allgatherv after the counts).

@@ -82,6 +82,8 @@ class ProcessGroup {
   virtual Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
                                              std::optional<std::vector<int64_t>> expected) = 0;
   virtual Task<Tensor> all_to_all(const Tensor& x) = 0;
+  // Whether all_to_all_v moves its rows through shared memory (ranks of one machine).
+  virtual bool shared_memory() const { return false; }
   // x [rows, ...] from every rank (rows may differ): the counts are exchanged first, then every
   // rank receives every rank's rows, concatenated in rank order.
   virtual Task<AllGatherVResult> all_gather_v(const Tensor& x) = 0;

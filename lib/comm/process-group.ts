@@ -217,6 +217,14 @@ export class ProcessGroup implements Disposable {
   get destroyed(): boolean {
     return this.handle.destroyed;
   }
+  /**
+   * Whether allToAllV moves its rows through shared memory: Gloo groups whose ranks share a
+   * machine, from the group's second allToAllV on (the first sets it up), unless MOE_EP_SHM=0
+   * on any rank. See docs/architecture.md#shared-memory.
+   */
+  get sharedMemory(): boolean {
+    return this.handle.sharedMemory;
+  }
   /** The error that broke the group, or null while it works. */
   get fault(): MoEError | null {
     const f = this.handle.fault;

@@ -250,6 +250,55 @@ async function broadcastExact(pg) {
 
 // ---------------------------------------------------------------------------
 
+/**
+ * Large all-to-all-v rounds with rows of 1024 float32 elements, growing from a few rows to about
+ * 4.5 MiB per destination, so the shared-memory area grows past its first megabytes.
+ * Row j from s to d holds s * 1e6 + d * 1e4 + j in element 0 and its element index elsewhere;
+ * every row's first and last elements are checked.
+ */
+async function allToAllVLarge(pg, rounds) {
+  const W = pg.size;
+  const me = pg.rank;
+  const D = 1024;
+  const rowsTo = (it, s, d) => ((it * 7 + s * 3 + d * 5) % 4) * Math.min(384, 4 << it) + ((s + d + it) % 3);
+  let wrong = 0;
+  let rows = 0;
+  for (let it = 0; it < rounds; it++) {
+    const send = Array.from({ length: W }, (_, d) => rowsTo(it, me, d));
+    const total = send.reduce((a, b) => a + b, 0);
+    const data = new Float32Array(total * D);
+    let at = 0;
+    for (let d = 0; d < W; d++)
+      for (let j = 0; j < send[d]; j++, at++) {
+        for (let c = 1; c < D; c++) data[at * D + c] = c;
+        data[at * D] = me * 1e6 + d * 1e4 + j;
+      }
+    const x = Tensor.from(data, [total, D]);
+    const expectedCounts = Array.from({ length: W }, (_, s) => rowsTo(it, s, me));
+    const { output, recvCounts } = await pg.allToAllV(x, send, { recvCounts: expectedCounts });
+    const got = output.toFloat32();
+    let r = 0;
+    for (let s = 0; s < W; s++)
+      for (let j = 0; j < expectedCounts[s]; j++, r++) {
+        if (got[r * D] !== s * 1e6 + me * 1e4 + j || got[r * D + D - 1] !== D - 1) wrong++;
+      }
+    if (JSON.stringify(recvCounts) !== JSON.stringify(expectedCounts) || r !== output.shape[0]) wrong++;
+    rows += r;
+    x.dispose();
+    output.dispose();
+  }
+  return { rounds, rows, wrong };
+}
+
+/** The files this process left in /dev/shm. */
+function shmFiles() {
+  try {
+    return fs.readdirSync("/dev/shm").filter((f) => f.startsWith(`moe-ep-${process.pid}-`));
+  } catch {
+    return [];
+  }
+}
+
 const scenarios = {
   async collectives() {
     const pg = await initProcessGroup({ timeoutMs: 20000 });
@@ -260,6 +309,37 @@ const scenarios = {
     await pg.barrier();
     report({ rank: pg.rank, size: pg.size, a2av, a2a, allReduce, broadcast });
     pg.destroy();
+  },
+
+  // allToAllV through shared memory: off before the first call, on after it (unless args[0] names
+  // a rank that sets MOE_EP_SHM=0), exact for random splits and for large growing rows.
+  async shm() {
+    if (args[0] !== undefined && Number(process.env.RANK) === Number(args[0])) process.env.MOE_EP_SHM = "0";
+    const pg = await initProcessGroup({ timeoutMs: 20000 });
+    const before = pg.sharedMemory;
+    const random = await allToAllVRandom(pg, 60);
+    const large = await allToAllVLarge(pg, 12);
+    const after = pg.sharedMemory;
+    const files = shmFiles();
+    await pg.barrier();
+    report({ rank: pg.rank, before, after, random, large, files });
+    pg.destroy();
+  },
+
+  // Large allToAllV rounds until a fault (the rows mostly in shared memory); "ready" once warm.
+  async shmFault() {
+    const pg = await initProcessGroup({ timeoutMs: Number(args[0]) });
+    const W = pg.size;
+    const x = Tensor.zeros([W * 512, 1024]);
+    for (let i = 0; ; i++) {
+      if (i === 5) process.stdout.write(`ready ${pg.rank} ${pg.sharedMemory}\n`);
+      try {
+        (await pg.allToAllV(x, Array(W).fill(512))).output.dispose();
+      } catch (e) {
+        report({ rank: pg.rank, at: Date.now(), code: e.code, message: e.message, sharedMemory: pg.sharedMemory });
+        process.exit(0);
+      }
+    }
   },
 
   async subgroups() {
