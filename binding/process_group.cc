@@ -124,7 +124,16 @@ class NativeProcessGroup : public Napi::ObjectWrap<NativeProcessGroup> {
       std::optional<std::vector<int64_t>> expected;
       if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull())
         expected = counts_arg(info[2], "recvCounts");
-      auto task = group_->all_to_all_v(x, std::move(send), std::move(expected));
+      // allToAllV(x, sendCounts, recvCounts?, { sendChunks?, recvChunks? }?)
+      comm::AllToAllVChunks chunks;
+      if (info.Length() > 3 && info[3].IsObject()) {
+        Napi::Object c = info[3].As<Napi::Object>();
+        if (!c.Get("sendChunks").IsUndefined()) chunks.send = counts_arg(c.Get("sendChunks"), "sendChunks");
+        if (!c.Get("recvChunks").IsUndefined()) chunks.recv = counts_arg(c.Get("recvChunks"), "recvChunks");
+      }
+      auto task = chunks.send.empty() && chunks.recv.empty()
+                      ? group_->all_to_all_v(x, std::move(send), std::move(expected))
+                      : group_->all_to_all_v_chunks(x, std::move(send), std::move(expected), std::move(chunks));
       return run(env, task, [](Napi::Env env, comm::AllToAllVResult& r) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("output", NativeTensor::Adopt(env, r.output));

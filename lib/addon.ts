@@ -271,7 +271,12 @@ export interface NativeProcessGroupHandle {
   readonly fault: { code: string; message: string } | null;
   /** Whether allToAllV moves its rows through shared memory (Gloo, ranks of one machine). */
   readonly sharedMemory: boolean;
-  allToAllV(x: H, sendCounts: number[], recvCounts?: number[]): Promise<{ output: H; recvCounts: number[] }>;
+  allToAllV(
+    x: H,
+    sendCounts: number[],
+    recvCounts?: number[],
+    chunks?: { sendChunks?: number[]; recvChunks?: number[] },
+  ): Promise<{ output: H; recvCounts: number[] }>;
   allToAll(x: H): Promise<H>;
   allGatherV(x: H): Promise<{ output: H; counts: number[] }>;
   reduceScatterV(x: H, counts: number[]): Promise<H>;

@@ -102,6 +102,23 @@ describe("collectives between processes", () => {
     },
   );
 
+  test.each([
+    [2, "shared memory"],
+    [3, "shared memory"],
+    [3, "sockets"],
+  ])(
+    "world size %i, %s: allToAllV with sendChunks and recvChunks lays the rows out as chunkTranspose would around a plain one",
+    async (W, path) => {
+      const results = await launchRanks(W, ["chunks", path === "sockets" ? "sockets" : "shm"]);
+      for (const res of results) {
+        expect(res.sharedMemory).toBe(path === "shared memory");
+        expect(res.rounds).toBe(30);
+        expect(res.rows).toBeGreaterThan(100);
+        expect(res.wrong).toBe(0);
+      }
+    },
+  );
+
   test("MOE_EP_SHM=0 on one rank keeps every rank on the sockets, with the same rows", async () => {
     const results = await launchRanks(3, ["shm", "1"]);
     for (const res of results) {
@@ -184,6 +201,19 @@ describe("two ranks in this process", () => {
       expect((await rejection(a.allToAllV(x, [4]))).code).toBe("ERR_MOE_VALUE");
       expect((await rejection(a.allToAllV(x, [2, 2], { recvCounts: [1, -1] }))).code).toBe("ERR_MOE_VALUE");
       expect((await rejection(a.allToAllV(x, [2.5, 1.5]))).code).toBe("ERR_MOE_VALUE");
+      // Chunks that do not add up to the counts, or come without the counts they must add up to.
+      expect((await rejection(a.allToAllV(x, [2, 2], { sendChunks: [1, 1, 1, 2] }))).message).toMatch(
+        /sendChunks for rank 1 to sum to its sendCounts \(2\) but they sum to 3/,
+      );
+      expect((await rejection(a.allToAllV(x, [2, 2], { sendChunks: [1, 1, 1] }))).message).toMatch(
+        /a multiple of 2\) but received 3/,
+      );
+      expect((await rejection(a.allToAllV(x, [2, 2], { recvChunks: [1, 1, 1, 1] }))).message).toMatch(
+        /expected recvCounts with recvChunks/,
+      );
+      expect(
+        (await rejection(a.allToAllV(x, [2, 2], { recvCounts: [2, 2], recvChunks: [1, 1, 0, 1] }))).message,
+      ).toMatch(/recvChunks from rank 1 to sum to its recvCounts \(2\) but they sum to 1/);
       expect((await rejection(a.allToAllV(x, Tensor.from([2, 2], [2])))).code).toBe("ERR_MOE_DTYPE");
       expect((await rejection(a.allToAll(x))).code).toBe("ERR_MOE_SHAPE");
       const ints = Tensor.from(new Int32Array(4), [4]);
@@ -331,6 +361,10 @@ describe("options", () => {
       const { output, recvCounts } = await pg.allToAllV(x, [3], { recvCounts: [3] });
       expect(recvCounts).toEqual([3]);
       expect(Array.from(output.toFloat32())).toEqual([1, 2, 3, 4, 5, 6]);
+      // One rank: chunks [2, 1] sent and [1, 2] received keep the order, as chunkTranspose would.
+      const chunked = await pg.allToAllV(x, [3], { recvCounts: [3], sendChunks: [2, 1], recvChunks: [2, 1] });
+      expect(Array.from(chunked.output.toFloat32())).toEqual([1, 2, 3, 4, 5, 6]);
+      chunked.output.dispose();
       await pg.allReduce(x, "avg");
       expect(Array.from(x.toFloat32())).toEqual([1, 2, 3, 4, 5, 6]);
       const { ep, expertDataParallel } = await pg.split({ epSize: 1 });

@@ -357,20 +357,66 @@ void shm_setup(Collective& c, GlooGroup& g, GlooGroup::Impl& I) {
   I.shm_state = 1;
 }
 
+using Piece = ShmExchange::Piece;
+
+// Where each rank's rows lie in a buffer of allToAllV: one piece per rank in rank order, or with
+// chunks one piece per chunk, chunk-major; by_rank_first: the chunks are [P, L] (recvChunks), else
+// [L, P] (sendChunks).
+std::vector<std::vector<Piece>> pieces_of(const std::vector<int64_t>& counts, const std::vector<int64_t>& chunks,
+                                          bool by_rank_first, int64_t row_bytes) {
+  const int n = int(counts.size());
+  std::vector<std::vector<Piece>> out(static_cast<size_t>(n));
+  int64_t at = 0;
+  if (chunks.empty()) {
+    for (int p = 0; p < n; ++p) {
+      out[size_t(p)].push_back(Piece{at, counts[size_t(p)] * row_bytes});
+      at += counts[size_t(p)] * row_bytes;
+    }
+    return out;
+  }
+  const int64_t L = int64_t(chunks.size()) / n;
+  for (int64_t l = 0; l < L; ++l)
+    for (int p = 0; p < n; ++p) {
+      const int64_t bytes = chunks[size_t(by_rank_first ? p * L + l : l * n + p)] * row_bytes;
+      out[size_t(p)].push_back(Piece{at, bytes});
+      at += bytes;
+    }
+  return out;
+}
+
+// Copies the bytes of `from` (pieces of src) into the pieces `to` of dst, in order.
+void copy_pieces(const char* src, const std::vector<Piece>& from, char* dst, const std::vector<Piece>& to) {
+  size_t i = 0, j = 0;
+  int64_t fi = 0, tj = 0;  // bytes used of from[i] and of to[j]
+  while (i < from.size() && j < to.size()) {
+    const int64_t a = from[i].bytes - fi, b = to[j].bytes - tj;
+    if (a == 0) {
+      ++i;
+      fi = 0;
+      continue;
+    }
+    if (b == 0) {
+      ++j;
+      tj = 0;
+      continue;
+    }
+    const int64_t n = std::min(a, b);
+    std::memcpy(dst + to[j].at + tj, src + from[i].at + fi, size_t(n));
+    fi += n;
+    tj += n;
+  }
+}
+
 // The rows of an allToAllV through shared memory: this rank's own piece copied across, the
 // others posted, then each peer's piece copied out as soon as it is posted.
-void shm_rows(Collective& c, GlooGroup& g, ShmExchange& shm, const Tensor& x, const std::vector<int64_t>& send_bytes,
-              const std::vector<int64_t>& recv_bytes, const Tensor& output) {
+void shm_rows(Collective& c, GlooGroup& g, ShmExchange& shm, const Tensor& x, const Tensor& output,
+              const std::vector<std::vector<Piece>>& send, const std::vector<std::vector<Piece>>& recv) {
   const int n = g.size(), me = g.rank();
   const char* src = static_cast<const char*>(x.raw());
   char* dst = static_cast<char*>(output.raw());
   const uint32_t seq = uint32_t(c.seq());
-  shm.post(seq, src, send_bytes);
-  std::vector<int64_t> recv_at(static_cast<size_t>(n) + 1, 0);
-  for (int p = 0; p < n; ++p) recv_at[size_t(p) + 1] = recv_at[size_t(p)] + recv_bytes[size_t(p)];
-  int64_t send_at = 0;
-  for (int p = 0; p < me; ++p) send_at += send_bytes[size_t(p)];
-  if (send_bytes[size_t(me)] > 0) std::memcpy(dst + recv_at[size_t(me)], src + send_at, size_t(send_bytes[size_t(me)]));
+  shm.post(seq, src, send);
+  copy_pieces(src, send[size_t(me)], dst, recv[size_t(me)]);
 
   ShmExchange::Wait wait{std::chrono::steady_clock::now() + c.left(),
                          [&g]() -> std::string { return g.destroyed() ? "destroyed" : ""; }};
@@ -379,7 +425,7 @@ void shm_rows(Collective& c, GlooGroup& g, ShmExchange& shm, const Tensor& x, co
   for (int i = 1; i < n; ++i) {
     const int p = (me + i) % n;  // each rank starts with a different peer
     std::string detail;
-    switch (shm.receive(p, seq, dst + recv_at[size_t(p)], recv_bytes[size_t(p)], wait, &detail)) {
+    switch (shm.receive(p, seq, dst, recv[size_t(p)], wait, &detail)) {
       case ShmExchange::Outcome::Ok:
         break;
       case ShmExchange::Outcome::Timeout:
@@ -588,11 +634,19 @@ std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>& members, 
 
 Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
                                               std::optional<std::vector<int64_t>> expected) {
+  return all_to_all_v_chunks(x, std::move(send_counts), std::move(expected), AllToAllVChunks{});
+}
+
+Task<AllToAllVResult> GlooGroup::all_to_all_v_chunks(const Tensor& x, std::vector<int64_t> send_counts,
+                                                     std::optional<std::vector<int64_t>> expected,
+                                                     AllToAllVChunks chunks) {
   const char* op = "allToAllV";
   check_cpu(op, "x", x);
   check_all_to_all_v_args(op, x, send_counts, expected, world_ranks_);
+  check_all_to_all_v_chunks(op, chunks, send_counts, expected, size());
 
-  return [self = shared_from_this(), x, send_counts = std::move(send_counts), expected = std::move(expected)]() {
+  return [self = shared_from_this(), x, send_counts = std::move(send_counts), expected = std::move(expected),
+          chunks = std::move(chunks)]() {
     GlooGroup& g = *self;
     Collective c(g, *g.impl_, "allToAllV");
     return c.run([&]() -> AllToAllVResult {
@@ -704,7 +758,9 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
       shape[0] = rows_in;
       AllToAllVResult result{empty(x.dtype, shape), recv};
       if (n == 1) {
-        if (x.bytes()) std::memcpy(result.output.raw(), x.raw(), x.bytes());
+        copy_pieces(static_cast<const char*>(x.raw()),
+                    pieces_of(send_counts, chunks.send, false, int64_t(row_bytes))[0],
+                    static_cast<char*>(result.output.raw()), pieces_of(recv, chunks.recv, true, int64_t(row_bytes))[0]);
         return result;
       }
       std::vector<int64_t> send_bytes(static_cast<size_t>(n)), recv_bytes(static_cast<size_t>(n));
@@ -712,17 +768,39 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor& x, std::vector<int64
         send_bytes[size_t(p)] = send_counts[size_t(p)] * int64_t(row_bytes);
         recv_bytes[size_t(p)] = recv[size_t(p)] * int64_t(row_bytes);
       }
+      const auto send = pieces_of(send_counts, chunks.send, false, int64_t(row_bytes));
+      const auto recv_at = pieces_of(recv, chunks.recv, true, int64_t(row_bytes));
       if (all_shm) {
-        shm_rows(c, g, *g.impl_->shm, x, send_bytes, recv_bytes, result.output);
+        shm_rows(c, g, *g.impl_->shm, x, result.output, send, recv_at);
         return result;
       }
+      // Over the sockets, chunks are regrouped in a buffer before and after.
+      Tensor src_rows = x, dst_rows = result.output;
+      if (!chunks.send.empty()) {
+        src_rows = empty(x.dtype, x.shape);
+        int64_t at = 0;
+        for (int p = 0; p < n; ++p) {
+          copy_pieces(static_cast<const char*>(x.raw()), send[size_t(p)], static_cast<char*>(src_rows.raw()),
+                      {Piece{at, send_bytes[size_t(p)]}});
+          at += send_bytes[size_t(p)];
+        }
+      }
+      if (!chunks.recv.empty()) dst_rows = empty(result.output.dtype, result.output.shape);
       // Gloo sends every pair a message, empty ones too; an empty tensor still needs an address.
       static char dummy[1];
       gloo::AlltoallvOptions o(c.ctx());
-      o.setInput<char>(x.bytes() ? static_cast<char*>(x.raw()) : dummy, send_bytes);
-      o.setOutput<char>(result.output.bytes() ? static_cast<char*>(result.output.raw()) : dummy, recv_bytes);
+      o.setInput<char>(src_rows.bytes() ? static_cast<char*>(src_rows.raw()) : dummy, send_bytes);
+      o.setOutput<char>(dst_rows.bytes() ? static_cast<char*>(dst_rows.raw()) : dummy, recv_bytes);
       o.setTimeout(c.left());
       gloo::alltoallv(o);
+      if (!chunks.recv.empty()) {
+        int64_t at = 0;
+        for (int p = 0; p < n; ++p) {
+          copy_pieces(static_cast<const char*>(dst_rows.raw()), {Piece{at, recv_bytes[size_t(p)]}},
+                      static_cast<char*>(result.output.raw()), recv_at[size_t(p)]);
+          at += recv_bytes[size_t(p)];
+        }
+      }
       if (g.impl_->shm_state == 0) shm_setup(c, g, *g.impl_);
       return result;
     });
@@ -1014,6 +1092,10 @@ std::shared_ptr<GlooGroup> GlooGroup::subgroup(const std::vector<int>&, std::opt
 }
 Task<AllToAllVResult> GlooGroup::all_to_all_v(const Tensor&, std::vector<int64_t>,
                                               std::optional<std::vector<int64_t>>) {
+  fail(Code::Unsupported, "process group: built without Gloo");
+}
+Task<AllToAllVResult> GlooGroup::all_to_all_v_chunks(const Tensor&, std::vector<int64_t>,
+                                                     std::optional<std::vector<int64_t>>, AllToAllVChunks) {
   fail(Code::Unsupported, "process group: built without Gloo");
 }
 Task<Tensor> GlooGroup::all_to_all(const Tensor&) { fail(Code::Unsupported, "process group: built without Gloo"); }

@@ -92,6 +92,11 @@ class GlooGroup : public ProcessGroup, public std::enable_shared_from_this<GlooG
   // (shm_exchange.h); MOE_EP_SHM=0 on any rank keeps them on the sockets.
   Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
                                      std::optional<std::vector<int64_t>> expected) override;
+  // The same with the rows in chunks (process_group.h): through shared memory each chunk is
+  // copied straight to its place; over the sockets, through a buffer on either side.
+  Task<AllToAllVResult> all_to_all_v_chunks(const Tensor& x, std::vector<int64_t> send_counts,
+                                            std::optional<std::vector<int64_t>> expected,
+                                            AllToAllVChunks chunks) override;
   // Whether allToAllV moves its rows through shared memory.
   bool shared_memory() const override;
   // x [size, ...]: block p goes to rank p; the output holds block r of rank p at p.

@@ -84,6 +84,40 @@ void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<
   if (expected) check_counts(*expected, "recvCounts");
 }
 
+void check_all_to_all_v_chunks(const char* op, const AllToAllVChunks& chunks, const std::vector<int64_t>& send_counts,
+                               const std::optional<std::vector<int64_t>>& expected, int size) {
+  auto check = [&](const std::vector<int64_t>& c, const char* what, const char* layout) {
+    if (c.empty()) return int64_t(0);
+    if (c.size() % size_t(size) != 0)
+      fail(Code::Value, std::string(op) + ": expected " + what + " to hold " + layout + " counts (a multiple of " +
+                            std::to_string(size) + ") but received " + std::to_string(c.size()));
+    for (size_t i = 0; i < c.size(); ++i)
+      if (c[i] < 0)
+        fail(Code::Value, std::string(op) + ": expected " + what + " >= 0 but element " + std::to_string(i) + " is " +
+                              std::to_string(c[i]));
+    return int64_t(c.size()) / size;
+  };
+  const int64_t ls = check(chunks.send, "sendChunks", "[chunks, ranks]");
+  for (int p = 0; ls && p < size; ++p) {
+    int64_t sum = 0;
+    for (int64_t l = 0; l < ls; ++l) sum += chunks.send[size_t(l * size + p)];
+    if (sum != send_counts[size_t(p)])
+      fail(Code::Value, std::string(op) + ": expected the sendChunks for rank " + std::to_string(p) +
+                            " to sum to its sendCounts (" + std::to_string(send_counts[size_t(p)]) +
+                            ") but they sum to " + std::to_string(sum));
+  }
+  const int64_t lr = check(chunks.recv, "recvChunks", "[ranks, chunks]");
+  if (lr && !expected) fail(Code::Value, std::string(op) + ": expected recvCounts with recvChunks");
+  for (int p = 0; lr && p < size; ++p) {
+    int64_t sum = 0;
+    for (int64_t l = 0; l < lr; ++l) sum += chunks.recv[size_t(p * lr + l)];
+    if (sum != (*expected)[size_t(p)])
+      fail(Code::Value, std::string(op) + ": expected the recvChunks from rank " + std::to_string(p) +
+                            " to sum to its recvCounts (" + std::to_string((*expected)[size_t(p)]) +
+                            ") but they sum to " + std::to_string(sum));
+  }
+}
+
 void check_reduce_scatter_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& counts, int size) {
   if (x.ndim() < 1) fail(Code::Shape, std::string(op) + ": expected x [rows, ...] but received a scalar");
   if (int(counts.size()) != size) {

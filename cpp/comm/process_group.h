@@ -26,6 +26,15 @@ struct AllToAllVResult {
   std::vector<int64_t> recv_counts;
 };
 
+// allToAllV's rows cut into chunks, for the MoE dispatcher's regrouping by expert (empty: no
+// chunks on that side). send [L, P], row-major: x holds, chunk-major, the rows of chunk l for
+// rank p (chunk 0 for every rank in rank order, then chunk 1...); rank p receives its L chunks in
+// chunk order. recv [P, L]: the rows of chunk l from rank p; the output holds them chunk-major.
+// Both are what chunkTranspose would do before and after a plain allToAllV.
+struct AllToAllVChunks {
+  std::vector<int64_t> send, recv;
+};
+
 struct Unit {};
 
 struct AllGatherVResult {
@@ -45,6 +54,11 @@ int check_members(const char* op, const std::vector<int>& members, int size, int
 // non-negative count per rank summing to rows, and the same shape for `expected`.
 void check_all_to_all_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& send_counts,
                              const std::optional<std::vector<int64_t>>& expected, const std::vector<int>& world_ranks);
+
+// The chunks against the counts: send's column sums are send_counts, recv's row sums the
+// expected counts (which recv needs); each a whole number of chunks per rank, none negative.
+void check_all_to_all_v_chunks(const char* op, const AllToAllVChunks& chunks, const std::vector<int64_t>& send_counts,
+                               const std::optional<std::vector<int64_t>>& expected, int size);
 
 // reduceScatterV's argument checks: one non-negative count per rank, summing to x's rows.
 void check_reduce_scatter_v_args(const char* op, const Tensor& x, const std::vector<int64_t>& counts, int size);
@@ -81,6 +95,12 @@ class ProcessGroup {
   // ordered by source rank.
   virtual Task<AllToAllVResult> all_to_all_v(const Tensor& x, std::vector<int64_t> send_counts,
                                              std::optional<std::vector<int64_t>> expected) = 0;
+  // all_to_all_v with its rows in chunks (AllToAllVChunks); engines without it refuse.
+  virtual Task<AllToAllVResult> all_to_all_v_chunks(const Tensor& x, std::vector<int64_t> send_counts,
+                                                    std::optional<std::vector<int64_t>> expected,
+                                                    AllToAllVChunks chunks) {
+    fail(Code::Unsupported, "allToAllV: this process group takes no sendChunks or recvChunks");
+  }
   virtual Task<Tensor> all_to_all(const Tensor& x) = 0;
   // Whether all_to_all_v moves its rows through shared memory (ranks of one machine).
   virtual bool shared_memory() const { return false; }

@@ -169,25 +169,24 @@ bool ShmExchange::reserve(int64_t bytes) {
   return true;
 }
 
-void ShmExchange::post(uint32_t seq, const char* src, const std::vector<int64_t>& send_bytes) {
+void ShmExchange::post(uint32_t seq, const char* src, const std::vector<std::vector<Piece>>& pieces) {
   Header* h = header(rank_);
   char* area = rows(rank_);
-  int64_t at = 0, from = 0;
+  int64_t at = 0;
   for (int p = 0; p < size_; ++p) {
-    const int64_t n = send_bytes[size_t(p)];
-    if (p != rank_) {
-      h->offsets[p] = at;
-      if (n > 0) std::memcpy(area + at, src + from, size_t(n));
-      at += n;
+    if (p == rank_) continue;
+    h->offsets[p] = at;
+    for (const Piece& piece : pieces[size_t(p)]) {
+      if (piece.bytes > 0) std::memcpy(area + at, src + piece.at, size_t(piece.bytes));
+      at += piece.bytes;
     }
-    from += n;
   }
   __atomic_store_n(&h->posted, seq, __ATOMIC_RELEASE);
   futex(&h->posted, FUTEX_WAKE, INT_MAX, nullptr);
 }
 
-ShmExchange::Outcome ShmExchange::receive(int p, uint32_t seq, char* dst, int64_t bytes, const Wait& wait,
-                                          std::string* detail) {
+ShmExchange::Outcome ShmExchange::receive(int p, uint32_t seq, char* dst, const std::vector<Piece>& pieces,
+                                          const Wait& wait, std::string* detail) {
   Header* h = header(p);
   for (int i = 0;; ++i) {
     const uint32_t v = __atomic_load_n(&h->posted, __ATOMIC_ACQUIRE);
@@ -209,9 +208,15 @@ ShmExchange::Outcome ShmExchange::receive(int p, uint32_t seq, char* dst, int64_
     const timespec sleep{0, long(kSleepNs)};
     futex(&h->posted, FUTEX_WAIT, v, &sleep);
   }
+  int64_t bytes = 0;
+  for (const Piece& piece : pieces) bytes += piece.bytes;
   const int64_t off = h->offsets[rank_];
-  if (off < 0 || bytes < 0 || off > kCapacity - bytes) return Outcome::PeerFailed;
-  if (bytes > 0) std::memcpy(dst, rows(p) + off, size_t(bytes));
+  if (off < 0 || off > kCapacity - bytes) return Outcome::PeerFailed;
+  const char* from = rows(p) + off;
+  for (const Piece& piece : pieces) {
+    if (piece.bytes > 0) std::memcpy(dst + piece.at, from, size_t(piece.bytes));
+    from += piece.bytes;
+  }
   return Outcome::Ok;
 }
 

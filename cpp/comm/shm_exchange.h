@@ -50,10 +50,14 @@ class ShmExchange {
   // refuses the memory or bytes exceeds kCapacity.
   bool reserve(int64_t bytes);
 
-  // Copies send_bytes[p] bytes for each peer p != rank from src (the pieces in
-  // peer order, this rank's own piece skipped over) into the segment and posts
-  // them under `seq`. The area must have been reserved.
-  void post(uint32_t seq, const char* src, const std::vector<int64_t>& send_bytes);
+  // A run of bytes at an offset from a base address.
+  struct Piece {
+    int64_t at, bytes;
+  };
+  // Copies what goes to each peer p != rank, the pieces[p] of src one after
+  // the other, into the segment and posts it under `seq`. The area must have
+  // been reserved for all of it.
+  void post(uint32_t seq, const char* src, const std::vector<std::vector<Piece>>& pieces);
 
   // What waits may watch besides the peer: the caller's deadline, and a
   // reason to stop (the group destroyed), as an error message or "".
@@ -62,9 +66,10 @@ class ShmExchange {
     std::function<std::string()> stop;
   };
   enum class Outcome { Ok, Timeout, PeerGone, PeerFailed, Stopped };
-  // Waits until peer p has posted `seq`, then copies its piece for this rank
-  // (bytes long) to dst. *detail holds the stop reason for Stopped.
-  Outcome receive(int p, uint32_t seq, char* dst, int64_t bytes, const Wait& wait, std::string* detail);
+  // Waits until peer p has posted `seq`, then copies what it posted for this
+  // rank into the pieces of dst, in order. *detail holds the stop reason for Stopped.
+  Outcome receive(int p, uint32_t seq, char* dst, const std::vector<Piece>& pieces, const Wait& wait,
+                  std::string* detail);
 
   // Tells the peers this rank's group failed: their waits on it end at once.
   void mark_failed();

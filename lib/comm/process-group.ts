@@ -76,6 +76,21 @@ export interface AllToAllVOptions {
    * receiver and both counts.
    */
   recvCounts?: Counts;
+  /**
+   * x's rows as chunks, [chunks, size] row-major: sendChunks[l * size + p] rows of chunk l go to
+   * rank p. x holds them chunk-major (chunk 0 for every rank in rank order, then chunk 1...), and
+   * rank p receives its chunks in chunk order. Its sums per rank must be sendCounts. The same as
+   * chunkTranspose(x, sendChunks as [chunks, size]) before a plain allToAllV, without the copy
+   * where the rows go through shared memory.
+   */
+  sendChunks?: Counts;
+  /**
+   * The output as chunks, [size, chunks] row-major: recvChunks[p * chunks + l] rows of chunk l
+   * arrive from rank p, and the output holds them chunk-major (chunk 0 from every rank in rank
+   * order, then chunk 1...). Needs recvCounts, its sums per rank. The same as chunkTranspose of a
+   * plain allToAllV's output by recvChunks as [size, chunks].
+   */
+  recvChunks?: Counts;
 }
 
 export interface AllToAllVResult {
@@ -222,6 +237,8 @@ export class ProcessGroup implements Disposable {
    * machine, from the group's second allToAllV on (the first sets it up), unless MOE_EP_SHM=0
    * on any rank. See docs/architecture.md#shared-memory.
    */
+  /** allToAllV takes sendChunks and recvChunks (the MoE dispatcher then skips its own regrouping). */
+  readonly allToAllVChunks = true;
   get sharedMemory(): boolean {
     return this.handle.sharedMemory;
   }
@@ -241,7 +258,14 @@ export class ProcessGroup implements Disposable {
     const o = optionsObject<AllToAllVOptions>(options, "allToAllV options");
     const send = checkCounts("sendCounts", sendCounts);
     const expected = o.recvCounts === undefined ? undefined : checkCounts("recvCounts", o.recvCounts);
-    const r = await this.handle.allToAllV(handle(x, "x"), send, expected);
+    const chunks =
+      o.sendChunks === undefined && o.recvChunks === undefined
+        ? undefined
+        : {
+            sendChunks: o.sendChunks === undefined ? undefined : checkCounts("sendChunks", o.sendChunks),
+            recvChunks: o.recvChunks === undefined ? undefined : checkCounts("recvChunks", o.recvChunks),
+          };
+    const r = await this.handle.allToAllV(handle(x, "x"), send, expected, chunks);
     return { output: wrap(r.output), recvCounts: r.recvCounts };
   }
 

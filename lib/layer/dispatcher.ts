@@ -23,6 +23,9 @@ export interface DispatchPlan {
   fromSource?: Tensor;
   /** int32 [L, P]: fromSourceᵀ (absent when P = 1). */
   toSource?: Tensor;
+  /** fromSource and toSource on the host, row-major (empty when P = 1). */
+  fromSourceHost: Int32Array;
+  toSourceHost: Int32Array;
   /** int32 [L]: rows of each local expert, over all sources. */
   localCounts: Tensor;
   /** The same, on the host. */
@@ -57,6 +60,8 @@ export async function planDispatch(
       recvCounts: [total],
       localCounts: local,
       localCountsHost: counts,
+      fromSourceHost: new Int32Array(0),
+      toSourceHost: new Int32Array(0),
     };
   }
   const L = numLocal;
@@ -83,6 +88,8 @@ export async function planDispatch(
     recvCounts: sums(matrix, P, L),
     fromSource: Tensor.from(matrix, [P, L], { dtype: "int32", device }),
     toSource: Tensor.from(transposed, [L, P], { dtype: "int32", device }),
+    fromSourceHost: matrix,
+    toSourceHost: transposed,
     localCounts: Tensor.from(Int32Array.from(localCountsHost), [L], { dtype: "int32", device }),
     localCountsHost,
   };
@@ -91,6 +98,10 @@ export async function planDispatch(
 /** Permuted rows [R, ...] (grouped by destination rank) -> the rows of this rank's experts, [local expert][source rank]. */
 export async function dispatch(rows: Tensor, plan: DispatchPlan, ep: CollectiveGroup): Promise<Tensor> {
   if (plan.epSize === 1) return rows;
+  if (ep.allToAllVChunks) {
+    const options = { recvCounts: plan.recvCounts, recvChunks: plan.fromSourceHost };
+    return (await ep.allToAllV(rows, plan.sendCounts, options)).output;
+  }
   const r = await ep.allToAllV(rows, plan.sendCounts, { recvCounts: plan.recvCounts });
   try {
     return await chunkTranspose(r.output, plan.fromSource!);
@@ -102,6 +113,10 @@ export async function dispatch(rows: Tensor, plan: DispatchPlan, ep: CollectiveG
 /** Rows of this rank's experts, [local expert][source rank] -> back to their source ranks, in the permuted order there. */
 export async function combine(rows: Tensor, plan: DispatchPlan, ep: CollectiveGroup): Promise<Tensor> {
   if (plan.epSize === 1) return rows;
+  if (ep.allToAllVChunks) {
+    const options = { recvCounts: plan.sendCounts, sendChunks: plan.toSourceHost };
+    return (await ep.allToAllV(rows, plan.recvCounts, options)).output;
+  }
   const back = await chunkTranspose(rows, plan.toSource!);
   try {
     return (await ep.allToAllV(back, plan.recvCounts, { recvCounts: plan.sendCounts })).output;

@@ -23,8 +23,17 @@ export interface CollectiveGroup {
   allToAllV(
     x: Tensor,
     sendCounts: readonly number[] | Int32Array,
-    options?: { recvCounts?: readonly number[] | Int32Array },
+    options?: {
+      recvCounts?: readonly number[] | Int32Array;
+      sendChunks?: readonly number[] | Int32Array;
+      recvChunks?: readonly number[] | Int32Array;
+    },
   ): Promise<{ output: Tensor; recvCounts: ArrayLike<number> }>;
+  /**
+   * true when allToAllV takes sendChunks and recvChunks (the Gloo ProcessGroup's options): the
+   * dispatcher then hands the regrouping by expert to the exchange instead of chunkTranspose.
+   */
+  readonly allToAllVChunks?: boolean;
   /** In place. */
   allReduce(t: Tensor, op?: ReduceOp): Promise<void>;
   barrier?(): Promise<void>;

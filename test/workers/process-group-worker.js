@@ -290,6 +290,58 @@ async function allToAllVLarge(pg, rounds) {
   return { rounds, rows, wrong };
 }
 
+/**
+ * allToAllV with sendChunks and/or recvChunks: C[s][d][l] rows of chunk l go from s to d (the same
+ * on every rank). Row k of chunk l from s to d holds s * 1e6 + d * 1e4 + l * 100 + k. x is laid out
+ * chunk-major when sendChunks is given, else by destination; the output is expected chunk-major
+ * with recvChunks, else by source: the layouts chunkTranspose gives around a plain allToAllV.
+ */
+async function allToAllVChunked(pg, rounds) {
+  const W = pg.size;
+  const me = pg.rank;
+  const D = 3;
+  let wrong = 0;
+  let rows = 0;
+  for (let it = 0; it < rounds; it++) {
+    const r = rng(5000 + it);
+    const L = 1 + (it % 4);
+    const C = Array.from({ length: W }, () =>
+      Array.from({ length: W }, () => Array.from({ length: L }, () => (r() < 0.25 ? 0 : Math.floor(r() * 5)))),
+    );
+    const mode = it % 3; // 0: sendChunks, 1: recvChunks, 2: both
+    const useSend = mode !== 1;
+    const useRecv = mode !== 0;
+    const row = (s, d, l, k) => s * 1e6 + d * 1e4 + l * 100 + k;
+    const data = [];
+    const push = (d, l) => {
+      for (let k = 0; k < C[me][d][l]; k++) for (let c = 0; c < D; c++) data.push(row(me, d, l, k));
+    };
+    if (useSend) for (let l = 0; l < L; l++) for (let d = 0; d < W; d++) push(d, l);
+    else for (let d = 0; d < W; d++) for (let l = 0; l < L; l++) push(d, l);
+    const sendCounts = C[me].map((ch) => ch.reduce((a, b) => a + b, 0));
+    const recvCounts = C.map((from) => from[me].reduce((a, b) => a + b, 0));
+    const total = sendCounts.reduce((a, b) => a + b, 0);
+    const x = Tensor.from(Float32Array.from(data), [total, D]);
+    const options = { recvCounts };
+    if (useSend) options.sendChunks = Array.from({ length: L * W }, (_, i) => C[me][i % W][Math.floor(i / W)]);
+    if (useRecv) options.recvChunks = Array.from({ length: W * L }, (_, i) => C[Math.floor(i / L)][me][i % L]);
+    const { output } = await pg.allToAllV(x, sendCounts, options);
+    const expected = [];
+    const want = (s, l) => {
+      for (let k = 0; k < C[s][me][l]; k++) for (let c = 0; c < D; c++) expected.push(row(s, me, l, k));
+    };
+    if (useRecv) for (let l = 0; l < L; l++) for (let s = 0; s < W; s++) want(s, l);
+    else for (let s = 0; s < W; s++) for (let l = 0; l < L; l++) want(s, l);
+    const got = output.toFloat32();
+    if (got.length !== expected.length) wrong += Math.max(1, expected.length);
+    else for (let i = 0; i < expected.length; i++) if (got[i] !== expected[i]) wrong++;
+    rows += expected.length / D;
+    x.dispose();
+    output.dispose();
+  }
+  return { rounds, rows, wrong };
+}
+
 /** The files this process left in /dev/shm. */
 function shmFiles() {
   try {
@@ -323,6 +375,17 @@ const scenarios = {
     const files = shmFiles();
     await pg.barrier();
     report({ rank: pg.rank, before, after, random, large, files });
+    pg.destroy();
+  },
+
+  // allToAllV with chunks on either side, through shared memory (or with args[0] = "sockets", not).
+  async chunks() {
+    if (args[0] === "sockets") process.env.MOE_EP_SHM = "0";
+    const pg = await initProcessGroup({ timeoutMs: 20000 });
+    const result = await allToAllVChunked(pg, 30);
+    const sharedMemory = pg.sharedMemory;
+    await pg.barrier();
+    report({ rank: pg.rank, sharedMemory, ...result });
     pg.destroy();
   },
 
