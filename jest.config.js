@@ -16,7 +16,9 @@ const base = {
   },
 };
 const emulated = fs.existsSync(path.join(__dirname, "build-emu", "Release", "moe_ep.node"));
-const cudaFiles = ["cuda-ops", "layer-cuda", "device", "nccl-group"].map((f) => `<rootDir>/test/${f}.test.ts`);
+const cudaFiles = ["cuda-ops", "layer-cuda", "device", "nccl-group", "bench-floor"].map(
+  (f) => `<rootDir>/test/${f}.test.ts`,
+);
 
 module.exports = {
   testTimeout: 60000,

@@ -20,7 +20,8 @@ commands:
   info [--json]            what was found: threads, BLAS and its core, CUDA (or why not), Gloo
   bench grouped-gemm       FMA peak, one large sgemm, grouped GEMM at 8 x 512 x 1024 x 2048 (fwd, dX, dW)
   bench ops                route, permute, unpermute at 8192 tokens x 1024 x 64 experts, top-8, vs memcpy
-  bench ops --floor        the per-op floor: awaited add on 1 element and route on 64 x 8, top-2 (median, p90 in µs)
+  bench ops --floor        the per-op floor: awaited add on 1 element and route on 64 x 8, top-2 (median, p90 in µs;
+                           --device cuda:0 for CUDA tensors)
   bench alltoall [-n N]    all-to-all-v over N local ranks (default 2), 1 KiB to 64 MiB per rank, as nccl-tests;
                            with launch's --nnodes, --node-rank, --master-addr ... on every host: N ranks on each
   bench layer [--nproc 2]  MoE layer fwd + bwd on N processes (8 experts, top-2, 2048 tokens x 1024 x 2048 per rank) vs the GEMM roofline

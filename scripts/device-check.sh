@@ -93,9 +93,15 @@ timeout 150 node scripts/device-check.js --mode bench --dense-tflops "$dense" --
 rc=${PIPESTATUS[0]}
 [[ $rc -eq 0 ]] || failed+=("bench (exit $rc)")
 
+step "per-op floor on cuda:0 (BENCHMARKS.md, per-op floor)"
+timeout 60 node dist/cli.js bench ops --floor --device cuda:0 2>&1 | tail -5 | tee "$out/floor.log"
+rc=${PIPESTATUS[0]}
+[[ $rc -eq 0 ]] || failed+=("floor (exit $rc)")
+
 step "summary"
 {
   cat "$out/table.txt" 2>/dev/null
+  cat "$out/floor.log" 2>/dev/null
   echo
   grep -c '^ok' "$out/check.tsv" 2>/dev/null | sed 's/^/cases agreeing with the CPU op: /'
   grep '^FAIL' "$out/check.tsv" 2>/dev/null

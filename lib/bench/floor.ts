@@ -8,12 +8,17 @@
 import { checkInteger, invalid } from "../errors";
 import { add } from "../ops/elementwise";
 import { route } from "../ops/route";
-import { Tensor } from "../tensor";
+import { Tensor, checkDevice, type DeviceName } from "../tensor";
 
 export interface BenchFloorOptions {
   /** Timed calls of each op (after calls / 10 untimed ones). */
   calls?: number;
   log?: ((line: string) => void) | null;
+  /**
+   * Where the tensors live (default "cpu"). On a CUDA device an awaited op resolves once its
+   * kernels are enqueued: the figure is the hand-off and the launch, not the kernel.
+   */
+  device?: DeviceName;
 }
 
 export interface FloorFigure {
@@ -24,6 +29,7 @@ export interface FloorFigure {
 
 export interface BenchFloorResult {
   calls: number;
+  device: DeviceName;
   /** await of an already resolved Promise: the limit of any async op. */
   awaitResolved: FloorFigure;
   ops: FloorFigure[];
@@ -57,12 +63,14 @@ export async function benchFloor(options: BenchFloorOptions = {}): Promise<Bench
     throw invalid("an options object", "benchFloor options", options);
   const calls = checkInteger("calls", options.calls ?? 5000, 1, 1e7);
   const log = options.log === undefined ? console.log : options.log;
+  const device = options.device === undefined ? "cpu" : checkDevice(options.device);
 
-  const a = Tensor.from([1], [1]);
-  const b = Tensor.from([2], [1]);
+  const a = Tensor.from([1], [1], { device });
+  const b = Tensor.from([2], [1], { device });
   const logits = Tensor.from(
     Float32Array.from({ length: 64 * 8 }, (_, i) => Math.sin(i)),
     [64, 8],
+    { device },
   );
   let awaitResolved: FloorFigure;
   let ops: FloorFigure[];
@@ -76,10 +84,10 @@ export async function benchFloor(options: BenchFloorOptions = {}): Promise<Bench
     for (const t of [a, b, logits]) t.dispose();
   }
   if (log) {
-    log(`\nper-op floor: ${calls} awaited calls each, µs (limit: an await of a resolved Promise)`);
+    log(`\nper-op floor on ${device}: ${calls} awaited calls each, µs (limit: an await of a resolved Promise)`);
     log(`${"op".padEnd(40)}${"median".padStart(9)}${"p90".padStart(9)}`);
     for (const f of [awaitResolved, ...ops])
       log(`${f.op.padEnd(40)}${f.medianUs.toFixed(1).padStart(9)}${f.p90Us.toFixed(1).padStart(9)}`);
   }
-  return { calls, awaitResolved, ops };
+  return { calls, device, awaitResolved, ops };
 }

@@ -1,5 +1,6 @@
 /** `moe-ep bench ops`: routing and permutation against memcpy (benchOps), its options from one table. */
-import { type Command, type Flag } from "../cli-options";
+import { UsageError, type Command, type Flag } from "../cli-options";
+import type { DeviceName } from "../tensor";
 import { benchOps, type BenchOpsOptions } from "./ops";
 
 const INT = { type: "int", min: 1 } as const;
@@ -16,6 +17,7 @@ export const BENCH_OPS_FLAGS: readonly Flag[] = [
     kind: { type: "boolean" },
     help: "instead: the per-op floor, awaited add on 1 element and route on 64 x 8, top-2 (median, p90 in µs)",
   },
+  { name: "device", kind: { type: "string" }, value: "D", help: "with --floor: cpu (default) or cuda:N" },
 ];
 
 export function benchOpsCommand(printInfo: () => Promise<void>): Command {
@@ -24,8 +26,9 @@ export function benchOpsCommand(printInfo: () => Promise<void>): Command {
     flags: BENCH_OPS_FLAGS,
     run: async (parsed) => {
       await printInfo();
-      const { floor, ...options } = parsed.values as BenchOpsOptions & { floor?: boolean };
-      if (floor) await (await import("./floor")).benchFloor();
+      const { floor, device, ...options } = parsed.values as BenchOpsOptions & { floor?: boolean; device?: string };
+      if (floor) await (await import("./floor")).benchFloor({ device: device as DeviceName | undefined });
+      else if (device !== undefined) throw new UsageError("--device goes with --floor only");
       else await benchOps(options);
       return 0;
     },
