@@ -102,6 +102,9 @@ describe("world size 1 on cuda:0", () => {
     expect(g.backend).toBe("nccl");
     expect([g.rank, g.size, g.name]).toEqual([0, 1, "world"]);
     expect(g.fault).toBeNull();
+    // Its allToAllV takes no chunks: the MoE dispatcher keeps chunkTranspose on NCCL groups.
+    expect(g.allToAllVChunks).toBe(false);
+    expect(g.sharedMemory).toBe(false);
   });
 
   gpuTest("allToAllV of rank-encoded rows to itself, float32 and bfloat16; recvCounts checked", async () => {

@@ -112,6 +112,8 @@ describe("collectives between processes", () => {
       const results = await launchRanks(W, ["chunks", path === "sockets" ? "sockets" : "shm"]);
       for (const res of results) {
         expect(res.sharedMemory).toBe(path === "shared memory");
+        // What the MoE dispatcher asks before handing its regrouping to the exchange.
+        expect(res.takesChunks).toBe(true);
         expect(res.rounds).toBe(30);
         expect(res.rows).toBeGreaterThan(100);
         expect(res.wrong).toBe(0);

@@ -237,8 +237,13 @@ export class ProcessGroup implements Disposable {
    * machine, from the group's second allToAllV on (the first sets it up), unless MOE_EP_SHM=0
    * on any rank. See docs/architecture.md#shared-memory.
    */
-  /** allToAllV takes sendChunks and recvChunks (the MoE dispatcher then skips its own regrouping). */
-  readonly allToAllVChunks = true;
+  /**
+   * Whether allToAllV takes sendChunks and recvChunks (the MoE dispatcher then skips its own
+   * regrouping): the Gloo engine's groups (CPU tensors) do, NCCL's do not.
+   */
+  get allToAllVChunks(): boolean {
+    return this.handle.device === "cpu";
+  }
   get sharedMemory(): boolean {
     return this.handle.sharedMemory;
   }

@@ -385,7 +385,7 @@ const scenarios = {
     const result = await allToAllVChunked(pg, 30);
     const sharedMemory = pg.sharedMemory;
     await pg.barrier();
-    report({ rank: pg.rank, sharedMemory, ...result });
+    report({ rank: pg.rank, sharedMemory, takesChunks: pg.allToAllVChunks, ...result });
     pg.destroy();
   },
 
