@@ -120,9 +120,15 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
     UnpermuteGrads out{empty(rows.dtype, {R, D}), empty(DType::F32, {T, k})};
     F32Write drows(out.d_rows);
     float* dr = drows.data();
-    parallel_for(R, grain_for(D, 4, 1), [&](int64_t b, int64_t end) {
+    float* dw = out.d_weights.data<float>();
+    for (int64_t i = 0; i < N; ++i)
+      if (p2r[i] < 0) dw[i] = 0.0f;  // dropped pairs; every other pair is one row's reader below
+    // One sweep over the rows: each row's gradient, and the weight gradient of each pair that
+    // reads it while the row is in cache.
+    parallel_for(R, grain_for(D, 6, 1), [&](int64_t b, int64_t end) {
       for (int64_t r = b; r < end; ++r) {
         float* o = dr + r * D;
+        const float* row = rp + r * D;
         if (first[r] == first[r + 1]) std::fill(o, o + D, 0.0f);
         for (int64_t q = first[r]; q < first[r + 1]; ++q) {
           const int32_t pair = readers[size_t(q)];
@@ -132,15 +138,11 @@ Task<UnpermuteGrads> unpermute_backward(const Tensor& dy, const Tensor& rows, co
             for (int64_t d = 0; d < D; ++d) o[d] = wj * s[d];
           else
             for (int64_t d = 0; d < D; ++d) o[d] += wj * s[d];
+          dw[pair] = dot(s, row, D);
         }
       }
     });
     drows.commit();
-
-    float* dw = out.d_weights.data<float>();
-    parallel_for(N, grain_for(D, 8, 1), [&](int64_t b, int64_t end) {
-      for (int64_t i = b; i < end; ++i) dw[i] = p2r[i] < 0 ? 0.0f : dot(gp + (i / k) * D, rp + int64_t(p2r[i]) * D, D);
-    });
     return out;
   };
 }
