@@ -418,14 +418,12 @@ void shm_rows(Collective& c, GlooGroup& g, ShmExchange& shm, const Tensor& x, co
   shm.post(seq, src, send);
   copy_pieces(src, send[size_t(me)], dst, recv[size_t(me)]);
 
-  ShmExchange::Wait wait{std::chrono::steady_clock::now() + c.left(),
-                         [&g]() -> std::string { return g.destroyed() ? "destroyed" : ""; }};
+  ShmExchange::Wait wait{std::chrono::steady_clock::now() + c.left(), [&g] { return g.destroyed(); }};
   const std::string where =
       "group " + g.name() + ", rank " + std::to_string(me) + " of " + std::to_string(n) + ", shared memory";
   for (int i = 1; i < n; ++i) {
     const int p = (me + i) % n;  // each rank starts with a different peer
-    std::string detail;
-    switch (shm.receive(p, seq, dst, recv[size_t(p)], wait, &detail)) {
+    switch (shm.receive(p, seq, dst, recv[size_t(p)], wait)) {
       case ShmExchange::Outcome::Ok:
         break;
       case ShmExchange::Outcome::Timeout:
@@ -757,10 +755,15 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v_chunks(const Tensor& x, std::vecto
       Shape shape = x.shape;
       shape[0] = rows_in;
       AllToAllVResult result{empty(x.dtype, shape), recv};
+      // Where each rank's rows lie in x and in the output (one piece per chunk with chunks).
+      const auto send = pieces_of(send_counts, chunks.send, false, int64_t(row_bytes));
+      const auto recv_at = pieces_of(recv, chunks.recv, true, int64_t(row_bytes));
       if (n == 1) {
-        copy_pieces(static_cast<const char*>(x.raw()),
-                    pieces_of(send_counts, chunks.send, false, int64_t(row_bytes))[0],
-                    static_cast<char*>(result.output.raw()), pieces_of(recv, chunks.recv, true, int64_t(row_bytes))[0]);
+        copy_pieces(static_cast<const char*>(x.raw()), send[0], static_cast<char*>(result.output.raw()), recv_at[0]);
+        return result;
+      }
+      if (all_shm) {
+        shm_rows(c, g, *g.impl_->shm, x, result.output, send, recv_at);
         return result;
       }
       std::vector<int64_t> send_bytes(static_cast<size_t>(n)), recv_bytes(static_cast<size_t>(n));
@@ -768,22 +771,14 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v_chunks(const Tensor& x, std::vecto
         send_bytes[size_t(p)] = send_counts[size_t(p)] * int64_t(row_bytes);
         recv_bytes[size_t(p)] = recv[size_t(p)] * int64_t(row_bytes);
       }
-      const auto send = pieces_of(send_counts, chunks.send, false, int64_t(row_bytes));
-      const auto recv_at = pieces_of(recv, chunks.recv, true, int64_t(row_bytes));
-      if (all_shm) {
-        shm_rows(c, g, *g.impl_->shm, x, result.output, send, recv_at);
-        return result;
-      }
-      // Over the sockets, chunks are regrouped in a buffer before and after.
+      // Over the sockets, chunks are regrouped in a buffer laid out by rank, before and after.
       Tensor src_rows = x, dst_rows = result.output;
       if (!chunks.send.empty()) {
         src_rows = empty(x.dtype, x.shape);
-        int64_t at = 0;
-        for (int p = 0; p < n; ++p) {
+        const auto by_rank = pieces_of(send_counts, {}, false, int64_t(row_bytes));
+        for (int p = 0; p < n; ++p)
           copy_pieces(static_cast<const char*>(x.raw()), send[size_t(p)], static_cast<char*>(src_rows.raw()),
-                      {Piece{at, send_bytes[size_t(p)]}});
-          at += send_bytes[size_t(p)];
-        }
+                      by_rank[size_t(p)]);
       }
       if (!chunks.recv.empty()) dst_rows = empty(result.output.dtype, result.output.shape);
       // Gloo sends every pair a message, empty ones too; an empty tensor still needs an address.
@@ -794,12 +789,10 @@ Task<AllToAllVResult> GlooGroup::all_to_all_v_chunks(const Tensor& x, std::vecto
       o.setTimeout(c.left());
       gloo::alltoallv(o);
       if (!chunks.recv.empty()) {
-        int64_t at = 0;
-        for (int p = 0; p < n; ++p) {
-          copy_pieces(static_cast<const char*>(dst_rows.raw()), {Piece{at, recv_bytes[size_t(p)]}},
+        const auto by_rank = pieces_of(recv, {}, true, int64_t(row_bytes));
+        for (int p = 0; p < n; ++p)
+          copy_pieces(static_cast<const char*>(dst_rows.raw()), by_rank[size_t(p)],
                       static_cast<char*>(result.output.raw()), recv_at[size_t(p)]);
-          at += recv_bytes[size_t(p)];
-        }
       }
       if (g.impl_->shm_state == 0) shm_setup(c, g, *g.impl_);
       return result;

@@ -40,9 +40,12 @@ long futex(uint32_t* word, int op, uint32_t value, const timespec* timeout) {
   return syscall(SYS_futex, word, op, value, timeout, nullptr, 0);
 }
 
+// Whether no process pid exists (from this pid namespace's view).
+bool process_gone(int64_t pid) { return kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
+
 // Whether process pid has ended: gone, or a zombie its parent has not reaped yet.
 bool process_ended(int64_t pid) {
-  if (kill(pid_t(pid), 0) != 0 && errno == ESRCH) return true;
+  if (process_gone(pid)) return true;
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%lld/stat", static_cast<long long>(pid));
   FILE* f = std::fopen(path, "r");
@@ -144,7 +147,7 @@ bool ShmExchange::attach(const std::vector<std::string>& names, std::string* why
     maps_[size_t(p)].base = base;
     const Header* h = header(p);
     // A peer whose process this one cannot see (another pid namespace) could not be watched while waiting.
-    if (h->size != size_ || h->pid <= 0 || (kill(pid_t(h->pid), 0) != 0 && errno == ESRCH)) {
+    if (h->size != size_ || h->pid <= 0 || process_gone(h->pid)) {
       *why = "the process of rank " + std::to_string(p) + " is not visible from here";
       return false;
     }
@@ -186,7 +189,7 @@ void ShmExchange::post(uint32_t seq, const char* src, const std::vector<std::vec
 }
 
 ShmExchange::Outcome ShmExchange::receive(int p, uint32_t seq, char* dst, const std::vector<Piece>& pieces,
-                                          const Wait& wait, std::string* detail) {
+                                          const Wait& wait) {
   Header* h = header(p);
   for (int i = 0;; ++i) {
     const uint32_t v = __atomic_load_n(&h->posted, __ATOMIC_ACQUIRE);
@@ -198,13 +201,7 @@ ShmExchange::Outcome ShmExchange::receive(int p, uint32_t seq, char* dst, const 
     }
     if (std::chrono::steady_clock::now() >= wait.deadline) return Outcome::Timeout;
     if (process_ended(h->pid)) return Outcome::PeerGone;
-    if (wait.stop) {
-      std::string reason = wait.stop();
-      if (!reason.empty()) {
-        *detail = reason;
-        return Outcome::Stopped;
-      }
-    }
+    if (wait.stopped && wait.stopped()) return Outcome::Stopped;
     const timespec sleep{0, long(kSleepNs)};
     futex(&h->posted, FUTEX_WAIT, v, &sleep);
   }

@@ -59,17 +59,16 @@ class ShmExchange {
   // been reserved for all of it.
   void post(uint32_t seq, const char* src, const std::vector<std::vector<Piece>>& pieces);
 
-  // What waits may watch besides the peer: the caller's deadline, and a
-  // reason to stop (the group destroyed), as an error message or "".
+  // What waits may watch besides the peer: the caller's deadline, and whether
+  // to stop (the group destroyed).
   struct Wait {
     std::chrono::steady_clock::time_point deadline;
-    std::function<std::string()> stop;
+    std::function<bool()> stopped;
   };
   enum class Outcome { Ok, Timeout, PeerGone, PeerFailed, Stopped };
   // Waits until peer p has posted `seq`, then copies what it posted for this
-  // rank into the pieces of dst, in order. *detail holds the stop reason for Stopped.
-  Outcome receive(int p, uint32_t seq, char* dst, const std::vector<Piece>& pieces, const Wait& wait,
-                  std::string* detail);
+  // rank into the pieces of dst, in order.
+  Outcome receive(int p, uint32_t seq, char* dst, const std::vector<Piece>& pieces, const Wait& wait);
 
   // Tells the peers this rank's group failed: their waits on it end at once.
   void mark_failed();

@@ -19,9 +19,12 @@ export interface DispatchPlan {
   sendCounts: number[];
   /** Rows this rank receives from each EP rank. */
   recvCounts: number[];
-  /** int32 [P, L]: rows from source rank s for local expert l (absent when P = 1). */
+  /**
+   * int32 [P, L]: rows from source rank s for local expert l, for chunkTranspose (absent when P = 1
+   * or when the group's allToAllV takes the chunks itself).
+   */
   fromSource?: Tensor;
-  /** int32 [L, P]: fromSourceᵀ (absent when P = 1). */
+  /** int32 [L, P]: fromSourceᵀ (absent with fromSource). */
   toSource?: Tensor;
   /** fromSource and toSource on the host, row-major (empty when P = 1). */
   fromSourceHost: Int32Array;
@@ -81,13 +84,15 @@ export async function planDispatch(
   const transposed = new Int32Array(P * L);
   for (let s = 0; s < P; s++) for (let l = 0; l < L; l++) transposed[l * P + s] = matrix[s * L + l];
   const localCountsHost = sums(matrix, L, P, true);
+  // The device copies of the chunk counts serve chunkTranspose only.
+  const transposes = !ep.allToAllVChunks;
   return {
     epSize: P,
     numLocal: L,
     sendCounts,
     recvCounts: sums(matrix, P, L),
-    fromSource: Tensor.from(matrix, [P, L], { dtype: "int32", device }),
-    toSource: Tensor.from(transposed, [L, P], { dtype: "int32", device }),
+    fromSource: transposes ? Tensor.from(matrix, [P, L], { dtype: "int32", device }) : undefined,
+    toSource: transposes ? Tensor.from(transposed, [L, P], { dtype: "int32", device }) : undefined,
     fromSourceHost: matrix,
     toSourceHost: transposed,
     localCounts: Tensor.from(Int32Array.from(localCountsHost), [L], { dtype: "int32", device }),
