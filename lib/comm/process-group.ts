@@ -233,17 +233,17 @@ export class ProcessGroup implements Disposable {
     return this.handle.destroyed;
   }
   /**
-   * Whether allToAllV moves its rows through shared memory: Gloo groups whose ranks share a
-   * machine, from the group's second allToAllV on (the first sets it up), unless MOE_EP_SHM=0
-   * on any rank. See docs/architecture.md#shared-memory.
-   */
-  /**
    * Whether allToAllV takes sendChunks and recvChunks (the MoE dispatcher then skips its own
    * regrouping): the Gloo engine's groups (CPU tensors) do, NCCL's do not.
    */
   get allToAllVChunks(): boolean {
     return this.handle.device === "cpu";
   }
+  /**
+   * Whether allToAllV moves its rows through shared memory: Gloo groups whose ranks share a
+   * machine, from the group's second allToAllV on (the first sets it up), unless MOE_EP_SHM=0
+   * on any rank. See docs/architecture.md#shared-memory.
+   */
   get sharedMemory(): boolean {
     return this.handle.sharedMemory;
   }
