@@ -151,7 +151,10 @@ describe("Tensor", () => {
       for (let i = 0; i < 8; i++) Tensor.zeros([1 << 18]);
     })();
     expect(memoryStats().tensors).toBe(before.tensors + 208);
-    const after = await memoryAtRest();
+    // The finalizers run as tasks after a collection; on a loaded machine they may need more
+    // rounds than one memoryAtRest gives them (bounded: 50 more).
+    let after = await memoryAtRest();
+    for (let i = 0; i < 50 && after.tensors !== before.tensors; i++) after = await memoryAtRest();
     expect(after.tensors).toBe(before.tensors);
     expect(after.bytes).toBe(before.bytes);
   });

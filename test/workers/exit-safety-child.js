@@ -74,7 +74,8 @@ async function terminateRounds(scenario, rounds) {
     if (group) group.destroy();
     if (store) store.close();
   }
-  fs.rmSync(storeDir, { recursive: true, force: true });
+  // A closed store client's last write may land while the folder is being removed: retry then.
+  fs.rmSync(storeDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
   // The stream still computes correctly after the cancelled work.
   const K = 256;
   const y = await gemm(4, 64, K, 128);
