@@ -74,8 +74,17 @@ async function terminateRounds(scenario, rounds) {
     if (group) group.destroy();
     if (store) store.close();
   }
-  // A closed store client's last write may land while the folder is being removed: retry then.
-  fs.rmSync(storeDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
+  // A terminated worker's store is closed by its native group once the allReduce it left pending has
+  // failed, some time after terminate() returns; the last store of a round removes the round's folder.
+  // Wait for every round's folder to go (bounded), then remove the root.
+  const deadline = Date.now() + 20000;
+  let left = fs.readdirSync(storeDir).filter((e) => e.startsWith("round-"));
+  while (left.length > 0 && Date.now() < deadline) {
+    await sleep(20);
+    left = fs.readdirSync(storeDir).filter((e) => e.startsWith("round-"));
+  }
+  if (left.length > 0) console.error(`store folders never removed: ${left.join(", ")}`);
+  fs.rmSync(storeDir, { recursive: true, force: true });
   // The stream still computes correctly after the cancelled work.
   const K = 256;
   const y = await gemm(4, 64, K, 128);
