@@ -31,6 +31,7 @@ struct AddonData {
   std::shared_ptr<Mailbox> mailbox;
   std::unordered_set<JsSide*> pending;  // JS values of the calls not yet settled
   std::vector<std::weak_ptr<comm::ProcessGroup>> groups;
+  int64_t reported_host_bytes = 0;  // host memory this env has reported to V8 (sync_external_memory)
   void adopt_group(const std::shared_ptr<comm::ProcessGroup>& g);
 };
 AddonData& data(Napi::Env env);

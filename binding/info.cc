@@ -72,11 +72,15 @@ Napi::Value memory_stats(const Napi::CallbackInfo& cb) {
   });
 }
 
-// hostCounters(): the host allocator's running totals and the process's page faults.
+// hostCounters(): the host allocator's running totals, the bytes it holds and V8's external-memory
+// count (tensor_handle.h), and the process's page faults.
 Napi::Value host_counters(const Napi::CallbackInfo& cb) {
   Napi::Env env = cb.Env();
   const HostCounters h = moe::host_counters();
   Napi::Object o = Napi::Object::New(env);
+  o.Set("heldBytes", double(host_held_bytes()));
+  o.Set("reportedBytes", double(data(env).reported_host_bytes));
+  o.Set("v8ExternalBytes", double(Napi::MemoryManagement::AdjustExternalMemory(env, 0)));
   o.Set("allocatedBytes", double(h.allocated_bytes));
   o.Set("systemBytes", double(h.system_bytes));
   o.Set("zeroedBytes", double(h.zeroed_bytes));

@@ -1,5 +1,6 @@
 #include "tensor_handle.h"
 
+#include "../cpp/core/host_allocator.h"
 #include "../cpp/core/host_copy.h"
 #include "../cpp/core/size.h"
 #include "addon.h"
@@ -14,7 +15,6 @@ void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
                                        InstanceAccessor<&NativeTensor::GetShape>("shape"),
                                        InstanceAccessor<&NativeTensor::GetDevice>("device"),
                                        InstanceAccessor<&NativeTensor::GetDisposed>("disposed"),
-                                       InstanceAccessor<&NativeTensor::GetExternal>("external"),
                                        InstanceMethod<&NativeTensor::Read>("read"),
                                        InstanceMethod<&NativeTensor::Dispose>("dispose"),
                                    });
@@ -22,11 +22,20 @@ void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeTensor", cls);
 }
 
+// V8's count follows the held bytes in steps of at least this much: a report per small tensor
+// would cost as much as the op that made it.
+constexpr int64_t kSyncBytes = int64_t(1) << 20;
+
+void sync_external_memory(Napi::Env env) {
+  AddonData& d = data(env);
+  const int64_t delta = host_held_bytes() - d.reported_host_bytes;
+  if (delta < kSyncBytes && delta > -kSyncBytes) return;
+  Napi::MemoryManagement::AdjustExternalMemory(env, delta);
+  d.reported_host_bytes += delta;
+}
+
 // new NativeTensor(dtype, shape, device, data?, dataDtype?, zero?)
 // With no arguments, inside Adopt, it takes the core tensor Adopt hands over.
-// Host tensors from this size on are reported to V8 as external memory.
-constexpr size_t kReportedBytes = 4096;
-
 NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
   Napi::Env env = info.Env();
   guard(env, [&]() -> Napi::Value {
@@ -49,29 +58,22 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
         tensor_ = empty(dtype, shape, device);
       }
     }
-    // Host memory only: V8 weighs external memory against its heap, and an
-    // increase past its soft limit (64 MiB) starts a garbage collection there
-    // and then, which for device tensors would cost every op that makes a
-    // large output a collection without freeing any host memory.
-    // Below a page the report costs more than an op on such a tensor (half of a small op's floor),
-    // and weighs nothing against the heap: those are not reported.
-    reported_bytes_ =
-        tensor_.device().kind == Device::CPU && tensor_.bytes() >= kReportedBytes ? int64_t(tensor_.bytes()) : 0;
-    if (reported_bytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, reported_bytes_);
+    sync_external_memory(env);
     return env.Undefined();
   });
 }
 
 NativeTensor::~NativeTensor() {
-  // Finalizers may not call into JS; the external-memory count is dropped with the env.
+  // Collected without dispose(): the storage goes back to the system, and the next handle made or
+  // disposed takes it off V8's count (finalizers may not call into V8).
+  if (tensor_.defined()) tensor_.storage->abandon();
   tensor_ = Tensor();
 }
 
 void NativeTensor::Release(Napi::Env env) {
   if (!tensor_.defined()) return;
   tensor_ = Tensor();
-  if (reported_bytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -reported_bytes_);
-  reported_bytes_ = 0;
+  sync_external_memory(env);
 }
 
 Napi::Object NativeTensor::Adopt(Napi::Env env, Tensor t) {
@@ -114,13 +116,6 @@ Napi::Value NativeTensor::GetDevice(const Napi::CallbackInfo& info) {
 
 Napi::Value NativeTensor::GetDisposed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), !tensor_.defined());
-}
-
-// Whether the tensor counts toward V8's external memory: only then does a handle
-// collected without dispose() need Release (the facade's FinalizationRegistry) to
-// take its bytes back off that count. The storage itself goes with the handle.
-Napi::Value NativeTensor::GetExternal(const Napi::CallbackInfo& info) {
-  return Napi::Boolean::New(info.Env(), reported_bytes_ != 0);
 }
 
 // read(dtype): a fresh V8-owned ArrayBuffer holding the elements as `dtype`.

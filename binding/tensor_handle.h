@@ -1,5 +1,13 @@
 // NativeTensor: the JS handle of a core tensor. dispose() drops the handle's
-// reference; storage still used by queued work lives until that work ends.
+// reference; storage still used by queued work lives until that work ends. A
+// handle collected without dispose() abandons its storage (Storage::abandon).
+//
+// V8 is told of host memory through the allocator's held bytes, not tensor by
+// tensor: each handle made or disposed brings V8's external-memory count to
+// host_held_bytes() once it has moved by 1 MiB. A training step at a fixed
+// shape reuses cached blocks and moves nothing, so V8 starts no collections
+// for it; a program that forgets tensors makes the count grow (abandoned
+// storage is not cached) and V8 collects them.
 #pragma once
 #include <napi.h>
 
@@ -24,13 +32,14 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value GetShape(const Napi::CallbackInfo& info);
   Napi::Value GetDevice(const Napi::CallbackInfo& info);
   Napi::Value GetDisposed(const Napi::CallbackInfo& info);
-  Napi::Value GetExternal(const Napi::CallbackInfo& info);
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   void Release(Napi::Env env);
 
   Tensor tensor_;
-  int64_t reported_bytes_ = 0;
 };
+
+// Brings V8's external-memory count for this env to the host allocator's held bytes.
+void sync_external_memory(Napi::Env env);
 
 }  // namespace moe::binding

@@ -26,12 +26,6 @@ export interface NativeTensorHandle {
   /** "cpu", "cuda:N", or "none" once disposed. */
   readonly device: string;
   readonly disposed: boolean;
-  /**
-   * Counted in V8's external memory (host tensors from 4 KiB on): a handle collected without
-   * dispose() must be disposed by a FinalizationRegistry to take its bytes off that count.
-   * Other handles free their storage when collected and need nothing more.
-   */
-  readonly external: boolean;
   /** The elements converted to `dtype`, in a new buffer. */
   read(dtype: DType): ArrayBuffer;
   dispose(): void;
@@ -63,6 +57,12 @@ export interface NativeMemoryStats {
 
 /** The host allocator's running totals since the process started, and its page faults (getrusage). */
 export interface NativeHostCounters {
+  /** Bytes the host allocator holds from the system now: live blocks and cached ones. */
+  heldBytes: number;
+  /** What this environment has added to V8's external memory for them: heldBytes, in steps of 1 MiB or more. */
+  reportedBytes: number;
+  /** V8's count of external memory in this isolate (reportedBytes and what others report). */
+  v8ExternalBytes: number;
   /** Bytes handed out for CPU tensors and the ops' scratch (from the cache or the system). */
   allocatedBytes: number;
   /** Of which newly taken from the system: pages that fault (and are zeroed by the kernel) on first touch. */

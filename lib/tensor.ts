@@ -99,11 +99,9 @@ function checkDtype(dtype: unknown): DType {
   return dtype as DType;
 }
 
-// Safety net only: a tensor dropped without dispose() is freed when collected. Its native handle
-// frees the storage by itself; the registry is for handles counted in V8's external memory
-// (handle.external), whose count only dispose() lowers. Registering costs about a microsecond a
-// tensor, as much as the small op that makes it, so small and device tensors are not registered.
-const finalizer = new FinalizationRegistry<NativeTensorHandle>((h) => h.dispose());
+// A tensor dropped without dispose() is freed when its native handle is collected, which gives its
+// host memory back to the system; V8 knows of that memory through the addon's host allocator
+// (binding/tensor_handle.h), so forgotten tensors lead to collections.
 
 // Tensors made inside scope() are disposed when it ends unless returned.
 const scopes = new AsyncLocalStorage<Set<Tensor>>();
@@ -111,15 +109,10 @@ const scopes = new AsyncLocalStorage<Set<Tensor>>();
 export class Tensor implements Disposable {
   /** @internal */
   readonly handle: NativeTensorHandle;
-  private registered = false;
 
   /** @internal Wraps a native handle; use Tensor.from / zeros / empty. */
   constructor(handle: NativeTensorHandle) {
     this.handle = handle;
-    if (handle.external) {
-      finalizer.register(this, handle, this);
-      this.registered = true;
-    }
     scopes.getStore()?.add(this);
   }
 
@@ -236,10 +229,6 @@ export class Tensor implements Disposable {
   }
 
   dispose(): void {
-    if (this.registered) {
-      finalizer.unregister(this);
-      this.registered = false;
-    }
     this.handle.dispose();
   }
 

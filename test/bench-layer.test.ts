@@ -44,6 +44,8 @@ test("benchLayer in one process: figures that add up", async () => {
   expect(r.memory.allocatedBytes).toBeGreaterThan(256 * 128 * 4);
   expect(r.memory.systemBytes).toBe(0);
   expect(r.memory.zeroedBytes).toBeLessThanOrEqual(4 * 4);
+  expect(r.memory.collectionMs).toBeGreaterThanOrEqual(0);
+  expect(lines.join("\n")).toMatch(/memory per step .* zeroed, [\d.]+ V8 collections \([\d.]+ ms\)/);
   expect(lines.join("\n")).toMatch(/summary: [\d.]+% of roofline, \d+ faults\/step, \d+ bytes zeroed\/step/);
 });
 

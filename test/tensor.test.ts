@@ -1,4 +1,7 @@
 import { Tensor, memoryStats, emptyCache, scope, MoEError, info } from "../lib";
+import * as path from "path";
+import { buildDist, runNode } from "./procs";
+import { loadNative } from "../lib/native";
 import { leakCheck } from "./util";
 
 /** bfloat16 of a float64 value, by the definition: round to nearest even on the top 16 bits of the float32. */
@@ -139,22 +142,66 @@ describe("Tensor", () => {
   test("tensors dropped without dispose() are freed when collected, small and large", async () => {
     // Counts only tensors made from here on: earlier tests' garbage collected meanwhile cannot change the answer.
     const check = await leakCheck();
-    const small = Tensor.zeros([4]);
-    const large = Tensor.zeros([1 << 18]); // 1 MiB
-    // Only host tensors V8 counts as external memory need the facade's finalizer.
-    expect(small.handle.external).toBe(false);
-    expect(large.handle.external).toBe(true);
-    small.dispose();
-    large.dispose();
-    expect(large.handle.external).toBe(false);
     ((): void => {
       for (let i = 0; i < 200; i++) Tensor.from([i, i + 1], [2]);
-      for (let i = 0; i < 8; i++) Tensor.zeros([1 << 18]);
+      for (let i = 0; i < 8; i++) Tensor.zeros([1 << 18]); // 1 MiB each
     })();
     expect(check.now()).toEqual({ tensors: 208, bytes: 200 * 2 * 4 + 8 * (1 << 20) });
-    // The finalizers run as tasks after a collection; left() collects until they have (20 s at most).
+    // The handles' finalizers run as tasks after a collection; left() collects until they have (20 s at most).
     expect(await check.left(20000)).toEqual({ tensors: 0, bytes: 0 });
   });
+
+  test("V8's external memory follows the host memory tensors hold, not each tensor made and disposed", () => {
+    const counters = (): { held: number; reported: number } => {
+      const c = loadNative().hostCounters();
+      return { held: c.heldBytes, reported: c.reportedBytes };
+    };
+    emptyCache();
+    Tensor.empty([4]).dispose();
+    const start = counters();
+    const v8Start = loadNative().hostCounters().v8ExternalBytes;
+    const a = Tensor.empty([16 << 20]); // 64 MiB, new from the system
+    const grown = counters();
+    expect(grown.held - start.held).toBeGreaterThanOrEqual(64 << 20);
+    // The report follows in steps of at least 1 MiB, and V8's count moves with it.
+    expect(Math.abs(grown.reported - grown.held)).toBeLessThan(1 << 20);
+    expect(loadNative().hostCounters().v8ExternalBytes - v8Start).toBeGreaterThanOrEqual(60 << 20);
+    // Disposed, the block waits in the cache: the process still holds it, and the report is unchanged.
+    a.dispose();
+    expect(memoryStats().cachedBytes).toBe(64 << 20);
+    expect(counters()).toEqual(grown);
+    // A steady loop of the same shape reuses the block: V8 sees no growth, so it starts no collection.
+    for (let i = 0; i < 20; i++) Tensor.empty([16 << 20]).dispose();
+    expect(counters()).toEqual(grown);
+    // Given back to the system, the block leaves V8's count at the next tensor made.
+    emptyCache();
+    Tensor.empty([4]).dispose();
+    const after = counters();
+    expect(grown.held - after.held).toBeGreaterThanOrEqual(64 << 20);
+    expect(Math.abs(after.reported - after.held)).toBeLessThan(1 << 20);
+  });
+
+  test("memory of tensors collected without dispose() goes back to the system, not to the cache", async () => {
+    emptyCache();
+    const check = await leakCheck();
+    ((): void => {
+      for (let i = 0; i < 4; i++) Tensor.empty([1 << 20]); // 4 MiB each
+    })();
+    expect(await check.left(20000)).toEqual({ tensors: 0, bytes: 0 });
+    expect(memoryStats().cachedBytes).toBe(0);
+    Tensor.empty([1 << 20]).dispose();
+    expect(memoryStats().cachedBytes).toBe(4 << 20);
+    emptyCache();
+  });
+
+  test("a program that forgets large tensors in a loop, with no gc() call, stays bounded: V8 collects them", async () => {
+    buildDist();
+    const run = await runNode([path.join(__dirname, "workers", "forgotten-tensors.js")], { limitMs: 60000 });
+    expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 0, stderr: "" });
+    const { made, peak } = JSON.parse(run.stdout) as { made: number; peak: number };
+    expect(made).toBe(1536 << 20);
+    expect(peak).toBeLessThan(made / 2);
+  }, 70000);
 
   test("freed large blocks are cached, reused for the same size, and released by emptyCache", () => {
     emptyCache();

@@ -36,6 +36,10 @@ Cache& cache() {
 }
 
 std::atomic<int64_t> allocated{0}, from_system{0}, zeroed{0};
+// Bytes taken from the system and not given back: live small blocks, live and cached large ones.
+std::atomic<int64_t> held{0};
+
+size_t small_bytes(size_t bytes) { return (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0); }
 
 // Between 64 KiB and 4 MiB: a quarter of the power of two at or above the size (at most 25 %
 // waste); above: whole 2 MiB granules.
@@ -51,7 +55,11 @@ size_t size_class(size_t bytes) {
 
 void* host_alloc(size_t bytes) {
   allocated += int64_t(bytes);
-  if (bytes < kSmall) return std::aligned_alloc(64, (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0));
+  if (bytes < kSmall) {
+    void* p = std::aligned_alloc(64, small_bytes(bytes));
+    if (p) held += int64_t(small_bytes(bytes));
+    return p;
+  }
   const size_t cls = size_class(bytes);
   Cache& c = cache();
   {
@@ -67,19 +75,22 @@ void* host_alloc(size_t bytes) {
   from_system += int64_t(cls);
   const size_t align = cls >= kLarge ? kGranule : 64;
   void* p = std::aligned_alloc(align, cls);
-  if (p && cls >= kLarge) madvise(p, cls, MADV_HUGEPAGE);  // fewer faults and TLB misses on big row copies
+  if (!p) return p;
+  held += int64_t(cls);
+  if (cls >= kLarge) madvise(p, cls, MADV_HUGEPAGE);  // fewer faults and TLB misses on big row copies
   return p;
 }
 
-void host_free(void* p, size_t bytes) {
+void host_free(void* p, size_t bytes, bool cache_it) {
   if (!p) return;
   if (bytes < kSmall) {
     std::free(p);
+    held -= int64_t(small_bytes(bytes));
     return;
   }
   const size_t cls = size_class(bytes);
-  Cache& c = cache();
-  {
+  if (cache_it) {
+    Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
     if (c.cached + cls <= cache_limit()) {
       c.free_blocks.emplace(cls, p);
@@ -88,7 +99,10 @@ void host_free(void* p, size_t bytes) {
     }
   }
   std::free(p);
+  held -= int64_t(cls);
 }
+
+int64_t host_held_bytes() { return held.load(std::memory_order_relaxed); }
 
 int64_t host_cached_bytes() {
   std::lock_guard<std::mutex> lock(cache().mu);
@@ -97,13 +111,16 @@ int64_t host_cached_bytes() {
 
 void host_empty_cache() {
   std::vector<void*> blocks;
+  int64_t released = 0;
   {
     std::lock_guard<std::mutex> lock(cache().mu);
     for (auto& kv : cache().free_blocks) blocks.push_back(kv.second);
+    released = int64_t(cache().cached);
     cache().free_blocks.clear();
     cache().cached = 0;
   }
   for (void* p : blocks) std::free(p);
+  held -= released;
 }
 
 void note_zeroed(size_t bytes) { zeroed += int64_t(bytes); }

@@ -13,7 +13,12 @@ namespace moe {
 
 // Uninitialised, 64-byte aligned; never null unless out of memory.
 void* host_alloc(size_t bytes);
-void host_free(void* p, size_t bytes);
+// cache_it = false gives a large block back to the system instead of caching it.
+void host_free(void* p, size_t bytes, bool cache_it = true);
+
+// Bytes taken from the system and not yet given back: live blocks and cached ones. It changes
+// only when the process's host memory for tensors and scratch does (not in a steady-state step).
+int64_t host_held_bytes();
 
 // Bytes held in the cache (not in live tensors); release them to the system.
 int64_t host_cached_bytes();

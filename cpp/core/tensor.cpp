@@ -82,7 +82,7 @@ Storage::~Storage() {
   if (device_.kind == Device::CUDA)
     cuda::release(data_, device_);
   else
-    host_free(data_, bytes_);
+    host_free(data_, bytes_, !abandoned_.load(std::memory_order_relaxed));
   Counters& c = counters_for(device_);
   {
     std::lock_guard<std::mutex> lock(c.mutex);

@@ -1,6 +1,7 @@
 // Tensors of the core: a shared storage, a dtype, a shape and a device.
 // Row-major and contiguous; copies are explicit.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,6 +32,10 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
+  // Host memory goes back to the system, not to the allocator's cache, when the last reference
+  // goes: for storage whose owner was collected without dispose(), so that memory a program forgets
+  // does not pile up in the cache (host_allocator.h).
+  void abandon() { abandoned_.store(true, std::memory_order_relaxed); }
 
  private:
   friend MemoryStats memory_stats(Device device, int64_t made_since);
@@ -38,6 +43,7 @@ class Storage {
   void* data_;
   size_t bytes_;
   Device device_;
+  std::atomic<bool> abandoned_{false};
   int64_t serial_ = 0;  // its place among the storages ever allocated on its device
   // The device's live storages, oldest first (memory_stats with made_since).
   Storage* prev_ = nullptr;

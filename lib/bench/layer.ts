@@ -6,6 +6,7 @@
  * in the same run, by the same processes at the same time, on the same
  * threads. With a process group, every rank runs it (see `moe-ep bench layer`).
  */
+import { PerformanceObserver } from "perf_hooks";
 import { checkInteger, checkSafeInteger, invalid } from "../errors";
 import { loadNative } from "../native";
 import { isGated } from "../ops/activation";
@@ -52,6 +53,9 @@ export interface StepMemory {
   systemBytes: number;
   /** Bytes the core filled with zeros. */
   zeroedBytes: number;
+  /** V8 garbage collections during the step (any kind), and their total pause in ms. */
+  collections: number;
+  collectionMs: number;
 }
 
 export interface BenchLayerResult {
@@ -158,6 +162,9 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
   );
   const x = Tensor.empty([T, D]);
   const dy = Tensor.empty([T, D]);
+  // V8's collections, from performance entries of type "gc" (delivered after the collection).
+  const gcObserver = new PerformanceObserver(() => undefined);
+  gcObserver.observe({ entryTypes: ["gc"] });
   try {
     await fillRandom(x, { seed: 100 + rank, key: 1 });
     await fillRandom(dy, { seed: 200 + rank, key: 2, std: 1e-3 });
@@ -185,6 +192,13 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       allocatedBytes: [],
       systemBytes: [],
       zeroedBytes: [],
+      collections: [],
+      collectionMs: [],
+    };
+    const collectionsIn = async (t0: number, t1: number): Promise<[number, number]> => {
+      await new Promise((r) => setImmediate(r));
+      const during = gcObserver.takeRecords().filter((e) => e.startTime >= t0 && e.startTime < t1);
+      return [during.length, during.reduce((sum, e) => sum + e.duration, 0)];
     };
     const opMs = new Map<string, number[]>();
     let core = "";
@@ -220,6 +234,9 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
       memory.allocatedBytes.push((await groupSum(group, c1.allocatedBytes - c0.allocatedBytes)) / ranks);
       memory.systemBytes.push((await groupSum(group, c1.systemBytes - c0.systemBytes)) / ranks);
       memory.zeroedBytes.push((await groupSum(group, c1.zeroedBytes - c0.zeroedBytes)) / ranks);
+      const [collections, collectionMs] = await collectionsIn(t0, t0 + ms);
+      memory.collections.push((await groupSum(group, collections)) / ranks);
+      memory.collectionMs.push((await groupSum(group, collectionMs)) / ranks);
       for (const o of ops) {
         if (!opMs.has(o.name)) opMs.set(o.name, []);
         opMs.get(o.name)!.push(o.ms);
@@ -266,6 +283,8 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
         allocatedBytes: median(memory.allocatedBytes),
         systemBytes: median(memory.systemBytes),
         zeroedBytes: median(memory.zeroedBytes),
+        collections: median(memory.collections),
+        collectionMs: median(memory.collectionMs),
       },
       forwardOnly,
     };
@@ -292,7 +311,8 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     log(
       `  memory per step (mean of the ranks): ${result.memory.minorFaults.toFixed(0)} minor page faults, ` +
         `${mb(result.memory.allocatedBytes)} allocated, ${mb(result.memory.systemBytes)} new from the system, ` +
-        `${mb(result.memory.zeroedBytes)} zeroed`,
+        `${mb(result.memory.zeroedBytes)} zeroed, ${result.memory.collections.toFixed(1)} V8 collections ` +
+        `(${result.memory.collectionMs.toFixed(1)} ms)`,
     );
     if (result.opMs) {
       const stepMs = step * 1000;
@@ -310,6 +330,7 @@ export async function benchLayer(options: BenchLayerOptions = {}): Promise<Bench
     );
     return result;
   } finally {
+    gcObserver.disconnect();
     x.dispose();
     dy.dispose();
     layer.dispose();
