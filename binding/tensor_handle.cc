@@ -22,10 +22,13 @@ void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeTensor", cls);
 }
 
+namespace {
+
 // V8's count follows the held bytes in steps of at least this much: a report per small tensor
 // would cost as much as the op that made it.
 constexpr int64_t kSyncBytes = int64_t(1) << 20;
 
+// Brings V8's external-memory count for this env to the host allocator's held bytes.
 void sync_external_memory(Napi::Env env) {
   AddonData& d = data(env);
   const int64_t delta = host_held_bytes() - d.reported_host_bytes;
@@ -33,6 +36,8 @@ void sync_external_memory(Napi::Env env) {
   Napi::MemoryManagement::AdjustExternalMemory(env, delta);
   d.reported_host_bytes += delta;
 }
+
+}  // namespace
 
 // new NativeTensor(dtype, shape, device, data?, dataDtype?, zero?)
 // With no arguments, inside Adopt, it takes the core tensor Adopt hands over.

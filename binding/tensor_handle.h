@@ -39,7 +39,4 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Tensor tensor_;
 };
 
-// Brings V8's external-memory count for this env to the host allocator's held bytes.
-void sync_external_memory(Napi::Env env);
-
 }  // namespace moe::binding

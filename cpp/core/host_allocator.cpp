@@ -56,8 +56,9 @@ size_t size_class(size_t bytes) {
 void* host_alloc(size_t bytes) {
   allocated += int64_t(bytes);
   if (bytes < kSmall) {
-    void* p = std::aligned_alloc(64, small_bytes(bytes));
-    if (p) held += int64_t(small_bytes(bytes));
+    const size_t n = small_bytes(bytes);
+    void* p = std::aligned_alloc(64, n);
+    if (p) held += int64_t(n);
     return p;
   }
   const size_t cls = size_class(bytes);

@@ -78,10 +78,11 @@ async function terminateRounds(scenario, rounds) {
   // failed, some time after terminate() returns; the last store of a round removes the round's folder.
   // Wait for every round's folder to go (bounded), then remove the root.
   const deadline = Date.now() + 20000;
-  let left = fs.readdirSync(storeDir).filter((e) => e.startsWith("round-"));
-  while (left.length > 0 && Date.now() < deadline) {
-    await sleep(20);
+  let left;
+  for (;;) {
     left = fs.readdirSync(storeDir).filter((e) => e.startsWith("round-"));
+    if (left.length === 0 || Date.now() >= deadline) break;
+    await sleep(20);
   }
   if (left.length > 0) console.error(`store folders never removed: ${left.join(", ")}`);
   fs.rmSync(storeDir, { recursive: true, force: true });
